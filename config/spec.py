@@ -1,0 +1,139 @@
+"""The deployment spec as frozen dataclasses: what `config.parse.parse_spec` returns.
+
+Every field DESIGN.md shows is here, with its unit made explicit: durations are float
+seconds, sizes are int bytes, percentages are floats in percent. Defaults live here, in one
+place; the parser fills them in, so nothing downstream ever re-derives a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class MetricName(StrEnum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    GPU_UTILIZATION = "gpu_utilization"
+    GPU_MEMORY = "gpu_memory"
+    REQUEST_DURATION = "request_duration"
+    CONCURRENCY = "concurrency"
+
+
+class Summary(StrEnum):
+    AVERAGE = "average"
+    P95 = "p95"
+
+
+class MountType(StrEnum):
+    BIND = "bind"
+    VOLUME = "volume"
+    GIT = "git"
+    MODEL = "model"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float | None = None
+    memory: int | None = None  # bytes
+    gpus: int = 0  # whole GPUs per replica
+    gpu_memory: int | None = None  # bytes of VRAM per replica (shared GPUs); exclusive with gpus
+
+
+@dataclass(frozen=True)
+class Replicas:
+    min: int = 1
+    max: int = 1
+
+    @property
+    def fixed(self) -> bool:
+        return self.min == self.max
+
+
+@dataclass(frozen=True)
+class AutoscaleMetric:
+    metric: MetricName
+    summary: Summary = Summary.AVERAGE
+    # percent for cpu/memory/gpu_*, seconds for request_duration, in-flight per replica for
+    # concurrency
+    target: float = 0.0
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    metrics: tuple[AutoscaleMetric, ...] = ()
+    scale_down_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    port: int  # defaults to the spec's app port
+    path: str | None = None  # None with tcp=True
+    tcp: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    initial_delay: float = 0.0
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class Health:
+    startup: Probe | None = None
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    port: int
+    bind: str = "0.0.0.0"
+    connect_timeout: float = 5.0
+    # Never cut a long model generation or stream: as Knative's revision timeout.
+    read_timeout: float = 300.0
+    client_idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Update:
+    max_surge: int = 1
+    max_unavailable: int = 0
+    progress_deadline: float = 600.0
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: MountType
+    target: str
+    source: str = ""  # host path (bind), volume name (volume), URL (git), model name (model)
+    read_only: bool = True
+    ref: str | None = None  # git only
+    credentials_file: str | None = None  # git only
+
+
+@dataclass(frozen=True)
+class Registry:
+    auth_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str
+    image: str
+    port: int
+    endpoint: Endpoint
+    command: tuple[str, ...] | None = None
+    enabled: bool = True
+    stop_timeout: float = 10.0  # seconds between SIGTERM and SIGKILL when a replica stops
+    env: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    replicas: Replicas = field(default_factory=Replicas)
+    autoscale: Autoscale = field(default_factory=Autoscale)
+    health: Health = field(default_factory=Health)
+    update: Update = field(default_factory=Update)
+    mounts: tuple[Mount, ...] = ()
+    registry: Registry | None = None
