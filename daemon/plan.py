@@ -1,0 +1,101 @@
+"""Reconcile planning: a pure function from (desired, observed) to the actions that close the gap.
+
+Theory of operation (Kubernetes controllers, STYLE.md #4): the worker observes the world
+afresh every round (containers from Podman, readiness from probes), calls `plan`, and runs
+the actions. `plan` holds no state and does no I/O, so it is safe to call as often as we like
+and repeating a round after a crash or a restart converges to the same place.
+
+Invariants the plan keeps:
+- A replica built from an older container template (a spec update) is removed only once
+  enough replicas of the current template are ready to carry the desired count, so an update
+  never leaves the endpoint with fewer ready replicas than it had. (A simple surge-all
+  replace; the rolling-update issue bounds the surge.)
+- A replica whose container is not running (exited, or created but never started) is
+  started again in place: it keeps its replica id.
+- No desired state (removed, disabled, or zero replicas) means every replica goes.
+- Up to date means no actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What one deployment should look like now."""
+
+    spec_id: str
+    template_id: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ObservedReplica:
+    """One replica as observed this round: its container and its readiness."""
+
+    replica_id: str
+    container_id: str
+    template_id: str
+    running: bool
+    ready: bool
+    created_at: float = 0.0  # monotonic order of creation, newest highest
+
+
+@dataclass(frozen=True)
+class CreateReplica:
+    """Create and start one new replica of the current template."""
+
+
+@dataclass(frozen=True)
+class StartReplica:
+    replica_id: str
+    container_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RemoveReplica:
+    replica_id: str
+    container_id: str
+    reason: str
+
+
+Action = CreateReplica | StartReplica | RemoveReplica
+
+
+def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Action]:
+    if desired is None or desired.replicas == 0:
+        reason = "deployment removed" if desired is None else "scaled to zero"
+        return [RemoveReplica(o.replica_id, o.container_id, reason) for o in observed]
+
+    current = [o for o in observed if o.template_id == desired.template_id]
+    stale = [o for o in observed if o.template_id != desired.template_id]
+    actions: list[Action] = []
+
+    # Too many of the current template: remove the least useful first (not ready, then newest).
+    surplus = len(current) - desired.replicas
+    if surplus > 0:
+        by_usefulness = sorted(current, key=lambda o: (o.ready, -o.created_at))
+        for o in by_usefulness[:surplus]:
+            actions.append(RemoveReplica(o.replica_id, o.container_id, "scaled down"))
+        kept = by_usefulness[surplus:]
+    else:
+        kept = current
+        actions.extend(CreateReplica() for _ in range(-surplus))
+
+    actions.extend(
+        StartReplica(o.replica_id, o.container_id, "container not running")
+        for o in kept
+        if not o.running
+    )
+
+    ready_current = sum(1 for o in kept if o.ready)
+    if ready_current >= desired.replicas:
+        actions.extend(RemoveReplica(o.replica_id, o.container_id, "replaced") for o in stale)
+    else:
+        # Keep old replicas serving, but stopped old ones are no use to anyone.
+        actions.extend(
+            RemoveReplica(o.replica_id, o.container_id, "replaced") for o in stale if not o.running
+        )
+    return actions

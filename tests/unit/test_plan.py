@@ -1,0 +1,121 @@
+"""The reconcile plan as a table: (desired, observed) -> expected actions."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.plan import (
+    CreateReplica,
+    Desired,
+    ObservedReplica,
+    RemoveReplica,
+    StartReplica,
+    plan,
+)
+
+D = Desired(spec_id="s2", template_id="t2", replicas=2)
+
+
+def rep(
+    rid: str,
+    template: str = "t2",
+    *,
+    running: bool = True,
+    ready: bool = True,
+    created: float = 0.0,
+) -> ObservedReplica:
+    return ObservedReplica(rid, f"c-{rid}", template, running, ready, created)
+
+
+CASES = [
+    ("up to date -> no actions", D, [rep("a"), rep("b")], []),
+    ("nothing yet -> create all", D, [], [CreateReplica(), CreateReplica()]),
+    ("one missing -> create one", D, [rep("a")], [CreateReplica()]),
+    (
+        "one too many -> remove the not-ready one",
+        D,
+        [rep("a"), rep("b", ready=False), rep("c")],
+        [RemoveReplica("b", "c-b", "scaled down")],
+    ),
+    (
+        "one too many, all ready -> remove the newest",
+        D,
+        [rep("a", created=1), rep("b", created=3), rep("c", created=2)],
+        [RemoveReplica("b", "c-b", "scaled down")],
+    ),
+    (
+        "exited container -> started again in place",
+        D,
+        [rep("a"), rep("b", running=False, ready=False)],
+        [StartReplica("b", "c-b", "container not running")],
+    ),
+    (
+        "removed deployment -> remove everything",
+        None,
+        [rep("a"), rep("b", "t1")],
+        [
+            RemoveReplica("a", "c-a", "deployment removed"),
+            RemoveReplica("b", "c-b", "deployment removed"),
+        ],
+    ),
+    (
+        "zero replicas -> remove everything",
+        Desired("s2", "t2", 0),
+        [rep("a")],
+        [RemoveReplica("a", "c-a", "scaled to zero")],
+    ),
+    (
+        "update starts: new template created, old ones kept serving",
+        D,
+        [rep("a", "t1"), rep("b", "t1")],
+        [CreateReplica(), CreateReplica()],
+    ),
+    (
+        "update midway: new ones not ready -> old ones stay",
+        D,
+        [rep("a", "t1"), rep("b", "t1"), rep("c", ready=False), rep("d", ready=False)],
+        [],
+    ),
+    (
+        "update done: new ones ready -> old ones removed",
+        D,
+        [rep("a", "t1"), rep("b", "t1"), rep("c"), rep("d")],
+        [RemoveReplica("a", "c-a", "replaced"), RemoveReplica("b", "c-b", "replaced")],
+    ),
+    (
+        "stopped old replica during an update is removed at once",
+        D,
+        [rep("a", "t1", running=False, ready=False), rep("b", "t1"), rep("c", ready=False)],
+        [CreateReplica(), RemoveReplica("a", "c-a", "replaced")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired", "observed", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_plan_table(
+    desired: Desired | None, observed: list[ObservedReplica], expected: list[object]
+) -> None:
+    assert plan(desired, observed) == expected
+
+
+def test_plan_converges_when_actions_are_applied() -> None:
+    """Applying the plan's actions (with replicas becoming ready) reaches 'no actions'."""
+    observed = [rep("a", "t1"), rep("b", "t1", running=False, ready=False)]
+    for round_ in range(5):
+        actions = plan(D, observed)
+        if not actions:
+            break
+        for action in actions:
+            if isinstance(action, CreateReplica):
+                observed.append(rep(f"n{len(observed)}", created=round_))
+            elif isinstance(action, RemoveReplica):
+                observed = [o for o in observed if o.replica_id != action.replica_id]
+            else:
+                observed = [
+                    rep(o.replica_id, o.template_id) if o.replica_id == action.replica_id else o
+                    for o in observed
+                ]
+    assert plan(D, observed) == []
+    assert len(observed) == 2 and all(o.template_id == "t2" for o in observed)
