@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import trio
 
 from daemon.store import (
     Event,
@@ -377,3 +378,11 @@ def test_a_failed_apply_leaves_nothing_behind(store: Store) -> None:
 
     assert store.get_deployment("fresh") is None
     assert [(r.revision, r.active) for r in store.history("echo")] == [(1, True)]
+
+
+async def test_usable_from_worker_threads(store: Store) -> None:
+    # The daemon calls the store through trio.to_thread, one call at a time.
+    result = await trio.to_thread.run_sync(store.apply, "echo", "s1", "a", "{}")
+    history = await trio.to_thread.run_sync(store.history, "echo")
+
+    assert [r.revision for r in history] == [result.revision]
