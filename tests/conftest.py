@@ -83,7 +83,7 @@ def free_port_fixture() -> Callable[[], int]:
 
 @pytest.fixture(scope="session")
 def podman_url() -> Iterator[str]:
-    """"unix:///tmp/.../podman.sock": a private Podman API service for this test session."""
+    """A private Podman service for this session; yields "unix:///tmp/.../podman.sock"."""
     podman = podman_binary()
     sock_dir = Path(tempfile.mkdtemp(prefix="berth-test-podman-"))
     sock_path = sock_dir / "podman.sock"

@@ -1,0 +1,341 @@
+"""`PodmanRuntime`: the real `ContainerRuntime`, over Podman's libpod API.
+
+Invariants:
+- This is the only module that imports podman-py. Its blocking calls run in
+  `trio.to_thread.run_sync`, one call per thread hop, so the trio loop never blocks on Podman.
+- The two endless streams (`follow_logs`, `events`) do not use podman-py: a thread blocked in a
+  socket read cannot be cancelled, so they read the same libpod endpoints with httpx on trio,
+  and end the moment their consumer stops or is cancelled (use `contextlib.aclosing`).
+- podman-py and httpx exceptions never escape: they become `RuntimeFailure` subclasses,
+  with Podman's own explanation in the message.
+- Containers are created with restart policy "no": restarting is berthd's decision, not
+  Podman's. They carry `LABEL_HOST_PORT`, so an adopted container's port is known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import httpx
+import podman.errors
+import requests
+import trio
+from podman import PodmanClient
+
+from daemon.runtime import (
+    LABEL_HOST_PORT,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerSpec,
+    ImageNotFound,
+    RuntimeFailure,
+    TemporaryRuntimeError,
+)
+
+T = TypeVar("T")
+
+# libpod API prefix used by the streams; Podman 4.x accepts any version >= 4.0.0 here.
+LIBPOD_PREFIX = "/v4.0.0/libpod"
+# Extra event attributes that Podman mixes in with the container's labels.
+EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
+# Podman's messages for a registry that has no such image (pull and create).
+IMAGE_MISSING_HINTS = ("image not known", "manifest unknown", "name unknown", "not found")
+REGISTRY_TEMPORARY_HINTS = ("connection refused", "i/o timeout", "no such host", "timeout")
+
+
+class PodmanRuntime:
+    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._client = PodmanClient(base_url=url, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"PodmanRuntime({self.url!r})"
+
+    async def _call(
+        self,
+        fn: Callable[[], T],
+        *,
+        what: str,
+        not_found: type[RuntimeFailure] = ContainerNotFound,
+    ) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn)
+        except podman.errors.ImageNotFound as exc:
+            raise ImageNotFound(f"{what}: {_explain(exc)}") from exc
+        except podman.errors.NotFound as exc:
+            raise not_found(f"{what}: {_explain(exc)}") from exc
+        except podman.errors.APIError as exc:
+            if exc.response is None:
+                # podman-py wraps connection failures (OSError) in an APIError without response.
+                raise TemporaryRuntimeError(
+                    f"{what}: Podman at {self.url} unreachable ({exc.__cause__ or exc})"
+                ) from exc
+            message = _explain(exc)
+            if "image not known" in message:
+                raise ImageNotFound(f"{what}: {message}") from exc
+            raise RuntimeFailure(f"{what}: {message}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc}") from exc
+
+    async def version(self) -> str:
+        body = await self._call(self._client.version, what="podman version")
+        api = body.get("Components", [{}])[0].get("Details", {}).get("APIVersion", "?")
+        return f"podman {body.get('Version', '?')} (API {api})"
+
+    async def image_exists(self, image: str) -> bool:
+        return await self._call(partial(self._client.images.exists, image), what=image)
+
+    async def pull(self, image: str) -> None:
+        await self._call(partial(self._pull_sync, image), what=f"pull {image}")
+
+    def _pull_sync(self, image: str) -> None:
+        # podman-py's images.pull() drops the error that libpod reports inside the stream.
+        response = self._client.api.post(
+            "/images/pull", params={"reference": image, "quiet": True}, stream=True
+        )
+        response.raise_for_status(not_found=podman.errors.ImageNotFound)
+        for line in response.iter_lines():
+            error = json.loads(line).get("error") if line else None
+            if not error:
+                continue
+            lowered = error.lower()
+            if any(hint in lowered for hint in IMAGE_MISSING_HINTS):
+                raise ImageNotFound(f"pull {image}: {error}")
+            if any(hint in lowered for hint in REGISTRY_TEMPORARY_HINTS):
+                raise TemporaryRuntimeError(f"pull {image}: {error}")
+            raise RuntimeFailure(f"pull {image}: {error}")
+
+    async def create(self, spec: ContainerSpec) -> str:
+        labels = {LABEL_HOST_PORT: str(spec.host_port), **spec.labels}
+        kwargs: dict[str, Any] = {
+            "name": spec.name,
+            "labels": labels,
+            "environment": dict(spec.env),
+            "ports": {f"{spec.app_port}/tcp": (spec.host_ip, spec.host_port)},
+            "stop_timeout": math.ceil(spec.stop_timeout),
+            "restart_policy": {"Name": "no"},
+        }
+        if spec.command is not None:
+            kwargs["command"] = list(spec.command)
+        if spec.cpus is not None:
+            # podman-py silently drops `nano_cpus`: express the CPU limit as a CFS quota.
+            kwargs["cpu_period"] = 100_000
+            kwargs["cpu_quota"] = max(1_000, round(spec.cpus * 100_000))
+        if spec.memory_bytes is not None:
+            kwargs["mem_limit"] = spec.memory_bytes
+        if spec.devices:
+            # Sent as {"path": "nvidia.com/gpu=0"}; libpod resolves CDI names from /etc/cdi and
+            # /var/run/cdi when the container starts (an unknown device fails the start).
+            kwargs["devices"] = list(spec.devices)
+        container = await self._call(
+            partial(self._client.containers.create, spec.image, **kwargs),
+            what=f"create {spec.name}",
+            not_found=ImageNotFound,
+        )
+        container_id: str = container.id
+        return container_id
+
+    async def start(self, container_id: str) -> None:
+        def start() -> None:
+            response = self._client.api.post(f"/containers/{container_id}/start")
+            response.raise_for_status()
+
+        await self._call(start, what=f"start {container_id[:12]}")
+
+    # `timeout` is Podman's grace period before SIGKILL (the Protocol's name), not a deadline.
+    async def stop(self, container_id: str, *, timeout: float) -> None:  # noqa: ASYNC109
+        seconds = max(0, math.ceil(timeout))
+
+        def stop() -> None:
+            # 304: already stopped. The HTTP timeout must outlast Podman's grace period.
+            response = self._client.api.post(
+                f"/containers/{container_id}/stop",
+                params={"timeout": seconds},
+                timeout=seconds + self._timeout,
+            )
+            if response.status_code != 304:
+                response.raise_for_status()
+
+        await self._call(stop, what=f"stop {container_id[:12]}")
+
+    async def remove(self, container_id: str) -> None:
+        def remove() -> None:
+            # timeout=0: a forced remove kills at once (callers stop gracefully first).
+            response = self._client.api.delete(
+                f"/containers/{container_id}", params={"force": True, "timeout": 0}
+            )
+            if response.status_code != 404:
+                response.raise_for_status()
+
+        await self._call(remove, what=f"remove {container_id[:12]}")
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        def inspect() -> dict[str, Any]:
+            response = self._client.api.get(f"/containers/{container_id}/json")
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+            return body
+
+        return _info_from_inspect(await self._call(inspect, what=f"inspect {container_id[:12]}"))
+
+    async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})
+
+        def list_() -> list[dict[str, Any]]:
+            response = self._client.api.get(
+                "/containers/json", params={"all": True, "filters": filters}
+            )
+            response.raise_for_status()
+            body: list[dict[str, Any]] = response.json()
+            return body
+
+        infos = []
+        for entry in await self._call(list_, what="list containers"):
+            info = _info_from_list(entry)
+            if not info.running and info.status != "created":
+                # The list omits OOMKilled; inspect the few that have exited.
+                try:
+                    info = await self.inspect(info.container_id)
+                except ContainerNotFound:
+                    continue
+            infos.append(info)
+        return infos
+
+    async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
+        def logs() -> bytes:
+            container = self._client.containers.get(container_id)
+            frames = container.logs(stdout=True, stderr=True, tail=tail)
+            return frames if isinstance(frames, bytes) else b"".join(frames)
+
+        return await self._call(logs, what=f"logs {container_id[:12]}")
+
+    async def follow_logs(
+        self, container_id: str, *, tail: int | None = None
+    ) -> AsyncIterator[bytes]:
+        params = {"follow": "true", "stdout": "true", "stderr": "true"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        path = f"/containers/{container_id}/logs"
+        async with self._stream(path, params, what=f"logs {container_id[:12]}") as response:
+            buffer = b""
+            async for chunk in response.aiter_raw():
+                buffer += chunk
+                # Frames: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 length (big-endian).
+                while len(buffer) >= 8:
+                    (length,) = struct.unpack_from(">L", buffer, 4)
+                    if len(buffer) < 8 + length:
+                        break
+                    frame, buffer = buffer[8 : 8 + length], buffer[8 + length :]
+                    if frame:
+                        yield frame
+
+    async def events(self, labels: Mapping[str, str]) -> AsyncIterator[ContainerEvent]:
+        filters = {"type": ["container"]}
+        if labels:
+            filters["label"] = [f"{key}={value}" for key, value in labels.items()]
+        params = {"stream": "true", "filters": json.dumps(filters)}
+        async with self._stream("/events", params, what="events") as response:
+            async for line in response.aiter_lines():
+                if line.strip():
+                    yield _event(json.loads(line))
+
+    @asynccontextmanager
+    async def _stream(
+        self, path: str, params: Mapping[str, str], *, what: str
+    ) -> AsyncIterator[httpx.Response]:
+        base_url, transport = _httpx_target(self.url)
+        timeout = httpx.Timeout(self._timeout, read=None)
+        try:
+            async with (
+                httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout) as http,
+                http.stream("GET", LIBPOD_PREFIX + path, params=params) as response,
+            ):
+                if response.status_code == 404:
+                    raise ContainerNotFound(f"{what}: {(await response.aread()).decode()}")
+                if response.status_code >= 400:
+                    raise RuntimeFailure(f"{what}: {(await response.aread()).decode()}")
+                yield response
+        except httpx.TransportError as exc:
+            raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._client.close)
+
+
+def _explain(exc: podman.errors.APIError) -> str:
+    return exc.explanation or str(exc)
+
+
+def _httpx_target(url: str) -> tuple[str, httpx.AsyncHTTPTransport]:
+    parsed = urlparse(url)
+    if parsed.scheme in ("unix", "http+unix"):
+        return "http://podman", httpx.AsyncHTTPTransport(uds=parsed.path)
+    if parsed.scheme in ("tcp", "http"):
+        return f"http://{parsed.netloc}", httpx.AsyncHTTPTransport()
+    raise RuntimeFailure(f"streaming from Podman at {url!r} is not supported (unix or tcp only)")
+
+
+def _info_from_inspect(body: Mapping[str, Any]) -> ContainerInfo:
+    state = body.get("State") or {}
+    labels = (body.get("Config") or {}).get("Labels") or {}
+    bindings = (body.get("HostConfig") or {}).get("PortBindings") or {}
+    ports = [binding.get("HostPort") for entries in bindings.values() for binding in entries or []]
+    status = state.get("Status", "unknown")
+    return ContainerInfo(
+        container_id=body["Id"],
+        name=body.get("Name", "").lstrip("/"),
+        image=body.get("ImageName") or body.get("Image", ""),
+        labels=labels,
+        status=status,
+        exit_code=state.get("ExitCode") if status in ("exited", "stopped") else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        host_port=_host_port(labels, ports),
+    )
+
+
+def _info_from_list(entry: Mapping[str, Any]) -> ContainerInfo:
+    labels = entry.get("Labels") or {}
+    status = entry.get("State", "unknown")
+    ports = [port.get("host_port") for port in entry.get("Ports") or []]
+    return ContainerInfo(
+        container_id=entry["Id"],
+        name=(entry.get("Names") or [""])[0],
+        image=entry.get("Image", ""),
+        labels=labels,
+        status=status,
+        exit_code=entry.get("ExitCode") if status in ("exited", "stopped") else None,
+        host_port=_host_port(labels, ports),
+    )
+
+
+def _host_port(labels: Mapping[str, str], bound: list[Any]) -> int | None:
+    for candidate in (labels.get(LABEL_HOST_PORT), *bound):
+        try:
+            return int(candidate)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _event(body: Mapping[str, Any]) -> ContainerEvent:
+    actor = body.get("Actor") or {}
+    attributes: Mapping[str, str] = actor.get("Attributes") or {}
+    action = body.get("status") or body.get("Action") or ""
+    exit_code = None
+    if action == "died" and attributes.get("containerExitCode") is not None:
+        exit_code = int(attributes["containerExitCode"])
+    return ContainerEvent(
+        container_id=body.get("id") or actor.get("ID", ""),
+        action=action,
+        labels={k: v for k, v in attributes.items() if k not in EVENT_ATTRIBUTES},
+        exit_code=exit_code,
+    )
