@@ -1,0 +1,37 @@
+# berth: the two commands a new user needs are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup image run stop test lint unit bench clean
+
+setup:
+	scripts/setup-host.sh
+
+image: setup
+	scripts/build-echo-image.sh
+
+run: image
+	scripts/run-demo.sh
+
+stop:
+	@if [ -f .berth/berthd.pid ] && kill -0 $$(cat .berth/berthd.pid) 2>/dev/null; then \
+	  kill -TERM $$(cat .berth/berthd.pid) && echo "stop: sent SIGTERM to berthd $$(cat .berth/berthd.pid)"; \
+	else echo "stop: no berthd running from .berth"; fi
+
+lint: setup
+	$(VENV)/ruff check config daemon proxy tests
+	$(VENV)/ruff format --check config daemon proxy tests
+	$(VENV)/mypy
+
+test: image lint
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(VENV)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: image
+	bench/proxy.sh
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make run`: start berthd with its state under ./.berth (in the background, logging to
+# ./.berth/berthd.log), apply config/examples/echo.toml, wait for it, print the endpoint URL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+state=$root/.berth
+sock=$state/berth.sock
+venv=$root/.venv/bin
+export BERTH_SOCKET=$sock
+mkdir -p "$state"
+
+if [ -f "$state/berthd.pid" ] && kill -0 "$(cat "$state/berthd.pid")" 2>/dev/null; then
+  echo "run: berthd already running (pid $(cat "$state/berthd.pid"))"
+else
+  "$venv/berthd" --state-dir "$state" --socket "$sock" >>"$state/berthd.log" 2>&1 &
+  echo $! >"$state/berthd.pid"
+  echo "run: started berthd (pid $!), log in .berth/berthd.log"
+  for _ in $(seq 1 150); do
+    "$venv/berth" status >/dev/null 2>&1 && break
+    if ! kill -0 "$(cat "$state/berthd.pid")" 2>/dev/null; then
+      echo "run: berthd exited; the end of its log:" >&2
+      tail -n 20 "$state/berthd.log" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+fi
+"$venv/berth" apply config/examples/echo.toml --wait
+"$venv/berth" ls
+url=$("$venv/berth" ls --json | "$venv/python" -c 'import json,sys; print([d["endpoint"] for d in json.load(sys.stdin) if d["name"]=="echo"][0])')
+echo
+echo "echo is served at $url  (try: curl $url/cgi-bin/echo)"
+curl -fsS "$url/cgi-bin/echo" || true
+cat <<MSG
+
+Drive it with the CLI:
+  export BERTH_SOCKET=$sock PATH=$venv:\$PATH
+  berth ls; berth get echo; berth logs echo; berth events
+Stop berthd (the replicas keep running; the next berthd adopts them): make stop
+MSG
