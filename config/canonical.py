@@ -1,0 +1,200 @@
+"""The canonical form of a spec, and the ids derived from it.
+
+`spec_to_dict(spec)` is plain JSON-able data in the spec's own vocabulary, with units
+normalised (durations as canonical text such as "1m30s", sizes as "512Mi", replicas as
+min/max), so `spec_from_dict(spec_to_dict(s)) == s` and it can be shown, diffed or written
+back as TOML.
+
+The ids hash that form with the defaults left out (`defaults=False`): two specs that mean
+the same thing get the same id however they are written, any change in meaning gives a new
+one, and a berth upgrade that adds a field with a default does not change every existing id
+(which would roll every deployment on the host at once).
+
+- `spec_id`: the whole spec. Same id -> `berth apply` is "unchanged".
+- `template_id`: only what shapes the containers themselves (name, image, command, port,
+  env, resources, mounts, registry, stop_timeout). A change to replicas, autoscale, health,
+  endpoint, update or enabled keeps it, so berthd need not replace any replica for those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from config.spec import (
+    Autoscale,
+    AutoscaleMetric,
+    DeploymentSpec,
+    Endpoint,
+    MetricName,
+    Mount,
+    Probe,
+    Registry,
+    Resources,
+    Update,
+)
+from config.units import format_duration, format_size
+
+ID_LENGTH = 12
+TEMPLATE_KEYS = (
+    "name",
+    "image",
+    "command",
+    "port",
+    "env",
+    "resources",
+    "mounts",
+    "registry",
+    "stop_timeout",
+)
+_DEFAULT_ENDPOINT = Endpoint(port=0)
+_DEFAULT_PROBE = Probe(port=0)
+
+
+def spec_to_dict(spec: DeploymentSpec, *, defaults: bool = True) -> dict[str, Any]:
+    """The spec as canonical data; `defaults=False` leaves out every value equal to its default."""
+    full = defaults
+    d: dict[str, Any] = {"name": spec.name, "image": spec.image}
+    if spec.command is not None:
+        d["command"] = list(spec.command)
+    d["port"] = spec.port
+    _put(d, "enabled", spec.enabled, True, full)
+    _put(d, "stop_timeout", format_duration(spec.stop_timeout), "10s", full)
+    _put(d, "env", dict(sorted(spec.env.items())), {}, full)
+    _put(d, "resources", _resources(spec.resources, full), {}, full)
+    _put(d, "replicas", {"min": spec.replicas.min, "max": spec.replicas.max}, _ONE, full)
+    _put(d, "autoscale", _autoscale(spec.autoscale, full), {}, full)
+    health = {
+        kind: _probe(probe, spec.port, full)
+        for kind, probe in (
+            ("startup", spec.health.startup),
+            ("readiness", spec.health.readiness),
+            ("liveness", spec.health.liveness),
+        )
+        if probe is not None
+    }
+    _put(d, "health", health, {}, full)
+    d["endpoint"] = _endpoint(spec.endpoint, full)
+    _put(d, "update", _update(spec.update, full), {}, full)
+    _put(d, "mounts", [_mount(m) for m in spec.mounts], [], full)
+    if spec.registry is not None:
+        d["registry"] = _registry(spec.registry)
+    return d
+
+
+def spec_id(spec: DeploymentSpec) -> str:
+    """12 hex digits naming this spec's meaning: equal for reformatted text, new on any change."""
+    return _digest(spec_to_dict(spec, defaults=False))
+
+
+def template_id(spec: DeploymentSpec) -> str:
+    """12 hex digits naming what the replicas' containers are made from (see module doc)."""
+    d = spec_to_dict(spec, defaults=False)
+    return _digest({k: d[k] for k in TEMPLATE_KEYS if k in d})
+
+
+def _digest(data: dict[str, Any]) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+_ONE = {"min": 1, "max": 1}
+
+
+def _put(d: dict[str, Any], key: str, value: object, default: object, full: bool) -> None:
+    if full or value != default:
+        d[key] = value
+
+
+def _resources(r: Resources, full: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if r.cpus is not None:
+        d["cpus"] = float(r.cpus)
+    if r.memory is not None:
+        d["memory"] = format_size(r.memory)
+    _put(d, "gpus", r.gpus, 0, full)
+    if r.gpu_memory is not None:
+        d["gpu_memory"] = format_size(r.gpu_memory)
+    return d
+
+
+def _autoscale(a: Autoscale, full: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    _put(d, "metrics", [_metric(m, full) for m in a.metrics], [], full)
+    _put(d, "scale_down_delay", format_duration(a.scale_down_delay), "5m", full)
+    return d
+
+
+def _metric(m: AutoscaleMetric, full: bool) -> dict[str, Any]:
+    target: object
+    if m.metric is MetricName.REQUEST_DURATION:
+        target = format_duration(m.target)
+    elif m.metric is MetricName.CONCURRENCY:
+        target = float(m.target)
+    else:
+        target = f"{_number(m.target)}%"
+    d: dict[str, Any] = {"metric": m.metric.value}
+    _put(d, "summary", m.summary.value, "average", full)
+    d["target"] = target
+    return d
+
+
+def _probe(p: Probe, app_port: int, full: bool) -> dict[str, Any]:
+    base = _DEFAULT_PROBE
+    d: dict[str, Any] = {"tcp": True} if p.tcp else {"path": p.path}
+    _put(d, "port", p.port, app_port, full)
+    _put(d, "headers", dict(sorted(p.headers.items())), {}, full)
+    _put(d, "initial_delay", format_duration(p.initial_delay), _dur(base.initial_delay), full)
+    _put(d, "period", format_duration(p.period), _dur(base.period), full)
+    _put(d, "timeout", format_duration(p.timeout), _dur(base.timeout), full)
+    _put(d, "failure_threshold", p.failure_threshold, base.failure_threshold, full)
+    _put(d, "success_threshold", p.success_threshold, base.success_threshold, full)
+    return d
+
+
+def _endpoint(e: Endpoint, full: bool) -> dict[str, Any]:
+    base = _DEFAULT_ENDPOINT
+    d: dict[str, Any] = {"port": e.port}
+    _put(d, "bind", e.bind, base.bind, full)
+    for key in ("connect_timeout", "read_timeout", "client_idle_timeout"):
+        value, default = getattr(e, key), getattr(base, key)
+        _put(d, key, format_duration(value), format_duration(default), full)
+    return d
+
+
+def _update(u: Update, full: bool) -> dict[str, Any]:
+    base = Update()
+    d: dict[str, Any] = {}
+    _put(d, "max_surge", u.max_surge, base.max_surge, full)
+    _put(d, "max_unavailable", u.max_unavailable, base.max_unavailable, full)
+    progress = format_duration(u.progress_deadline)
+    _put(d, "progress_deadline", progress, _dur(base.progress_deadline), full)
+    return d
+
+
+def _mount(m: Mount) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "type": m.type.value,
+        "source": m.source,
+        "target": m.target,
+        "read_only": m.read_only,
+    }
+    if m.ref is not None:
+        d["ref"] = m.ref
+    if m.credentials_file is not None:
+        d["credentials_file"] = m.credentials_file
+    return d
+
+
+def _registry(r: Registry) -> dict[str, Any]:
+    fields = {"auth_file": r.auth_file, "username": r.username, "password_file": r.password_file}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _dur(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))

@@ -1,0 +1,233 @@
+"""The spec language: TOML text in, a validated, frozen `DeploymentSpec` out.
+
+Invariants:
+- A spec either parses completely or raises `SpecError` listing every problem in it; no
+  partial spec ever leaves this module.
+- Every problem names its field path (`health.readiness.period`, `mounts[1].target`).
+- Defaults are filled in here (from `config.spec`), so a `DeploymentSpec` is complete.
+- Unknown keys are errors at every level.
+
+The sections with more rules live next door: `config.parse_scaling` (replicas, autoscale),
+`config.parse_health` (probes), `config.parse_mounts` (mounts, registry). The canonical form
+and the ids live in `config.canonical`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+
+import tomli
+
+from config.canonical import spec_id, spec_to_dict, template_id
+from config.errors import Problem, SpecError
+from config.image_ref import parse_image_ref
+from config.parse_health import read_health
+from config.parse_mounts import read_mounts, read_registry
+from config.parse_scaling import read_autoscale, read_replicas
+from config.reader import Reader, as_bool, as_duration, as_int, as_number, as_size
+from config.spec import DeploymentSpec, Endpoint, Resources, Update
+
+__all__ = [
+    "parse_spec",
+    "spec_from_dict",
+    "spec_id",
+    "spec_to_dict",
+    "template_id",
+]
+
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYNTAX_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+MIN_MEMORY = 6 * 1024**2  # Podman refuses a memory limit below 6 MiB
+MAX_CPUS = 1024.0
+MAX_GPUS = 16
+MAX_STOP_TIMEOUT = 300.0
+MAX_TIMEOUT = 86400.0
+
+
+def parse_spec(text: str, *, source: str = "<spec>") -> DeploymentSpec:
+    """Parse and validate a spec's TOML text; SpecError (naming `source`) lists all problems."""
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise SpecError([syntax_problem(exc)], source=source) from None
+    return spec_from_dict(data, source=source)
+
+
+def spec_from_dict(data: Mapping[str, object], *, source: str = "<spec>") -> DeploymentSpec:
+    """Validate an already-decoded spec (a TOML document, or `spec_to_dict`'s output)."""
+    problems: list[Problem] = []
+    spec = _read_spec(Reader(data, "", problems))
+    if problems or spec is None:
+        raise SpecError(problems, source=source)
+    return spec
+
+
+def syntax_problem(exc: tomli.TOMLDecodeError) -> Problem:
+    """A TOML syntax error as one problem naming line and column."""
+    lineno: object = getattr(exc, "lineno", None)
+    colno: object = getattr(exc, "colno", None)
+    msg: object = getattr(exc, "msg", None)
+    text = str(exc)
+    if not isinstance(lineno, int) or not isinstance(colno, int):
+        m = _SYNTAX_POSITION.search(text)
+        lineno, colno = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    if not isinstance(msg, str):
+        msg = _SYNTAX_POSITION.sub("", text).strip()
+    where = f" at line {lineno}, column {colno}" if lineno is not None else ""
+    return Problem("", f"TOML syntax error{where}: {msg}")
+
+
+def _read_spec(r: Reader) -> DeploymentSpec | None:
+    name = r.required("name", _as_name)
+    image = r.required("image", _as_image)
+    command = r.optional("command", _as_command)
+    port = r.required("port", as_int(1, 65535))
+    enabled = r.get("enabled", as_bool, True)
+    stop_timeout = r.get("stop_timeout", as_duration(0, MAX_STOP_TIMEOUT), 10.0)
+    env = _read_env(r.table("env"))
+    resources = _read_resources(r.table("resources"))
+    replicas = read_replicas(r.table("replicas"))
+    autoscale = read_autoscale(r.table("autoscale"), resources)
+    health = read_health(r.table("health"), app_port=port or 0)
+    endpoint = _read_endpoint(r.table("endpoint", required=True))
+    update = _read_update(r.table("update"))
+    mounts = read_mounts(r.tables("mounts"))
+    registry = read_registry(r.table("registry"))
+    r.close()
+    if r.problems or name is None or image is None or port is None or endpoint is None:
+        return None
+    return DeploymentSpec(
+        name=name,
+        image=image,
+        port=port,
+        endpoint=endpoint,
+        command=command,
+        enabled=enabled,
+        stop_timeout=stop_timeout,
+        env=env,
+        resources=resources,
+        replicas=replicas,
+        autoscale=autoscale,
+        health=health,
+        update=update,
+        mounts=mounts,
+        registry=registry,
+    )
+
+
+def _as_name(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    if not _NAME.fullmatch(raw):
+        raise ValueError(
+            'must be 1-63 characters of a-z, 0-9 and "-", starting and ending with a letter '
+            "or digit"
+        )
+    return raw
+
+
+def _as_image(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    try:
+        parse_image_ref(raw)
+    except ValueError as exc:
+        raise ValueError(f"not a valid image reference: {exc}") from None
+    return raw
+
+
+def _as_command(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ValueError("must be a list of strings")
+    if not raw or not raw[0]:
+        raise ValueError("must name a program: a non-empty list whose first item is not empty")
+    return tuple(raw)
+
+
+def _as_env_value(raw: object) -> str:
+    # Integers have one obvious text; floats ("1.0" or "1"?) and booleans ("true" or
+    # "True"?) do not, so those must be quoted.
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    raise ValueError("must be a string (quote it) or an integer")
+
+
+def _read_env(r: Reader | None) -> dict[str, str]:
+    if r is None:
+        return {}
+    env: dict[str, str] = {}
+    for key in list(r.data):
+        value = r.optional(key, _as_env_value)
+        if not _ENV_NAME.fullmatch(key):
+            r.problem(key, "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        elif value is not None:
+            env[key] = value
+    r.close()
+    return dict(sorted(env.items()))
+
+
+def _read_resources(r: Reader | None) -> Resources:
+    if r is None:
+        return Resources()
+    cpus = r.optional("cpus", as_number(hi=MAX_CPUS, above=0))
+    memory = r.optional("memory", as_size(MIN_MEMORY, lo_text="6Mi (Podman's minimum)"))
+    gpus = r.get("gpus", as_int(0, MAX_GPUS), 0)
+    gpu_memory = r.optional("gpu_memory", as_size(1024**2, lo_text="1Mi"))
+    if gpu_memory is not None and gpus > 0:
+        r.problem(
+            "gpu_memory",
+            "cannot be combined with resources.gpus: ask for whole GPUs or for VRAM, not both",
+        )
+    r.close()
+    return Resources(cpus=cpus, memory=memory, gpus=gpus, gpu_memory=gpu_memory)
+
+
+def _as_bind(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    try:
+        return ipaddress.ip_address(raw).compressed
+    except ValueError:
+        raise ValueError('must be an IPv4 or IPv6 address such as "0.0.0.0" or "::1"') from None
+
+
+def _read_endpoint(r: Reader | None) -> Endpoint | None:
+    if r is None:
+        return None
+    port = r.required("port", as_int(1024, 65535))
+    bind = r.get("bind", _as_bind, "0.0.0.0")
+    connect_timeout = r.get("connect_timeout", as_duration(hi=3600.0, above=0), 5.0)
+    read_timeout = r.get("read_timeout", as_duration(hi=MAX_TIMEOUT, above=0), 300.0)
+    idle = r.get("client_idle_timeout", as_duration(hi=MAX_TIMEOUT, above=0), 60.0)
+    r.close()
+    if port is None:
+        return None
+    return Endpoint(
+        port=port,
+        bind=bind,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        client_idle_timeout=idle,
+    )
+
+
+def _read_update(r: Reader | None) -> Update:
+    if r is None:
+        return Update()
+    surge = r.get("max_surge", as_int(0, 100), 1)
+    unavailable = r.get("max_unavailable", as_int(0, 100), 0)
+    deadline = r.get("progress_deadline", as_duration(hi=MAX_TIMEOUT, above=0), 600.0)
+    if r.ok("max_surge", "max_unavailable") and surge == 0 and unavailable == 0:
+        r.problem(
+            "max_unavailable",
+            "update.max_surge and update.max_unavailable cannot both be 0 "
+            "(the update could never replace a replica)",
+        )
+    r.close()
+    return Update(max_surge=surge, max_unavailable=unavailable, progress_deadline=deadline)

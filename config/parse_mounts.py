@@ -1,0 +1,187 @@
+"""`[[mounts]]` and `[registry]`: what a replica sees besides its image, and how to pull it.
+
+Mount sources by type: `bind` an absolute host path (berthd also checks it lies under its
+`allowed_roots`), `volume` a Podman volume name, `git` a repository URL (cloned by berthd,
+optionally at `ref`, with `credentials_file`), `model` a model name whose target defaults to
+`/models/<name>`. Targets are absolute, normalised, and unique within a spec. Secrets never
+go in a spec (it is kept in history): a git URL with a password in it is refused.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from urllib.parse import urlsplit
+
+from config.reader import Reader, as_bool, as_enum, as_str
+from config.spec import Mount, MountType, Registry
+
+MODEL_ROOT = "/models"
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # Podman's volume name rule
+_MODEL_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_MODEL_NAME = re.compile(rf"{_MODEL_PART}(?:/{_MODEL_PART})*")
+_GIT_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
+_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
+_GIT_SCHEMES = ("https", "http", "git", "ssh", "file")
+_BAD_PATH_TEXT = re.compile(r"[\x00-\x1f\x7f,]")
+
+
+def read_mounts(readers: list[Reader]) -> tuple[Mount, ...]:
+    mounts: list[Mount] = []
+    targets: dict[str, str] = {}
+    for m in readers:
+        mount = _read_mount(m)
+        if mount is None:
+            continue
+        if mount.target in targets:
+            m.problem("target", f"same target as {targets[mount.target]}", mount.target)
+            continue
+        targets[mount.target] = m.path
+        mounts.append(mount)
+    return tuple(mounts)
+
+
+def _read_mount(m: Reader) -> Mount | None:
+    kind = m.required("type", as_enum({x.value: x for x in MountType}))
+    target = m.optional("target", _as_target)
+    read_only = m.get("read_only", as_bool, True)
+    ref = m.optional("ref", _as_git_ref)
+    credentials_file = m.optional("credentials_file", as_abs_path)
+    if kind is None:
+        m.optional("source", as_str)
+        m.close()
+        return None
+    source = m.required("source", _SOURCE_CHECKS[kind])
+    for key in ("ref", "credentials_file"):
+        if kind is not MountType.GIT and m.has(key):
+            m.problem(key, "only for git mounts")
+    if target is None and not m.has("target"):
+        if kind is MountType.MODEL and source is not None:
+            target = posixpath.join(MODEL_ROOT, source)
+        elif kind is not MountType.MODEL:
+            m.problem("target", "required")
+    m.close()
+    if target is None or source is None:
+        return None
+    return Mount(
+        type=kind,
+        target=target,
+        source=source,
+        read_only=read_only,
+        ref=ref,
+        credentials_file=credentials_file,
+    )
+
+
+def read_registry(r: Reader | None) -> Registry | None:
+    if r is None:
+        return None
+    auth_file = r.optional("auth_file", as_abs_path)
+    username = r.optional("username", _as_username)
+    password_file = r.optional("password_file", as_abs_path)
+    r.close()
+    if r.has("auth_file"):
+        if r.has("username") or r.has("password_file"):
+            r.problem(
+                "auth_file",
+                "cannot be combined with registry.username and registry.password_file",
+            )
+    elif r.has("username") != r.has("password_file"):
+        missing = "password_file" if r.has("username") else "username"
+        other = "username" if missing == "password_file" else "password_file"
+        r.problem(missing, f"required with registry.{other}")
+    elif not r.has("username"):
+        r.problem("auth_file", "required (or registry.username and registry.password_file)")
+    return Registry(auth_file=auth_file, username=username, password_file=password_file)
+
+
+def as_abs_path(raw: object) -> str:
+    """An absolute path, normalised ("/a/b/" -> "/a/b"); no "..", commas or control chars."""
+    path = as_str(raw)
+    if not path.startswith("/"):
+        raise ValueError("must be an absolute path")
+    if ".." in path.split("/"):
+        raise ValueError('must not contain ".."')
+    if _BAD_PATH_TEXT.search(path):
+        raise ValueError("must not contain commas or control characters")
+    normal = posixpath.normpath(path)
+    # POSIX keeps a leading "//" as is; collapse it, it means nothing special on Linux.
+    return "/" + normal.lstrip("/")
+
+
+def _as_target(raw: object) -> str:
+    path = as_abs_path(raw)
+    if path == "/":
+        raise ValueError("cannot mount over the container's root directory")
+    return path
+
+
+def _as_bind_source(raw: object) -> str:
+    path = as_abs_path(raw)
+    if path == "/":
+        raise ValueError("cannot bind the host's root directory")
+    return path
+
+
+def _as_volume(raw: object) -> str:
+    name = as_str(raw)
+    if not _VOLUME_NAME.fullmatch(name):
+        raise ValueError("must be a volume name: letters, digits, _ . -, starting alphanumeric")
+    return name
+
+
+def _as_model(raw: object) -> str:
+    name = as_str(raw)
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            'must be a model name such as "tiny" or "org/model-7b": letters, digits, _ . -, '
+            'parts separated by "/"'
+        )
+    return name
+
+
+def _as_git_url(raw: object) -> str:
+    url = as_str(raw)
+    if not url or url.startswith("-") or any(c.isspace() for c in url):
+        raise ValueError("must be a git URL without spaces")
+    if "://" not in url:
+        if _SCP_LIKE.fullmatch(url):
+            return url
+        raise ValueError(
+            "must be a git URL: https://, http://, git://, ssh://, file:// or user@host:path"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in _GIT_SCHEMES:
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r}; use " + ", ".join(_GIT_SCHEMES))
+    if parts.scheme == "file":
+        if not parts.path.startswith("/"):
+            raise ValueError("a file:// URL needs an absolute path")
+    elif not parts.hostname:
+        raise ValueError("the URL has no host")
+    if parts.password is not None:
+        raise ValueError(
+            "must not hold a password (specs are kept in history); use credentials_file"
+        )
+    return url
+
+
+def _as_git_ref(raw: object) -> str:
+    ref = as_str(raw)
+    if not _GIT_REF.fullmatch(ref) or ".." in ref or ref.endswith((".", "/", ".lock")):
+        raise ValueError("must be a branch, tag or commit name")
+    return ref
+
+
+def _as_username(raw: object) -> str:
+    name = as_str(raw)
+    if not name or any(c.isspace() for c in name):
+        raise ValueError("must be a non-empty user name without spaces")
+    return name
+
+
+_SOURCE_CHECKS = {
+    MountType.BIND: _as_bind_source,
+    MountType.VOLUME: _as_volume,
+    MountType.GIT: _as_git_url,
+    MountType.MODEL: _as_model,
+}

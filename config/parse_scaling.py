@@ -1,0 +1,112 @@
+"""`[replicas]` and `[autoscale]`: how many replicas, and what moves the number.
+
+`count = N` is shorthand for `min = max = N` and excludes both. With only `min`, `max`
+defaults to `max(min, 1)` (a fixed count); with only `max`, `min` defaults to 1.
+"""
+
+from __future__ import annotations
+
+import re
+
+from config.reader import Converter, Reader, as_duration, as_enum, as_int, as_number
+from config.spec import Autoscale, AutoscaleMetric, MetricName, Replicas, Resources, Summary
+
+MAX_REPLICAS = 100
+MAX_SCALE_DOWN_DELAY = 86400.0
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+_PERCENT_METRICS = frozenset(
+    {MetricName.CPU, MetricName.MEMORY, MetricName.GPU_UTILIZATION, MetricName.GPU_MEMORY}
+)
+_GPU_METRICS = frozenset({MetricName.GPU_UTILIZATION, MetricName.GPU_MEMORY})
+
+
+def read_replicas(r: Reader | None) -> Replicas:
+    if r is None:
+        return Replicas()
+    count = r.optional("count", as_int(1, MAX_REPLICAS))
+    lo = r.optional("min", as_int(0, MAX_REPLICAS))
+    hi = r.optional("max", as_int(1, MAX_REPLICAS))
+    r.close()
+    if r.has("count"):
+        if r.has("min") or r.has("max"):
+            r.problem(
+                "count",
+                "cannot be combined with replicas.min or replicas.max "
+                "(count = N means min = max = N)",
+            )
+        n = count if count is not None else 1
+        return Replicas(min=n, max=n)
+    if lo is None and hi is None:
+        return Replicas()
+    if hi is None:
+        hi = max(lo or 0, 1)
+    if lo is None:
+        lo = min(1, hi)
+    if r.ok("min", "max") and hi < lo:
+        r.problem("max", f"must be >= replicas.min ({hi} < {lo})")
+    return Replicas(min=lo, max=hi)
+
+
+def read_autoscale(r: Reader | None, resources: Resources) -> Autoscale:
+    if r is None:
+        return Autoscale()
+    delay = r.get("scale_down_delay", as_duration(0, MAX_SCALE_DOWN_DELAY), 300.0)
+    metrics: list[AutoscaleMetric] = []
+    seen: dict[tuple[MetricName, Summary], str] = {}
+    for m in r.tables("metrics"):
+        metric = _read_metric(m, resources)
+        if metric is None:
+            continue
+        key = (metric.metric, metric.summary)
+        if key in seen:
+            m.problem("metric", f"same metric and summary as {seen[key]}", metric.metric.value)
+            continue
+        seen[key] = m.path
+        metrics.append(metric)
+    r.close()
+    return Autoscale(metrics=tuple(metrics), scale_down_delay=delay)
+
+
+def _read_metric(m: Reader, resources: Resources) -> AutoscaleMetric | None:
+    metric = m.required("metric", as_enum({x.value: x for x in MetricName}))
+    summary = m.get("summary", as_enum({x.value: x for x in Summary}), Summary.AVERAGE)
+    target = m.required("target", _target_converter(metric))
+    m.close()
+    if metric is None:
+        return None
+    if summary is Summary.P95 and metric is not MetricName.REQUEST_DURATION:
+        m.problem("summary", "p95 is only for request_duration", summary.value)
+    if metric in _GPU_METRICS and resources.gpus == 0 and resources.gpu_memory is None:
+        m.problem("metric", "needs resources.gpus or resources.gpu_memory", metric.value)
+    if metric is MetricName.MEMORY and resources.memory is None:
+        m.problem("metric", "needs resources.memory (the target is a percentage of it)")
+    if target is None:
+        return None
+    return AutoscaleMetric(metric=metric, summary=summary, target=target)
+
+
+def _target_converter(metric: MetricName | None) -> Converter[float]:
+    if metric is None:
+        return _any_target
+    if metric in _PERCENT_METRICS:
+        return _as_percent
+    if metric is MetricName.REQUEST_DURATION:
+        return as_duration(above=0)
+    return as_number(above=0)  # concurrency: in-flight requests per replica
+
+
+def _any_target(raw: object) -> float:
+    # The metric itself is wrong or missing; that is the problem to report, not the target.
+    return 0.0
+
+
+def _as_percent(raw: object) -> float:
+    value: float | None = None
+    if isinstance(raw, str):
+        m = _PERCENT.fullmatch(raw.strip())
+        value = float(m.group(1)) if m else None
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    if value is None or not 1 <= value <= 100:
+        raise ValueError('must be a percentage between 1 and 100, such as "70%" or 70')
+    return value
