@@ -1,0 +1,199 @@
+"""berthd's own settings: flags > environment > berthd.toml > defaults, one key at a time.
+
+    state_dir     --state-dir     BERTH_STATE_DIR   state_dir          /var/lib/berth
+    socket        --socket        BERTH_SOCKET      socket             /run/berth/berth.sock
+    podman_url    --podman-url    BERTH_PODMAN_URL  podman_url         None (system socket,
+                                                                       else embedded)
+    specs         --specs         BERTH_SPECS       specs              None
+    allowed_roots                                   [mounts] allowed_roots  /srv /data ...
+    metrics_listen                                  [metrics] listen   None (off)
+
+An empty environment variable counts as unset. Relative paths from flags and environment
+are taken from the working directory; relative paths in berthd.toml from the file's own
+directory. Unknown keys in berthd.toml are errors, as in specs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli
+
+from config.errors import Problem, SpecError
+from config.parse import syntax_problem
+from config.reader import Reader, as_str, as_str_list
+
+DEFAULT_STATE_DIR = Path("/var/lib/berth")
+DEFAULT_SOCKET = Path("/run/berth/berth.sock")
+DEFAULT_ALLOWED_ROOTS = (
+    Path("/srv"),
+    Path("/data"),
+    Path("/models"),
+    Path("/var/lib/berth/volumes"),
+)
+ENV_VARS = {
+    "state_dir": "BERTH_STATE_DIR",
+    "socket": "BERTH_SOCKET",
+    "podman_url": "BERTH_PODMAN_URL",
+    "specs": "BERTH_SPECS",
+}
+OVERRIDE_KEYS = frozenset(
+    {"state_dir", "socket", "podman_url", "specs", "allowed_roots", "metrics_listen"}
+)
+PODMAN_SCHEMES = ("unix://", "http+unix://", "tcp://", "ssh://")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    state_dir: Path
+    socket: Path
+    podman_url: str | None
+    specs: Path | None
+    allowed_roots: tuple[Path, ...]
+    metrics_listen: str | None
+
+    def allows_bind_source(self, source: str | Path) -> bool:
+        """Whether a bind mount's (absolute, normalised) source lies under an allowed root."""
+        path = Path(source)
+        return any(path == root or root in path.parents for root in self.allowed_roots)
+
+
+def load_settings(
+    config_file: Path | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, object | None],
+) -> DaemonSettings:
+    """berthd's settings; SpecError (source = the file name) for a bad file or value."""
+    unknown = set(overrides) - OVERRIDE_KEYS
+    if unknown:
+        raise ValueError(f"unknown settings override(s): {', '.join(sorted(unknown))}")
+    source = str(config_file) if config_file is not None else "berthd settings"
+    problems: list[Problem] = []
+    file_values = _read_file(config_file, problems) if config_file is not None else {}
+    cwd = Path.cwd()
+
+    def pick(key: str) -> tuple[object | None, str, Path]:
+        """The winning value for `key`, the path to blame, and the base for relative paths."""
+        given = overrides.get(key)
+        if given is not None:
+            return given, f"--{key.replace('_', '-')}", cwd
+        var = ENV_VARS.get(key)
+        if var is not None and env.get(var):
+            return env[var], var, cwd
+        base = config_file.parent if config_file is not None else cwd
+        return file_values.get(key), _FILE_PATHS.get(key, key), base
+
+    def path_value(key: str, default: Path | None) -> Path | None:
+        value, where, base = pick(key)
+        if value is None:
+            return default
+        if not isinstance(value, str | Path) or not str(value):
+            problems.append(Problem(where, "must be a path", value))
+            return default
+        return _absolute(Path(value), base)
+
+    state_dir = path_value("state_dir", DEFAULT_STATE_DIR) or DEFAULT_STATE_DIR
+    socket = path_value("socket", DEFAULT_SOCKET) or DEFAULT_SOCKET
+    specs = path_value("specs", None)
+
+    podman_url, where, _ = pick("podman_url")
+    if podman_url is not None and (
+        not isinstance(podman_url, str) or not podman_url.startswith(PODMAN_SCHEMES)
+    ):
+        problems.append(
+            Problem(where, "must be a URL starting " + ", ".join(PODMAN_SCHEMES), podman_url)
+        )
+        podman_url = None
+
+    roots_value, where, base = pick("allowed_roots")
+    allowed_roots: tuple[Path, ...] = DEFAULT_ALLOWED_ROOTS
+    if roots_value is not None:
+        roots = _as_roots(roots_value, where, problems)
+        if roots is not None:
+            allowed_roots = tuple(_absolute(p, base) for p in roots)
+
+    listen, where, _ = pick("metrics_listen")
+    if listen is not None:
+        reason = _listen_problem(listen)
+        if reason is not None:
+            problems.append(Problem(where, reason, listen))
+            listen = None
+
+    if problems:
+        raise SpecError(problems, source=source)
+    return DaemonSettings(
+        state_dir=state_dir,
+        socket=socket,
+        podman_url=podman_url if isinstance(podman_url, str) else None,
+        specs=specs,
+        allowed_roots=allowed_roots,
+        metrics_listen=listen if isinstance(listen, str) else None,
+    )
+
+
+_FILE_PATHS = {"allowed_roots": "mounts.allowed_roots", "metrics_listen": "metrics.listen"}
+
+
+def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
+    """berthd.toml as flat settings keys; problems (with TOML paths) for anything wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([Problem("", f"cannot read: {exc}")], source=str(path)) from None
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise SpecError([syntax_problem(exc)], source=str(path)) from None
+    r = Reader(data, "", problems)
+    out: dict[str, object] = {}
+    for key in ("state_dir", "socket", "podman_url", "specs"):
+        value = r.optional(key, as_str)
+        if value is not None:
+            out[key] = value
+    mounts = r.table("mounts")
+    if mounts is not None:
+        roots = mounts.optional("allowed_roots", as_str_list)
+        if roots is not None:
+            out["allowed_roots"] = list(roots)
+        mounts.close()
+    metrics = r.table("metrics")
+    if metrics is not None:
+        listen = metrics.optional("listen", as_str)
+        if listen is not None:
+            out["metrics_listen"] = listen
+        metrics.close()
+    r.close()
+    return out
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _as_roots(value: object, where: str, problems: list[Problem]) -> list[Path] | None:
+    if isinstance(value, str | Path):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | Path) for v in value):
+        problems.append(Problem(where, "must be a list of paths", value))
+        return None
+    return [Path(v) for v in value]
+
+
+def _listen_problem(value: object) -> str | None:
+    """Why `value` is not "host:port" ("127.0.0.1:9464", "[::1]:9464", ":9464")."""
+    if not isinstance(value, str):
+        return 'must be a string such as "127.0.0.1:9464"'
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return 'must be "host:port" with a port from 1 to 65535, such as "127.0.0.1:9464"'
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "not an IPv6 address in brackets"
+    elif ":" in host:
+        return 'write an IPv6 host in brackets: "[::1]:9464"'
+    return None
