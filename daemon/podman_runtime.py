@@ -4,9 +4,9 @@ Invariants:
 - This is the only module that imports podman-py. Its blocking calls run in
   `trio.to_thread.run_sync`, one call per thread hop, so the trio loop never blocks on Podman.
 - The two endless streams (`follow_logs`, `events`) do not use podman-py: a thread blocked in a
-  socket read cannot be cancelled, so they read the same libpod endpoints with httpx on trio,
-  and end the moment their consumer stops or is cancelled (use `contextlib.aclosing`).
-- podman-py and httpx exceptions never escape: they become `RuntimeFailure` subclasses,
+  socket read cannot be cancelled, so they read the same libpod endpoints with h11 over a trio
+  socket, and end the moment their consumer stops or is cancelled (use `contextlib.aclosing`).
+- podman-py, h11 and socket exceptions never escape: they become `RuntimeFailure` subclasses,
   with Podman's own explanation in the message.
 - Containers are created with restart policy "no": restarting is berthd's decision, not
   Podman's. They carry `LABEL_HOST_PORT`, so an adopted container's port is known.
@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
-import httpx
+import h11
 import podman.errors
 import requests
 import trio
@@ -76,6 +77,7 @@ class PodmanRuntime:
         except podman.errors.APIError as exc:
             if exc.response is None:
                 # podman-py wraps connection failures (OSError) in an APIError without response.
+                _close_leaked_sockets(exc)
                 raise TemporaryRuntimeError(
                     f"{what}: Podman at {self.url} unreachable ({exc.__cause__ or exc})"
                 ) from exc
@@ -220,14 +222,14 @@ class PodmanRuntime:
 
     async def follow_logs(
         self, container_id: str, *, tail: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         params = {"follow": "true", "stdout": "true", "stderr": "true"}
         if tail is not None:
             params["tail"] = str(tail)
         path = f"/containers/{container_id}/logs"
-        async with self._stream(path, params, what=f"logs {container_id[:12]}") as response:
-            buffer = b""
-            async for chunk in response.aiter_raw():
+        buffer = b""
+        async with aclosing(self._stream(path, params, what=f"logs {container_id[:12]}")) as body:
+            async for chunk in body:
                 buffer += chunk
                 # Frames: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 length (big-endian).
                 while len(buffer) >= 8:
@@ -238,34 +240,60 @@ class PodmanRuntime:
                     if frame:
                         yield frame
 
-    async def events(self, labels: Mapping[str, str]) -> AsyncIterator[ContainerEvent]:
+    async def events(self, labels: Mapping[str, str]) -> AsyncGenerator[ContainerEvent, None]:
         filters = {"type": ["container"]}
         if labels:
             filters["label"] = [f"{key}={value}" for key, value in labels.items()]
         params = {"stream": "true", "filters": json.dumps(filters)}
-        async with self._stream("/events", params, what="events") as response:
-            async for line in response.aiter_lines():
-                if line.strip():
-                    yield _event(json.loads(line))
+        buffer = b""
+        async with aclosing(self._stream("/events", params, what="events")) as body:
+            async for chunk in body:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(json.loads(line))
 
-    @asynccontextmanager
     async def _stream(
         self, path: str, params: Mapping[str, str], *, what: str
-    ) -> AsyncIterator[httpx.Response]:
-        base_url, transport = _httpx_target(self.url)
-        timeout = httpx.Timeout(self._timeout, read=None)
+    ) -> AsyncGenerator[bytes, None]:
+        """The body of a libpod GET, as it arrives (HTTP/1.1 by h11 on a trio stream)."""
+        request = h11.Request(
+            method="GET",
+            target=f"{LIBPOD_PREFIX}{path}?{urlencode(params)}",
+            headers=[("Host", "podman"), ("Connection", "close")],
+        )
+        connection = h11.Connection(h11.CLIENT)
         try:
-            async with (
-                httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout) as http,
-                http.stream("GET", LIBPOD_PREFIX + path, params=params) as response,
-            ):
-                if response.status_code == 404:
-                    raise ContainerNotFound(f"{what}: {(await response.aread()).decode()}")
-                if response.status_code >= 400:
-                    raise RuntimeFailure(f"{what}: {(await response.aread()).decode()}")
-                yield response
-        except httpx.TransportError as exc:
+            stream = await _open_stream(self.url)
+        except OSError as exc:
+            raise TemporaryRuntimeError(
+                f"{what}: Podman at {self.url} unreachable ({exc})"
+            ) from exc
+        try:
+            async with stream:
+                await stream.send_all(
+                    connection.send(request) + connection.send(h11.EndOfMessage())
+                )
+                status, error = 0, b""
+                while True:
+                    event = connection.next_event()
+                    if event is h11.NEED_DATA:
+                        connection.receive_data(await stream.receive_some(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data) and status < 400:
+                        yield bytes(event.data)
+                    elif isinstance(event, h11.Data):
+                        error += event.data
+                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        break
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
             raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc!r}") from exc
+        if status == 404:
+            raise ContainerNotFound(f"{what}: {_message(error)}")
+        if status >= 400:
+            raise RuntimeFailure(f"{what}: {_message(error)}")
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self._client.close)
@@ -275,13 +303,35 @@ def _explain(exc: podman.errors.APIError) -> str:
     return exc.explanation or str(exc)
 
 
-def _httpx_target(url: str) -> tuple[str, httpx.AsyncHTTPTransport]:
+def _message(body: bytes) -> str:
+    """Podman's explanation from an error body ({"cause": ..., "message": ...})."""
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace").strip()
+
+
+async def _open_stream(url: str) -> trio.SocketStream:
     parsed = urlparse(url)
     if parsed.scheme in ("unix", "http+unix"):
-        return "http://podman", httpx.AsyncHTTPTransport(uds=parsed.path)
-    if parsed.scheme in ("tcp", "http"):
-        return f"http://{parsed.netloc}", httpx.AsyncHTTPTransport()
+        return await trio.open_unix_socket(parsed.path)
+    if parsed.scheme in ("tcp", "http") and parsed.hostname and parsed.port:
+        return await trio.open_tcp_stream(parsed.hostname, parsed.port)
     raise RuntimeFailure(f"streaming from Podman at {url!r} is not supported (unix or tcp only)")
+
+
+def _close_leaked_sockets(exc: BaseException | None) -> None:
+    """podman-py 5.8's UDSSocket.connect() leaves its socket open when connect() fails."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            candidate = tb.tb_frame.f_locals.get("self")
+            if isinstance(candidate, socket.socket):
+                candidate.close()
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
 
 
 def _info_from_inspect(body: Mapping[str, Any]) -> ContainerInfo:
