@@ -1,0 +1,78 @@
+"""Standalone mode, for benchmarks and debugging.
+
+    python -m proxy --listen 127.0.0.1:8000 --upstream 127.0.0.1:9001 --upstream 127.0.0.1:9002
+
+SIGTERM or SIGINT: stop accepting, finish in-flight requests (up to --drain seconds), exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+from proxy.endpoint import Endpoint, EndpointTimeouts
+from proxy.upstreams import Upstream
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m proxy", description=__doc__.split("\n")[0])
+    p.add_argument("--listen", type=_host_port, required=True, metavar="HOST:PORT")
+    p.add_argument("--upstream", type=_host_port, action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--name", default="standalone")
+    p.add_argument("--drain", type=float, default=10.0, help="seconds for in-flight requests")
+    p.add_argument("--connect-timeout", type=float, default=EndpointTimeouts.connect)
+    p.add_argument("--read-timeout", type=float, default=EndpointTimeouts.read_idle)
+    p.add_argument("--client-idle-timeout", type=float, default=EndpointTimeouts.client_idle)
+    p.add_argument("--header-timeout", type=float, default=EndpointTimeouts.header_read)
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    host, port = args.listen
+    endpoint = Endpoint(
+        args.name,
+        bind=host,
+        port=port,
+        timeouts=EndpointTimeouts(
+            connect=args.connect_timeout,
+            read_idle=args.read_timeout,
+            client_idle=args.client_idle_timeout,
+            header_read=args.header_timeout,
+        ),
+    )
+    endpoint.set_upstreams(
+        Upstream(f"upstream-{i}", h, p) for i, (h, p) in enumerate(args.upstream)
+    )
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.run)
+            bound = endpoint.address
+            print(f"proxy listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+            async for _ in signals:
+                endpoint.begin_shutdown(args.drain)
+                break
+    print("proxy stopped", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        trio.run(serve, args)
+    except OSError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""A deployment's public endpoint: the listener, its client sessions, and their lifecycle.
+
+Invariants:
+- `set_upstreams` swaps the round-robin set at once; the next request sees the new set.
+  Replicas that left it get no new request; their in-flight requests finish, and their
+  connections are closed rather than pooled.
+- `run` owns every client session in one nursery. `begin_shutdown(t)` stops accepting,
+  closes the listener and idle keep-alive connections, and gives in-flight requests until
+  now + t; `run` returns when the last session ends.
+- Statistics are recorded by plain counters on the hot path and summarised on read.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from proxy import sockets
+from proxy.forward import Session
+from proxy.pool import Pool
+from proxy.stats import Counters, EndpointStatistics, ReplicaStatistics
+from proxy.upstreams import RoundRobin, Upstream
+
+STATS_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class EndpointTimeouts:
+    """Seconds. The defaults never cut a long model generation or stream."""
+
+    connect: float = 5.0  # to a replica
+    read_idle: float = 300.0  # replica silent for this long -> 504 (or cut, once streaming)
+    client_idle: float = 60.0  # keep-alive client silent between requests (or not reading)
+    header_read: float = 10.0  # from a request's first byte to the end of its head
+
+
+class Balancer:
+    """What every session of an endpoint shares: upstreams, pool, counters, policy."""
+
+    def __init__(
+        self,
+        name: str,
+        timeouts: EndpointTimeouts,
+        on_suspect: Callable[[str], None] | None,
+    ) -> None:
+        self.name = name
+        self.timeouts = timeouts
+        self.upstreams = RoundRobin()
+        self.pool = Pool()
+        self.draining = False
+        self.on_suspect = on_suspect
+        self.totals = Counters(STATS_WINDOW_S)
+        self.replicas: dict[str, Counters] = {}
+        self._id_prefix = os.urandom(6).hex().encode()
+        self._id_next = 0
+
+    def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
+        self.upstreams.set(upstreams)
+        current = self.upstreams.upstreams
+        self.pool.retain(current)
+        ids = {u.replica_id for u in current}
+        for rid in ids:
+            if rid not in self.replicas:
+                self.replicas[rid] = Counters(STATS_WINDOW_S)
+        for rid in [r for r, c in self.replicas.items() if r not in ids and not c.in_flight]:
+            del self.replicas[rid]
+
+    def next_request_id(self) -> bytes:
+        self._id_next += 1
+        return b"%s-%x" % (self._id_prefix, self._id_next)
+
+    def suspect(self, upstream: Upstream) -> None:
+        if self.on_suspect is not None:
+            self.on_suspect(upstream.replica_id)
+
+    def _counters(self, upstream: Upstream) -> Counters:
+        c = self.replicas.get(upstream.replica_id)
+        if c is None:
+            c = self.replicas[upstream.replica_id] = Counters(STATS_WINDOW_S)
+        return c
+
+    def began(self) -> None:
+        self.totals.in_flight += 1
+
+    def started(self, upstream: Upstream) -> None:
+        self._counters(upstream).in_flight += 1
+
+    def stopped(self, upstream: Upstream) -> None:
+        self._counters(upstream).in_flight -= 1
+
+    def finished(self, upstream: Upstream | None, status: int, start: float) -> None:
+        now = trio.current_time()
+        latency = now - start
+        self.totals.in_flight -= 1
+        self.totals.finish(status, now, latency)
+        if upstream is not None:
+            self._counters(upstream).finish(status, now, latency)
+
+
+class Endpoint:
+    """One deployment's listener and round-robin proxy (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        bind: str,
+        port: int,
+        timeouts: EndpointTimeouts = EndpointTimeouts(),  # noqa: B008 - frozen
+        on_suspect: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.bind = bind
+        self.port = port
+        self._balancer = Balancer(name, timeouts, on_suspect)
+        self._sessions: set[Session] = set()
+        self._accept_scope: trio.CancelScope | None = None
+        self._handlers_scope: trio.CancelScope | None = None
+        self._drain_deadline: float | None = None
+        self._address: tuple[str, int] | None = None
+
+    @property
+    def timeouts(self) -> EndpointTimeouts:
+        return self._balancer.timeouts
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port), once `run` has started; port 0 asks for a free one."""
+        if self._address is None:
+            raise RuntimeError(f"endpoint {self.name!r} is not listening")
+        return self._address
+
+    def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
+        self._balancer.set_upstreams(upstreams)
+
+    def upstreams(self) -> tuple[Upstream, ...]:
+        return self._balancer.upstreams.upstreams
+
+    def in_flight(self, replica_id: str) -> int:
+        c = self._balancer.replicas.get(replica_id)
+        return c.in_flight if c is not None else 0
+
+    def is_draining(self) -> bool:
+        return self._balancer.draining
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = sockets.listen(self.bind, self.port)
+        name = listener.getsockname()
+        self._address = (str(name[0]), int(name[1]))
+        closed = False
+        try:
+            async with trio.open_nursery() as handlers:
+                self._handlers_scope = handlers.cancel_scope
+                with trio.CancelScope() as accept_scope:
+                    self._accept_scope = accept_scope
+                    task_status.started()
+                    if self._balancer.draining:
+                        accept_scope.cancel()
+                        self._apply_drain_deadline()
+                    while True:
+                        sock, peer = await sockets.accept(listener)
+                        handlers.start_soon(self._serve, sock, peer)
+                sockets.close_listener(listener)
+                closed = True
+        finally:
+            if not closed:
+                sockets.close_listener(listener)
+            self._balancer.pool.close_all()
+            self._address = None
+
+    async def _serve(self, sock: socket.socket, peer: str) -> None:
+        session = Session(self._balancer, sockets.Conn(sock, peer))
+        self._sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self._sessions.discard(session)
+
+    def begin_shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting; in-flight requests get `drain_timeout` seconds to finish."""
+        self._balancer.draining = True
+        self._drain_deadline = trio.current_time() + drain_timeout
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        self._apply_drain_deadline()
+
+    def _apply_drain_deadline(self) -> None:
+        if self._handlers_scope is not None and self._drain_deadline is not None:
+            self._handlers_scope.deadline = min(self._handlers_scope.deadline, self._drain_deadline)
+        for session in list(self._sessions):
+            if session.idle:
+                session.conn.shutdown()  # its wait for a request ends with end-of-stream
+
+    def statistics(self) -> EndpointStatistics:
+        b = self._balancer
+        now = trio.current_time()
+        replicas = tuple(
+            ReplicaStatistics(
+                replica_id=rid,
+                in_flight=c.in_flight,
+                requests_total=c.total,
+                status=c.status_counts(),
+                latency=c.latency.summary(now),
+            )
+            for rid, c in sorted(b.replicas.items())
+        )
+        t = b.totals
+        return EndpointStatistics(
+            name=self.name,
+            in_flight=t.in_flight,
+            requests_total=t.total,
+            status=t.status_counts(),
+            latency=t.latency.summary(now),
+            window=STATS_WINDOW_S,
+            replicas=replicas,
+        )
+
+    def __repr__(self) -> str:
+        state = "draining" if self._balancer.draining else "serving"
+        return (
+            f"<Endpoint {self.name!r} {self.bind}:{self.port} {state} "
+            f"upstreams={len(self._balancer.upstreams)} sessions={len(self._sessions)}>"
+        )

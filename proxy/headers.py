@@ -1,0 +1,186 @@
+"""Header rewriting between client and replica (pure functions over bytes).
+
+Invariants:
+- Hop-by-hop fields never cross the proxy: Connection and every field it names,
+  Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade (kept only for a
+  tunnelled upgrade), and Content-Length, because the proxy frames every body itself and
+  adds exactly one framing field.
+- X-Forwarded-For gains the peer's address; X-Forwarded-Proto and X-Forwarded-Host are
+  set by the proxy (any client-sent value is replaced); X-Request-Id is added when absent.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from proxy.protocol import Framing, RequestHead, ResponseHead
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+# Set by the proxy: a client-sent value is replaced, never forwarded.
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"x-forwarded-proto", b"x-forwarded-host"}
+
+REASONS: Final = {
+    200: b"OK",
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def request_head_bytes(
+    head: RequestHead,
+    *,
+    peer: bytes,
+    request_id: bytes,
+    framing: Framing,
+) -> bytes:
+    """The request line and header section to send to a replica.
+
+    `framing` is how the proxy will send the body: CHUNKED or LENGTH (using
+    `head.content_length`) or NONE.
+    """
+    headers = head.headers
+    drop = _REQUEST_DROP
+    has_connection = False
+    for name, _ in headers:
+        if name.lower() == b"connection":
+            has_connection = True
+            break
+    if has_connection:
+        drop = drop | _connection_tokens(headers)
+    out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    append = out.append
+    xff: bytes | None = None
+    host = b""
+    has_id = False
+    for name, value in headers:
+        n = name.lower()
+        if n in drop:
+            continue
+        if n == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        if n == b"host":
+            host = value
+        elif n == b"x-request-id":
+            has_id = True
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    append(b"X-Forwarded-For: ")
+    append(peer if xff is None else xff + b", " + peer)
+    append(b"\r\nX-Forwarded-Proto: http\r\n")
+    if host:
+        append(b"X-Forwarded-Host: ")
+        append(host)
+        append(b"\r\n")
+    if not has_id:
+        append(b"X-Request-Id: ")
+        append(request_id)
+        append(b"\r\n")
+    if head.upgrade is not None:
+        append(b"Connection: upgrade\r\nUpgrade: ")
+        append(head.upgrade)
+        append(b"\r\n")
+    if framing is Framing.CHUNKED:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif framing is Framing.LENGTH:
+        append(b"Content-Length: %d\r\n" % (head.content_length or 0))
+    append(b"\r\n")
+    return b"".join(out)
+
+
+def response_head_bytes(head: ResponseHead, *, framing: Framing, close: bool) -> bytes:
+    """The status line and header section to send to the client.
+
+    `framing` is how the proxy sends the body on: LENGTH keeps the replica's
+    Content-Length, CHUNKED adds Transfer-Encoding, CLOSE/NONE add nothing (a HEAD, 204 or
+    304 response keeps its Content-Length, which describes the would-be body).
+    """
+    status = head.status
+    headers = head.headers
+    drop = HOP_BY_HOP
+    for name, _ in headers:
+        if name.lower() == b"connection":
+            drop = drop | _connection_tokens(headers)
+            break
+    out = [b"HTTP/1.1 %d " % status, head.reason, b"\r\n"]
+    append = out.append
+    upgrade: bytes | None = None
+    length: bytes | None = None
+    for name, value in headers:
+        n = name.lower()
+        if n in drop:
+            if n == b"content-length":
+                length = value
+            elif n == b"upgrade":
+                upgrade = value
+            continue
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    if status == 101:
+        append(b"Connection: upgrade\r\n")
+        if upgrade is not None:
+            append(b"Upgrade: ")
+            append(upgrade)
+            append(b"\r\n")
+    elif framing is Framing.CHUNKED:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif length is not None and (framing is Framing.LENGTH or framing is Framing.NONE):
+        if status != 204 and status >= 200:
+            append(b"Content-Length: ")
+            append(length)
+            append(b"\r\n")
+    if close and status >= 200 and status != 101:
+        append(b"Connection: close\r\n")
+    append(b"\r\n")
+    return b"".join(out)
+
+
+def error_response(
+    status: int, message: str, *, close: bool = True, retry_after: int | None = None
+) -> bytes:
+    """A small text/plain answer made by the proxy itself."""
+    body = message.encode() + b"\n"
+    extra = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n" % (
+        status,
+        REASONS.get(status, b"Error"),
+    )
+    connection = b"Connection: close\r\n" if close else b""
+    return head + extra + b"Content-Length: %d\r\n%s\r\n" % (len(body), connection) + body
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk in chunked transfer coding (never the empty, final one)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"

@@ -1,0 +1,386 @@
+"""Sans-I/O HTTP/1.1 for the proxy: bytes in, events out, no sockets and no clock.
+
+Both parsers wrap llhttp (httptools), strict by default: it refuses Content-Length with
+Transfer-Encoding, duplicate or malformed Content-Length, unknown or non-final transfer
+codings, obs-fold, bare LF, a space before the colon and bad chunk framing. On top of llhttp
+this module refuses what llhttp lets through but a proxy must not: a missing or repeated
+Host in HTTP/1.1, Transfer-Encoding in HTTP/1.0, CONNECT, HTTP versions other than 1.x,
+and header sections over `MAX_HEAD_BYTES` (431).
+
+Events are `RequestHead` / `ResponseHead`, `bytes` (a piece of body, as it arrived) and
+`END` (the message is complete). Invariants:
+- `feed` either returns all events for the bytes given or raises `ProtocolError`; in the
+  second case nothing from that call may be forwarded and the connection must close.
+- A head is emitted only after its whole header section has passed every check.
+- Trailers are dropped (the proxy re-frames bodies itself).
+- After an upgrade request (or a 101 response) the parser stops; the bytes that followed
+  the message are in `tunnel_data` and belong to the tunnelled protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import httptools
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1; `status` is the answer (400, 405, 431, 505; 502 upstream)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class EndOfMessage:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END: Final = EndOfMessage()
+
+
+class Framing(enum.Enum):
+    """How a message body is delimited on the wire."""
+
+    NONE = "none"  # no body at all (HEAD response, 1xx/204/304, request without body)
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"
+    CLOSE = "close"  # response read until the connection closes
+
+
+class RequestHead:
+    __slots__ = (
+        "method",
+        "target",
+        "http_version",
+        "headers",
+        "keep_alive",
+        "upgrade",
+        "framing",
+        "content_length",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        upgrade: bytes | None,
+        framing: Framing,
+        content_length: int | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers  # as received, names in their original case
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade  # lower-cased protocol to tunnel ("websocket"), else None
+        self.framing = framing
+        self.content_length = content_length
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT_METHODS
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method!r} {self.target!r} {self.framing.value}>"
+
+
+class ResponseHead:
+    __slots__ = ("status", "reason", "http_version", "headers", "keep_alive", "framing")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        framing: Framing,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.framing = framing
+
+    def __repr__(self) -> str:
+        return f"<ResponseHead {self.status} {self.framing.value}>"
+
+
+Event = RequestHead | ResponseHead | bytes | EndOfMessage
+
+# Upgrades the proxy tunnels; any other (h2c above all) is stripped and the request is
+# served as plain HTTP/1.1.
+TUNNELLED_UPGRADES: Final = frozenset({b"websocket"})
+
+
+class _Parser:
+    """What both directions share: event collection, head size accounting, errors."""
+
+    def __init__(self) -> None:
+        self._events: list[Event] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = True
+        self._head_bytes = 0  # counted from callbacks
+        self._unparsed = 0  # bytes fed while a head was incomplete (llhttp buffers names)
+        self._error: ProtocolError | None = None
+        self.tunnel_data: bytes | None = None
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+            self._head_bytes += len(name) + len(value) + 4
+        # else: a trailer field; dropped
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._error = ProtocolError(status, reason)
+        raise self._error
+
+
+class RequestParser(_Parser):
+    """Parses a client's byte stream into requests; one per client connection."""
+
+    error_status = 400
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._url = b""
+        self._parser = httptools.HttpRequestParser(self)
+        self._head: RequestHead | None = None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._unparsed = 0
+        p = self._parser
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(431, "request header fields too large")
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._fail(505, "HTTP version not supported")
+        method: bytes = p.get_method()
+        if method == b"CONNECT":
+            self._fail(405, "CONNECT is not supported by a reverse proxy")
+        hosts = 0
+        content_length: int | None = None
+        chunked = False
+        upgrade: bytes | None = None
+        for name, value in self._headers:
+            n = name.lower()
+            if n == b"host":
+                hosts += 1
+            elif n == b"content-length":
+                content_length = int(value)  # llhttp has checked digits and uniqueness
+            elif n == b"transfer-encoding":
+                chunked = True  # llhttp accepts TE in a request only when chunked is final
+            elif n == b"upgrade":
+                upgrade = value.strip().lower()
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            self._fail(400, "HTTP/1.1 needs exactly one Host header")
+        if chunked and version == "1.0":
+            self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if upgrade is not None and not (p.should_upgrade() and upgrade in TUNNELLED_UPGRADES):
+            upgrade = None
+        if chunked:
+            framing = Framing.CHUNKED
+        elif content_length is not None:
+            framing = Framing.LENGTH  # also for "Content-Length: 0", which some apps need
+        else:
+            framing = Framing.NONE
+        head = RequestHead(
+            method,
+            self._url,
+            version,
+            self._headers,
+            p.should_keep_alive(),
+            upgrade,
+            framing,
+            content_length,
+        )
+        self._head = head
+        self._events.append(head)
+
+    def on_message_complete(self) -> None:
+        self._events.append(END)
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        if self._in_head:
+            self._unparsed += len(data)
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset: int = exc.args[0]
+            head = self._head
+            if head is not None and head.upgrade is not None:
+                self.tunnel_data = data[offset:]
+                self._error = ProtocolError(400, "data after an upgrade request")
+            else:
+                # A refused upgrade (h2c): carry on as plain HTTP/1.1 with a fresh parser.
+                self._parser = httptools.HttpRequestParser(self)
+                self._in_head = True
+                rest = data[offset:]
+                if rest:
+                    events.extend(self.feed(rest))
+                self._events = events
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserError as exc:
+            self._error = ProtocolError(400, f"malformed request: {exc}")
+            raise self._error from None
+        if self._in_head and self._unparsed > MAX_HEAD_BYTES:
+            self._fail(431, "request header fields too large")
+        return events
+
+
+class ResponseParser(_Parser):
+    """Parses one replica response (and the 1xx interim ones before it).
+
+    `reusable` says, once `done`, whether the connection can carry another request.
+    """
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        super().__init__()
+        self._head_request = head_request
+        self._reason = b""
+        self._parser = httptools.HttpResponseParser(self)
+        self._framing = Framing.NONE
+        self._interim = False
+        self._keep_alive = False
+        self.done = False
+        self.reusable = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.reusable = False  # a replica sent more than one response
+            return
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+        self._head_bytes += len(reason)
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        self._in_head = False
+        self._unparsed = 0
+        p = self._parser
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(502, "response header section too large")
+        status: int = p.get_status_code()
+        self._keep_alive = p.should_keep_alive()
+        framing = Framing.CLOSE
+        if self._head_request or status < 200 or status == 204 or status == 304:
+            framing = Framing.NONE
+        else:
+            for name, value in self._headers:
+                n = name.lower()
+                if n == b"transfer-encoding":
+                    last = value.rsplit(b",", 1)[-1].strip().lower()
+                    framing = Framing.CHUNKED if last == b"chunked" else Framing.CLOSE
+                    break
+                if n == b"content-length":
+                    framing = Framing.LENGTH
+        self._framing = framing
+        self._interim = 100 <= status < 200 and status != 101
+        self._events.append(
+            ResponseHead(
+                status,
+                self._reason,
+                p.get_http_version(),
+                self._headers,
+                self._keep_alive,
+                framing,
+            )
+        )
+        if self._head_request and not self._interim:
+            # llhttp cannot be told that a HEAD response has no body: finish it here.
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.reusable = False
+            return
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self.done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self.reusable = self._keep_alive and self._framing is not Framing.CLOSE
+        self._events.append(END)
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        if self._in_head:
+            self._unparsed += len(data)
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset: int = exc.args[0]
+            self.tunnel_data = data[offset:]
+            self.reusable = False
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserError as exc:
+            if self.done:
+                self.reusable = False  # garbage after a complete response
+            else:
+                self._error = ProtocolError(502, f"malformed response: {exc}")
+                raise self._error from None
+        if self._in_head and self._unparsed > MAX_HEAD_BYTES:
+            self._fail(502, "response header section too large")
+        return events
+
+    def feed_eof(self) -> list[Event]:
+        """The replica closed the connection: that ends a close-delimited body, else fails."""
+        if self.done:
+            return []
+        if not self._in_head and self._framing is Framing.CLOSE:
+            self._events = []
+            self._finish()
+            return self._events
+        self._error = ProtocolError(502, "replica closed the connection mid-response")
+        raise self._error
