@@ -812,3 +812,11 @@ def test_spec_is_frozen() -> None:
     spec = parse_spec(make())
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"  # type: ignore[misc]
+
+
+def test_the_example_in_the_spec_reference_parses() -> None:
+    doc = (EXAMPLES.parents[1] / "docs" / "spec.md").read_text()
+    example = doc.split("## A full example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = parse_spec(example, source="docs/spec.md")
+    assert spec.mounts[1].target == "/models/org/llama-3-8b"
+    assert spec.env["WORKERS"] == "4"
