@@ -1,0 +1,529 @@
+"""The proxy's Endpoint with real sockets on 127.0.0.1, against small trio backends.
+
+Every wait is bounded (`trio.fail_after`) and every loop has a fixed count.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import h11
+import pytest
+import trio
+
+from proxy.endpoint import Endpoint, EndpointTimeouts
+from proxy.upstreams import Upstream
+
+WAIT = 10.0  # the bound on any single test step
+
+
+# --- a small HTTP/1.1 backend ----------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    port: int = 0
+    requests: list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = field(default_factory=list)
+    connections: int = 0
+    release: trio.Event = field(default_factory=trio.Event)
+    arrived: trio.Event = field(default_factory=trio.Event)  # a request reached respond()
+
+    @property
+    def upstream(self) -> Upstream:
+        return Upstream(self.name, "127.0.0.1", self.port)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        async with stream:
+            try:
+                await self._serve(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the proxy cut the connection: part of some tests
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            request: h11.Request | None = None
+            body = b""
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(ev, h11.Request):
+                    request = ev
+                elif isinstance(ev, h11.Data):
+                    body += ev.data
+                elif isinstance(ev, h11.EndOfMessage):
+                    break
+                else:  # ConnectionClosed
+                    return
+            assert request is not None
+            path = request.target
+            self.requests.append((request.method, path, list(request.headers.raw_items())))
+            if not await self.respond(stream, conn, path, body, request):
+                return
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+    async def respond(
+        self, stream: trio.SocketStream, conn: h11.Connection, path: bytes, body: bytes,
+        request: h11.Request,
+    ) -> bool:  # fmt: skip
+        async def send(*events: h11.Event) -> None:
+            for e in events:
+                data = conn.send(e)
+                if data:
+                    await stream.send_all(data)
+
+        self.arrived.set()
+
+        if path == b"/sse":
+            await send(
+                h11.Response(status_code=200, headers=[("Content-Type", "text/event-stream")])
+            )
+            await send(h11.Data(data=b"data: first\n\n"))
+            with trio.fail_after(WAIT):
+                await self.release.wait()
+            await send(h11.Data(data=b"data: second\n\n"), h11.EndOfMessage())
+            return True
+        if path == b"/hang":
+            await trio.sleep(WAIT)
+            return False
+        if path == b"/slow":
+            await trio.sleep(0.3)
+        if path == b"/reset":
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            return False
+        if path == b"/broken":
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+            )
+            return False
+        if path == b"/ws":
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            )
+            with trio.fail_after(WAIT):
+                while data := await stream.receive_some(65536):
+                    await stream.send_all(data.upper())
+            return False
+        if path == b"/headers":
+            payload = json.dumps(
+                [[n.decode(), v.decode()] for n, v in request.headers.raw_items()]
+            ).encode()
+        elif path == b"/echo":
+            payload = body
+        else:
+            payload = self.name.encode()
+        await send(
+            h11.Response(status_code=200, headers=[("Content-Length", str(len(payload)))]),
+            h11.Data(data=payload),
+            h11.EndOfMessage(),
+        )
+        return True
+
+
+@asynccontextmanager
+async def backends(*names: str) -> AsyncIterator[list[Backend]]:
+    async with trio.open_nursery() as nursery:
+        out = []
+        for name in names:
+            b = Backend(name)
+            listeners = await nursery.start(partial(trio.serve_tcp, b.handle, 0, host="127.0.0.1"))
+            b.port = listeners[0].socket.getsockname()[1]
+            out.append(b)
+        yield out
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def endpoint(
+    upstreams: list[Upstream],
+    timeouts: EndpointTimeouts | None = None,
+    on_suspect: Callable[[str], None] | None = None,
+) -> AsyncIterator[Endpoint]:
+    ep = Endpoint(
+        "test",
+        bind="127.0.0.1",
+        port=0,
+        timeouts=timeouts or EndpointTimeouts(),
+        on_suspect=on_suspect,
+    )
+    ep.set_upstreams(upstreams)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ep.run)
+        yield ep
+        nursery.cancel_scope.cancel()
+
+
+# --- a small client ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Client:
+    """One keep-alive client connection (h11), for exact control over what is sent."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, port: int) -> AsyncIterator[Client]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            yield cls(stream)
+
+    async def _next(self) -> h11.Event:
+        while True:
+            ev = self.conn.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            self.conn.receive_data(await self.stream.receive_some(65536))
+
+    async def send_request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        hs = [("Host", "test.local"), *(headers or [])]
+        if body and not any(n.lower() == "transfer-encoding" for n, _ in hs):
+            hs.append(("Content-Length", str(len(body))))
+        await self.stream.send_all(
+            self.conn.send(h11.Request(method=method, target=path, headers=hs))
+        )
+        if body:
+            for i in range(0, len(body), 65536):
+                await self.stream.send_all(self.conn.send(h11.Data(data=body[i : i + 65536])))
+        await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
+
+    async def read_head(self) -> h11.Response:
+        ev = await self._next()
+        assert isinstance(ev, h11.Response), ev
+        return ev
+
+    async def read_body(self) -> bytes:
+        body = b""
+        while True:
+            ev = await self._next()
+            if isinstance(ev, h11.Data):
+                body += ev.data
+            else:
+                assert isinstance(ev, h11.EndOfMessage), ev
+                break
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        return body
+
+    async def request(self, method: str, path: str, body: bytes = b"", **kw: object) -> Reply:
+        with trio.fail_after(WAIT):
+            await self.send_request(method, path, body, **kw)  # type: ignore[arg-type]
+            head = await self.read_head()
+            data = await self.read_body()
+        hs = {n.decode().lower(): v.decode() for n, v in head.headers}
+        return Reply(head.status_code, hs, data)
+
+
+async def get(port: int, path: str, method: str = "GET", body: bytes = b"") -> Reply:
+    async with Client.open(port) as c:
+        return await c.request(method, path, body)
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes, read until the proxy closes."""
+    with trio.fail_after(WAIT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(data)
+            out = b""
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+            return out
+
+
+# --- behaviour --------------------------------------------------------------------------------
+
+
+async def test_round_robin_per_request_on_one_connection() -> None:
+    async with backends("a", "b", "c") as bs, endpoint([b.upstream for b in bs]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            names = [(await c.request("GET", "/")).body for _ in range(6)]
+        assert names == [b"a", b"b", b"c", b"a", b"b", b"c"]
+
+
+async def test_set_upstreams_applies_to_next_request() -> None:
+    async with backends("a", "b") as (a, b), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            assert (await c.request("GET", "/")).body == b"a"
+            ep.set_upstreams([b.upstream])
+            assert [(await c.request("GET", "/")).body for _ in range(3)] == [b"b"] * 3
+
+
+async def test_upstream_connections_are_pooled() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        for _ in range(5):
+            assert (await get(ep.address[1], "/")).status == 200
+        assert a.connections == 1
+
+
+async def test_1mib_post_echoes_intact() -> None:
+    body = bytes(range(256)) * 4096
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            reply = await c.request("POST", "/echo", body)
+            assert reply.status == 200 and reply.body == body
+            chunked = await c.request(
+                "POST", "/echo", body, headers=[("Transfer-Encoding", "chunked")]
+            )
+            assert chunked.status == 200 and chunked.body == body
+
+
+async def test_sse_first_event_arrives_before_response_ends() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            with trio.fail_after(WAIT):
+                await c.send_request("GET", "/sse")
+                head = await c.read_head()
+                assert head.status_code == 200
+                first = await c._next()
+            # The replica holds the rest back until we have seen the first event.
+            assert isinstance(first, h11.Data) and first.data == b"data: first\n\n"
+            a.release.set()
+            with trio.fail_after(WAIT):
+                assert await c.read_body() == b"data: second\n\n"
+
+
+async def test_no_upstream_is_503_with_retry_after_at_once() -> None:
+    async with endpoint([]) as ep:
+        with trio.fail_after(1.0):
+            reply = await get(ep.address[1], "/")
+        assert reply.status == 503 and "retry-after" in reply.headers
+
+
+async def test_dead_upstream_costs_nothing_and_is_suspect() -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    suspects: list[str] = []
+    try:
+        async with backends("a") as (a,):
+            ups = [Upstream("dead", "127.0.0.1", dead.getsockname()[1]), a.upstream]
+            async with endpoint(ups, on_suspect=suspects.append) as ep:
+                async with Client.open(ep.address[1]) as c:
+                    replies = [await c.request("GET", "/") for _ in range(10)]
+        assert [r.status for r in replies] == [200] * 10
+        assert suspects and set(suspects) == {"dead"}
+    finally:
+        dead.close()
+
+
+async def test_reset_before_response_retries_idempotent_only() -> None:
+    async with backends("a", "b") as (a, b):
+        # Every request to "/reset" resets on both: the GET is tried on both, then 502.
+        async with endpoint([a.upstream, b.upstream]) as ep:
+            assert (await get(ep.address[1], "/reset")).status == 502
+            assert len(a.requests) == 1 and len(b.requests) == 1
+            assert (await get(ep.address[1], "/reset", method="POST", body=b"x")).status == 502
+            assert len(a.requests) + len(b.requests) == 3  # POST not replayed
+
+
+async def test_read_idle_timeout_is_504() -> None:
+    async with backends("a") as (a,):
+        async with endpoint([a.upstream], EndpointTimeouts(read_idle=0.2)) as ep:
+            assert (await get(ep.address[1], "/hang")).status == 504
+
+
+async def test_broken_response_is_502() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        assert (await get(ep.address[1], "/broken")).status == 502
+
+
+async def test_hop_by_hop_stripped_and_forwarded_headers_set() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            reply = await c.request(
+                "GET",
+                "/headers",
+                headers=[
+                    ("Connection", "X-Secret"),
+                    ("X-Secret", "s"),
+                    ("Keep-Alive", "timeout=1"),
+                    ("TE", "trailers"),
+                    ("Upgrade", "h2c"),
+                    ("X-Forwarded-For", "203.0.113.7"),
+                    ("X-Forwarded-Proto", "https"),
+                    ("X-End", "kept"),
+                ],
+            )
+    got = {n.lower(): v for n, v in json.loads(reply.body)}
+    for gone in ("connection", "x-secret", "keep-alive", "te", "upgrade"):
+        assert gone not in got
+    assert got["x-end"] == "kept"
+    assert got["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert got["x-forwarded-proto"] == "http"
+    assert got["x-forwarded-host"] == "test.local"
+    assert got["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 40\r\n\r\nx",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+    ],
+)
+async def test_malformed_request_is_400_close_nothing_forwarded(raw: bytes) -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        out = await raw_exchange(ep.address[1], raw)
+        assert out.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in out
+        assert a.requests == []
+
+
+async def test_header_section_over_64k_is_431() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n"
+        out = await raw_exchange(ep.address[1], raw)
+        assert out.startswith(b"HTTP/1.1 431 ") and a.requests == []
+
+
+async def test_slow_header_connections_do_not_stop_normal_requests() -> None:
+    timeouts = EndpointTimeouts(header_read=1.0)
+    async with backends("a") as (a,), endpoint([a.upstream], timeouts) as ep:
+        port = ep.address[1]
+        slow: list[trio.SocketStream] = []
+        try:
+            with trio.fail_after(WAIT):
+                for _ in range(200):
+                    s = await trio.open_tcp_stream("127.0.0.1", port)
+                    await s.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                    slow.append(s)
+                start = trio.current_time()
+                async with Client.open(port) as c:
+                    for _ in range(20):
+                        assert (await c.request("GET", "/")).status == 200
+                assert trio.current_time() - start < 2.0
+                # The header-read deadline closes every slow connection, with a 408.
+                out = await slow[0].receive_some(4096)
+                assert out.startswith(b"HTTP/1.1 408 ")
+        finally:
+            for s in slow:
+                await s.aclose()
+
+
+async def test_begin_shutdown_finishes_in_flight_requests() -> None:
+    async with backends("a") as (a,):
+        ep = Endpoint("drain", bind="127.0.0.1", port=0)
+        ep.set_upstreams([a.upstream])
+        result: list[Reply] = []
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ep.run)
+                port = ep.address[1]
+                idle = await trio.open_tcp_stream("127.0.0.1", port)  # keep-alive, idle
+
+                async def slow_request() -> None:
+                    result.append(await get(port, "/slow"))
+
+                nursery.start_soon(slow_request)
+                await a.arrived.wait()
+                assert ep.in_flight("a") == 1
+                ep.begin_shutdown(5.0)
+                # run() returns once the slow request is done: the nursery then exits.
+            assert [r.status for r in result] == [200]
+            assert result[0].headers.get("connection") == "close"
+            assert await idle.receive_some(10) == b""  # the idle one was closed at once
+            await idle.aclose()
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_shutdown_deadline_cuts_requests_that_overrun() -> None:
+    async with backends("a") as (a,):
+        ep = Endpoint("drain", bind="127.0.0.1", port=0)
+        ep.set_upstreams([a.upstream])
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ep.run)
+                port = ep.address[1]
+                nursery.start_soon(raw_exchange, port, b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+                await a.arrived.wait()
+                start = trio.current_time()
+                ep.begin_shutdown(0.3)
+            assert trio.current_time() - start < 2.0
+
+
+async def test_port_in_use_is_a_clear_oserror() -> None:
+    async with endpoint([]) as ep:
+        other = Endpoint("clash", bind="127.0.0.1", port=ep.address[1])
+        with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
+            await other.run()
+
+
+async def test_websocket_upgrade_is_tunnelled() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        with trio.fail_after(WAIT):
+            stream = await trio.open_tcp_stream("127.0.0.1", ep.address[1])
+            async with stream:
+                await stream.send_all(
+                    b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\nhello"
+                )
+                got = b""
+                while b"HELLO" not in got:
+                    got += await stream.receive_some(4096)
+                assert got.startswith(b"HTTP/1.1 101 ")
+                await stream.send_all(b" again")
+                got = b""
+                while b"AGAIN" not in got:
+                    got += await stream.receive_some(4096)
+        assert a.requests[0][2] and (b"Upgrade", b"websocket") in a.requests[0][2]
+
+
+async def test_statistics_and_in_flight() -> None:
+    async with backends("a", "b") as (a, b), endpoint([a.upstream, b.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            for _ in range(4):
+                await c.request("GET", "/")
+            await c.request("GET", "/broken")
+        stats = ep.statistics()
+    assert stats.requests_total == 5 and stats.in_flight == 0
+    assert stats.status.s2xx == 4 and stats.status.s5xx == 1
+    assert stats.latency.count == 5 and stats.latency.p50 is not None
+    per = {r.replica_id: r for r in stats.replicas}
+    assert per["a"].requests_total + per["b"].requests_total == 5
+    assert ep.in_flight("a") == 0
+
+
+async def test_many_concurrent_clients() -> None:
+    async with backends("a", "b") as bs, endpoint([b.upstream for b in bs]) as ep:
+        statuses: list[int] = []
+
+        async def client() -> None:
+            async with Client.open(ep.address[1]) as c:
+                for _ in range(20):
+                    statuses.append((await c.request("GET", "/")).status)
+
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(client)
+    assert statuses == [200] * 400
+    assert sum(b.connections for b in bs) <= 40
