@@ -12,7 +12,7 @@ unreachable, timeout); the others are permanent for that call (no such container
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -110,7 +110,7 @@ class ContainerRuntime(Protocol):
 
     async def start(self, container_id: str) -> None: ...
 
-    async def stop(self, container_id: str, *, timeout: float) -> None:
+    async def stop(self, container_id: str, *, timeout: float) -> None:  # noqa: ASYNC109
         """SIGTERM, then SIGKILL after `timeout` seconds. Stopping a stopped one is fine."""
         ...
 
@@ -128,11 +128,13 @@ class ContainerRuntime(Protocol):
         """stdout and stderr so far, interleaved; the last `tail` lines when given."""
         ...
 
-    def follow_logs(self, container_id: str, *, tail: int | None = None) -> AsyncIterator[bytes]:
+    def follow_logs(
+        self, container_id: str, *, tail: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """The logs so far (or the last `tail` lines), then new output as it comes."""
         ...
 
-    def events(self, labels: Mapping[str, str]) -> AsyncIterator[ContainerEvent]:
+    def events(self, labels: Mapping[str, str]) -> AsyncGenerator[ContainerEvent, None]:
         """Container events from now on, for containers carrying these labels."""
         ...
 

@@ -43,9 +43,12 @@ class Berthd:
             self.proc = subprocess.Popen(
                 [
                     str(BIN / "berthd"),
-                    "--state-dir", str(self.state_dir),
-                    "--socket", str(self.socket),
-                    "--podman-url", self.podman_url,
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--socket",
+                    str(self.socket),
+                    "--podman-url",
+                    self.podman_url,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -75,7 +78,9 @@ class Berthd:
         if self.proc is not None and self.proc.poll() is None:
             self.signal(signal.SIGKILL)
 
-    def berth(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def berth(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(BIN / "berth"), "--socket", str(self.socket), *args],
             capture_output=True,

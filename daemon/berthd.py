@@ -1,0 +1,250 @@
+"""berthd's root object: owns the store, the Podman connection, the endpoints and the workers.
+
+Lifetimes, outermost first (STYLE.md #2): the Podman service (when berthd started one), the
+endpoints (their own nursery, so they can drain after everything else stopped), then the
+control nursery: the admin API, the Podman event watcher, the signal handler and one reconcile
+worker per deployment.
+
+Shutdown (SIGTERM/SIGINT): the control nursery is cancelled (no new API calls, no more
+reconcile rounds: nothing stops a container), then every endpoint stops accepting and its
+in-flight requests get a bounded drain, then the Podman service berthd started (if any) ends.
+Containers keep running; the next berthd adopts them by their instance label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+from config.errors import SpecError
+from config.parse import parse_spec
+from config.settings import DaemonSettings
+from config.spec import DeploymentSpec
+from daemon import __version__
+from daemon.admin_server import AdminServer, AdminSocketError
+from daemon.endpoints import EndpointManager
+from daemon.events import EventLog
+from daemon.podman_runtime import PodmanRuntime
+from daemon.podman_service import PodmanService, PodmanUnavailable
+from daemon.ports import HostPortAllocator
+from daemon.runtime import LABEL_DEPLOYMENT, LABEL_INSTANCE, ContainerRuntime, RuntimeFailure
+from daemon.store import Store
+from daemon.store_access import StoreAccess
+from daemon.worker import DeploymentWorker, WorkerContext
+
+log = logging.getLogger("berthd")
+
+WORKER_RESTART_DELAY = 5.0
+
+
+class StartupError(Exception):
+    """berthd cannot start: the message says why in one line (Podman unreachable, ...)."""
+
+
+def instance_id(state_dir: Path) -> str:
+    """The instance label: derived from the state dir, so two berthd never share containers."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Berthd:
+    settings: DaemonSettings
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.settings.state_dir
+        self.instance = instance_id(self.state_dir)
+        self.endpoints = EndpointManager()
+        self.ports = HostPortAllocator()
+        self.workers: dict[str, DeploymentWorker] = {}
+        self.apply_lock = trio.Lock()
+        self._shutdown = trio.Event()
+        self._control: trio.Nursery | None = None
+        self.runtime: ContainerRuntime
+        self.store: StoreAccess
+        self.events: EventLog
+        self.podman_version = "unknown"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(self.state_dir / "berth.db")
+        self.store = StoreAccess(store)
+        self.events = EventLog(self.store)
+        try:
+            async with trio.open_nursery() as root:
+                service = PodmanService(self.settings.podman_url, self.state_dir)
+                try:
+                    url: str = await root.start(service.run)
+                    self.runtime = PodmanRuntime(url)
+                    self.podman_version = await self.runtime.version()
+                except (PodmanUnavailable, RuntimeFailure) as exc:
+                    raise StartupError(f"Podman: {exc}") from exc
+                log.info("podman at %s: %s", url, self.podman_version)
+                await root.start(self.endpoints.run)
+                async with httpx.AsyncClient() as http:
+                    await self._run_control(http, task_status)
+                await self.endpoints.drain_all()
+                await self.runtime.aclose()
+                root.cancel_scope.cancel()
+        finally:
+            store.close()
+        log.info("berthd stopped; replicas left running")
+
+    async def _run_control(
+        self, http: httpx.AsyncClient, task_status: trio.TaskStatus[None]
+    ) -> None:
+        from daemon.admin_api import AdminApi  # the API knows the daemon, not the reverse
+
+        ctx = WorkerContext(
+            instance=self.instance,
+            runtime=self.runtime,
+            store=self.store,
+            events=self.events,
+            endpoints=self.endpoints,
+            ports=self.ports,
+            http=http,
+        )
+        self._ctx = ctx
+        async with trio.open_nursery() as control:
+            self._control = control
+            control.start_soon(self._handle_signals)
+            for name in await self._known_deployments():
+                self.ensure_worker(name)
+            control.start_soon(self._watch_podman_events)
+            if self.settings.specs is not None:
+                await self.apply_specs_dir(self.settings.specs)
+            server = AdminServer(self.settings.socket, AdminApi(self).handle)
+            try:
+                await control.start(server.run)
+            except (AdminSocketError, OSError) as exc:
+                raise StartupError(f"admin socket {self.settings.socket}: {exc}") from exc
+            log.info(
+                "berthd %s ready: socket %s, state %s, instance %s",
+                __version__,
+                self.settings.socket,
+                self.state_dir,
+                self.instance,
+            )
+            task_status.started()
+            await self._shutdown.wait()
+            control.cancel_scope.cancel()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def _handle_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if self.settings.specs is not None:
+                        log.info("SIGHUP: applying %s again", self.settings.specs)
+                        await self.apply_specs_dir(self.settings.specs)
+                else:
+                    log.info("%s: stopping (replicas keep running)", signal.Signals(signum).name)
+                    self.request_shutdown()
+
+    async def _known_deployments(self) -> set[str]:
+        """Active deployments, plus any our containers belong to (orphans get cleaned up)."""
+        names = {d.name for d in await self.store.call(Store.list_deployments)}
+        try:
+            containers = await self.runtime.list({LABEL_INSTANCE: self.instance})
+        except RuntimeFailure as exc:
+            log.warning("cannot list containers at start: %s", exc)
+            containers = []
+        names.update(c.labels[LABEL_DEPLOYMENT] for c in containers if LABEL_DEPLOYMENT in c.labels)
+        return names
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def ensure_worker(self, name: str) -> DeploymentWorker:
+        worker = self.workers.get(name)
+        if worker is not None:
+            worker.nudge()
+            return worker
+        assert self._control is not None
+        worker = DeploymentWorker(name, self._ctx)
+        self.workers[name] = worker
+        self._control.start_soon(self._supervise, worker)
+        return worker
+
+    async def _supervise(self, worker: DeploymentWorker) -> None:
+        """Run one worker; a bug in one deployment's worker must not take the others down."""
+        try:
+            while True:
+                try:
+                    await worker.run()
+                    return
+                except Exception as exc:  # noqa: BLE001 - supervision boundary, logged in full
+                    log.exception("worker crashed", extra={"deployment": worker.name})
+                    await self.events.emit(
+                        "worker-crashed",
+                        f"reconcile worker crashed ({type(exc).__name__}: {exc}); "
+                        f"restarting in {WORKER_RESTART_DELAY:g}s",
+                        deployment=worker.name,
+                        level=logging.ERROR,
+                    )
+                    await trio.sleep(WORKER_RESTART_DELAY)
+        finally:
+            if self.workers.get(worker.name) is worker:
+                del self.workers[worker.name]
+
+    async def _watch_podman_events(self) -> None:
+        """Podman events nudge the deployment's worker at once (rounds also run on a timer)."""
+        while True:
+            try:
+                async with aclosing(self.runtime.events({LABEL_INSTANCE: self.instance})) as events:
+                    async for event in events:
+                        name = event.labels.get(LABEL_DEPLOYMENT)
+                        if name and event.action in ("died", "stop", "remove", "oom", "start"):
+                            worker = self.workers.get(name)
+                            if worker is not None:
+                                worker.nudge()
+            except RuntimeFailure as exc:
+                log.warning("podman event stream broke (%s); reconnecting", exc)
+            await trio.sleep(2.0)
+
+    # -- specs -----------------------------------------------------------------------------
+
+    async def apply_specs_dir(self, directory: Path) -> None:
+        """Apply every *.toml in `directory`; a bad file is reported and skipped."""
+        from daemon.apply import ApplyRefused, apply_spec_text
+
+        def list_specs() -> list[Path] | None:
+            return sorted(directory.glob("*.toml")) if directory.is_dir() else None
+
+        files = await trio.to_thread.run_sync(list_specs)
+        if files is None:
+            log.error("specs directory %s does not exist", directory)
+            return
+        for path in files:
+            try:
+                text = await trio.Path(path).read_text(encoding="utf-8")
+                result = await apply_spec_text(self, text, source=str(path))
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("cannot read %s: %s", path, exc)
+            except ApplyRefused as exc:
+                await self.events.emit(
+                    "apply-refused",
+                    f"{path}: " + "; ".join(exc.problems),
+                    level=logging.ERROR,
+                )
+            else:
+                log.info(
+                    "%s: %s revision %d (%s)", path, result.name, result.revision, result.outcome
+                )
+
+    async def active_spec(self, name: str) -> DeploymentSpec | None:
+        revision = await self.store.call(Store.active_revision, name)
+        deployment = await self.store.call(Store.get_deployment, name)
+        if revision is None or deployment is None or deployment.removed_at is not None:
+            return None
+        try:
+            return parse_spec(revision.spec_text, source=name)
+        except SpecError:
+            return None

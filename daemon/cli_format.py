@@ -1,0 +1,114 @@
+"""Human output for the `berth` command: aligned tables, key/value blocks, units.
+
+Everything here is pure (values in, text out). Missing values print as "-", so a daemon that
+sends fewer keys than expected still gives a readable table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+
+MISSING = "-"
+
+
+def cell(value: object) -> str:
+    if value is None or value == "":
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ",".join(cell(v) for v in value) if value else MISSING
+    return " ".join(str(value).split())
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Left-aligned columns, two spaces apart, no trailing blanks."""
+    lines = [list(headers)] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def key_values(pairs: Sequence[tuple[str, object]]) -> str:
+    width = max((len(key) for key, _ in pairs), default=0) + 1
+    return "\n".join(f"{key + ':':<{width}}  {cell(value)}" for key, value in pairs)
+
+
+def short_id(value: object, length: int = 12) -> str:
+    return cell(value)[:length] if value else MISSING
+
+
+def timestamp(value: object) -> str:
+    """An RFC 3339 time as `2024-05-01T12:00:05Z` (UTC, whole seconds)."""
+    if not isinstance(value, str) or not value:
+        return cell(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def size(value: object) -> str:
+    """Bytes in binary units: 536870912 -> "512Mi"."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return cell(value)
+    amount = float(value)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if abs(amount) < 1024 or unit == "Ti":
+            return f"{amount:.0f}{unit}" if amount == int(amount) else f"{amount:.1f}{unit}"
+        amount /= 1024
+    raise AssertionError("unreachable")
+
+
+def percent(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return cell(value)
+    return f"{value:.1f}%"
+
+
+def millis(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return cell(value)
+    return f"{value:.1f}ms" if value < 100 else f"{value:.0f}ms"
+
+
+def rate(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return cell(value)
+    return f"{value:.1f}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def event_line(event: Mapping[str, object]) -> str:
+    """One event as a line; fixed widths, since a followed stream cannot be measured first."""
+    return (
+        f"{timestamp(event.get('time'))}  {cell(event.get('deployment')):<16} "
+        f"{cell(event.get('replica')):<12} {cell(event.get('kind')):<12} "
+        f"{cell(event.get('message'))}"
+    ).rstrip()
+
+
+def gpu_line(index: int, gpu: object) -> str:
+    if not isinstance(gpu, Mapping):
+        return f"{index}: {cell(gpu)}"
+    number = gpu.get("index", index)
+    name = gpu.get("name") or gpu.get("model") or MISSING
+    memory = gpu.get("memory_total") or gpu.get("memory_bytes") or gpu.get("memory")
+    text = f"{number}: {name}"
+    if memory:
+        text += f" ({size(memory)})"
+    uuid = gpu.get("uuid")
+    if uuid:
+        text += f" {uuid}"
+    return text

@@ -1,0 +1,93 @@
+"""The daemon's side of the data plane: one proxy `Endpoint` per deployment, owned here.
+
+Endpoints live in their own nursery, apart from the reconcile workers, so that on SIGTERM
+berthd can stop accepting and drain in-flight requests (hypercorn's graceful drain) while the
+workers are simply cancelled, leaving every container running.
+
+An endpoint is keyed by deployment name. `ensure` (re)binds it when its address or timeouts
+change; `close` drains it away when the deployment goes. A replica set is pushed with
+`set_upstreams`: the proxy applies it to the next request, no listener restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from config.spec import Endpoint as EndpointSpec
+from proxy.endpoint import Endpoint, EndpointTimeouts
+
+log = logging.getLogger("berthd")
+
+
+@dataclass
+class _Slot:
+    spec: EndpointSpec
+    endpoint: Endpoint
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def timeouts_of(spec: EndpointSpec) -> EndpointTimeouts:
+    return EndpointTimeouts(
+        connect=spec.connect_timeout,
+        read_idle=spec.read_timeout,
+        client_idle=spec.client_idle_timeout,
+    )
+
+
+class EndpointManager:
+    def __init__(self, drain_timeout: float = 30.0) -> None:
+        self._slots: dict[str, _Slot] = {}
+        self._nursery: trio.Nursery | None = None
+        self._drain_timeout = drain_timeout
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def get(self, name: str) -> Endpoint | None:
+        slot = self._slots.get(name)
+        return slot.endpoint if slot else None
+
+    async def ensure(self, name: str, spec: EndpointSpec) -> Endpoint:
+        """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.spec == spec:
+            return slot.endpoint
+        if slot is not None:
+            await self.close(name)
+        assert self._nursery is not None, "EndpointManager.run has not started"
+        endpoint = Endpoint(name, bind=spec.bind, port=spec.port, timeouts=timeouts_of(spec))
+        new = _Slot(spec, endpoint)
+        await self._nursery.start(self._serve, new)
+        self._slots[name] = new
+        return endpoint
+
+    async def _serve(
+        self, slot: _Slot, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await slot.endpoint.run(task_status=task_status)
+        finally:
+            slot.done.set()
+
+    async def close(self, name: str) -> None:
+        slot = self._slots.pop(name, None)
+        if slot is None:
+            return
+        slot.endpoint.begin_shutdown(self._drain_timeout)
+        with trio.move_on_after(self._drain_timeout + 1):
+            await slot.done.wait()
+
+    async def drain_all(self) -> None:
+        """SIGTERM: stop accepting everywhere, let in-flight requests finish (bounded)."""
+        slots = list(self._slots.values())
+        for slot in slots:
+            slot.endpoint.begin_shutdown(self._drain_timeout)
+        with trio.move_on_after(self._drain_timeout + 1):
+            for slot in slots:
+                await slot.done.wait()

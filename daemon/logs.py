@@ -1,0 +1,41 @@
+"""berthd's own log lines: one structured line per record on stderr, for journald.
+
+`level=info deployment=echo replica=1a2b3c4d event=created msg="replica 1a2b3c4d created"`
+Fields a record lacks are left out. Values with spaces or quotes are quoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+FIELDS = ("deployment", "replica", "event")
+
+
+def _quote(value: str) -> str:
+    if value and not any(ch in value for ch in ' "=\\\n'):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [f"level={record.levelname.lower()}"]
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value:
+                parts.append(f"{name}={_quote(str(value))}")
+        parts.append(f"msg={_quote(record.getMessage())}")
+        if record.exc_info:
+            parts.append(f"error={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger("berthd")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

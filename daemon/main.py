@@ -1,0 +1,71 @@
+"""`berthd`: the berth daemon's command line (DESIGN.md, "berthd — contract")."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from config.errors import SpecError
+from config.settings import load_settings
+from daemon import __version__
+from daemon.logs import setup_logging
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="berthd",
+        description="berth's daemon: runs deployments' replicas in Podman behind their endpoints.",
+    )
+    parser.add_argument("--config", type=Path, help="berthd.toml (every key optional)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="state (env BERTH_STATE_DIR; /var/lib/berth)"
+    )
+    parser.add_argument("--socket", type=Path, help="admin socket (env BERTH_SOCKET)")
+    parser.add_argument("--podman-url", help="Podman API URL (env BERTH_PODMAN_URL)")
+    parser.add_argument("--specs", type=Path, help="apply every *.toml here at start and on SIGHUP")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--version", action="version", version=f"berthd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        settings = load_settings(
+            args.config,
+            os.environ,
+            {
+                "state_dir": args.state_dir,
+                "socket": args.socket,
+                "podman_url": args.podman_url,
+                "specs": args.specs,
+            },
+        )
+    except SpecError as exc:
+        print(f"berthd: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"berthd: {exc}", file=sys.stderr)
+        return 2
+
+    from daemon.berthd import Berthd, StartupError
+
+    try:
+        trio.run(Berthd(settings).run)
+    except StartupError as exc:
+        print(f"berthd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
