@@ -18,6 +18,7 @@ import logging
 import signal
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,7 @@ from daemon import __version__
 from daemon.admin_server import AdminServer, AdminSocketError
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
+from daemon.health import run_probe
 from daemon.podman_runtime import PodmanRuntime
 from daemon.podman_service import PodmanService, PodmanUnavailable
 from daemon.ports import HostPortAllocator
@@ -108,7 +110,7 @@ class Berthd:
             events=self.events,
             endpoints=self.endpoints,
             ports=self.ports,
-            http=http,
+            probe=partial(run_probe, http),
         )
         self._ctx = ctx
         async with trio.open_nursery() as control:

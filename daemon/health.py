@@ -11,6 +11,7 @@ published on 127.0.0.1.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -75,6 +76,10 @@ async def http_probe(client: httpx.AsyncClient, probe: Probe, host: str, port: i
         )
     ok = 200 <= response.status_code < 400
     return ProbeResult(ok, f"HTTP {response.status_code}")
+
+
+# (probe or None for the default TCP check, host, port) -> result; a seam for unit tests.
+ProbeFn = Callable[[Probe | None, str, int], Awaitable["ProbeResult"]]
 
 
 async def run_probe(

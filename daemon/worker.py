@@ -23,7 +23,6 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
-import httpx
 import trio
 
 from config.canonical import spec_id, template_id
@@ -31,7 +30,7 @@ from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
-from daemon.health import ReplicaHealth, run_probe
+from daemon.health import ProbeFn, ReplicaHealth
 from daemon.plan import (
     Action,
     CreateReplica,
@@ -98,7 +97,7 @@ class WorkerContext:
     events: EventLog
     endpoints: EndpointManager
     ports: HostPortAllocator
-    http: httpx.AsyncClient
+    probe: ProbeFn
 
 
 @dataclass
@@ -158,7 +157,7 @@ class DeploymentWorker:
     async def run(self) -> None:
         while True:
             self._wake = trio.Event()
-            finished = await self._round()
+            finished = await self.reconcile_once()
             done, self._round_done = self._round_done, trio.Event()
             done.set()
             if finished:
@@ -175,7 +174,7 @@ class DeploymentWorker:
 
     # -- one round -------------------------------------------------------------------------
 
-    async def _round(self) -> bool:
+    async def reconcile_once(self) -> bool:
         """One observe-plan-act round; True when the deployment is gone and cleaned up."""
         active = await self._load_desired()
         containers = await self._observe()
@@ -249,7 +248,7 @@ class DeploymentWorker:
             if not c.running or c.host_port is None:
                 memory.health = ReplicaHealth()
                 return
-            result = await run_probe(self._ctx.http, probe, REPLICA_HOST, c.host_port)
+            result = await self._ctx.probe(probe, REPLICA_HOST, c.host_port)
             was_ready = memory.health.ready
             memory.health.record(result, probe)
             if memory.health.ready != was_ready:
