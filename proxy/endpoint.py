@@ -51,6 +51,8 @@ class Balancer:
         self.timeouts = timeouts
         self.upstreams = RoundRobin()
         self.pool = Pool()
+        shortest = min(timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
+        self.watchdog = sockets.Watchdog(tick=min(0.5, max(0.01, shortest / 4)))
         self.draining = False
         self.on_suspect = on_suspect
         self.totals = Counters(STATS_WINDOW_S)
@@ -153,19 +155,22 @@ class Endpoint:
         self._address = (str(name[0]), int(name[1]))
         closed = False
         try:
-            async with trio.open_nursery() as handlers:
-                self._handlers_scope = handlers.cancel_scope
-                with trio.CancelScope() as accept_scope:
-                    self._accept_scope = accept_scope
-                    task_status.started()
-                    if self._balancer.draining:
-                        accept_scope.cancel()
-                        self._apply_drain_deadline()
-                    while True:
-                        sock, peer = await sockets.accept(listener)
-                        handlers.start_soon(self._serve, sock, peer)
-                sockets.close_listener(listener)
-                closed = True
+            async with trio.open_nursery() as watchdog:
+                await watchdog.start(self._balancer.watchdog.run)
+                async with trio.open_nursery() as handlers:
+                    self._handlers_scope = handlers.cancel_scope
+                    with trio.CancelScope() as accept_scope:
+                        self._accept_scope = accept_scope
+                        task_status.started()
+                        if self._balancer.draining:
+                            accept_scope.cancel()
+                            self._apply_drain_deadline()
+                        while True:
+                            sock, peer = await sockets.accept(listener)
+                            handlers.start_soon(self._serve, sock, peer)
+                    sockets.close_listener(listener)
+                    closed = True
+                watchdog.cancel_scope.cancel()
         finally:
             if not closed:
                 sockets.close_listener(listener)
@@ -173,7 +178,7 @@ class Endpoint:
             self._address = None
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
-        session = Session(self._balancer, sockets.Conn(sock, peer))
+        session = Session(self._balancer, sockets.Conn(sock, peer, self._balancer.watchdog))
         self._sessions.add(session)
         try:
             await session.serve()

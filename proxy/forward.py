@@ -110,13 +110,18 @@ class Session:
         b = self.balancer
         timeouts = b.timeouts
         reader = self.reader
+        first = True
         try:
             while not b.draining:
                 self.idle = True
                 try:
                     if not reader.has_events():
                         # Wait for the first byte of the next request (client idle time).
-                        data = await self.conn.recv(timeouts.client_idle)
+                        if first:
+                            data = await self.conn.recv(timeouts.client_idle)
+                            first = False
+                        else:
+                            data = await self.conn.recv_wait_first(timeouts.client_idle)
                         if not data:
                             return
                         reader.feed(data)
@@ -225,7 +230,7 @@ class Session:
         fresh = conn is None
         if conn is None:
             try:
-                conn = await connect(upstream.host, upstream.port, timeouts.connect)
+                conn = await connect(upstream.host, upstream.port, timeouts.connect, b.watchdog)
             except (OSError, Timeout):
                 b.suspect(upstream)
                 return _RETRY
@@ -316,7 +321,10 @@ class Session:
         got_any = False
         while True:
             try:
-                data = await conn.recv(timeouts.read_idle)
+                if got_any:
+                    data = await conn.recv(timeouts.read_idle)
+                else:
+                    data = await conn.recv_wait_first(timeouts.read_idle)
             except Timeout:
                 return self._fail(504) if not sent else _CUT
             except OSError:

@@ -8,8 +8,8 @@ was the largest cost. Here an operation first tries the syscall and parks the ta
 Invariants:
 - A `Conn` is used by one task at a time per direction (one reader, one writer).
 - Every wait is bounded by the timeout given, and raises `Timeout` when it passes. The
-  timeout is a parameter (not a caller's `trio.fail_after`) so that a cancel scope is made
-  only when the operation really has to wait: the common case makes none.
+  timeout is a parameter (not a caller's `trio.fail_after`) and is enforced by the
+  endpoint's `Watchdog`, so that the hot path makes no cancel scope at all.
 - A task that never has to wait still yields every `_YIELD_EVERY` operations, so a fast
   peer cannot starve the others or delay cancellation.
 - `close` wakes any task parked on the socket (`notify_closing`) before closing it.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import socket
 from typing import Final
 
@@ -35,24 +36,77 @@ class Timeout(Exception):
     """A socket operation waited longer than its timeout."""
 
 
+class Watchdog:
+    """Enforces the timeouts of every `Conn` of an endpoint with one periodic task.
+
+    A cancel scope per wait cost more than parsing a request; instead a waiting `Conn`
+    records its deadline on a coarse clock and joins `waiting`; every `tick` seconds `run`
+    wakes the overdue ones (`notify_closing`), whose wait then raises `Timeout`. A timeout
+    fires between `timeout - tick` and `timeout + tick` after the wait began.
+    """
+
+    __slots__ = ("now", "tick", "waiting")
+
+    def __init__(self, tick: float) -> None:
+        self.now = 0.0
+        self.tick = tick
+        self.waiting: set[Conn] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.now = trio.current_time()
+        task_status.started()
+        while True:
+            await trio.sleep(self.tick)
+            now = self.now = trio.current_time()
+            overdue = [c for c in self.waiting if c.deadline <= now]
+            for conn in overdue:
+                conn.expire()
+
+
 class Conn:
     """One TCP connection (to a client or to a replica)."""
 
-    __slots__ = ("sock", "peer", "_streak", "closed")
+    __slots__ = ("sock", "fd", "peer", "watchdog", "deadline", "expired", "_streak", "closed")
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, peer: str, watchdog: Watchdog) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
+        self.fd = sock.fileno()
         self.peer = peer
+        self.watchdog = watchdog
+        self.deadline = math.inf
+        self.expired = False
         self._streak = 0
         self.closed = False
 
+    async def _wait(self, writable: bool, timeout: float) -> None:
+        wd = self.watchdog
+        self.deadline = wd.now + timeout
+        self.expired = False
+        wd.waiting.add(self)
+        try:
+            if writable:
+                await trio.lowlevel.wait_writable(self.fd)
+            else:
+                await trio.lowlevel.wait_readable(self.fd)
+        except trio.ClosedResourceError:
+            if self.expired and not self.closed:
+                raise Timeout from None
+            raise
+        finally:
+            wd.waiting.discard(self)
+
+    def expire(self) -> None:
+        """Called by the watchdog: end this connection's overdue wait with `Timeout`."""
+        self.expired = True
+        if not self.closed:
+            trio.lowlevel.notify_closing(self.fd)
+
     async def recv(self, timeout: float) -> bytes:  # noqa: ASYNC109 - see module doc
         """Up to RECV_SIZE bytes; b"" at end of stream. Raises OSError, Timeout."""
-        sock = self.sock
         try:
-            data = sock.recv(RECV_SIZE)
+            data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
             pass
         else:
@@ -61,15 +115,18 @@ class Conn:
                 self._streak = 0
                 await trio.lowlevel.checkpoint()
             return data
+        return await self.recv_wait_first(timeout)
+
+    async def recv_wait_first(self, timeout: float) -> bytes:  # noqa: ASYNC109
+        """As `recv`, for when data is unlikely to be there yet: saves a failing syscall."""
         self._streak = 0
-        with trio.move_on_after(timeout):
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    return sock.recv(RECV_SIZE)
-                except BlockingIOError:
-                    continue
-        raise Timeout
+        sock = self.sock
+        while True:
+            await self._wait(False, timeout)
+            try:
+                return sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
 
     async def send_all(self, data: bytes, timeout: float) -> None:  # noqa: ASYNC109
         """Send every byte. Raises OSError (peer gone), Timeout (peer not reading)."""
@@ -86,16 +143,13 @@ class Conn:
             return
         self._streak = 0
         view = memoryview(data)[sent:]
-        with trio.move_on_after(timeout):
-            while view:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    continue
-                view = view[sent:]
-            return
-        raise Timeout
+        while view:
+            await self._wait(True, timeout)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            view = view[sent:]
 
     def is_idle_and_open(self) -> bool:
         """For a pooled connection: True when the peer has neither closed nor sent anything."""
@@ -125,7 +179,7 @@ class Conn:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            trio.lowlevel.notify_closing(self.sock)
+            trio.lowlevel.notify_closing(self.fd)
             self.sock.close()
 
     def abort(self) -> None:
@@ -185,7 +239,7 @@ def close_listener(listener: socket.socket) -> None:
     listener.close()
 
 
-async def connect(host: str, port: int, timeout: float) -> Conn:  # noqa: ASYNC109
+async def connect(host: str, port: int, timeout: float, watchdog: Watchdog) -> Conn:  # noqa: ASYNC109
     """A connection to host:port. Raises OSError (refused, unreachable) or Timeout."""
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -203,11 +257,11 @@ async def connect(host: str, port: int, timeout: float) -> Conn:  # noqa: ASYNC1
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
-                return Conn(sock, f"{host}:{port}")
+                return Conn(sock, f"{host}:{port}", watchdog)
             raise Timeout
         if err:
             raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
-        return Conn(sock, f"{host}:{port}")
+        return Conn(sock, f"{host}:{port}", watchdog)
     except BaseException:
         trio.lowlevel.notify_closing(sock)
         sock.close()
