@@ -59,12 +59,27 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trio.run(Berthd(settings).run)
-    except StartupError as exc:
-        print(f"berthd: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        startup = _startup_error(exc)
+        if startup is None:
+            raise
+        print(f"berthd: {startup}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
     return 0
+
+
+def _startup_error(exc: BaseException) -> Exception | None:
+    """The StartupError in `exc`, however deep in nursery exception groups it sits."""
+    from daemon.berthd import StartupError
+
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class Berthd:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -49,6 +50,7 @@ class Berthd:
                     str(self.socket),
                     "--podman-url",
                     self.podman_url,
+                    *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -64,6 +66,10 @@ class Berthd:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def send(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
 
     def signal(self, signum: int) -> int:
         """Send a signal and wait (bounded) for the exit; returns the exit status."""
