@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"berthd: {exc}", file=sys.stderr)
         return 2
 
-    from daemon.berthd import Berthd, StartupError
+    from daemon.berthd import Berthd
 
     try:
         trio.run(Berthd(settings).run)

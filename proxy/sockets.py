@@ -119,6 +119,10 @@ class Conn:
 
     async def recv_wait_first(self, timeout: float) -> bytes:  # noqa: ASYNC109
         """As `recv`, for when data is unlikely to be there yet: saves a failing syscall."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            pass
         self._streak = 0
         sock = self.sock
         while True:
