@@ -43,12 +43,20 @@ REASONS: Final = {
 }
 
 
+# Connection options that name no other header field: the common case, no second pass.
+_PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+
+
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens)
+
+
+def _names_other_fields(connection_value: bytes) -> bool:
+    return any(t.strip().lower() not in _PLAIN_OPTIONS for t in connection_value.split(b","))
 
 
 def request_head_bytes(
@@ -64,14 +72,18 @@ def request_head_bytes(
     `head.content_length`) or NONE.
     """
     headers = head.headers
-    drop = _REQUEST_DROP
-    has_connection = False
-    for name, _ in headers:
-        if name.lower() == b"connection":
-            has_connection = True
-            break
-    if has_connection:
-        drop = drop | _connection_tokens(headers)
+    return _request_head(head, headers, peer, request_id, framing, _REQUEST_DROP, True)
+
+
+def _request_head(
+    head: RequestHead,
+    headers: list[tuple[bytes, bytes]],
+    peer: bytes,
+    request_id: bytes,
+    framing: Framing,
+    drop: frozenset[bytes],
+    first_pass: bool,
+) -> bytes:
     out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     append = out.append
     xff: bytes | None = None
@@ -80,6 +92,10 @@ def request_head_bytes(
     for name, value in headers:
         n = name.lower()
         if n in drop:
+            if first_pass and n == b"connection" and _names_other_fields(value):
+                # Rare: Connection names other fields to drop. Start again knowing them.
+                drop = drop | _connection_tokens(headers)
+                return _request_head(head, headers, peer, request_id, framing, drop, False)
             continue
         if n == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
@@ -122,13 +138,14 @@ def response_head_bytes(head: ResponseHead, *, framing: Framing, close: bool) ->
     Content-Length, CHUNKED adds Transfer-Encoding, CLOSE/NONE add nothing (a HEAD, 204 or
     304 response keeps its Content-Length, which describes the would-be body).
     """
+    return _response_head(head, framing, close, HOP_BY_HOP, True)
+
+
+def _response_head(
+    head: ResponseHead, framing: Framing, close: bool, drop: frozenset[bytes], first_pass: bool
+) -> bytes:
     status = head.status
     headers = head.headers
-    drop = HOP_BY_HOP
-    for name, _ in headers:
-        if name.lower() == b"connection":
-            drop = drop | _connection_tokens(headers)
-            break
     out = [b"HTTP/1.1 %d " % status, head.reason, b"\r\n"]
     append = out.append
     upgrade: bytes | None = None
@@ -140,6 +157,9 @@ def response_head_bytes(head: ResponseHead, *, framing: Framing, close: bool) ->
                 length = value
             elif n == b"upgrade":
                 upgrade = value
+            elif first_pass and n == b"connection" and _names_other_fields(value):
+                drop = drop | _connection_tokens(headers)
+                return _response_head(head, framing, close, drop, False)
             continue
         append(name)
         append(b": ")

@@ -80,7 +80,7 @@ class Conn:
         self._streak = 0
         self.closed = False
 
-    async def _wait(self, writable: bool, timeout: float) -> None:
+    async def _wait(self, writable: bool, timeout: float) -> None:  # noqa: ASYNC109
         wd = self.watchdog
         self.deadline = wd.now + timeout
         self.expired = False
@@ -119,10 +119,6 @@ class Conn:
 
     async def recv_wait_first(self, timeout: float) -> bytes:  # noqa: ASYNC109
         """As `recv`, for when data is unlikely to be there yet: saves a failing syscall."""
-        try:
-            return self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            pass
         self._streak = 0
         sock = self.sock
         while True:
