@@ -3,31 +3,35 @@
 Contract (DESIGN.md, "`berth` command"): read commands take `--json` and print the server's
 JSON as is; exit status 0 on success, otherwise non-zero with one line `berth: message` on
 stderr (a refused spec lists its problems under that line). Ctrl-C exits 130 quietly.
-The HTTP side lives in `daemon.cli_client`, the tables in `daemon.cli_format`.
+The commands live in `daemon.cli_commands`, the HTTP side in `daemon.cli_client`, the
+tables in `daemon.cli_format`.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import os
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from daemon import __version__
-from daemon import cli_format as fmt
-from daemon.cli_client import DEFAULT_SOCKET, AdminClient, ApiError, CliError
-
-# `apply --wait`: how often to look, and how long to wait by default.
-WAIT_POLL_SECONDS = 1.0
-WAIT_TIMEOUT_SECONDS = 600.0
-
-Command = Callable[[AdminClient, argparse.Namespace], int]
+from daemon.cli_client import DEFAULT_SOCKET, AdminClient, CliError
+from daemon.cli_commands import (
+    WAIT_TIMEOUT_SECONDS,
+    Command,
+    cmd_apply,
+    cmd_events,
+    cmd_get,
+    cmd_history,
+    cmd_logs,
+    cmd_ls,
+    cmd_metrics,
+    cmd_rm,
+    cmd_rollback,
+    cmd_scale,
+    cmd_status,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,359 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 1
-
-
-# -- commands ------------------------------------------------------------------------------
-
-
-def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
-    source: str = args.file
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot read {source}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise CliError(f"{source}: not UTF-8 text") from None
-    try:
-        result = client.call(
-            "POST",
-            "/v1/deployments",
-            params={"source": source},
-            content=text.encode(),
-            headers={"content-type": "application/toml"},
-        )
-    except ApiError as exc:
-        if not exc.problems:
-            raise
-        count = len(exc.problems)
-        lines = [f"berth: {source}: spec refused, {fmt.plural(count, 'problem')}:"]
-        lines += [f"  {problem}" for problem in exc.problems]
-        print("\n".join(lines), file=sys.stderr)
-        return 1
-    name, revision, spec_id = result.get("name"), result.get("revision"), result.get("spec_id")
-    if result.get("outcome") == "unchanged":
-        print(f"{name}: unchanged (revision {revision}, spec_id {spec_id})")
-    else:
-        print(f"{name}: revision {revision}, spec_id {spec_id} ({result.get('outcome')})")
-    if args.wait:
-        return wait_for_rollout(client, str(name), revision, spec_id, timeout=args.timeout)
-    return 0
-
-
-def wait_for_rollout(
-    client: AdminClient, name: str, revision: object, spec_id: object, *, timeout: float
-) -> int:
-    """Poll the deployment until `revision` runs everywhere, fails, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    last_line = ""
-    while True:
-        deployment = client.call("GET", _deployment_path(name))
-        status = deployment.get("status")
-        current = deployment.get("revision")
-        if current != revision:
-            raise CliError(
-                f"{name}: revision {revision} is no longer active (now revision {current}"
-                f"{_reason_suffix(deployment)})"
-            )
-        desired = deployment.get("desired")
-        replicas = deployment.get("replicas")
-        if isinstance(replicas, list):
-            ready = sum(1 for r in replicas if r.get("ready") and r.get("spec_id") == spec_id)
-        else:
-            ready = deployment.get("ready")
-        line = f"{name}: {status}, {ready}/{desired} replicas ready on revision {revision}"
-        if line != last_line:
-            print(line, flush=True)
-            last_line = line
-        if status == "stopped" or (
-            status == "running" and isinstance(desired, int) and (ready or 0) >= desired
-        ):
-            return 0
-        if status == "failed":
-            raise CliError(f"{name}: rollout failed{_reason_suffix(deployment, sep=': ')}")
-        if time.monotonic() >= deadline:
-            raise CliError(f"{name}: still {status} after {timeout:g}s (see `berth get {name}`)")
-        time.sleep(WAIT_POLL_SECONDS)
-
-
-def cmd_ls(client: AdminClient, args: argparse.Namespace) -> int:
-    deployments = client.call("GET", "/v1/deployments")
-    if args.json:
-        return _print_json(deployments)
-    if not deployments:
-        print("no deployments")
-        return 0
-    rows = [
-        (
-            d.get("name"),
-            f"{fmt.cell(d.get('ready'))}/{fmt.cell(d.get('desired'))}",
-            d.get("revision"),
-            d.get("endpoint"),
-            d.get("status"),
-        )
-        for d in deployments
-    ]
-    print(fmt.table(("NAME", "READY/DESIRED", "REVISION", "ENDPOINT", "STATUS"), rows))
-    return 0
-
-
-def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
-    d = client.call("GET", _deployment_path(args.name))
-    if args.json:
-        return _print_json(d)
-    replicas_text = f"{fmt.cell(d.get('ready'))}/{fmt.cell(d.get('desired'))} ready"
-    if d.get("pinned") is not None:
-        replicas_text += f" (pinned at {d['pinned']} by `berth scale`)"
-    pairs: list[tuple[str, object]] = [
-        ("name", d.get("name")),
-        ("deployment_id", d.get("deployment_id")),
-        ("revision", d.get("revision")),
-        ("spec_id", d.get("spec_id")),
-        ("status", f"{fmt.cell(d.get('status'))}{_reason_suffix(d)}"),
-        ("replicas", replicas_text),
-        ("endpoint", d.get("endpoint")),
-        ("created", fmt.timestamp(d.get("created_at"))),
-    ]
-    print(fmt.key_values(pairs))
-    replicas = d.get("replicas") or []
-    if replicas:
-        headers = ["ID", "CONTAINER", "STATE", "READY", "RESTARTS", "PORT", "SPEC_ID"]
-        with_gpus = any(r.get("gpus") for r in replicas)
-        if with_gpus:
-            headers.append("GPUS")
-        rows = []
-        for r in replicas:
-            row = [
-                r.get("id"),
-                fmt.short_id(r.get("container_id")),
-                r.get("state"),
-                bool(r.get("ready")),
-                r.get("restarts"),
-                r.get("host_port"),
-                r.get("spec_id"),
-            ]
-            if with_gpus:
-                row.append(r.get("gpus"))
-            rows.append(row)
-        print()
-        print(fmt.table(headers, rows))
-    spec = d.get("spec")
-    if isinstance(spec, str) and spec.strip():
-        print(f"\nspec (revision {fmt.cell(d.get('revision'))}):")
-        print("\n".join(f"  {line}".rstrip() for line in spec.rstrip().splitlines()))
-    return 0
-
-
-def cmd_history(client: AdminClient, args: argparse.Namespace) -> int:
-    if args.diff is not None:
-        return _diff_revisions(client, args.name, args.diff, as_json=args.json)
-    entries = client.call("GET", f"{_deployment_path(args.name)}/history")
-    if args.json:
-        return _print_json(entries)
-    rows = [
-        (
-            e.get("revision"),
-            e.get("spec_id"),
-            fmt.timestamp(e.get("created_at")),
-            e.get("status") or ("active" if e.get("active") else None),
-        )
-        for e in entries
-    ]
-    print(fmt.table(("REVISION", "SPEC_ID", "CREATED", "STATUS"), rows))
-    return 0
-
-
-def _diff_revisions(client: AdminClient, name: str, revision: int, *, as_json: bool) -> int:
-    if revision < 1:
-        raise CliError(f"--diff: revisions start at 1 (got {revision})")
-    new = client.call("GET", f"{_deployment_path(name)}/revisions/{revision}")
-    old = (
-        client.call("GET", f"{_deployment_path(name)}/revisions/{revision - 1}")
-        if (revision > 1)
-        else None
-    )
-    if as_json:
-        return _print_json([r for r in (old, new) if r is not None])
-    old_label = f"{name} revision {revision - 1} ({old.get('spec_id')})" if old else "(no revision)"
-    new_label = f"{name} revision {revision} ({new.get('spec_id')})"
-    old_text = str(old.get("spec") or "") if old else ""
-    diff = difflib.unified_diff(
-        old_text.splitlines(keepends=True),
-        str(new.get("spec") or "").splitlines(keepends=True),
-        fromfile=old_label,
-        tofile=new_label,
-    )
-    text = "".join(line if line.endswith("\n") else line + "\n" for line in diff)
-    if text:
-        sys.stdout.write(text)
-    else:
-        print(f"{name}: revisions {revision - 1} and {revision} have the same spec")
-    return 0
-
-
-def cmd_rollback(client: AdminClient, args: argparse.Namespace) -> int:
-    result = client.call("POST", f"{_deployment_path(args.name)}/rollback", json={"to": args.to})
-    if args.json:
-        return _print_json(result)
-    name, revision, spec_id = result.get("name"), result.get("revision"), result.get("spec_id")
-    restored = result.get("restored_revision")
-    if result.get("outcome") == "unchanged":
-        print(f"{name}: unchanged (revision {revision}, spec_id {spec_id})")
-    else:
-        print(
-            f"{name}: revision {revision}, spec_id {spec_id} "
-            f"(the spec of revision {fmt.cell(restored)})"
-        )
-    return 0
-
-
-def cmd_scale(client: AdminClient, args: argparse.Namespace) -> int:
-    if args.auto == (args.replicas is not None):
-        raise CliError("scale: give a replica count or --auto (one of them)", exit_code=2)
-    if args.replicas is not None and args.replicas < 0:
-        raise CliError(f"scale: the replica count must be >= 0 (got {args.replicas})", exit_code=2)
-    replicas = None if args.auto else args.replicas
-    result = client.call(
-        "POST", f"{_deployment_path(args.name)}/scale", json={"replicas": replicas}
-    )
-    if args.json:
-        return _print_json(result)
-    name = result.get("name", args.name)
-    if result.get("pinned") is None:
-        print(
-            f"{name}: replica count back with the autoscaler "
-            f"({fmt.cell(result.get('desired'))} desired now)"
-        )
-    else:
-        print(f"{name}: pinned at {fmt.plural(int(result['pinned']), 'replica')}")
-    return 0
-
-
-def cmd_logs(client: AdminClient, args: argparse.Namespace) -> int:
-    params: dict[str, str] = {}
-    if args.tail is not None:
-        params["tail"] = str(args.tail)
-    if args.follow:
-        params["follow"] = "1"
-    if args.replica:
-        params["replica"] = args.replica
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    with client.stream("GET", f"{_deployment_path(args.name)}/logs", params=params) as response:
-        for chunk in response.iter_raw():
-            out.write(chunk)
-            out.flush()
-    return 0
-
-
-def cmd_metrics(client: AdminClient, args: argparse.Namespace) -> int:
-    params = {"since": args.since} if args.since else None
-    m = client.call("GET", f"{_deployment_path(args.name)}/metrics", params=params)
-    if args.json:
-        return _print_json(m)
-    headers = ("REPLICA", "CPU", "MEMORY", "GPU", "GPU_MEMORY", "REQ/S", "P50", "P95")
-    rows = [
-        (
-            r.get("id"),
-            fmt.percent(r.get("cpu_percent")),
-            fmt.size(r.get("memory_bytes")),
-            fmt.percent(r.get("gpu_utilization")),
-            fmt.size(r.get("gpu_memory_bytes")),
-            fmt.rate(r.get("requests_per_second")),
-            fmt.millis(r.get("latency_p50_ms")),
-            fmt.millis(r.get("latency_p95_ms")),
-        )
-        for r in m.get("replicas") or []
-    ]
-    print(fmt.table(headers, rows))
-    endpoint = m.get("endpoint")
-    if isinstance(endpoint, Mapping):
-        print(
-            f"\nendpoint: {fmt.rate(endpoint.get('requests_per_second'))} req/s, "
-            f"p50 {fmt.millis(endpoint.get('latency_p50_ms'))}, "
-            f"p95 {fmt.millis(endpoint.get('latency_p95_ms'))}, "
-            f"{fmt.cell(endpoint.get('in_flight'))} in flight "
-            f"(over {fmt.cell(m.get('since') or args.since)})"
-        )
-    return 0
-
-
-def cmd_events(client: AdminClient, args: argparse.Namespace) -> int:
-    params: dict[str, str] = {}
-    if args.name:
-        params["deployment"] = args.name
-    if args.follow:
-        params["follow"] = "1"
-    if args.limit is not None:
-        params["limit"] = str(args.limit)
-    with client.stream("GET", "/v1/events", params=params) as response:
-        for line in response.iter_lines():
-            if not line.strip():
-                continue
-            if args.json:
-                print(line, flush=True)
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                raise CliError(f"berthd sent a malformed event: {line[:80]}") from None
-            print(fmt.event_line(event if isinstance(event, dict) else {}), flush=True)
-    return 0
-
-
-def cmd_rm(client: AdminClient, args: argparse.Namespace) -> int:
-    result = client.call("DELETE", _deployment_path(args.name))
-    if args.json:
-        return _print_json(result)
-    name = result.get("name", args.name) if isinstance(result, dict) else args.name
-    print(f"{name}: removed (its history is kept)")
-    return 0
-
-
-def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
-    s = client.call("GET", "/v1/status")
-    if args.json:
-        return _print_json(s)
-    gpus = s.get("gpus") or []
-    pairs: list[tuple[str, object]] = [
-        ("berthd", s.get("version")),
-        ("berth", __version__),
-        ("podman", s.get("podman")),
-        ("state_dir", s.get("state_dir")),
-        ("instance", s.get("instance")),
-        ("deployments", _summarise(s.get("deployments"))),
-        ("gpus", len(gpus) if gpus else "none found"),
-    ]
-    print(fmt.key_values(pairs))
-    for index, gpu in enumerate(gpus):
-        print(f"  {fmt.gpu_line(index, gpu)}")
-    return 0
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def _deployment_path(name: str) -> str:
-    return f"/v1/deployments/{quote(name, safe='')}"
-
-
-def _print_json(value: object) -> int:
-    print(json.dumps(value, indent=2))
-    return 0
-
-
-def _reason_suffix(deployment: Mapping[str, Any], *, sep: str = ", ") -> str:
-    reason = deployment.get("reason") or deployment.get("status_reason")
-    return f"{sep}{fmt.cell(reason)}" if reason else ""
-
-
-def _summarise(value: object) -> object:
-    if isinstance(value, list):
-        names = [v.get("name") if isinstance(v, dict) else v for v in value]
-        return f"{len(value)} ({', '.join(fmt.cell(n) for n in names)})" if value else 0
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {fmt.cell(v)}" for k, v in value.items())
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -80,6 +80,12 @@ def millis(value: object) -> str:
     return f"{value:.1f}ms" if value < 100 else f"{value:.0f}ms"
 
 
+def seconds_as_ms(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return cell(value)
+    return millis(value * 1000)
+
+
 def rate(value: object) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return cell(value)
