@@ -133,10 +133,11 @@ class Session:
                 except ProtocolError as exc:
                     await self._answer(exc.status, exc.reason)
                     return
-                except (ClientGone, Timeout, OSError):
+                except (ClientGone, OSError):
                     return
-                except trio.TooSlowError:
-                    await self._answer(408, "request header timeout")
+                except (Timeout, trio.TooSlowError):
+                    if not self.idle:  # a head was under way: slowloris, or just slow
+                        await self._answer(408, "request header timeout")
                     return
                 if not isinstance(event, RequestHead):  # pragma: no cover - parser invariant
                     return

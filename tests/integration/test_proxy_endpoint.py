@@ -527,3 +527,12 @@ async def test_many_concurrent_clients() -> None:
                     nursery.start_soon(client)
     assert statuses == [200] * 400
     assert sum(b.connections for b in bs) <= 40
+
+
+async def test_idle_keep_alive_client_is_closed_after_client_idle() -> None:
+    async with backends("a") as (a,):
+        async with endpoint([a.upstream], EndpointTimeouts(client_idle=0.3)) as ep:
+            async with Client.open(ep.address[1]) as c:
+                assert (await c.request("GET", "/")).status == 200
+                with trio.fail_after(WAIT):
+                    assert await c.stream.receive_some(10) == b""
