@@ -9,6 +9,7 @@ this module.
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +42,7 @@ class AdminClient:
     def __init__(self, socket_path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.socket_path = socket_path
         self._timeout = timeout
+        self._reachable = False
         self._client = httpx.Client(
             transport=httpx.HTTPTransport(uds=socket_path),
             base_url="http://berth",
@@ -67,6 +69,7 @@ class AdminClient:
         headers: Mapping[str, str] | None = None,
     ) -> Any:
         """One request; the decoded JSON answer (or text, or None for an empty body)."""
+        self._check_reachable()
         with self._translate():
             response = self._client.request(
                 method, path, params=params, json=json, content=content, headers=headers
@@ -89,12 +92,33 @@ class AdminClient:
         """A streamed answer; its body is read by the caller, errors are still translated."""
         # Following a stream waits for the server as long as it takes.
         timeout = httpx.Timeout(self._timeout, read=None)
+        self._check_reachable()
         with self._translate():
             with self._client.stream(method, path, params=params, timeout=timeout) as response:
                 if response.is_error:
                     response.read()
                     raise _api_error(response)
                 yield response
+
+    def _check_reachable(self) -> None:
+        """Connect once ourselves first, for a precise message when berthd is not there.
+
+        (httpcore 1.0 also leaks the socket of a failed Unix connect; this way the common
+        failures never reach it.)
+        """
+        if self._reachable:
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(self._timeout)
+            probe.connect(self.socket_path)
+        except TimeoutError:
+            raise CliError(f"berthd at {self.socket_path} did not answer in time") from None
+        except OSError as exc:
+            raise CliError(_connect_failure(self.socket_path, exc)) from None
+        finally:
+            probe.close()
+        self._reachable = True
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
