@@ -124,7 +124,9 @@ class Berthd:
             server = AdminServer(self.settings.socket, AdminApi(self).handle)
             try:
                 await control.start(server.run)
-            except (AdminSocketError, OSError) as exc:
+            except AdminSocketError as exc:
+                raise StartupError(str(exc)) from exc
+            except OSError as exc:
                 raise StartupError(f"admin socket {self.settings.socket}: {exc}") from exc
             log.info(
                 "berthd %s ready: socket %s, state %s, instance %s",
