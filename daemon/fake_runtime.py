@@ -24,7 +24,9 @@ from daemon.runtime import (
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
+    ContainerStats,
     ImageNotFound,
+    RegistryAuth,
     RuntimeFailure,
 )
 
@@ -55,6 +57,8 @@ class FakeContainer:
 class FakeRuntime:
     def __init__(self, images: set[str] | None = None) -> None:
         self.images: set[str] = set(images or ())
+        self.stats_by_id: dict[str, ContainerStats] = {}
+        self.pull_auth: RegistryAuth | None = None
         # Images `pull` can fetch; pulling anything else raises ImageNotFound.
         self.pullable: set[str] = set()
         self.containers: dict[str, FakeContainer] = {}
@@ -105,8 +109,9 @@ class FakeRuntime:
         self._enter("image_exists", image)
         return image in self.images
 
-    async def pull(self, image: str) -> None:
+    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
         self._enter("pull", image)
+        self.pull_auth = auth
         if image not in self.pullable:
             raise ImageNotFound(f"pull {image}: manifest unknown")
         self.images.add(image)
@@ -154,6 +159,13 @@ class FakeRuntime:
     async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         self._enter("list", dict(labels))
         return [c.info() for c in self.containers.values() if _matches(c.spec.labels, labels)]
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        self._enter("stats", container_id)
+        container = self._get(container_id)
+        if container.status != "running":
+            raise ContainerNotFound(f"stats {container_id[:12]}: container is not running")
+        return self.stats_by_id.get(container_id, ContainerStats(cpu_percent=0.0, memory_bytes=0))
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
         self._enter("logs", container_id)

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import socket
@@ -36,7 +37,9 @@ from daemon.runtime import (
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
+    ContainerStats,
     ImageNotFound,
+    RegistryAuth,
     RuntimeFailure,
     TemporaryRuntimeError,
 )
@@ -96,13 +99,19 @@ class PodmanRuntime:
     async def image_exists(self, image: str) -> bool:
         return await self._call(partial(self._client.images.exists, image), what=image)
 
-    async def pull(self, image: str) -> None:
-        await self._call(partial(self._pull_sync, image), what=f"pull {image}")
+    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
+        await self._call(partial(self._pull_sync, image, auth), what=f"pull {image}")
 
-    def _pull_sync(self, image: str) -> None:
+    def _pull_sync(self, image: str, auth: RegistryAuth | None) -> None:
         # podman-py's images.pull() drops the error that libpod reports inside the stream.
+        headers = {}
+        if auth is not None:
+            headers["X-Registry-Auth"] = registry_auth_header(image, auth)
         response = self._client.api.post(
-            "/images/pull", params={"reference": image, "quiet": True}, stream=True
+            "/images/pull",
+            params={"reference": image, "quiet": True},
+            headers=headers,
+            stream=True,
         )
         response.raise_for_status(not_found=podman.errors.ImageNotFound)
         for line in response.iter_lines():
@@ -122,7 +131,13 @@ class PodmanRuntime:
             "name": spec.name,
             "labels": labels,
             "environment": dict(spec.env),
-            "ports": {f"{spec.app_port}/tcp": (spec.host_ip, spec.host_port)},
+            "ports": {
+                f"{spec.app_port}/tcp": (spec.host_ip, spec.host_port),
+                **{
+                    f"{inner}/tcp": (spec.host_ip, outer)
+                    for inner, outer in spec.extra_ports.items()
+                },
+            },
             "stop_timeout": math.ceil(spec.stop_timeout),
             "restart_policy": {"Name": "no"},
         }
@@ -134,6 +149,17 @@ class PodmanRuntime:
             kwargs["cpu_quota"] = max(1_000, round(spec.cpus * 100_000))
         if spec.memory_bytes is not None:
             kwargs["mem_limit"] = spec.memory_bytes
+        binds = [m for m in spec.mounts if m.type == "bind"]
+        volumes = [m for m in spec.mounts if m.type == "volume"]
+        if binds:
+            kwargs["mounts"] = [
+                {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
+                for m in binds
+            ]
+        if volumes:
+            kwargs["volumes"] = {
+                m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in volumes
+            }
         if spec.devices:
             # Sent as {"path": "nvidia.com/gpu=0"}; libpod resolves CDI names from /etc/cdi and
             # /var/run/cdi when the container starts (an unknown device fails the start).
@@ -211,6 +237,29 @@ class PodmanRuntime:
                     continue
             infos.append(info)
         return infos
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        def stats() -> dict[str, Any]:
+            response = self._client.api.get(
+                "/containers/stats", params={"containers": container_id, "stream": False}
+            )
+            response.raise_for_status()
+            body: dict[str, Any] = json.loads(response.content)
+            return body
+
+        body = await self._call(stats, what=f"stats {container_id[:12]}")
+        entries = body.get("Stats") or []
+        if body.get("Error") or not entries:
+            raise ContainerNotFound(f"stats {container_id[:12]}: {body.get('Error') or 'none'}")
+        entry = entries[0]
+        limit = int(entry.get("MemLimit") or 0)
+        return ContainerStats(
+            cpu_percent=float(entry.get("CPU") or 0.0),
+            memory_bytes=int(entry.get("MemUsage") or 0),
+            # libpod reports the host's memory as the limit when none is set
+            memory_limit_bytes=limit or None,
+            pids=int(entry.get("PIDs") or 0),
+        )
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
         def logs() -> bytes:
@@ -389,3 +438,17 @@ def _event(body: Mapping[str, Any]) -> ContainerEvent:
         labels={k: v for k, v in attributes.items() if k not in EVENT_ATTRIBUTES},
         exit_code=exit_code,
     )
+
+
+def registry_auth_header(image: str, auth: RegistryAuth) -> str:
+    """The X-Registry-Auth header libpod's pull takes: base64url of a JSON credential."""
+    username, password = auth.username, auth.password
+    registry = image.split("/", 1)[0] if "/" in image else "docker.io"
+    if auth.auth_file is not None:
+        with open(auth.auth_file, encoding="utf-8") as f:
+            auths = json.load(f).get("auths", {})
+        entry = auths.get(registry) or auths.get(f"https://{registry}") or {}
+        if "auth" in entry:
+            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    payload = {"username": username or "", "password": password or "", "serveraddress": registry}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 # Labels every berth container carries (DESIGN.md, "berthd — contract").
 LABEL_INSTANCE = "io.berth.instance"
@@ -45,6 +45,40 @@ class ImageNotFound(RuntimeFailure):
 
 
 @dataclass(frozen=True)
+class MountSpec:
+    """A host path (bind) or a named Podman volume (volume) mounted into the container."""
+
+    type: Literal["bind", "volume"]
+    source: str  # absolute host path, or the volume's name
+    target: str  # absolute path in the container
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for pulling a private image; never logged, never shown."""
+
+    auth_file: str | None = None  # containers-auth.json, as `podman login` writes it
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RegistryAuth(auth_file={self.auth_file!r}, username={self.username!r}, password=***)"
+        )
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """One sample of a running container's resource use."""
+
+    cpu_percent: float  # of one CPU: 200.0 is two CPUs busy
+    memory_bytes: int
+    memory_limit_bytes: int | None = None
+    pids: int = 0
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one replica container."""
 
@@ -62,6 +96,9 @@ class ContainerSpec:
     devices: tuple[str, ...] = ()
     # Seconds Podman waits after SIGTERM before SIGKILL when the container is stopped.
     stop_timeout: float = 10.0
+    mounts: tuple[MountSpec, ...] = ()
+    # More published ports (container port -> host port on host_ip), e.g. a probe's port.
+    extra_ports: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,7 +137,7 @@ class ContainerRuntime(Protocol):
 
     async def image_exists(self, image: str) -> bool: ...
 
-    async def pull(self, image: str) -> None:
+    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
         """Pull an image; ImageNotFound when the registry has no such image."""
         ...
 
@@ -122,6 +159,10 @@ class ContainerRuntime(Protocol):
 
     async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         """All containers (running or not) that carry every one of these labels."""
+        ...
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        """One sample of CPU and memory use (ContainerNotFound if gone or not running)."""
         ...
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:

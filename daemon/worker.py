@@ -41,16 +41,20 @@ from daemon.plan import (
     plan,
 )
 from daemon.ports import HostPortAllocator
+from daemon.replica_spec import (
+    REPLICA_HOST,
+    ReplicaIdentity,
+    ReplicaPlacement,
+    replica_container,
+)
 from daemon.runtime import (
     LABEL_DEPLOYMENT,
-    LABEL_HOST_PORT,
     LABEL_INSTANCE,
     LABEL_REPLICA,
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
     ContainerInfo,
     ContainerRuntime,
-    ContainerSpec,
     RuntimeFailure,
 )
 from daemon.store import ReplicaRecord, Store
@@ -59,7 +63,6 @@ from proxy.upstreams import Upstream
 
 log = logging.getLogger("berthd")
 
-REPLICA_HOST = "127.0.0.1"
 FAST_ROUND = 0.5  # while converging
 SLOW_ROUND = 5.0  # when up to date (capped by the readiness period)
 DRAIN_TIMEOUT = 30.0
@@ -326,27 +329,8 @@ class DeploymentWorker:
         spec = active.spec
         rid = secrets.token_hex(4)
         host_port = ctx.ports.allocate()
-        labels = {
-            LABEL_INSTANCE: ctx.instance,
-            LABEL_DEPLOYMENT: self.name,
-            LABEL_REPLICA: rid,
-            LABEL_SPEC_ID: active.spec_id,
-            LABEL_TEMPLATE: active.template_id,
-            LABEL_HOST_PORT: str(host_port),
-        }
-        container = ContainerSpec(
-            name=f"berth-{self.name}-{rid}",
-            image=spec.image,
-            labels=labels,
-            app_port=spec.port,
-            host_port=host_port,
-            host_ip=REPLICA_HOST,
-            env=dict(spec.env),
-            command=spec.command,
-            cpus=spec.resources.cpus,
-            memory_bytes=spec.resources.memory,
-            stop_timeout=spec.stop_timeout,
-        )
+        who = ReplicaIdentity(ctx.instance, self.name, rid, active.spec_id, active.template_id)
+        container = replica_container(spec, who, ReplicaPlacement(host_port))
         try:
             if not await ctx.runtime.image_exists(spec.image):
                 await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.name)

@@ -1,0 +1,77 @@
+"""What one replica's container is made of: a deployment spec (plus berthd's choices) in,
+a `ContainerSpec` out. Pure: the worker allocates ports and ids, then asks here.
+
+Every container carries the contract labels (DESIGN.md) and berth's own
+(`io.berth.template`, `io.berth.host-port`), so any berthd can recognise it later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from config.spec import DeploymentSpec
+from daemon.runtime import (
+    LABEL_DEPLOYMENT,
+    LABEL_HOST_PORT,
+    LABEL_INSTANCE,
+    LABEL_REPLICA,
+    LABEL_SPEC_ID,
+    LABEL_TEMPLATE,
+    ContainerSpec,
+)
+
+REPLICA_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ReplicaIdentity:
+    instance: str
+    deployment: str
+    replica_id: str
+    spec_id: str
+    template_id: str
+
+
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    """What berthd chose for this replica: its host ports and devices."""
+
+    host_port: int
+    extra_ports: Mapping[int, int] = field(default_factory=dict)  # container -> host
+    devices: tuple[str, ...] = ()
+
+
+def container_name(deployment: str, replica_id: str) -> str:
+    return f"berth-{deployment}-{replica_id}"
+
+
+def replica_labels(who: ReplicaIdentity, host_port: int) -> dict[str, str]:
+    return {
+        LABEL_INSTANCE: who.instance,
+        LABEL_DEPLOYMENT: who.deployment,
+        LABEL_REPLICA: who.replica_id,
+        LABEL_SPEC_ID: who.spec_id,
+        LABEL_TEMPLATE: who.template_id,
+        LABEL_HOST_PORT: str(host_port),
+    }
+
+
+def replica_container(
+    spec: DeploymentSpec, who: ReplicaIdentity, where: ReplicaPlacement
+) -> ContainerSpec:
+    return ContainerSpec(
+        name=container_name(who.deployment, who.replica_id),
+        image=spec.image,
+        labels=replica_labels(who, where.host_port),
+        app_port=spec.port,
+        host_port=where.host_port,
+        host_ip=REPLICA_HOST,
+        env=dict(spec.env),
+        command=spec.command,
+        cpus=spec.resources.cpus,
+        memory_bytes=spec.resources.memory,
+        devices=where.devices,
+        stop_timeout=spec.stop_timeout,
+        extra_ports=dict(where.extra_ports),
+    )
