@@ -1,4 +1,5 @@
-"""berthd's memory: deployments, their spec revisions, replica records and events, in SQLite.
+"""berthd's memory: deployments, their spec revisions, replica records, events and per-minute
+metric rollups, in SQLite.
 
 Invariants:
 - A deployment's `deployment_id` is minted once, when its name is first applied, and kept for
@@ -9,6 +10,8 @@ Invariants:
 - Every multi-row change runs in one transaction.
 - Replica rows are berthd's notes about replicas; the containers are the source of truth for
   what runs, so the daemon may overwrite or drop these freely.
+- Metric rollups are keyed by (deployment, replica, minute): writing a minute again replaces
+  it, so a retried write never doubles a row. They are pruned by age, never by deployment.
 
 This is the only module that imports sqlite-utils. It is synchronous: the daemon calls it
 through `trio.to_thread.run_sync` and serialises those calls, so one connection (opened with
@@ -18,9 +21,10 @@ through `trio.to_thread.run_sync` and serialises those calls, so one connection 
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -117,6 +121,30 @@ class Event:
     replica: str | None
     kind: str
     message: str
+
+
+@dataclass(frozen=True)
+class MetricRollup:
+    """One minute of averaged samples (daemon/metrics.py): a replica (`replica` = its id), a
+    deployment as a whole (`replica` = ""), the host (`deployment` = "", `replica` = "") or
+    one host GPU (`deployment` = "", `replica` = "gpu:N"). None: nothing was measured."""
+
+    deployment: str
+    replica: str
+    minute: str  # RFC 3339 UTC, the minute's start
+    samples: int
+    cpu_percent: float | None = None
+    memory_bytes: float | None = None
+    memory_limit_bytes: float | None = None
+    gpu_utilization: float | None = None
+    gpu_memory_bytes: float | None = None
+    gpu_memory_total_bytes: float | None = None
+    gpu_temperature_c: float | None = None
+    gpu_power_w: float | None = None
+    requests_per_s: float | None = None
+    in_flight: float | None = None
+    latency_p50: float | None = None
+    latency_p95: float | None = None
 
 
 class Store:
@@ -362,6 +390,45 @@ class Store:
             sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id"
             params.append(limit)
         return [Event(**row) for row in self._db.query(sql, params)]
+
+    # -- metric rollups -----------------------------------------------------------------
+
+    def add_metric_rollups(self, rows: Iterable[MetricRollup]) -> int:
+        """Insert (or replace, by deployment, replica and minute) rollups; returns how many."""
+        records = [dataclasses.asdict(r) for r in rows]
+        if records:
+            with self._db.atomic():
+                self._db.table("metrics").upsert_all(
+                    records, pk=("deployment", "replica", "minute")
+                )
+        return len(records)
+
+    def metric_rollups(
+        self,
+        deployment: str,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        replica: str | None = None,
+    ) -> list[MetricRollup]:
+        """`deployment`'s rollups (every replica's and its own, or only `replica`'s) whose
+        minute starts in [since, until), oldest first. `deployment = ""`: the host's."""
+        clauses = ["deployment = ?", "minute >= ?"]
+        params: list[Any] = [deployment, rfc3339(since)]
+        if until is not None:
+            clauses.append("minute < ?")
+            params.append(rfc3339(until))
+        if replica is not None:
+            clauses.append("replica = ?")
+            params.append(replica)
+        sql = f"SELECT * FROM metrics WHERE {' AND '.join(clauses)} ORDER BY minute, replica"
+        return [MetricRollup(**row) for row in self._db.query(sql, params)]
+
+    def prune_metrics(self, before: datetime) -> int:
+        """Delete every rollup whose minute starts before `before`; returns how many."""
+        with self._db.atomic():
+            cursor = self._db.execute("DELETE FROM metrics WHERE minute < ?", [rfc3339(before)])
+        return cursor.rowcount
 
 
 def _deployment(row: dict[str, Any]) -> Deployment:

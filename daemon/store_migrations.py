@@ -64,9 +64,37 @@ CREATE TABLE events (
 CREATE INDEX events_by_deployment ON events (deployment, id);
 """
 
+# Per-minute metric rollups (daemon/metrics.py). One row per (deployment, replica, minute):
+# `replica` is '' for the deployment as a whole; host-wide rows have deployment '' and replica
+# '' (the host) or 'gpu:N' (one GPU). Names, not ids, like events: a rollup is a record of
+# what was measured under that name. Averages over the minute; NULL where nothing was measured.
+_M004_METRICS = """
+CREATE TABLE metrics (
+    deployment TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    minute TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    cpu_percent REAL,
+    memory_bytes REAL,
+    memory_limit_bytes REAL,
+    gpu_utilization REAL,
+    gpu_memory_bytes REAL,
+    gpu_memory_total_bytes REAL,
+    gpu_temperature_c REAL,
+    gpu_power_w REAL,
+    requests_per_s REAL,
+    in_flight REAL,
+    latency_p50 REAL,
+    latency_p95 REAL,
+    PRIMARY KEY (deployment, replica, minute)
+);
+CREATE INDEX metrics_by_minute ON metrics (minute);
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _M001_DEPLOYMENTS_AND_REVISIONS,
     _M002_REPLICAS,
     _M003_EVENTS,
+    _M004_METRICS,
 )
 LATEST_VERSION = len(MIGRATIONS)
