@@ -61,6 +61,8 @@ class FakeRuntime:
         self.pull_auth: RegistryAuth | None = None
         # Images `pull` can fetch; pulling anything else raises ImageNotFound.
         self.pullable: set[str] = set()
+        # Named volumes and their labels.
+        self.volumes: dict[str, dict[str, str]] = {}
         self.containers: dict[str, FakeContainer] = {}
         # Every call, in order: ("create", name), ("start", id), ("stop", id, timeout), ...
         self.calls: list[tuple[object, ...]] = []
@@ -200,6 +202,14 @@ class FakeRuntime:
     async def aclose(self) -> None:
         self.calls.append(("aclose",))
         self.closed = True
+
+    async def volume_exists(self, name: str) -> bool:
+        self._enter("volume_exists", name)
+        return name in self.volumes
+
+    async def create_volume(self, name: str, *, labels: Mapping[str, str] | None = None) -> None:
+        self._enter("create_volume", name)
+        self.volumes.setdefault(name, dict(labels or {}))
 
     # -- internals -----------------------------------------------------------------------
     def _enter(self, method: str, *args: object) -> None:

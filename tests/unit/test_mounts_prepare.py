@@ -1,0 +1,219 @@
+"""`MountPreparer`: spec mounts -> MountSpecs, against FakeRuntime and git repositories made here.
+
+No network: every repository is a `git init` in tmp_path, cloned through a file:// URL. Time is
+trio's MockClock (it moves only when a test jumps it), for the clone back-off.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from config.parse import parse_spec
+from config.settings import DaemonSettings
+from config.spec import DeploymentSpec, Mount, MountType
+from daemon.fake_runtime import FakeRuntime
+from daemon.mounts import MountError, MountPreparer, git_checkouts_dir
+from daemon.mounts_git import checkout, git_config_args, git_environment
+from daemon.runtime import MountSpec
+
+BASE = """
+name = "app"
+image = "localhost/berth-echo:1"
+port = 8080
+[endpoint]
+port = 18080
+"""
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def spec_with(mounts: str) -> DeploymentSpec:
+    return parse_spec(BASE + mounts, source="test.toml")
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository: commit "one" (tagged v1) then commit "two" on main."""
+    path = tmp_path / "repo"
+    git("init", "--quiet", "--initial-branch=main", str(path))
+    (path / "README").write_text("one\n")
+    git("add", "README", cwd=path)
+    git("commit", "--quiet", "-m", "one", cwd=path)
+    git("tag", "v1", cwd=path)
+    (path / "README").write_text("two\n")
+    git("commit", "--quiet", "-am", "two", cwd=path)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> DaemonSettings:
+    (tmp_path / "srv" / "data").mkdir(parents=True)
+    return DaemonSettings(
+        state_dir=tmp_path / "state",
+        socket=tmp_path / "run" / "berth.sock",
+        podman_url=None,
+        specs=None,
+        allowed_roots=(tmp_path / "srv",),
+        metrics_listen=None,
+    )
+
+
+def git_mount(url: str, *, ref: str | None = None, target: str = "/src") -> str:
+    text = f'[[mounts]]\ntype = "git"\nsource = "{url}"\ntarget = "{target}"\n'
+    return text + (f'ref = "{ref}"\n' if ref else "")
+
+
+async def test_bind_model_and_volume(settings: DaemonSettings, tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    (tmp_path / "srv" / "link").symlink_to(tmp_path / "srv" / "data")
+    model = settings.state_dir / "models" / "org" / "tiny"
+    model.mkdir(parents=True)
+    (model / "weights").write_text("w")
+    spec = spec_with(
+        f'[[mounts]]\ntype = "bind"\nsource = "{tmp_path}/srv/link"\ntarget = "/data"\n'
+        f"read_only = false\n"
+        '[[mounts]]\ntype = "model"\nsource = "org/tiny"\n'
+        '[[mounts]]\ntype = "volume"\nsource = "cache"\ntarget = "/cache"\nread_only = false\n'
+    )
+    preparer = MountPreparer(runtime, settings, volume_labels={"io.berth.instance": "t"})
+    mounts = await preparer.prepare(spec, "abc")
+    assert mounts == (
+        MountSpec("bind", str(tmp_path / "srv" / "data"), "/data", read_only=False),
+        MountSpec("bind", str(model), "/models/org/tiny", read_only=True),
+        MountSpec("volume", "cache", "/cache", read_only=False),
+    )
+    assert runtime.volumes == {"cache": {"io.berth.instance": "t"}}
+    # A second replica finds the volume there.
+    await preparer.prepare(spec, "abc")
+    assert [c for c in runtime.calls if c[0] == "create_volume"] == [("create_volume", "cache")]
+
+
+async def test_a_link_swapped_after_apply_is_refused(
+    settings: DaemonSettings, tmp_path: Path
+) -> None:
+    link = tmp_path / "srv" / "link"
+    link.symlink_to("/etc")
+    spec = spec_with(f'[[mounts]]\ntype = "bind"\nsource = "{link}"\ntarget = "/data"\n')
+    with pytest.raises(MountError) as caught:
+        await MountPreparer(FakeRuntime(), settings).prepare(spec, "abc")
+    assert str(caught.value).startswith("mounts[0].source: resolves to /etc")
+
+
+async def test_git_is_cloned_once_per_revision(
+    settings: DaemonSettings, repo: Path, mock_clock: MockClock
+) -> None:
+    preparer = MountPreparer(FakeRuntime(), settings)
+    spec = spec_with(
+        git_mount(f"file://{repo}") + git_mount(f"file://{repo}", ref="v1", target="/v1")
+    )
+    mounts = await preparer.prepare(spec, "rev1")
+    checkouts = git_checkouts_dir(settings.state_dir, "app") / "rev1"
+    assert mounts == (
+        MountSpec("bind", str(checkouts / "0"), "/src", read_only=True),
+        MountSpec("bind", str(checkouts / "1"), "/v1", read_only=True),
+    )
+    assert read(checkouts / "0" / "README") == "two\n"
+    assert read(checkouts / "1" / "README") == "one\n"
+    # The same revision again: the checkout is reused, even if the repository moved on.
+    (repo / "README").write_text("three\n")
+    git("commit", "--quiet", "-am", "three", cwd=repo)
+    assert await preparer.prepare(spec, "rev1") == mounts
+    assert read(checkouts / "0" / "README") == "two\n"
+    # A new revision gets its own.
+    await preparer.prepare(spec, "rev2")
+    assert read(checkouts.parent / "rev2" / "0" / "README") == "three\n"
+    await preparer.prune("app", keep={"rev2"})
+    assert sorted(p.name for p in checkouts.parent.iterdir()) == ["rev2"]
+    await preparer.prune("app")
+    assert not checkouts.parent.exists()
+
+
+@pytest.mark.parametrize("ref", ["v1", "full-sha", "short-sha"])
+async def test_git_refs(tmp_path: Path, repo: Path, ref: str) -> None:
+    first = git("rev-parse", "v1", cwd=repo)
+    wanted = {"v1": "v1", "full-sha": first, "short-sha": first[:10]}[ref]
+    mount = Mount(MountType.GIT, "/src", f"file://{repo}", ref=wanted)
+    commit = await checkout(mount, tmp_path / "out")
+    assert commit == first
+    assert read(tmp_path / "out" / "README") == "one\n"
+    assert not (tmp_path / ".out.partial").exists()
+
+
+async def test_a_failed_clone_is_clear_and_not_retried_at_once(
+    settings: DaemonSettings, tmp_path: Path, repo: Path, mock_clock: MockClock
+) -> None:
+    preparer = MountPreparer(FakeRuntime(), settings)
+    url = f"file://{tmp_path}/missing"
+    spec = spec_with(git_mount(url))
+    with pytest.raises(MountError) as caught:
+        await preparer.prepare(spec, "rev1")
+    message = str(caught.value)
+    assert message.startswith(f"git clone of {url} failed: fatal: ")
+    assert "does not appear to be a git repository" in message
+    assert not caught.value.repeated
+    assert not (git_checkouts_dir(settings.state_dir, "app") / "rev1" / "0").exists()
+    # Within the back-off the same failure comes back, marked as a repeat, without a clone.
+    await trio.run_process(["git", "clone", "--quiet", str(repo), f"{tmp_path}/missing"])
+    mock_clock.jump(5)
+    with pytest.raises(MountError) as again:
+        await preparer.prepare(spec, "rev1")
+    assert again.value.repeated and str(again.value) == message
+    mock_clock.jump(6)
+    [mount] = await preparer.prepare(spec, "rev1")
+    assert read(Path(mount.source, "README")) == "two\n"
+
+
+async def test_an_unknown_branch(tmp_path: Path, repo: Path) -> None:
+    mount = Mount(MountType.GIT, "/src", f"file://{repo}", ref="nope")
+    with pytest.raises(MountError) as caught:
+        await checkout(mount, tmp_path / "out")
+    assert str(caught.value) == (
+        f"git clone of file://{repo} failed: fatal: Remote branch nope not found in upstream origin"
+    )
+
+
+def test_credentials_reach_git_through_the_helper_only(tmp_path: Path) -> None:
+    secret = "ghp_Secret123"
+    creds = tmp_path / "creds"
+    creds.write_text(f"username=deploy\npassword={secret}\n")
+    mount = Mount(
+        MountType.GIT, "/src", "https://git.example.com/r.git", credentials_file=str(creds)
+    )
+    args, env = git_config_args(mount), git_environment(mount)
+    assert secret not in " ".join(args) and all(secret not in v for v in env.values())
+    # What git itself gets when it asks for credentials for this URL:
+    filled = subprocess.run(
+        ["git", *args, "credential", "fill"],
+        input="protocol=https\nhost=git.example.com\npath=r.git\n\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "username=deploy\n" in filled and f"password={secret}\n" in filled
+
+
+def test_ssh_urls_take_a_key_file(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    mount = Mount(MountType.GIT, "/src", "git@git.example.com:org/r.git", credentials_file=str(key))
+    env = git_environment(mount)
+    assert f"-i {key}" in env["GIT_SSH_COMMAND"]
+    assert "BERTH_GIT_CREDENTIALS" not in env
+    assert git_config_args(mount) == ["-c", "credential.helper="]

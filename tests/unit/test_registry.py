@@ -1,0 +1,127 @@
+"""`[registry]` -> RegistryAuth, and the X-Registry-Auth header PodmanRuntime sends with it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from config.spec import Registry
+from daemon.podman_runtime import registry_auth_header
+from daemon.registry import RegistryCredentialsError, registry_auth
+from daemon.runtime import RegistryAuth, RuntimeFailure
+
+SECRET = "pa55:w0rd with spaces"
+
+
+def decode(header: str | None) -> dict[str, str]:
+    assert header is not None
+    body: dict[str, str] = json.loads(base64.urlsafe_b64decode(header))
+    return body
+
+
+def auth_entry(user: str, password: str) -> dict[str, str]:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_no_registry_no_auth() -> None:
+    assert registry_auth(None) is None
+
+
+def test_password_file_is_read_without_its_newline(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(f"{SECRET}\n")
+    auth = registry_auth(Registry(username="deploy", password_file=str(tmp_path / "pw")))
+    assert auth == RegistryAuth(username="deploy", password=SECRET)
+    assert SECRET not in repr(auth) and SECRET not in str(auth)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "does not exist on this host"),
+        ("", "is empty"),
+        ("\n", "is empty"),
+        (f"{SECRET}\nsecond line\n", "must hold the password alone, on one line"),
+    ],
+)
+def test_bad_password_files(tmp_path: Path, content: str | None, reason: str) -> None:
+    path = tmp_path / "pw"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(RegistryCredentialsError) as caught:
+        registry_auth(Registry(username="u", password_file=str(path)))
+    assert str(caught.value) == f"registry.password_file: {reason}"
+
+
+def test_auth_file_is_passed_by_path_once_it_reads(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"auths": {"ghcr.io": auth_entry("u", SECRET)}}))
+    assert registry_auth(Registry(auth_file=str(path))) == RegistryAuth(auth_file=str(path))
+    path.write_text(json.dumps({"credHelpers": {}}))
+    with pytest.raises(RegistryCredentialsError, match='no "auths" object'):
+        registry_auth(Registry(auth_file=str(path)))
+
+
+def test_header_from_username_and_password() -> None:
+    header = registry_auth_header(
+        "127.0.0.1:5000/app:1", RegistryAuth(username="u", password=SECRET)
+    )
+    assert decode(header) == {
+        "username": "u",
+        "password": SECRET,
+        "serveraddress": "127.0.0.1:5000",
+    }
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("ghcr.io/org/app:1", "ghcr.io"),
+        ("localhost/app", "localhost"),
+        ("host:5000/a/b@sha256:" + "0" * 64, "host:5000"),
+        ("org/app", "docker.io"),
+        ("busybox:1", "docker.io"),
+    ],
+)
+def test_header_names_the_images_registry(image: str, registry: str) -> None:
+    header = registry_auth_header(image, RegistryAuth(username="u", password="p"))
+    assert decode(header)["serveraddress"] == registry
+
+
+def test_auth_file_entry_for_the_images_registry(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    auths = {
+        "quay.io": auth_entry("general", "g"),
+        "quay.io/team": auth_entry("team", "t"),
+        "https://ghcr.io": auth_entry("gh", "h"),
+        "https://index.docker.io/v1/": auth_entry("hub", "d"),
+        "reg.example:5000": {"identitytoken": "tok"},
+        "broken.example": {"auth": "not base64!"},
+    }
+    path.write_text(json.dumps({"auths": auths}))
+    auth = RegistryAuth(auth_file=str(path))
+
+    def user(image: str) -> str | None:
+        header = registry_auth_header(image, auth)
+        return None if header is None else decode(header).get("username", "<token>")
+
+    assert user("quay.io/other/app") == "general"
+    assert user("quay.io/team/app:1") == "team"  # the longest key that matches wins
+    assert user("quay.io/teamster/app") == "general"  # a path prefix ends at a "/"
+    assert user("ghcr.io/org/x") == "gh"
+    assert user("library/busybox") == "hub"
+    assert user("reg.example:5000/x") == "<token>"
+    assert decode(registry_auth_header("reg.example:5000/x", auth))["identitytoken"] == "tok"
+    assert user("elsewhere.example/x") is None  # no entry: an anonymous pull
+    assert user("broken.example/x") is None
+
+
+def test_an_unreadable_auth_file_never_shows_its_contents(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    path.write_text(f'{{"auths": {{"x": "{SECRET}"')
+    with pytest.raises(RuntimeFailure) as caught:
+        registry_auth_header("x.example/app", RegistryAuth(auth_file=str(path)))
+    assert SECRET not in str(caught.value)
+    assert str(caught.value) == f"registry auth file {path}: not JSON"
