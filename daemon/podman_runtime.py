@@ -53,6 +53,16 @@ EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
 # Podman's messages for a registry that has no such image (pull and create).
 IMAGE_MISSING_HINTS = ("image not known", "manifest unknown", "name unknown", "not found")
 REGISTRY_TEMPORARY_HINTS = ("connection refused", "i/o timeout", "no such host", "timeout")
+# ... that refuses the credentials (or wants some): checked first, as "access denied" can hide a
+# missing private repository, and the credentials are the thing to look at then.
+REGISTRY_AUTH_HINTS = (
+    "unauthorized",
+    "authentication required",
+    "requested access to the resource is denied",
+    "invalid username",
+)
+# ... that speaks plain HTTP to a client expecting TLS.
+REGISTRY_PLAIN_HTTP_HINT = "server gave http response to https client"
 
 
 class PodmanRuntime:
@@ -114,17 +124,14 @@ class PodmanRuntime:
             headers=headers,
             stream=True,
         )
-        response.raise_for_status(not_found=podman.errors.ImageNotFound)
-        for line in response.iter_lines():
-            error = json.loads(line).get("error") if line else None
-            if not error:
-                continue
-            lowered = error.lower()
-            if any(hint in lowered for hint in IMAGE_MISSING_HINTS):
-                raise ImageNotFound(f"pull {image}: {error}")
-            if any(hint in lowered for hint in REGISTRY_TEMPORARY_HINTS):
-                raise TemporaryRuntimeError(f"pull {image}: {error}")
-            raise RuntimeFailure(f"pull {image}: {error}")
+        try:
+            response.raise_for_status(not_found=podman.errors.ImageNotFound)
+            for line in response.iter_lines():
+                error = json.loads(line).get("error") if line else None
+                if error:
+                    raise _pull_failure(image, error, authenticated=headers != {})
+        finally:
+            response.close()
 
     async def create(self, spec: ContainerSpec) -> str:
         labels = {LABEL_HOST_PORT: str(spec.host_port), **spec.labels}
@@ -363,6 +370,24 @@ class PodmanRuntime:
                 response.raise_for_status()
 
         await self._call(create, what=f"create volume {name}")
+
+
+def _pull_failure(image: str, error: str, *, authenticated: bool) -> RuntimeFailure:
+    """libpod's pull error as one of ours, with what to do about it where that is known."""
+    lowered = error.lower()
+    if any(hint in lowered for hint in REGISTRY_AUTH_HINTS):
+        what = "the credentials given" if authenticated else "an anonymous pull (no [registry])"
+        return RuntimeFailure(f"pull {image}: the registry refused {what}: {error}")
+    if any(hint in lowered for hint in IMAGE_MISSING_HINTS):
+        return ImageNotFound(f"pull {image}: {error}")
+    if REGISTRY_PLAIN_HTTP_HINT in lowered:
+        return RuntimeFailure(
+            f"pull {image}: {error} (a registry without TLS must be marked insecure = true in "
+            "Podman's registries.conf)"
+        )
+    if any(hint in lowered for hint in REGISTRY_TEMPORARY_HINTS):
+        return TemporaryRuntimeError(f"pull {image}: {error}")
+    return RuntimeFailure(f"pull {image}: {error}")
 
 
 def _explain(exc: podman.errors.APIError) -> str:
