@@ -365,9 +365,13 @@ class PodmanRuntime:
                 data=json.dumps({"Name": name, "Label": dict(labels or {})}),
                 headers={"Content-Type": "application/json"},
             )
-            # 409: made meanwhile (another worker, another berthd): as good as made here.
-            if response.status_code != 409:
-                response.raise_for_status()
+            # Made meanwhile (another worker, another berthd): as good as made here. Podman
+            # 4.3 answers 500 "volume already exists", later ones 409.
+            if response.status_code == 409 or (
+                not response.ok and "volume already exists" in response.text
+            ):
+                return
+            response.raise_for_status()
 
         await self._call(create, what=f"create volume {name}")
 
