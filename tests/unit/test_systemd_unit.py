@@ -145,3 +145,16 @@ def test_no_hardening_that_breaks_embedded_podman() -> None:
     for key in BREAKS_PODMAN:
         assert key not in service, f"{key} set: rootful Podman runs under this unit"
         assert f"{key}=" in text, f"the hardening comment should explain why {key} is off"
+
+
+def test_strict_drop_in_verifies(tmp_path: Path) -> None:
+    """systemd/berthd-strict.conf (opt-in, for the system Podman only) on top of the unit."""
+    drop_in = (REPO_ROOT / "systemd" / "berthd-strict.conf").read_text()
+    text = with_local_berthd(UNIT.read_text())
+    # a drop-in's [Service] keys join the unit's [Service]: verify them as one file
+    service_keys = drop_in.split("[Service]", 1)[1]
+    merged = text.replace("\n[Install]\n", f"\n[Service]{service_keys}\n[Install]\n")
+    result = verify(merged, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+    assert "ProtectSystem=strict" in merged
