@@ -280,6 +280,7 @@ class MetricsServer:
         async with stream:
             try:
                 while True:
+                    event: h11.Event | None = None
                     with trio.move_on_after(IDLE_TIMEOUT):
                         event = await _next_event(conn, stream)
                     if not isinstance(event, h11.Request):

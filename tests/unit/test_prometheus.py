@@ -266,3 +266,14 @@ async def test_port_in_use_fails_start(nursery: trio.Nursery) -> None:
     _, port = await nursery.start(MetricsServer("127.0.0.1:0", source).run)
     with pytest.raises(OSError):
         await nursery.start(MetricsServer(f"127.0.0.1:{port}", source).run)
+
+
+async def test_idle_connection_is_closed(
+    server: tuple[str, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("daemon.prometheus.IDLE_TIMEOUT", 0.05)
+    base, _ = server
+    stream = await trio.open_tcp_stream("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    async with stream:
+        with trio.fail_after(5):
+            assert await stream.receive_some(1024) == b""
