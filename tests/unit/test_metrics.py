@@ -1,0 +1,570 @@
+"""The metrics sampler and its windows, on FakeRuntime, a fake proxy and MockClock (STYLE.md #7).
+
+Time starts at 0 on the mock clock and the wall clock is START + that, so rounds land at
+0, 5, 10, ... seconds and a minute holds twelve of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from daemon.fake_runtime import FakeRuntime
+from daemon.metrics import MetricsSampler, StoreRollups
+from daemon.metrics_host import HostReading, PsutilHost
+from daemon.metrics_model import GpuStat, ReplicaTarget, gpu_index
+from daemon.runtime import ContainerSpec, ContainerStats, TemporaryRuntimeError
+from daemon.store import MetricRollup, Store, rfc3339
+from daemon.store_access import StoreAccess
+from proxy.stats import (
+    EndpointStatistics,
+    LatencySummary,
+    ReplicaStatistics,
+    StatusCounts,
+)
+
+T = TypeVar("T")
+START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+GiB = 1024**3
+
+
+async def inline(fn: Callable[[], T]) -> T:
+    """Run "blocking" sources on the trio thread: no thread for the mock clock to jump over."""
+    return fn()
+
+
+def wall() -> datetime:
+    return START + timedelta(seconds=trio.current_time())
+
+
+@dataclass
+class FakeReplica:
+    in_flight: int = 0
+    total: int = 0
+    p50: float | None = None
+    p95: float | None = None
+
+
+@dataclass
+class FakeProxy:
+    """What `Endpoint.statistics()` answers, per deployment, steered by the test."""
+
+    endpoints: dict[str, dict[str, FakeReplica]] = field(default_factory=dict)
+
+    def __call__(self, name: str) -> EndpointStatistics | None:
+        replicas = self.endpoints.get(name)
+        if replicas is None:
+            return None
+        rs = tuple(
+            ReplicaStatistics(
+                replica_id=rid,
+                in_flight=r.in_flight,
+                requests_total=r.total,
+                status=StatusCounts(s2xx=r.total),
+                latency=LatencySummary(r.total, r.p50, r.p95, r.p95),
+            )
+            for rid, r in sorted(replicas.items())
+        )
+        p50s = [r.p50 for r in replicas.values() if r.p50 is not None]
+        p95s = [r.p95 for r in replicas.values() if r.p95 is not None]
+        total = sum(r.total for r in replicas.values())
+        return EndpointStatistics(
+            name=name,
+            in_flight=sum(r.in_flight for r in replicas.values()),
+            requests_total=total,
+            status=StatusCounts(s2xx=total),
+            latency=LatencySummary(
+                total, max(p50s) if p50s else None, max(p95s) if p95s else None, None
+            ),
+            window=60.0,
+            replicas=rs,
+        )
+
+
+@dataclass
+class FakeRollups:
+    written: list[list[MetricRollup]] = field(default_factory=list)
+    pruned: list[datetime] = field(default_factory=list)
+    stuck: bool = False
+
+    async def write(self, rows: list[MetricRollup]) -> None:
+        if self.stuck:
+            await trio.sleep_forever()
+        self.written.append(rows)
+
+    async def read(
+        self, deployment: str, since: datetime, until: datetime | None = None
+    ) -> list[MetricRollup]:
+        return [
+            r
+            for rows in self.written
+            for r in rows
+            if r.deployment == deployment and r.minute >= rfc3339(since)
+        ]
+
+    async def prune(self, before: datetime) -> None:
+        self.pruned.append(before)
+
+
+class SlowRuntime(FakeRuntime):
+    """stats() of the containers in `slow` never answers."""
+
+    def __init__(self) -> None:
+        super().__init__(images={"img"})
+        self.slow: set[str] = set()
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        if container_id in self.slow:
+            await trio.sleep_forever()
+        return await super().stats(container_id)
+
+
+@dataclass
+class Rig:
+    runtime: SlowRuntime
+    proxy: FakeProxy
+    targets: list[ReplicaTarget]
+    gpus: list[GpuStat]
+    host: list[HostReading]
+    rollups: FakeRollups
+    sampler: MetricsSampler
+
+    async def replica(
+        self,
+        deployment: str,
+        replica_id: str,
+        *,
+        cpu: float = 0.0,
+        memory: int = 0,
+        limit: int | None = None,
+        cpus: float | None = None,
+        gpus: tuple[str | int, ...] = (),
+    ) -> str:
+        cid = await self.runtime.create(
+            ContainerSpec(
+                name=f"{deployment}-{replica_id}",
+                image="img",
+                labels={},
+                app_port=8080,
+                host_port=10000 + len(self.targets),
+            )
+        )
+        await self.runtime.start(cid)
+        self.runtime.stats_by_id[cid] = ContainerStats(cpu, memory, limit)
+        self.targets.append(ReplicaTarget(deployment, replica_id, cid, gpus, cpus))
+        return cid
+
+
+def make_rig(**options: Any) -> Rig:
+    runtime = SlowRuntime()
+    proxy = FakeProxy()
+    targets: list[ReplicaTarget] = []
+    gpus: list[GpuStat] = []
+    host = [HostReading(cpu_percent=25.0, memory_used_bytes=6 * GiB, memory_total_bytes=24 * GiB)]
+    rollups = FakeRollups()
+    sampler = MetricsSampler(
+        runtime,
+        lambda: list(targets),
+        proxy,
+        gpus=lambda: list(gpus),
+        host=lambda: host[-1],
+        rollups=rollups,
+        now=wall,
+        run_blocking=inline,
+        **options,
+    )
+    return Rig(runtime, proxy, targets, gpus, host, rollups, sampler)
+
+
+@pytest.fixture
+async def rig(autojump_clock: MockClock) -> AsyncIterator[Rig]:
+    r = make_rig()
+    async with trio.open_nursery() as nursery:
+        r.nursery = nursery  # type: ignore[attr-defined]
+        yield r
+        nursery.cancel_scope.cancel()
+
+
+async def start(rig: Rig) -> None:
+    """Start the sampler (its first round runs at 0 s) and step off the beat: the test then
+    acts at 1, 6, 11, ... seconds, between rounds, never at the same moment as one."""
+    await rig.nursery.start(rig.sampler.run)  # type: ignore[attr-defined]
+    await trio.sleep(1)
+
+
+# -- sampling and the autoscaler's view ----------------------------------------------------
+
+
+async def test_cpu_is_a_percent_of_the_limit_and_memory_of_its_limit(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await rig.replica("echo", "a", cpu=50.0, memory=256 * 2**20, limit=512 * 2**20, cpus=0.5)
+    await rig.replica("echo", "b", cpu=30.0, memory=128 * 2**20, limit=512 * 2**20)
+    await start(rig)
+    await trio.sleep(12)
+    load = rig.sampler.deployment_load("echo", 60)
+    assert load.samples == 3
+    assert load.replicas == 2
+    assert load.cpu_percent == pytest.approx((100.0 + 30.0) / 2)  # b has no limit: of one CPU
+    assert load.memory_percent == pytest.approx((50.0 + 25.0) / 2)
+
+
+async def test_requests_per_second_from_the_change_of_the_counter(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await rig.replica("echo", "a")
+    rig.proxy.endpoints["echo"] = {"a": FakeReplica(total=100)}
+    await start(rig)
+    assert rig.sampler.deployment_load("echo", 60).requests_per_s is None  # one reading
+    for _ in range(3):
+        rig.proxy.endpoints["echo"]["a"].total += 50
+        await trio.sleep(5)
+    load = rig.sampler.deployment_load("echo", 60)
+    assert load.requests_per_s == pytest.approx(10.0)
+    latest = rig.sampler.windows.latest("echo")
+    assert latest is not None and latest.replicas[0].requests_per_s == pytest.approx(10.0)
+
+
+async def test_no_traffic_is_zero_requests_and_no_latency(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await rig.replica("echo", "a")
+    rig.proxy.endpoints["echo"] = {"a": FakeReplica(total=7)}
+    await start(rig)
+    await trio.sleep(21)
+    load = rig.sampler.deployment_load("echo", 60)
+    assert load.requests_per_s == 0.0
+    assert load.concurrency == 0.0
+    assert load.request_duration_avg is None and load.request_duration_p95 is None
+
+
+async def test_a_counter_that_goes_back_gives_no_rate_not_a_negative_one(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await rig.replica("echo", "a")
+    rig.proxy.endpoints["echo"] = {"a": FakeReplica(total=1000)}
+    await start(rig)
+    await trio.sleep(1)
+    rig.proxy.endpoints["echo"]["a"].total = 10  # the endpoint was replaced
+    await trio.sleep(5)
+    latest = rig.sampler.windows.latest("echo")
+    assert latest is not None and latest.requests_per_s is None
+    rig.proxy.endpoints["echo"]["a"].total = 60
+    await trio.sleep(5)
+    assert rig.sampler.deployment_load("echo", 4).requests_per_s == pytest.approx(10.0)
+
+
+async def test_latency_and_concurrency_from_the_proxy(rig: Rig, autojump_clock: MockClock) -> None:
+    for rid in "abc":
+        await rig.replica("echo", rid)
+    rig.proxy.endpoints["echo"] = {
+        "a": FakeReplica(in_flight=4, total=10, p50=0.1, p95=0.3),
+        "b": FakeReplica(in_flight=2, total=10, p50=0.2, p95=0.5),
+        "c": FakeReplica(),
+    }
+    await start(rig)
+    await trio.sleep(6)
+    load = rig.sampler.deployment_load("echo", 60)
+    assert load.concurrency == pytest.approx(2.0)  # 6 in flight over 3 replicas
+    assert load.request_duration_avg == pytest.approx(0.2)
+    assert load.request_duration_p95 == pytest.approx(0.5)
+    latest = rig.sampler.windows.latest("echo")
+    assert latest is not None
+    assert [(r.in_flight, r.latency_p95) for r in latest.replicas] == [
+        (4, 0.3),
+        (2, 0.5),
+        (0, None),
+    ]
+
+
+async def test_a_failed_sample_is_missing_not_zero(rig: Rig, autojump_clock: MockClock) -> None:
+    a = await rig.replica("echo", "a", cpu=80.0, memory=100)
+    await rig.replica("echo", "b", cpu=40.0, memory=100)
+    rig.runtime.fail("stats", TemporaryRuntimeError("podman is busy"), times=1)
+    await start(rig)
+    latest = rig.sampler.windows.latest("echo")
+    assert latest is not None
+    failed = [r for r in latest.replicas if r.cpu_percent is None]
+    assert len(failed) == 1 and failed[0].memory_bytes is None
+    await rig.runtime.stop(a, timeout=0)  # gone: ContainerNotFound, also skipped
+    await trio.sleep(5)
+    load = rig.sampler.deployment_load("echo", 1)
+    assert load.cpu_percent == pytest.approx(40.0)
+    assert load.replicas == 2
+
+
+async def test_a_hung_stats_call_is_cut_off_and_the_round_goes_on(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    slow = await rig.replica("echo", "a", cpu=80.0)
+    await rig.replica("echo", "b", cpu=40.0)
+    rig.runtime.slow.add(slow)
+    await start(rig)
+    assert rig.sampler.rounds == 0  # the first round waits out the timeout (4 s)...
+    await trio.sleep(20)
+    assert rig.sampler.rounds == 4  # ...and so does every one, still starting every 5 s
+    load = rig.sampler.deployment_load("echo", 60)
+    assert load.cpu_percent == pytest.approx(40.0)
+
+
+async def test_missing_data_is_none(rig: Rig, autojump_clock: MockClock) -> None:
+    await rig.replica("echo", "a", cpu=10.0, memory=100)  # no memory limit, no endpoint
+    await start(rig)
+    load = rig.sampler.deployment_load("echo", 60)
+    assert load.samples == 1
+    assert load.memory_percent is None
+    assert load.gpu_utilization is None and load.gpu_memory_percent is None
+    assert load.requests_per_s is None and load.concurrency is None
+    nobody = rig.sampler.deployment_load("nobody", 60)
+    assert (nobody.samples, nobody.replicas, nobody.cpu_percent) == (0, 0, None)
+
+
+async def test_the_window_holds_only_recent_samples(rig: Rig, autojump_clock: MockClock) -> None:
+    cid = await rig.replica("echo", "a", cpu=10.0)
+    await start(rig)
+    await trio.sleep(31)
+    rig.runtime.stats_by_id[cid] = ContainerStats(90.0, 0)
+    await trio.sleep(10)  # two rounds at 90 %
+    assert rig.sampler.deployment_load("echo", 10).cpu_percent == pytest.approx(90.0)
+    assert rig.sampler.deployment_load("echo", 10).samples == 2
+    everything = rig.sampler.deployment_load("echo", 600)
+    assert everything.samples == 9
+    assert everything.cpu_percent == pytest.approx((7 * 10.0 + 2 * 90.0) / 9)
+
+
+async def test_gpus_of_a_replica_and_of_the_host(rig: Rig, autojump_clock: MockClock) -> None:
+    rig.gpus[:] = [
+        GpuStat(0, 10.0, 1 * GiB, 80 * GiB, 40.0, 70.0),
+        GpuStat(1, 90.0, 60 * GiB, 80 * GiB, 70.0, 350.0),
+    ]
+    await rig.replica("llm", "a", gpus=("nvidia.com/gpu=1",))
+    await rig.replica("llm", "b", gpus=(0,))
+    await rig.replica("llm", "c")  # no GPU: not measured, not 0 %
+    await start(rig)
+    latest = rig.sampler.windows.latest("llm")
+    assert latest is not None
+    assert [(r.gpu_utilization, r.gpu_memory_bytes) for r in latest.replicas] == [
+        (90.0, 60 * GiB),
+        (10.0, 1 * GiB),
+        (None, None),
+    ]
+    load = rig.sampler.deployment_load("llm", 60)
+    assert load.gpu_utilization == pytest.approx(50.0)
+    assert load.gpu_memory_percent == pytest.approx((75.0 + 1.25) / 2)
+    host = rig.sampler.host_json()
+    assert host["cpu_percent"] == 25.0
+    assert [g["temperature_c"] for g in host["gpus"]] == [40.0, 70.0]
+
+
+def test_gpu_index_from_cdi_names() -> None:
+    assert gpu_index("nvidia.com/gpu=3") == 3
+    assert gpu_index("2") == 2
+    assert gpu_index(1) == 1
+    assert gpu_index("nvidia.com/gpu=all") is None
+    assert gpu_index("GPU-5b2c") is None
+
+
+async def test_a_deployment_with_no_replicas_is_still_sampled_when_named(
+    autojump_clock: MockClock,
+) -> None:
+    proxy = FakeProxy({"idle": {}})
+    sampler = MetricsSampler(
+        FakeRuntime(),
+        list,
+        proxy,
+        deployments=lambda: ["idle"],
+        host=lambda: HostReading(None, None, None),
+        run_blocking=inline,
+        now=wall,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sampler.run)
+        await trio.sleep(6)
+        load = sampler.deployment_load("idle", 60)
+        assert (load.samples, load.replicas, load.requests_per_s) == (2, 0, 0.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_gone_deployments_are_forgotten_after_the_window(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await rig.replica("echo", "a")
+    await start(rig)
+    rig.targets.clear()
+    await trio.sleep(598)
+    assert rig.sampler.windows.deployments() == ["echo"]
+    await trio.sleep(10)
+    assert rig.sampler.windows.deployments() == []
+
+
+# -- per-minute rollups --------------------------------------------------------------------
+
+
+async def test_each_minute_is_rolled_up_once_it_is_over(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    rig.gpus[:] = [GpuStat(0, 50.0, 2 * GiB, 80 * GiB, 60.0, 200.0)]
+    cid = await rig.replica("echo", "a", cpu=20.0, memory=100, limit=1000, gpus=("0",))
+    await rig.replica("echo", "b", cpu=40.0, memory=300, limit=1000)
+    rig.proxy.endpoints["echo"] = {"a": FakeReplica(total=0, p50=0.1, p95=0.2), "b": FakeReplica()}
+    await start(rig)
+    for _ in range(11):
+        rig.proxy.endpoints["echo"]["a"].total += 25
+        await trio.sleep(5)
+    await trio.sleep(3)
+    assert rig.rollups.written == []  # minute 0 is not over yet
+    rig.runtime.stats_by_id[cid] = ContainerStats(100.0, 100, 1000)
+    await trio.sleep(2)  # the round at 60 s closes minute 0
+    assert len(rig.rollups.written) == 1
+    rows = {(r.deployment, r.replica): r for r in rig.rollups.written[0]}
+    assert set(rows) == {("echo", ""), ("echo", "a"), ("echo", "b"), ("", ""), ("", "gpu:0")}
+    assert {r.minute for r in rows.values()} == {rfc3339(START)}
+    a, whole = rows[("echo", "a")], rows[("echo", "")]
+    assert a.samples == whole.samples == 12
+    assert a.cpu_percent == pytest.approx(20.0)  # the 100 % sample is in minute 1
+    assert a.requests_per_s == pytest.approx(5.0)  # 11 rates of 5/s; the first has none
+    assert whole.requests_per_s == pytest.approx(5.0)
+    assert a.gpu_utilization == 50.0 and a.gpu_memory_bytes == 2 * GiB
+    assert rows[("echo", "b")].gpu_utilization is None
+    assert whole.cpu_percent == pytest.approx(60.0)  # the deployment's replicas together
+    assert whole.memory_bytes == 400 and whole.memory_limit_bytes == 2000
+    assert whole.latency_p50 == pytest.approx(0.1)
+    host, gpu = rows[("", "")], rows[("", "gpu:0")]
+    assert (host.cpu_percent, host.memory_bytes) == (25.0, 6 * GiB)
+    assert (gpu.gpu_temperature_c, gpu.gpu_power_w) == (60.0, 200.0)
+
+    await trio.sleep(120)
+    assert [batch[0].minute for batch in rig.rollups.written] == [
+        rfc3339(START + timedelta(minutes=n)) for n in range(3)
+    ]
+    minute1 = {(r.deployment, r.replica): r for r in rig.rollups.written[1]}
+    assert minute1[("echo", "a")].cpu_percent == pytest.approx(100.0)
+
+
+async def test_old_rollups_are_pruned_at_start_and_hourly(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await start(rig)
+    assert rig.rollups.pruned == [START - timedelta(days=7)]
+    await trio.sleep(3600 * 2 + 1)
+    assert rig.rollups.pruned == [START + timedelta(hours=h) - timedelta(days=7) for h in range(3)]
+
+
+async def test_a_stuck_store_drops_rollups_and_sampling_goes_on(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    rig.rollups.stuck = True
+    await rig.replica("echo", "a")
+    await start(rig)
+    await trio.sleep(60 * 20 + 1)
+    assert rig.sampler.rounds == 20 * 12 + 1
+    # one minute taken by the stuck writer, 16 queued, the rest dropped
+    assert rig.sampler.dropped_rollups == 20 - 1 - 16
+
+
+# -- the admin API's answer ------------------------------------------------------------------
+
+
+async def test_deployment_metrics_has_what_berth_metrics_reads(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    await rig.replica("echo", "a", cpu=12.5, memory=2**20, limit=2**29, cpus=1.0, gpus=(0,))
+    rig.gpus[:] = [GpuStat(0, 33.0, GiB, 80 * GiB)]
+    rig.proxy.endpoints["echo"] = {"a": FakeReplica(in_flight=1, total=5, p50=0.01, p95=0.02)}
+    await start(rig)
+    await trio.sleep(60)
+    m = await rig.sampler.deployment_metrics("echo", 3600)
+    json.dumps(m)  # JSON-able as it is
+    assert m["name"] == "echo" and m["window"] == 60.0
+    assert m["latency"]["count"] == 5 and m["in_flight"] == 1
+    [a] = m["replicas"]
+    assert a["replica_id"] == "a"
+    assert (a["cpu_percent"], a["memory_bytes"], a["gpu_utilization"], a["gpu_memory_bytes"]) == (
+        12.5,
+        2**20,
+        33.0,
+        GiB,
+    )
+    assert a["latency"]["p50"] == a["latency_p50"] == 0.01
+    assert a["latency_p95"] == 0.02 and a["in_flight"] == 1 and a["requests_per_s"] == 0.0
+    assert {(r["replica"], r["minute"]) for r in m["series"]} == {
+        ("", rfc3339(START)),
+        ("a", rfc3339(START)),
+    }
+    assert m["host"]["memory_total_bytes"] == 24 * GiB
+    assert [r["replica"] for r in m["host"]["series"]] == ["", "gpu:0"]
+    assert m["since"] == rfc3339(START + timedelta(seconds=61) - timedelta(hours=1))
+
+
+async def test_deployment_metrics_without_an_endpoint_or_samples(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    m = await rig.sampler.deployment_metrics("nobody", 60)
+    json.dumps(m)
+    assert m["replicas"] == [] and m["series"] == [] and m["sampled_at"] is None
+    assert m["window"] is None and m["host"]["cpu_percent"] is None
+
+
+# -- the real parts: psutil and the store, through the daemon's door --------------------------
+
+
+def test_psutil_host_reading() -> None:
+    host = PsutilHost()
+    first = host()
+    assert first.cpu_percent is None  # psutil measures between two readings
+    assert first.memory_total_bytes is not None and first.memory_total_bytes > 0
+    assert first.memory_used_bytes is not None
+    assert 0 < first.memory_used_bytes <= first.memory_total_bytes
+    second = host()
+    assert second.cpu_percent is not None and 0.0 <= second.cpu_percent <= 100.0
+
+
+async def test_store_rollups_through_store_access(tmp_path: Path) -> None:
+    with Store(tmp_path / "state.db") as store:
+        rollups = StoreRollups(StoreAccess(store))
+        minute = rfc3339(START)
+        await rollups.write([MetricRollup("echo", "a", minute, 12, cpu_percent=5.0)])
+        got = await rollups.read("echo", START - timedelta(minutes=1))
+        assert [(r.replica, r.cpu_percent) for r in got] == [("a", 5.0)]
+        await rollups.prune(START + timedelta(minutes=1))
+        assert await rollups.read("echo", START - timedelta(minutes=1)) == []
+
+
+async def test_the_sampler_writes_to_a_real_store(tmp_path: Path) -> None:
+    """Real time, real threads: a short interval and a wall clock moved by hand."""
+    clock = [START]
+    with Store(tmp_path / "state.db") as store:
+        runtime = FakeRuntime(images={"img"})
+        cid = await runtime.create(ContainerSpec("echo-a", "img", {}, 8080, 10000))
+        await runtime.start(cid)
+        runtime.stats_by_id[cid] = ContainerStats(10.0, 100)
+        targets: Iterable[ReplicaTarget] = [ReplicaTarget("echo", "a", cid)]
+        sampler = MetricsSampler(
+            runtime,
+            lambda: targets,
+            FakeProxy(),
+            rollups=StoreRollups(StoreAccess(store)),
+            interval=0.01,
+            now=lambda: clock[0],
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sampler.run)
+            await trio.sleep(0.05)
+            clock[0] = START + timedelta(minutes=1)
+            for _ in range(500):  # up to 5 s for the writer's thread
+                if store.metric_rollups("echo", START):
+                    break
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        rows = store.metric_rollups("echo", START)
+        assert {r.replica for r in rows} == {"", "a"}
+        assert all(r.minute == rfc3339(START) for r in rows)
+        assert store.metric_rollups("", START)[0].memory_limit_bytes is not None
