@@ -42,7 +42,7 @@ from daemon.metrics_model import (
     HostSample,
     ReplicaSample,
     ReplicaTarget,
-    gpu_index,
+    held_gpus,
 )
 from daemon.metrics_window import HOST, MetricsWindows, mean
 from daemon.runtime import ContainerRuntime, ContainerStats, RuntimeFailure
@@ -311,7 +311,7 @@ class MetricsSampler:
             seen.add(key)
             c = stats.get(key)
             p = proxy.get(t.replica_id)
-            held = [gpus[i] for i in (gpu_index(g) for g in t.gpus) if i is not None and i in gpus]
+            held = held_gpus(t.gpus, gpus)
             replicas.append(
                 ReplicaSample(
                     replica_id=t.replica_id,
@@ -377,6 +377,7 @@ class MetricsSampler:
 def _gpu_stat(g: GpuReading) -> GpuStat:
     return GpuStat(
         index=g.index,
+        cdi_name=g.cdi_name,
         utilization_percent=g.utilization_percent,
         memory_used_bytes=g.memory_used_bytes,
         memory_total_bytes=g.memory_total_bytes,

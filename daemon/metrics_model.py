@@ -7,19 +7,20 @@ without a memory limit must not look like an idle replica. Zero means "measured:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 
 class GpuReading(Protocol):
-    """One GPU's figures at one moment, as a GPU inventory reports them (daemon/gpu.py).
-
-    A structural interface, so that any inventory's sample type with these attributes fits;
-    `GpuStat` is a plain implementation for fakes and adapters."""
+    """One GPU's figures at one moment, as a GPU inventory reports them: `daemon.gpu.GpuSample`
+    fits, so `GpuInventory.sample` is a `GpuSource` as it is. A structural interface, so that
+    this module need not wait for (or import) the inventory; `GpuStat` is a plain one."""
 
     @property
     def index(self) -> int: ...
+    @property
+    def cdi_name(self) -> str: ...
     @property
     def utilization_percent(self) -> float | None: ...
     @property
@@ -35,6 +36,7 @@ class GpuReading(Protocol):
 @dataclass(frozen=True)
 class GpuStat:
     index: int
+    cdi_name: str = ""  # "nvidia.com/gpu=0"; "" when unknown
     utilization_percent: float | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
@@ -59,6 +61,21 @@ class ReplicaTarget:
     container_id: str
     gpus: tuple[str | int, ...] = ()
     cpus: float | None = None
+
+
+def held_gpus(names: Sequence[str | int], gpus: Mapping[int, GpuStat]) -> list[GpuStat]:
+    """The GPUs a replica holds, from the names it was given: by CDI name first (names such
+    as "nvidia.com/gpu=GPU-<uuid>" carry no index), else by index; each GPU once."""
+    by_cdi = {g.cdi_name: g for g in gpus.values() if g.cdi_name}
+    held: dict[int, GpuStat] = {}
+    for name in names:
+        gpu = by_cdi.get(name) if isinstance(name, str) else None
+        if gpu is None:
+            index = gpu_index(name)
+            gpu = None if index is None else gpus.get(index)
+        if gpu is not None:
+            held[gpu.index] = gpu
+    return list(held.values())
 
 
 def gpu_index(name: str | int) -> int | None:

@@ -18,9 +18,11 @@ import trio
 from trio.testing import MockClock
 
 from daemon.fake_runtime import FakeRuntime
+from daemon.gpu import GpuSample
+from daemon.gpu_fake import FakeGpuInventory, fake_gpus
 from daemon.metrics import MetricsSampler, StoreRollups
 from daemon.metrics_host import HostReading, PsutilHost
-from daemon.metrics_model import GpuStat, ReplicaTarget, gpu_index
+from daemon.metrics_model import GpuStat, ReplicaTarget, gpu_index, held_gpus
 from daemon.runtime import ContainerSpec, ContainerStats, TemporaryRuntimeError
 from daemon.store import MetricRollup, Store, rfc3339
 from daemon.store_access import StoreAccess
@@ -342,8 +344,8 @@ async def test_the_window_holds_only_recent_samples(rig: Rig, autojump_clock: Mo
 
 async def test_gpus_of_a_replica_and_of_the_host(rig: Rig, autojump_clock: MockClock) -> None:
     rig.gpus[:] = [
-        GpuStat(0, 10.0, 1 * GiB, 80 * GiB, 40.0, 70.0),
-        GpuStat(1, 90.0, 60 * GiB, 80 * GiB, 70.0, 350.0),
+        GpuStat(0, "", 10.0, 1 * GiB, 80 * GiB, 40.0, 70.0),
+        GpuStat(1, "", 90.0, 60 * GiB, 80 * GiB, 70.0, 350.0),
     ]
     await rig.replica("llm", "a", gpus=("nvidia.com/gpu=1",))
     await rig.replica("llm", "b", gpus=(0,))
@@ -362,6 +364,37 @@ async def test_gpus_of_a_replica_and_of_the_host(rig: Rig, autojump_clock: MockC
     host = rig.sampler.host_json()
     assert host["cpu_percent"] == 25.0
     assert [g["temperature_c"] for g in host["gpus"]] == [40.0, 70.0]
+
+
+def test_held_gpus_by_cdi_name_or_index() -> None:
+    gpus = {
+        0: GpuStat(0, "nvidia.com/gpu=GPU-aaaa"),
+        1: GpuStat(1, "nvidia.com/gpu=1"),
+        2: GpuStat(2),
+    }
+    held = held_gpus(["nvidia.com/gpu=GPU-aaaa", "nvidia.com/gpu=1", 2, "1", 7, "all"], gpus)
+    assert [g.index for g in held] == [0, 1, 2]
+
+
+async def test_the_gpu_inventory_is_a_gpu_source(rig: Rig, autojump_clock: MockClock) -> None:
+    inventory = FakeGpuInventory(
+        fake_gpus(2),
+        samples=[GpuSample(1, "nvidia.com/gpu=1", 70.0, 3 * GiB, 24 * GiB, 55.0, 150.0)],
+    )
+    sampler = MetricsSampler(
+        rig.runtime,
+        lambda: list(rig.targets),
+        rig.proxy,
+        gpus=inventory.sample,
+        host=lambda: HostReading(None, None, None),
+        run_blocking=inline,
+    )
+    await rig.replica("llm", "a", gpus=("nvidia.com/gpu=1",))
+    await rig.nursery.start(sampler.run)  # type: ignore[attr-defined]
+    await trio.sleep(1)
+    latest = sampler.windows.latest("llm")
+    assert latest is not None and latest.replicas[0].gpu_utilization == 70.0
+    assert [g["cdi_name"] for g in sampler.host_json()["gpus"]] == ["nvidia.com/gpu=1"]
 
 
 def test_gpu_index_from_cdi_names() -> None:
@@ -411,7 +444,7 @@ async def test_gone_deployments_are_forgotten_after_the_window(
 async def test_each_minute_is_rolled_up_once_it_is_over(
     rig: Rig, autojump_clock: MockClock
 ) -> None:
-    rig.gpus[:] = [GpuStat(0, 50.0, 2 * GiB, 80 * GiB, 60.0, 200.0)]
+    rig.gpus[:] = [GpuStat(0, "", 50.0, 2 * GiB, 80 * GiB, 60.0, 200.0)]
     cid = await rig.replica("echo", "a", cpu=20.0, memory=100, limit=1000, gpus=("0",))
     await rig.replica("echo", "b", cpu=40.0, memory=300, limit=1000)
     rig.proxy.endpoints["echo"] = {"a": FakeReplica(total=0, p50=0.1, p95=0.2), "b": FakeReplica()}
@@ -477,7 +510,7 @@ async def test_deployment_metrics_has_what_berth_metrics_reads(
     rig: Rig, autojump_clock: MockClock
 ) -> None:
     await rig.replica("echo", "a", cpu=12.5, memory=2**20, limit=2**29, cpus=1.0, gpus=(0,))
-    rig.gpus[:] = [GpuStat(0, 33.0, GiB, 80 * GiB)]
+    rig.gpus[:] = [GpuStat(0, "", 33.0, GiB, 80 * GiB)]
     rig.proxy.endpoints["echo"] = {"a": FakeReplica(in_flight=1, total=5, p50=0.01, p95=0.02)}
     await start(rig)
     await trio.sleep(60)
