@@ -16,8 +16,8 @@ Invariants:
   sampler). Rollups older than `retention_s` (7 days) are pruned at start and hourly.
 
 The daemon's side: `MetricsSampler(runtime, targets, statistics, gpus=..., rollups=
-StoreRollups(store_access))`, started with `nursery.start(sampler.run)`; the autoscaler
-calls `deployment_load`, the admin API `deployment_metrics`.
+StoreRollups(store_access))` (`daemon.metrics_store`), started with `nursery.start(sampler.run)`;
+the autoscaler calls `deployment_load`, the admin API `deployment_metrics`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -44,10 +43,10 @@ from daemon.metrics_model import (
     ReplicaTarget,
     held_gpus,
 )
+from daemon.metrics_store import RollupStore
 from daemon.metrics_window import HOST, MetricsWindows, mean
 from daemon.runtime import ContainerRuntime, ContainerStats, RuntimeFailure
-from daemon.store import MetricRollup, Store, rfc3339, utc_now
-from daemon.store_access import StoreAccess
+from daemon.store import MetricRollup, rfc3339, utc_now
 from proxy.stats import EndpointStatistics, ReplicaStatistics
 
 log = logging.getLogger("berthd.metrics")
@@ -72,42 +71,6 @@ class BlockingRunner(Protocol):
 async def in_thread(fn: Callable[[], T]) -> T:
     # Abandoned on cancel: these are reads, and a hung driver must not hold up shutdown.
     return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
-
-
-class RollupStore(Protocol):
-    async def write(self, rows: list[MetricRollup]) -> None: ...
-    async def read(
-        self, deployment: str, since: datetime, until: datetime | None = None
-    ) -> list[MetricRollup]: ...
-    async def prune(self, before: datetime) -> None: ...
-
-
-class StoreRollups:
-    """Rollups through the daemon's store access (a thread, one call at a time). A failing
-    disk loses metrics, logged; it never stops the sampler or berthd."""
-
-    def __init__(self, access: StoreAccess) -> None:
-        self._access = access
-
-    async def write(self, rows: list[MetricRollup]) -> None:
-        try:
-            await self._access.call(Store.add_metric_rollups, rows)
-        except sqlite3.Error as exc:
-            log.warning("metrics: could not write %d rollups: %s", len(rows), exc)
-
-    async def read(
-        self, deployment: str, since: datetime, until: datetime | None = None
-    ) -> list[MetricRollup]:
-        return await self._access.call(Store.metric_rollups, deployment, since, until)
-
-    async def prune(self, before: datetime) -> None:
-        try:
-            removed = await self._access.call(Store.prune_metrics, before)
-        except sqlite3.Error as exc:
-            log.warning("metrics: could not prune rollups: %s", exc)
-        else:
-            if removed:
-                log.info("metrics: pruned %d rollups from before %s", removed, rfc3339(before))
 
 
 class MetricsSampler:

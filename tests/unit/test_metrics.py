@@ -20,9 +20,10 @@ from trio.testing import MockClock
 from daemon.fake_runtime import FakeRuntime
 from daemon.gpu import GpuSample
 from daemon.gpu_fake import FakeGpuInventory, fake_gpus
-from daemon.metrics import MetricsSampler, StoreRollups
+from daemon.metrics import MetricsSampler
 from daemon.metrics_host import HostReading, PsutilHost
 from daemon.metrics_model import GpuStat, ReplicaTarget, gpu_index, held_gpus
+from daemon.metrics_store import StoreRollups
 from daemon.runtime import ContainerSpec, ContainerStats, TemporaryRuntimeError
 from daemon.store import MetricRollup, Store, rfc3339
 from daemon.store_access import StoreAccess
