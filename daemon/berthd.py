@@ -32,10 +32,10 @@ from daemon import __version__
 from daemon.admin_server import AdminServer, AdminSocketError
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
-from daemon.health import run_probe
 from daemon.podman_runtime import PodmanRuntime
 from daemon.podman_service import PodmanService, PodmanUnavailable
 from daemon.ports import HostPortAllocator
+from daemon.probes import run_probe
 from daemon.runtime import LABEL_DEPLOYMENT, LABEL_INSTANCE, ContainerRuntime, RuntimeFailure
 from daemon.store import Store
 from daemon.store_access import StoreAccess

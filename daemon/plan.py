@@ -11,7 +11,11 @@ Invariants the plan keeps:
   never leaves the endpoint with fewer ready replicas than it had. (A simple surge-all
   replace; the rolling-update issue bounds the surge.)
 - A replica whose container is not running (exited, or created but never started) is
-  started again in place: it keeps its replica id.
+  started again in place, keeping its replica id, once its back-off allows
+  (`restart_due`); until then it waits (crashloop) and still counts as one of the replicas,
+  so a crashing replica is never "replaced" by a pile of new ones.
+- A running replica whose startup or liveness probe failed (`must_restart`) is stopped; the
+  rule above starts it again.
 - No desired state (removed, disabled, or zero replicas) means every replica goes.
 - Up to date means no actions.
 """
@@ -40,6 +44,8 @@ class ObservedReplica:
     running: bool
     ready: bool
     created_at: float = 0.0  # monotonic order of creation, newest highest
+    restart_due: bool = True  # not running: its back-off has run out
+    must_restart: str | None = None  # running: why it must be restarted
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,22 @@ class StartReplica:
 
 
 @dataclass(frozen=True)
+class StopReplica:
+    """Drain and stop a replica that failed its startup or liveness probe."""
+
+    replica_id: str
+    container_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RemoveReplica:
     replica_id: str
     container_id: str
     reason: str
 
 
-Action = CreateReplica | StartReplica | RemoveReplica
+Action = CreateReplica | StartReplica | StopReplica | RemoveReplica
 
 
 def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Action]:
@@ -84,11 +99,11 @@ def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Actio
         kept = current
         actions.extend(CreateReplica() for _ in range(-surplus))
 
-    actions.extend(
-        StartReplica(o.replica_id, o.container_id, "container not running")
-        for o in kept
-        if not o.running
-    )
+    for o in kept:
+        if not o.running and o.restart_due:
+            actions.append(StartReplica(o.replica_id, o.container_id, "container not running"))
+        elif o.running and o.must_restart:
+            actions.append(StopReplica(o.replica_id, o.container_id, o.must_restart))
 
     ready_current = sum(1 for o in kept if o.ready)
     if ready_current >= desired.replicas:

@@ -1,12 +1,7 @@
-"""Readiness of replicas: probes, and the counting that turns probe results into `ready`.
+"""Probes: one HTTP GET or one TCP connect against a replica's port published on 127.0.0.1.
 
-A replica starts not ready. It becomes ready after `success_threshold` consecutive passes and
-leaves rotation after `failure_threshold` consecutive failures; with no readiness probe, one
-TCP connect to its port is the probe (the app is listening). Health is never carried over a
-berthd restart: adopted replicas start not ready and serve again after one passing probe.
-
-Probes run on the daemon's loop, each bounded by its timeout, against the replica's port
-published on 127.0.0.1.
+Each probe is bounded by its timeout and runs on the daemon's loop; what the results mean
+(ready, restart) is `daemon.health`'s business. HTTP 200-399 passes.
 """
 
 from __future__ import annotations
@@ -19,37 +14,11 @@ import trio
 
 from config.spec import Probe
 
-DEFAULT_PROBE_TIMEOUT = 1.0
-
 
 @dataclass(frozen=True)
 class ProbeResult:
     ok: bool
     detail: str  # "HTTP 200", "connect refused", "timeout after 1s", ...
-
-
-@dataclass
-class ReplicaHealth:
-    ready: bool = False
-    ever_ready: bool = False
-    consecutive_successes: int = 0
-    consecutive_failures: int = 0
-    last_result: ProbeResult | None = None
-
-    def record(self, result: ProbeResult, probe: Probe | None) -> None:
-        success_threshold = probe.success_threshold if probe else 1
-        failure_threshold = probe.failure_threshold if probe else 1
-        self.last_result = result
-        if result.ok:
-            self.consecutive_successes += 1
-            self.consecutive_failures = 0
-            if self.consecutive_successes >= success_threshold:
-                self.ready = self.ever_ready = True
-        else:
-            self.consecutive_failures += 1
-            self.consecutive_successes = 0
-            if self.consecutive_failures >= failure_threshold:
-                self.ready = False
 
 
 async def tcp_probe(host: str, port: int, limit: float) -> ProbeResult:
@@ -78,15 +47,11 @@ async def http_probe(client: httpx.AsyncClient, probe: Probe, host: str, port: i
     return ProbeResult(ok, f"HTTP {response.status_code}")
 
 
-# (probe or None for the default TCP check, host, port) -> result; a seam for unit tests.
-ProbeFn = Callable[[Probe | None, str, int], Awaitable["ProbeResult"]]
+# (probe, host, port) -> result: the seam unit tests replace.
+ProbeFn = Callable[[Probe, str, int], Awaitable[ProbeResult]]
 
 
-async def run_probe(
-    client: httpx.AsyncClient, probe: Probe | None, host: str, port: int
-) -> ProbeResult:
-    if probe is None:
-        return await tcp_probe(host, port, DEFAULT_PROBE_TIMEOUT)
+async def run_probe(client: httpx.AsyncClient, probe: Probe, host: str, port: int) -> ProbeResult:
     if probe.tcp:
         return await tcp_probe(host, port, probe.timeout)
     return await http_probe(client, probe, host, port)

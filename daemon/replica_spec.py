@@ -22,6 +22,22 @@ from daemon.runtime import (
 )
 
 REPLICA_HOST = "127.0.0.1"
+# Published ports beyond the app port (a probe on another port): "8081=34567,9000=34568".
+LABEL_EXTRA_PORTS = "io.berth.extra-ports"
+
+
+def format_extra_ports(ports: Mapping[int, int]) -> str:
+    return ",".join(f"{inner}={outer}" for inner, outer in sorted(ports.items()))
+
+
+def parse_extra_ports(text: str) -> dict[int, int]:
+    """Container port -> host port, from the label; malformed items are ignored."""
+    ports: dict[int, int] = {}
+    for item in text.split(","):
+        inner, _, outer = item.partition("=")
+        if inner.isdigit() and outer.isdigit():
+            ports[int(inner)] = int(outer)
+    return ports
 
 
 @dataclass(frozen=True)
@@ -46,8 +62,10 @@ def container_name(deployment: str, replica_id: str) -> str:
     return f"berth-{deployment}-{replica_id}"
 
 
-def replica_labels(who: ReplicaIdentity, host_port: int) -> dict[str, str]:
-    return {
+def replica_labels(
+    who: ReplicaIdentity, host_port: int, extra_ports: Mapping[int, int] | None = None
+) -> dict[str, str]:
+    labels = {
         LABEL_INSTANCE: who.instance,
         LABEL_DEPLOYMENT: who.deployment,
         LABEL_REPLICA: who.replica_id,
@@ -55,6 +73,9 @@ def replica_labels(who: ReplicaIdentity, host_port: int) -> dict[str, str]:
         LABEL_TEMPLATE: who.template_id,
         LABEL_HOST_PORT: str(host_port),
     }
+    if extra_ports:
+        labels[LABEL_EXTRA_PORTS] = format_extra_ports(extra_ports)
+    return labels
 
 
 def replica_container(
@@ -63,7 +84,7 @@ def replica_container(
     return ContainerSpec(
         name=container_name(who.deployment, who.replica_id),
         image=spec.image,
-        labels=replica_labels(who, where.host_port),
+        labels=replica_labels(who, where.host_port, where.extra_ports),
         app_port=spec.port,
         host_port=where.host_port,
         host_ip=REPLICA_HOST,

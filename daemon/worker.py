@@ -3,15 +3,18 @@
 Theory of operation. Each round reads the desired state from the store (the active revision,
 or nothing once the deployment is removed), observes the deployment's containers in Podman
 (by label: the source of truth, so adoption after a berthd restart needs no special case),
-probes the running ones, asks the pure `plan` for actions and executes them. Rounds run on a
-timer and at once when nudged (an apply, an rm, a Podman event).
+asks the pure `plan` for actions and executes them. Rounds run on a timer and at once when
+nudged (an apply, an rm, a Podman event, a readiness change, a back-off running out).
+Beside the rounds, the worker's prober task runs each replica's probes on their own periods
+(`daemon.health` judges the results) and nudges a round when a verdict changes.
 
 Invariants:
-- The endpoint is given only replicas that are ready and not about to be removed; a replica
-  leaves the rotation before it is drained, stopped and removed.
-- Every container this worker creates carries the instance, deployment, replica, spec-id and
-  template labels before it starts, so a crash at any point leaves a container the next
-  round (or the next berthd) recognises.
+- The endpoint is given only replicas that are ready and not about to be stopped or
+  removed; a replica leaves the rotation before it is drained, stopped or removed.
+- Every container this worker creates carries its labels before it starts, so a crash at
+  any point leaves a container the next round (or the next berthd) recognises.
+- A container that stops on its own, or fails to start, is counted once (reason, restarts,
+  back-off) and started again under the same replica id when its back-off runs out.
 - Cancelling the worker (berthd stopping) never stops a container.
 - A worker whose deployment is gone and whose containers are all removed closes the endpoint
   and returns.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -30,7 +33,7 @@ from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
-from daemon.health import ProbeFn, ReplicaHealth
+from daemon.health import ProbeKind, ReplicaHealth, Transition
 from daemon.plan import (
     Action,
     CreateReplica,
@@ -38,15 +41,20 @@ from daemon.plan import (
     ObservedReplica,
     RemoveReplica,
     StartReplica,
+    StopReplica,
     plan,
 )
 from daemon.ports import HostPortAllocator
+from daemon.probes import ProbeFn, ProbeResult
 from daemon.replica_spec import (
+    LABEL_EXTRA_PORTS,
     REPLICA_HOST,
     ReplicaIdentity,
     ReplicaPlacement,
+    parse_extra_ports,
     replica_container,
 )
+from daemon.replicas import ReplicaMemory, ReplicaView, exit_reason
 from daemon.runtime import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -54,6 +62,7 @@ from daemon.runtime import (
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
     ContainerInfo,
+    ContainerNotFound,
     ContainerRuntime,
     RuntimeFailure,
 )
@@ -64,23 +73,9 @@ from proxy.upstreams import Upstream
 log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
-SLOW_ROUND = 5.0  # when up to date (capped by the readiness period)
+SLOW_ROUND = 5.0  # when up to date
+PROBE_IDLE = 1.0  # the prober looks for new replicas at least this often
 DRAIN_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class ReplicaView:
-    """One replica as the admin API shows it."""
-
-    id: str
-    container_id: str
-    state: str
-    ready: bool
-    restarts: int
-    host_port: int | None
-    spec_id: str
-    gpus: tuple[str, ...] = ()
-    last_probe: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,14 +108,6 @@ class _Active:
     desired_replicas: int
 
 
-@dataclass
-class _ReplicaMemory:
-    health: ReplicaHealth = field(default_factory=ReplicaHealth)
-    first_seen: float = 0.0
-    restarts: int = 0
-    draining: bool = False
-
-
 def desired_count(spec: DeploymentSpec, pinned: int | None) -> int:
     if not spec.enabled:
         return 0
@@ -136,8 +123,10 @@ class DeploymentWorker:
         self.name = name
         self._ctx = ctx
         self._wake = trio.Event()
+        self._probe_wake = trio.Event()
         self._active: _Active | None = None
-        self._memory: dict[str, _ReplicaMemory] = {}
+        self._memory: dict[str, ReplicaMemory] = {}
+        self._records: dict[str, ReplicaRecord] | None = None
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self._endpoint_error: str | None = None
         self._parsed: dict[str, DeploymentSpec] = {}
@@ -158,39 +147,45 @@ class DeploymentWorker:
         await self._round_done.wait()
 
     async def run(self) -> None:
-        while True:
-            self._wake = trio.Event()
-            finished = await self.reconcile_once()
-            done, self._round_done = self._round_done, trio.Event()
-            done.set()
-            if finished:
-                return
-            with trio.move_on_after(self._next_interval()):
-                await self._wake.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe_loop)
+            while True:
+                self._wake = trio.Event()
+                finished = await self.reconcile_once()
+                done, self._round_done = self._round_done, trio.Event()
+                done.set()
+                if finished:
+                    nursery.cancel_scope.cancel()
+                    return
+                with trio.move_on_at(self._next_round_at()):
+                    await self._wake.wait()
 
-    def _next_interval(self) -> float:
+    def _next_round_at(self) -> float:
+        now = trio.current_time()
         s = self._snapshot
-        if s.status != "running" or s.ready != s.desired:
-            return FAST_ROUND
-        probe = self._active.spec.health.readiness if self._active else None
-        return min(SLOW_ROUND, probe.period) if probe else SLOW_ROUND
+        converged = s.status == "running" and s.ready == s.desired
+        at = now + (SLOW_ROUND if converged else FAST_ROUND)
+        retries = [m.backoff.retry_at for m in self._memory.values() if m.backoff.retry_at]
+        future = [r for r in retries if r > now]
+        return min([at, *future])
 
     # -- one round -------------------------------------------------------------------------
 
     async def reconcile_once(self) -> bool:
         """One observe-plan-act round; True when the deployment is gone and cleaned up."""
         active = await self._load_desired()
-        containers = await self._observe()
-        await self._probe(active, containers)
-        observed = [self._observed(c) for c in containers]
+        containers = await self._observe(active)
+        now = trio.current_time()
+        observed = [self._observed(c, now) for c in containers]
         desired = (
             Desired(active.spec_id, active.template_id, active.desired_replicas) if active else None
         )
         actions = plan(desired, observed)
-        removing = {a.replica_id for a in actions if isinstance(a, RemoveReplica)}
-        await self._publish(active, containers, removing)
+        leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
+        await self._publish(active, containers, leaving)
         await self._execute(active, actions)
-        self._snapshot = self._make_snapshot(active, containers, removing)
+        self._snapshot = self._make_snapshot(active, containers, leaving)
+        self._probe_wake.set()
         if active is None and not containers:
             await self._ctx.endpoints.close(self.name)
             return True
@@ -199,19 +194,18 @@ class DeploymentWorker:
     async def _load_desired(self) -> _Active | None:
         store = self._ctx.store
         deployment = await store.call(Store.get_deployment, self.name)
-        if deployment is None or deployment.removed_at is not None:
-            self._active = None
-            return None
         revision = await store.call(Store.active_revision, self.name)
-        if revision is None:
+        if deployment is None or deployment.removed_at is not None or revision is None:
             self._active = None
             return None
         spec = self._parsed.get(revision.spec_id)
         if spec is None:
-            spec = parse_spec(
-                revision.spec_text, source=f"{self.name} revision {revision.revision}"
-            )
+            source = f"{self.name} revision {revision.revision}"
+            spec = parse_spec(revision.spec_text, source=source)
             self._parsed = {revision.spec_id: spec}
+        if self._records is None:
+            records = await store.call(Store.list_replicas, deployment.deployment_id)
+            self._records = {r.replica_id: r for r in records}
         self._active = _Active(
             deployment_id=deployment.deployment_id,
             revision=revision.revision,
@@ -222,7 +216,7 @@ class DeploymentWorker:
         )
         return self._active
 
-    async def _observe(self) -> list[ContainerInfo]:
+    async def _observe(self, active: _Active | None) -> list[ContainerInfo]:
         labels = {LABEL_INSTANCE: self._ctx.instance, LABEL_DEPLOYMENT: self.name}
         try:
             containers = await self._ctx.runtime.list(labels)
@@ -231,55 +225,80 @@ class DeploymentWorker:
             containers = []
         containers = [c for c in containers if c.labels.get(LABEL_REPLICA)]
         now = trio.current_time()
+        seen = set()
         for c in containers:
             rid = c.labels[LABEL_REPLICA]
-            if rid not in self._memory:
-                self._memory[rid] = _ReplicaMemory(first_seen=now)
+            seen.add(rid)
+            memory = self._memory.get(rid)
+            if memory is None:
+                memory = self._memory[rid] = self._remember(rid, now)
             if c.host_port is not None:
                 self._ctx.ports.reserve(c.host_port)
-        seen = {c.labels[LABEL_REPLICA] for c in containers}
+            await self._track_run(memory, c, active, now)
         for rid in list(self._memory):
             if rid not in seen:
                 del self._memory[rid]
         return containers
 
-    async def _probe(self, active: _Active | None, containers: list[ContainerInfo]) -> None:
-        probe = active.spec.health.readiness if active else None
+    def _remember(self, rid: str, now: float) -> ReplicaMemory:
+        memory = ReplicaMemory(rid, first_seen=now)
+        record = (self._records or {}).get(rid)
+        if record is not None:
+            memory.restarts = record.restarts
+            memory.last_exit_reason = record.last_exit_reason
+        return memory
 
-        async def probe_one(c: ContainerInfo) -> None:
-            memory = self._memory[c.labels[LABEL_REPLICA]]
-            if not c.running or c.host_port is None:
-                memory.health = ReplicaHealth()
-                return
-            result = await self._ctx.probe(probe, REPLICA_HOST, c.host_port)
-            was_ready = memory.health.ready
-            memory.health.record(result, probe)
-            if memory.health.ready != was_ready:
-                await self._ctx.events.emit(
-                    "ready" if memory.health.ready else "unready",
-                    f"replica {c.labels[LABEL_REPLICA]} "
-                    + ("is ready" if memory.health.ready else f"is not ready: {result.detail}"),
-                    deployment=self.name,
-                    replica=c.labels[LABEL_REPLICA],
+    async def _track_run(
+        self, memory: ReplicaMemory, c: ContainerInfo, active: _Active | None, now: float
+    ) -> None:
+        """Keep the replica's memory in step with its container: runs begin and end here."""
+        memory.ports = parse_extra_ports(c.labels.get(LABEL_EXTRA_PORTS, ""))
+        if active is not None and c.host_port is not None:
+            memory.ports[active.spec.port] = c.host_port
+        if c.running:
+            if memory.health is None and active is not None:
+                memory.health = ReplicaHealth.begin(
+                    active.spec.health, active.spec.port, now, adopted=not memory.started_here
                 )
+                memory.started_here = False
+            memory.backoff.ran_healthy(memory.healthy_since, now)
+            return
+        memory.health = None
+        memory.healthy_since = None
+        if not memory.down_recorded:
+            await self._record_down(memory, c.container_id, exit_reason(c), now)
 
-        async with trio.open_nursery() as nursery:
-            for c in containers:
-                nursery.start_soon(probe_one, c)
+    async def _record_down(
+        self, memory: ReplicaMemory, container_id: str, reason: str, now: float
+    ) -> None:
+        memory.down_recorded = True
+        memory.last_exit_reason = reason
+        delay = memory.backoff.failed(now)
+        await self._save(memory, container_id, "crashloop")
+        await self._ctx.events.emit(
+            "died",
+            f"replica {memory.replica_id} {reason}; restarting in {delay:.1f}s",
+            deployment=self.name,
+            replica=memory.replica_id,
+            level=logging.WARNING,
+        )
 
-    def _observed(self, c: ContainerInfo) -> ObservedReplica:
+    def _observed(self, c: ContainerInfo, now: float) -> ObservedReplica:
         memory = self._memory[c.labels[LABEL_REPLICA]]
+        health = memory.health
         return ObservedReplica(
-            replica_id=c.labels[LABEL_REPLICA],
+            replica_id=memory.replica_id,
             container_id=c.container_id,
             template_id=c.labels.get(LABEL_TEMPLATE, ""),
             running=c.running,
-            ready=c.running and memory.health.ready,
+            ready=c.running and health is not None and health.ready,
             created_at=memory.first_seen,
+            restart_due=memory.backoff.may_retry(now),
+            must_restart=health.restart_reason if c.running and health else None,
         )
 
     async def _publish(
-        self, active: _Active | None, containers: list[ContainerInfo], removing: set[str]
+        self, active: _Active | None, containers: list[ContainerInfo], leaving: set[str]
     ) -> None:
         """Point the endpoint at the ready replicas that are staying."""
         if active is None or not active.spec.enabled:
@@ -302,15 +321,106 @@ class DeploymentWorker:
                 f"endpoint listening on {active.spec.endpoint.port}",
                 deployment=self.name,
             )
-        upstreams = [
-            Upstream(c.labels[LABEL_REPLICA], REPLICA_HOST, c.host_port)
-            for c in containers
-            if c.host_port is not None
-            and c.running
-            and self._memory[c.labels[LABEL_REPLICA]].health.ready
-            and c.labels[LABEL_REPLICA] not in removing
-        ]
-        endpoint.set_upstreams(upstreams)
+        endpoint.set_upstreams(self._ready_upstreams(containers, leaving))
+
+    def _ready_upstreams(
+        self, containers: list[ContainerInfo], leaving: set[str]
+    ) -> list[Upstream]:
+        upstreams = []
+        for c in containers:
+            memory = self._memory.get(c.labels[LABEL_REPLICA])
+            if (
+                memory is not None
+                and c.running
+                and c.host_port is not None
+                and memory.health is not None
+                and memory.health.ready
+                and not memory.draining
+                and memory.replica_id not in leaving
+            ):
+                upstreams.append(Upstream(memory.replica_id, REPLICA_HOST, c.host_port))
+        return upstreams
+
+    # -- probes ----------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        """Run every replica's due probes, each in its own task, bounded by its timeout."""
+        async with trio.open_nursery() as probes:
+            while True:
+                for memory, health, kind in self._due_probes(trio.current_time()):
+                    probes.start_soon(self._probe_one, memory, health, kind)
+                self._probe_wake = trio.Event()
+                with trio.move_on_at(self._next_probe_at()):
+                    await self._probe_wake.wait()
+
+    async def probe_once(self) -> None:
+        """Run the probes that are due now and wait for their results (for tests)."""
+        async with trio.open_nursery() as probes:
+            for memory, health, kind in self._due_probes(trio.current_time()):
+                probes.start_soon(self._probe_one, memory, health, kind)
+
+    def _due_probes(self, now: float) -> list[tuple[ReplicaMemory, ReplicaHealth, ProbeKind]]:
+        due: list[tuple[ReplicaMemory, ReplicaHealth, ProbeKind]] = []
+        for memory in list(self._memory.values()):
+            health = memory.health
+            if health is not None and not memory.draining:
+                due.extend((memory, health, track.kind) for track in health.due(now))
+        return due
+
+    def _next_probe_at(self) -> float:
+        times = [trio.current_time() + PROBE_IDLE]
+        for memory in self._memory.values():
+            next_due = memory.health.next_due() if memory.health else None
+            if next_due is not None and not memory.draining:
+                times.append(next_due)
+        return min(times)
+
+    async def _probe_one(
+        self, memory: ReplicaMemory, health: ReplicaHealth, kind: ProbeKind
+    ) -> None:
+        probe = health.tracks[kind].probe
+        port = memory.ports.get(probe.port)
+        if port is None:
+            result = ProbeResult(False, f"port {probe.port} is not published")
+        else:
+            result = await self._ctx.probe(probe, REPLICA_HOST, port)
+        if memory.health is not health:
+            return  # the container was restarted meanwhile: this result is stale
+        now = trio.current_time()
+        transitions = health.record(kind, result, now)
+        self._probe_wake.set()
+        for transition in transitions:
+            await self._on_transition(memory, health, transition, result, now)
+        if transitions:
+            self.nudge()
+
+    async def _on_transition(
+        self,
+        memory: ReplicaMemory,
+        health: ReplicaHealth,
+        transition: Transition,
+        result: ProbeResult,
+        now: float,
+    ) -> None:
+        rid = memory.replica_id
+        if transition is Transition.READY:
+            memory.healthy_since = now
+            message = f"replica {rid} is ready ({result.detail})"
+        elif transition is Transition.UNREADY:
+            memory.healthy_since = None
+            message = f"replica {rid} is not ready: {result.detail}; out of rotation"
+        elif transition is Transition.STARTED:
+            message = f"replica {rid} passed its startup probe"
+        else:
+            message = f"replica {rid}: {health.restart_reason}; restarting it"
+        level = (
+            logging.INFO
+            if transition in (Transition.READY, Transition.STARTED)
+            else logging.WARNING
+        )
+        await self._ctx.events.emit(
+            str(transition), message, deployment=self.name, replica=rid, level=level
+        )
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -319,37 +429,57 @@ class DeploymentWorker:
             for action in actions:
                 if isinstance(action, RemoveReplica):
                     nursery.start_soon(self._remove, action, active)
+                elif isinstance(action, StopReplica):
+                    nursery.start_soon(self._stop_for_restart, action, active)
                 elif isinstance(action, StartReplica):
                     await self._start_again(action)
                 elif isinstance(action, CreateReplica) and active is not None:
                     await self._create(active)
+
+    async def _save(self, memory: ReplicaMemory, container_id: str, state: str) -> None:
+        active = self._active
+        if active is None:
+            return
+        port = memory.ports.get(active.spec.port)
+        record = ReplicaRecord(
+            replica_id=memory.replica_id,
+            deployment_id=active.deployment_id,
+            container_id=container_id,
+            spec_id=active.spec_id,
+            host_port=port,
+            state=state,
+            restarts=memory.restarts,
+            last_exit_reason=memory.last_exit_reason,
+        )
+        saved = await self._ctx.store.call(Store.save_replica, record)
+        if self._records is not None:
+            self._records[memory.replica_id] = saved
+
+    def _probe_ports(self, spec: DeploymentSpec) -> set[int]:
+        probes = (spec.health.startup, spec.health.readiness, spec.health.liveness)
+        return {p.port for p in probes if p is not None and p.port != spec.port}
 
     async def _create(self, active: _Active) -> None:
         ctx = self._ctx
         spec = active.spec
         rid = secrets.token_hex(4)
         host_port = ctx.ports.allocate()
+        extra = {port: ctx.ports.allocate() for port in sorted(self._probe_ports(spec))}
         who = ReplicaIdentity(ctx.instance, self.name, rid, active.spec_id, active.template_id)
-        container = replica_container(spec, who, ReplicaPlacement(host_port))
+        container = replica_container(spec, who, ReplicaPlacement(host_port, extra))
+        memory = self._memory[rid] = ReplicaMemory(rid, first_seen=trio.current_time())
+        memory.started_here = True
         try:
             if not await ctx.runtime.image_exists(spec.image):
                 await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.name)
                 await ctx.runtime.pull(spec.image)
             container_id = await ctx.runtime.create(container)
-            await ctx.store.call(
-                Store.save_replica,
-                ReplicaRecord(
-                    replica_id=rid,
-                    deployment_id=active.deployment_id,
-                    container_id=container_id,
-                    spec_id=active.spec_id,
-                    host_port=host_port,
-                    state="starting",
-                ),
-            )
+            memory.ports = {spec.port: host_port, **extra}
+            await self._save(memory, container_id, "starting")
             await ctx.runtime.start(container_id)
         except RuntimeFailure as exc:
-            ctx.ports.release(host_port)
+            for port in (host_port, *extra.values()):
+                ctx.ports.release(port)
             await ctx.events.emit(
                 "create-failed",
                 f"replica {rid} of revision {active.revision} failed to start: {exc}",
@@ -368,38 +498,64 @@ class DeploymentWorker:
 
     async def _start_again(self, action: StartReplica) -> None:
         memory = self._memory.get(action.replica_id)
+        if memory is None:
+            return
+        reason = memory.last_exit_reason or action.reason
         try:
             await self._ctx.runtime.start(action.container_id)
+        except ContainerNotFound:
+            return  # removed behind our back: the next round sees it gone
         except RuntimeFailure as exc:
-            await self._ctx.events.emit(
-                "start-failed",
-                f"replica {action.replica_id} failed to start: {exc}",
-                deployment=self.name,
-                replica=action.replica_id,
-                level=logging.ERROR,
+            memory.down_recorded = False
+            await self._record_down(
+                memory, action.container_id, f"failed to start: {exc}", trio.current_time()
             )
             return
-        if memory is not None:
-            memory.restarts += 1
+        memory.restarts += 1
+        memory.down_recorded = False
+        memory.started_here = True
+        memory.health = None
+        await self._save(memory, action.container_id, "starting")
         await self._ctx.events.emit(
             "restarted",
-            f"replica {action.replica_id} restarted ({action.reason})",
+            f"replica {action.replica_id} restarted (restart {memory.restarts}; it {reason})",
             deployment=self.name,
             replica=action.replica_id,
         )
+
+    async def _drain(self, replica_id: str) -> None:
+        endpoint = self._ctx.endpoints.get(self.name)
+        if endpoint is not None:
+            with trio.move_on_after(DRAIN_TIMEOUT):
+                # The proxy counts in-flight requests on its hot path and signals nothing;
+                # polling here keeps the hot path free of wake-ups.
+                while endpoint.in_flight(replica_id) > 0:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+
+    async def _stop_for_restart(self, action: StopReplica, active: _Active | None) -> None:
+        memory = self._memory.get(action.replica_id)
+        if memory is None:
+            return
+        memory.draining = True
+        try:
+            await self._drain(action.replica_id)
+            timeout = active.spec.stop_timeout if active else 10.0
+            await self._ctx.runtime.stop(action.container_id, timeout=timeout)
+        except RuntimeFailure as exc:
+            log.warning("stop for restart failed: %s", exc, extra={"deployment": self.name})
+            return
+        finally:
+            memory.draining = False
+        memory.health = None
+        memory.healthy_since = None
+        await self._record_down(memory, action.container_id, action.reason, trio.current_time())
 
     async def _remove(self, action: RemoveReplica, active: _Active | None) -> None:
         ctx = self._ctx
         memory = self._memory.get(action.replica_id)
         if memory is not None:
             memory.draining = True
-        endpoint = ctx.endpoints.get(self.name)
-        if endpoint is not None:
-            with trio.move_on_after(DRAIN_TIMEOUT):
-                # The proxy counts in-flight requests on its hot path and signals nothing;
-                # polling here keeps the hot path free of wake-ups.
-                while endpoint.in_flight(action.replica_id) > 0:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+        await self._drain(action.replica_id)
         stop_timeout = active.spec.stop_timeout if active else 10.0
         try:
             info = await ctx.runtime.inspect(action.container_id)
@@ -414,8 +570,9 @@ class DeploymentWorker:
                 level=logging.ERROR,
             )
             return
-        if info.host_port is not None:
-            ctx.ports.release(info.host_port)
+        for port in {info.host_port, *(memory.ports.values() if memory else ())}:
+            if port is not None:
+                ctx.ports.release(port)
         await ctx.store.call(Store.delete_replica, action.replica_id)
         await ctx.events.emit(
             "removed",
@@ -427,33 +584,32 @@ class DeploymentWorker:
     # -- what the API shows ----------------------------------------------------------------
 
     def _make_snapshot(
-        self, active: _Active | None, containers: list[ContainerInfo], removing: set[str]
+        self, active: _Active | None, containers: list[ContainerInfo], leaving: set[str]
     ) -> WorkerSnapshot:
+        now = trio.current_time()
         views = []
         for c in containers:
-            rid = c.labels[LABEL_REPLICA]
-            memory = self._memory[rid]
+            memory = self._memory[c.labels[LABEL_REPLICA]]
             health = memory.health
-            if rid in removing or memory.draining:
+            state = memory.state(c.running, now)
+            if memory.replica_id in leaving and c.running:
                 state = "draining"
-            elif not c.running:
-                state = "stopped"
-            elif health.ready:
-                state = "ready"
-            elif health.ever_ready:
-                state = "unhealthy"
-            else:
-                state = "starting"
+            retry_at = memory.backoff.retry_at
             views.append(
                 ReplicaView(
-                    id=rid,
+                    id=memory.replica_id,
                     container_id=c.container_id,
                     state=state,
                     ready=state == "ready",
                     restarts=memory.restarts,
                     host_port=c.host_port,
                     spec_id=c.labels.get(LABEL_SPEC_ID, ""),
-                    last_probe=health.last_result.detail if health.last_result else None,
+                    last_probe=health.last_result.detail if health and health.last_result else None,
+                    consecutive_failures=health.consecutive_failures if health else 0,
+                    last_exit_reason=memory.last_exit_reason,
+                    restart_in=round(retry_at - now, 1)
+                    if state == "crashloop" and retry_at is not None
+                    else None,
                 )
             )
         desired = active.desired_replicas if active else 0

@@ -10,6 +10,7 @@ from daemon.plan import (
     ObservedReplica,
     RemoveReplica,
     StartReplica,
+    StopReplica,
     plan,
 )
 
@@ -23,8 +24,10 @@ def rep(
     running: bool = True,
     ready: bool = True,
     created: float = 0.0,
+    due: bool = True,
+    must_restart: str | None = None,
 ) -> ObservedReplica:
-    return ObservedReplica(rid, f"c-{rid}", template, running, ready, created)
+    return ObservedReplica(rid, f"c-{rid}", template, running, ready, created, due, must_restart)
 
 
 CASES = [
@@ -48,6 +51,18 @@ CASES = [
         D,
         [rep("a"), rep("b", running=False, ready=False)],
         [StartReplica("b", "c-b", "container not running")],
+    ),
+    (
+        "exited container still in back-off -> waits, and is not replaced",
+        D,
+        [rep("a"), rep("b", running=False, ready=False, due=False)],
+        [],
+    ),
+    (
+        "liveness failed -> stopped (the back-off then starts it again)",
+        D,
+        [rep("a"), rep("b", ready=False, must_restart="liveness probe failed")],
+        [StopReplica("b", "c-b", "liveness probe failed")],
     ),
     (
         "removed deployment -> remove everything",

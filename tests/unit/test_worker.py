@@ -1,7 +1,8 @@
 """The reconcile worker's executor, round by round, against FakeRuntime and a real SQLite store.
 
 Probes are faked (a set of replica ports that answer), the endpoint is a real proxy listener
-on 127.0.0.1; each test drives `reconcile_once` directly, so no clock is involved.
+on 127.0.0.1; each test drives `reconcile_once` and `probe_once` directly, on trio's
+MockClock (time moves only when a test jumps it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from config.canonical import spec_id, template_id
 from config.parse import parse_spec
@@ -19,8 +21,9 @@ from config.spec import Probe
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
 from daemon.fake_runtime import FakeRuntime
-from daemon.health import ProbeResult
 from daemon.ports import HostPortAllocator
+from daemon.probes import ProbeResult
+from daemon.replicas import ReplicaView
 from daemon.runtime import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -69,6 +72,12 @@ class Rig:
     def events(self) -> list[str]:
         return [e.kind for e in self.store.events()]
 
+    async def settle(self) -> None:
+        """A round (create/observe), the probes due, and a round to act on their verdicts."""
+        await self.worker.reconcile_once()
+        await self.worker.probe_once()
+        await self.worker.reconcile_once()
+
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
@@ -78,7 +87,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     endpoints = EndpointManager(drain_timeout=1.0)
     answering: set[int] = set()
 
-    async def probe(p: Probe | None, host: str, port: int) -> ProbeResult:
+    async def probe(p: Probe, host: str, port: int) -> ProbeResult:
         return ProbeResult(port in answering, "fake")
 
     ctx = WorkerContext(
@@ -92,16 +101,17 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoints.run)
-        yield Rig(
-            runtime, store, access, endpoints, DeploymentWorker("web", ctx), answering, free_port()
-        )
+        worker = DeploymentWorker("web", ctx)
+        yield Rig(runtime, store, access, endpoints, worker, answering, free_port())
         nursery.cancel_scope.cancel()
     store.close()
 
 
-async def test_creates_the_replicas_with_labels_and_publishes_only_ready_ones(rig: Rig) -> None:
+async def test_creates_the_replicas_with_labels_and_publishes_only_ready_ones(
+    rig: Rig, mock_clock: MockClock
+) -> None:
     template = rig.apply(spec_text(rig.port))
-    await rig.worker.reconcile_once()
+    await rig.settle()
     assert len(rig.replicas()) == 2 and set(rig.replicas().values()) == {"running"}
     for c in rig.runtime.containers.values():
         labels = c.spec.labels
@@ -114,7 +124,7 @@ async def test_creates_the_replicas_with_labels_and_publishes_only_ready_ones(ri
     assert endpoint is not None and endpoint.upstreams() == ()
 
     rig.all_answer()
-    await rig.worker.reconcile_once()
+    await rig.settle()
     assert rig.worker.snapshot().status == "running"
     assert {u.replica_id for u in endpoint.upstreams()} == set(rig.replicas())
     # up to date: another round changes nothing
@@ -123,37 +133,137 @@ async def test_creates_the_replicas_with_labels_and_publishes_only_ready_ones(ri
     assert [c for c in rig.runtime.calls[calls:] if c[0] in ("create", "start", "stop")] == []
 
 
-async def test_a_dead_container_is_started_again_under_the_same_replica_id(rig: Rig) -> None:
-    rig.apply(spec_text(rig.port))
-    await rig.worker.reconcile_once()
+def view(rig: Rig, rid: str) -> ReplicaView:
+    return next(v for v in rig.worker.snapshot().replicas if v.id == rid)
+
+
+def published(rig: Rig) -> set[str]:
+    endpoint = rig.endpoints.get("web")
+    assert endpoint is not None
+    return {u.replica_id for u in endpoint.upstreams()}
+
+
+async def running_and_ready(rig: Rig, text: str) -> None:
+    rig.apply(text)
+    await rig.settle()
     rig.all_answer()
-    await rig.worker.reconcile_once()
+    await rig.settle()
+    assert rig.worker.snapshot().status == "running"
+
+
+async def test_a_dead_container_waits_its_back_off_then_restarts_in_place(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
     victim = next(iter(rig.runtime.containers.values()))
     rid = victim.spec.labels[LABEL_REPLICA]
     rig.runtime.die(victim.container_id, exit_code=3)
     await rig.worker.reconcile_once()
+    assert view(rig, rid).state == "crashloop"
+    assert view(rig, rid).last_exit_reason == "exited with code 3"
+    assert rid not in published(rig)
+    mock_clock.jump(2.0)  # the first retry comes within 1-2 s
+    await rig.settle()
     assert rig.replicas()[rid] == "running" and len(rig.replicas()) == 2
-    view = next(v for v in rig.worker.snapshot().replicas if v.id == rid)
-    assert view.restarts == 1 and view.container_id == victim.container_id
-    assert "restarted" in rig.events()
+    await rig.settle()
+    assert view(rig, rid).restarts == 1 and view(rig, rid).container_id == victim.container_id
+    assert rid in published(rig)  # ready again after a fresh probe
+    assert {"died", "restarted"} <= set(rig.events())
 
 
-async def test_an_update_keeps_old_replicas_until_new_ones_are_ready(rig: Rig) -> None:
-    rig.apply(spec_text(rig.port))
+async def test_a_crash_loop_waits_longer_each_time(rig: Rig, mock_clock: MockClock) -> None:
+    await running_and_ready(rig, spec_text(rig.port, count=1))
+    (victim,) = rig.runtime.containers.values()
+    rid = victim.spec.labels[LABEL_REPLICA]
+    waits = []
+    for _ in range(5):
+        rig.runtime.die(victim.container_id, exit_code=1)
+        await rig.worker.reconcile_once()
+        restart_in = view(rig, rid).restart_in
+        assert restart_in is not None
+        waits.append(restart_in)
+        mock_clock.jump(restart_in - 0.05)
+        await rig.worker.reconcile_once()
+        assert rig.replicas()[rid] == "exited"  # not yet
+        mock_clock.jump(0.1)
+        await rig.worker.reconcile_once()
+        assert rig.replicas()[rid] == "running"
+    for expected, got in zip([1.5, 3, 6, 12, 24], waits, strict=True):
+        assert abs(got - expected) <= expected * 0.1 + 0.1
+    assert view(rig, rid).restarts == 5
+
+
+async def test_failing_readiness_takes_a_replica_out_and_passing_brings_it_back(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
+    sick = next(iter(rig.runtime.containers.values()))
+    rid = sick.spec.labels[LABEL_REPLICA]
+    rig.answering.discard(sick.spec.host_port)
+    mock_clock.jump(1.0)  # the default readiness check (TCP) runs every second
+    await rig.settle()
+    assert rid not in published(rig) and view(rig, rid).state == "unhealthy"
+    assert rig.replicas()[rid] == "running"  # readiness alone never restarts
+    rig.answering.add(sick.spec.host_port)
+    mock_clock.jump(1.0)
+    await rig.settle()
+    assert rid in published(rig) and view(rig, rid).state == "ready"
+    assert {"unready", "ready"} <= set(rig.events())
+
+
+async def test_failing_liveness_drains_stops_and_restarts_the_replica(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    text = spec_text(rig.port, count=1) + (
+        '[health.liveness]\npath = "/alive"\nperiod = "1s"\nfailure_threshold = 2\n'
+    )
+    await running_and_ready(rig, text)
+    (sick,) = rig.runtime.containers.values()
+    rid = sick.spec.labels[LABEL_REPLICA]
+    rig.answering.discard(sick.spec.host_port)
+    for _ in range(2):
+        mock_clock.jump(1.0)
+        await rig.worker.probe_once()
+    await rig.worker.reconcile_once()  # stop (drained first: it left the rotation)
+    assert rid not in published(rig)
+    assert rig.replicas()[rid] == "exited"
+    assert "liveness probe failed 2 times" in (view(rig, rid).last_exit_reason or "")
+    rig.answering.add(sick.spec.host_port)
+    mock_clock.jump(2.0)
+    await rig.settle()
+    await rig.settle()
+    assert rig.replicas()[rid] == "running" and view(rig, rid).restarts == 1
+    assert rid in published(rig)
+
+
+async def test_restart_counts_survive_a_new_worker(rig: Rig, mock_clock: MockClock) -> None:
+    await running_and_ready(rig, spec_text(rig.port, count=1))
+    (victim,) = rig.runtime.containers.values()
+    rid = victim.spec.labels[LABEL_REPLICA]
+    rig.runtime.die(victim.container_id, exit_code=2)
     await rig.worker.reconcile_once()
-    rig.all_answer()
-    await rig.worker.reconcile_once()
+    mock_clock.jump(2.0)
+    await rig.settle()
+    fresh = DeploymentWorker("web", rig.worker._ctx)  # a restarted berthd
+    await fresh.reconcile_once()
+    (seen,) = fresh.snapshot().replicas
+    assert (seen.id, seen.restarts, seen.last_exit_reason) == (rid, 1, "exited with code 2")
+
+
+async def test_an_update_keeps_old_replicas_until_new_ones_are_ready(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
     old = set(rig.replicas())
     new_template = rig.apply(spec_text(rig.port, message="v2"))
 
-    await rig.worker.reconcile_once()  # new ones created, not ready: old ones stay
+    await rig.settle()  # new ones created, not ready: old ones stay and serve
     assert len(rig.replicas()) == 4 and old <= set(rig.replicas())
-    endpoint = rig.endpoints.get("web")
-    assert endpoint is not None
-    assert {u.replica_id for u in endpoint.upstreams()} == old
+    assert published(rig) == old
 
     rig.all_answer()
-    await rig.worker.reconcile_once()  # new ones ready: old ones drained and removed
+    mock_clock.jump(1.0)
+    await rig.settle()  # new ones ready: old ones drained and removed
     assert len(rig.replicas()) == 2 and not old & set(rig.replicas())
     assert {c.spec.labels[LABEL_TEMPLATE] for c in rig.runtime.containers.values()} == {
         new_template
@@ -161,18 +271,17 @@ async def test_an_update_keeps_old_replicas_until_new_ones_are_ready(rig: Rig) -
     assert {c.spec.env["MESSAGE"] for c in rig.runtime.containers.values()} == {"v2"}
 
 
-async def test_a_replica_count_change_does_not_replace_containers(rig: Rig) -> None:
-    rig.apply(spec_text(rig.port, count=2))
-    await rig.worker.reconcile_once()
-    rig.all_answer()
-    await rig.worker.reconcile_once()
+async def test_a_replica_count_change_does_not_replace_containers(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port, count=2))
     before = set(rig.replicas())
     rig.apply(spec_text(rig.port, count=3))
     await rig.worker.reconcile_once()
     assert before < set(rig.replicas()) and len(rig.replicas()) == 3
 
 
-async def test_a_failed_create_is_an_event_and_is_retried(rig: Rig) -> None:
+async def test_a_failed_create_is_an_event_and_is_retried(rig: Rig, mock_clock: MockClock) -> None:
     rig.apply(spec_text(rig.port, count=1))
     rig.runtime.fail("create", RuntimeFailure("no space left on device"))
     await rig.worker.reconcile_once()
@@ -182,7 +291,9 @@ async def test_a_failed_create_is_an_event_and_is_retried(rig: Rig) -> None:
     assert len(rig.replicas()) == 1
 
 
-async def test_removed_deployment_loses_its_replicas_and_endpoint(rig: Rig) -> None:
+async def test_removed_deployment_loses_its_replicas_and_endpoint(
+    rig: Rig, mock_clock: MockClock
+) -> None:
     rig.apply(spec_text(rig.port))
     await rig.worker.reconcile_once()
     rig.store.mark_removed("web")
@@ -193,13 +304,17 @@ async def test_removed_deployment_loses_its_replicas_and_endpoint(rig: Rig) -> N
     assert rig.store.history("web")  # history kept
 
 
-async def test_adopts_existing_containers_without_duplicates(rig: Rig, tmp_path: Path) -> None:
-    rig.apply(spec_text(rig.port))
-    await rig.worker.reconcile_once()
+async def test_adopts_existing_containers_without_duplicates_or_restarts(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
     before = {c.container_id for c in rig.runtime.containers.values()}
-    # a second worker (a restarted berthd) sees the same containers and creates nothing
-    fresh = DeploymentWorker("web", rig.worker._ctx)
-    rig.all_answer()
+    calls = len(rig.runtime.calls)
+    fresh = DeploymentWorker("web", rig.worker._ctx)  # a restarted berthd
+    await fresh.reconcile_once()
+    assert fresh.snapshot().ready == 0  # health is never carried over
+    await fresh.probe_once()
     await fresh.reconcile_once()
     assert {c.container_id for c in rig.runtime.containers.values()} == before
     assert fresh.snapshot().ready == 2
+    assert not [c for c in rig.runtime.calls[calls:] if c[0] in ("stop", "start", "create")]
