@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from config.spec import Registry
-from daemon.podman_runtime import registry_auth_header
+from daemon.podman_runtime import _pull_failure, registry_auth_header
 from daemon.registry import RegistryCredentialsError, registry_auth
-from daemon.runtime import RegistryAuth, RuntimeFailure
+from daemon.runtime import ImageNotFound, RegistryAuth, RuntimeFailure, TemporaryRuntimeError
 
 SECRET = "pa55:w0rd with spaces"
 
@@ -125,3 +125,39 @@ def test_an_unreadable_auth_file_never_shows_its_contents(tmp_path: Path) -> Non
         registry_auth_header("x.example/app", RegistryAuth(auth_file=str(path)))
     assert SECRET not in str(caught.value)
     assert str(caught.value) == f"registry auth file {path}: not JSON"
+
+
+@pytest.mark.parametrize(
+    ("error", "authenticated", "kind", "start"),
+    [
+        (
+            "reading manifest 1 in r:5000/app: unauthorized: authentication required",
+            True,
+            RuntimeFailure,
+            "pull r:5000/app:1: the registry refused the credentials given: reading",
+        ),
+        (
+            "requested access to the resource is denied",
+            False,
+            RuntimeFailure,
+            "pull r:5000/app:1: the registry refused an anonymous pull (no [registry]): ",
+        ),
+        ("reading manifest 1: manifest unknown: manifest unknown", True, ImageNotFound, "pull "),
+        (
+            'Get "https://r:5000/v2/": http: server gave HTTP response to HTTPS client',
+            False,
+            RuntimeFailure,
+            "pull r:5000/app:1: Get",
+        ),
+        ("dial tcp r:5000: connect: connection refused", True, TemporaryRuntimeError, "pull "),
+        ("writing blob: permission denied", True, RuntimeFailure, "pull r:5000/app:1: writing"),
+    ],
+)
+def test_pull_errors_say_what_happened(
+    error: str, authenticated: bool, kind: type[RuntimeFailure], start: str
+) -> None:
+    failure = _pull_failure("r:5000/app:1", error, authenticated=authenticated)
+    assert type(failure) is kind
+    assert str(failure).startswith(start)
+    if "HTTPS client" in error:
+        assert str(failure).endswith("must be marked insecure = true in Podman's registries.conf)")
