@@ -18,10 +18,8 @@ import logging
 import signal
 from contextlib import aclosing
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import httpx
 import trio
 
 from config.errors import SpecError
@@ -89,8 +87,7 @@ class Berthd:
                     raise StartupError(f"Podman: {exc}") from exc
                 log.info("podman at %s: %s", url, self.podman_version)
                 await root.start(self.endpoints.run)
-                async with httpx.AsyncClient() as http:
-                    await self._run_control(http, task_status)
+                await self._run_control(task_status)
                 await self.endpoints.drain_all()
                 await self.runtime.aclose()
                 root.cancel_scope.cancel()
@@ -98,9 +95,7 @@ class Berthd:
             store.close()
         log.info("berthd stopped; replicas left running")
 
-    async def _run_control(
-        self, http: httpx.AsyncClient, task_status: trio.TaskStatus[None]
-    ) -> None:
+    async def _run_control(self, task_status: trio.TaskStatus[None]) -> None:
         from daemon.admin_api import AdminApi  # the API knows the daemon, not the reverse
 
         ctx = WorkerContext(
@@ -110,7 +105,7 @@ class Berthd:
             events=self.events,
             endpoints=self.endpoints,
             ports=self.ports,
-            probe=partial(run_probe, http),
+            probe=run_probe,
         )
         self._ctx = ctx
         async with trio.open_nursery() as control:
