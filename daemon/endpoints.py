@@ -12,6 +12,7 @@ change; `close` drains it away when the deployment goes. A replica set is pushed
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -53,7 +54,9 @@ class EndpointManager:
         slot = self._slots.get(name)
         return slot.endpoint if slot else None
 
-    async def ensure(self, name: str, spec: EndpointSpec) -> Endpoint:
+    async def ensure(
+        self, name: str, spec: EndpointSpec, on_suspect: Callable[[str], None] | None = None
+    ) -> Endpoint:
         """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind."""
         slot = self._slots.get(name)
         if slot is not None and slot.spec == spec:
@@ -61,7 +64,13 @@ class EndpointManager:
         if slot is not None:
             await self.close(name)
         assert self._nursery is not None, "EndpointManager.run has not started"
-        endpoint = Endpoint(name, bind=spec.bind, port=spec.port, timeouts=timeouts_of(spec))
+        endpoint = Endpoint(
+            name,
+            bind=spec.bind,
+            port=spec.port,
+            timeouts=timeouts_of(spec),
+            on_suspect=on_suspect,
+        )
         new = _Slot(spec, endpoint)
         await self._nursery.start(self._serve, new)
         self._slots[name] = new

@@ -97,6 +97,12 @@ class ReplicaHealth:
             t.in_flight = True
         return tracks
 
+    def probe_soon(self, kind: ProbeKind, now: float) -> None:
+        """Bring a probe forward (the proxy saw the replica fail a request)."""
+        track = self.tracks.get(kind)
+        if track is not None:
+            track.next_at = min(track.next_at, now)
+
     def next_due(self) -> float | None:
         times = [t.next_at for t in self._active() if not t.in_flight]
         return min(times) if times else None

@@ -139,6 +139,16 @@ class DeploymentWorker:
     def nudge(self) -> None:
         self._wake.set()
 
+    def suspect(self, replica_id: str) -> None:
+        """The proxy failed to reach this replica: probe its readiness now, not next period.
+
+        Called on the proxy's hot path: it only reschedules, never blocks.
+        """
+        memory = self._memory.get(replica_id)
+        if memory is not None and memory.health is not None:
+            memory.health.probe_soon(ProbeKind.READINESS, trio.current_time())
+            self._probe_wake.set()
+
     def snapshot(self) -> WorkerSnapshot:
         return self._snapshot
 
@@ -305,7 +315,9 @@ class DeploymentWorker:
             await self._ctx.endpoints.close(self.name)
             return
         try:
-            endpoint = await self._ctx.endpoints.ensure(self.name, active.spec.endpoint)
+            endpoint = await self._ctx.endpoints.ensure(
+                self.name, active.spec.endpoint, on_suspect=self.suspect
+            )
         except OSError as exc:
             error = f"endpoint {active.spec.endpoint.bind}:{active.spec.endpoint.port}: {exc}"
             if error != self._endpoint_error:

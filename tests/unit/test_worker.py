@@ -318,3 +318,20 @@ async def test_adopts_existing_containers_without_duplicates_or_restarts(
     assert {c.container_id for c in rig.runtime.containers.values()} == before
     assert fresh.snapshot().ready == 2
     assert not [c for c in rig.runtime.calls[calls:] if c[0] in ("stop", "start", "create")]
+
+
+async def test_a_replica_the_proxy_suspects_is_probed_at_once(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    text = spec_text(rig.port, count=2) + (
+        '[health.readiness]\npath = "/health"\nperiod = "30s"\nfailure_threshold = 1\n'
+    )
+    await running_and_ready(rig, text)
+    sick = next(iter(rig.runtime.containers.values()))
+    rid = sick.spec.labels[LABEL_REPLICA]
+    rig.answering.discard(sick.spec.host_port)
+    await rig.worker.probe_once()
+    assert rid in published(rig)  # its next probe is 30 s away
+    rig.worker.suspect(rid)  # what the endpoint calls when a connect to it fails
+    await rig.settle()
+    assert rid not in published(rig)
