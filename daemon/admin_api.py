@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from config.spec import DeploymentSpec
+from config.units import parse_duration
 from daemon import __version__
 from daemon.admin_server import AdminRequest, AdminResponse
 from daemon.apply import ApplyRefused, apply_spec_text
@@ -78,7 +79,7 @@ class AdminApi:
             case ["deployments", name, "logs"] if m == "GET":
                 return await self.logs(name, req)
             case ["deployments", name, "metrics"] if m == "GET":
-                return await self.metrics(name)
+                return await self.metrics(name, req)
             case ["events"] if m == "GET":
                 return await self.event_list(req)
         return error(
@@ -124,8 +125,8 @@ class AdminApi:
             json={
                 "version": __version__,
                 "podman": self.d.podman_version,
-                "gpus": [],
-                "gpu_note": "no GPU found (NVML not available, no CDI nvidia.com/gpu devices)",
+                "gpus": [dataclasses.asdict(g) for g in self.d.gpus.gpus()],
+                "gpu_note": self.d.gpus.inventory.describe(),
                 "deployments": len(deployments),
                 "state_dir": str(self.d.state_dir),
                 "socket": str(self.d.settings.socket),
@@ -166,6 +167,8 @@ class AdminApi:
             {**dataclasses.asdict(r), "gpus": list(r.gpus)} for r in (snap.replicas if snap else ())
         ]
         summary["endpoint_error"] = snap.endpoint_error if snap else None
+        summary["pending"] = snap.pending if snap else 0
+        summary["error"] = snap.error if snap else None
         return AdminResponse(json=summary)
 
     async def remove(self, name: str) -> AdminResponse:
@@ -288,13 +291,15 @@ class AdminApi:
             text=data.decode("utf-8", "replace"), content_type="text/plain; charset=utf-8"
         )
 
-    async def metrics(self, name: str) -> AdminResponse:
+    async def metrics(self, name: str, req: AdminRequest) -> AdminResponse:
         if await self._deployment(name) is None:
             return error(404, f"no deployment named {name!r}")
-        endpoint = self.d.endpoints.get(name)
-        if endpoint is None:
-            return error(409, f"{name} has no endpoint serving right now")
-        return AdminResponse(json=dataclasses.asdict(endpoint.statistics()))
+        since_text = req.query.get("since") or "1h"
+        try:
+            since = parse_duration(since_text)
+        except ValueError as exc:
+            return error(400, f"since: {exc} (got {since_text!r})")
+        return AdminResponse(json=await self.d.metrics.deployment_metrics(name, since))
 
     async def event_list(self, req: AdminRequest) -> AdminResponse:
         deployment = req.query.get("deployment") or None

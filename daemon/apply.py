@@ -11,10 +11,14 @@ import json
 import socket
 from typing import TYPE_CHECKING
 
+import trio
+
 from config.canonical import spec_id, spec_to_dict
 from config.errors import SpecError
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
+from daemon.mounts_check import mount_problems
+from daemon.placement import apply_problems
 from daemon.store import ApplyResult, Store
 
 if TYPE_CHECKING:
@@ -66,10 +70,8 @@ async def host_problems(daemon: Berthd, spec: DeploymentSpec) -> list[str]:
     own = daemon.endpoints.get(spec.name)
     if not problems and (own is None or own.port != port) and port_in_use(spec.endpoint.bind, port):
         problems.append(f"endpoint.port: in use by another program on this host (got {port})")
-    if spec.resources.gpus > 0 or spec.resources.gpu_memory is not None:
-        field = "resources.gpus" if spec.resources.gpus > 0 else "resources.gpu_memory"
-        got = spec.resources.gpus if spec.resources.gpus > 0 else spec.resources.gpu_memory
-        problems.append(f"{field}: this host has no GPU that berth can use (got {got})")
+    problems.extend(apply_problems(spec.resources, daemon.gpus.gpus()))
+    problems.extend(await trio.to_thread.run_sync(mount_problems, spec, daemon.settings))
     return problems
 
 

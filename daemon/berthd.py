@@ -17,7 +17,8 @@ import hashlib
 import logging
 import signal
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -30,10 +31,17 @@ from daemon import __version__
 from daemon.admin_server import AdminServer, AdminSocketError
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
+from daemon.gpu import load_inventory
+from daemon.gpu_ledger import GpuLedger
+from daemon.metrics import MetricsSampler
+from daemon.mounts import MountPreparer
+from daemon.notify import Notifier
+from daemon.observability import metrics_sampler, metrics_snapshot
 from daemon.podman_runtime import PodmanRuntime
 from daemon.podman_service import PodmanService, PodmanUnavailable
 from daemon.ports import HostPortAllocator
 from daemon.probes import run_probe
+from daemon.prometheus import MetricsServer
 from daemon.runtime import LABEL_DEPLOYMENT, LABEL_INSTANCE, ContainerRuntime, RuntimeFailure
 from daemon.store import Store
 from daemon.store_access import StoreAccess
@@ -42,6 +50,7 @@ from daemon.worker import DeploymentWorker, WorkerContext
 log = logging.getLogger("berthd")
 
 WORKER_RESTART_DELAY = 5.0
+READY_WAIT = 10.0  # at most this long before telling systemd READY=1
 
 
 class StartupError(Exception):
@@ -56,6 +65,7 @@ def instance_id(state_dir: Path) -> str:
 @dataclass
 class Berthd:
     settings: DaemonSettings
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
 
     def __post_init__(self) -> None:
         self.state_dir = self.settings.state_dir
@@ -70,6 +80,8 @@ class Berthd:
         self.store: StoreAccess
         self.events: EventLog
         self.podman_version = "unknown"
+        self.gpus: GpuLedger
+        self.metrics: MetricsSampler
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +98,14 @@ class Berthd:
                 except (PodmanUnavailable, RuntimeFailure) as exc:
                     raise StartupError(f"Podman: {exc}") from exc
                 log.info("podman at %s: %s", url, self.podman_version)
+                inventory = await trio.to_thread.run_sync(load_inventory)
+                self.gpus = GpuLedger(inventory)
+                log.info("GPUs: %s", inventory.describe())
                 await root.start(self.endpoints.run)
-                await self._run_control(task_status)
+                try:
+                    await self._run_control(task_status)
+                finally:
+                    inventory.close()
                 await self.endpoints.drain_all()
                 await self.runtime.aclose()
                 root.cancel_scope.cancel()
@@ -106,14 +124,29 @@ class Berthd:
             endpoints=self.endpoints,
             ports=self.ports,
             probe=run_probe,
+            mounts=MountPreparer(
+                self.runtime, self.settings, volume_labels={LABEL_INSTANCE: self.instance}
+            ),
+            gpus=self.gpus,
         )
         self._ctx = ctx
         async with trio.open_nursery() as control:
             self._control = control
             control.start_soon(self._handle_signals)
+            control.start_soon(self.notifier.watchdog_loop)
             for name in await self._known_deployments():
                 self.ensure_worker(name)
             control.start_soon(self._watch_podman_events)
+            self.metrics = metrics_sampler(self)
+            await control.start(self.metrics.run)
+            if self.settings.metrics_listen:
+                exporter = MetricsServer(
+                    self.settings.metrics_listen, partial(metrics_snapshot, self)
+                )
+                try:
+                    await control.start(exporter.run)
+                except OSError as exc:
+                    raise StartupError(f"metrics {self.settings.metrics_listen}: {exc}") from exc
             if self.settings.specs is not None:
                 await self.apply_specs_dir(self.settings.specs)
             server = AdminServer(self.settings.socket, AdminApi(self).handle)
@@ -131,8 +164,17 @@ class Berthd:
                 self.instance,
             )
             task_status.started()
+            await self._first_rounds()
+            self.notifier.ready(f"serving {len(self.workers)} deployments")
             await self._shutdown.wait()
             control.cancel_scope.cancel()
+
+    async def _first_rounds(self) -> None:
+        """Until every worker has observed and probed its replicas once (bounded)."""
+        with trio.move_on_after(READY_WAIT):
+            for worker in list(self.workers.values()):
+                for _ in range(2):  # a round to observe, another after the first probes
+                    await worker.wait_round()
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -142,10 +184,13 @@ class Berthd:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if self.settings.specs is not None:
+                        self.notifier.reloading()
                         log.info("SIGHUP: applying %s again", self.settings.specs)
                         await self.apply_specs_dir(self.settings.specs)
+                        self.notifier.ready()
                 else:
                     log.info("%s: stopping (replicas keep running)", signal.Signals(signum).name)
+                    self.notifier.stopping()
                     self.request_shutdown()
 
     async def _known_deployments(self) -> set[str]:

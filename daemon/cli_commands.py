@@ -120,6 +120,19 @@ def cmd_ls(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_cell(r: dict[str, Any]) -> str:
+    probe = r.get("last_probe") or "-"
+    failures = r.get("consecutive_failures") or 0
+    return f"{probe} ({failures} failing)" if failures else str(probe)
+
+
+def _exit_cell(r: dict[str, Any]) -> str:
+    reason = r.get("last_exit_reason") or "-"
+    if r.get("restart_in") is not None:
+        reason += f"; restart in {r['restart_in']:g}s"
+    return str(reason)
+
+
 def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
     d = client.call("GET", _deployment_path(args.name))
     if args.json:
@@ -136,12 +149,23 @@ def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
         ("replicas", replicas_text),
         ("endpoint", d.get("endpoint")),
         *([("endpoint_error", d["endpoint_error"])] if d.get("endpoint_error") else []),
+        *([("pending", f"{d['pending']} ({d.get('error')})")] if d.get("pending") else []),
         ("created", fmt.timestamp(d.get("created_at"))),
     ]
     print(fmt.key_values(pairs))
     replicas = d.get("replicas") or []
     if replicas:
-        headers = ["ID", "CONTAINER", "STATE", "READY", "RESTARTS", "PORT", "SPEC_ID"]
+        headers = [
+            "ID",
+            "CONTAINER",
+            "STATE",
+            "READY",
+            "RESTARTS",
+            "PORT",
+            "SPEC_ID",
+            "LAST PROBE",
+            "LAST EXIT",
+        ]
         with_gpus = any(r.get("gpus") for r in replicas)
         if with_gpus:
             headers.append("GPUS")
@@ -155,6 +179,8 @@ def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
                 r.get("restarts"),
                 r.get("host_port"),
                 r.get("spec_id"),
+                _probe_cell(r),
+                _exit_cell(r),
             ]
             if with_gpus:
                 row.append(r.get("gpus"))

@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from daemon.berthd import Berthd
+    from daemon.notify import Notifier
 
+    # Before anything starts a child (the embedded Podman service, conmon): it takes
+    # NOTIFY_SOCKET out of the environment so that only berthd talks to systemd.
+    notifier = Notifier.from_environment()
     try:
-        trio.run(Berthd(settings).run)
+        trio.run(Berthd(settings, notifier).run)
     except BaseException as exc:
         startup = _startup_error(exc)
         if startup is None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from config.spec import DeploymentSpec
+from daemon.gpu_ledger import LABEL_GPUS
 from daemon.runtime import (
     LABEL_DEPLOYMENT,
     LABEL_HOST_PORT,
@@ -19,6 +20,7 @@ from daemon.runtime import (
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
     ContainerSpec,
+    MountSpec,
 )
 
 REPLICA_HOST = "127.0.0.1"
@@ -63,7 +65,10 @@ def container_name(deployment: str, replica_id: str) -> str:
 
 
 def replica_labels(
-    who: ReplicaIdentity, host_port: int, extra_ports: Mapping[int, int] | None = None
+    who: ReplicaIdentity,
+    host_port: int,
+    extra_ports: Mapping[int, int] | None = None,
+    devices: tuple[str, ...] = (),
 ) -> dict[str, str]:
     labels = {
         LABEL_INSTANCE: who.instance,
@@ -75,16 +80,21 @@ def replica_labels(
     }
     if extra_ports:
         labels[LABEL_EXTRA_PORTS] = format_extra_ports(extra_ports)
+    if devices:
+        labels[LABEL_GPUS] = ",".join(devices)
     return labels
 
 
 def replica_container(
-    spec: DeploymentSpec, who: ReplicaIdentity, where: ReplicaPlacement
+    spec: DeploymentSpec,
+    who: ReplicaIdentity,
+    where: ReplicaPlacement,
+    mounts: tuple[MountSpec, ...] = (),
 ) -> ContainerSpec:
     return ContainerSpec(
         name=container_name(who.deployment, who.replica_id),
         image=spec.image,
-        labels=replica_labels(who, where.host_port, where.extra_ports),
+        labels=replica_labels(who, where.host_port, where.extra_ports, where.devices),
         app_port=spec.port,
         host_port=where.host_port,
         host_ip=REPLICA_HOST,
@@ -95,4 +105,5 @@ def replica_container(
         devices=where.devices,
         stop_timeout=spec.stop_timeout,
         extra_ports=dict(where.extra_ports),
+        mounts=mounts,
     )

@@ -31,9 +31,14 @@ import trio
 from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
+from daemon.backoff import RestartBackoff
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
+from daemon.gpu_ledger import LABEL_GPUS, GpuLedger, parse_gpus_label, replica_key
 from daemon.health import ProbeKind, ReplicaHealth, Transition
+from daemon.mounts import MountPreparer
+from daemon.mounts_git import MountError
+from daemon.placement import GpuRequest, Unplaceable
 from daemon.plan import (
     Action,
     CreateReplica,
@@ -46,6 +51,7 @@ from daemon.plan import (
 )
 from daemon.ports import HostPortAllocator
 from daemon.probes import ProbeFn, ProbeResult
+from daemon.registry import RegistryCredentialsError, registry_auth
 from daemon.replica_spec import (
     LABEL_EXTRA_PORTS,
     REPLICA_HOST,
@@ -64,6 +70,7 @@ from daemon.runtime import (
     ContainerInfo,
     ContainerNotFound,
     ContainerRuntime,
+    MountSpec,
     RuntimeFailure,
 )
 from daemon.store import ReplicaRecord, Store
@@ -85,6 +92,9 @@ class WorkerSnapshot:
     replicas: tuple[ReplicaView, ...]
     status: str
     endpoint_error: str | None = None
+    # Why new replicas cannot be made now (no GPU free, image pull failed, mount failed, ...)
+    error: str | None = None
+    pending: int = 0  # desired replicas that have no container yet
 
 
 @dataclass
@@ -96,6 +106,8 @@ class WorkerContext:
     endpoints: EndpointManager
     ports: HostPortAllocator
     probe: ProbeFn
+    mounts: MountPreparer
+    gpus: GpuLedger
 
 
 @dataclass
@@ -106,6 +118,14 @@ class _Active:
     spec_id: str
     template_id: str
     desired_replicas: int
+
+
+class CreateRefused(Exception):
+    """New replicas cannot be made now; the message says why, fit for an event."""
+
+    def __init__(self, message: str, *, repeated: bool = False) -> None:
+        super().__init__(message)
+        self.repeated = repeated
 
 
 def desired_count(spec: DeploymentSpec, pinned: int | None) -> int:
@@ -129,6 +149,10 @@ class DeploymentWorker:
         self._records: dict[str, ReplicaRecord] | None = None
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self._endpoint_error: str | None = None
+        self._create_error: str | None = None
+        self._create_backoff = RestartBackoff()
+        self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
+        self.scale_downs = 0
         self._parsed: dict[str, DeploymentSpec] = {}
         self._round_done = trio.Event()
 
@@ -151,6 +175,9 @@ class DeploymentWorker:
 
     def snapshot(self) -> WorkerSnapshot:
         return self._snapshot
+
+    def active_spec(self) -> DeploymentSpec | None:
+        return self._active.spec if self._active else None
 
     async def wait_round(self) -> None:
         """Wait until the next round has finished (the API uses this after a change)."""
@@ -244,6 +271,9 @@ class DeploymentWorker:
                 memory = self._memory[rid] = self._remember(rid, now)
             if c.host_port is not None:
                 self._ctx.ports.reserve(c.host_port)
+            devices = parse_gpus_label(c.labels.get(LABEL_GPUS, ""))
+            shared = active.spec.resources.gpu_memory if active else None
+            self._ctx.gpus.note(replica_key(self.name, rid), devices, shared)
             await self._track_run(memory, c, active, now)
         for rid in list(self._memory):
             if rid not in seen:
@@ -446,7 +476,8 @@ class DeploymentWorker:
                 elif isinstance(action, StartReplica):
                     await self._start_again(action)
                 elif isinstance(action, CreateReplica) and active is not None:
-                    await self._create(active)
+                    if self._create_backoff.may_retry(trio.current_time()):
+                        await self._create(active)
 
     async def _save(self, memory: ReplicaMemory, container_id: str, state: str) -> None:
         active = self._active
@@ -475,16 +506,25 @@ class DeploymentWorker:
         ctx = self._ctx
         spec = active.spec
         rid = secrets.token_hex(4)
+        key = replica_key(self.name, rid)
+        placed = ctx.gpus.place(key, GpuRequest.of(spec.resources))
+        if isinstance(placed, Unplaceable):
+            await self._create_failed(f"a new replica is pending: {placed.reason}", rid, "pending")
+            return
+        try:
+            mounts = await self._prepare(active)
+        except CreateRefused as exc:
+            ctx.gpus.forget(key)
+            await self._create_failed(str(exc), rid, "create-failed", quiet=exc.repeated)
+            return
         host_port = ctx.ports.allocate()
         extra = {port: ctx.ports.allocate() for port in sorted(self._probe_ports(spec))}
         who = ReplicaIdentity(ctx.instance, self.name, rid, active.spec_id, active.template_id)
-        container = replica_container(spec, who, ReplicaPlacement(host_port, extra))
+        where = ReplicaPlacement(host_port, extra, placed.devices)
+        container = replica_container(spec, who, where, mounts)
         memory = self._memory[rid] = ReplicaMemory(rid, first_seen=trio.current_time())
         memory.started_here = True
         try:
-            if not await ctx.runtime.image_exists(spec.image):
-                await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.name)
-                await ctx.runtime.pull(spec.image)
             container_id = await ctx.runtime.create(container)
             memory.ports = {spec.port: host_port, **extra}
             await self._save(memory, container_id, "starting")
@@ -492,21 +532,50 @@ class DeploymentWorker:
         except RuntimeFailure as exc:
             for port in (host_port, *extra.values()):
                 ctx.ports.release(port)
-            await ctx.events.emit(
-                "create-failed",
-                f"replica {rid} of revision {active.revision} failed to start: {exc}",
-                deployment=self.name,
-                replica=rid,
-                level=logging.ERROR,
-            )
+            ctx.gpus.forget(key)
+            message = f"replica {rid} of revision {active.revision} failed to start: {exc}"
+            await self._create_failed(message, rid, "create-failed")
             return
+        self._create_error = None
+        self._create_backoff = RestartBackoff()
+        gpus = f", GPUs {', '.join(placed.devices)}" if placed.devices else ""
         await ctx.events.emit(
             "created",
             f"replica {rid} created (revision {active.revision}, spec {active.spec_id}, "
-            f"port {host_port})",
+            f"port {host_port}{gpus})",
             deployment=self.name,
             replica=rid,
         )
+
+    async def _prepare(self, active: _Active) -> tuple[MountSpec, ...]:
+        """Pull the image (with the spec's credentials) and prepare its mounts."""
+        ctx, spec = self._ctx, active.spec
+        try:
+            auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
+            if not await ctx.runtime.image_exists(spec.image):
+                await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.name)
+                await ctx.runtime.pull(spec.image, auth=auth)
+            return await ctx.mounts.prepare(spec, active.spec_id)
+        except RegistryCredentialsError as exc:
+            raise CreateRefused(f"registry credentials: {exc}") from exc
+        except RuntimeFailure as exc:
+            raise CreateRefused(f"cannot pull {spec.image}: {exc}") from exc
+        except MountError as exc:
+            raise CreateRefused(str(exc), repeated=exc.repeated) from exc
+
+    async def _create_failed(
+        self, message: str, rid: str, kind: str, *, quiet: bool = False
+    ) -> None:
+        """No replica could be made: say so once per distinct reason, retry with back-off."""
+        delay = self._create_backoff.failed(trio.current_time())
+        if message != self._create_error and not quiet:
+            await self._ctx.events.emit(
+                kind,
+                f"{message} (retrying in {delay:.1f}s)",
+                deployment=self.name,
+                level=logging.ERROR if kind != "pending" else logging.WARNING,
+            )
+        self._create_error = message
 
     async def _start_again(self, action: StartReplica) -> None:
         memory = self._memory.get(action.replica_id)
@@ -585,6 +654,7 @@ class DeploymentWorker:
         for port in {info.host_port, *(memory.ports.values() if memory else ())}:
             if port is not None:
                 ctx.ports.release(port)
+        ctx.gpus.forget(replica_key(self.name, action.replica_id))
         await ctx.store.call(Store.delete_replica, action.replica_id)
         await ctx.events.emit(
             "removed",
@@ -616,6 +686,7 @@ class DeploymentWorker:
                     restarts=memory.restarts,
                     host_port=c.host_port,
                     spec_id=c.labels.get(LABEL_SPEC_ID, ""),
+                    gpus=parse_gpus_label(c.labels.get(LABEL_GPUS, "")),
                     last_probe=health.last_result.detail if health and health.last_result else None,
                     consecutive_failures=health.consecutive_failures if health else 0,
                     last_exit_reason=memory.last_exit_reason,
@@ -639,4 +710,8 @@ class DeploymentWorker:
             status = "running"
         else:
             status = "progressing"
-        return WorkerSnapshot(desired, ready, tuple(views), status, self._endpoint_error)
+        pending = max(0, desired - len(current)) if active else 0
+        error = self._create_error if pending else None
+        return WorkerSnapshot(
+            desired, ready, tuple(views), status, self._endpoint_error, error, pending
+        )

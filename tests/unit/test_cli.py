@@ -66,6 +66,9 @@ DEPLOYMENT = {
             "host_port": 40002,
             "spec_id": "3f9c0a1b2c3d",
             "gpus": [],
+            "last_probe": "HTTP 503",
+            "consecutive_failures": 2,
+            "last_exit_reason": "exited with code 1",
         },
     ],
 }
@@ -277,9 +280,12 @@ async def test_get_shows_the_deployment_replicas_and_spec(
     assert "replicas:       2/2 ready\n" in out
     assert "created:        2024-05-01T12:00:05Z\n" in out
     assert (
-        "ID  CONTAINER     STATE     READY  RESTARTS  PORT   SPEC_ID\n"
-        "r1  0123456789ab  ready     yes    0         40001  3f9c0a1b2c3d\n"
-        "r2  fedcba987654  starting  no     3         40002  3f9c0a1b2c3d\n"
+        "ID  CONTAINER     STATE     READY  RESTARTS  PORT   SPEC_ID       LAST PROBE"
+        "            LAST EXIT\n"
+        "r1  0123456789ab  ready     yes    0         40001  3f9c0a1b2c3d  -"
+        "                     -\n"
+        "r2  fedcba987654  starting  no     3         40002  3f9c0a1b2c3d  HTTP 503 (2 failing)"
+        "  exited with code 1\n"
     ) in out
     assert '  image = "localhost/berth-echo:2"\n' in out
 

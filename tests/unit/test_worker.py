@@ -17,10 +17,14 @@ from trio.testing import MockClock
 
 from config.canonical import spec_id, template_id
 from config.parse import parse_spec
+from config.settings import load_settings
 from config.spec import Probe
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
 from daemon.fake_runtime import FakeRuntime
+from daemon.gpu_fake import FakeGpuInventory, fake_gpus
+from daemon.gpu_ledger import GpuLedger
+from daemon.mounts import MountPreparer
 from daemon.ports import HostPortAllocator
 from daemon.probes import ProbeResult
 from daemon.replicas import ReplicaView
@@ -98,6 +102,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         endpoints=endpoints,
         ports=HostPortAllocator(),
         probe=probe,
+        mounts=MountPreparer(runtime, load_settings(None, {}, {"state_dir": tmp_path})),
+        gpus=GpuLedger(FakeGpuInventory(fake_gpus(2))),
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoints.run)
@@ -288,6 +294,9 @@ async def test_a_failed_create_is_an_event_and_is_retried(rig: Rig, mock_clock: 
     assert rig.replicas() == {}
     assert "create-failed" in rig.events()
     await rig.worker.reconcile_once()
+    assert rig.replicas() == {}  # not before its back-off
+    mock_clock.jump(2.0)
+    await rig.worker.reconcile_once()
     assert len(rig.replicas()) == 1
 
 
@@ -335,3 +344,22 @@ async def test_a_replica_the_proxy_suspects_is_probed_at_once(
     rig.worker.suspect(rid)  # what the endpoint calls when a connect to it fails
     await rig.settle()
     assert rid not in published(rig)
+
+
+async def test_gpu_replicas_get_distinct_devices_and_the_rest_wait_pending(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    rig.apply(spec_text(rig.port, count=3) + "[resources]\ngpus = 1\n")
+    await rig.worker.reconcile_once()
+    devices = [c.spec.devices for c in rig.runtime.containers.values()]
+    assert sorted(devices) == [("nvidia.com/gpu=0",), ("nvidia.com/gpu=1",)]
+    await rig.worker.reconcile_once()
+    snapshot = rig.worker.snapshot()
+    assert snapshot.pending == 1 and "needs 1 GPU" in (snapshot.error or "")
+    assert "pending" in rig.events()
+    assert {v.gpus for v in snapshot.replicas} == {("nvidia.com/gpu=0",), ("nvidia.com/gpu=1",)}
+    # a restarted berthd knows who holds which GPU from the labels: still no third placement
+    fresh = DeploymentWorker("web", rig.worker._ctx)
+    mock_clock.jump(10)
+    await fresh.reconcile_once()
+    assert len(rig.runtime.containers) == 2

@@ -1,0 +1,85 @@
+"""What berthd tells the outside about itself: metric samples and the Prometheus snapshot.
+
+Glue between the daemon's parts (workers, endpoints, the GPU ledger) and the two observers
+that read them on their own schedule: the `MetricsSampler` (every few seconds; `berth
+metrics`, the autoscaler) and the Prometheus `/metrics` endpoint (at every scrape). Both
+only read in-memory state here, so a scrape never touches Podman or SQLite.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from daemon import __version__
+from daemon.gpu import GpuSample
+from daemon.metrics import MetricsSampler
+from daemon.metrics_model import ReplicaTarget
+from daemon.metrics_store import StoreRollups
+from daemon.prometheus import (
+    DeploymentMetrics,
+    GpuMetrics,
+    MetricsSnapshot,
+    ReplicaMetrics,
+)
+from proxy.stats import EndpointStatistics
+
+if TYPE_CHECKING:
+    from daemon.berthd import Berthd
+
+
+def metrics_sampler(daemon: Berthd) -> MetricsSampler:
+    def targets() -> list[ReplicaTarget]:
+        out = []
+        for name, worker in daemon.workers.items():
+            spec = worker.active_spec()
+            cpus = spec.resources.cpus if spec else None
+            for r in worker.snapshot().replicas:
+                if r.state != "stopped" and r.state != "crashloop":
+                    out.append(ReplicaTarget(name, r.id, r.container_id, r.gpus, cpus))
+        return out
+
+    def statistics(name: str) -> EndpointStatistics | None:
+        endpoint = daemon.endpoints.get(name)
+        return endpoint.statistics() if endpoint else None
+
+    return MetricsSampler(
+        daemon.runtime,
+        targets,
+        statistics,
+        gpus=daemon.gpus.inventory.sample,
+        rollups=StoreRollups(daemon.store),
+        deployments=lambda: list(daemon.workers),
+    )
+
+
+def _gpu(sample: GpuSample) -> GpuMetrics:
+    return GpuMetrics(
+        index=sample.index,
+        utilization_percent=sample.utilization_percent,
+        memory_used_bytes=sample.memory_used_bytes,
+        memory_total_bytes=sample.memory_total_bytes,
+        temperature_c=sample.temperature_c,
+        power_w=sample.power_w,
+    )
+
+
+async def metrics_snapshot(daemon: Berthd) -> MetricsSnapshot:
+    deployments = []
+    for name, worker in sorted(daemon.workers.items()):
+        snap = worker.snapshot()
+        endpoint = daemon.endpoints.get(name)
+        deployments.append(
+            DeploymentMetrics(
+                name=name,
+                desired=snap.desired,
+                ready=snap.ready,
+                replicas=tuple(ReplicaMetrics(r.id, r.state, r.restarts) for r in snap.replicas),
+                endpoint=endpoint.statistics() if endpoint else None,
+                scale_ups=worker.scale_ups,
+                scale_downs=worker.scale_downs,
+            )
+        )
+    samples = await trio.to_thread.run_sync(daemon.gpus.inventory.sample)
+    return MetricsSnapshot(__version__, tuple(deployments), tuple(_gpu(s) for s in samples))
