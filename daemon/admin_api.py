@@ -179,8 +179,7 @@ class AdminApi:
         worker = self.d.ensure_worker(name)
         # Answer once the replicas are gone (bounded: a stubborn container may take a while).
         with trio.move_on_after(RM_WAIT):
-            while self.d.workers.get(name) is worker:
-                await worker.wait_round()
+            await worker.finished.wait()
         return AdminResponse(
             json={"name": name, "deployment_id": deployment.deployment_id, "removed": True}
         )

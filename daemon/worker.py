@@ -155,6 +155,7 @@ class DeploymentWorker:
         self.scale_downs = 0
         self._parsed: dict[str, DeploymentSpec] = {}
         self._round_done = trio.Event()
+        self.finished = trio.Event()  # the deployment is gone and so are its containers
 
     def __repr__(self) -> str:
         s = self._snapshot
@@ -184,6 +185,7 @@ class DeploymentWorker:
         await self._round_done.wait()
 
     async def run(self) -> None:
+        """Reconcile until the deployment is gone and cleaned up; then `finished` is set."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._probe_loop)
             while True:
@@ -192,6 +194,7 @@ class DeploymentWorker:
                 done, self._round_done = self._round_done, trio.Event()
                 done.set()
                 if finished:
+                    self.finished.set()
                     nursery.cancel_scope.cancel()
                     return
                 with trio.move_on_at(self._next_round_at()):
