@@ -8,6 +8,11 @@ need_apt=()
 command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need_apt+=(busybox-static)
+# For the tests: git mounts, a private registry on loopback (with htpasswd), unit-file checks.
+command -v git >/dev/null || need_apt+=(git)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: need root to install ${need_apt[*]} (run as root, or install them yourself)" >&2
@@ -16,6 +21,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # The package starts a registry on :5000 where systemd runs; the tests start their own.
+  if [[ " ${need_apt[*]} " == *" docker-registry "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 # Does a container start here as is? Try a throwaway rootfs with busybox (no image needed).
@@ -48,10 +57,13 @@ CONF
 fi
 rm -f "$probe_dir.err"
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import daemon, proxy, config, pytest' 2>/dev/null; then
-  echo "setup: creating the venv in .venv"
-  python3 -m venv .venv
+# The venv is (re)installed when it is missing or pyproject.toml changed since it was made.
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.berth-installed 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing the venv in .venv (pyproject.toml changed or no venv yet)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[test]'
+  echo "$want" > .venv/.berth-installed
 fi
 echo "setup: host ready"
