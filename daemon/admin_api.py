@@ -113,6 +113,8 @@ class AdminApi:
             "ready": snap.ready if snap else 0,
             "endpoint": endpoint_url(spec),
             "status": snap.status if snap else "progressing",
+            "updated": snap.updated if snap else 0,
+            "reason": snap.error if snap else None,
             "pinned": deployment.pinned_replicas,
             "image": spec.image,
         }

@@ -74,17 +74,19 @@ def wait_for_rollout(
         status = deployment.get("status")
         current = deployment.get("revision")
         if current != revision:
+            mine = client.call("GET", f"{_deployment_path(name)}/revisions/{revision}")
+            what = "failed" if mine.get("status") == "failed" else "is no longer active"
             raise CliError(
-                f"{name}: revision {revision} is no longer active (now revision {current}"
-                f"{_reason_suffix(deployment)})"
+                f"{name}: revision {revision} {what}"
+                f"{_reason_suffix(mine, sep=': ')}; revision {current} is active"
             )
         desired = deployment.get("desired")
-        replicas = deployment.get("replicas")
-        if isinstance(replicas, list):
-            ready = sum(1 for r in replicas if r.get("ready") and r.get("spec_id") == spec_id)
-        else:
-            ready = deployment.get("ready")
-        line = f"{name}: {status}, {ready}/{desired} replicas ready on revision {revision}"
+        ready = deployment.get("ready")
+        updated = deployment.get("updated", ready)
+        line = (
+            f"{name}: {status}, {fmt.cell(updated)}/{fmt.cell(desired)} updated, "
+            f"{fmt.cell(ready)} ready (revision {revision})"
+        )
         if line != last_line:
             print(line, flush=True)
             last_line = line
@@ -412,7 +414,7 @@ def _print_json(value: object) -> int:
 
 
 def _reason_suffix(deployment: Mapping[str, Any], *, sep: str = ", ") -> str:
-    reason = deployment.get("reason") or deployment.get("status_reason")
+    reason = deployment.get("reason") or deployment.get("error")
     return f"{sep}{fmt.cell(reason)}" if reason else ""
 
 

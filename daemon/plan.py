@@ -6,10 +6,11 @@ the actions. `plan` holds no state and does no I/O, so it is safe to call as oft
 and repeating a round after a crash or a restart converges to the same place.
 
 Invariants the plan keeps:
-- A replica built from an older container template (a spec update) is removed only once
-  enough replicas of the current template are ready to carry the desired count, so an update
-  never leaves the endpoint with fewer ready replicas than it had. (A simple surge-all
-  replace; the rolling-update issue bounds the surge.)
+- A rolling update, surge first (Kubernetes' Deployment): replicas of an older container
+  template (a spec update) are replaced by new ones, never more than `replicas + max_surge`
+  in all, and a ready old replica is removed only while at least
+  `replicas - max_unavailable` replicas stay ready. With the defaults (surge 1,
+  unavailable 0), an old replica goes only once its replacement is ready.
 - A replica whose container is not running (exited, or created but never started) is
   started again in place, keeping its replica id, once its back-off allows
   (`restart_due`); until then it waits (crashloop) and still counts as one of the replicas,
@@ -32,6 +33,8 @@ class Desired:
     spec_id: str
     template_id: str
     replicas: int
+    max_surge: int = 1  # replicas above `replicas` allowed while old ones are replaced
+    max_unavailable: int = 0  # ready replicas below `replicas` allowed while replacing
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,10 @@ def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Actio
 
     # Too many of the current template: remove the least useful first (not ready, then newest).
     surplus = len(current) - desired.replicas
-    if surplus > 0:
-        by_usefulness = sorted(current, key=lambda o: (o.ready, -o.created_at))
-        for o in by_usefulness[:surplus]:
-            actions.append(RemoveReplica(o.replica_id, o.container_id, "scaled down"))
-        kept = by_usefulness[surplus:]
-    else:
-        kept = current
-        actions.extend(CreateReplica() for _ in range(-surplus))
+    by_usefulness = sorted(current, key=lambda o: (o.ready, -o.created_at))
+    for o in by_usefulness[: max(surplus, 0)]:
+        actions.append(RemoveReplica(o.replica_id, o.container_id, "scaled down"))
+    kept = by_usefulness[max(surplus, 0) :]
 
     for o in kept:
         if not o.running and o.restart_due:
@@ -105,12 +104,18 @@ def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Actio
         elif o.running and o.must_restart:
             actions.append(StopReplica(o.replica_id, o.container_id, o.must_restart))
 
+    # Old replicas go as far as availability allows: those not ready serve nothing and go at
+    # once; ready ones only while at least `replicas - max_unavailable` stay ready.
+    min_available = max(desired.replicas - desired.max_unavailable, 0)
     ready_current = sum(1 for o in kept if o.ready)
-    if ready_current >= desired.replicas:
-        actions.extend(RemoveReplica(o.replica_id, o.container_id, "replaced") for o in stale)
-    else:
-        # Keep old replicas serving, but stopped old ones are no use to anyone.
-        actions.extend(
-            RemoveReplica(o.replica_id, o.container_id, "replaced") for o in stale if not o.running
-        )
+    ready_stale = sorted((o for o in stale if o.ready), key=lambda o: o.created_at)
+    removable = ready_current + len(ready_stale) - min_available
+    leaving = [o for o in stale if not o.ready] + ready_stale[: max(removable, 0)]
+    actions.extend(RemoveReplica(o.replica_id, o.container_id, "replaced") for o in leaving)
+
+    # New replicas: as many as are missing, within replicas + max_surge in all.
+    remaining = len(kept) + len(stale) - len(leaving)
+    room = desired.replicas + desired.max_surge - remaining
+    missing = desired.replicas - len(kept)
+    actions.extend(CreateReplica() for _ in range(max(0, min(missing, room))))
     return actions

@@ -305,6 +305,34 @@ class Store:
             if cursor.rowcount == 0:
                 raise UnknownDeployment(f"{name}: no revision {revision}")
 
+    def roll_back(self, name: str, failed: int, reason: str) -> Revision | None:
+        """Revision `failed` failed (with `reason`): the newest earlier revision that did not
+        fail is active again. Returns it, or None when there is none (then `failed` is
+        marked failed and stays active: there is nothing to go back to). One transaction."""
+        with self._db.atomic():
+            row = self._deployment_row(name)
+            if row is None:
+                raise UnknownDeployment(f"no deployment named {name!r}")
+            deployment_id = row["deployment_id"]
+            back = self._first(
+                "SELECT * FROM revisions WHERE deployment_id = ? AND revision < ?"
+                " AND status != ? ORDER BY revision DESC LIMIT 1",
+                [deployment_id, failed, RevisionStatus.FAILED],
+            )
+            self._db.execute(
+                "UPDATE revisions SET status = ?, reason = ?, active = ?"
+                " WHERE deployment_id = ? AND revision = ?",
+                [RevisionStatus.FAILED, reason, 0 if back else 1, deployment_id, failed],
+            )
+            if back is None:
+                return None
+            self._db.execute(
+                "UPDATE revisions SET status = ?, active = 1"
+                " WHERE deployment_id = ? AND revision = ?",
+                [RevisionStatus.ACTIVE, deployment_id, back["revision"]],
+            )
+            return self.revision(name, back["revision"])
+
     def set_pinned_replicas(self, name: str, count: int | None) -> None:
         if count is not None and count < 0:
             raise ValueError(f"pinned replica count must be >= 0, not {count}")

@@ -61,6 +61,7 @@ from daemon.replica_spec import (
     replica_container,
 )
 from daemon.replicas import ReplicaMemory, ReplicaView, exit_reason
+from daemon.rollout import Rollout
 from daemon.runtime import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -95,6 +96,7 @@ class WorkerSnapshot:
     # Why new replicas cannot be made now (no GPU free, image pull failed, mount failed, ...)
     error: str | None = None
     pending: int = 0  # desired replicas that have no container yet
+    updated: int = 0  # replicas of the active revision's container template
 
 
 @dataclass
@@ -155,6 +157,8 @@ class DeploymentWorker:
         self.scale_downs = 0
         self._parsed: dict[str, DeploymentSpec] = {}
         self._round_done = trio.Event()
+        self._rollout: Rollout | None = None
+        self._failed_revisions: set[int] = set()
         self.finished = trio.Event()  # the deployment is gone and so are its containers
 
     def __repr__(self) -> str:
@@ -217,8 +221,18 @@ class DeploymentWorker:
         containers = await self._observe(active)
         now = trio.current_time()
         observed = [self._observed(c, now) for c in containers]
+        if active is not None:
+            await self._watch_rollout(active, containers, now)
         desired = (
-            Desired(active.spec_id, active.template_id, active.desired_replicas) if active else None
+            Desired(
+                active.spec_id,
+                active.template_id,
+                active.desired_replicas,
+                active.spec.update.max_surge,
+                active.spec.update.max_unavailable,
+            )
+            if active
+            else None
         )
         actions = plan(desired, observed)
         leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
@@ -230,6 +244,71 @@ class DeploymentWorker:
             await self._ctx.endpoints.close(self.name)
             return True
         return False
+
+    async def _watch_rollout(
+        self, active: _Active, containers: list[ContainerInfo], now: float
+    ) -> None:
+        """Track the active revision's rollout; roll back one that stalls past its deadline."""
+        updated = [c for c in containers if c.labels.get(LABEL_TEMPLATE) == active.template_id]
+        ready = sum(
+            1
+            for c in updated
+            if (m := self._memory.get(c.labels[LABEL_REPLICA])) and m.health and m.health.ready
+        )
+        stale = len(containers) - len(updated)
+        if stale == 0 and ready >= active.desired_replicas:
+            if self._rollout is not None and self._rollout.revision == active.revision:
+                await self._ctx.events.emit(
+                    "rollout-complete",
+                    f"revision {active.revision}: {ready}/{active.desired_replicas} replicas ready",
+                    deployment=self.name,
+                )
+            self._rollout = None
+            return
+        if active.revision in self._failed_revisions:
+            return
+        if self._rollout is None or self._rollout.revision != active.revision:
+            deadline = active.spec.update.progress_deadline
+            self._rollout = Rollout(active.revision, deadline, now)
+        self._rollout.observe(now, ready, stale)
+        if self._rollout.stalled(now):
+            await self._roll_back(
+                active, self._rollout.reason(active.desired_replicas, self._why())
+            )
+
+    def _why(self) -> str | None:
+        """The most telling reason new replicas are not ready, for the failed revision."""
+        if self._create_error:
+            return self._create_error
+        for memory in self._memory.values():
+            health = memory.health
+            if memory.backoff.failures and memory.last_exit_reason:
+                return f"replica {memory.replica_id} crash-looping: {memory.last_exit_reason}"
+            if health and not health.ready and health.last_result:
+                return f"replica {memory.replica_id} not ready: {health.last_result.detail}"
+        return None
+
+    async def _roll_back(self, active: _Active, reason: str) -> None:
+        self._failed_revisions.add(active.revision)
+        self._rollout = None
+        back = await self._ctx.store.call(Store.roll_back, self.name, active.revision, reason)
+        if back is None:
+            await self._ctx.events.emit(
+                "rollout-failed",
+                f"revision {active.revision} failed: {reason}; no earlier revision to roll back to",
+                deployment=self.name,
+                level=logging.ERROR,
+            )
+            return
+        self._create_error = None
+        self._create_backoff = RestartBackoff()
+        await self._ctx.events.emit(
+            "rolled-back",
+            f"revision {active.revision} failed: {reason}; rolled back to revision {back.revision}",
+            deployment=self.name,
+            level=logging.ERROR,
+        )
+        self.nudge()
 
     async def _load_desired(self) -> _Active | None:
         store = self._ctx.store
@@ -715,6 +794,9 @@ class DeploymentWorker:
             status = "progressing"
         pending = max(0, desired - len(current)) if active else 0
         error = self._create_error if pending else None
+        if active is not None and active.revision in self._failed_revisions:
+            status = "failed"
+            error = error or f"revision {active.revision} failed"
         return WorkerSnapshot(
-            desired, ready, tuple(views), status, self._endpoint_error, error, pending
+            desired, ready, tuple(views), status, self._endpoint_error, error, pending, len(current)
         )

@@ -368,23 +368,21 @@ async def test_apply_wait_follows_the_rollout(
     path = short_dir / "b.sock"
     spec = short_dir / "echo.toml"
     spec.write_text(SPEC_2)
-    replicas: list[dict[str, Any]] = DEPLOYMENT["replicas"]  # type: ignore[assignment]
-    old = {**replicas[0], "spec_id": "aaaaaaaaaaaa"}
     stub = StubBerthd(
         gets=[
-            {**DEPLOYMENT, "status": "progressing", "replicas": [old, replicas[1]]},
-            {**DEPLOYMENT, "status": "progressing", "replicas": [old, replicas[1]]},
-            {**DEPLOYMENT, "status": "progressing", "replicas": [replicas[0]]},
-            {**DEPLOYMENT, "replicas": [replicas[0], {**replicas[1], "ready": True}]},
+            {**DEPLOYMENT, "status": "progressing", "updated": 1, "ready": 1},
+            {**DEPLOYMENT, "status": "progressing", "updated": 1, "ready": 1},
+            {**DEPLOYMENT, "status": "progressing", "updated": 2, "ready": 1},
+            {**DEPLOYMENT, "updated": 2, "ready": 2},
         ]
     )
     async with berthd(path, stub):
         assert await berth(path, "apply", str(spec), "--wait") == 0
     assert capsys.readouterr().out == (
         "echo: revision 2, spec_id 3f9c0a1b2c3d (updated)\n"
-        "echo: progressing, 0/2 replicas ready on revision 2\n"
-        "echo: progressing, 1/2 replicas ready on revision 2\n"
-        "echo: running, 2/2 replicas ready on revision 2\n"
+        "echo: progressing, 1/2 updated, 1 ready (revision 2)\n"
+        "echo: progressing, 2/2 updated, 1 ready (revision 2)\n"
+        "echo: running, 2/2 updated, 2 ready (revision 2)\n"
     )
 
 

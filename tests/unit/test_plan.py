@@ -80,10 +80,10 @@ CASES = [
         [RemoveReplica("a", "c-a", "scaled to zero")],
     ),
     (
-        "update starts: new template created, old ones kept serving",
+        "update starts: one new replica (max_surge 1), old ones kept serving",
         D,
         [rep("a", "t1"), rep("b", "t1")],
-        [CreateReplica(), CreateReplica()],
+        [CreateReplica()],
     ),
     (
         "update midway: new ones not ready -> old ones stay",
@@ -101,7 +101,7 @@ CASES = [
         "stopped old replica during an update is removed at once",
         D,
         [rep("a", "t1", running=False, ready=False), rep("b", "t1"), rep("c", ready=False)],
-        [CreateReplica(), RemoveReplica("a", "c-a", "replaced")],
+        [RemoveReplica("a", "c-a", "replaced"), CreateReplica()],
     ),
 ]
 
@@ -134,3 +134,45 @@ def test_plan_converges_when_actions_are_applied() -> None:
                 ]
     assert plan(D, observed) == []
     assert len(observed) == 2 and all(o.template_id == "t2" for o in observed)
+
+
+ROLL_CASES = [
+    # (replicas, max_surge, max_unavailable, old replicas) -> bounds the rollout must keep
+    (3, 1, 0, 3),
+    (3, 2, 0, 3),
+    (3, 0, 1, 3),
+    (4, 1, 1, 4),
+    (1, 1, 0, 1),
+    (2, 1, 0, 5),  # scaled down in the same update
+]
+
+
+@pytest.mark.parametrize(("replicas", "surge", "unavailable", "old"), ROLL_CASES)
+def test_rolling_update_keeps_its_bounds_step_by_step(
+    replicas: int, surge: int, unavailable: int, old: int
+) -> None:
+    """Each round: apply the actions; replicas created last round are ready this round."""
+    desired = Desired("s2", "t2", replicas, surge, unavailable)
+    observed = [rep(f"old{i}", "t1", created=i) for i in range(old)]
+    fresh: list[str] = []
+    steps = 0
+    for steps in range(1, 30):
+        observed = [rep(o.replica_id, o.template_id, created=o.created_at) for o in observed]
+        actions = plan(desired, observed)
+        if not actions:
+            break
+        removed = {a.replica_id for a in actions if isinstance(a, RemoveReplica)}
+        observed = [o for o in observed if o.replica_id not in removed]
+        ready = sum(1 for o in observed if o.ready)
+        assert ready >= min(old, replicas) - unavailable, f"step {steps}: only {ready} ready"
+        for a in actions:
+            if isinstance(a, CreateReplica):
+                rid = f"new{len(fresh)}"
+                fresh.append(rid)
+                observed.append(rep(rid, ready=False, created=100 + len(fresh)))
+        assert len(observed) <= max(old, replicas + surge), (
+            f"step {steps}: {len(observed)} replicas"
+        )
+    assert plan(desired, observed) == []
+    assert sorted(o.template_id for o in observed) == ["t2"] * replicas
+    assert steps <= replicas + 2

@@ -386,3 +386,33 @@ async def test_usable_from_worker_threads(store: Store) -> None:
     history = await trio.to_thread.run_sync(store.history, "echo")
 
     assert [r.revision for r in history] == [result.revision]
+
+
+def test_roll_back_marks_the_failed_revision_and_reactivates_the_last_good_one(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "berth.db")
+    for n in (1, 2, 3):
+        store.apply("web", f"s{n}", f"text {n}", "{}")
+    store.set_revision_status("web", 2, "failed", "crashed")
+    back = store.roll_back("web", 3, "no progress in 10m")
+    assert back is not None and back.revision == 1 and back.active
+    history = {r.revision: (r.active, r.status, r.reason) for r in store.history("web")}
+    assert history == {
+        1: (True, "active", None),
+        2: (False, "failed", "crashed"),
+        3: (False, "failed", "no progress in 10m"),
+    }
+    assert store.active_revision("web") == back
+    store.close()
+
+
+def test_roll_back_with_nothing_to_go_back_to_keeps_the_failed_revision_active(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "berth.db")
+    store.apply("web", "s1", "text", "{}")
+    assert store.roll_back("web", 1, "never ready") is None
+    (only,) = store.history("web")
+    assert (only.active, only.status, only.reason) == (True, "failed", "never ready")
+    store.close()

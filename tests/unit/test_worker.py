@@ -256,25 +256,50 @@ async def test_restart_counts_survive_a_new_worker(rig: Rig, mock_clock: MockClo
     assert (seen.id, seen.restarts, seen.last_exit_reason) == (rid, 1, "exited with code 2")
 
 
-async def test_an_update_keeps_old_replicas_until_new_ones_are_ready(
+async def test_an_update_rolls_one_by_one_never_below_the_desired_ready_count(
     rig: Rig, mock_clock: MockClock
 ) -> None:
     await running_and_ready(rig, spec_text(rig.port))
     old = set(rig.replicas())
     new_template = rig.apply(spec_text(rig.port, message="v2"))
 
-    await rig.settle()  # new ones created, not ready: old ones stay and serve
-    assert len(rig.replicas()) == 4 and old <= set(rig.replicas())
+    await rig.settle()  # one new replica (max_surge 1), not ready: the old ones stay
+    assert len(rig.replicas()) == 3 and old <= set(rig.replicas())
     assert published(rig) == old
-
-    rig.all_answer()
-    mock_clock.jump(1.0)
-    await rig.settle()  # new ones ready: old ones drained and removed
+    for _ in range(8):
+        rig.all_answer()
+        mock_clock.jump(1.0)
+        await rig.settle()
+        assert len(published(rig)) >= 2 and len(rig.replicas()) <= 3
     assert len(rig.replicas()) == 2 and not old & set(rig.replicas())
     assert {c.spec.labels[LABEL_TEMPLATE] for c in rig.runtime.containers.values()} == {
         new_template
     }
     assert {c.spec.env["MESSAGE"] for c in rig.runtime.containers.values()} == {"v2"}
+    assert rig.worker.snapshot().status == "running"
+    assert "rollout-complete" in rig.events()
+
+
+async def test_a_stalled_rollout_is_rolled_back_after_its_progress_deadline(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
+    old = set(rig.replicas())
+    rig.apply(spec_text(rig.port, message="v2") + '[update]\nprogress_deadline = "30s"\n')
+    for _ in range(5):  # the new replica never answers its probe
+        mock_clock.jump(7.0)
+        await rig.settle()
+        assert old <= set(rig.replicas()) and published(rig) == old
+    mock_clock.jump(7.0)
+    await rig.settle()  # 35 s without progress: revision 2 failed, revision 1 active again
+    history = {r.revision: (r.active, r.status) for r in rig.store.history("web")}
+    assert history == {1: (True, "active"), 2: (False, "failed")}
+    (failed,) = [r for r in rig.store.history("web") if r.revision == 2]
+    assert "no progress for 30s: 0/2 new replicas ready" in (failed.reason or "")
+    await rig.settle()
+    assert set(rig.replicas()) == old  # the new one is gone; the old ones served throughout
+    assert published(rig) == old
+    assert "rolled-back" in rig.events()
 
 
 async def test_a_replica_count_change_does_not_replace_containers(
