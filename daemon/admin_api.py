@@ -104,6 +104,9 @@ class AdminApi:
         if revision is None or spec is None:
             return None
         snap = self._snapshot(deployment.name)
+        if snap is not None and snap.revision != revision.revision:
+            # The worker has not acted on this revision yet: say so, not the old figures.
+            snap = dataclasses.replace(snap, status="progressing", updated=0, ready=0, error=None)
         return {
             "name": deployment.name,
             "deployment_id": deployment.deployment_id,

@@ -97,6 +97,7 @@ class WorkerSnapshot:
     error: str | None = None
     pending: int = 0  # desired replicas that have no container yet
     updated: int = 0  # replicas of the active revision's container template
+    revision: int | None = None  # the revision this snapshot was taken against
 
 
 @dataclass
@@ -798,5 +799,13 @@ class DeploymentWorker:
             status = "failed"
             error = error or f"revision {active.revision} failed"
         return WorkerSnapshot(
-            desired, ready, tuple(views), status, self._endpoint_error, error, pending, len(current)
+            desired,
+            ready,
+            tuple(views),
+            status,
+            self._endpoint_error,
+            error,
+            pending,
+            len(current),
+            active.revision if active else None,
         )
