@@ -139,6 +139,7 @@ class Berthd:
             control.start_soon(self._watch_podman_events)
             self.metrics = metrics_sampler(self)
             await control.start(self.metrics.run)
+            ctx.load = self.metrics.deployment_load
             if self.settings.metrics_listen:
                 exporter = MetricsServer(
                     self.settings.metrics_listen, partial(metrics_snapshot, self)

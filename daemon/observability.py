@@ -28,6 +28,10 @@ from proxy.stats import EndpointStatistics
 if TYPE_CHECKING:
     from daemon.berthd import Berthd
 
+# Seconds between samples: short, so the autoscaler sees a load step within a couple of
+# seconds (its window is daemon.scaling.LOAD_WINDOW).
+SAMPLE_INTERVAL = 2.0
+
 
 def metrics_sampler(daemon: Berthd) -> MetricsSampler:
     def targets() -> list[ReplicaTarget]:
@@ -51,6 +55,7 @@ def metrics_sampler(daemon: Berthd) -> MetricsSampler:
         gpus=daemon.gpus.inventory.sample,
         rollups=StoreRollups(daemon.store),
         deployments=lambda: list(daemon.workers),
+        interval=SAMPLE_INTERVAL,
     )
 
 

@@ -31,6 +31,7 @@ import trio
 from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
+from daemon.autoscale import Autoscaler
 from daemon.backoff import RestartBackoff
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
@@ -74,6 +75,7 @@ from daemon.runtime import (
     MountSpec,
     RuntimeFailure,
 )
+from daemon.scaling import LOAD_WINDOW, LoadSource, ScaleState, autoscaled, decide, initial_count
 from daemon.store import ReplicaRecord, Store
 from daemon.store_access import StoreAccess
 from proxy.upstreams import Upstream
@@ -111,6 +113,7 @@ class WorkerContext:
     probe: ProbeFn
     mounts: MountPreparer
     gpus: GpuLedger
+    load: LoadSource | None = None  # the metrics sampler's windows, for the autoscaler
 
 
 @dataclass
@@ -131,14 +134,16 @@ class CreateRefused(Exception):
         self.repeated = repeated
 
 
-def desired_count(spec: DeploymentSpec, pinned: int | None) -> int:
+def desired_count(spec: DeploymentSpec, pinned: int | None, scaled: int | None = None) -> int:
     if not spec.enabled:
         return 0
     if pinned is not None:
         return pinned
-    # The autoscaler (a later issue) moves the count within [min, max]; until then, min, but
-    # at least one replica so that the endpoint serves.
-    return max(spec.replicas.min, 1)
+    if scaled is not None:
+        # Until the endpoint can hold requests while a replica starts (scale from zero),
+        # an autoscaled deployment keeps one replica even with `min = 0`.
+        return max(scaled, 1)
+    return spec.replicas.min
 
 
 class DeploymentWorker:
@@ -159,6 +164,7 @@ class DeploymentWorker:
         self._parsed: dict[str, DeploymentSpec] = {}
         self._round_done = trio.Event()
         self._rollout: Rollout | None = None
+        self._scale: ScaleState | None = None
         self._failed_revisions: set[int] = set()
         self.finished = trio.Event()  # the deployment is gone and so are its containers
 
@@ -326,15 +332,38 @@ class DeploymentWorker:
         if self._records is None:
             records = await store.call(Store.list_replicas, deployment.deployment_id)
             self._records = {r.replica_id: r for r in records}
+        scaled = await self._autoscale(spec, deployment.pinned_replicas)
         self._active = _Active(
             deployment_id=deployment.deployment_id,
             revision=revision.revision,
             spec=spec,
             spec_id=spec_id(spec),
             template_id=template_id(spec),
-            desired_replicas=desired_count(spec, deployment.pinned_replicas),
+            desired_replicas=desired_count(spec, deployment.pinned_replicas, scaled),
         )
         return self._active
+
+    async def _autoscale(self, spec: DeploymentSpec, pinned: int | None) -> int | None:
+        """The autoscaler's count for this round, or None when the count is not its to set."""
+        if pinned is not None or not autoscaled(spec) or self._ctx.load is None:
+            self._scale = None  # a pin or a fixed count: a later hand-back starts afresh
+            return None
+        if self._scale is None:
+            running = len(self._memory) or spec.replicas.min
+            self._scale = ScaleState(
+                Autoscaler(spec.replicas, spec.autoscale), initial_count(spec, running)
+            )
+        else:
+            self._scale.autoscaler.reconfigure(spec.replicas, spec.autoscale)
+        load = self._ctx.load(self.name, LOAD_WINDOW)
+        decision = decide(self._scale, load, trio.current_time())
+        if decision.changed:
+            if decision.desired > decision.current:
+                self.scale_ups += 1
+            else:
+                self.scale_downs += 1
+            await self._ctx.events.emit("scaled", decision.reason, deployment=self.name)
+        return self._scale.count
 
     async def _observe(self, active: _Active | None) -> list[ContainerInfo]:
         labels = {LABEL_INSTANCE: self._ctx.instance, LABEL_DEPLOYMENT: self.name}

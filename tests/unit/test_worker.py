@@ -24,6 +24,7 @@ from daemon.events import EventLog
 from daemon.fake_runtime import FakeRuntime
 from daemon.gpu_fake import FakeGpuInventory, fake_gpus
 from daemon.gpu_ledger import GpuLedger
+from daemon.metrics_model import DeploymentLoad
 from daemon.mounts import MountPreparer
 from daemon.ports import HostPortAllocator
 from daemon.probes import ProbeResult
@@ -388,3 +389,38 @@ async def test_gpu_replicas_get_distinct_devices_and_the_rest_wait_pending(
     mock_clock.jump(10)
     await fresh.reconcile_once()
     assert len(rig.runtime.containers) == 2
+
+
+async def test_the_autoscaler_moves_the_count_and_says_why(rig: Rig, mock_clock: MockClock) -> None:
+    load = {"duration": 0.05}
+
+    def source(name: str, window: float) -> DeploymentLoad:
+        return DeploymentLoad(
+            window,
+            samples=3,
+            replicas=1,
+            request_duration_avg=load["duration"],
+            requests_per_s=20.0,
+        )
+
+    rig.worker._ctx.load = source
+    text = spec_text(rig.port).replace("count = 2", "min = 1\nmax = 3") + (
+        '[[autoscale.metrics]]\nmetric = "request_duration"\ntarget = "100ms"\n'
+        '[autoscale]\nscale_down_delay = "60s"\n'
+    )
+    rig.apply(text)
+    await rig.settle()
+    assert len(rig.replicas()) == 1
+    load["duration"] = 0.3  # 3x the target: 1 -> 3
+    await rig.worker.reconcile_once()
+    assert len(rig.replicas()) == 3
+    (event,) = [e for e in rig.store.events() if e.kind == "scaled"]
+    assert event.message == "request_duration avg 300ms > target 100ms: 1 -> 3"
+    load["duration"] = 0.01  # idle-ish: down only after scale_down_delay
+    mock_clock.jump(30)
+    await rig.worker.reconcile_once()
+    assert len(rig.replicas()) == 3
+    mock_clock.jump(31)
+    await rig.settle()
+    assert len(rig.replicas()) == 1
+    assert rig.worker.scale_ups == 1 and rig.worker.scale_downs == 1

@@ -1,0 +1,59 @@
+"""How many replicas a deployment wants now: pinned, fixed, or the autoscaler's choice.
+
+The worker asks once a round. The autoscaler (`daemon.autoscale`, pure) reads the
+deployment's load over a short window from the metrics sampler; its decisions are events
+with their inputs (`request_duration avg 310ms > target 200ms: 1 -> 2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config.spec import DeploymentSpec
+from daemon.autoscale import Autoscaler, Decision, LoadSample
+from daemon.metrics_model import DeploymentLoad
+
+LOAD_WINDOW = 10.0  # seconds of samples the autoscaler looks at
+
+LoadSource = Callable[[str, float], DeploymentLoad]
+
+
+@dataclass
+class ScaleState:
+    """One deployment's autoscaler and the count it chose last."""
+
+    autoscaler: Autoscaler
+    count: int
+
+
+def autoscaled(spec: DeploymentSpec) -> bool:
+    return spec.enabled and not spec.replicas.fixed
+
+
+def initial_count(spec: DeploymentSpec, running: int) -> int:
+    """Where a (re)started autoscaler begins: what runs now, within [min, max]."""
+    return min(max(running, spec.replicas.min), spec.replicas.max)
+
+
+def sample_of(load: DeploymentLoad | None, count: int, waiting: int = 0) -> LoadSample:
+    if load is None or load.samples == 0:
+        return LoadSample(replicas=count, waiting_requests=waiting)
+    return LoadSample(
+        replicas=count,
+        cpu=load.cpu_percent,
+        memory=load.memory_percent,
+        gpu_utilization=load.gpu_utilization,
+        gpu_memory=load.gpu_memory_percent,
+        request_duration_avg=load.request_duration_avg,
+        request_duration_p95=load.request_duration_p95,
+        concurrency=load.concurrency,
+        requests_per_second=load.requests_per_s,
+        waiting_requests=waiting,
+    )
+
+
+def decide(state: ScaleState, load: DeploymentLoad | None, now: float) -> Decision:
+    decision = state.autoscaler.observe(now, sample_of(load, state.count))
+    state.count = decision.desired
+    return decision
