@@ -31,7 +31,10 @@ unit: setup
 	$(VENV)/pytest tests/unit $(PYTEST_ARGS)
 
 bench: image
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
 	bench/proxy.sh
+	bench/health.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
