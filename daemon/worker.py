@@ -23,7 +23,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 
 import trio
@@ -32,34 +31,26 @@ from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.autoscale import Autoscaler
-from daemon.backoff import RestartBackoff
 from daemon.endpoints import EndpointManager
 from daemon.events import EventLog
 from daemon.gpu_ledger import LABEL_GPUS, GpuLedger, parse_gpus_label, replica_key
-from daemon.health import ProbeKind, ReplicaHealth, Transition
+from daemon.health import ReplicaHealth
 from daemon.mounts import MountPreparer
-from daemon.mounts_git import MountError
-from daemon.placement import GpuRequest, Unplaceable
 from daemon.plan import (
-    Action,
-    CreateReplica,
     Desired,
     ObservedReplica,
     RemoveReplica,
-    StartReplica,
     StopReplica,
     plan,
 )
 from daemon.ports import HostPortAllocator
-from daemon.probes import ProbeFn, ProbeResult
-from daemon.registry import RegistryCredentialsError, registry_auth
+from daemon.prober import Prober
+from daemon.probes import ProbeFn
+from daemon.replica_ops import ActiveRevision, ReplicaOps
 from daemon.replica_spec import (
     LABEL_EXTRA_PORTS,
     REPLICA_HOST,
-    ReplicaIdentity,
-    ReplicaPlacement,
     parse_extra_ports,
-    replica_container,
 )
 from daemon.replicas import ReplicaMemory, ReplicaView, exit_reason
 from daemon.rollout import Rollout
@@ -70,13 +61,11 @@ from daemon.runtime import (
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
     ContainerInfo,
-    ContainerNotFound,
     ContainerRuntime,
-    MountSpec,
     RuntimeFailure,
 )
 from daemon.scaling import LOAD_WINDOW, LoadSource, ScaleState, autoscaled, decide, initial_count
-from daemon.store import ReplicaRecord, Store
+from daemon.store import Store
 from daemon.store_access import StoreAccess
 from proxy.upstreams import Upstream
 
@@ -84,7 +73,6 @@ log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
 SLOW_ROUND = 5.0  # when up to date
-PROBE_IDLE = 1.0  # the prober looks for new replicas at least this often
 DRAIN_TIMEOUT = 30.0
 
 
@@ -116,24 +104,6 @@ class WorkerContext:
     load: LoadSource | None = None  # the metrics sampler's windows, for the autoscaler
 
 
-@dataclass
-class _Active:
-    deployment_id: str
-    revision: int
-    spec: DeploymentSpec
-    spec_id: str
-    template_id: str
-    desired_replicas: int
-
-
-class CreateRefused(Exception):
-    """New replicas cannot be made now; the message says why, fit for an event."""
-
-    def __init__(self, message: str, *, repeated: bool = False) -> None:
-        super().__init__(message)
-        self.repeated = repeated
-
-
 def desired_count(spec: DeploymentSpec, pinned: int | None, scaled: int | None = None) -> int:
     if not spec.enabled:
         return 0
@@ -151,14 +121,12 @@ class DeploymentWorker:
         self.name = name
         self._ctx = ctx
         self._wake = trio.Event()
-        self._probe_wake = trio.Event()
-        self._active: _Active | None = None
+        self._active: ActiveRevision | None = None
         self._memory: dict[str, ReplicaMemory] = {}
-        self._records: dict[str, ReplicaRecord] | None = None
+        self._ops = ReplicaOps(name, ctx, self._memory, lambda: self._active)
+        self._prober = Prober(name, self._memory, ctx.probe, ctx.events, on_verdict=self.nudge)
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self._endpoint_error: str | None = None
-        self._create_error: str | None = None
-        self._create_backoff = RestartBackoff()
         self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
         self.scale_downs = 0
         self._parsed: dict[str, DeploymentSpec] = {}
@@ -176,14 +144,12 @@ class DeploymentWorker:
         self._wake.set()
 
     def suspect(self, replica_id: str) -> None:
-        """The proxy failed to reach this replica: probe its readiness now, not next period.
+        """The proxy failed to reach this replica (called on its hot path: never blocks)."""
+        self._prober.suspect(replica_id)
 
-        Called on the proxy's hot path: it only reschedules, never blocks.
-        """
-        memory = self._memory.get(replica_id)
-        if memory is not None and memory.health is not None:
-            memory.health.probe_soon(ProbeKind.READINESS, trio.current_time())
-            self._probe_wake.set()
+    async def probe_once(self) -> None:
+        """Run the probes that are due now and wait for their results (for tests)."""
+        await self._prober.probe_once()
 
     def snapshot(self) -> WorkerSnapshot:
         return self._snapshot
@@ -198,7 +164,7 @@ class DeploymentWorker:
     async def run(self) -> None:
         """Reconcile until the deployment is gone and cleaned up; then `finished` is set."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._probe_loop)
+            nursery.start_soon(self._prober.run)
             while True:
                 self._wake = trio.Event()
                 finished = await self.reconcile_once()
@@ -244,16 +210,16 @@ class DeploymentWorker:
         actions = plan(desired, observed)
         leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
         await self._publish(active, containers, leaving)
-        await self._execute(active, actions)
+        await self._ops.execute(active, actions)
         self._snapshot = self._make_snapshot(active, containers, leaving)
-        self._probe_wake.set()
+        self._prober.wake()
         if active is None and not containers:
             await self._ctx.endpoints.close(self.name)
             return True
         return False
 
     async def _watch_rollout(
-        self, active: _Active, containers: list[ContainerInfo], now: float
+        self, active: ActiveRevision, containers: list[ContainerInfo], now: float
     ) -> None:
         """Track the active revision's rollout; roll back one that stalls past its deadline."""
         updated = [c for c in containers if c.labels.get(LABEL_TEMPLATE) == active.template_id]
@@ -285,8 +251,8 @@ class DeploymentWorker:
 
     def _why(self) -> str | None:
         """The most telling reason new replicas are not ready, for the failed revision."""
-        if self._create_error:
-            return self._create_error
+        if self._ops.create_error:
+            return self._ops.create_error
         for memory in self._memory.values():
             health = memory.health
             if memory.backoff.failures and memory.last_exit_reason:
@@ -295,7 +261,7 @@ class DeploymentWorker:
                 return f"replica {memory.replica_id} not ready: {health.last_result.detail}"
         return None
 
-    async def _roll_back(self, active: _Active, reason: str) -> None:
+    async def _roll_back(self, active: ActiveRevision, reason: str) -> None:
         self._failed_revisions.add(active.revision)
         self._rollout = None
         back = await self._ctx.store.call(Store.roll_back, self.name, active.revision, reason)
@@ -307,8 +273,7 @@ class DeploymentWorker:
                 level=logging.ERROR,
             )
             return
-        self._create_error = None
-        self._create_backoff = RestartBackoff()
+        self._ops.reset_create()
         await self._ctx.events.emit(
             "rolled-back",
             f"revision {active.revision} failed: {reason}; rolled back to revision {back.revision}",
@@ -317,7 +282,7 @@ class DeploymentWorker:
         )
         self.nudge()
 
-    async def _load_desired(self) -> _Active | None:
+    async def _load_desired(self) -> ActiveRevision | None:
         store = self._ctx.store
         deployment = await store.call(Store.get_deployment, self.name)
         revision = await store.call(Store.active_revision, self.name)
@@ -329,11 +294,9 @@ class DeploymentWorker:
             source = f"{self.name} revision {revision.revision}"
             spec = parse_spec(revision.spec_text, source=source)
             self._parsed = {revision.spec_id: spec}
-        if self._records is None:
-            records = await store.call(Store.list_replicas, deployment.deployment_id)
-            self._records = {r.replica_id: r for r in records}
+        await self._ops.load_records(deployment.deployment_id)
         scaled = await self._autoscale(spec, deployment.pinned_replicas)
-        self._active = _Active(
+        self._active = ActiveRevision(
             deployment_id=deployment.deployment_id,
             revision=revision.revision,
             spec=spec,
@@ -365,7 +328,7 @@ class DeploymentWorker:
             await self._ctx.events.emit("scaled", decision.reason, deployment=self.name)
         return self._scale.count
 
-    async def _observe(self, active: _Active | None) -> list[ContainerInfo]:
+    async def _observe(self, active: ActiveRevision | None) -> list[ContainerInfo]:
         labels = {LABEL_INSTANCE: self._ctx.instance, LABEL_DEPLOYMENT: self.name}
         try:
             containers = await self._ctx.runtime.list(labels)
@@ -380,7 +343,7 @@ class DeploymentWorker:
             seen.add(rid)
             memory = self._memory.get(rid)
             if memory is None:
-                memory = self._memory[rid] = self._remember(rid, now)
+                memory = self._memory[rid] = self._ops.remember(rid, now)
             if c.host_port is not None:
                 self._ctx.ports.reserve(c.host_port)
             devices = parse_gpus_label(c.labels.get(LABEL_GPUS, ""))
@@ -392,16 +355,8 @@ class DeploymentWorker:
                 del self._memory[rid]
         return containers
 
-    def _remember(self, rid: str, now: float) -> ReplicaMemory:
-        memory = ReplicaMemory(rid, first_seen=now)
-        record = (self._records or {}).get(rid)
-        if record is not None:
-            memory.restarts = record.restarts
-            memory.last_exit_reason = record.last_exit_reason
-        return memory
-
     async def _track_run(
-        self, memory: ReplicaMemory, c: ContainerInfo, active: _Active | None, now: float
+        self, memory: ReplicaMemory, c: ContainerInfo, active: ActiveRevision | None, now: float
     ) -> None:
         """Keep the replica's memory in step with its container: runs begin and end here."""
         memory.ports = parse_extra_ports(c.labels.get(LABEL_EXTRA_PORTS, ""))
@@ -418,22 +373,7 @@ class DeploymentWorker:
         memory.health = None
         memory.healthy_since = None
         if not memory.down_recorded:
-            await self._record_down(memory, c.container_id, exit_reason(c), now)
-
-    async def _record_down(
-        self, memory: ReplicaMemory, container_id: str, reason: str, now: float
-    ) -> None:
-        memory.down_recorded = True
-        memory.last_exit_reason = reason
-        delay = memory.backoff.failed(now)
-        await self._save(memory, container_id, "crashloop")
-        await self._ctx.events.emit(
-            "died",
-            f"replica {memory.replica_id} {reason}; restarting in {delay:.1f}s",
-            deployment=self.name,
-            replica=memory.replica_id,
-            level=logging.WARNING,
-        )
+            await self._ops.record_down(memory, c.container_id, exit_reason(c), now)
 
     def _observed(self, c: ContainerInfo, now: float) -> ObservedReplica:
         memory = self._memory[c.labels[LABEL_REPLICA]]
@@ -450,7 +390,7 @@ class DeploymentWorker:
         )
 
     async def _publish(
-        self, active: _Active | None, containers: list[ContainerInfo], leaving: set[str]
+        self, active: ActiveRevision | None, containers: list[ContainerInfo], leaving: set[str]
     ) -> None:
         """Point the endpoint at the ready replicas that are staying."""
         if active is None or not active.spec.enabled:
@@ -495,290 +435,10 @@ class DeploymentWorker:
                 upstreams.append(Upstream(memory.replica_id, REPLICA_HOST, c.host_port))
         return upstreams
 
-    # -- probes ----------------------------------------------------------------------------
-
-    async def _probe_loop(self) -> None:
-        """Run every replica's due probes, each in its own task, bounded by its timeout."""
-        async with trio.open_nursery() as probes:
-            while True:
-                for memory, health, kind in self._due_probes(trio.current_time()):
-                    probes.start_soon(self._probe_one, memory, health, kind)
-                self._probe_wake = trio.Event()
-                with trio.move_on_at(self._next_probe_at()):
-                    await self._probe_wake.wait()
-
-    async def probe_once(self) -> None:
-        """Run the probes that are due now and wait for their results (for tests)."""
-        async with trio.open_nursery() as probes:
-            for memory, health, kind in self._due_probes(trio.current_time()):
-                probes.start_soon(self._probe_one, memory, health, kind)
-
-    def _due_probes(self, now: float) -> list[tuple[ReplicaMemory, ReplicaHealth, ProbeKind]]:
-        due: list[tuple[ReplicaMemory, ReplicaHealth, ProbeKind]] = []
-        for memory in list(self._memory.values()):
-            health = memory.health
-            if health is not None and not memory.draining:
-                due.extend((memory, health, track.kind) for track in health.due(now))
-        return due
-
-    def _next_probe_at(self) -> float:
-        times = [trio.current_time() + PROBE_IDLE]
-        for memory in self._memory.values():
-            next_due = memory.health.next_due() if memory.health else None
-            if next_due is not None and not memory.draining:
-                times.append(next_due)
-        return min(times)
-
-    async def _probe_one(
-        self, memory: ReplicaMemory, health: ReplicaHealth, kind: ProbeKind
-    ) -> None:
-        probe = health.tracks[kind].probe
-        port = memory.ports.get(probe.port)
-        if port is None:
-            result = ProbeResult(False, f"port {probe.port} is not published")
-        else:
-            result = await self._ctx.probe(probe, REPLICA_HOST, port)
-        if memory.health is not health:
-            return  # the container was restarted meanwhile: this result is stale
-        now = trio.current_time()
-        transitions = health.record(kind, result, now)
-        self._probe_wake.set()
-        for transition in transitions:
-            await self._on_transition(memory, health, transition, result, now)
-        if transitions:
-            self.nudge()
-
-    async def _on_transition(
-        self,
-        memory: ReplicaMemory,
-        health: ReplicaHealth,
-        transition: Transition,
-        result: ProbeResult,
-        now: float,
-    ) -> None:
-        rid = memory.replica_id
-        if transition is Transition.READY:
-            memory.healthy_since = now
-            message = f"replica {rid} is ready ({result.detail})"
-        elif transition is Transition.UNREADY:
-            memory.healthy_since = None
-            message = f"replica {rid} is not ready: {result.detail}; out of rotation"
-        elif transition is Transition.STARTED:
-            message = f"replica {rid} passed its startup probe"
-        else:
-            message = f"replica {rid}: {health.restart_reason}; restarting it"
-        level = (
-            logging.INFO
-            if transition in (Transition.READY, Transition.STARTED)
-            else logging.WARNING
-        )
-        await self._ctx.events.emit(
-            str(transition), message, deployment=self.name, replica=rid, level=level
-        )
-
-    # -- actions ---------------------------------------------------------------------------
-
-    async def _execute(self, active: _Active | None, actions: list[Action]) -> None:
-        async with trio.open_nursery() as nursery:
-            for action in actions:
-                if isinstance(action, RemoveReplica):
-                    nursery.start_soon(self._remove, action, active)
-                elif isinstance(action, StopReplica):
-                    nursery.start_soon(self._stop_for_restart, action, active)
-                elif isinstance(action, StartReplica):
-                    await self._start_again(action)
-                elif isinstance(action, CreateReplica) and active is not None:
-                    if self._create_backoff.may_retry(trio.current_time()):
-                        await self._create(active)
-
-    async def _save(self, memory: ReplicaMemory, container_id: str, state: str) -> None:
-        active = self._active
-        if active is None:
-            return
-        port = memory.ports.get(active.spec.port)
-        record = ReplicaRecord(
-            replica_id=memory.replica_id,
-            deployment_id=active.deployment_id,
-            container_id=container_id,
-            spec_id=active.spec_id,
-            host_port=port,
-            state=state,
-            restarts=memory.restarts,
-            last_exit_reason=memory.last_exit_reason,
-        )
-        saved = await self._ctx.store.call(Store.save_replica, record)
-        if self._records is not None:
-            self._records[memory.replica_id] = saved
-
-    def _probe_ports(self, spec: DeploymentSpec) -> set[int]:
-        probes = (spec.health.startup, spec.health.readiness, spec.health.liveness)
-        return {p.port for p in probes if p is not None and p.port != spec.port}
-
-    async def _create(self, active: _Active) -> None:
-        ctx = self._ctx
-        spec = active.spec
-        rid = secrets.token_hex(4)
-        key = replica_key(self.name, rid)
-        placed = ctx.gpus.place(key, GpuRequest.of(spec.resources))
-        if isinstance(placed, Unplaceable):
-            await self._create_failed(f"a new replica is pending: {placed.reason}", rid, "pending")
-            return
-        try:
-            mounts = await self._prepare(active)
-        except CreateRefused as exc:
-            ctx.gpus.forget(key)
-            await self._create_failed(str(exc), rid, "create-failed", quiet=exc.repeated)
-            return
-        host_port = ctx.ports.allocate()
-        extra = {port: ctx.ports.allocate() for port in sorted(self._probe_ports(spec))}
-        who = ReplicaIdentity(ctx.instance, self.name, rid, active.spec_id, active.template_id)
-        where = ReplicaPlacement(host_port, extra, placed.devices)
-        container = replica_container(spec, who, where, mounts)
-        memory = self._memory[rid] = ReplicaMemory(rid, first_seen=trio.current_time())
-        memory.started_here = True
-        try:
-            container_id = await ctx.runtime.create(container)
-            memory.ports = {spec.port: host_port, **extra}
-            await self._save(memory, container_id, "starting")
-            await ctx.runtime.start(container_id)
-        except RuntimeFailure as exc:
-            for port in (host_port, *extra.values()):
-                ctx.ports.release(port)
-            ctx.gpus.forget(key)
-            message = f"replica {rid} of revision {active.revision} failed to start: {exc}"
-            await self._create_failed(message, rid, "create-failed")
-            return
-        self._create_error = None
-        self._create_backoff = RestartBackoff()
-        gpus = f", GPUs {', '.join(placed.devices)}" if placed.devices else ""
-        await ctx.events.emit(
-            "created",
-            f"replica {rid} created (revision {active.revision}, spec {active.spec_id}, "
-            f"port {host_port}{gpus})",
-            deployment=self.name,
-            replica=rid,
-        )
-
-    async def _prepare(self, active: _Active) -> tuple[MountSpec, ...]:
-        """Pull the image (with the spec's credentials) and prepare its mounts."""
-        ctx, spec = self._ctx, active.spec
-        try:
-            auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
-            if not await ctx.runtime.image_exists(spec.image):
-                await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.name)
-                await ctx.runtime.pull(spec.image, auth=auth)
-            return await ctx.mounts.prepare(spec, active.spec_id)
-        except RegistryCredentialsError as exc:
-            raise CreateRefused(f"registry credentials: {exc}") from exc
-        except RuntimeFailure as exc:
-            raise CreateRefused(f"cannot pull {spec.image}: {exc}") from exc
-        except MountError as exc:
-            raise CreateRefused(str(exc), repeated=exc.repeated) from exc
-
-    async def _create_failed(
-        self, message: str, rid: str, kind: str, *, quiet: bool = False
-    ) -> None:
-        """No replica could be made: say so once per distinct reason, retry with back-off."""
-        delay = self._create_backoff.failed(trio.current_time())
-        if message != self._create_error and not quiet:
-            await self._ctx.events.emit(
-                kind,
-                f"{message} (retrying in {delay:.1f}s)",
-                deployment=self.name,
-                level=logging.ERROR if kind != "pending" else logging.WARNING,
-            )
-        self._create_error = message
-
-    async def _start_again(self, action: StartReplica) -> None:
-        memory = self._memory.get(action.replica_id)
-        if memory is None:
-            return
-        reason = memory.last_exit_reason or action.reason
-        try:
-            await self._ctx.runtime.start(action.container_id)
-        except ContainerNotFound:
-            return  # removed behind our back: the next round sees it gone
-        except RuntimeFailure as exc:
-            memory.down_recorded = False
-            await self._record_down(
-                memory, action.container_id, f"failed to start: {exc}", trio.current_time()
-            )
-            return
-        memory.restarts += 1
-        memory.down_recorded = False
-        memory.started_here = True
-        memory.health = None
-        await self._save(memory, action.container_id, "starting")
-        await self._ctx.events.emit(
-            "restarted",
-            f"replica {action.replica_id} restarted (restart {memory.restarts}; it {reason})",
-            deployment=self.name,
-            replica=action.replica_id,
-        )
-
-    async def _drain(self, replica_id: str) -> None:
-        endpoint = self._ctx.endpoints.get(self.name)
-        if endpoint is not None:
-            with trio.move_on_after(DRAIN_TIMEOUT):
-                # The proxy counts in-flight requests on its hot path and signals nothing;
-                # polling here keeps the hot path free of wake-ups.
-                while endpoint.in_flight(replica_id) > 0:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-
-    async def _stop_for_restart(self, action: StopReplica, active: _Active | None) -> None:
-        memory = self._memory.get(action.replica_id)
-        if memory is None:
-            return
-        memory.draining = True
-        try:
-            await self._drain(action.replica_id)
-            timeout = active.spec.stop_timeout if active else 10.0
-            await self._ctx.runtime.stop(action.container_id, timeout=timeout)
-        except RuntimeFailure as exc:
-            log.warning("stop for restart failed: %s", exc, extra={"deployment": self.name})
-            return
-        finally:
-            memory.draining = False
-        memory.health = None
-        memory.healthy_since = None
-        await self._record_down(memory, action.container_id, action.reason, trio.current_time())
-
-    async def _remove(self, action: RemoveReplica, active: _Active | None) -> None:
-        ctx = self._ctx
-        memory = self._memory.get(action.replica_id)
-        if memory is not None:
-            memory.draining = True
-        await self._drain(action.replica_id)
-        stop_timeout = active.spec.stop_timeout if active else 10.0
-        try:
-            info = await ctx.runtime.inspect(action.container_id)
-            await ctx.runtime.stop(action.container_id, timeout=stop_timeout)
-            await ctx.runtime.remove(action.container_id)
-        except RuntimeFailure as exc:
-            await ctx.events.emit(
-                "remove-failed",
-                f"replica {action.replica_id}: {exc}",
-                deployment=self.name,
-                replica=action.replica_id,
-                level=logging.ERROR,
-            )
-            return
-        for port in {info.host_port, *(memory.ports.values() if memory else ())}:
-            if port is not None:
-                ctx.ports.release(port)
-        ctx.gpus.forget(replica_key(self.name, action.replica_id))
-        await ctx.store.call(Store.delete_replica, action.replica_id)
-        await ctx.events.emit(
-            "removed",
-            f"replica {action.replica_id} stopped and removed ({action.reason})",
-            deployment=self.name,
-            replica=action.replica_id,
-        )
-
     # -- what the API shows ----------------------------------------------------------------
 
     def _make_snapshot(
-        self, active: _Active | None, containers: list[ContainerInfo], leaving: set[str]
+        self, active: ActiveRevision | None, containers: list[ContainerInfo], leaving: set[str]
     ) -> WorkerSnapshot:
         now = trio.current_time()
         views = []
@@ -823,7 +483,7 @@ class DeploymentWorker:
         else:
             status = "progressing"
         pending = max(0, desired - len(current)) if active else 0
-        error = self._create_error if pending else None
+        error = self._ops.create_error if pending else None
         if active is not None and active.revision in self._failed_revisions:
             status = "failed"
             error = error or f"revision {active.revision} failed"
