@@ -21,6 +21,7 @@ import trio
 
 from proxy import sockets
 from proxy.forward import Session
+from proxy.poller import Poller
 from proxy.pool import Pool
 from proxy.stats import Counters, EndpointStatistics, ReplicaStatistics
 from proxy.upstreams import RoundRobin, Upstream
@@ -52,7 +53,7 @@ class Balancer:
         self.upstreams = RoundRobin()
         self.pool = Pool()
         shortest = min(timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
-        self.watchdog = sockets.Watchdog(tick=min(0.5, max(0.01, shortest / 4)))
+        self.poller = Poller(tick=min(0.5, max(0.01, shortest / 4)))
         self.draining = False
         self.on_suspect = on_suspect
         self.totals = Counters(STATS_WINDOW_S)
@@ -155,8 +156,8 @@ class Endpoint:
         self._address = (str(name[0]), int(name[1]))
         closed = False
         try:
-            async with trio.open_nursery() as watchdog:
-                await watchdog.start(self._balancer.watchdog.run)
+            async with trio.open_nursery() as poller:
+                await poller.start(self._balancer.poller.run)
                 async with trio.open_nursery() as handlers:
                     self._handlers_scope = handlers.cancel_scope
                     with trio.CancelScope() as accept_scope:
@@ -170,7 +171,8 @@ class Endpoint:
                             handlers.start_soon(self._serve, sock, peer)
                     sockets.close_listener(listener)
                     closed = True
-                watchdog.cancel_scope.cancel()
+                self._balancer.pool.close_all()
+                poller.cancel_scope.cancel()
         finally:
             if not closed:
                 sockets.close_listener(listener)
@@ -178,7 +180,7 @@ class Endpoint:
             self._address = None
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
-        session = Session(self._balancer, sockets.Conn(sock, peer, self._balancer.watchdog))
+        session = Session(self._balancer, sockets.Conn(sock, peer, self._balancer.poller))
         self._sessions.add(session)
         try:
             await session.serve()

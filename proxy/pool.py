@@ -3,8 +3,12 @@
 Invariants:
 - A connection in the pool carries no request: it is put back only after a complete
   response on a connection the replica keeps alive, with no stray bytes after it.
-- `take` checks each candidate before handing it out (has the replica closed it or sent
-  something?) and closes the ones that fail the check.
+- A pooled connection is watched while idle: the poller marks it `stale` as soon as the
+  replica's FIN, reset or a stray byte is reported on it (as nginx does), and `take`
+  closes the stale ones. Besides, `take` peeks (`recv(MSG_PEEK)`) at a connection before
+  handing it out, unless it was pooled less than `TRUST_S` ago and the caller can retry
+  the request on a fresh connection should the replica have closed it meanwhile (the
+  stale-connection rule in `proxy.forward`).
 - Connections of upstreams that left the set are closed when they come back (`put`) and
   at `retain`; the pool never holds more than `max_idle` per upstream.
 """
@@ -12,9 +16,12 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Final
 
 from proxy.sockets import Conn
 from proxy.upstreams import Upstream
+
+TRUST_S: Final = 1.0
 
 
 class Pool:
@@ -24,20 +31,33 @@ class Pool:
         self._idle: dict[Upstream, list[Conn]] = {}
         self._max_idle = max_idle
 
-    def take(self, upstream: Upstream) -> Conn | None:
+    def take(self, upstream: Upstream, now: float, *, trust_recent: bool) -> Conn | None:
+        """The most recently pooled connection that passes the check, or None.
+
+        `trust_recent`: skip the peek (one syscall) for a connection pooled less than
+        `TRUST_S` ago; the caller can retry on a fresh connection if it was stale.
+        """
         conns = self._idle.get(upstream)
         while conns:
             conn = conns.pop()
+            conn.pooled = False
+            if conn.stale or conn.peer_closed:
+                conn.close()
+                continue
+            if trust_recent and now - conn.pooled_at < TRUST_S:
+                return conn
             if conn.is_idle_and_open():
                 return conn
             conn.close()
         return None
 
-    def put(self, upstream: Upstream, conn: Conn) -> None:
+    def put(self, upstream: Upstream, conn: Conn, now: float) -> None:
         conns = self._idle.get(upstream)
         if conns is None or len(conns) >= self._max_idle:
             conn.close()
         else:
+            conn.pooled = True
+            conn.pooled_at = now
             conns.append(conn)
 
     def retain(self, upstreams: Collection[Upstream]) -> None:

@@ -1,18 +1,23 @@
-"""The only module that touches sockets: non-blocking stdlib sockets driven by trio.
+"""The only module that touches sockets: non-blocking stdlib sockets woken by `proxy.poller`.
 
 Why not `trio.SocketStream`: each of its operations costs two scheduler round trips even
-when the kernel is ready; on a proxy's hot path (four socket operations per request) that
-was the largest cost. Here an operation first tries the syscall and parks the task
-(`trio.lowlevel.wait_readable` / `wait_writable`) only when the kernel says it would block.
+when the kernel is ready. Here an operation first tries the syscall and parks the task
+(`wait_task_rescheduled`) only when the kernel says it would block; the endpoint's
+`Poller` (one edge-triggered epoll set) wakes it.
 
 Invariants:
 - A `Conn` is used by one task at a time per direction (one reader, one writer).
+- A task parks only right after its syscall said EAGAIN, with no checkpoint between, or
+  when `maybe_readable` says no byte can have arrived unseen; so every edge it needs is
+  reported after it parked. A spurious wake-up (a late edge) costs one EAGAIN and a wait.
 - Every wait is bounded by the timeout given, and raises `Timeout` when it passes. The
   timeout is a parameter (not a caller's `trio.fail_after`) and is enforced by the
-  endpoint's `Watchdog`, so that the hot path makes no cancel scope at all.
+  poller's watchdog, so that the hot path makes no cancel scope at all.
 - A task that never has to wait still yields every `_YIELD_EVERY` operations, so a fast
   peer cannot starve the others or delay cancellation.
-- `close` wakes any task parked on the socket (`notify_closing`) before closing it.
+- `close` wakes any task parked on the connection (it raises `trio.ClosedResourceError`).
+- `watch_hangup`: a client that hangs up while its task waits on the replica's
+  connection interrupts that wait (`PeerHangup`), at no cost per request.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import errno
 import ipaddress
 import math
 import socket
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+
+if TYPE_CHECKING:
+    from proxy.poller import Poller
 
 RECV_SIZE: Final = 65536
 _YIELD_EVERY: Final = 16
@@ -31,102 +40,190 @@ _ACCEPT_RESOURCE_ERRORS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 )
 
+# Why a parked task was woken (besides readiness).
+_READY: Final = 0
+_EXPIRED: Final = 1
+_CLOSED: Final = 2
+_INTERRUPTED: Final = 3
+
 
 class Timeout(Exception):
     """A socket operation waited longer than its timeout."""
 
 
-class Watchdog:
-    """Enforces the timeouts of every `Conn` of an endpoint with one periodic task.
-
-    A cancel scope per wait cost more than parsing a request; instead a waiting `Conn`
-    records its deadline on a coarse clock and joins `waiting`; every `tick` seconds `run`
-    wakes the overdue ones (`notify_closing`), whose wait then raises `Timeout`. A timeout
-    fires between `timeout - tick` and `timeout + tick` after the wait began.
-    """
-
-    __slots__ = ("now", "tick", "waiting")
-
-    def __init__(self, tick: float) -> None:
-        self.now = 0.0
-        self.tick = tick
-        self.waiting: set[Conn] = set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.now = trio.current_time()
-        task_status.started()
-        while True:
-            await trio.sleep(self.tick)
-            now = self.now = trio.current_time()
-            overdue = [c for c in self.waiting if c.deadline <= now]
-            for conn in overdue:
-                conn.expire()
+class PeerHangup(Exception):
+    """A wait was interrupted because the watched connection's peer hung up."""
 
 
 class Conn:
     """One TCP connection (to a client or to a replica)."""
 
-    __slots__ = ("sock", "fd", "peer", "watchdog", "deadline", "expired", "_streak", "closed")
+    __slots__ = (
+        "sock",
+        "fd",
+        "peer",
+        "poller",
+        "deadline",
+        "reader",
+        "writer",
+        "_rwhy",
+        "_wwhy",
+        "_streak",
+        "closed",
+        "peer_closed",
+        "maybe_readable",
+        "pooled",
+        "pooled_at",
+        "stale",
+        "hangup_watcher",
+    )
 
-    def __init__(self, sock: socket.socket, peer: str, watchdog: Watchdog) -> None:
+    def __init__(self, sock: socket.socket, peer: str, poller: Poller) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.watchdog = watchdog
+        self.poller = poller
         self.deadline = math.inf
-        self.expired = False
+        self.reader: Task | None = None
+        self.writer: Task | None = None
+        self._rwhy = _READY
+        self._wwhy = _READY
         self._streak = 0
         self.closed = False
+        self.peer_closed = False  # the peer's FIN or reset has been reported
+        self.maybe_readable = True  # see recv_wait_first
+        self.pooled = False  # idle in the upstream pool (set by the pool)
+        self.pooled_at = 0.0
+        self.stale = False  # pooled, and the replica closed it or sent stray bytes
+        # The connection whose wait to interrupt (`PeerHangup`) when this one's peer leaves.
+        self.hangup_watcher: Conn | None = None
+        poller.register(self)
 
-    async def _wait(self, writable: bool, timeout: float) -> None:  # noqa: ASYNC109
-        wd = self.watchdog
-        self.deadline = wd.now + timeout
-        self.expired = False
-        wd.waiting.add(self)
+    def _abort_read(self, _: object) -> Abort:
+        self.reader = None
+        return Abort.SUCCEEDED
+
+    def _abort_write(self, _: object) -> Abort:
+        self.writer = None
+        return Abort.SUCCEEDED
+
+    async def wait_readable(self, timeout: float) -> None:  # noqa: ASYNC109 - see module doc
+        p = self.poller
+        self.deadline = p.now + timeout
+        self._rwhy = _READY
+        self.reader = current_task()
+        p.waiting.add(self)
         try:
-            if writable:
-                await trio.lowlevel.wait_writable(self.fd)
-            else:
-                await trio.lowlevel.wait_readable(self.fd)
-        except trio.ClosedResourceError:
-            if self.expired and not self.closed:
-                raise Timeout from None
-            raise
+            await wait_task_rescheduled(self._abort_read)
         finally:
-            wd.waiting.discard(self)
+            if self.writer is None:
+                p.waiting.discard(self)
+        why = self._rwhy
+        if why:
+            self._raise(why)
+
+    async def wait_writable(self, timeout: float) -> None:  # noqa: ASYNC109
+        p = self.poller
+        self.deadline = p.now + timeout
+        self._wwhy = _READY
+        self.writer = current_task()
+        p.waiting.add(self)
+        try:
+            await wait_task_rescheduled(self._abort_write)
+        finally:
+            if self.reader is None:
+                p.waiting.discard(self)
+        why = self._wwhy
+        if why:
+            self._raise(why)
+
+    @staticmethod
+    def _raise(why: int) -> None:
+        if why == _EXPIRED:
+            raise Timeout
+        if why == _INTERRUPTED:
+            raise PeerHangup
+        raise trio.ClosedResourceError("connection closed while waiting")
+
+    def _wake(self, why: int) -> None:
+        task = self.reader
+        if task is not None:
+            self.reader = None
+            self._rwhy = why
+            reschedule(task)
+        task = self.writer
+        if task is not None:
+            self.writer = None
+            self._wwhy = why
+            reschedule(task)
 
     def expire(self) -> None:
-        """Called by the watchdog: end this connection's overdue wait with `Timeout`."""
-        self.expired = True
-        if not self.closed:
-            trio.lowlevel.notify_closing(self.fd)
+        """Called by the watchdog: end this connection's overdue waits with `Timeout`."""
+        self._wake(_EXPIRED)
+
+    def interrupt(self) -> None:
+        """End a wait to read from this connection with `PeerHangup` (see `watch_hangup`)."""
+        task = self.reader
+        if task is not None:
+            self.reader = None
+            self._rwhy = _INTERRUPTED
+            reschedule(task)
+
+    def watch_hangup(self, other: Conn | None) -> None:
+        """While set, a hang-up by this connection's peer interrupts a read wait on `other`."""
+        self.hangup_watcher = other
+
+    def check_idle(self) -> None:
+        """Something arrived on an idle pooled connection: FIN, reset or stray bytes?"""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return  # an edge reported late: nothing there
+        except OSError:
+            pass
+        self.stale = True
 
     async def recv(self, timeout: float) -> bytes:  # noqa: ASYNC109 - see module doc
         """Up to RECV_SIZE bytes; b"" at end of stream. Raises OSError, Timeout."""
         try:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
-            pass
-        else:
-            self._streak += 1
-            if self._streak >= _YIELD_EVERY:
-                self._streak = 0
-                await trio.lowlevel.checkpoint()
-            return data
-        return await self.recv_wait_first(timeout)
+            self.maybe_readable = False
+            self._streak = 0
+            return await self._recv_after_wait(timeout)
+        n = len(data)
+        self.maybe_readable = n == RECV_SIZE or n == 0
+        self._streak += 1
+        if self._streak >= _YIELD_EVERY:
+            self._streak = 0
+            await trio.lowlevel.checkpoint()
+        return data
 
     async def recv_wait_first(self, timeout: float) -> bytes:  # noqa: ASYNC109
-        """As `recv`, for when data is unlikely to be there yet: saves a failing syscall."""
+        """As `recv`, but parks first unless data may be there: saves a failing syscall.
+
+        `maybe_readable` is False only when the last `recv` drained the socket and no
+        edge has been reported since while nobody waited; any byte that arrives later
+        brings an edge that wakes this wait.
+        """
+        if self.maybe_readable:
+            return await self.recv(timeout)
         self._streak = 0
+        return await self._recv_after_wait(timeout)
+
+    async def _recv_after_wait(self, timeout: float) -> bytes:  # noqa: ASYNC109
         sock = self.sock
         while True:
-            await self._wait(False, timeout)
+            await self.wait_readable(timeout)
             try:
-                return sock.recv(RECV_SIZE)
+                data = sock.recv(RECV_SIZE)
             except BlockingIOError:
-                continue
+                continue  # a late edge for bytes already read
+            n = len(data)
+            self.maybe_readable = n == RECV_SIZE or n == 0
+            return data
 
     async def send_all(self, data: bytes, timeout: float) -> None:  # noqa: ASYNC109
         """Send every byte. Raises OSError (peer gone), Timeout (peer not reading)."""
@@ -144,7 +241,7 @@ class Conn:
         self._streak = 0
         view = memoryview(data)[sent:]
         while view:
-            await self._wait(True, timeout)
+            await self.wait_writable(timeout)
             try:
                 sent = sock.send(view)
             except BlockingIOError:
@@ -153,6 +250,8 @@ class Conn:
 
     def is_idle_and_open(self) -> bool:
         """For a pooled connection: True when the peer has neither closed nor sent anything."""
+        if self.stale or self.peer_closed:
+            return False
         try:
             data = self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
@@ -179,7 +278,9 @@ class Conn:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            trio.lowlevel.notify_closing(self.fd)
+            self.hangup_watcher = None
+            self.poller.forget(self)
+            self._wake(_CLOSED)
             self.sock.close()
 
     def abort(self) -> None:
@@ -192,7 +293,8 @@ class Conn:
             self.close()
 
     def __repr__(self) -> str:
-        return f"<Conn {self.peer} fd={-1 if self.closed else self.sock.fileno()}>"
+        state = "closed" if self.closed else ("pooled" if self.pooled else "open")
+        return f"<Conn {self.peer} fd={self.fd} {state}>"
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -239,7 +341,7 @@ def close_listener(listener: socket.socket) -> None:
     listener.close()
 
 
-async def connect(host: str, port: int, timeout: float, watchdog: Watchdog) -> Conn:  # noqa: ASYNC109
+async def connect(host: str, port: int, timeout: float, poller: Poller) -> Conn:  # noqa: ASYNC109
     """A connection to host:port. Raises OSError (refused, unreachable) or Timeout."""
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -248,21 +350,20 @@ async def connect(host: str, port: int, timeout: float, watchdog: Watchdog) -> C
         family, _, _, _, sockaddr = infos[0]
         host = str(sockaddr[0])
     sock = socket.socket(family, socket.SOCK_STREAM)
+    conn: Conn | None = None
     try:
         sock.setblocking(False)
         err = sock.connect_ex((host, port))
         if err == errno.EINPROGRESS:
-            with trio.move_on_after(timeout):
-                await trio.lowlevel.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
-                return Conn(sock, f"{host}:{port}", watchdog)
-            raise Timeout
+            conn = Conn(sock, f"{host}:{port}", poller)
+            await conn.wait_writable(timeout)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
-        return Conn(sock, f"{host}:{port}", watchdog)
+        return conn if conn is not None else Conn(sock, f"{host}:{port}", poller)
     except BaseException:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
+        if conn is not None:
+            conn.close()
+        else:
+            sock.close()
         raise
