@@ -33,6 +33,7 @@ class Backend:
     connections: int = 0
     release: trio.Event = field(default_factory=trio.Event)
     arrived: trio.Event = field(default_factory=trio.Event)  # a request reached respond()
+    cut: trio.Event = field(default_factory=trio.Event)  # the proxy ended a /generate
 
     @property
     def upstream(self) -> Upstream:
@@ -96,6 +97,25 @@ class Backend:
             return True
         if path == b"/hang":
             await trio.sleep(WAIT)
+            return False
+        if path == b"/generate":
+            # A long generation: nothing to send yet; notice when the proxy gives up on it.
+            with trio.move_on_after(WAIT):
+                try:
+                    while await stream.receive_some(65536):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+                self.cut.set()
+            return False
+        if path == b"/drop":  # read the request, then close without an answer
+            return False
+        if path == b"/close-after":  # answer, then close the keep-alive connection
+            await send(
+                h11.Response(status_code=200, headers=[("Content-Length", "2")]),
+                h11.Data(data=b"ok"),
+                h11.EndOfMessage(),
+            )
             return False
         if path == b"/slow":
             await trio.sleep(0.3)
@@ -536,3 +556,106 @@ async def test_idle_keep_alive_client_is_closed_after_client_idle() -> None:
                 assert (await c.request("GET", "/")).status == 200
                 with trio.fail_after(WAIT):
                     assert await c.stream.receive_some(10) == b""
+
+
+async def test_client_hangup_while_replica_works_cuts_the_replica_connection() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        with trio.fail_after(WAIT):
+            stream = await trio.open_tcp_stream("127.0.0.1", ep.address[1])
+            await stream.send_all(b"GET /generate HTTP/1.1\r\nHost: a\r\n\r\n")
+            await a.arrived.wait()
+            await stream.aclose()  # the client gives up while the replica "generates"
+        with trio.fail_after(2.0):
+            await a.cut.wait()  # the proxy cut the replica's connection at once
+        stats = ep.statistics()
+        assert stats.in_flight == 0 and stats.status.s4xx == 1  # recorded as 499
+        assert ep._balancer.pool.idle_count(a.upstream) == 0
+
+
+async def test_websocket_tunnel_ends_after_read_idle_in_both_directions() -> None:
+    async with backends("a") as (a,):
+        async with endpoint([a.upstream], EndpointTimeouts(read_idle=0.3)) as ep:
+            with trio.fail_after(WAIT):
+                stream = await trio.open_tcp_stream("127.0.0.1", ep.address[1])
+                async with stream:
+                    await stream.send_all(
+                        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                    )
+                    got = b""
+                    while b"\r\n\r\n" not in got:
+                        got += await stream.receive_some(4096)
+                    assert got.startswith(b"HTTP/1.1 101 ")
+                    # Busy for longer than read_idle: the tunnel stays.
+                    for _ in range(8):
+                        await stream.send_all(b"ping")
+                        assert await stream.receive_some(4096) == b"PING"
+                        await trio.sleep(0.1)
+                    # Silent in both directions: the proxy ends the tunnel.
+                    start = trio.current_time()
+                    try:
+                        assert await stream.receive_some(4096) == b""
+                    except trio.BrokenResourceError:
+                        pass  # ended with a reset: as good
+                    assert trio.current_time() - start < 2.0
+
+
+def _hide_close_from_pool(ep: Endpoint, upstream: Upstream) -> int:
+    """Make the pool trust its idle connections as if the replica's FIN were still on its way.
+
+    This is the race the stale-connection rule exists for: the replica closes a keep-alive
+    connection between the proxy's reuse check and its send.
+    """
+    b = ep._balancer
+    conns = b.pool._idle[upstream]
+    for conn in conns:
+        conn.stale = False
+        conn.peer_closed = False
+        conn.pooled_at = b.poller.now
+    return len(conns)
+
+
+async def test_stale_pooled_connection_is_retried_fresh_even_for_post() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            assert (await c.request("GET", "/close-after")).status == 200
+            await trio.sleep(0.05)  # the replica has closed the pooled connection
+            assert _hide_close_from_pool(ep, a.upstream) == 1
+            reply = await c.request("POST", "/echo", b"once")
+        assert reply.status == 200 and reply.body == b"once"
+        assert [r[0] for r in a.requests] == [b"GET", b"POST"]  # the POST arrived once
+        assert a.connections == 2
+
+
+async def test_post_read_then_closed_by_replica_is_not_replayed() -> None:
+    suspects: list[str] = []
+    async with backends("a", "b") as (a, b):
+        async with endpoint([a.upstream, b.upstream], on_suspect=suspects.append) as ep:
+            async with Client.open(ep.address[1]) as c:
+                assert (await c.request("GET", "/")).body == b"a"
+                assert (await c.request("GET", "/")).body == b"b"
+                # Reused connection to "a"; it reads the POST and closes without answering.
+                assert (await c.request("POST", "/drop", b"x")).status == 502
+            assert [r[1] for r in a.requests + b.requests].count(b"/drop") == 1
+            assert suspects == []  # a reused connection says nothing of the replica
+            # An idempotent request in the same situation goes to the next replica.
+            assert (await get(ep.address[1], "/")).status == 200
+            before = len(a.requests) + len(b.requests)
+            assert (await get(ep.address[1], "/drop")).status == 502
+            assert len(a.requests) + len(b.requests) == before + 2
+
+
+async def test_request_pipelined_while_replica_works_is_not_lost() -> None:
+    # The second request arrives while the session waits on the replica, so its read edge
+    # finds nobody parked on the client connection: it must still be served.
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        with trio.fail_after(WAIT):
+            stream = await trio.open_tcp_stream("127.0.0.1", ep.address[1])
+            async with stream:
+                await stream.send_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+                await a.arrived.wait()
+                await stream.send_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+                got = b""
+                while got.count(b"HTTP/1.1 200") < 2:
+                    got += await stream.receive_some(4096)
+        assert [r[1] for r in a.requests] == [b"/slow", b"/two"]
