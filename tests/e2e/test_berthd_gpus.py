@@ -1,0 +1,114 @@
+"""End to end, GPUs by CDI with fake devices (HOST.md): berthd as a process, real Podman.
+
+A CDI spec under /var/run/cdi declares `nvidia.com/gpu` devices "0" and "1" (each maps
+/dev/nvidiaN to the host's /dev/null and sets an env variable). berthd finds them at start
+(no NVML here): `berth status` lists them, two 1-GPU replicas get distinct devices, a third
+stays pending with the reason, and a spec asking 3 GPUs per replica is refused at apply.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.berthd import instance_id
+from daemon.runtime import LABEL_INSTANCE
+from tests.conftest import podman_binary, remove_labelled_containers
+from tests.e2e.berthd_process import Berthd, wait_until
+
+pytestmark = pytest.mark.podman
+
+CDI_DIR = Path("/var/run/cdi")
+SPEC = """
+name = "gpu"
+image = "{image}"
+port = 8080
+stop_timeout = "1s"
+[resources]
+gpus = {gpus}
+[replicas]
+count = 3
+[endpoint]
+port = {port}
+bind = "127.0.0.1"
+"""
+
+
+@pytest.fixture
+def fake_gpus() -> Iterator[Path]:
+    devices = "".join(
+        f'- name: "{n}"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia{n}\n'
+        f"      hostPath: /dev/null\n    env:\n    - BERTH_FAKE_GPU={n}\n"
+        for n in (0, 1)
+    )
+    CDI_DIR.mkdir(parents=True, exist_ok=True)
+    path = CDI_DIR / f"berth-e2e-{uuid.uuid4().hex[:8]}.yaml"
+    path.write_text(f"cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n{devices}")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def berthd(tmp_path: Path, podman_url: str, echo_image: str, fake_gpus: Path) -> Iterator[Berthd]:
+    state = tmp_path / "state"
+    daemon = Berthd(state, tmp_path / "run" / "berth.sock", podman_url, tmp_path / "berthd.log")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
+
+
+def test_gpu_replicas_get_distinct_devices_and_the_third_waits(
+    berthd: Berthd, tmp_path: Path, echo_image: str, free_port: Callable[[], int]
+) -> None:
+    berthd.start()
+    status = berthd.json("status")
+    assert [g["cdi_name"] for g in status["gpus"]] == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+
+    spec = tmp_path / "gpu.toml"
+    spec.write_text(SPEC.format(image=echo_image, gpus=3, port=free_port()))
+    refused = berthd.berth("apply", str(spec), check=False)
+    assert refused.returncode != 0 and "resources.gpus" in refused.stderr
+
+    spec.write_text(SPEC.format(image=echo_image, gpus=1, port=free_port()))
+    berthd.berth("apply", str(spec))
+    wait_until(
+        "two ready GPU replicas and one pending",
+        lambda: (got := berthd.json("get", "gpu"))["ready"] == 2 and got["pending"] == 1,
+        timeout=30,
+    )
+    got = berthd.json("get", "gpu")
+    assert sorted(tuple(r["gpus"]) for r in got["replicas"]) == [
+        ("nvidia.com/gpu=0",),
+        ("nvidia.com/gpu=1",),
+    ]
+    assert "needs 1 GPU" in got["error"]
+    for replica in got["replicas"]:
+        seen = subprocess.run(
+            [
+                podman_binary(),
+                "exec",
+                replica["container_id"],
+                "sh",
+                "-c",
+                "ls /dev/nvidia*; echo $BERTH_FAKE_GPU",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        (device,) = replica["gpus"]
+        n = device.rsplit("=", 1)[1]
+        assert seen == [f"/dev/nvidia{n}", n]
+    assert "pending" in berthd.berth("events", "gpu").stdout
+    assert (
+        "1 pending" in berthd.berth("get", "gpu").stdout
+        or "pending:" in berthd.berth("get", "gpu").stdout
+    )
