@@ -98,7 +98,7 @@ def test_gpu_replicas_get_distinct_devices_and_the_third_waits(
                 replica["container_id"],
                 "sh",
                 "-c",
-                "ls /dev/nvidia*; echo $BERTH_FAKE_GPU",
+                "ls /dev/nvidia*; tr '\\0' '\\n' < /proc/1/environ | grep BERTH_FAKE_GPU",
             ],
             capture_output=True,
             text=True,
@@ -106,7 +106,7 @@ def test_gpu_replicas_get_distinct_devices_and_the_third_waits(
         ).stdout.split()
         (device,) = replica["gpus"]
         n = device.rsplit("=", 1)[1]
-        assert seen == [f"/dev/nvidia{n}", n]
+        assert seen == [f"/dev/nvidia{n}", f"BERTH_FAKE_GPU={n}"]
     assert "pending" in berthd.berth("events", "gpu").stdout
     assert (
         "1 pending" in berthd.berth("get", "gpu").stdout
