@@ -1,0 +1,84 @@
+"""End to end, autoscaling: a request_duration deployment scales up under load and back down
+when idle; berthd as a process, replicas in real Podman, load bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.berthd import instance_id
+from daemon.runtime import LABEL_INSTANCE
+from tests.conftest import podman_binary, remove_labelled_containers
+from tests.e2e.berthd_process import Berthd, wait_until
+from tests.e2e.load import Load
+
+pytestmark = pytest.mark.podman
+
+SPEC = """
+name = "scaled"
+image = "{image}"
+port = 8080
+stop_timeout = "1s"
+[replicas]
+min = 1
+max = 3
+[[autoscale.metrics]]
+metric = "request_duration"
+summary = "average"
+target = "100ms"
+[autoscale]
+scale_down_delay = "6s"
+[health.readiness]
+path = "/health"
+period = "1s"
+[endpoint]
+port = {port}
+bind = "127.0.0.1"
+"""
+
+
+@pytest.fixture
+def berthd(tmp_path: Path, podman_url: str, echo_image: str) -> Iterator[Berthd]:
+    state = tmp_path / "state"
+    daemon = Berthd(state, tmp_path / "run" / "berth.sock", podman_url, tmp_path / "berthd.log")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
+
+
+def test_request_duration_scales_up_under_load_and_down_when_idle(
+    berthd: Berthd, tmp_path: Path, echo_image: str, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
+    spec = tmp_path / "scaled.toml"
+    spec.write_text(SPEC.format(image=echo_image, port=port))
+    berthd.start()
+    berthd.berth("apply", str(spec), "--wait")
+    assert berthd.json("get", "scaled")["desired"] == 1
+
+    # every request takes ~300 ms: 3x the target
+    with Load(f"http://127.0.0.1:{port}/cgi-bin/sleep?0.3", threads=4, max_seconds=40) as load:
+        started = time.monotonic()
+        wait_until("a scale-up", lambda: berthd.json("get", "scaled")["desired"] > 1, timeout=30)
+        wait_until(
+            "the new replicas to serve",
+            lambda: berthd.json("get", "scaled")["ready"] > 1,
+            timeout=30,
+        )
+        print(f"\nscaled up and serving {time.monotonic() - started:.1f}s after the load began")
+    assert load.failures == [], load.failures[:5]
+    events = berthd.berth("events", "scaled").stdout
+    assert "request_duration avg" in events and "> target 100ms: 1 ->" in events
+
+    # idle: back to min after scale_down_delay
+    wait_until("the scale-down", lambda: berthd.json("get", "scaled")["desired"] == 1, timeout=40)
+    wait_until(
+        "one replica left", lambda: len(berthd.json("get", "scaled")["replicas"]) == 1, timeout=30
+    )
+    assert "no traffic" in berthd.berth("events", "scaled").stdout
