@@ -10,6 +10,8 @@ Invariants:
 - A task parks only right after its syscall said EAGAIN, with no checkpoint between, or
   when `maybe_readable` says no byte can have arrived unseen; so every edge it needs is
   reported after it parked. A spurious wake-up (a late edge) costs one EAGAIN and a wait.
+  A short read drains the data but not a FIN queued behind it, so once the peer's hang-up
+  has been reported (`peer_closed`), `maybe_readable` stays True: that edge is spent.
 - Every wait is bounded by the timeout given, and raises `Timeout` when it passes. The
   timeout is a parameter (not a caller's `trio.fail_after`) and is enforced by the
   poller's watchdog, so that the hot path makes no cancel scope at all.
@@ -194,7 +196,9 @@ class Conn:
             self._streak = 0
             return await self._recv_after_wait(timeout)
         n = len(data)
-        self.maybe_readable = n == RECV_SIZE or n == 0
+        # A short read drains the data, not a FIN behind it: once the peer's hang-up has
+        # been reported (its edge is spent), end-of-stream stays readable.
+        self.maybe_readable = n == RECV_SIZE or n == 0 or self.peer_closed
         self._streak += 1
         if self._streak >= _YIELD_EVERY:
             self._streak = 0
@@ -222,7 +226,7 @@ class Conn:
             except BlockingIOError:
                 continue  # a late edge for bytes already read
             n = len(data)
-            self.maybe_readable = n == RECV_SIZE or n == 0
+            self.maybe_readable = n == RECV_SIZE or n == 0 or self.peer_closed
             return data
 
     async def send_all(self, data: bytes, timeout: float) -> None:  # noqa: ASYNC109

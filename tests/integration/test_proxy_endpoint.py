@@ -6,6 +6,7 @@ Every wait is bounded (`trio.fail_after`) and every loop has a fixed count.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -116,6 +117,14 @@ class Backend:
                 h11.Data(data=b"ok"),
                 h11.EndOfMessage(),
             )
+            return False
+        if path == b"/close-delimited":
+            # No Content-Length: the body ends when the replica closes (a CGI). The head,
+            # body and FIN go out in one step, with no checkpoint between them, so the
+            # proxy sees the data and the hang-up in one readiness report.
+            fd = stream.socket.fileno()
+            os.write(fd, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + self.name.encode())
+            stream.socket.shutdown(socket.SHUT_WR)
             return False
         if path == b"/slow":
             await trio.sleep(0.3)
@@ -643,6 +652,19 @@ async def test_post_read_then_closed_by_replica_is_not_replayed() -> None:
             before = len(a.requests) + len(b.requests)
             assert (await get(ep.address[1], "/drop")).status == 502
             assert len(a.requests) + len(b.requests) == before + 2
+
+
+async def test_close_delimited_response_after_a_keep_alive_one_ends() -> None:
+    # Regression (4b5f4ab): on a pooled connection, a response whose data and FIN arrive
+    # together never ended, because the short read of the data cleared the readiness hint
+    # while the FIN's edge had already been spent.
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            for _ in range(2):
+                assert (await c.request("GET", "/")).body == b"a"  # keep-alive, pooled
+                reply = await c.request("GET", "/close-delimited")  # bounded by WAIT
+                assert reply.status == 200 and reply.body == b"a"
+        assert a.connections == 2
 
 
 async def test_request_pipelined_while_replica_works_is_not_lost() -> None:
