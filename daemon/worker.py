@@ -134,6 +134,7 @@ class DeploymentWorker:
         self._rollout: Rollout | None = None
         self._scale: ScaleState | None = None
         self._failed_revisions: set[int] = set()
+        self._rolled_out: str | None = None  # the last template seen fully rolled out
         self.finished = trio.Event()  # the deployment is gone and so are its containers
 
     def __repr__(self) -> str:
@@ -237,8 +238,12 @@ class DeploymentWorker:
                     deployment=self.name,
                 )
             self._rollout = None
+            self._rolled_out = active.template_id
             return
-        if active.revision in self._failed_revisions:
+        # A rollout is a change of container template. Once one has rolled out, later
+        # shortfalls (a scale-up waiting for a GPU, a crashing replica) are the health checks'
+        # business, not a reason to roll back: as Kubernetes, where scaling is no rollout.
+        if active.revision in self._failed_revisions or active.template_id == self._rolled_out:
             return
         if self._rollout is None or self._rollout.revision != active.revision:
             deadline = active.spec.update.progress_deadline

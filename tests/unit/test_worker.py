@@ -424,3 +424,17 @@ async def test_the_autoscaler_moves_the_count_and_says_why(rig: Rig, mock_clock:
     await rig.settle()
     assert len(rig.replicas()) == 1
     assert rig.worker.scale_ups == 1 and rig.worker.scale_downs == 1
+
+
+async def test_a_scale_up_that_cannot_be_placed_is_no_failed_rollout(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    base = spec_text(rig.port, count=2) + '[update]\nprogress_deadline = "30s"\n'
+    await running_and_ready(rig, base + "[resources]\ngpus = 1\n")
+    rig.apply(base.replace("count = 2", "count = 3") + "[resources]\ngpus = 1\n")
+    for _ in range(8):  # the third replica never gets a GPU (two on this host)
+        mock_clock.jump(10.0)
+        await rig.settle()
+    assert rig.worker.snapshot().pending == 1
+    assert [r.status for r in rig.store.history("web")] == ["superseded", "active"]
+    assert "rolled-back" not in rig.events()
