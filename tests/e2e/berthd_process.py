@@ -55,6 +55,7 @@ class Berthd:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
         wait_until("berthd to answer `berth status`", self._answers, START_TIMEOUT)
 
