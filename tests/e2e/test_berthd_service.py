@@ -123,7 +123,7 @@ def test_berthd_as_a_service(
     assert scrape.status_code == 200
     requests = [
         sample
-        for sample in families["berth_deployment_requests"].samples
+        for sample in families["berth_endpoint_requests"].samples
         if sample.labels.get("deployment") == "svc"
     ]
     assert sum(sample.value for sample in requests) >= 5
