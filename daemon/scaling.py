@@ -14,7 +14,9 @@ from config.spec import DeploymentSpec
 from daemon.autoscale import Autoscaler, Decision, LoadSample
 from daemon.metrics_model import DeploymentLoad
 
-LOAD_WINDOW = 10.0  # seconds of samples the autoscaler looks at
+# Seconds of samples the autoscaler looks at: just over one sample interval, so it acts on
+# the newest load (its own stabilisation window slows the scale-downs, as HPA's does).
+LOAD_WINDOW = 3.0
 
 LoadSource = Callable[[str, float], DeploymentLoad]
 

@@ -72,7 +72,7 @@ from proxy.upstreams import Upstream
 log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
-SLOW_ROUND = 5.0  # when up to date
+SLOW_ROUND = 2.0  # when up to date: the autoscaler looks this often (one metrics sample)
 DRAIN_TIMEOUT = 30.0
 
 
