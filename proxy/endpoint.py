@@ -8,10 +8,16 @@ Invariants:
   closes the listener and idle keep-alive connections, and gives in-flight requests until
   now + t; `run` returns when the last session ends.
 - Statistics are recorded by plain counters on the hot path and summarised on read.
+- Hold mode (`hold_when_empty`, scale from zero, as Knative's activator): while the set is
+  empty a request waits, its head read and its body unread, until `set_upstreams` brings
+  a replica; at most `max_queue` wait, none longer than `max_wait`, and `begin_shutdown`
+  releases them all; each refusal is a 503 with Retry-After. Off, an empty set is a 503
+  at once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import trio
 
 from proxy import sockets
+from proxy.connector import AVOID_S
 from proxy.forward import Session
 from proxy.poller import Poller
 from proxy.pool import Pool
@@ -56,6 +63,12 @@ class Balancer:
         self.poller = Poller(tick=min(0.5, max(0.01, shortest / 4)))
         self.draining = False
         self.on_suspect = on_suspect
+        # Hold mode (see the module docstring); max_wait None: off.
+        self.hold_max_wait: float | None = None
+        self.hold_max_queue = 100
+        self.on_wait: Callable[[], None] | None = None
+        self.waiting = 0
+        self._arrival = trio.Event()  # set (and replaced) when held requests should look again
         self.totals = Counters(STATS_WINDOW_S)
         self.replicas: dict[str, Counters] = {}
         self._id_prefix = os.urandom(6).hex().encode()
@@ -71,6 +84,49 @@ class Balancer:
                 self.replicas[rid] = Counters(STATS_WINDOW_S)
         for rid in [r for r, c in self.replicas.items() if r not in ids and not c.in_flight]:
             del self.replicas[rid]
+        if current:
+            self.wake_held()
+
+    def wake_held(self) -> None:
+        """Held requests look again: at the upstream set, the hold settings, draining."""
+        if self.waiting:
+            self._arrival.set()
+            self._arrival = trio.Event()
+
+    async def hold(self) -> str | None:
+        """With no upstream: wait for one in hold mode. None once one is there; otherwise
+        why the request gets a 503 (hold mode off, queue full, waited too long, draining)."""
+        if self.draining:
+            return "shutting down"
+        max_wait = self.hold_max_wait
+        if max_wait is None:
+            return "no ready replica"
+        if self.waiting >= self.hold_max_queue:
+            return "too many requests waiting for a replica"
+        self.waiting += 1
+        try:
+            if self.on_wait is not None:
+                self.on_wait()
+            with trio.move_on_after(max_wait):
+                while True:
+                    if self.draining:
+                        return "shutting down"
+                    if self.upstreams:
+                        return None
+                    if self.hold_max_wait is None:
+                        return "no ready replica"
+                    await self._arrival.wait()
+            return "no replica became ready in time"
+        finally:
+            self.waiting -= 1
+
+    def pick(self, tried: list[Upstream]) -> Upstream | None:
+        return self.upstreams.pick(tried, self.poller.now)
+
+    def connect_failed(self, upstream: Upstream) -> None:
+        """Suspect, and skipped by the round robin for a moment (`proxy.connector`)."""
+        self.upstreams.avoid(upstream, trio.current_time() + AVOID_S)
+        self.suspect(upstream)
 
     def next_request_id(self) -> bytes:
         self._id_next += 1
@@ -150,6 +206,37 @@ class Endpoint:
     def is_draining(self) -> bool:
         return self._balancer.draining
 
+    def hold_when_empty(
+        self,
+        max_wait: float | None,
+        max_queue: int = 100,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
+        """Scale from zero: while no upstream is set, hold requests instead of a 503.
+
+        A request that finds the set empty waits (head read, body unread) until
+        `set_upstreams` brings a replica, then is served. `on_wait` is called as each
+        request starts waiting (synchronously: it must not block), so that the caller can
+        start a replica at once. A request that would wait longer than `max_wait` seconds,
+        or finds `max_queue` requests waiting already, gets 503 with Retry-After.
+        `max_wait=None` turns hold mode off (503 at once); requests already waiting then
+        get their 503 too.
+        """
+        if max_wait is not None and max_wait <= 0:
+            raise ValueError(f"max_wait must be positive or None, got {max_wait}")
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        b = self._balancer
+        b.hold_max_wait = max_wait
+        b.hold_max_queue = max_queue
+        b.on_wait = on_wait
+        if max_wait is None:
+            b.wake_held()
+
+    def waiting(self) -> int:
+        """How many requests are held waiting for a replica (hold mode)."""
+        return self._balancer.waiting
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listener = sockets.listen(self.bind, self.port)
         name = listener.getsockname()
@@ -190,6 +277,7 @@ class Endpoint:
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Stop accepting; in-flight requests get `drain_timeout` seconds to finish."""
         self._balancer.draining = True
+        self._balancer.wake_held()  # each held request gets its 503 now
         self._drain_deadline = trio.current_time() + drain_timeout
         if self._accept_scope is not None:
             self._accept_scope.cancel()
@@ -202,7 +290,15 @@ class Endpoint:
             if session.idle:
                 session.conn.shutdown()  # its wait for a request ends with end-of-stream
 
-    def statistics(self) -> EndpointStatistics:
+    def statistics(self, window: float = STATS_WINDOW_S) -> EndpointStatistics:
+        """Counters since start; latency percentiles over the last `window` seconds.
+
+        `window` is whole seconds at most `STATS_WINDOW_S` (what is kept); a shorter one
+        (the autoscaler's ~10 s) counts only the latest seconds, the current one included.
+        """
+        if not window > 0:
+            raise ValueError(f"window must be positive, got {window}")
+        window = min(float(math.ceil(window)), STATS_WINDOW_S)
         b = self._balancer
         now = trio.current_time()
         replicas = tuple(
@@ -211,7 +307,7 @@ class Endpoint:
                 in_flight=c.in_flight,
                 requests_total=c.total,
                 status=c.status_counts(),
-                latency=c.latency.summary(now),
+                latency=c.latency.summary(now, window),
             )
             for rid, c in sorted(b.replicas.items())
         )
@@ -221,8 +317,8 @@ class Endpoint:
             in_flight=t.in_flight,
             requests_total=t.total,
             status=t.status_counts(),
-            latency=t.latency.summary(now),
-            window=STATS_WINDOW_S,
+            latency=t.latency.summary(now, window),
+            window=window,
             replicas=replicas,
         )
 

@@ -4,9 +4,12 @@ The flow of one request (an "exchange"):
 1. The head arrives (within `header_read` of its first byte) and is checked by the
    protocol core; a malformed request is answered 400/405/431/505 and the connection
    closes, nothing forwarded.
-2. Pick the next upstream (round robin); no upstream at all -> 503 + Retry-After.
-3. Take an idle pooled connection or connect. A connect failure marks the replica suspect
-   and the request goes to the next upstream, always (nothing has been sent).
+2. Pick the next upstream (round robin, skipping for a moment those whose connect failed
+   or hung). No upstream at all -> 503 + Retry-After at once, or, with the endpoint's hold
+   mode (scale from zero), the request waits for one, bounded (`Balancer.hold`).
+3. Take an idle pooled connection or connect (`proxy.connector`: a connect still pending
+   after ~150 ms races one to the next upstream). A connect failure marks the replica
+   suspect and the request goes to the next upstream, always (nothing has been sent).
 4. Send the head and whatever body has arrived; stream the rest of the body while reading
    the response (concurrently, so early answers and 100-continue work).
 5. Relay the response as it arrives (`proxy.relay`); a client that hangs up while the
@@ -22,8 +25,9 @@ proxy still holds the whole request (it arrived with its head), and only when on
   on a fresh connection to the same upstream, any method. A replica that read the request
   and then closed or crashed sends only its FIN (no reset: nothing was left unread), so
   this never replays a request that a live replica process has read;
-- the replica reset or closed with nothing received, on any connection, and the method
-  is idempotent -> the next upstream (the replica is marked suspect if the connection was
+- the replica reset or closed before a whole response head arrived (nothing, or a head
+  cut short: a replica killed mid-request), on any connection, and the method is
+  idempotent -> the next upstream (the replica is marked suspect if the connection was
   fresh: a stale keep-alive connection says nothing about the replica's health).
 Failures with nothing sent to the client get a clear answer (502 broken replica,
 504 read-idle timeout); once bytes went out, the client connection is cut instead.
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from proxy.connector import open_connection
 from proxy.headers import chunk, error_response, request_head_bytes
 from proxy.protocol import END, EndOfMessage, Framing, ProtocolError, RequestHead
 from proxy.reader import ClientGone, ClientReader
@@ -48,7 +53,7 @@ from proxy.relay import (
     relay,
     relay_while_sending,
 )
-from proxy.sockets import Conn, Timeout, connect
+from proxy.sockets import Conn, Timeout
 from proxy.upstreams import Upstream
 
 if TYPE_CHECKING:
@@ -161,15 +166,21 @@ class Session:
         upstream: Upstream | None = None
         try:
             while True:
-                upstream = b.upstreams.pick(tried)
+                upstream = b.pick(tried)
                 if upstream is None:
                     if not tried:
-                        await self._answer(503, "no ready replica", close=self.close_after)
-                        return not self.close_after
+                        refusal = await b.hold()
+                        if refusal is None:
+                            continue  # a replica came: serve the request now
+                        close = self.close_after or b.draining
+                        await self._answer(503, refusal, close=close)
+                        return not close
                     await self._answer(502, "no replica could be reached")
                     return False
                 tried.append(upstream)
-                outcome = await self._attempt(upstream, head, request, complete, framing)
+                outcome, upstream = await self._attempt(
+                    upstream, tried, head, request, complete, framing
+                )
                 if outcome != RETRY:
                     break
             if outcome == FAILED:
@@ -182,25 +193,28 @@ class Session:
     async def _attempt(
         self,
         upstream: Upstream,
+        tried: list[Upstream],
         head: RequestHead,
         request: bytes,
         complete: bool,
         framing: Framing,
-    ) -> int:
-        """Send the request to one upstream and relay its answer; see the retry rule."""
+    ) -> tuple[int, Upstream]:
+        """Send the request to one upstream and relay its answer; see the retry rule.
+
+        Returns the outcome and the upstream that got the request: another one when a
+        hanging connect was raced (`proxy.connector`), which is then added to `tried`.
+        """
         b = self.balancer
-        timeouts = b.timeouts
         # A pooled connection is checked (peeked) before reuse unless it was pooled
         # moments ago and the request could go again after all (see the retry rule).
         conn = b.pool.take(upstream, b.poller.now, trust_recent=complete)
         reused = conn is not None
         while True:
             if conn is None:
-                try:
-                    conn = await connect(upstream.host, upstream.port, timeouts.connect, b.poller)
-                except (OSError, Timeout):
-                    b.suspect(upstream)
-                    return RETRY
+                opened = await open_connection(b, upstream, tried)
+                if opened is None:
+                    return RETRY, upstream
+                upstream, conn = opened
             outcome = await self._send_and_relay(
                 conn, upstream, head, request, complete, framing, reused
             )
@@ -211,14 +225,14 @@ class Session:
         if outcome == _NOT_SENT:
             if not reused:
                 b.suspect(upstream)
-            return RETRY
+            return RETRY, upstream
         if outcome == RETRY:
             if not reused:
                 b.suspect(upstream)
             if not (complete and head.idempotent):
                 self.status = 502
-                return FAILED
-        return outcome
+                return FAILED, upstream
+        return outcome, upstream
 
     async def _send_and_relay(
         self,

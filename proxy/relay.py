@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # Outcomes of one attempt at one upstream.
 DONE: Final = 0  # response relayed completely
-RETRY: Final = 1  # nothing arrived from the replica, nothing reached the client
+RETRY: Final = 1  # no whole response head arrived before EOF/reset; nothing reached the client
 FAILED: Final = 2  # failed before anything reached the client; answer with session.status
 CUT: Final = 3  # failed after bytes reached the client, or the client went away
 STALE: Final = 4  # as RETRY, and the replica's socket was closed before the request came
@@ -86,6 +86,10 @@ async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
                     events = parser.feed(data)
                 elif not got_any:
                     return _eof_outcome(conn)
+                elif not sent:
+                    # Cut short inside the head (a replica killed between two writes of
+                    # it): nothing reached the client, so this is as good as no answer.
+                    return RETRY
                 else:
                     events = parser.feed_eof()
             except ProtocolError:

@@ -345,8 +345,11 @@ def close_listener(listener: socket.socket) -> None:
     listener.close()
 
 
-async def connect(host: str, port: int, timeout: float, poller: Poller) -> Conn:  # noqa: ASYNC109
-    """A connection to host:port. Raises OSError (refused, unreachable) or Timeout."""
+async def start_connect(host: str, port: int, poller: Poller) -> tuple[Conn, bool]:
+    """Begin a connection to host:port: the `Conn`, and whether it is connected already.
+
+    When it is not, `finish_connect` waits for it. Raises OSError when refused at once.
+    """
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:  # a name: resolve it (off the event loop)
@@ -354,20 +357,48 @@ async def connect(host: str, port: int, timeout: float, poller: Poller) -> Conn:
         family, _, _, _, sockaddr = infos[0]
         host = str(sockaddr[0])
     sock = socket.socket(family, socket.SOCK_STREAM)
-    conn: Conn | None = None
     try:
         sock.setblocking(False)
         err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            conn = Conn(sock, f"{host}:{port}", poller)
-            await conn.wait_writable(timeout)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
+        if err and err != errno.EINPROGRESS:
             raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
-        return conn if conn is not None else Conn(sock, f"{host}:{port}", poller)
+        return Conn(sock, f"{host}:{port}", poller), not err
     except BaseException:
-        if conn is not None:
-            conn.close()
-        else:
-            sock.close()
+        sock.close()
         raise
+
+
+async def finish_connect(conn: Conn, timeout: float, *, check: bool = False) -> None:  # noqa: ASYNC109
+    """Wait for a connect begun by `start_connect`. Raises OSError (refused, unreachable)
+    or Timeout, and leaves closing `conn` to the caller either way.
+
+    `check`: look first whether it has completed already; needed when a checkpoint came
+    between `start_connect` (or an earlier wait) and this call, as its edge may be spent.
+    """
+    sock = conn.sock
+    if check:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"connect to {conn.peer}: {errno.errorcode.get(err)}")
+        try:
+            sock.getpeername()
+        except OSError:
+            pass  # still in progress
+        else:
+            return
+    await conn.wait_writable(timeout)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"connect to {conn.peer}: {errno.errorcode.get(err)}")
+
+
+async def connect(host: str, port: int, timeout: float, poller: Poller) -> Conn:  # noqa: ASYNC109
+    """A connection to host:port. Raises OSError (refused, unreachable) or Timeout."""
+    conn, done = await start_connect(host, port, poller)
+    if not done:
+        try:
+            await finish_connect(conn, timeout)
+        except BaseException:
+            conn.close()
+            raise
+    return conn

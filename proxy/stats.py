@@ -2,8 +2,9 @@
 
 Recording costs a few integer operations: counters by status class, an in-flight gauge,
 and one increment in a per-second log-scale latency histogram (4 buckets per doubling,
-so a percentile is within ~9 % of the true value). `statistics()` sums the per-second
-histograms of the last `window` seconds; nothing is kept longer than that.
+so a percentile is within ~9 % of the true value). `statistics(window)` sums the
+per-second histograms of the last `window` seconds (at most the kept 60); nothing is kept
+longer than that.
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ class LatencyWindow:
         b = int(math.log2(us) * _SUB) if us > 1.0 else 0
         hist[b if b < _BUCKETS else _BUCKETS - 1] += 1
 
-    def summary(self, now: float) -> LatencySummary:
+    def summary(self, now: float, window: float | None = None) -> LatencySummary:
+        """Over the last `window` seconds (the current one included), at most the ring's."""
         second = int(now)
+        span = self._window if window is None else min(self._window, math.ceil(window))
         total = [0] * _BUCKETS
         for slot, s in enumerate(self._seconds):
-            if s >= 0 and second - s < self._window:
+            if s >= 0 and second - s < span:
                 for i, c in enumerate(self._hists[slot]):
                     total[i] += c
         count = sum(total)

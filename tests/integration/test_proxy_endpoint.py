@@ -16,6 +16,7 @@ from functools import partial
 import h11
 import pytest
 import trio
+from trio.testing import MockClock
 
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.upstreams import Upstream
@@ -35,6 +36,9 @@ class Backend:
     release: trio.Event = field(default_factory=trio.Event)
     arrived: trio.Event = field(default_factory=trio.Event)  # a request reached respond()
     cut: trio.Event = field(default_factory=trio.Event)  # the proxy ended a /generate
+    # Set: every request is read, answered with these bytes (maybe none) and the
+    # connection closed, as by a replica killed mid-request.
+    fault: bytes | None = None
 
     @property
     def upstream(self) -> Upstream:
@@ -86,6 +90,10 @@ class Backend:
                     await stream.send_all(data)
 
         self.arrived.set()
+        if self.fault is not None:
+            if self.fault:
+                await stream.send_all(self.fault)
+            return False
 
         if path == b"/sse":
             await send(
@@ -681,3 +689,209 @@ async def test_request_pipelined_while_replica_works_is_not_lost() -> None:
                 while got.count(b"HTTP/1.1 200") < 2:
                     got += await stream.receive_some(4096)
         assert [r[1] for r in a.requests] == [b"/slow", b"/two"]
+
+
+# --- a connect that hangs (issue 3: a replica killed a moment ago) -----------------------------
+
+
+@asynccontextmanager
+async def black_hole() -> AsyncIterator[Upstream]:
+    """An upstream whose connects neither complete nor fail: a listener with backlog 0
+    whose one queue slot is taken (the kernel then drops further SYNs)."""
+    hole = socket.socket()
+    filler = socket.socket()
+    try:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        filler.connect(hole.getsockname())
+        yield Upstream("black-hole", "127.0.0.1", hole.getsockname()[1])
+    finally:
+        filler.close()
+        hole.close()
+
+
+async def test_a_hanging_connect_is_raced_and_its_upstream_skipped_a_moment() -> None:
+    async with black_hole() as hole, backends("a") as (a,), endpoint([hole, a.upstream]) as ep:
+        took: list[float] = []
+        for _ in range(6):  # a fresh client connection each: round robin starts anew
+            start = trio.current_time()
+            reply = await get(ep.address[1], "/")
+            took.append(trio.current_time() - start)
+            assert reply.status == 200 and reply.body == b"a"
+        # The first request waited ~150 ms for the hanging connect, then raced "a"; the
+        # black hole is then skipped for a moment, so the others go to "a" at once.
+        assert 0.1 < took[0] < 1.0, took
+        assert max(took[1:]) < 0.1, took
+        assert len(a.requests) == 6
+
+
+async def test_hanging_connects_on_every_upstream_end_with_the_connect_timeout() -> None:
+    async with black_hole() as hole:
+        async with endpoint([hole], EndpointTimeouts(connect=0.5)) as ep:
+            start = trio.current_time()
+            assert (await get(ep.address[1], "/")).status == 502
+            assert trio.current_time() - start < 2.0
+
+
+# --- a replica killed mid-request (issue 3) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [b"", b"HTTP/1.1 200 OK\r\n"],
+    ids=["closed-after-reading", "closed-inside-the-head"],
+)
+async def test_replica_closing_before_a_whole_head_costs_an_idempotent_request_nothing(
+    fault: bytes,
+) -> None:
+    suspects: list[str] = []
+    async with backends("a", "b") as (a, b):
+        a.fault = fault
+        async with endpoint([a.upstream, b.upstream], on_suspect=suspects.append) as ep:
+            for _ in range(4):  # fresh client connections: "a" is picked first each time
+                reply = await get(ep.address[1], "/")
+                assert (reply.status, reply.body) == (200, b"b")
+            assert len(a.requests) == 4 and len(b.requests) == 4
+            assert set(suspects) == {"a"}
+            # A POST that reached "a" is never replayed: the replica may have acted on it.
+            ep.set_upstreams([a.upstream, b.upstream])
+            before = len(b.requests)
+            reply = await get(ep.address[1], "/", method="POST", body=b"x")
+            assert reply.status == 502
+            assert len(b.requests) == before
+
+
+# --- hold mode: scale from zero (issue 5) -------------------------------------------------------
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll (the endpoint has no event for these states), bounded by WAIT."""
+    for _ in range(int(WAIT / 0.005)):
+        if predicate():
+            return
+        await trio.sleep(0.005)
+    raise AssertionError("not reached within WAIT")
+
+
+async def test_held_request_is_served_once_a_replica_arrives() -> None:
+    calls: list[int] = []
+    body = bytes(range(256)) * 256  # 64 KiB: held unread, then streamed to the replica
+    async with backends("a") as (a,), endpoint([]) as ep:
+        ep.hold_when_empty(WAIT, on_wait=lambda: calls.append(ep.waiting()))
+        replies: list[Reply] = []
+
+        async def fetch(method: str, path: str, data: bytes) -> None:
+            replies.append(await get(ep.address[1], path, method=method, body=data))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch, "GET", "/", b"")
+            nursery.start_soon(fetch, "POST", "/echo", body)
+            await until(lambda: ep.waiting() == 2)
+            assert calls == [1, 2]  # at once, as each request starts waiting
+            await trio.sleep(0.1)
+            assert replies == [] and a.requests == []
+            ep.set_upstreams([a.upstream])
+        assert ep.waiting() == 0
+        assert sorted((r.status, r.body) for r in replies) == sorted([(200, b"a"), (200, body)])
+        assert ep.statistics().status.s2xx == 2
+
+
+async def test_held_request_gets_503_after_max_wait(mock_clock: MockClock) -> None:
+    mock_clock.rate = 1.0  # real time flows (sockets, fail_after); jumps come on top
+    async with endpoint([]) as ep:
+        ep.hold_when_empty(5.0)
+        replies: list[Reply] = []
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+
+                async def fetch() -> None:
+                    replies.append(await get(ep.address[1], "/"))
+
+                nursery.start_soon(fetch)
+                await until(lambda: ep.waiting() == 1)
+                mock_clock.jump(4.0)
+                await trio.sleep(0.05)
+                assert replies == [] and ep.waiting() == 1  # still within max_wait
+                mock_clock.jump(1.5)
+        assert replies[0].status == 503 and int(replies[0].headers["retry-after"]) >= 1
+        assert ep.waiting() == 0
+
+
+async def test_hold_queue_is_bounded() -> None:
+    async with backends("a") as (a,), endpoint([]) as ep:
+        ep.hold_when_empty(WAIT, max_queue=2)
+        held: list[Reply] = []
+
+        async def fetch() -> None:
+            held.append(await get(ep.address[1], "/"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            nursery.start_soon(fetch)
+            await until(lambda: ep.waiting() == 2)
+            with trio.fail_after(1.0):
+                over = await get(ep.address[1], "/")
+            assert over.status == 503 and "retry-after" in over.headers
+            assert ep.waiting() == 2
+            ep.set_upstreams([a.upstream])
+        assert [r.status for r in held] == [200, 200]
+
+
+async def test_begin_shutdown_releases_held_requests_with_503() -> None:
+    ep = Endpoint("hold", bind="127.0.0.1", port=0)
+    ep.hold_when_empty(WAIT)
+    replies: list[Reply] = []
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.run)
+
+            async def fetch() -> None:
+                replies.append(await get(ep.address[1], "/"))
+
+            nursery.start_soon(fetch)
+            await until(lambda: ep.waiting() == 1)
+            start = trio.current_time()
+            ep.begin_shutdown(5.0)
+        # run() returned (the nursery exited) well before the drain deadline.
+        assert trio.current_time() - start < 2.0
+    assert replies[0].status == 503 and replies[0].headers.get("connection") == "close"
+    assert ep.waiting() == 0
+
+
+async def test_hold_mode_off_releases_held_requests_and_answers_at_once() -> None:
+    async with endpoint([]) as ep:
+        ep.hold_when_empty(WAIT)
+        replies: list[Reply] = []
+        async with trio.open_nursery() as nursery:
+
+            async def fetch() -> None:
+                replies.append(await get(ep.address[1], "/"))
+
+            nursery.start_soon(fetch)
+            await until(lambda: ep.waiting() == 1)
+            ep.hold_when_empty(None)
+        with trio.fail_after(1.0):
+            replies.append(await get(ep.address[1], "/"))
+        assert [r.status for r in replies] == [503, 503]
+        with pytest.raises(ValueError):
+            ep.hold_when_empty(0.0)
+
+
+# --- statistics over a shorter window (the autoscaler's) ----------------------------------------
+
+
+async def test_statistics_over_a_shorter_window(mock_clock: MockClock) -> None:
+    mock_clock.rate = 1.0
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as c:
+            for _ in range(3):
+                assert (await c.request("GET", "/")).status == 200
+            mock_clock.jump(20.0)
+            assert (await c.request("GET", "/")).status == 200
+        default, recent = ep.statistics(), ep.statistics(window=10.0)
+    assert default.window == 60.0 and default.latency.count == 4
+    assert recent.window == 10.0 and recent.latency.count == 1
+    assert recent.requests_total == 4  # counters are since start, whatever the window
+    assert ep.statistics(window=600.0).window == 60.0  # no more than is kept
+    with pytest.raises(ValueError):
+        ep.statistics(window=0.0)
