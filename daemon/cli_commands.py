@@ -90,7 +90,7 @@ def wait_for_rollout(
         if line != last_line:
             print(line, flush=True)
             last_line = line
-        if status == "stopped" or (
+        if status in ("stopped", "idle") or (
             status == "running" and isinstance(desired, int) and (ready or 0) >= desired
         ):
             return 0

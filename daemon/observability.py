@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # Seconds between samples: short, so the autoscaler sees a load step within a couple of
 # seconds (its window is daemon.scaling.LOAD_WINDOW).
 SAMPLE_INTERVAL = 2.0
+# The proxy's latency percentiles over this many seconds: recent enough to show a load step.
+LATENCY_WINDOW = 10.0
 
 
 def metrics_sampler(daemon: Berthd) -> MetricsSampler:
@@ -46,7 +48,7 @@ def metrics_sampler(daemon: Berthd) -> MetricsSampler:
 
     def statistics(name: str) -> EndpointStatistics | None:
         endpoint = daemon.endpoints.get(name)
-        return endpoint.statistics() if endpoint else None
+        return endpoint.statistics(window=LATENCY_WINDOW) if endpoint else None
 
     return MetricsSampler(
         daemon.runtime,

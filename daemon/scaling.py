@@ -55,7 +55,14 @@ def sample_of(load: DeploymentLoad | None, count: int, waiting: int = 0) -> Load
     )
 
 
-def decide(state: ScaleState, load: DeploymentLoad | None, now: float) -> Decision:
-    decision = state.autoscaler.observe(now, sample_of(load, state.count))
+def scales_to_zero(spec: DeploymentSpec) -> bool:
+    return autoscaled(spec) and spec.replicas.min == 0
+
+
+def decide(
+    state: ScaleState, load: DeploymentLoad | None, now: float, waiting: int = 0
+) -> Decision:
+    """One autoscaler step; `waiting`: requests held at the endpoint (scale from zero)."""
+    decision = state.autoscaler.observe(now, sample_of(load, state.count, waiting))
     state.count = decision.desired
     return decision

@@ -64,16 +64,25 @@ from daemon.runtime import (
     ContainerRuntime,
     RuntimeFailure,
 )
-from daemon.scaling import LOAD_WINDOW, LoadSource, ScaleState, autoscaled, decide, initial_count
+from daemon.scaling import (
+    LOAD_WINDOW,
+    LoadSource,
+    ScaleState,
+    autoscaled,
+    decide,
+    initial_count,
+    scales_to_zero,
+)
 from daemon.store import Store
 from daemon.store_access import StoreAccess
+from proxy.endpoint import Endpoint
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
 SLOW_ROUND = 2.0  # when up to date: the autoscaler looks this often (one metrics sample)
-DRAIN_TIMEOUT = 30.0
+COLD_START_WAIT = 120.0  # how long a request is held at a scaled-to-zero endpoint
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,7 @@ def desired_count(spec: DeploymentSpec, pinned: int | None, scaled: int | None =
     if pinned is not None:
         return pinned
     if scaled is not None:
-        # Until the endpoint can hold requests while a replica starts (scale from zero),
-        # an autoscaled deployment keeps one replica even with `min = 0`.
-        return max(scaled, 1)
+        return scaled
     return spec.replicas.min
 
 
@@ -134,6 +141,7 @@ class DeploymentWorker:
         self._rollout: Rollout | None = None
         self._scale: ScaleState | None = None
         self._failed_revisions: set[int] = set()
+        self._hold: tuple[Endpoint, float | None] | None = None
         self._rolled_out: str | None = None  # the last template seen fully rolled out
         self.finished = trio.Event()  # the deployment is gone and so are its containers
 
@@ -324,7 +332,9 @@ class DeploymentWorker:
         else:
             self._scale.autoscaler.reconfigure(spec.replicas, spec.autoscale)
         load = self._ctx.load(self.name, LOAD_WINDOW)
-        decision = decide(self._scale, load, trio.current_time())
+        endpoint = self._ctx.endpoints.get(self.name)
+        waiting = endpoint.waiting() if endpoint else 0
+        decision = decide(self._scale, load, trio.current_time(), waiting)
         if decision.changed:
             if decision.desired > decision.current:
                 self.scale_ups += 1
@@ -420,6 +430,12 @@ class DeploymentWorker:
                 f"endpoint listening on {active.spec.endpoint.port}",
                 deployment=self.name,
             )
+        hold = COLD_START_WAIT if scales_to_zero(active.spec) else None
+        if self._hold != (endpoint, hold):
+            # Scale from zero: with no replica, the endpoint holds requests (bounded) and
+            # tells us, so a replica starts at once; a cold start within the wait is no 503.
+            endpoint.hold_when_empty(hold, on_wait=self.nudge)
+            self._hold = (endpoint, hold)
         endpoint.set_upstreams(self._ready_upstreams(containers, leaving))
 
     def _ready_upstreams(
@@ -479,7 +495,9 @@ class DeploymentWorker:
             if active and c.labels.get(LABEL_TEMPLATE) == active.template_id
         }
         ready = sum(1 for v in views if v.ready and v.id in current)
-        if active is None or desired == 0:
+        if active is not None and desired == 0 and scales_to_zero(active.spec):
+            status = "idle"  # scaled to zero; the next request starts a replica
+        elif active is None or desired == 0:
             status = "stopped"
         elif self._endpoint_error:
             status = "failed"

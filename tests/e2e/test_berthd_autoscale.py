@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from daemon.berthd import instance_id
@@ -82,3 +83,49 @@ def test_request_duration_scales_up_under_load_and_down_when_idle(
         "one replica left", lambda: len(berthd.json("get", "scaled")["replicas"]) == 1, timeout=30
     )
     assert "no traffic" in berthd.berth("events", "scaled").stdout
+
+
+ZERO = """
+name = "zero"
+image = "{image}"
+port = 8080
+stop_timeout = "1s"
+[replicas]
+min = 0
+max = 2
+[[autoscale.metrics]]
+metric = "concurrency"
+target = 1
+[autoscale]
+scale_down_delay = "3s"
+[health.readiness]
+path = "/health"
+period = "250ms"
+[endpoint]
+port = {port}
+bind = "127.0.0.1"
+"""
+
+
+def test_min_zero_idles_to_zero_and_serves_the_next_request(
+    berthd: Berthd, tmp_path: Path, echo_image: str, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
+    spec = tmp_path / "zero.toml"
+    spec.write_text(ZERO.format(image=echo_image, port=port))
+    berthd.start()
+    berthd.berth("apply", str(spec))
+    wait_until(
+        "the deployment to idle at zero replicas",
+        lambda: (got := berthd.json("get", "zero"))["replicas"] == [] and got["status"] == "idle",
+        timeout=60,
+    )
+    started = time.monotonic()
+    response = httpx.get(f"http://127.0.0.1:{port}/cgi-bin/echo", timeout=60)
+    took = time.monotonic() - started
+    print(f"\ncold start from zero answered in {took:.2f}s")
+    assert response.status_code == 200 and "replica=" in response.text
+    assert len(berthd.json("get", "zero")["replicas"]) == 1
+    assert "request waiting with 0 replicas: 0 -> 1" in berthd.berth("events", "zero").stdout
+    # and back to zero, freeing the replica, once idle again
+    wait_until("zero again", lambda: berthd.json("get", "zero")["replicas"] == [], timeout=60)
