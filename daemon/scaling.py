@@ -7,16 +7,20 @@ with their inputs (`request_duration avg 310ms > target 200ms: 1 -> 2`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.spec import DeploymentSpec
 from daemon.autoscale import Autoscaler, Decision, LoadSample
 from daemon.metrics_model import DeploymentLoad
+from proxy.stats import EndpointStatistics
 
 # Seconds of samples the autoscaler looks at: just over one sample interval, so it acts on
 # the newest load (its own stabilisation window slows the scale-downs, as HPA's does).
 LOAD_WINDOW = 3.0
+LIVE_LATENCY_WINDOW = 5.0  # seconds of the proxy's latency histograms read at each round
+ROUND = 0.5  # an autoscaled deployment's rounds come this often, so a load step is seen soon
 
 LoadSource = Callable[[str, float], DeploymentLoad]
 
@@ -52,6 +56,27 @@ def sample_of(load: DeploymentLoad | None, count: int, waiting: int = 0) -> Load
         concurrency=load.concurrency,
         requests_per_second=load.requests_per_s,
         waiting_requests=waiting,
+    )
+
+
+def with_live_requests(
+    load: DeploymentLoad | None, live: EndpointStatistics | None, replicas: int
+) -> DeploymentLoad | None:
+    """The sampler's load, with the request figures read from the endpoint just now.
+
+    The sampler runs every couple of seconds; the proxy's own counters are current. Reading
+    them at each round lets a load step reach the autoscaler within one round (0.5 s).
+    """
+    if live is None:
+        return load
+    base = load or DeploymentLoad(window_s=0.0, samples=0, replicas=replicas)
+    latency = live.latency if live.latency.count else None
+    return dataclasses.replace(
+        base,
+        samples=max(base.samples, 1),
+        concurrency=live.in_flight / max(replicas, 1),
+        request_duration_avg=latency.p50 if latency else base.request_duration_avg,
+        request_duration_p95=latency.p95 if latency else base.request_duration_p95,
     )
 
 

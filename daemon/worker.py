@@ -65,6 +65,7 @@ from daemon.runtime import (
     RuntimeFailure,
 )
 from daemon.scaling import (
+    LIVE_LATENCY_WINDOW,
     LOAD_WINDOW,
     LoadSource,
     ScaleState,
@@ -72,7 +73,9 @@ from daemon.scaling import (
     decide,
     initial_count,
     scales_to_zero,
+    with_live_requests,
 )
+from daemon.scaling import ROUND as SCALING_ROUND
 from daemon.store import Store
 from daemon.store_access import StoreAccess
 from proxy.endpoint import Endpoint
@@ -81,7 +84,7 @@ from proxy.upstreams import Upstream
 log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
-SLOW_ROUND = 2.0  # when up to date: the autoscaler looks this often (one metrics sample)
+SLOW_ROUND = 2.0  # when up to date (autoscaled deployments: daemon.scaling.ROUND)
 COLD_START_WAIT = 120.0  # how long a request is held at a scaled-to-zero endpoint
 
 
@@ -190,7 +193,8 @@ class DeploymentWorker:
         now = trio.current_time()
         s = self._snapshot
         converged = s.status == "running" and s.ready == s.desired
-        at = now + (SLOW_ROUND if converged else FAST_ROUND)
+        steady = SLOW_ROUND if self._scale is None else SCALING_ROUND
+        at = now + (steady if converged else FAST_ROUND)
         retries = [m.backoff.retry_at for m in self._memory.values() if m.backoff.retry_at]
         future = [r for r in retries if r > now]
         return min([at, *future])
@@ -331,8 +335,11 @@ class DeploymentWorker:
             )
         else:
             self._scale.autoscaler.reconfigure(spec.replicas, spec.autoscale)
-        load = self._ctx.load(self.name, LOAD_WINDOW)
         endpoint = self._ctx.endpoints.get(self.name)
+        live = endpoint.statistics(window=LIVE_LATENCY_WINDOW) if endpoint else None
+        load = with_live_requests(
+            self._ctx.load(self.name, LOAD_WINDOW), live, self._snapshot.ready
+        )
         waiting = endpoint.waiting() if endpoint else 0
         decision = decide(self._scale, load, trio.current_time(), waiting)
         if decision.changed:
