@@ -16,7 +16,10 @@ run: image
 
 stop:
 	@if [ -f .berth/berthd.pid ] && kill -0 $$(cat .berth/berthd.pid) 2>/dev/null; then \
-	  kill -TERM $$(cat .berth/berthd.pid) && echo "stop: sent SIGTERM to berthd $$(cat .berth/berthd.pid)"; \
+	  pid=$$(cat .berth/berthd.pid); kill -TERM $$pid && echo "stop: sent SIGTERM to berthd $$pid"; \
+	  for i in $$(seq 1 600); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	  if kill -0 $$pid 2>/dev/null; then echo "stop: berthd $$pid still running after 60s" >&2; exit 1; fi; \
+	  rm -f .berth/berthd.pid; echo "stop: berthd stopped (replicas keep running; endpoints are down until berthd runs again)"; \
 	else echo "stop: no berthd running from .berth"; fi
 
 lint: setup

@@ -232,10 +232,14 @@ class AdminApi:
             return error(404, f"no deployment named {name!r}")
         target = body.get("to") if isinstance(body, dict) else None
         if target is None:
-            active = [r.revision for r in history if r.active]
-            older = [r for r in history if active and r.revision < active[0]]
+            active = [r for r in history if r.active]
+            older = [
+                r
+                for r in history
+                if active and r.revision < active[0].revision and r.spec_id != active[0].spec_id
+            ]
             if not older:
-                return error(409, f"{name} has no earlier revision to roll back to")
+                return error(409, f"{name} has no earlier, different revision to roll back to")
             chosen = older[-1]
         else:
             found = [r for r in history if r.revision == target]

@@ -111,10 +111,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--replica", metavar="ID", help="one replica only")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
-    p.add_argument("--tail", type=int, metavar="N", help="the last N lines only")
+    p.add_argument("--tail", type=int, metavar="N", help="the last N lines of each replica")
     p = command("metrics", cmd_metrics, "per replica: cpu, memory, GPU, requests/s, latency")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--since", metavar="DURATION", default="1h", help="window (default 1h)")
+    p.add_argument(
+        "--since",
+        metavar="DURATION",
+        default="1h",
+        help="per-minute history to include (default 1h)",
+    )
     p = command("events", cmd_events, "what berthd did and why")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

@@ -87,6 +87,8 @@ def wait_for_rollout(
             f"{name}: {status}, {fmt.cell(updated)}/{fmt.cell(desired)} updated, "
             f"{fmt.cell(ready)} ready (revision {revision})"
         )
+        if deployment.get("reason") and status != "failed":
+            line += f": {deployment['reason']}"
         if line != last_line:
             print(line, flush=True)
             last_line = line

@@ -72,6 +72,7 @@ class ReplicaOps:
         self.records: dict[str, ReplicaRecord] | None = None
         self.create_error: str | None = None
         self.create_backoff = RestartBackoff()
+        self._last_stop_timeout = 10.0
 
     def __repr__(self) -> str:
         return f"<ReplicaOps {self.deployment} create_error={self.create_error!r}>"
@@ -81,6 +82,12 @@ class ReplicaOps:
         if self.records is None:
             records = await self.ctx.store.call(Store.list_replicas, deployment_id)
             self.records = {r.replica_id: r for r in records}
+
+    def stop_timeout(self, active: ActiveRevision | None) -> float:
+        """The spec's grace period; for a removed deployment, that of its last spec."""
+        if active is not None:
+            self._last_stop_timeout = active.spec.stop_timeout
+        return self._last_stop_timeout
 
     def reset_create(self) -> None:
         self.create_error = None
@@ -265,7 +272,7 @@ class ReplicaOps:
         memory.draining = True
         try:
             await self._drain(action.replica_id)
-            timeout = active.spec.stop_timeout if active else 10.0
+            timeout = self.stop_timeout(active)
             await self.ctx.runtime.stop(action.container_id, timeout=timeout)
         except RuntimeFailure as exc:
             log.warning("stop for restart failed: %s", exc, extra={"deployment": self.deployment})
@@ -282,7 +289,7 @@ class ReplicaOps:
         if memory is not None:
             memory.draining = True
         await self._drain(action.replica_id)
-        stop_timeout = active.spec.stop_timeout if active else 10.0
+        stop_timeout = self.stop_timeout(active)
         try:
             info = await ctx.runtime.inspect(action.container_id)
             await ctx.runtime.stop(action.container_id, timeout=stop_timeout)

@@ -144,6 +144,7 @@ class DeploymentWorker:
         self._rollout: Rollout | None = None
         self._scale: ScaleState | None = None
         self._failed_revisions: set[int] = set()
+        self._failures: dict[int, str] = {}  # revision -> why it failed
         self._hold: tuple[Endpoint, float | None] | None = None
         self._rolled_out: str | None = None  # the last template seen fully rolled out
         self.finished = trio.Event()  # the deployment is gone and so are its containers
@@ -204,6 +205,8 @@ class DeploymentWorker:
     async def reconcile_once(self) -> bool:
         """One observe-plan-act round; True when the deployment is gone and cleaned up."""
         active = await self._load_desired()
+        if active is not None:
+            self._ops.stop_timeout(active)  # remembered for after an rm
         containers = await self._observe(active)
         now = trio.current_time()
         observed = [self._observed(c, now) for c in containers]
@@ -280,6 +283,7 @@ class DeploymentWorker:
 
     async def _roll_back(self, active: ActiveRevision, reason: str) -> None:
         self._failed_revisions.add(active.revision)
+        self._failures[active.revision] = f"revision {active.revision} failed: {reason}"
         self._rollout = None
         back = await self._ctx.store.call(Store.roll_back, self.name, active.revision, reason)
         if back is None:
@@ -514,9 +518,13 @@ class DeploymentWorker:
             status = "progressing"
         pending = max(0, desired - len(current)) if active else 0
         error = self._ops.create_error if pending else None
+        if error is None and ready < desired:
+            crashing = [v for v in views if v.id in current and v.state == "crashloop"]
+            if crashing:
+                error = f"replica {crashing[0].id} crash-looping: {crashing[0].last_exit_reason}"
         if active is not None and active.revision in self._failed_revisions:
             status = "failed"
-            error = error or f"revision {active.revision} failed"
+            error = self._failures.get(active.revision) or error
         return WorkerSnapshot(
             desired,
             ready,

@@ -16,16 +16,16 @@ else
   "$venv/berthd" --state-dir "$state" --socket "$sock" >>"$state/berthd.log" 2>&1 &
   echo $! >"$state/berthd.pid"
   echo "run: started berthd (pid $!), log in .berth/berthd.log"
-  for _ in $(seq 1 150); do
-    "$venv/berth" status >/dev/null 2>&1 && break
-    if ! kill -0 "$(cat "$state/berthd.pid")" 2>/dev/null; then
-      echo "run: berthd exited; the end of its log:" >&2
-      tail -n 20 "$state/berthd.log" >&2
-      exit 1
-    fi
-    sleep 0.2
-  done
 fi
+for _ in $(seq 1 300); do
+  "$venv/berth" status >/dev/null 2>&1 && break
+  if ! kill -0 "$(cat "$state/berthd.pid")" 2>/dev/null; then
+    echo "run: berthd exited; the end of its log:" >&2
+    tail -n 20 "$state/berthd.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
 "$venv/berth" apply config/examples/echo.toml --wait
 "$venv/berth" ls
 url=$("$venv/berth" ls --json | "$venv/python" -c 'import json,sys; print([d["endpoint"] for d in json.load(sys.stdin) if d["name"]=="echo"][0])')
