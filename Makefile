@@ -38,6 +38,7 @@ bench: image
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
 	bench/proxy.sh
 	bench/health.sh
+	$(VENV)/python bench/autoscale.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
