@@ -9,6 +9,8 @@ get the same whole GPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from daemon.gpu import GpuInfo, GpuInventory
 from daemon.placement import Assignment, GpuRequest, Placed, Unplaceable, place
 
@@ -39,10 +41,12 @@ class GpuLedger:
     def forget(self, key: str) -> None:
         self._held.pop(key, None)
 
-    def place(self, key: str, request: GpuRequest) -> Placed | Unplaceable:
-        """Choose devices for a new replica and hold them for it."""
+    def place(
+        self, key: str, request: GpuRequest, *, free_memory: Mapping[str, int] | None = None
+    ) -> Placed | Unplaceable:
+        """Choose devices for a new replica and hold them for it (`free_memory` from NVML)."""
         others = [a for k, a in self._held.items() if k != key]
-        result = place(request, self._gpus, others)
+        result = place(request, self._gpus, others, free_memory=free_memory)
         if isinstance(result, Placed) and result.devices:
             self._held[key] = Assignment(key, result.devices, request.gpu_memory)
         return result

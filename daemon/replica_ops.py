@@ -19,6 +19,7 @@ import trio
 
 from config.spec import DeploymentSpec
 from daemon.backoff import RestartBackoff
+from daemon.gpu import free_memory
 from daemon.gpu_ledger import replica_key
 from daemon.mounts_git import MountError
 from daemon.placement import GpuRequest, Unplaceable
@@ -71,6 +72,9 @@ class ReplicaOps:
         self._active = active
         self.records: dict[str, ReplicaRecord] | None = None
         self.create_error: str | None = None
+        # The create error is the image or a mount (not a wait for a GPU): the deployment
+        # reads as failed until a create succeeds.
+        self.create_blocked = False
         self.create_backoff = RestartBackoff()
         self._last_stop_timeout = 10.0
 
@@ -91,6 +95,7 @@ class ReplicaOps:
 
     def reset_create(self) -> None:
         self.create_error = None
+        self.create_blocked = False
         self.create_backoff = RestartBackoff()
 
     def remember(self, rid: str, now: float) -> ReplicaMemory:
@@ -157,7 +162,12 @@ class ReplicaOps:
         spec = active.spec
         rid = secrets.token_hex(4)
         key = replica_key(self.deployment, rid)
-        placed = ctx.gpus.place(key, GpuRequest.of(spec.resources))
+        request = GpuRequest.of(spec.resources)
+        free = None
+        if request.gpu_memory is not None:
+            # With NVML, a shared GPU must also have the VRAM free right now.
+            free = free_memory(await trio.to_thread.run_sync(ctx.gpus.inventory.sample))
+        placed = ctx.gpus.place(key, request, free_memory=free)
         if isinstance(placed, Unplaceable):
             await self._create_failed(f"a new replica is pending: {placed.reason}", rid, "pending")
             return
@@ -166,6 +176,7 @@ class ReplicaOps:
         except CreateRefused as exc:
             ctx.gpus.forget(key)
             await self._create_failed(str(exc), rid, "create-failed", quiet=exc.repeated)
+            self.create_blocked = True  # a pull or a mount: `apply --wait` must not wait it out
             return
         host_port = ctx.ports.allocate()
         extra = {port: ctx.ports.allocate() for port in sorted(self._probe_ports(spec))}
@@ -188,8 +199,7 @@ class ReplicaOps:
             message = f"replica {rid} of revision {active.revision} failed to start: {exc}"
             await self._create_failed(message, rid, "create-failed")
             return
-        self.create_error = None
-        self.create_backoff = RestartBackoff()
+        self.reset_create()
         gpus = f", GPUs {', '.join(placed.devices)}" if placed.devices else ""
         await ctx.events.emit(
             "created",
@@ -219,6 +229,7 @@ class ReplicaOps:
         self, message: str, rid: str, kind: str, *, quiet: bool = False
     ) -> None:
         """No replica could be made: say so once per distinct reason, retry with back-off."""
+        self.create_blocked = False
         delay = self.create_backoff.failed(trio.current_time())
         if message != self.create_error and not quiet:
             await self.ctx.events.emit(

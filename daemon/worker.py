@@ -522,6 +522,8 @@ class DeploymentWorker:
             crashing = [v for v in views if v.id in current and v.state == "crashloop"]
             if crashing:
                 error = f"replica {crashing[0].id} crash-looping: {crashing[0].last_exit_reason}"
+        if pending and self._ops.create_blocked and ready < desired:
+            status = "failed"  # the image cannot be pulled, or a mount cannot be prepared
         if active is not None and active.revision in self._failed_revisions:
             status = "failed"
             error = self._failures.get(active.revision) or error

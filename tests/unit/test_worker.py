@@ -438,3 +438,19 @@ async def test_a_scale_up_that_cannot_be_placed_is_no_failed_rollout(
     assert rig.worker.snapshot().pending == 1
     assert [r.status for r in rig.store.history("web")] == ["superseded", "active"]
     assert "rolled-back" not in rig.events()
+
+
+async def test_an_image_that_cannot_be_pulled_fails_the_deployment_with_the_reason(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    rig.apply(spec_text(rig.port).replace(IMAGE, "localhost/missing:1"))
+    await rig.worker.reconcile_once()
+    await rig.worker.reconcile_once()
+    snapshot = rig.worker.snapshot()
+    assert snapshot.status == "failed"
+    assert "cannot pull localhost/missing:1" in (snapshot.error or "")
+    assert "create-failed" in rig.events()
+    rig.runtime.pullable.add("localhost/missing:1")  # the registry has it now
+    mock_clock.jump(5.0)
+    await rig.settle()
+    assert rig.worker.snapshot().status != "failed" and len(rig.replicas()) >= 1
