@@ -5,15 +5,12 @@ when idle; berthd as a process, replicas in real Podman, load bounded in count a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from daemon.berthd import instance_id
-from daemon.runtime import LABEL_INSTANCE
-from tests.conftest import podman_binary, remove_labelled_containers
 from tests.e2e.berthd_process import Berthd, wait_until
 from tests.e2e.load import Load
 
@@ -40,17 +37,6 @@ period = "1s"
 port = {port}
 bind = "127.0.0.1"
 """
-
-
-@pytest.fixture
-def berthd(tmp_path: Path, podman_url: str, echo_image: str) -> Iterator[Berthd]:
-    state = tmp_path / "state"
-    daemon = Berthd(state, tmp_path / "run" / "berth.sock", podman_url, tmp_path / "berthd.log")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
 
 
 def test_request_duration_scales_up_under_load_and_down_when_idle(

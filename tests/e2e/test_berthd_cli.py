@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,7 +18,7 @@ import pytest
 
 from daemon.berthd import instance_id
 from daemon.runtime import LABEL_INSTANCE
-from tests.conftest import podman_binary, remove_labelled_containers
+from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, get_text, wait_until
 
 pytestmark = pytest.mark.podman
@@ -39,17 +39,6 @@ period = "1s"
 port = {port}
 bind = "127.0.0.1"
 """
-
-
-@pytest.fixture
-def berthd(tmp_path: Path, podman_url: str, echo_image: str) -> Iterator[Berthd]:
-    state = tmp_path / "state"
-    daemon = Berthd(state, tmp_path / "run" / "berth.sock", podman_url, tmp_path / "berthd.log")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
 
 
 def replicas_answering(url: str, tries: int = 12) -> tuple[set[str], set[str]]:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.berthd import instance_id
-from daemon.runtime import LABEL_INSTANCE
-from tests.conftest import podman_binary, remove_labelled_containers
+from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, wait_until
 
 pytestmark = pytest.mark.podman
@@ -55,14 +53,8 @@ def fake_gpus() -> Iterator[Path]:
 
 
 @pytest.fixture
-def berthd(tmp_path: Path, podman_url: str, echo_image: str, fake_gpus: Path) -> Iterator[Berthd]:
-    state = tmp_path / "state"
-    daemon = Berthd(state, tmp_path / "run" / "berth.sock", podman_url, tmp_path / "berthd.log")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
+def berthd(berthd_factory: Callable[..., Berthd], fake_gpus: Path) -> Berthd:
+    return berthd_factory()  # started after the CDI file exists: berthd reads it at start
 
 
 def test_gpu_replicas_get_distinct_devices_and_the_third_waits(

@@ -14,15 +14,13 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.berthd import instance_id
-from daemon.runtime import LABEL_INSTANCE
-from tests.conftest import podman_binary, remove_labelled_containers
+from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, wait_until
 from tests.e2e.load import Load
 
@@ -45,17 +43,6 @@ period = "1s"
 port = {port}
 bind = "127.0.0.1"
 """
-
-
-@pytest.fixture
-def berthd(tmp_path: Path, podman_url: str, echo_image: str) -> Iterator[Berthd]:
-    state = tmp_path / "state"
-    daemon = Berthd(state, tmp_path / "run" / "berth.sock", podman_url, tmp_path / "berthd.log")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
 
 
 def deploy(

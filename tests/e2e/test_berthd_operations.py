@@ -9,14 +9,14 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from daemon.berthd import instance_id
 from daemon.runtime import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_REPLICA
-from tests.conftest import podman_binary, remove_labelled_containers
+from tests.conftest import podman_binary
 from tests.e2e.berthd_process import BIN, Berthd, get_text, wait_until
 
 pytestmark = pytest.mark.podman
@@ -41,22 +41,10 @@ bind = "127.0.0.1"
 
 
 @pytest.fixture
-def berthd(tmp_path: Path, podman_url: str, echo_image: str) -> Iterator[Berthd]:
-    state = tmp_path / "state"
+def berthd(berthd_factory: Callable[..., Berthd], tmp_path: Path) -> Berthd:
     specs = tmp_path / "specs"
     specs.mkdir()
-    daemon = Berthd(
-        state,
-        tmp_path / "run" / "berth.sock",
-        podman_url,
-        tmp_path / "berthd.log",
-        extra_args=["--specs", str(specs)],
-    )
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
+    return berthd_factory(extra_args=["--specs", str(specs)])
 
 
 def revision_of(daemon: Berthd, name: str) -> int:

@@ -15,9 +15,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.berthd import instance_id
-from daemon.runtime import LABEL_INSTANCE
-from tests.conftest import podman_binary, remove_labelled_containers
 from tests.e2e.berthd_process import Berthd, get_text, wait_until
 
 pytestmark = pytest.mark.podman
@@ -55,29 +52,20 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
 
 @pytest.fixture
 def berthd(
-    tmp_path: Path, podman_url: str, echo_image: str, free_port: Callable[[], int]
-) -> Iterator[Berthd]:
-    state = tmp_path / "state"
+    berthd_factory: Callable[..., Berthd], tmp_path: Path, free_port: Callable[[], int]
+) -> Berthd:
     metrics_port = free_port()
     config = tmp_path / "berthd.toml"
     config.write_text(
         f'[mounts]\nallowed_roots = ["{tmp_path / "shared"}"]\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
     )
-    daemon = Berthd(
-        state,
-        tmp_path / "run" / "berth.sock",
-        podman_url,
-        tmp_path / "berthd.log",
+    daemon = berthd_factory(
         env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
         extra_args=["--config", str(config)],
     )
     daemon.metrics_port = metrics_port  # type: ignore[attr-defined]
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        remove_labelled_containers(podman_binary(), {LABEL_INSTANCE: instance_id(state)})
+    return daemon
 
 
 def messages(sock: socket.socket, until: str, timeout: float = 20.0) -> list[str]:
