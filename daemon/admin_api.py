@@ -289,7 +289,9 @@ class AdminApi:
                 return error(404, f"no deployment named {name!r}")
             return AdminResponse(text="", content_type="text/plain; charset=utf-8")
         if req.query.get("follow") in ("1", "true"):
-            stream = follow_replica_logs(self.d.runtime, containers, tail=tail)
+            stream = follow_replica_logs(
+                self.d.runtime, containers, tail=tail, labels=None if replica else labels
+            )
             return AdminResponse(stream=stream, content_type="text/plain; charset=utf-8")
         try:
             data = await replica_logs(self.d.runtime, containers, tail=tail)

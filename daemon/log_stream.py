@@ -1,19 +1,22 @@
 """Replica logs for `berth logs`: one replica's as they are, several interleaved by line.
 
 With several replicas each line is prefixed `REPLICA_ID | `. Following merges the replicas'
-streams through one memory channel; the producers live in a nursery that ends when the
-consumer (the admin server's response) closes the stream.
+streams through one memory channel, and picks up replicas created while it follows; the
+producers live in a nursery that ends when the consumer (the admin server's response)
+closes the stream. `--tail` applies to each replica.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 
 import trio
 
 from daemon.runtime import LABEL_REPLICA, ContainerInfo, ContainerRuntime, RuntimeFailure
+
+NEW_REPLICA_POLL = 2.0  # seconds between looks for new replicas while following
 
 
 def _prefix(lines: bytes, replica: str) -> bytes:
@@ -33,12 +36,18 @@ async def replica_logs(
 
 
 async def follow_replica_logs(
-    runtime: ContainerRuntime, containers: list[ContainerInfo], *, tail: int | None
+    runtime: ContainerRuntime,
+    containers: list[ContainerInfo],
+    *,
+    tail: int | None,
+    labels: Mapping[str, str] | None = None,
 ) -> AsyncIterator[bytes]:
+    """Follow these containers' logs; with `labels`, also those of replicas that appear later
+    (a rolling update, a scale-up), every line then prefixed with its replica."""
     send, receive = trio.open_memory_channel[bytes](64)
-    prefix = len(containers) > 1
+    prefix = len(containers) > 1 or labels is not None
 
-    async def pump(c: ContainerInfo, out: trio.MemorySendChannel[bytes]) -> None:
+    async def pump(c: ContainerInfo, out: trio.MemorySendChannel[bytes], tail: int | None) -> None:
         replica = c.labels.get(LABEL_REPLICA, c.container_id[:12])
         pending = b""
         async with out:
@@ -60,13 +69,36 @@ async def follow_replica_logs(
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await out.send(f"[{replica}: log stream ended: {exc}]\n".encode())
 
+    async def watch(out: trio.MemorySendChannel[bytes], nursery: trio.Nursery) -> None:
+        """Start a pump for each new container of the deployment, from its first line."""
+        assert labels is not None
+        seen = {c.container_id for c in containers}
+        async with out:
+            while True:
+                await trio.sleep(NEW_REPLICA_POLL)
+                try:
+                    current = await runtime.list(labels)
+                except RuntimeFailure:
+                    continue
+                for c in current:
+                    if c.container_id not in seen and c.labels.get(LABEL_REPLICA):
+                        seen.add(c.container_id)
+                        nursery.start_soon(pump, c, out.clone(), None)
+
     async with trio.open_nursery() as nursery:
         async with send:
             for c in containers:
-                nursery.start_soon(pump, c, send.clone())
+                nursery.start_soon(pump, c, send.clone(), tail)
+            if labels is not None:
+                nursery.start_soon(watch, send.clone(), nursery)
         try:
             async with receive:
                 async for chunk in receive:
-                    yield chunk
+                    try:
+                        yield chunk
+                    except GeneratorExit:
+                        # Closed by the reader: end the pumps and return normally, so the
+                        # nursery does not wrap GeneratorExit in an exception group.
+                        break
         finally:
             nursery.cancel_scope.cancel()
