@@ -23,7 +23,7 @@ import select
 from typing import TYPE_CHECKING, Final
 
 import trio
-from trio.lowlevel import reschedule
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from proxy.sockets import Conn
@@ -37,35 +37,48 @@ _WRITE_READY: Final = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 class Poller:
     """One edge-triggered epoll set and one watchdog for all connections of an endpoint.
 
-    `run` starts two tasks: the dispatcher (waits on the epoll descriptor through trio,
-    then wakes the tasks parked on the ready connections) and the watchdog (every `tick`
-    seconds, ends the overdue waits with `Timeout`, on a coarse clock: a timeout fires
-    between `timeout - tick` and `timeout + tick` after the wait began). A cancel scope
-    per wait cost more than parsing a request; this costs nothing per wait.
+    Leader and followers: a task that must wait on a connection while nobody waits on the
+    epoll set becomes the *leader*: it waits on the set's descriptor itself (through trio),
+    wakes the tasks parked on the ready connections (the followers) and returns as soon
+    as its own connection is ready, with no task hop. At one connection every wait is
+    such a wait. A leader that leaves while followers are parked hands the set to the
+    standby task, which leads until no follower is left (the busy case: one wait on the
+    set for a batch of ready connections).
+
+    The watchdog ends the overdue waits with `Timeout` every `tick` seconds, on a coarse
+    clock: a timeout fires between `timeout - tick` and `timeout + tick` after the wait
+    began. A cancel scope per wait cost more than parsing a request; this costs nothing
+    per wait.
     """
 
-    __slots__ = ("now", "tick", "waiting", "_epoll", "_conns")
+    __slots__ = ("now", "tick", "waiting", "leader", "_epoll", "_epfd", "_conns", "_standby")
 
     def __init__(self, tick: float) -> None:
         self.now = 0.0
         self.tick = tick
         self.waiting: set[Conn] = set()
+        self.leader: Task | None = None  # the task waiting on the epoll set, if any
         self._epoll: select.epoll | None = None
+        self._epfd = -1
         self._conns: dict[int, Conn] = {}
+        self._standby: Task | None = None  # the standby task, while parked
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.now = trio.current_time()
         self._epoll = select.epoll()
+        self._epfd = self._epoll.fileno()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._dispatch, self._epoll)
+                nursery.start_soon(self._stand_by)
                 nursery.start_soon(self._watch)
                 task_status.started()
         finally:
             for conn in list(self._conns.values()):
                 conn.close()
-            self._epoll.close()
-            self._epoll = None
+            epoll, self._epoll = self._epoll, None
+            trio.lowlevel.notify_closing(self._epfd)
+            epoll.close()
+            self._epfd = -1
 
     def register(self, conn: Conn) -> None:
         if self._epoll is None:
@@ -81,34 +94,91 @@ class Poller:
         if self._conns.get(conn.fd) is conn:
             del self._conns[conn.fd]
 
-    async def _dispatch(self, ep: select.epoll) -> None:
-        conns = self._conns
-        epfd = ep.fileno()
+    def wake(self, task: Task) -> None:
+        """Wake a task parked on a connection; the caller has unset `Conn.reader`/`writer`."""
+        if task is self.leader:
+            if task is not current_task():
+                # It waits on the epoll descriptor: end that wait (it re-registers later).
+                trio.lowlevel.notify_closing(self._epfd)
+        else:
+            reschedule(task)
+
+    async def lead(self, conn: Conn) -> None:
+        """Wait as the leader until the current task is no longer parked on `conn`."""
+        task = current_task()
+        self.leader = task
+        try:
+            while conn.reader is task or conn.writer is task:
+                try:
+                    await trio.lowlevel.wait_readable(self._epfd)
+                except trio.ClosedResourceError:
+                    if self._epoll is None:
+                        raise
+                    continue  # woken by `wake`: the loop's condition says whether to go
+                self._poll(task)
+        finally:
+            self.leader = None
+            standby = self._standby
+            if standby is not None and self._has_followers():
+                self._standby = None
+                reschedule(standby)
+
+    def _has_followers(self) -> bool:
+        return any(c.reader is not None or c.writer is not None for c in self.waiting)
+
+    def _abort_standby(self, _: object) -> Abort:
+        self._standby = None
+        return Abort.SUCCEEDED
+
+    async def _stand_by(self) -> None:
+        """Lead while followers are parked and no task leads; otherwise sleep."""
+        me = current_task()
         while True:
-            await trio.lowlevel.wait_readable(epfd)
-            for fd, mask in ep.poll(0):
-                conn = conns.get(fd)
-                if conn is None:
-                    continue
-                if mask & _READ_READY:
-                    task = conn.reader
-                    if task is not None:
-                        conn.reader = None
+            if self.leader is None and self._has_followers():
+                self.leader = me
+                try:
+                    while self._has_followers():
+                        try:
+                            await trio.lowlevel.wait_readable(self._epfd)
+                        except trio.ClosedResourceError:
+                            if self._epoll is None:
+                                raise
+                            continue
+                        self._poll(me)
+                finally:
+                    self.leader = None
+            self._standby = me
+            await wait_task_rescheduled(self._abort_standby)
+
+    def _poll(self, leader: Task) -> None:
+        """Take the ready connections off the set; wake the tasks parked on them."""
+        assert self._epoll is not None
+        conns = self._conns
+        for fd, mask in self._epoll.poll(0):
+            conn = conns.get(fd)
+            if conn is None:
+                continue
+            if mask & _READ_READY:
+                task = conn.reader
+                if task is not None:
+                    conn.reader = None
+                    if task is not leader:
                         reschedule(task)
-                    else:
-                        conn.maybe_readable = True
-                        if conn.pooled:
-                            conn.check_idle()
-                if mask & _WRITE_READY:
-                    task = conn.writer
-                    if task is not None:
-                        conn.writer = None
+                else:
+                    conn.maybe_readable = True
+                    if conn.pooled:
+                        conn.check_idle()
+            if mask & _WRITE_READY:
+                task = conn.writer
+                if task is not None:
+                    conn.writer = None
+                    if task is not leader:
                         reschedule(task)
-                if mask & _HANGUP:
-                    conn.peer_closed = True
-                    watcher = conn.hangup_watcher
-                    if watcher is not None:
-                        watcher.interrupt()
+            if mask & _HANGUP:
+                conn.peer_closed = True
+                watcher = conn.hangup_watcher
+                if watcher is not None:
+                    watcher.interrupt()
 
     async def _watch(self) -> None:
         while True:

@@ -2,8 +2,9 @@
 
 Why not `trio.SocketStream`: each of its operations costs two scheduler round trips even
 when the kernel is ready. Here an operation first tries the syscall and parks the task
-(`wait_task_rescheduled`) only when the kernel says it would block; the endpoint's
-`Poller` (one edge-triggered epoll set) wakes it.
+only when the kernel says it would block; the endpoint's `Poller` (one edge-triggered
+epoll set) wakes it, or, when no other task waits on that set, the task waits on the set
+itself (`Poller.lead`).
 
 Invariants:
 - A `Conn` is used by one task at a time per direction (one reader, one writer).
@@ -31,7 +32,7 @@ import socket
 from typing import TYPE_CHECKING, Final
 
 import trio
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import Abort, Task, current_task, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from proxy.poller import Poller
@@ -115,11 +116,16 @@ class Conn:
         p = self.poller
         self.deadline = p.now + timeout
         self._rwhy = _READY
-        self.reader = current_task()
+        task = self.reader = current_task()
         p.waiting.add(self)
         try:
-            await wait_task_rescheduled(self._abort_read)
+            if p.leader is None:
+                await p.lead(self)
+            else:
+                await wait_task_rescheduled(self._abort_read)
         finally:
+            if self.reader is task:  # cancelled while leading
+                self.reader = None
             if self.writer is None:
                 p.waiting.discard(self)
         why = self._rwhy
@@ -130,11 +136,16 @@ class Conn:
         p = self.poller
         self.deadline = p.now + timeout
         self._wwhy = _READY
-        self.writer = current_task()
+        task = self.writer = current_task()
         p.waiting.add(self)
         try:
-            await wait_task_rescheduled(self._abort_write)
+            if p.leader is None:
+                await p.lead(self)
+            else:
+                await wait_task_rescheduled(self._abort_write)
         finally:
+            if self.writer is task:  # cancelled while leading
+                self.writer = None
             if self.reader is None:
                 p.waiting.discard(self)
         why = self._wwhy
@@ -154,12 +165,12 @@ class Conn:
         if task is not None:
             self.reader = None
             self._rwhy = why
-            reschedule(task)
+            self.poller.wake(task)
         task = self.writer
         if task is not None:
             self.writer = None
             self._wwhy = why
-            reschedule(task)
+            self.poller.wake(task)
 
     def expire(self) -> None:
         """Called by the watchdog: end this connection's overdue waits with `Timeout`."""
@@ -171,7 +182,7 @@ class Conn:
         if task is not None:
             self.reader = None
             self._rwhy = _INTERRUPTED
-            reschedule(task)
+            self.poller.wake(task)
 
     def watch_hangup(self, other: Conn | None) -> None:
         """While set, a hang-up by this connection's peer interrupts a read wait on `other`."""
