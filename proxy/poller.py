@@ -2,13 +2,18 @@
 
 trio registers a file descriptor for one event at a time (EPOLLONESHOT), which costs an
 `epoll_ctl` syscall per wait; here each connection joins the poller's own epoll set once,
-edge-triggered, and the poller waits on that set's descriptor through trio: one
-`epoll_ctl` per batch of ready connections instead of one per wait (measured: 1.8 of the
-7.7 syscalls per proxied request). See `proxy.sockets` for the waiting side.
+edge-triggered, and one task at a time (the leader) waits on that set's descriptor
+through trio: one `epoll_ctl` per batch of ready connections instead of one per wait
+(measured: 1.8 of the 7.7 syscalls per proxied request). See `proxy.sockets` for the
+waiting side.
 
 Invariants:
-- The dispatcher only wakes tasks already parked on a connection (`Conn.reader`/`writer`);
-  a read edge that finds nobody parked sets `Conn.maybe_readable` instead.
+- While any task is parked on a connection, one task leads (waits on the set): a task
+  that parks with no leader leads itself; a leader that leaves with followers parked
+  wakes the standby task, which leads until none is left. With nobody parked, edges
+  wait in the set until the next wait polls it.
+- Polling only wakes tasks already parked on a connection (`Conn.reader`/`writer`); a
+  read edge that finds nobody parked sets `Conn.maybe_readable` instead.
 - Every hang-up (FIN, reset) is noted on its connection (`peer_closed`); a hang-up on a
   connection whose `hangup_watcher` is set interrupts the read wait on that watcher.
 - Something arriving on an idle pooled connection gets one peek (`check_idle`): the
