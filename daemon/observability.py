@@ -83,7 +83,7 @@ async def metrics_snapshot(daemon: Berthd) -> MetricsSnapshot:
                 desired=snap.desired,
                 ready=snap.ready,
                 replicas=tuple(ReplicaMetrics(r.id, r.state, r.restarts) for r in snap.replicas),
-                endpoint=endpoint.statistics() if endpoint else None,
+                endpoint=endpoint.statistics(histogram=True) if endpoint else None,
                 scale_ups=worker.scale_ups,
                 scale_downs=worker.scale_downs,
             )

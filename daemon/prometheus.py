@@ -41,9 +41,11 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 from proxy.stats import EndpointStatistics, LatencySummary, StatusCounts
 
@@ -182,25 +184,34 @@ def _request_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
             f"Requests at {what} within the latency window",
             labels=labels,
         )
+        histogram = HistogramMetricFamily(
+            f"berth_{scope}_latency_seconds",
+            f"Request duration at {what}, head in to response end, since berthd started",
+            labels=labels,
+        )
         for d in deployments:
             stats = d.endpoint
             if stats is None:
                 continue
             if scope == "endpoint":
-                rows = [([d.name], stats.status, stats.in_flight, stats.latency)]
+                rows = [([d.name], stats.status, stats.in_flight, stats.latency, stats.histogram)]
             else:
                 rows = [
-                    ([d.name, r.replica_id], r.status, r.in_flight, r.latency)
+                    ([d.name, r.replica_id], r.status, r.in_flight, r.latency, r.histogram)
                     for r in stats.replicas
                 ]
-            for values, status, flight, latency in rows:
+            for values, status, flight, latency, hist in rows:
                 for cls, count in _status_classes(status):
                     requests.add_metric([*values, cls], count)
                 in_flight.add_metric(values, flight)
                 in_window.add_metric(values, latency.count)
                 for q, v in _quantiles(latency):
                     duration.add_metric([*values, q], v)
-        yield from (requests, in_flight, duration, in_window)
+                if hist is not None:
+                    buckets = [(_le(bound), float(n)) for bound, n in hist.buckets]
+                    buckets.append(("+Inf", float(hist.count)))
+                    histogram.add_metric(values, buckets, sum_value=hist.sum)
+        yield from (requests, in_flight, duration, in_window, histogram)
     window = GaugeMetricFamily(
         "berth_latency_window_seconds",
         "Length of the proxy's latency window behind the duration quantiles",
@@ -210,6 +221,12 @@ def _request_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
         if d.endpoint is not None:
             window.add_metric([d.name], d.endpoint.window)
     yield window
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus' own histograms write it ("1.0", "0.005")."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
 
 
 def _status_classes(s: StatusCounts) -> list[tuple[str, int]]:

@@ -290,8 +290,11 @@ class Endpoint:
             if session.idle:
                 session.conn.shutdown()  # its wait for a request ends with end-of-stream
 
-    def statistics(self, window: float = STATS_WINDOW_S) -> EndpointStatistics:
-        """Counters since start; latency percentiles over the last `window` seconds.
+    def statistics(
+        self, window: float = STATS_WINDOW_S, *, histogram: bool = False
+    ) -> EndpointStatistics:
+        """Counters since start; latency percentiles over the last `window` seconds; with
+        `histogram`, the cumulative latency histogram since start too (for Prometheus).
 
         `window` is whole seconds at most `STATS_WINDOW_S` (what is kept); a shorter one
         (the autoscaler's ~10 s) counts only the latest seconds, the current one included.
@@ -308,6 +311,7 @@ class Endpoint:
                 requests_total=c.total,
                 status=c.status_counts(),
                 latency=c.latency.summary(now, window),
+                histogram=c.latency.histogram() if histogram else None,
             )
             for rid, c in sorted(b.replicas.items())
         )
@@ -320,6 +324,7 @@ class Endpoint:
             latency=t.latency.summary(now, window),
             window=window,
             replicas=replicas,
+            histogram=t.latency.histogram() if histogram else None,
         )
 
     def __repr__(self) -> str:

@@ -27,6 +27,40 @@ class LatencySummary:
     p99: float | None
 
 
+# Upper bounds (seconds) of the cumulative latency histogram exported to Prometheus.
+HISTOGRAM_BOUNDS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """Every request since the endpoint started: cumulative counts at HISTOGRAM_BOUNDS.
+
+    A count is taken from the log-scale buckets whose upper edge is within the bound, so a
+    bound may count a request up to ~19 % above it (one bucket) as below it.
+    """
+
+    buckets: tuple[tuple[float, int], ...]  # (upper bound in seconds, requests at or below)
+    count: int
+    sum: float  # seconds
+
+
 @dataclass(frozen=True, slots=True)
 class StatusCounts:
     """Responses by status class since the endpoint started (proxy-made answers included)."""
@@ -45,6 +79,7 @@ class ReplicaStatistics:
     requests_total: int
     status: StatusCounts
     latency: LatencySummary
+    histogram: LatencyHistogram | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +91,20 @@ class EndpointStatistics:
     latency: LatencySummary
     window: float
     replicas: tuple[ReplicaStatistics, ...]
+    histogram: LatencyHistogram | None = None
 
 
 class LatencyWindow:
     """Per-second latency histograms in a ring covering `window` seconds."""
 
-    __slots__ = ("_window", "_seconds", "_hists")
+    __slots__ = ("_window", "_seconds", "_hists", "_totals", "_sum")
 
     def __init__(self, window: float = 60.0) -> None:
         self._window = int(math.ceil(window))
         self._seconds = [-1] * self._window
         self._hists = [[0] * _BUCKETS for _ in range(self._window)]
+        self._totals = [0] * _BUCKETS  # since start, for the Prometheus histogram
+        self._sum = 0.0
 
     def record(self, now: float, latency: float) -> None:
         second = int(now)
@@ -78,7 +116,24 @@ class LatencyWindow:
                 hist[i] = 0
         us = latency * 1e6
         b = int(math.log2(us) * _SUB) if us > 1.0 else 0
-        hist[b if b < _BUCKETS else _BUCKETS - 1] += 1
+        b = b if b < _BUCKETS else _BUCKETS - 1
+        hist[b] += 1
+        self._totals[b] += 1
+        self._sum += latency
+
+    def histogram(self) -> LatencyHistogram:
+        """Since start, cumulative at HISTOGRAM_BOUNDS (computed on read)."""
+        totals = self._totals
+        buckets = []
+        running = 0
+        i = 0
+        for bound in HISTOGRAM_BOUNDS:
+            # bucket i holds latencies below 2 ** ((i + 1) / _SUB) microseconds
+            while i < _BUCKETS and 2 ** ((i + 1) / _SUB) <= bound * 1e6:
+                running += totals[i]
+                i += 1
+            buckets.append((bound, running))
+        return LatencyHistogram(tuple(buckets), sum(totals), self._sum)
 
     def summary(self, now: float, window: float | None = None) -> LatencySummary:
         """Over the last `window` seconds (the current one included), at most the ring's."""

@@ -277,3 +277,39 @@ async def test_idle_connection_is_closed(
     async with stream:
         with trio.fail_after(5):
             assert await stream.receive_some(1024) == b""
+
+
+def test_latency_histograms_per_deployment_and_replica_parse() -> None:
+    from dataclasses import replace
+
+    from proxy.stats import LatencyWindow
+
+    window = LatencyWindow()
+    for latency in (0.003, 0.02, 0.02, 0.7):
+        window.record(1.0, latency)
+    hist = window.histogram()
+    stats = replace(
+        ECHO_STATS,
+        histogram=hist,
+        replicas=(replace(ECHO_STATS.replicas[0], histogram=hist),),
+    )
+    snapshot = MetricsSnapshot("0.1.0", (DeploymentMetrics("echo", 2, 2, endpoint=stats),))
+    body, _ = render(snapshot)
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    for name, labels in (
+        ("berth_endpoint_latency_seconds", {"deployment": "echo"}),
+        ("berth_replica_latency_seconds", {"deployment": "echo", "replica": "echo-a"}),
+    ):
+        family = families[name]
+        assert family.type == "histogram"
+        samples = {
+            (s.name, s.labels.get("le")): s.value
+            for s in family.samples
+            if all(s.labels.get(k) == v for k, v in labels.items())
+        }
+        assert samples[(f"{name}_bucket", "0.005")] == 1
+        assert samples[(f"{name}_bucket", "0.025")] == 3
+        assert samples[(f"{name}_bucket", "1.0")] == 4
+        assert samples[(f"{name}_bucket", "+Inf")] == 4
+        assert samples[(f"{name}_count", None)] == 4
+        assert samples[(f"{name}_sum", None)] == pytest.approx(0.743)

@@ -42,3 +42,20 @@ def test_counters_by_status_class() -> None:
         c.finish(status, 1.0, 0.001)
     counts = c.status_counts()
     assert (counts.s2xx, counts.s3xx, counts.s4xx, counts.s5xx, counts.other) == (2, 1, 2, 1, 1)
+
+
+def test_the_cumulative_histogram_counts_every_request_since_start() -> None:
+    from proxy.stats import HISTOGRAM_BOUNDS, LatencyWindow
+
+    window = LatencyWindow(60.0)
+    for now, latency in [(0.0, 0.003), (1.0, 0.003), (100.0, 0.2), (200.0, 2.0), (300.0, 400.0)]:
+        window.record(now, latency)  # far apart: the 60 s window forgets, the histogram not
+    hist = window.histogram()
+    assert hist.count == 5 and hist.sum == pytest.approx(402.206)
+    cumulative = dict(hist.buckets)
+    assert list(cumulative) == list(HISTOGRAM_BOUNDS)
+    assert cumulative[0.001] == 0 and cumulative[0.0025] == 0
+    assert cumulative[0.005] == 2 and cumulative[0.1] == 2
+    assert cumulative[0.25] == 3 and cumulative[2.5] == 4 and cumulative[300.0] == 4
+    counts = [n for _, n in hist.buckets]
+    assert counts == sorted(counts)  # cumulative
