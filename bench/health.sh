@@ -10,23 +10,8 @@
 # Every process it starts runs under a private temp prefix and is ended by its PID.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
-DURATION="${DURATION:-10}"
-WARMUP="${WARMUP:-3}"
+. "$(dirname "$0")/lib.sh" health
 REPLICAS="${REPLICAS:-100}"
-NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
-command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
-[ -x "$NGINX" ] || { echo "bench: nginx not found (apt-get install nginx-light)" >&2; exit 1; }
-
-TMP="$(mktemp -d /tmp/berth-bench-health.XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
 
 ports=$("$PY" - "$((REPLICAS + 3))" <<'PY'
 import socket, sys

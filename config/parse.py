@@ -26,7 +26,15 @@ from config.image_ref import parse_image_ref
 from config.parse_health import read_health
 from config.parse_mounts import read_mounts, read_registry
 from config.parse_scaling import read_autoscale, read_replicas
-from config.reader import Reader, as_bool, as_duration, as_int, as_number, as_size
+from config.reader import (
+    Reader,
+    as_bool,
+    as_duration,
+    as_int,
+    as_number,
+    as_size,
+    read_string_table,
+)
 from config.spec import DeploymentSpec, Endpoint, Resources, Update
 
 __all__ = [
@@ -159,17 +167,8 @@ def _as_env_value(raw: object) -> str:
 
 
 def _read_env(r: Reader | None) -> dict[str, str]:
-    if r is None:
-        return {}
-    env: dict[str, str] = {}
-    for key in list(r.data):
-        value = r.optional(key, _as_env_value)
-        if not _ENV_NAME.fullmatch(key):
-            r.problem(key, "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-        elif value is not None:
-            env[key] = value
-    r.close()
-    return dict(sorted(env.items()))
+    rule = "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+    return read_string_table(r, _ENV_NAME, rule, _as_env_value)
 
 
 def _read_resources(r: Reader | None) -> Resources:

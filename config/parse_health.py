@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from config.reader import Reader, as_bool, as_duration, as_int, as_str
+from config.reader import Reader, as_bool, as_duration, as_int, as_str, read_string_table
 from config.spec import Health, Probe
 
 MAX_PROBE_DURATION = 3600.0
@@ -81,14 +81,4 @@ def _as_header_value(raw: object) -> str:
 
 
 def _read_headers(r: Reader | None) -> dict[str, str]:
-    if r is None:
-        return {}
-    headers: dict[str, str] = {}
-    for key in list(r.data):
-        value = r.optional(key, _as_header_value)
-        if not _HEADER_NAME.fullmatch(key):
-            r.problem(key, "not a valid HTTP header name")
-        elif value is not None:
-            headers[key] = value
-    r.close()
-    return dict(sorted(headers.items()))
+    return read_string_table(r, _HEADER_NAME, "not a valid HTTP header name", _as_header_value)

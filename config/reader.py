@@ -235,3 +235,21 @@ def _num(x: float) -> str:
 
 def _show_seconds(seconds: float) -> str:
     return format_duration(seconds)
+
+
+def read_string_table(
+    r: Reader | None, name: re.Pattern[str], name_rule: str, convert: Converter[str]
+) -> dict[str, str]:
+    """A table of string values (`[env]`, probe `headers`): every key must match `name`
+    (else `name_rule` is the problem), every value passes `convert`. Sorted by key."""
+    if r is None:
+        return {}
+    table: dict[str, str] = {}
+    for key in list(r.data):
+        value = r.optional(key, convert)
+        if not name.fullmatch(key):
+            r.problem(key, name_rule)
+        elif value is not None:
+            table[key] = value
+    r.close()
+    return dict(sorted(table.items()))
