@@ -82,7 +82,7 @@ async def checkout(mount: Mount, dest: Path) -> str:
     """Clone `mount` into `dest` (absent); returns the checked-out commit's id."""
     partial = dest.with_name(f".{dest.name}.partial")
     await trio.to_thread.run_sync(_remove_tree, partial)
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    await trio.Path(partial.parent).mkdir(parents=True, exist_ok=True)
     url = mount.source
     ref = mount.ref
     env = git_environment(mount)
