@@ -3,8 +3,9 @@
 berthd runs every replica's probes on the same loop as the endpoints; this measures what
 that costs the proxy. It serves `--listen` round robin over `--upstream`s (the proxy, as
 berthd runs it) while probing `--probe-port`s every `--period` seconds with the daemon's
-own probe code (`daemon.health` schedules, `daemon.probes` probes), and prints how many
-probes ran when it gets SIGTERM/SIGINT. `--probe-port` may be given 0 times: the baseline.
+own probe code (`daemon.health.verdicts` schedules, `daemon.health.probes` probes), and
+prints how many probes ran when it gets SIGTERM/SIGINT. `--probe-port` may be given 0 times:
+the baseline.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import signal
 import trio
 
 from config.spec import Health, Probe
-from daemon.health import ReplicaHealth
-from daemon.probes import run_probe
+from daemon.health.probes import run_probe
+from daemon.health.verdicts import ReplicaHealth
 from proxy.endpoint import Endpoint
 from proxy.upstreams import Upstream
 

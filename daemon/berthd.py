@@ -28,24 +28,32 @@ from config.parse import parse_spec
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec
 from daemon import __version__
-from daemon.admin_server import AdminServer, AdminSocketError
-from daemon.endpoints import EndpointManager
-from daemon.events import EventLog
-from daemon.gpu import load_inventory
-from daemon.gpu_ledger import GpuLedger
-from daemon.metrics import MetricsSampler
-from daemon.mounts import MountPreparer
-from daemon.notify import Notifier
+from daemon.api.apply import ApplyRefused, apply_spec_text
+from daemon.api.routes import AdminApi
+from daemon.gpu.inventory import load_inventory
+from daemon.gpu.ledger import GpuLedger
+from daemon.health.probes import run_probe
+from daemon.http.server import AdminServer, AdminSocketError
+from daemon.integrations.mounts import MountPreparer
+from daemon.metrics.exposition import MetricsServer
+from daemon.metrics.sampler import MetricsSampler
 from daemon.observability import metrics_sampler, metrics_snapshot
-from daemon.podman_runtime import PodmanRuntime
-from daemon.podman_service import PodmanService, PodmanUnavailable
-from daemon.ports import HostPortAllocator
-from daemon.probes import run_probe
-from daemon.prometheus import MetricsServer
-from daemon.runtime import LABEL_DEPLOYMENT, LABEL_INSTANCE, ContainerRuntime, RuntimeFailure
-from daemon.store import Store
-from daemon.store_access import StoreAccess
-from daemon.worker import DeploymentWorker, WorkerContext
+from daemon.reconcile.context import WorkerContext
+from daemon.reconcile.endpoints import EndpointManager
+from daemon.reconcile.ports import HostPortAllocator
+from daemon.reconcile.worker import DeploymentWorker
+from daemon.runtime.interface import (
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    ContainerRuntime,
+    RuntimeFailure,
+)
+from daemon.runtime.podman import PodmanRuntime
+from daemon.runtime.service import PodmanService, PodmanUnavailable
+from daemon.store.access import StoreAccess
+from daemon.store.database import Store
+from daemon.store.events import EventLog
+from daemon.system.notify import Notifier
 
 log = logging.getLogger("berthd")
 
@@ -114,8 +122,6 @@ class Berthd:
         log.info("berthd stopped; replicas left running")
 
     async def _run_control(self, task_status: trio.TaskStatus[None]) -> None:
-        from daemon.admin_api import AdminApi  # the API knows the daemon, not the reverse
-
         ctx = WorkerContext(
             instance=self.instance,
             runtime=self.runtime,
@@ -258,7 +264,6 @@ class Berthd:
 
     async def apply_specs_dir(self, directory: Path) -> None:
         """Apply every *.toml in `directory`; a bad file is reported and skipped."""
-        from daemon.apply import ApplyRefused, apply_spec_text
 
         def list_specs() -> list[Path] | None:
             return sorted(directory.glob("*.toml")) if directory.is_dir() else None

@@ -12,7 +12,7 @@ import trio
 from config.errors import SpecError
 from config.settings import load_settings
 from daemon import __version__
-from daemon.logs import setup_logging
+from daemon.system.logs import setup_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from daemon.berthd import Berthd
-    from daemon.notify import Notifier
+    from daemon.system.notify import Notifier
 
     # Before anything starts a child (the embedded Podman service, conmon): it takes
     # NOTIFY_SOCKET out of the environment so that only berthd talks to systemd.

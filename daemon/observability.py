@@ -8,34 +8,30 @@ only read in-memory state here, so a scrape never touches Podman or SQLite.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
 from daemon import __version__
-from daemon.gpu import GpuSample
-from daemon.metrics import MetricsSampler
-from daemon.metrics_model import ReplicaTarget
-from daemon.metrics_store import StoreRollups
-from daemon.prometheus import (
+from daemon.api.control_plane import ControlPlane
+from daemon.gpu.model import GpuSample
+from daemon.metrics.exposition import (
     DeploymentMetrics,
     GpuMetrics,
     MetricsSnapshot,
     ReplicaMetrics,
 )
+from daemon.metrics.model import ReplicaTarget
+from daemon.metrics.rollups import StoreRollups
+from daemon.metrics.sampler import MetricsSampler
 from proxy.stats import EndpointStatistics
 
-if TYPE_CHECKING:
-    from daemon.berthd import Berthd
-
 # Seconds between samples: short, so the autoscaler sees a load step within a couple of
-# seconds (its window is daemon.scaling.LOAD_WINDOW).
+# seconds (its window is daemon.scaling.driver.LOAD_WINDOW).
 SAMPLE_INTERVAL = 2.0
 # The proxy's latency percentiles over this many seconds: recent enough to show a load step.
 LATENCY_WINDOW = 10.0
 
 
-def metrics_sampler(daemon: Berthd) -> MetricsSampler:
+def metrics_sampler(daemon: ControlPlane) -> MetricsSampler:
     def targets() -> list[ReplicaTarget]:
         out = []
         for name, worker in daemon.workers.items():
@@ -72,7 +68,7 @@ def _gpu(sample: GpuSample) -> GpuMetrics:
     )
 
 
-async def metrics_snapshot(daemon: Berthd) -> MetricsSnapshot:
+async def metrics_snapshot(daemon: ControlPlane) -> MetricsSnapshot:
     deployments = []
     for name, worker in sorted(daemon.workers.items()):
         snap = worker.snapshot()

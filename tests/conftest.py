@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.runtime import LABEL_INSTANCE
+from daemon.runtime.interface import LABEL_INSTANCE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ECHO_IMAGE = "localhost/berth-echo:1"

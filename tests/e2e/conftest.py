@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from daemon.berthd import instance_id
-from daemon.runtime import LABEL_INSTANCE
+from daemon.runtime.interface import LABEL_INSTANCE
 from tests.conftest import podman_binary, remove_labelled_containers
 from tests.e2e.berthd_process import Berthd
 

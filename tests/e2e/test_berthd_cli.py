@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from daemon.berthd import instance_id
-from daemon.runtime import LABEL_INSTANCE
+from daemon.runtime.interface import LABEL_INSTANCE
 from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, get_text, wait_until
 

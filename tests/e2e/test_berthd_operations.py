@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from daemon.berthd import instance_id
-from daemon.runtime import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_REPLICA
+from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_REPLICA
 from tests.conftest import podman_binary
 from tests.e2e.berthd_process import BIN, Berthd, get_text, wait_until
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.gpu import load_inventory
-from daemon.gpu_nvml import NvmlInventory, NvmlUnavailable
+from daemon.gpu.inventory import load_inventory
+from daemon.gpu.nvml import NvmlInventory, NvmlUnavailable
 
 pytestmark = pytest.mark.gpu
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from daemon.podman_runtime import PodmanRuntime
+from daemon.runtime.podman import PodmanRuntime
 
 
 @pytest.fixture

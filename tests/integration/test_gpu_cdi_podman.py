@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.gpu_cdi import CdiInventory, scan_cdi
-from daemon.placement import Assignment, GpuRequest, Placed, place
-from daemon.podman_runtime import PodmanRuntime
-from daemon.runtime import ContainerSpec
+from daemon.gpu.cdi import CdiInventory, scan_cdi
+from daemon.gpu.placement import Assignment, GpuRequest, Placed, place
+from daemon.runtime.interface import ContainerSpec
+from daemon.runtime.podman import PodmanRuntime
 
 pytestmark = pytest.mark.podman
 

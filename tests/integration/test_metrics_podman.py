@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from daemon.metrics import MetricsSampler
-from daemon.metrics_model import ReplicaTarget
-from daemon.podman_runtime import PodmanRuntime
-from daemon.runtime import ContainerSpec
+from daemon.metrics.model import ReplicaTarget
+from daemon.metrics.sampler import MetricsSampler
+from daemon.runtime.interface import ContainerSpec
+from daemon.runtime.podman import PodmanRuntime
 
 pytestmark = pytest.mark.podman
 

@@ -20,10 +20,10 @@ import trio
 from config.parse import parse_spec
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec
-from daemon.mounts import MountError, MountPreparer
-from daemon.mounts_check import model_dir, mount_problems
-from daemon.podman_runtime import PodmanRuntime
-from daemon.runtime import ContainerSpec
+from daemon.integrations.mount_checks import model_dir, mount_problems
+from daemon.integrations.mounts import MountError, MountPreparer
+from daemon.runtime.interface import ContainerSpec
+from daemon.runtime.podman import PodmanRuntime
 from tests.conftest import podman_binary
 
 pytestmark = pytest.mark.podman

@@ -14,8 +14,7 @@ import httpx
 import pytest
 import trio
 
-from daemon.podman_runtime import PodmanRuntime
-from daemon.runtime import (
+from daemon.runtime.interface import (
     LABEL_HOST_PORT,
     LABEL_REPLICA,
     ContainerEvent,
@@ -26,6 +25,7 @@ from daemon.runtime import (
     RuntimeFailure,
     TemporaryRuntimeError,
 )
+from daemon.runtime.podman import PodmanRuntime
 
 pytestmark = pytest.mark.podman
 

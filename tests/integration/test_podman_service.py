@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.podman_runtime import PodmanRuntime
-from daemon.podman_service import PodmanService, PodmanUnavailable, podman_answers
-from daemon.runtime import ContainerSpec
+from daemon.runtime.interface import ContainerSpec
+from daemon.runtime.podman import PodmanRuntime
+from daemon.runtime.service import PodmanService, PodmanUnavailable, podman_answers
 
 pytestmark = pytest.mark.podman
 

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import trio
 
-from daemon.podman_runtime import PodmanRuntime
-from daemon.runtime import LABEL_REPLICA, ContainerSpec
+from daemon.runtime.interface import LABEL_REPLICA, ContainerSpec
+from daemon.runtime.podman import PodmanRuntime
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.upstreams import Upstream
 from tests.conftest import podman_binary

@@ -29,9 +29,9 @@ import pytest
 import trio
 
 from config.spec import Registry
-from daemon.podman_runtime import PodmanRuntime
-from daemon.registry import registry_auth
-from daemon.runtime import ContainerSpec, ImageNotFound, RegistryAuth, RuntimeFailure
+from daemon.integrations.registry import registry_auth
+from daemon.runtime.interface import ContainerSpec, ImageNotFound, RegistryAuth, RuntimeFailure
+from daemon.runtime.podman import PodmanRuntime
 from tests.conftest import free_port, podman_binary, socket_answers
 
 pytestmark = pytest.mark.podman

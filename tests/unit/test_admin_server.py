@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from daemon.admin_server import (
+from daemon.http.server import (
     AdminRequest,
     AdminResponse,
     AdminServer,
@@ -237,7 +237,7 @@ async def test_handler_exception_gives_500_and_the_server_goes_on(
         return AdminResponse(json={"ok": True})
 
     path = short_dir / "berth.sock"
-    with caplog.at_level(logging.ERROR, logger="daemon.admin_server"):
+    with caplog.at_level(logging.ERROR, logger="daemon.http.server"):
         async with serving(path, handler), client(path) as c:
             response = await c.get("/boom")
             assert response.status_code == 500

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from config.spec import Autoscale, AutoscaleMetric, MetricName, Replicas, Summary
-from daemon.autoscale import Autoscaler, LoadSample
+from daemon.scaling.policy import Autoscaler, LoadSample
 
 CPU50 = AutoscaleMetric(MetricName.CPU, target=50.0)
 LATENCY_200MS = AutoscaleMetric(MetricName.REQUEST_DURATION, target=0.2)

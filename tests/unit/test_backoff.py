@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from daemon.backoff import CAP, RESET_AFTER, RestartBackoff, scheduled_delay
+from daemon.health.backoff import CAP, RESET_AFTER, RestartBackoff, scheduled_delay
 
 
 def test_schedule_doubles_from_one_and_a_half_seconds_to_the_cap() -> None:

@@ -22,9 +22,10 @@ import httpx
 import pytest
 import trio
 
-from daemon import cli, cli_commands
-from daemon.admin_server import AdminRequest, AdminResponse, AdminServer
-from daemon.cli_client import _connect_failure
+from daemon.cli import commands as cli_commands
+from daemon.cli import main as cli
+from daemon.cli.client import _connect_failure
+from daemon.http.server import AdminRequest, AdminResponse, AdminServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -544,7 +545,7 @@ async def test_logs_follow_stops_on_ctrl_c(short_dir: Path) -> None:
     stub = StubBerthd()
     async with berthd(path, stub):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        command = [sys.executable, "-m", "daemon.cli", "--socket", str(path)]
+        command = [sys.executable, "-m", "daemon.cli.main", "--socket", str(path)]
         process = await trio.lowlevel.open_process(
             [*command, "logs", "echo", "-f", "--tail", "10"],
             stdout=-1,

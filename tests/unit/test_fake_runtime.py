@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.fake_runtime import FakeRuntime
-from daemon.runtime import (
+from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.interface import (
     ContainerEvent,
     ContainerNotFound,
     ContainerRuntime,

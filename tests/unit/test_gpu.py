@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import gpu_nvml
-from daemon.gpu import GpuInventory, GpuSample, NoGpu, free_memory, load_inventory
-from daemon.gpu_cdi import CdiInventory, CdiScan
-from daemon.gpu_fake import FakeGpuInventory, GiB, fake_gpus
+from daemon.gpu import nvml as gpu_nvml
+from daemon.gpu.cdi import CdiInventory, CdiScan
+from daemon.gpu.fake import FakeGpuInventory, GiB, fake_gpus
+from daemon.gpu.inventory import NoGpu, load_inventory
+from daemon.gpu.model import GpuInventory, GpuSample, free_memory
 
 
 @pytest.fixture(autouse=True)

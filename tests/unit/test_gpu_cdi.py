@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon.gpu import GpuInfo
-from daemon.gpu_cdi import CdiInventory, cdi_gpus, scan_cdi
+from daemon.gpu.cdi import CdiInventory, cdi_gpus, scan_cdi
+from daemon.gpu.model import GpuInfo
 
 YAML_SPEC = """\
 cdiVersion: 0.5.0

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from daemon import gpu_nvml
-from daemon.gpu_cdi import CdiDevice, CdiScan
-from daemon.gpu_nvml import NvmlInventory, NvmlUnavailable
+from daemon.gpu import nvml as gpu_nvml
+from daemon.gpu.cdi import CdiDevice, CdiScan
+from daemon.gpu.nvml import NvmlInventory, NvmlUnavailable
 
 GiB = 1024**3
 

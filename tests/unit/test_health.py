@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config.spec import Health, Probe
-from daemon.health import ProbeKind, ReplicaHealth, Transition
-from daemon.probes import ProbeResult
+from daemon.health.probes import ProbeResult
+from daemon.health.verdicts import ProbeKind, ReplicaHealth, Transition
 
 R, L, S = ProbeKind.READINESS, ProbeKind.LIVENESS, ProbeKind.STARTUP
 OK, BAD = ProbeResult(True, "HTTP 200"), ProbeResult(False, "HTTP 500")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 from trio.testing import MockClock
 
-from daemon.fake_runtime import FakeRuntime
-from daemon.log_stream import follow_replica_logs
-from daemon.runtime import LABEL_DEPLOYMENT, LABEL_REPLICA, ContainerSpec
+from daemon.api.log_stream import follow_replica_logs
+from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_REPLICA, ContainerSpec
 
 IMAGE = "localhost/berth-echo:1"
 LABELS = {LABEL_DEPLOYMENT: "web"}

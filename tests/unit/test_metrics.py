@@ -17,16 +17,16 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from daemon.fake_runtime import FakeRuntime
-from daemon.gpu import GpuSample
-from daemon.gpu_fake import FakeGpuInventory, fake_gpus
-from daemon.metrics import MetricsSampler
-from daemon.metrics_host import HostReading, PsutilHost
-from daemon.metrics_model import GpuStat, ReplicaTarget, gpu_index, held_gpus
-from daemon.metrics_store import StoreRollups
-from daemon.runtime import ContainerSpec, ContainerStats, TemporaryRuntimeError
-from daemon.store import MetricRollup, Store, rfc3339
-from daemon.store_access import StoreAccess
+from daemon.gpu.fake import FakeGpuInventory, fake_gpus
+from daemon.gpu.model import GpuSample
+from daemon.metrics.host import HostReading, PsutilHost
+from daemon.metrics.model import GpuStat, ReplicaTarget, gpu_index, held_gpus
+from daemon.metrics.rollups import StoreRollups
+from daemon.metrics.sampler import MetricsSampler
+from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.interface import ContainerSpec, ContainerStats, TemporaryRuntimeError
+from daemon.store.access import StoreAccess
+from daemon.store.database import MetricRollup, Store, rfc3339
 from proxy.stats import (
     EndpointStatistics,
     LatencySummary,

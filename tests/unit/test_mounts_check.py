@@ -11,7 +11,7 @@ from config.errors import show_value
 from config.parse import parse_spec
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec
-from daemon.mounts_check import model_dir, mount_problems
+from daemon.integrations.mount_checks import model_dir, mount_problems
 
 BASE = """
 name = "app"

@@ -16,10 +16,10 @@ from trio.testing import MockClock
 from config.parse import parse_spec
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec, Mount, MountType
-from daemon.fake_runtime import FakeRuntime
-from daemon.mounts import MountError, MountPreparer, git_checkouts_dir
-from daemon.mounts_git import checkout, git_config_args, git_environment
-from daemon.runtime import MountSpec
+from daemon.integrations.git import checkout, git_config_args, git_environment
+from daemon.integrations.mounts import MountError, MountPreparer, git_checkouts_dir
+from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.interface import MountSpec
 
 BASE = """
 name = "app"

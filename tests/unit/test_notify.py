@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.notify import Notifier
+from daemon.system.notify import Notifier
 
 
 class FakeSystemd:

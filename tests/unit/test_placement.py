@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from config.spec import Resources
-from daemon.gpu import GpuInfo
-from daemon.gpu_fake import GiB, fake_gpus
-from daemon.placement import (
+from daemon.gpu.fake import GiB, fake_gpus
+from daemon.gpu.model import GpuInfo
+from daemon.gpu.placement import (
     Assignment,
     GpuRequest,
     Placed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.plan import (
+from daemon.reconcile.plan import (
     CreateReplica,
     Desired,
     ObservedReplica,

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from config.spec import Probe
-from daemon.probes import run_probe, status_result
+from daemon.health.probes import run_probe, status_result
 
 Reply = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 

@@ -1,6 +1,6 @@
 """berthd's /metrics: a snapshot's exposition parses with prometheus-client's own parsers
-(text format and OpenMetrics), with the families and labels promised in daemon/prometheus.py,
-served over a real socket on 127.0.0.1."""
+(text format and OpenMetrics), with the families and labels promised in
+daemon/metrics/exposition.py, served over a real socket on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.prometheus import (
+from daemon.metrics.exposition import (
     DeploymentMetrics,
     GpuMetrics,
     MetricsServer,
@@ -271,7 +271,7 @@ async def test_port_in_use_fails_start(nursery: trio.Nursery) -> None:
 async def test_idle_connection_is_closed(
     server: tuple[str, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("daemon.prometheus.IDLE_TIMEOUT", 0.05)
+    monkeypatch.setattr("daemon.metrics.exposition.IDLE_TIMEOUT", 0.05)
     base, _ = server
     stream = await trio.open_tcp_stream("127.0.0.1", int(base.rsplit(":", 1)[1]))
     async with stream:

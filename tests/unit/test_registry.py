@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 
 from config.spec import Registry
-from daemon.podman_runtime import _pull_failure, registry_auth_header
-from daemon.registry import RegistryCredentialsError, registry_auth
-from daemon.runtime import ImageNotFound, RegistryAuth, RuntimeFailure, TemporaryRuntimeError
+from daemon.integrations.registry import RegistryCredentialsError, registry_auth
+from daemon.runtime.interface import (
+    ImageNotFound,
+    RegistryAuth,
+    RuntimeFailure,
+    TemporaryRuntimeError,
+)
+from daemon.runtime.podman import _pull_failure, registry_auth_header
 
 SECRET = "pa55:w0rd with spaces"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.store import (
+from daemon.store.database import (
     Event,
     ReplicaRecord,
     RevisionStatus,
@@ -19,7 +19,7 @@ from daemon.store import (
     UnknownDeployment,
     rfc3339,
 )
-from daemon.store_migrations import LATEST_VERSION, MIGRATIONS
+from daemon.store.migrations import LATEST_VERSION, MIGRATIONS
 
 START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.store import MetricRollup, Store, rfc3339
-from daemon.store_migrations import LATEST_VERSION, MIGRATIONS
+from daemon.store.database import MetricRollup, Store, rfc3339
+from daemon.store.migrations import LATEST_VERSION, MIGRATIONS
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -19,17 +19,18 @@ from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.settings import load_settings
 from config.spec import Probe
-from daemon.endpoints import EndpointManager
-from daemon.events import EventLog
-from daemon.fake_runtime import FakeRuntime
-from daemon.gpu_fake import FakeGpuInventory, fake_gpus
-from daemon.gpu_ledger import GpuLedger
-from daemon.metrics_model import DeploymentLoad
-from daemon.mounts import MountPreparer
-from daemon.ports import HostPortAllocator
-from daemon.probes import ProbeResult
-from daemon.replicas import ReplicaView
-from daemon.runtime import (
+from daemon.gpu.fake import FakeGpuInventory, fake_gpus
+from daemon.gpu.ledger import GpuLedger
+from daemon.health.probes import ProbeResult
+from daemon.integrations.mounts import MountPreparer
+from daemon.metrics.model import DeploymentLoad
+from daemon.reconcile.context import WorkerContext
+from daemon.reconcile.endpoints import EndpointManager
+from daemon.reconcile.ports import HostPortAllocator
+from daemon.reconcile.replicas import ReplicaView
+from daemon.reconcile.worker import DeploymentWorker
+from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.interface import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
     LABEL_REPLICA,
@@ -37,9 +38,9 @@ from daemon.runtime import (
     LABEL_TEMPLATE,
     RuntimeFailure,
 )
-from daemon.store import Store
-from daemon.store_access import StoreAccess
-from daemon.worker import DeploymentWorker, WorkerContext
+from daemon.store.access import StoreAccess
+from daemon.store.database import Store
+from daemon.store.events import EventLog
 from tests.conftest import free_port
 
 IMAGE = "localhost/berth-echo:1"

@@ -1,0 +1,83 @@
+"""Applying a spec: parse, check against the host and the other deployments, record, nudge.
+
+All checks run before anything is written: a refused spec leaves the store untouched. Applies
+are serialised by the daemon's apply lock, so two applies cannot both claim one endpoint port.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+
+import trio
+
+from config.canonical import spec_id, spec_to_dict
+from config.errors import SpecError
+from config.parse import parse_spec
+from config.spec import DeploymentSpec
+from daemon.api.control_plane import ControlPlane
+from daemon.gpu.placement import apply_problems
+from daemon.integrations.mount_checks import mount_problems
+from daemon.store.database import ApplyResult, Store
+
+
+class ApplyRefused(Exception):
+    def __init__(self, source: str, problems: list[str]) -> None:
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: spec refused, {len(problems)} {noun}")
+        self.problems = problems
+
+
+async def apply_spec_text(daemon: ControlPlane, text: str, *, source: str) -> ApplyResult:
+    try:
+        spec = parse_spec(text, source=source)
+    except SpecError as exc:
+        raise ApplyRefused(source, [str(p) for p in exc.problems]) from None
+    async with daemon.apply_lock:
+        problems = await host_problems(daemon, spec)
+        if problems:
+            raise ApplyRefused(source, problems)
+        result = await daemon.store.call(
+            Store.apply, spec.name, spec_id(spec), text, json.dumps(spec_to_dict(spec))
+        )
+    if result.outcome != "unchanged":
+        await daemon.events.emit(
+            "applied",
+            f"revision {result.revision} ({result.outcome}, spec {result.spec_id})",
+            deployment=spec.name,
+        )
+    daemon.ensure_worker(spec.name)
+    return result
+
+
+async def host_problems(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]:
+    """What the spec asks of this host that it cannot have; every problem names its field."""
+    problems: list[str] = []
+    port = spec.endpoint.port
+    for deployment in await daemon.store.call(Store.list_deployments):
+        if deployment.name == spec.name:
+            continue
+        other = await daemon.active_spec(deployment.name)
+        if other is not None and other.endpoint.port == port:
+            problems.append(
+                f'endpoint.port: already the endpoint of deployment "{deployment.name}" '
+                f"(got {port})"
+            )
+    own = daemon.endpoints.get(spec.name)
+    if not problems and (own is None or own.port != port) and port_in_use(spec.endpoint.bind, port):
+        problems.append(f"endpoint.port: in use by another program on this host (got {port})")
+    problems.extend(apply_problems(spec.resources, daemon.gpus.gpus()))
+    problems.extend(await trio.to_thread.run_sync(mount_problems, spec, daemon.settings))
+    return problems
+
+
+def port_in_use(bind: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False

@@ -1,0 +1,149 @@
+"""Preparing a revision's `[[mounts]]` before its replicas are created.
+
+`MountPreparer.prepare(spec, spec_id)` turns the spec's mounts into the `MountSpec`s of a
+`ContainerSpec`, doing the host-side work each type needs:
+
+    bind    re-checked (`daemon.integrations.mount_checks`) and bound by its resolved path,
+            so a symbolic link swapped after apply cannot lead elsewhere
+    volume  the named Podman volume, created if absent; every replica shares it
+    git     cloned once per revision into `<state_dir>/git/<deployment>/<spec_id>/<index>`,
+            bound read-only; later replicas (and a restarted berthd) reuse the checkout
+    model   `<state_dir>/models/<name>`, re-checked, bound read-only by its resolved path
+
+Invariants:
+- A checkout directory that exists is complete (`daemon.integrations.git` renames it into place).
+- A failure is a `MountError` whose message says why, fit for a deployment event; nothing
+  else escapes but `RuntimeFailure` from the runtime's volume calls.
+- A failed clone is not tried again on every reconcile round: the failure is remembered and
+  handed back (`MountError.repeated`) until a back-off (10 s, doubling to 5 min) has passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from config.settings import DaemonSettings
+from config.spec import DeploymentSpec, Mount, MountType
+from daemon.integrations.git import MountError, checkout
+from daemon.integrations.mount_checks import bind_source_problem, model_dir, model_problem
+from daemon.runtime.interface import ContainerRuntime, MountSpec
+
+__all__ = ["MountError", "MountPreparer", "git_checkouts_dir"]
+
+# `bind_source_problem` or `model_problem`: (source, settings) -> the reason, or None.
+_Check = Callable[[str, DaemonSettings], str | None]
+
+RETRY_FIRST = 10.0
+RETRY_MAX = 300.0
+
+
+def git_checkouts_dir(state_dir: Path, deployment: str) -> Path:
+    """Where a deployment's git checkouts live, one directory per spec_id."""
+    return state_dir / "git" / deployment
+
+
+@dataclass
+class _Failure:
+    message: str
+    retry_at: float
+    delay: float
+
+
+class MountPreparer:
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        settings: DaemonSettings,
+        *,
+        volume_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._settings = settings
+        self._volume_labels = dict(volume_labels or {})
+        self._locks: dict[Path, trio.Lock] = {}
+        self._failures: dict[Path, _Failure] = {}
+
+    def __repr__(self) -> str:
+        return f"<MountPreparer {self._settings.state_dir} {len(self._failures)} failing>"
+
+    async def prepare(self, spec: DeploymentSpec, spec_id: str) -> tuple[MountSpec, ...]:
+        """The mounts of `spec` (revision `spec_id`), ready for every replica to use."""
+        prepared = []
+        for index, mount in enumerate(spec.mounts):
+            where = f"mounts[{index}]"
+            if mount.type is MountType.BIND:
+                source = await self._checked(where, mount, bind_source_problem)
+                prepared.append(MountSpec("bind", source, mount.target, mount.read_only))
+            elif mount.type is MountType.MODEL:
+                source = await self._checked(where, mount, model_problem)
+                prepared.append(MountSpec("bind", source, mount.target, True))
+            elif mount.type is MountType.VOLUME:
+                await self._ensure_volume(mount.source)
+                prepared.append(MountSpec("volume", mount.source, mount.target, mount.read_only))
+            else:
+                dest = git_checkouts_dir(self._settings.state_dir, spec.name) / spec_id / str(index)
+                await self._ensure_checkout(mount, dest)
+                prepared.append(MountSpec("bind", str(dest), mount.target, True))
+        return tuple(prepared)
+
+    async def prune(self, deployment: str, keep: Collection[str] = ()) -> None:
+        """Remove the deployment's git checkouts except those of the `keep` spec_ids."""
+        root = git_checkouts_dir(self._settings.state_dir, deployment)
+
+        def prune() -> None:
+            if not root.is_dir():
+                return
+            for entry in root.iterdir():
+                if entry.name not in keep:
+                    shutil.rmtree(entry, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(root, ignore_errors=True)
+
+        await trio.to_thread.run_sync(prune)
+        for path in [p for p in self._failures if root in p.parents]:
+            if path.parent.name not in keep:
+                del self._failures[path]
+
+    async def _checked(self, where: str, mount: Mount, check: _Check) -> str:
+        """The resolved host path of a bind or model mount, checked again now."""
+        settings = self._settings
+
+        def resolve() -> str:
+            reason = check(mount.source, settings)
+            if reason is not None:
+                raise MountError(f"{where}.source: {reason} (got {mount.source})")
+            path = Path(mount.source)
+            if mount.type is MountType.MODEL:
+                path = model_dir(settings.state_dir, mount.source)
+            return str(path.resolve(strict=True))
+
+        try:
+            return await trio.to_thread.run_sync(resolve)
+        except OSError as exc:  # it vanished between the check and the resolve
+            raise MountError(f"{where}.source: {exc.strerror} (got {mount.source})") from None
+
+    async def _ensure_volume(self, name: str) -> None:
+        if not await self._runtime.volume_exists(name):
+            await self._runtime.create_volume(name, labels=self._volume_labels)
+
+    async def _ensure_checkout(self, mount: Mount, dest: Path) -> None:
+        lock = self._locks.setdefault(dest, trio.Lock())
+        async with lock:
+            if await trio.to_thread.run_sync(dest.is_dir):
+                return
+            failure = self._failures.get(dest)
+            now = trio.current_time()
+            if failure is not None and now < failure.retry_at:
+                raise MountError(failure.message, repeated=True)
+            try:
+                await checkout(mount, dest)
+            except MountError as exc:
+                delay = RETRY_FIRST if failure is None else min(failure.delay * 2, RETRY_MAX)
+                self._failures[dest] = _Failure(str(exc), now + delay, delay)
+                raise
+            self._failures.pop(dest, None)

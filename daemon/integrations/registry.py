@@ -1,0 +1,101 @@
+"""Private registries: a spec's `[registry]` -> the `RegistryAuth` a pull carries.
+
+Two forms (docs/integrations.md): `auth_file`, the containers-auth.json that `podman login`
+writes (the entry for the image's registry is picked when pulling), or `username` plus
+`password_file`, a file that holds only the password (one trailing newline is ignored).
+
+Invariants:
+- A secret is read only to be handed to the runtime; it never appears in a message, a log
+  line, an event or a repr (`RegistryAuth.__repr__` hides the password).
+- The apply-time checks (`registry_problems`) look at the files without showing them, so a
+  spec whose credentials cannot be read is refused before any replica is planned.
+- Whether a registry may be reached without TLS is the host's decision, made where Podman
+  makes it (an `insecure = true` entry in registries.conf), never a spec's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from config.errors import Problem
+from config.spec import Registry
+from daemon.runtime.interface import RegistryAuth
+
+
+class RegistryCredentialsError(Exception):
+    """The spec's registry credentials cannot be read; the message names the field."""
+
+
+def registry_auth(registry: Registry | None) -> RegistryAuth | None:
+    """The credentials to pull with, or None for an anonymous pull. Reads the password file."""
+    if registry is None:
+        return None
+    if registry.auth_file is not None:
+        _auths(registry.auth_file, "registry.auth_file")  # refuse an unreadable file now
+        return RegistryAuth(auth_file=registry.auth_file)
+    if registry.username is None or registry.password_file is None:
+        return None  # the parser refuses this; nothing to authenticate with
+    password = _read_password(registry.password_file)
+    return RegistryAuth(username=registry.username, password=password)
+
+
+def registry_problems(registry: Registry | None) -> list[Problem]:
+    """What is wrong with the `[registry]` credential files on this host (apply-time)."""
+    if registry is None:
+        return []
+    try:
+        registry_auth(registry)
+    except RegistryCredentialsError as exc:
+        field, _, reason = str(exc).partition(": ")
+        value = registry.auth_file if field == "registry.auth_file" else registry.password_file
+        return [Problem(field, reason, value)]
+    return []
+
+
+def _read_password(path: str) -> str:
+    field = "registry.password_file"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryCredentialsError(f"{field}: does not exist on this host") from None
+    except IsADirectoryError:
+        raise RegistryCredentialsError(f"{field}: is not a regular file") from None
+    except PermissionError:
+        raise RegistryCredentialsError(f"{field}: is not readable by berthd") from None
+    except UnicodeDecodeError:
+        raise RegistryCredentialsError(f"{field}: is not UTF-8 text") from None
+    except OSError as exc:
+        raise RegistryCredentialsError(f"{field}: cannot be read ({exc.strerror})") from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise RegistryCredentialsError(f"{field}: is empty")
+    if "\n" in password:
+        raise RegistryCredentialsError(f"{field}: must hold the password alone, on one line")
+    return password
+
+
+def _auths(path: str, field: str) -> dict[str, object]:
+    """The `auths` table of a containers-auth.json; its contents never reach a message."""
+    if not os.path.exists(path):
+        raise RegistryCredentialsError(f"{field}: does not exist on this host")
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except IsADirectoryError:
+        raise RegistryCredentialsError(f"{field}: is not a regular file") from None
+    except PermissionError:
+        raise RegistryCredentialsError(f"{field}: is not readable by berthd") from None
+    except OSError as exc:
+        raise RegistryCredentialsError(f"{field}: cannot be read ({exc.strerror})") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError; their text quotes the file
+        raise RegistryCredentialsError(
+            f"{field}: is not a containers-auth.json file (not JSON)"
+        ) from None
+    auths = body.get("auths") if isinstance(body, dict) else None
+    if not isinstance(auths, dict):
+        raise RegistryCredentialsError(
+            f'{field}: is not a containers-auth.json file (no "auths" object)'
+        )
+    return auths

@@ -1,0 +1,311 @@
+"""A worker's hands: what it does to replicas (create, start again, stop, drain, remove).
+
+The worker decides (its plan), this executes: one action at a time for creates and
+restarts, removals and liveness stops in parallel (each drains first). It also keeps what
+must outlive a berthd restart in the store (restart counts, last exit reasons) and the
+deployment-wide create back-off: a create that fails (no GPU free, an image that cannot be
+pulled, a mount that cannot be prepared) is said once per distinct reason and retried later.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+
+import trio
+
+from config.spec import DeploymentSpec
+from daemon.gpu.ledger import replica_key
+from daemon.gpu.model import free_memory
+from daemon.gpu.placement import GpuRequest, Unplaceable
+from daemon.health.backoff import RestartBackoff
+from daemon.integrations.git import MountError
+from daemon.integrations.registry import RegistryCredentialsError, registry_auth
+from daemon.reconcile.context import ActiveRevision, WorkerContext
+from daemon.reconcile.plan import Action, CreateReplica, RemoveReplica, StartReplica, StopReplica
+from daemon.reconcile.replica_spec import ReplicaIdentity, ReplicaPlacement, replica_container
+from daemon.reconcile.replicas import ReplicaMemory
+from daemon.runtime.interface import ContainerNotFound, MountSpec, RuntimeFailure
+from daemon.store.database import ReplicaRecord, Store
+
+log = logging.getLogger("berthd")
+
+DRAIN_TIMEOUT = 30.0
+
+
+class CreateRefused(Exception):
+    """New replicas cannot be made now; the message says why, fit for an event."""
+
+    def __init__(self, message: str, *, repeated: bool = False) -> None:
+        super().__init__(message)
+        self.repeated = repeated
+
+
+class ReplicaOps:
+    def __init__(
+        self,
+        deployment: str,
+        ctx: WorkerContext,
+        memory: dict[str, ReplicaMemory],
+        active: Callable[[], ActiveRevision | None],
+    ) -> None:
+        self.deployment = deployment
+        self.ctx = ctx
+        self._memory = memory
+        self._active = active
+        self.records: dict[str, ReplicaRecord] | None = None
+        self.create_error: str | None = None
+        # The create error is the image or a mount (not a wait for a GPU): the deployment
+        # reads as failed until a create succeeds.
+        self.create_blocked = False
+        self.create_backoff = RestartBackoff()
+        self._last_stop_timeout = 10.0
+
+    def __repr__(self) -> str:
+        return f"<ReplicaOps {self.deployment} create_error={self.create_error!r}>"
+
+    async def load_records(self, deployment_id: str) -> None:
+        """Restart counts and exit reasons from the store, once per worker."""
+        if self.records is None:
+            records = await self.ctx.store.call(Store.list_replicas, deployment_id)
+            self.records = {r.replica_id: r for r in records}
+
+    def stop_timeout(self, active: ActiveRevision | None) -> float:
+        """The spec's grace period; for a removed deployment, that of its last spec."""
+        if active is not None:
+            self._last_stop_timeout = active.spec.stop_timeout
+        return self._last_stop_timeout
+
+    def reset_create(self) -> None:
+        self.create_error = None
+        self.create_blocked = False
+        self.create_backoff = RestartBackoff()
+
+    def remember(self, rid: str, now: float) -> ReplicaMemory:
+        memory = ReplicaMemory(rid, first_seen=now)
+        record = (self.records or {}).get(rid)
+        if record is not None:
+            memory.restarts = record.restarts
+            memory.last_exit_reason = record.last_exit_reason
+        return memory
+
+    async def record_down(
+        self, memory: ReplicaMemory, container_id: str, reason: str, now: float
+    ) -> None:
+        memory.down_recorded = True
+        memory.last_exit_reason = reason
+        delay = memory.backoff.failed(now)
+        await self._save(memory, container_id, "crashloop")
+        await self.ctx.events.emit(
+            "died",
+            f"replica {memory.replica_id} {reason}; restarting in {delay:.1f}s",
+            deployment=self.deployment,
+            replica=memory.replica_id,
+            level=logging.WARNING,
+        )
+
+    async def execute(self, active: ActiveRevision | None, actions: list[Action]) -> None:
+        async with trio.open_nursery() as nursery:
+            for action in actions:
+                if isinstance(action, RemoveReplica):
+                    nursery.start_soon(self._remove, action, active)
+                elif isinstance(action, StopReplica):
+                    nursery.start_soon(self._stop_for_restart, action, active)
+                elif isinstance(action, StartReplica):
+                    await self._start_again(action)
+                elif isinstance(action, CreateReplica) and active is not None:
+                    if self.create_backoff.may_retry(trio.current_time()):
+                        await self._create(active)
+
+    async def _save(self, memory: ReplicaMemory, container_id: str, state: str) -> None:
+        active = self._active()
+        if active is None:
+            return
+        port = memory.ports.get(active.spec.port)
+        record = ReplicaRecord(
+            replica_id=memory.replica_id,
+            deployment_id=active.deployment_id,
+            container_id=container_id,
+            spec_id=active.spec_id,
+            host_port=port,
+            state=state,
+            restarts=memory.restarts,
+            last_exit_reason=memory.last_exit_reason,
+        )
+        saved = await self.ctx.store.call(Store.save_replica, record)
+        if self.records is not None:
+            self.records[memory.replica_id] = saved
+
+    def _probe_ports(self, spec: DeploymentSpec) -> set[int]:
+        probes = (spec.health.startup, spec.health.readiness, spec.health.liveness)
+        return {p.port for p in probes if p is not None and p.port != spec.port}
+
+    async def _create(self, active: ActiveRevision) -> None:
+        ctx = self.ctx
+        spec = active.spec
+        rid = secrets.token_hex(4)
+        key = replica_key(self.deployment, rid)
+        request = GpuRequest.of(spec.resources)
+        free = None
+        if request.gpu_memory is not None:
+            # With NVML, a shared GPU must also have the VRAM free right now.
+            free = free_memory(await trio.to_thread.run_sync(ctx.gpus.inventory.sample))
+        placed = ctx.gpus.place(key, request, free_memory=free)
+        if isinstance(placed, Unplaceable):
+            await self._create_failed(f"a new replica is pending: {placed.reason}", rid, "pending")
+            return
+        try:
+            mounts = await self._prepare(active)
+        except CreateRefused as exc:
+            ctx.gpus.forget(key)
+            await self._create_failed(str(exc), rid, "create-failed", quiet=exc.repeated)
+            self.create_blocked = True  # a pull or a mount: `apply --wait` must not wait it out
+            return
+        host_port = ctx.ports.allocate()
+        extra = {port: ctx.ports.allocate() for port in sorted(self._probe_ports(spec))}
+        who = ReplicaIdentity(
+            ctx.instance, self.deployment, rid, active.spec_id, active.template_id
+        )
+        where = ReplicaPlacement(host_port, extra, placed.devices)
+        container = replica_container(spec, who, where, mounts)
+        memory = self._memory[rid] = ReplicaMemory(rid, first_seen=trio.current_time())
+        memory.started_here = True
+        try:
+            container_id = await ctx.runtime.create(container)
+            memory.ports = {spec.port: host_port, **extra}
+            await self._save(memory, container_id, "starting")
+            await ctx.runtime.start(container_id)
+        except RuntimeFailure as exc:
+            for port in (host_port, *extra.values()):
+                ctx.ports.release(port)
+            ctx.gpus.forget(key)
+            message = f"replica {rid} of revision {active.revision} failed to start: {exc}"
+            await self._create_failed(message, rid, "create-failed")
+            return
+        self.reset_create()
+        gpus = f", GPUs {', '.join(placed.devices)}" if placed.devices else ""
+        await ctx.events.emit(
+            "created",
+            f"replica {rid} created (revision {active.revision}, spec {active.spec_id}, "
+            f"port {host_port}{gpus})",
+            deployment=self.deployment,
+            replica=rid,
+        )
+
+    async def _prepare(self, active: ActiveRevision) -> tuple[MountSpec, ...]:
+        """Pull the image (with the spec's credentials) and prepare its mounts."""
+        ctx, spec = self.ctx, active.spec
+        try:
+            auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
+            if not await ctx.runtime.image_exists(spec.image):
+                await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.deployment)
+                await ctx.runtime.pull(spec.image, auth=auth)
+            return await ctx.mounts.prepare(spec, active.spec_id)
+        except RegistryCredentialsError as exc:
+            raise CreateRefused(f"registry credentials: {exc}") from exc
+        except RuntimeFailure as exc:
+            raise CreateRefused(f"cannot pull {spec.image}: {exc}") from exc
+        except MountError as exc:
+            raise CreateRefused(str(exc), repeated=exc.repeated) from exc
+
+    async def _create_failed(
+        self, message: str, rid: str, kind: str, *, quiet: bool = False
+    ) -> None:
+        """No replica could be made: say so once per distinct reason, retry with back-off."""
+        self.create_blocked = False
+        delay = self.create_backoff.failed(trio.current_time())
+        if message != self.create_error and not quiet:
+            await self.ctx.events.emit(
+                kind,
+                f"{message} (retrying in {delay:.1f}s)",
+                deployment=self.deployment,
+                level=logging.ERROR if kind != "pending" else logging.WARNING,
+            )
+        self.create_error = message
+
+    async def _start_again(self, action: StartReplica) -> None:
+        memory = self._memory.get(action.replica_id)
+        if memory is None:
+            return
+        reason = memory.last_exit_reason or action.reason
+        try:
+            await self.ctx.runtime.start(action.container_id)
+        except ContainerNotFound:
+            return  # removed behind our back: the next round sees it gone
+        except RuntimeFailure as exc:
+            memory.down_recorded = False
+            await self.record_down(
+                memory, action.container_id, f"failed to start: {exc}", trio.current_time()
+            )
+            return
+        memory.restarts += 1
+        memory.down_recorded = False
+        memory.started_here = True
+        memory.health = None
+        await self._save(memory, action.container_id, "starting")
+        await self.ctx.events.emit(
+            "restarted",
+            f"replica {action.replica_id} restarted (restart {memory.restarts}; it {reason})",
+            deployment=self.deployment,
+            replica=action.replica_id,
+        )
+
+    async def _drain(self, replica_id: str) -> None:
+        endpoint = self.ctx.endpoints.get(self.deployment)
+        if endpoint is not None:
+            with trio.move_on_after(DRAIN_TIMEOUT):
+                # The proxy counts in-flight requests on its hot path and signals nothing;
+                # polling here keeps the hot path free of wake-ups.
+                while endpoint.in_flight(replica_id) > 0:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+
+    async def _stop_for_restart(self, action: StopReplica, active: ActiveRevision | None) -> None:
+        memory = self._memory.get(action.replica_id)
+        if memory is None:
+            return
+        memory.draining = True
+        try:
+            await self._drain(action.replica_id)
+            timeout = self.stop_timeout(active)
+            await self.ctx.runtime.stop(action.container_id, timeout=timeout)
+        except RuntimeFailure as exc:
+            log.warning("stop for restart failed: %s", exc, extra={"deployment": self.deployment})
+            return
+        finally:
+            memory.draining = False
+        memory.health = None
+        memory.healthy_since = None
+        await self.record_down(memory, action.container_id, action.reason, trio.current_time())
+
+    async def _remove(self, action: RemoveReplica, active: ActiveRevision | None) -> None:
+        ctx = self.ctx
+        memory = self._memory.get(action.replica_id)
+        if memory is not None:
+            memory.draining = True
+        await self._drain(action.replica_id)
+        stop_timeout = self.stop_timeout(active)
+        try:
+            info = await ctx.runtime.inspect(action.container_id)
+            await ctx.runtime.stop(action.container_id, timeout=stop_timeout)
+            await ctx.runtime.remove(action.container_id)
+        except RuntimeFailure as exc:
+            await ctx.events.emit(
+                "remove-failed",
+                f"replica {action.replica_id}: {exc}",
+                deployment=self.deployment,
+                replica=action.replica_id,
+                level=logging.ERROR,
+            )
+            return
+        for port in {info.host_port, *(memory.ports.values() if memory else ())}:
+            if port is not None:
+                ctx.ports.release(port)
+        ctx.gpus.forget(replica_key(self.deployment, action.replica_id))
+        await ctx.store.call(Store.delete_replica, action.replica_id)
+        await ctx.events.emit(
+            "removed",
+            f"replica {action.replica_id} stopped and removed ({action.reason})",
+            deployment=self.deployment,
+            replica=action.replica_id,
+        )

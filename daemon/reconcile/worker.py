@@ -1,0 +1,519 @@
+"""One reconcile worker per deployment: observe, plan, act, publish the ready set. Repeat.
+
+Theory of operation. Each round reads the desired state from the store (the active revision,
+or nothing once the deployment is removed), observes the deployment's containers in Podman
+(by label: the source of truth, so adoption after a berthd restart needs no special case),
+asks the pure `plan` for actions and executes them. Rounds run on a timer and at once when
+nudged (an apply, an rm, a Podman event, a readiness change, a back-off running out).
+Beside the rounds, the worker's prober task runs each replica's probes on their own periods
+(`daemon.health.verdicts` judges the results) and nudges a round when a verdict changes.
+
+Invariants:
+- The endpoint is given only replicas that are ready and not about to be stopped or
+  removed; a replica leaves the rotation before it is drained, stopped or removed.
+- Every container this worker creates carries its labels before it starts, so a crash at
+  any point leaves a container the next round (or the next berthd) recognises.
+- A container that stops on its own, or fails to start, is counted once (reason, restarts,
+  back-off) and started again under the same replica id when its back-off runs out.
+- Cancelling the worker (berthd stopping) never stops a container.
+- A worker whose deployment is gone and whose containers are all removed closes the endpoint
+  and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from config.canonical import spec_id, template_id
+from config.parse import parse_spec
+from config.spec import DeploymentSpec
+from daemon.gpu.ledger import LABEL_GPUS, parse_gpus_label, replica_key
+from daemon.health.verdicts import ReplicaHealth
+from daemon.reconcile.context import ActiveRevision, WorkerContext
+from daemon.reconcile.plan import (
+    Desired,
+    ObservedReplica,
+    RemoveReplica,
+    StopReplica,
+    plan,
+)
+from daemon.reconcile.prober import Prober
+from daemon.reconcile.replica_ops import ReplicaOps
+from daemon.reconcile.replica_spec import (
+    LABEL_EXTRA_PORTS,
+    REPLICA_HOST,
+    parse_extra_ports,
+)
+from daemon.reconcile.replicas import ReplicaMemory, ReplicaView, exit_reason
+from daemon.reconcile.rollout import Rollout
+from daemon.runtime.interface import (
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_REPLICA,
+    LABEL_SPEC_ID,
+    LABEL_TEMPLATE,
+    ContainerInfo,
+    RuntimeFailure,
+)
+from daemon.scaling.driver import (
+    LIVE_LATENCY_WINDOW,
+    LOAD_WINDOW,
+    ScaleState,
+    autoscaled,
+    decide,
+    initial_count,
+    scales_to_zero,
+    with_live_requests,
+)
+from daemon.scaling.driver import ROUND as SCALING_ROUND
+from daemon.scaling.policy import Autoscaler
+from daemon.store.database import Store
+from proxy.endpoint import Endpoint
+from proxy.upstreams import Upstream
+
+log = logging.getLogger("berthd")
+
+FAST_ROUND = 0.5  # while converging
+SLOW_ROUND = 2.0  # when up to date (autoscaled deployments: daemon.scaling.driver.ROUND)
+COLD_START_WAIT = 120.0  # how long a request is held at a scaled-to-zero endpoint
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    desired: int
+    ready: int
+    replicas: tuple[ReplicaView, ...]
+    status: str
+    endpoint_error: str | None = None
+    # Why new replicas cannot be made now (no GPU free, image pull failed, mount failed, ...)
+    error: str | None = None
+    pending: int = 0  # desired replicas that have no container yet
+    updated: int = 0  # replicas of the active revision's container template
+    revision: int | None = None  # the revision this snapshot was taken against
+
+
+def desired_count(spec: DeploymentSpec, pinned: int | None, scaled: int | None = None) -> int:
+    if not spec.enabled:
+        return 0
+    if pinned is not None:
+        return pinned
+    if scaled is not None:
+        return scaled
+    return spec.replicas.min
+
+
+class DeploymentWorker:
+    def __init__(self, name: str, ctx: WorkerContext) -> None:
+        self.name = name
+        self._ctx = ctx
+        self._wake = trio.Event()
+        self._active: ActiveRevision | None = None
+        self._memory: dict[str, ReplicaMemory] = {}
+        self._ops = ReplicaOps(name, ctx, self._memory, lambda: self._active)
+        self._prober = Prober(name, self._memory, ctx.probe, ctx.events, on_verdict=self.nudge)
+        self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
+        self._endpoint_error: str | None = None
+        self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
+        self.scale_downs = 0
+        self._parsed: dict[str, DeploymentSpec] = {}
+        self._round_done = trio.Event()
+        self._rollout: Rollout | None = None
+        self._scale: ScaleState | None = None
+        self._failed_revisions: set[int] = set()
+        self._failures: dict[int, str] = {}  # revision -> why it failed
+        self._hold: tuple[Endpoint, float | None] | None = None
+        self._rolled_out: str | None = None  # the last template seen fully rolled out
+        self.finished = trio.Event()  # the deployment is gone and so are its containers
+
+    def __repr__(self) -> str:
+        s = self._snapshot
+        return f"<DeploymentWorker {self.name} {s.status} {s.ready}/{s.desired} ready>"
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def suspect(self, replica_id: str) -> None:
+        """The proxy failed to reach this replica (called on its hot path: never blocks)."""
+        self._prober.suspect(replica_id)
+
+    async def probe_once(self) -> None:
+        """Run the probes that are due now and wait for their results (for tests)."""
+        await self._prober.probe_once()
+
+    def snapshot(self) -> WorkerSnapshot:
+        return self._snapshot
+
+    def active_spec(self) -> DeploymentSpec | None:
+        return self._active.spec if self._active else None
+
+    async def wait_round(self) -> None:
+        """Wait until the next round has finished (the API uses this after a change)."""
+        await self._round_done.wait()
+
+    async def run(self) -> None:
+        """Reconcile until the deployment is gone and cleaned up; then `finished` is set."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prober.run)
+            while True:
+                self._wake = trio.Event()
+                finished = await self.reconcile_once()
+                done, self._round_done = self._round_done, trio.Event()
+                done.set()
+                if finished:
+                    self.finished.set()
+                    nursery.cancel_scope.cancel()
+                    return
+                with trio.move_on_at(self._next_round_at()):
+                    await self._wake.wait()
+
+    def _next_round_at(self) -> float:
+        now = trio.current_time()
+        s = self._snapshot
+        converged = s.status == "running" and s.ready == s.desired
+        steady = SLOW_ROUND if self._scale is None else SCALING_ROUND
+        at = now + (steady if converged else FAST_ROUND)
+        retries = [m.backoff.retry_at for m in self._memory.values() if m.backoff.retry_at]
+        future = [r for r in retries if r > now]
+        return min([at, *future])
+
+    # -- one round -------------------------------------------------------------------------
+
+    async def reconcile_once(self) -> bool:
+        """One observe-plan-act round; True when the deployment is gone and cleaned up."""
+        active = await self._load_desired()
+        if active is not None:
+            self._ops.stop_timeout(active)  # remembered for after an rm
+        containers = await self._observe(active)
+        now = trio.current_time()
+        observed = [self._observed(c, now) for c in containers]
+        if active is not None:
+            await self._watch_rollout(active, containers, now)
+        desired = (
+            Desired(
+                active.spec_id,
+                active.template_id,
+                active.desired_replicas,
+                active.spec.update.max_surge,
+                active.spec.update.max_unavailable,
+            )
+            if active
+            else None
+        )
+        actions = plan(desired, observed)
+        leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
+        await self._publish(active, containers, leaving)
+        await self._ops.execute(active, actions)
+        self._snapshot = self._make_snapshot(active, containers, leaving)
+        self._prober.wake()
+        if active is None and not containers:
+            await self._ctx.endpoints.close(self.name)
+            return True
+        return False
+
+    async def _watch_rollout(
+        self, active: ActiveRevision, containers: list[ContainerInfo], now: float
+    ) -> None:
+        """Track the active revision's rollout; roll back one that stalls past its deadline."""
+        updated = [c for c in containers if c.labels.get(LABEL_TEMPLATE) == active.template_id]
+        ready = sum(
+            1
+            for c in updated
+            if (m := self._memory.get(c.labels[LABEL_REPLICA])) and m.health and m.health.ready
+        )
+        stale = len(containers) - len(updated)
+        if stale == 0 and ready >= active.desired_replicas:
+            if self._rollout is not None and self._rollout.revision == active.revision:
+                await self._ctx.events.emit(
+                    "rollout-complete",
+                    f"revision {active.revision}: {ready}/{active.desired_replicas} replicas ready",
+                    deployment=self.name,
+                )
+            self._rollout = None
+            self._rolled_out = active.template_id
+            return
+        # A rollout is a change of container template. Once one has rolled out, later
+        # shortfalls (a scale-up waiting for a GPU, a crashing replica) are the health checks'
+        # business, not a reason to roll back: as Kubernetes, where scaling is no rollout.
+        if active.revision in self._failed_revisions or active.template_id == self._rolled_out:
+            return
+        if self._rollout is None or self._rollout.revision != active.revision:
+            deadline = active.spec.update.progress_deadline
+            self._rollout = Rollout(active.revision, deadline, now)
+        self._rollout.observe(now, ready, stale)
+        if self._rollout.stalled(now):
+            await self._roll_back(
+                active, self._rollout.reason(active.desired_replicas, self._why())
+            )
+
+    def _why(self) -> str | None:
+        """The most telling reason new replicas are not ready, for the failed revision."""
+        if self._ops.create_error:
+            return self._ops.create_error
+        for memory in self._memory.values():
+            health = memory.health
+            if memory.backoff.failures and memory.last_exit_reason:
+                return f"replica {memory.replica_id} crash-looping: {memory.last_exit_reason}"
+            if health and not health.ready and health.last_result:
+                return f"replica {memory.replica_id} not ready: {health.last_result.detail}"
+        return None
+
+    async def _roll_back(self, active: ActiveRevision, reason: str) -> None:
+        self._failed_revisions.add(active.revision)
+        self._failures[active.revision] = f"revision {active.revision} failed: {reason}"
+        self._rollout = None
+        back = await self._ctx.store.call(Store.roll_back, self.name, active.revision, reason)
+        if back is None:
+            await self._ctx.events.emit(
+                "rollout-failed",
+                f"revision {active.revision} failed: {reason}; no earlier revision to roll back to",
+                deployment=self.name,
+                level=logging.ERROR,
+            )
+            return
+        self._ops.reset_create()
+        await self._ctx.events.emit(
+            "rolled-back",
+            f"revision {active.revision} failed: {reason}; rolled back to revision {back.revision}",
+            deployment=self.name,
+            level=logging.ERROR,
+        )
+        self.nudge()
+
+    async def _load_desired(self) -> ActiveRevision | None:
+        store = self._ctx.store
+        deployment = await store.call(Store.get_deployment, self.name)
+        revision = await store.call(Store.active_revision, self.name)
+        if deployment is None or deployment.removed_at is not None or revision is None:
+            self._active = None
+            return None
+        spec = self._parsed.get(revision.spec_id)
+        if spec is None:
+            source = f"{self.name} revision {revision.revision}"
+            spec = parse_spec(revision.spec_text, source=source)
+            self._parsed = {revision.spec_id: spec}
+        await self._ops.load_records(deployment.deployment_id)
+        scaled = await self._autoscale(spec, deployment.pinned_replicas)
+        self._active = ActiveRevision(
+            deployment_id=deployment.deployment_id,
+            revision=revision.revision,
+            spec=spec,
+            spec_id=spec_id(spec),
+            template_id=template_id(spec),
+            desired_replicas=desired_count(spec, deployment.pinned_replicas, scaled),
+        )
+        return self._active
+
+    async def _autoscale(self, spec: DeploymentSpec, pinned: int | None) -> int | None:
+        """The autoscaler's count for this round, or None when the count is not its to set."""
+        if pinned is not None or not autoscaled(spec) or self._ctx.load is None:
+            self._scale = None  # a pin or a fixed count: a later hand-back starts afresh
+            return None
+        if self._scale is None:
+            running = len(self._memory) or spec.replicas.min
+            self._scale = ScaleState(
+                Autoscaler(spec.replicas, spec.autoscale), initial_count(spec, running)
+            )
+        else:
+            self._scale.autoscaler.reconfigure(spec.replicas, spec.autoscale)
+        endpoint = self._ctx.endpoints.get(self.name)
+        live = endpoint.statistics(window=LIVE_LATENCY_WINDOW) if endpoint else None
+        load = with_live_requests(
+            self._ctx.load(self.name, LOAD_WINDOW), live, self._snapshot.ready
+        )
+        waiting = endpoint.waiting() if endpoint else 0
+        decision = decide(self._scale, load, trio.current_time(), waiting)
+        if decision.changed:
+            if decision.desired > decision.current:
+                self.scale_ups += 1
+            else:
+                self.scale_downs += 1
+            await self._ctx.events.emit("scaled", decision.reason, deployment=self.name)
+        return self._scale.count
+
+    async def _observe(self, active: ActiveRevision | None) -> list[ContainerInfo]:
+        labels = {LABEL_INSTANCE: self._ctx.instance, LABEL_DEPLOYMENT: self.name}
+        try:
+            containers = await self._ctx.runtime.list(labels)
+        except RuntimeFailure as exc:
+            log.warning("cannot list containers: %s", exc, extra={"deployment": self.name})
+            containers = []
+        containers = [c for c in containers if c.labels.get(LABEL_REPLICA)]
+        now = trio.current_time()
+        seen = set()
+        for c in containers:
+            rid = c.labels[LABEL_REPLICA]
+            seen.add(rid)
+            memory = self._memory.get(rid)
+            if memory is None:
+                memory = self._memory[rid] = self._ops.remember(rid, now)
+            if c.host_port is not None:
+                self._ctx.ports.reserve(c.host_port)
+            devices = parse_gpus_label(c.labels.get(LABEL_GPUS, ""))
+            shared = active.spec.resources.gpu_memory if active else None
+            self._ctx.gpus.note(replica_key(self.name, rid), devices, shared)
+            await self._track_run(memory, c, active, now)
+        for rid in list(self._memory):
+            if rid not in seen:
+                del self._memory[rid]
+        return containers
+
+    async def _track_run(
+        self, memory: ReplicaMemory, c: ContainerInfo, active: ActiveRevision | None, now: float
+    ) -> None:
+        """Keep the replica's memory in step with its container: runs begin and end here."""
+        memory.ports = parse_extra_ports(c.labels.get(LABEL_EXTRA_PORTS, ""))
+        if active is not None and c.host_port is not None:
+            memory.ports[active.spec.port] = c.host_port
+        if c.running:
+            if memory.health is None and active is not None:
+                memory.health = ReplicaHealth.begin(
+                    active.spec.health, active.spec.port, now, adopted=not memory.started_here
+                )
+                memory.started_here = False
+            memory.backoff.ran_healthy(memory.healthy_since, now)
+            return
+        memory.health = None
+        memory.healthy_since = None
+        if not memory.down_recorded:
+            await self._ops.record_down(memory, c.container_id, exit_reason(c), now)
+
+    def _observed(self, c: ContainerInfo, now: float) -> ObservedReplica:
+        memory = self._memory[c.labels[LABEL_REPLICA]]
+        health = memory.health
+        return ObservedReplica(
+            replica_id=memory.replica_id,
+            container_id=c.container_id,
+            template_id=c.labels.get(LABEL_TEMPLATE, ""),
+            running=c.running,
+            ready=c.running and health is not None and health.ready,
+            created_at=memory.first_seen,
+            restart_due=memory.backoff.may_retry(now),
+            must_restart=health.restart_reason if c.running and health else None,
+        )
+
+    async def _publish(
+        self, active: ActiveRevision | None, containers: list[ContainerInfo], leaving: set[str]
+    ) -> None:
+        """Point the endpoint at the ready replicas that are staying."""
+        if active is None or not active.spec.enabled:
+            await self._ctx.endpoints.close(self.name)
+            return
+        try:
+            endpoint = await self._ctx.endpoints.ensure(
+                self.name, active.spec.endpoint, on_suspect=self.suspect
+            )
+        except OSError as exc:
+            error = f"endpoint {active.spec.endpoint.bind}:{active.spec.endpoint.port}: {exc}"
+            if error != self._endpoint_error:
+                await self._ctx.events.emit(
+                    "endpoint-failed", error, deployment=self.name, level=logging.ERROR
+                )
+            self._endpoint_error = error
+            return
+        if self._endpoint_error is not None:
+            self._endpoint_error = None
+            await self._ctx.events.emit(
+                "endpoint",
+                f"endpoint listening on {active.spec.endpoint.port}",
+                deployment=self.name,
+            )
+        hold = COLD_START_WAIT if scales_to_zero(active.spec) else None
+        if self._hold != (endpoint, hold):
+            # Scale from zero: with no replica, the endpoint holds requests (bounded) and
+            # tells us, so a replica starts at once; a cold start within the wait is no 503.
+            endpoint.hold_when_empty(hold, on_wait=self.nudge)
+            self._hold = (endpoint, hold)
+        endpoint.set_upstreams(self._ready_upstreams(containers, leaving))
+
+    def _ready_upstreams(
+        self, containers: list[ContainerInfo], leaving: set[str]
+    ) -> list[Upstream]:
+        upstreams = []
+        for c in containers:
+            memory = self._memory.get(c.labels[LABEL_REPLICA])
+            if (
+                memory is not None
+                and c.running
+                and c.host_port is not None
+                and memory.health is not None
+                and memory.health.ready
+                and not memory.draining
+                and memory.replica_id not in leaving
+            ):
+                upstreams.append(Upstream(memory.replica_id, REPLICA_HOST, c.host_port))
+        return upstreams
+
+    # -- what the API shows ----------------------------------------------------------------
+
+    def _make_snapshot(
+        self, active: ActiveRevision | None, containers: list[ContainerInfo], leaving: set[str]
+    ) -> WorkerSnapshot:
+        now = trio.current_time()
+        views = []
+        for c in containers:
+            memory = self._memory[c.labels[LABEL_REPLICA]]
+            health = memory.health
+            state = memory.state(c.running, now)
+            if memory.replica_id in leaving and c.running:
+                state = "draining"
+            retry_at = memory.backoff.retry_at
+            views.append(
+                ReplicaView(
+                    id=memory.replica_id,
+                    container_id=c.container_id,
+                    state=state,
+                    ready=state == "ready",
+                    restarts=memory.restarts,
+                    host_port=c.host_port,
+                    spec_id=c.labels.get(LABEL_SPEC_ID, ""),
+                    gpus=parse_gpus_label(c.labels.get(LABEL_GPUS, "")),
+                    last_probe=health.last_result.detail if health and health.last_result else None,
+                    consecutive_failures=health.consecutive_failures if health else 0,
+                    last_exit_reason=memory.last_exit_reason,
+                    restart_in=round(retry_at - now, 1)
+                    if state == "crashloop" and retry_at is not None
+                    else None,
+                )
+            )
+        desired = active.desired_replicas if active else 0
+        current = {
+            c.labels[LABEL_REPLICA]
+            for c in containers
+            if active and c.labels.get(LABEL_TEMPLATE) == active.template_id
+        }
+        ready = sum(1 for v in views if v.ready and v.id in current)
+        if active is not None and desired == 0 and scales_to_zero(active.spec):
+            status = "idle"  # scaled to zero; the next request starts a replica
+        elif active is None or desired == 0:
+            status = "stopped"
+        elif self._endpoint_error:
+            status = "failed"
+        elif ready >= desired and len(views) == desired:
+            status = "running"
+        else:
+            status = "progressing"
+        pending = max(0, desired - len(current)) if active else 0
+        error = self._ops.create_error if pending else None
+        if error is None and ready < desired:
+            crashing = [v for v in views if v.id in current and v.state == "crashloop"]
+            if crashing:
+                error = f"replica {crashing[0].id} crash-looping: {crashing[0].last_exit_reason}"
+        if pending and self._ops.create_blocked and ready < desired:
+            status = "failed"  # the image cannot be pulled, or a mount cannot be prepared
+        if active is not None and active.revision in self._failed_revisions:
+            status = "failed"
+            error = self._failures.get(active.revision) or error
+        return WorkerSnapshot(
+            desired,
+            ready,
+            tuple(views),
+            status,
+            self._endpoint_error,
+            error,
+            pending,
+            len(current),
+            active.revision if active else None,
+        )

@@ -1,0 +1,7 @@
+"""Containers: the `ContainerRuntime` seam (`interface`) and what stands behind it.
+
+`podman` is the one real implementation (the only podman-py importer); `service` finds or
+starts the Podman service berthd talks to (the system socket, else an embedded
+`podman system service`); `fake` is the in-memory runtime unit tests use (it passes the same
+contract tests as `podman`). May import `daemon.http`; nothing above it.
+"""

@@ -1,0 +1,190 @@
+"""The container runtime seam: what berthd asks of Podman, and nothing more.
+
+`ContainerRuntime` is the interface; `daemon.runtime.podman.PodmanRuntime` is the one real
+implementation (the only module that imports podman-py) and `daemon.runtime.fake.FakeRuntime`
+the in-memory fake for unit tests. Every method is async: the real one runs podman-py's
+blocking calls in `trio.to_thread`, so the daemon's loop never blocks on Podman.
+
+Foreign failures are translated at this boundary into `RuntimeFailure` subclasses: callers
+never see podman-py's exceptions. `TemporaryRuntimeError` means "try again later" (Podman
+unreachable, timeout); the others are permanent for that call (no such container, bad image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+# Labels every berth container carries (DESIGN.md, "berthd — contract").
+LABEL_INSTANCE = "io.berth.instance"
+LABEL_DEPLOYMENT = "io.berth.deployment"
+LABEL_SPEC_ID = "io.berth.spec-id"
+LABEL_REPLICA = "io.berth.replica"
+# Extra labels (not part of the contract, but stable): what the container was made from, so
+# that a changed `[replicas]` count does not look like a new container template, and the host
+# port berthd allocated, so an adopted container's port is known without parsing inspect data.
+LABEL_TEMPLATE = "io.berth.template"
+LABEL_HOST_PORT = "io.berth.host-port"
+
+
+class RuntimeFailure(Exception):
+    """A container runtime call failed; the message says why in the user's terms."""
+
+
+class TemporaryRuntimeError(RuntimeFailure):
+    """Podman is unreachable or timed out: the same call may succeed later."""
+
+
+class ContainerNotFound(RuntimeFailure):
+    """No container with that id (it was removed behind berthd's back, or never existed)."""
+
+
+class ImageNotFound(RuntimeFailure):
+    """The image is not present locally and could not be pulled."""
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A host path (bind) or a named Podman volume (volume) mounted into the container."""
+
+    type: Literal["bind", "volume"]
+    source: str  # absolute host path, or the volume's name
+    target: str  # absolute path in the container
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for pulling a private image; never logged, never shown."""
+
+    auth_file: str | None = None  # containers-auth.json, as `podman login` writes it
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RegistryAuth(auth_file={self.auth_file!r}, username={self.username!r}, password=***)"
+        )
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """One sample of a running container's resource use."""
+
+    cpu_percent: float  # of one CPU: 200.0 is two CPUs busy
+    memory_bytes: int
+    memory_limit_bytes: int | None = None
+    pids: int = 0
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one replica container."""
+
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    app_port: int
+    host_port: int
+    host_ip: str = "127.0.0.1"
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    # CDI device names, e.g. "nvidia.com/gpu=0".
+    devices: tuple[str, ...] = ()
+    # Seconds Podman waits after SIGTERM before SIGKILL when the container is stopped.
+    stop_timeout: float = 10.0
+    mounts: tuple[MountSpec, ...] = ()
+    # More published ports (container port -> host port on host_ip), e.g. a probe's port.
+    extra_ports: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container as Podman reports it now."""
+
+    container_id: str
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    # Podman's status word: "created", "running", "exited", "stopped", "paused", ...
+    status: str
+    exit_code: int | None = None
+    oom_killed: bool = False
+    host_port: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One entry of Podman's event stream for a container ("create", "start", "died", ...)."""
+
+    container_id: str
+    action: str
+    labels: Mapping[str, str]
+    exit_code: int | None = None
+
+
+class ContainerRuntime(Protocol):
+    async def version(self) -> str:
+        """The runtime's name and version, e.g. "podman 4.3.1 (API 4.3.1)"."""
+        ...
+
+    async def image_exists(self, image: str) -> bool: ...
+
+    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
+        """Pull an image; ImageNotFound when the registry has no such image."""
+        ...
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; returns its full id."""
+        ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def stop(self, container_id: str, *, timeout: float) -> None:  # noqa: ASYNC109
+        """SIGTERM, then SIGKILL after `timeout` seconds. Stopping a stopped one is fine."""
+        ...
+
+    async def remove(self, container_id: str) -> None:
+        """Remove, forcibly if running. Removing a missing container is fine."""
+        ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo: ...
+
+    async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        """All containers (running or not) that carry every one of these labels."""
+        ...
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        """One sample of CPU and memory use (ContainerNotFound if gone or not running)."""
+        ...
+
+    async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
+        """stdout and stderr so far, interleaved; the last `tail` lines when given."""
+        ...
+
+    def follow_logs(
+        self, container_id: str, *, tail: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The logs so far (or the last `tail` lines), then new output as it comes."""
+        ...
+
+    def events(self, labels: Mapping[str, str]) -> AsyncGenerator[ContainerEvent, None]:
+        """Container events from now on, for containers carrying these labels."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def volume_exists(self, name: str) -> bool:
+        """Whether a named volume exists."""
+        ...
+
+    async def create_volume(self, name: str, *, labels: Mapping[str, str] | None = None) -> None:
+        """Create a named volume; one that already exists (made meanwhile) is fine."""
+        ...

@@ -1,0 +1,566 @@
+"""`PodmanRuntime`: the real `ContainerRuntime`, over Podman's libpod API.
+
+Invariants:
+- This is the only module that imports podman-py. Its blocking calls run in
+  `trio.to_thread.run_sync`, one call per thread hop, so the trio loop never blocks on Podman.
+- The two endless streams (`follow_logs`, `events`) do not use podman-py: a thread blocked in a
+  socket read cannot be cancelled, so they read the same libpod endpoints with h11 over a trio
+  socket, and end the moment their consumer stops or is cancelled (use `contextlib.aclosing`).
+- podman-py, h11 and socket exceptions never escape: they become `RuntimeFailure` subclasses,
+  with Podman's own explanation in the message.
+- Containers are created with restart policy "no": restarting is berthd's decision, not
+  Podman's. They carry `LABEL_HOST_PORT`, so an adopted container's port is known.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import socket
+import struct
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlparse
+
+import h11
+import podman.errors
+import requests
+import trio
+from podman import PodmanClient
+
+from daemon.runtime.interface import (
+    LABEL_HOST_PORT,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerSpec,
+    ContainerStats,
+    ImageNotFound,
+    RegistryAuth,
+    RuntimeFailure,
+    TemporaryRuntimeError,
+)
+
+T = TypeVar("T")
+
+# libpod API prefix used by the streams; Podman 4.x accepts any version >= 4.0.0 here.
+LIBPOD_PREFIX = "/v4.0.0/libpod"
+# Extra event attributes that Podman mixes in with the container's labels.
+EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
+# Podman's messages for a registry that has no such image (pull and create).
+IMAGE_MISSING_HINTS = ("image not known", "manifest unknown", "name unknown", "not found")
+REGISTRY_TEMPORARY_HINTS = ("connection refused", "i/o timeout", "no such host", "timeout")
+# ... that refuses the credentials (or wants some): checked first, as "access denied" can hide a
+# missing private repository, and the credentials are the thing to look at then.
+REGISTRY_AUTH_HINTS = (
+    "unauthorized",
+    "authentication required",
+    "requested access to the resource is denied",
+    "invalid username",
+)
+# ... that speaks plain HTTP to a client expecting TLS.
+REGISTRY_PLAIN_HTTP_HINT = "server gave http response to https client"
+
+
+class PodmanRuntime:
+    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._client = PodmanClient(base_url=url, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"PodmanRuntime({self.url!r})"
+
+    async def _call(
+        self,
+        fn: Callable[[], T],
+        *,
+        what: str,
+        not_found: type[RuntimeFailure] = ContainerNotFound,
+    ) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn)
+        except podman.errors.ImageNotFound as exc:
+            raise ImageNotFound(f"{what}: {_explain(exc)}") from exc
+        except podman.errors.NotFound as exc:
+            raise not_found(f"{what}: {_explain(exc)}") from exc
+        except podman.errors.APIError as exc:
+            if exc.response is None:
+                # podman-py wraps connection failures (OSError) in an APIError without response.
+                _close_leaked_sockets(exc)
+                raise TemporaryRuntimeError(
+                    f"{what}: Podman at {self.url} unreachable ({exc.__cause__ or exc})"
+                ) from exc
+            message = _explain(exc)
+            if "image not known" in message:
+                raise ImageNotFound(f"{what}: {message}") from exc
+            raise RuntimeFailure(f"{what}: {message}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc}") from exc
+
+    async def version(self) -> str:
+        body = await self._call(self._client.version, what="podman version")
+        api = body.get("Components", [{}])[0].get("Details", {}).get("APIVersion", "?")
+        return f"podman {body.get('Version', '?')} (API {api})"
+
+    async def image_exists(self, image: str) -> bool:
+        return await self._call(partial(self._client.images.exists, image), what=image)
+
+    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
+        await self._call(partial(self._pull_sync, image, auth), what=f"pull {image}")
+
+    def _pull_sync(self, image: str, auth: RegistryAuth | None) -> None:
+        # podman-py's images.pull() drops the error that libpod reports inside the stream.
+        headers = {}
+        header = registry_auth_header(image, auth) if auth is not None else None
+        if header is not None:
+            headers["X-Registry-Auth"] = header
+        response = self._client.api.post(
+            "/images/pull",
+            params={"reference": image, "quiet": True},
+            headers=headers,
+            stream=True,
+        )
+        try:
+            response.raise_for_status(not_found=podman.errors.ImageNotFound)
+            for line in response.iter_lines():
+                error = json.loads(line).get("error") if line else None
+                if error:
+                    raise _pull_failure(image, error, authenticated=headers != {})
+        finally:
+            response.close()
+
+    async def create(self, spec: ContainerSpec) -> str:
+        labels = {LABEL_HOST_PORT: str(spec.host_port), **spec.labels}
+        kwargs: dict[str, Any] = {
+            "name": spec.name,
+            "labels": labels,
+            "environment": dict(spec.env),
+            "ports": {
+                f"{spec.app_port}/tcp": (spec.host_ip, spec.host_port),
+                **{
+                    f"{inner}/tcp": (spec.host_ip, outer)
+                    for inner, outer in spec.extra_ports.items()
+                },
+            },
+            "stop_timeout": math.ceil(spec.stop_timeout),
+            "restart_policy": {"Name": "no"},
+        }
+        if spec.command is not None:
+            kwargs["command"] = list(spec.command)
+        if spec.cpus is not None:
+            # podman-py silently drops `nano_cpus`: express the CPU limit as a CFS quota.
+            kwargs["cpu_period"] = 100_000
+            kwargs["cpu_quota"] = max(1_000, round(spec.cpus * 100_000))
+        if spec.memory_bytes is not None:
+            kwargs["mem_limit"] = spec.memory_bytes
+        binds = [m for m in spec.mounts if m.type == "bind"]
+        volumes = [m for m in spec.mounts if m.type == "volume"]
+        if binds:
+            kwargs["mounts"] = [
+                {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
+                for m in binds
+            ]
+        if volumes:
+            kwargs["volumes"] = {
+                m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in volumes
+            }
+        if spec.devices:
+            # Sent as {"path": "nvidia.com/gpu=0"}; libpod resolves CDI names from /etc/cdi and
+            # /var/run/cdi when the container starts (an unknown device fails the start).
+            kwargs["devices"] = list(spec.devices)
+        container = await self._call(
+            partial(self._client.containers.create, spec.image, **kwargs),
+            what=f"create {spec.name}",
+            not_found=ImageNotFound,
+        )
+        container_id: str = container.id
+        return container_id
+
+    async def start(self, container_id: str) -> None:
+        def start() -> None:
+            response = self._client.api.post(f"/containers/{container_id}/start")
+            response.raise_for_status()
+
+        await self._call(start, what=f"start {container_id[:12]}")
+
+    # `timeout` is Podman's grace period before SIGKILL (the Protocol's name), not a deadline.
+    async def stop(self, container_id: str, *, timeout: float) -> None:  # noqa: ASYNC109
+        seconds = max(0, math.ceil(timeout))
+
+        def stop() -> None:
+            # 304: already stopped. The HTTP timeout must outlast Podman's grace period.
+            response = self._client.api.post(
+                f"/containers/{container_id}/stop",
+                params={"timeout": seconds},
+                timeout=seconds + self._timeout,
+            )
+            if response.status_code != 304:
+                response.raise_for_status()
+
+        await self._call(stop, what=f"stop {container_id[:12]}")
+
+    async def remove(self, container_id: str) -> None:
+        def remove() -> None:
+            # timeout=0: a forced remove kills at once (callers stop gracefully first).
+            response = self._client.api.delete(
+                f"/containers/{container_id}", params={"force": True, "timeout": 0}
+            )
+            if response.status_code != 404:
+                response.raise_for_status()
+
+        await self._call(remove, what=f"remove {container_id[:12]}")
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        def inspect() -> dict[str, Any]:
+            response = self._client.api.get(f"/containers/{container_id}/json")
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+            return body
+
+        return _info_from_inspect(await self._call(inspect, what=f"inspect {container_id[:12]}"))
+
+    async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})
+
+        def list_() -> list[dict[str, Any]]:
+            response = self._client.api.get(
+                "/containers/json", params={"all": True, "filters": filters}
+            )
+            response.raise_for_status()
+            body: list[dict[str, Any]] = response.json()
+            return body
+
+        infos = []
+        for entry in await self._call(list_, what="list containers"):
+            info = _info_from_list(entry)
+            if not info.running and info.status != "created":
+                # The list omits OOMKilled; inspect the few that have exited.
+                try:
+                    info = await self.inspect(info.container_id)
+                except ContainerNotFound:
+                    continue
+            infos.append(info)
+        return infos
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        def stats() -> dict[str, Any]:
+            response = self._client.api.get(
+                "/containers/stats", params={"containers": container_id, "stream": False}
+            )
+            response.raise_for_status()
+            body: dict[str, Any] = json.loads(response.content)
+            return body
+
+        body = await self._call(stats, what=f"stats {container_id[:12]}")
+        entries = body.get("Stats") or []
+        if body.get("Error") or not entries:
+            raise ContainerNotFound(f"stats {container_id[:12]}: {body.get('Error') or 'none'}")
+        entry = entries[0]
+        limit = int(entry.get("MemLimit") or 0)
+        return ContainerStats(
+            cpu_percent=float(entry.get("CPU") or 0.0),
+            memory_bytes=int(entry.get("MemUsage") or 0),
+            # libpod reports the host's memory as the limit when none is set
+            memory_limit_bytes=limit or None,
+            pids=int(entry.get("PIDs") or 0),
+        )
+
+    async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
+        def logs() -> bytes:
+            container = self._client.containers.get(container_id)
+            frames = container.logs(stdout=True, stderr=True, tail=tail)
+            return frames if isinstance(frames, bytes) else b"".join(frames)
+
+        return await self._call(logs, what=f"logs {container_id[:12]}")
+
+    async def follow_logs(
+        self, container_id: str, *, tail: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        params = {"follow": "true", "stdout": "true", "stderr": "true"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        path = f"/containers/{container_id}/logs"
+        buffer = b""
+        async with aclosing(self._stream(path, params, what=f"logs {container_id[:12]}")) as body:
+            async for chunk in body:
+                buffer += chunk
+                # Frames: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 length (big-endian).
+                while len(buffer) >= 8:
+                    (length,) = struct.unpack_from(">L", buffer, 4)
+                    if len(buffer) < 8 + length:
+                        break
+                    frame, buffer = buffer[8 : 8 + length], buffer[8 + length :]
+                    if frame:
+                        yield frame
+
+    async def events(self, labels: Mapping[str, str]) -> AsyncGenerator[ContainerEvent, None]:
+        filters = {"type": ["container"]}
+        if labels:
+            filters["label"] = [f"{key}={value}" for key, value in labels.items()]
+        params = {"stream": "true", "filters": json.dumps(filters)}
+        buffer = b""
+        async with aclosing(self._stream("/events", params, what="events")) as body:
+            async for chunk in body:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(json.loads(line))
+
+    async def _stream(
+        self, path: str, params: Mapping[str, str], *, what: str
+    ) -> AsyncGenerator[bytes, None]:
+        """The body of a libpod GET, as it arrives (HTTP/1.1 by h11 on a trio stream)."""
+        request = h11.Request(
+            method="GET",
+            target=f"{LIBPOD_PREFIX}{path}?{urlencode(params)}",
+            headers=[("Host", "podman"), ("Connection", "close")],
+        )
+        connection = h11.Connection(h11.CLIENT)
+        try:
+            stream = await _open_stream(self.url)
+        except OSError as exc:
+            raise TemporaryRuntimeError(
+                f"{what}: Podman at {self.url} unreachable ({exc})"
+            ) from exc
+        try:
+            async with stream:
+                await stream.send_all(
+                    connection.send(request) + connection.send(h11.EndOfMessage())
+                )
+                status, error = 0, b""
+                while True:
+                    event = connection.next_event()
+                    if event is h11.NEED_DATA:
+                        connection.receive_data(await stream.receive_some(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data) and status < 400:
+                        yield bytes(event.data)
+                    elif isinstance(event, h11.Data):
+                        error += event.data
+                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        break
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+            raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc!r}") from exc
+        if status == 404:
+            raise ContainerNotFound(f"{what}: {_message(error)}")
+        if status >= 400:
+            raise RuntimeFailure(f"{what}: {_message(error)}")
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._client.close)
+
+    async def volume_exists(self, name: str) -> bool:
+        return await self._call(partial(self._client.volumes.exists, name), what=f"volume {name}")
+
+    async def create_volume(self, name: str, *, labels: Mapping[str, str] | None = None) -> None:
+        def create() -> None:
+            response = self._client.api.post(
+                "/volumes/create",
+                data=json.dumps({"Name": name, "Label": dict(labels or {})}),
+                headers={"Content-Type": "application/json"},
+            )
+            # Made meanwhile (another worker, another berthd): as good as made here. Podman
+            # 4.3 answers 500 "volume already exists", later ones 409.
+            if response.status_code == 409 or (
+                not response.ok and "volume already exists" in response.text
+            ):
+                return
+            response.raise_for_status()
+
+        await self._call(create, what=f"create volume {name}")
+
+
+def _pull_failure(image: str, error: str, *, authenticated: bool) -> RuntimeFailure:
+    """libpod's pull error as one of ours, with what to do about it where that is known."""
+    lowered = error.lower()
+    if any(hint in lowered for hint in REGISTRY_AUTH_HINTS):
+        what = "the credentials given" if authenticated else "an anonymous pull (no [registry])"
+        return RuntimeFailure(f"pull {image}: the registry refused {what}: {error}")
+    if any(hint in lowered for hint in IMAGE_MISSING_HINTS):
+        return ImageNotFound(f"pull {image}: {error}")
+    if REGISTRY_PLAIN_HTTP_HINT in lowered:
+        return RuntimeFailure(
+            f"pull {image}: {error} (a registry without TLS must be marked insecure = true in "
+            "Podman's registries.conf)"
+        )
+    if any(hint in lowered for hint in REGISTRY_TEMPORARY_HINTS):
+        return TemporaryRuntimeError(f"pull {image}: {error}")
+    return RuntimeFailure(f"pull {image}: {error}")
+
+
+def _explain(exc: podman.errors.APIError) -> str:
+    return exc.explanation or str(exc)
+
+
+def _message(body: bytes) -> str:
+    """Podman's explanation from an error body ({"cause": ..., "message": ...})."""
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace").strip()
+
+
+async def _open_stream(url: str) -> trio.SocketStream:
+    parsed = urlparse(url)
+    if parsed.scheme in ("unix", "http+unix"):
+        return await trio.open_unix_socket(parsed.path)
+    if parsed.scheme in ("tcp", "http") and parsed.hostname and parsed.port:
+        return await trio.open_tcp_stream(parsed.hostname, parsed.port)
+    raise RuntimeFailure(f"streaming from Podman at {url!r} is not supported (unix or tcp only)")
+
+
+def _close_leaked_sockets(exc: BaseException | None) -> None:
+    """podman-py 5.8's UDSSocket.connect() leaves its socket open when connect() fails."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            candidate = tb.tb_frame.f_locals.get("self")
+            if isinstance(candidate, socket.socket):
+                candidate.close()
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+
+
+def _info_from_inspect(body: Mapping[str, Any]) -> ContainerInfo:
+    state = body.get("State") or {}
+    labels = (body.get("Config") or {}).get("Labels") or {}
+    bindings = (body.get("HostConfig") or {}).get("PortBindings") or {}
+    ports = [binding.get("HostPort") for entries in bindings.values() for binding in entries or []]
+    status = state.get("Status", "unknown")
+    return ContainerInfo(
+        container_id=body["Id"],
+        name=body.get("Name", "").lstrip("/"),
+        image=body.get("ImageName") or body.get("Image", ""),
+        labels=labels,
+        status=status,
+        exit_code=state.get("ExitCode") if status in ("exited", "stopped") else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        host_port=_host_port(labels, ports),
+    )
+
+
+def _info_from_list(entry: Mapping[str, Any]) -> ContainerInfo:
+    labels = entry.get("Labels") or {}
+    status = entry.get("State", "unknown")
+    ports = [port.get("host_port") for port in entry.get("Ports") or []]
+    return ContainerInfo(
+        container_id=entry["Id"],
+        name=(entry.get("Names") or [""])[0],
+        image=entry.get("Image", ""),
+        labels=labels,
+        status=status,
+        exit_code=entry.get("ExitCode") if status in ("exited", "stopped") else None,
+        host_port=_host_port(labels, ports),
+    )
+
+
+def _host_port(labels: Mapping[str, str], bound: list[Any]) -> int | None:
+    for candidate in (labels.get(LABEL_HOST_PORT), *bound):
+        try:
+            return int(candidate)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _event(body: Mapping[str, Any]) -> ContainerEvent:
+    actor = body.get("Actor") or {}
+    attributes: Mapping[str, str] = actor.get("Attributes") or {}
+    action = body.get("status") or body.get("Action") or ""
+    exit_code = None
+    if action == "died" and attributes.get("containerExitCode") is not None:
+        exit_code = int(attributes["containerExitCode"])
+    return ContainerEvent(
+        container_id=body.get("id") or actor.get("ID", ""),
+        action=action,
+        labels={k: v for k, v in attributes.items() if k not in EVENT_ATTRIBUTES},
+        exit_code=exit_code,
+    )
+
+
+def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
+    """The X-Registry-Auth header libpod's pull takes: base64url of a JSON credential.
+
+    A username and password are sent as they are. With only an auth file (containers-auth.json)
+    the entry for the image's registry is used: the longest key that is the registry, or the
+    registry and a leading part of the image's path ("quay.io/org"), as Podman matches them.
+    None when the file has no entry for it: the pull is anonymous. Errors never quote the file.
+    """
+    registry, repository = _registry_of(image)
+    if auth.username is not None:
+        payload = {
+            "username": auth.username,
+            "password": auth.password or "",
+            "serveraddress": registry,
+        }
+    elif auth.auth_file is not None:
+        entry = _auth_file_entry(auth.auth_file, registry, repository)
+        if entry is None:
+            return None
+        payload = {**entry, "serveraddress": registry}
+    else:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _registry_of(image: str) -> tuple[str, str]:
+    """(registry, registry/path) of an image reference; short names count as docker.io."""
+    name = image.split("@", 1)[0]
+    if name.rfind(":") > name.rfind("/"):
+        name = name[: name.rfind(":")]
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        return first, name
+    return "docker.io", f"docker.io/{name}"
+
+
+def _auth_file_entry(path: str, registry: str, repository: str) -> dict[str, str] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"registry auth file {path}: cannot be read ({exc.strerror})"
+        ) from None
+    except ValueError:  # the decoder's message quotes the file: never show it
+        raise RuntimeFailure(f"registry auth file {path}: not JSON") from None
+    auths = body.get("auths") if isinstance(body, dict) else None
+    if not isinstance(auths, dict):
+        raise RuntimeFailure(f'registry auth file {path}: no "auths" object')
+    aliases = {registry}
+    if registry == "docker.io":
+        aliases |= {"index.docker.io", "registry-1.docker.io"}
+    best: tuple[int, dict[str, str]] | None = None
+    for key, entry in auths.items():
+        if not isinstance(entry, dict):
+            continue
+        # "https://index.docker.io/v1/" and "quay.io/org/" are written by older tools.
+        bare = key.split("://", 1)[-1].rstrip("/").removesuffix("/v1")
+        host, _, prefix = bare.partition("/")
+        if host not in aliases:
+            continue
+        if prefix and not f"{repository}/".startswith(f"{registry}/{prefix}/"):
+            continue
+        credential = _credential(entry)
+        if credential is not None and (best is None or len(bare) > best[0]):
+            best = (len(bare), credential)
+    return best[1] if best else None
+
+
+def _credential(entry: dict[str, Any]) -> dict[str, str] | None:
+    if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
+        return {"identitytoken": entry["identitytoken"]}
+    try:
+        decoded = base64.b64decode(entry.get("auth") or "", validate=True).decode()
+    except (ValueError, TypeError):
+        return None
+    username, sep, password = decoded.partition(":")
+    return {"username": username, "password": password} if sep else None

@@ -1,0 +1,100 @@
+"""The store's schema, as numbered migrations.
+
+`MIGRATIONS[i]` takes a database at schema version `i` (`PRAGMA user_version`) to `i + 1`.
+`daemon.store.database` applies each missing one in its own transaction, together with the version
+bump, so a crash mid-migration leaves the previous version intact.
+
+Rules: never edit or reorder a migration once released; add a new one at the end. Each is
+plain SQL so that this module stays free of sqlite-utils (only `daemon.store.database` imports it).
+"""
+
+from __future__ import annotations
+
+_M001_DEPLOYMENTS_AND_REVISIONS = """
+CREATE TABLE deployments (
+    deployment_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    removed_at TEXT,
+    pinned_replicas INTEGER
+);
+CREATE TABLE revisions (
+    deployment_id TEXT NOT NULL REFERENCES deployments(deployment_id),
+    revision INTEGER NOT NULL,
+    spec_id TEXT NOT NULL,
+    spec_text TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    reason TEXT,
+    PRIMARY KEY (deployment_id, revision)
+);
+-- At most one active revision per deployment, enforced by SQLite rather than by care.
+CREATE UNIQUE INDEX revisions_one_active ON revisions (deployment_id) WHERE active = 1;
+"""
+
+_M002_REPLICAS = """
+CREATE TABLE replicas (
+    replica_id TEXT PRIMARY KEY,
+    deployment_id TEXT NOT NULL REFERENCES deployments(deployment_id),
+    container_id TEXT,
+    spec_id TEXT NOT NULL,
+    host_port INTEGER,
+    state TEXT NOT NULL,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    last_exit_reason TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX replicas_by_deployment ON replicas (deployment_id);
+"""
+
+# Events name their deployment rather than reference its id: they are a log of what was said
+# at the time, and `berth events NAME` asks by name.
+_M003_EVENTS = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    deployment TEXT,
+    replica TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX events_by_deployment ON events (deployment, id);
+"""
+
+# Per-minute metric rollups (daemon/metrics/sampler.py). One row per (deployment, replica, minute):
+# `replica` is '' for the deployment as a whole; host-wide rows have deployment '' and replica
+# '' (the host) or 'gpu:N' (one GPU). Names, not ids, like events: a rollup is a record of
+# what was measured under that name. Averages over the minute; NULL where nothing was measured.
+_M004_METRICS = """
+CREATE TABLE metrics (
+    deployment TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    minute TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    cpu_percent REAL,
+    memory_bytes REAL,
+    memory_limit_bytes REAL,
+    gpu_utilization REAL,
+    gpu_memory_bytes REAL,
+    gpu_memory_total_bytes REAL,
+    gpu_temperature_c REAL,
+    gpu_power_w REAL,
+    requests_per_s REAL,
+    in_flight REAL,
+    latency_p50 REAL,
+    latency_p95 REAL,
+    PRIMARY KEY (deployment, replica, minute)
+);
+CREATE INDEX metrics_by_minute ON metrics (minute);
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    _M001_DEPLOYMENTS_AND_REVISIONS,
+    _M002_REPLICAS,
+    _M003_EVENTS,
+    _M004_METRICS,
+)
+LATEST_VERSION = len(MIGRATIONS)
