@@ -12,10 +12,8 @@ import trio
 
 from daemon import __version__
 from daemon.api.control_plane import ControlPlane
-from daemon.gpu.model import GpuSample
 from daemon.metrics.exposition import (
     DeploymentMetrics,
-    GpuMetrics,
     MetricsSnapshot,
     ReplicaMetrics,
 )
@@ -57,17 +55,6 @@ def metrics_sampler(daemon: ControlPlane) -> MetricsSampler:
     )
 
 
-def _gpu(sample: GpuSample) -> GpuMetrics:
-    return GpuMetrics(
-        index=sample.index,
-        utilization_percent=sample.utilization_percent,
-        memory_used_bytes=sample.memory_used_bytes,
-        memory_total_bytes=sample.memory_total_bytes,
-        temperature_c=sample.temperature_c,
-        power_w=sample.power_w,
-    )
-
-
 async def metrics_snapshot(daemon: ControlPlane) -> MetricsSnapshot:
     deployments = []
     for name, worker in sorted(daemon.workers.items()):
@@ -85,4 +72,4 @@ async def metrics_snapshot(daemon: ControlPlane) -> MetricsSnapshot:
             )
         )
     samples = await trio.to_thread.run_sync(daemon.gpus.inventory.sample)
-    return MetricsSnapshot(__version__, tuple(deployments), tuple(_gpu(s) for s in samples))
+    return MetricsSnapshot(__version__, tuple(deployments), tuple(samples))

@@ -42,7 +42,7 @@ class GpuSample:
     """One GPU's state at one moment; a field is None when the GPU does not report it."""
 
     index: int
-    cdi_name: str
+    cdi_name: str = ""  # "nvidia.com/gpu=0"; "" when unknown
     utilization_percent: float | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None

@@ -47,6 +47,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from daemon.gpu.model import GpuSample
 from proxy.stats import EndpointStatistics, LatencySummary, StatusCounts
 
 log = logging.getLogger("berthd")
@@ -77,22 +78,10 @@ class DeploymentMetrics:
 
 
 @dataclass(frozen=True)
-class GpuMetrics:
-    """One GPU; the fields (and units) of daemon/metrics/model.py's GpuStat."""
-
-    index: int
-    utilization_percent: float | None = None
-    memory_used_bytes: int | None = None
-    memory_total_bytes: int | None = None
-    temperature_c: float | None = None
-    power_w: float | None = None
-
-
-@dataclass(frozen=True)
 class MetricsSnapshot:
     version: str
     deployments: tuple[DeploymentMetrics, ...] = ()
-    gpus: tuple[GpuMetrics, ...] = ()
+    gpus: tuple[GpuSample, ...] = ()
 
 
 MetricsSource = Callable[[], Awaitable[MetricsSnapshot]]
@@ -238,11 +227,11 @@ def _quantiles(latency: LatencySummary) -> list[tuple[str, float]]:
     return [(q, v) for q, v in pairs if v is not None]
 
 
-def _gpu_families(gpus: tuple[GpuMetrics, ...]) -> Iterator[Metric]:
+def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
     count = GaugeMetricFamily("berth_gpus", "NVIDIA GPUs berthd found")
     count.add_metric([], len(gpus))
     yield count
-    specs: list[tuple[str, str, Callable[[GpuMetrics], float | None]]] = [
+    specs: list[tuple[str, str, Callable[[GpuSample], float | None]]] = [
         (
             "berth_gpu_utilization_ratio",
             "GPU busy time over NVML's last sample period (0-1)",

@@ -9,45 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-
-class GpuReading(Protocol):
-    """One GPU's figures at one moment, as a GPU inventory reports them:
-    `daemon.gpu.model.GpuSample` fits, so `GpuInventory.sample` is a `GpuSource` as it is.
-    A structural interface, so that this module need not wait for (or import) the inventory;
-    `GpuStat` is a plain one."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def cdi_name(self) -> str: ...
-    @property
-    def utilization_percent(self) -> float | None: ...
-    @property
-    def memory_used_bytes(self) -> int | None: ...
-    @property
-    def memory_total_bytes(self) -> int | None: ...
-    @property
-    def temperature_c(self) -> float | None: ...
-    @property
-    def power_w(self) -> float | None: ...
-
-
-@dataclass(frozen=True)
-class GpuStat:
-    index: int
-    cdi_name: str = ""  # "nvidia.com/gpu=0"; "" when unknown
-    utilization_percent: float | None = None
-    memory_used_bytes: int | None = None
-    memory_total_bytes: int | None = None
-    temperature_c: float | None = None
-    power_w: float | None = None
-
+from daemon.gpu.model import GpuSample
 
 # Blocking (NVML): the sampler runs it in a thread. It must not raise for "no GPU" or a
 # lost driver: it returns [] (or the GPUs it could read) and reports failures its own way.
-GpuSource = Callable[[], Sequence[GpuReading]]
+GpuSource = Callable[[], Sequence[GpuSample]]
 
 
 @dataclass(frozen=True)
@@ -64,11 +31,11 @@ class ReplicaTarget:
     cpus: float | None = None
 
 
-def held_gpus(names: Sequence[str | int], gpus: Mapping[int, GpuStat]) -> list[GpuStat]:
+def held_gpus(names: Sequence[str | int], gpus: Mapping[int, GpuSample]) -> list[GpuSample]:
     """The GPUs a replica holds, from the names it was given: by CDI name first (names such
     as "nvidia.com/gpu=GPU-<uuid>" carry no index), else by index; each GPU once."""
     by_cdi = {g.cdi_name: g for g in gpus.values() if g.cdi_name}
-    held: dict[int, GpuStat] = {}
+    held: dict[int, GpuSample] = {}
     for name in names:
         gpu = by_cdi.get(name) if isinstance(name, str) else None
         if gpu is None:
@@ -148,7 +115,7 @@ class HostSample:
     cpu_percent: float | None  # of the whole host: 100.0 is every CPU busy
     memory_used_bytes: int | None
     memory_total_bytes: int | None
-    gpus: tuple[GpuStat, ...]
+    gpus: tuple[GpuSample, ...]
 
 
 @dataclass(frozen=True)

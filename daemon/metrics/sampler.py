@@ -31,13 +31,12 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from daemon.gpu.model import GpuSample
 from daemon.metrics.host import HostReading, PsutilHost
 from daemon.metrics.model import (
     DeploymentLoad,
     DeploymentSample,
-    GpuReading,
     GpuSource,
-    GpuStat,
     HostSample,
     ReplicaSample,
     ReplicaTarget,
@@ -188,7 +187,7 @@ class MetricsSampler:
         targets = list(self._targets())
         stats: dict[tuple[str, str], ContainerStats] = {}
         host: list[HostReading] = []
-        gpus: list[Sequence[GpuReading]] = []
+        gpus: list[Sequence[GpuSample]] = []
         async with trio.open_nursery() as nursery:
             for t in targets:
                 nursery.start_soon(self._container_stats, t, stats)
@@ -197,7 +196,7 @@ class MetricsSampler:
                 nursery.start_soon(self._blocking, self._gpus, gpus, "gpus")
         now = trio.current_time()
         wall = self._now().timestamp()
-        gpu_stats = {g.index: _gpu_stat(g) for g in (gpus[0] if gpus else ())}
+        gpu_stats = {g.index: g for g in (gpus[0] if gpus else ())}
 
         names = list(dict.fromkeys(t.deployment for t in targets))
         if self._deployments is not None:
@@ -261,7 +260,7 @@ class MetricsSampler:
         name: str,
         targets: list[ReplicaTarget],
         stats: dict[tuple[str, str], ContainerStats],
-        gpus: dict[int, GpuStat],
+        gpus: dict[int, GpuSample],
         now: float,
         wall: float,
         seen: set[tuple[str, str]],
@@ -335,18 +334,6 @@ class MetricsSampler:
         while True:
             await rollups.prune(self._now() - timedelta(seconds=self.retention_s))
             await trio.sleep(self.prune_every_s)
-
-
-def _gpu_stat(g: GpuReading) -> GpuStat:
-    return GpuStat(
-        index=g.index,
-        cdi_name=g.cdi_name,
-        utilization_percent=g.utilization_percent,
-        memory_used_bytes=g.memory_used_bytes,
-        memory_total_bytes=g.memory_total_bytes,
-        temperature_c=g.temperature_c,
-        power_w=g.power_w,
-    )
 
 
 def _total(values: Iterable[int | None]) -> int | None:

@@ -20,7 +20,7 @@ from trio.testing import MockClock
 from daemon.gpu.fake import FakeGpuInventory, fake_gpus
 from daemon.gpu.model import GpuSample
 from daemon.metrics.host import HostReading, PsutilHost
-from daemon.metrics.model import GpuStat, ReplicaTarget, gpu_index, held_gpus
+from daemon.metrics.model import ReplicaTarget, gpu_index, held_gpus
 from daemon.metrics.rollups import StoreRollups
 from daemon.metrics.sampler import MetricsSampler
 from daemon.runtime.fake import FakeRuntime
@@ -135,7 +135,7 @@ class Rig:
     runtime: SlowRuntime
     proxy: FakeProxy
     targets: list[ReplicaTarget]
-    gpus: list[GpuStat]
+    gpus: list[GpuSample]
     host: list[HostReading]
     rollups: FakeRollups
     sampler: MetricsSampler
@@ -170,7 +170,7 @@ def make_rig(**options: Any) -> Rig:
     runtime = SlowRuntime()
     proxy = FakeProxy()
     targets: list[ReplicaTarget] = []
-    gpus: list[GpuStat] = []
+    gpus: list[GpuSample] = []
     host = [HostReading(cpu_percent=25.0, memory_used_bytes=6 * GiB, memory_total_bytes=24 * GiB)]
     rollups = FakeRollups()
     sampler = MetricsSampler(
@@ -345,8 +345,8 @@ async def test_the_window_holds_only_recent_samples(rig: Rig, autojump_clock: Mo
 
 async def test_gpus_of_a_replica_and_of_the_host(rig: Rig, autojump_clock: MockClock) -> None:
     rig.gpus[:] = [
-        GpuStat(0, "", 10.0, 1 * GiB, 80 * GiB, 40.0, 70.0),
-        GpuStat(1, "", 90.0, 60 * GiB, 80 * GiB, 70.0, 350.0),
+        GpuSample(0, "", 10.0, 1 * GiB, 80 * GiB, 40.0, 70.0),
+        GpuSample(1, "", 90.0, 60 * GiB, 80 * GiB, 70.0, 350.0),
     ]
     await rig.replica("llm", "a", gpus=("nvidia.com/gpu=1",))
     await rig.replica("llm", "b", gpus=(0,))
@@ -369,9 +369,9 @@ async def test_gpus_of_a_replica_and_of_the_host(rig: Rig, autojump_clock: MockC
 
 def test_held_gpus_by_cdi_name_or_index() -> None:
     gpus = {
-        0: GpuStat(0, "nvidia.com/gpu=GPU-aaaa"),
-        1: GpuStat(1, "nvidia.com/gpu=1"),
-        2: GpuStat(2),
+        0: GpuSample(0, "nvidia.com/gpu=GPU-aaaa"),
+        1: GpuSample(1, "nvidia.com/gpu=1"),
+        2: GpuSample(2),
     }
     held = held_gpus(["nvidia.com/gpu=GPU-aaaa", "nvidia.com/gpu=1", 2, "1", 7, "all"], gpus)
     assert [g.index for g in held] == [0, 1, 2]
@@ -445,7 +445,7 @@ async def test_gone_deployments_are_forgotten_after_the_window(
 async def test_each_minute_is_rolled_up_once_it_is_over(
     rig: Rig, autojump_clock: MockClock
 ) -> None:
-    rig.gpus[:] = [GpuStat(0, "", 50.0, 2 * GiB, 80 * GiB, 60.0, 200.0)]
+    rig.gpus[:] = [GpuSample(0, "", 50.0, 2 * GiB, 80 * GiB, 60.0, 200.0)]
     cid = await rig.replica("echo", "a", cpu=20.0, memory=100, limit=1000, gpus=("0",))
     await rig.replica("echo", "b", cpu=40.0, memory=300, limit=1000)
     rig.proxy.endpoints["echo"] = {"a": FakeReplica(total=0, p50=0.1, p95=0.2), "b": FakeReplica()}
@@ -511,7 +511,7 @@ async def test_deployment_metrics_has_what_berth_metrics_reads(
     rig: Rig, autojump_clock: MockClock
 ) -> None:
     await rig.replica("echo", "a", cpu=12.5, memory=2**20, limit=2**29, cpus=1.0, gpus=(0,))
-    rig.gpus[:] = [GpuStat(0, "", 33.0, GiB, 80 * GiB)]
+    rig.gpus[:] = [GpuSample(0, "", 33.0, GiB, 80 * GiB)]
     rig.proxy.endpoints["echo"] = {"a": FakeReplica(in_flight=1, total=5, p50=0.01, p95=0.02)}
     await start(rig)
     await trio.sleep(60)

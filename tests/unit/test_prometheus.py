@@ -16,9 +16,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.gpu.model import GpuSample
 from daemon.metrics.exposition import (
     DeploymentMetrics,
-    GpuMetrics,
     MetricsServer,
     MetricsSnapshot,
     ReplicaMetrics,
@@ -63,8 +63,10 @@ SNAPSHOT = MetricsSnapshot(
         DeploymentMetrics(name="idle", desired=0, ready=0),  # no endpoint serving
     ),
     gpus=(
-        GpuMetrics(0, 37.0, 5 * 2**30, 80 * 2**30, 54.0, 180.5),
-        GpuMetrics(1, None, None, 80 * 2**30, None, None),  # figures NVML could not read
+        GpuSample(0, "nvidia.com/gpu=0", 37.0, 5 * 2**30, 80 * 2**30, 54.0, 180.5),
+        GpuSample(
+            1, "nvidia.com/gpu=1", None, None, 80 * 2**30, None, None
+        ),  # figures NVML could not read
     ),
 )
 
