@@ -2,9 +2,9 @@
 
 Recording costs a few integer operations: counters by status class, an in-flight gauge,
 and one increment in a per-second log-scale latency histogram (4 buckets per doubling,
-so a percentile is within ~9 % of the true value). `statistics(window)` sums the
-per-second histograms of the last `window` seconds (at most the kept 60); nothing is kept
-longer than that.
+so a percentile is within ~9 % of the true value) plus the second's latency sum (so the
+mean is exact). `statistics(window)` sums the per-second histograms and sums of the last
+`window` seconds (at most the kept 60); nothing is kept longer than that.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class LatencySummary:
     p50: float | None
     p95: float | None
     p99: float | None
+    mean: float | None = None  # exact: the window's latency sum over its count
 
 
 # Upper bounds (seconds) of the cumulative latency histogram exported to Prometheus.
@@ -97,12 +98,13 @@ class EndpointStatistics:
 class LatencyWindow:
     """Per-second latency histograms in a ring covering `window` seconds."""
 
-    __slots__ = ("_window", "_seconds", "_hists", "_totals", "_sum")
+    __slots__ = ("_window", "_seconds", "_hists", "_sums", "_totals", "_sum")
 
     def __init__(self, window: float = 60.0) -> None:
         self._window = int(math.ceil(window))
         self._seconds = [-1] * self._window
         self._hists = [[0] * _BUCKETS for _ in range(self._window)]
+        self._sums = [0.0] * self._window  # each second's latency sum, seconds
         self._totals = [0] * _BUCKETS  # since start, for the Prometheus histogram
         self._sum = 0.0
 
@@ -114,10 +116,12 @@ class LatencyWindow:
             self._seconds[slot] = second
             for i in range(_BUCKETS):
                 hist[i] = 0
+            self._sums[slot] = 0.0
         us = latency * 1e6
         b = int(math.log2(us) * _SUB) if us > 1.0 else 0
         b = b if b < _BUCKETS else _BUCKETS - 1
         hist[b] += 1
+        self._sums[slot] += latency
         self._totals[b] += 1
         self._sum += latency
 
@@ -140,8 +144,10 @@ class LatencyWindow:
         second = int(now)
         span = self._window if window is None else min(self._window, math.ceil(window))
         total = [0] * _BUCKETS
+        seconds = 0.0
         for slot, s in enumerate(self._seconds):
             if s >= 0 and second - s < span:
+                seconds += self._sums[slot]
                 for i, c in enumerate(self._hists[slot]):
                     total[i] += c
         count = sum(total)
@@ -152,6 +158,7 @@ class LatencyWindow:
             _quantile(total, count, 0.5),
             _quantile(total, count, 0.95),
             _quantile(total, count, 0.99),
+            seconds / count,
         )
 
 

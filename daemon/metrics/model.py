@@ -106,6 +106,7 @@ class DeploymentSample:
     latency_count: int | None  # requests in the proxy's latency window
     latency_p50: float | None
     latency_p95: float | None
+    latency_mean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ class DeploymentLoad:
     Percentages are averages over every replica sample in the window: `cpu_percent` of each
     replica's CPU limit (of one CPU without a limit), `memory_percent` of its memory limit,
     `gpu_*` of its GPUs. `request_duration_*` are in seconds: the mean over the window's
-    samples of the endpoint's median and 95th percentile, each over the proxy's own window
-    (the proxy keeps histograms, not sums, so its median stands in for the mean). `concurrency`
+    samples of the endpoint's mean and 95th percentile, each over the proxy's own window
+    (`summary = "average"` reads the mean, `"p95"` the percentile). `concurrency`
     is in-flight requests per replica; `requests_per_s` the endpoint's rate; `replicas` the
     replica count of the newest sample, `samples` how many rounds the window holds."""
 
@@ -137,7 +138,7 @@ class DeploymentLoad:
     memory_percent: float | None = None
     gpu_utilization: float | None = None
     gpu_memory_percent: float | None = None
-    request_duration_avg: float | None = None
+    request_duration_mean: float | None = None
     request_duration_p95: float | None = None
     concurrency: float | None = None
     requests_per_s: float | None = None

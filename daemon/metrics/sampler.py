@@ -305,6 +305,7 @@ class MetricsSampler:
             latency_count=None if endpoint is None else endpoint.latency.count,
             latency_p50=None if endpoint is None else endpoint.latency.p50,
             latency_p95=None if endpoint is None else endpoint.latency.p95,
+            latency_mean=None if endpoint is None else endpoint.latency.mean,
         )
 
     # -- rollups ------------------------------------------------------------------------

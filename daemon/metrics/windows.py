@@ -95,7 +95,7 @@ class MetricsWindows:
             memory_percent=mean(r.memory_of_limit for r in replicas),
             gpu_utilization=mean(r.gpu_utilization for r in replicas),
             gpu_memory_percent=mean(r.gpu_memory_percent for r in replicas),
-            request_duration_avg=mean(s.latency_p50 for s in samples),
+            request_duration_mean=mean(s.latency_mean for s in samples),
             request_duration_p95=mean(s.latency_p95 for s in samples),
             concurrency=mean(
                 None if s.in_flight is None else s.in_flight / max(len(s.replicas), 1)

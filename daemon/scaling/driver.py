@@ -51,7 +51,7 @@ def sample_of(load: DeploymentLoad | None, count: int, waiting: int = 0) -> Load
         memory=load.memory_percent,
         gpu_utilization=load.gpu_utilization,
         gpu_memory=load.gpu_memory_percent,
-        request_duration_avg=load.request_duration_avg,
+        request_duration_mean=load.request_duration_mean,
         request_duration_p95=load.request_duration_p95,
         concurrency=load.concurrency,
         requests_per_second=load.requests_per_s,
@@ -75,7 +75,7 @@ def with_live_requests(
         base,
         samples=max(base.samples, 1),
         concurrency=live.in_flight / max(replicas, 1),
-        request_duration_avg=latency.p50 if latency else base.request_duration_avg,
+        request_duration_mean=latency.mean if latency else base.request_duration_mean,
         request_duration_p95=latency.p95 if latency else base.request_duration_p95,
     )
 

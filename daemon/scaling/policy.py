@@ -54,7 +54,7 @@ class LoadSample:
     memory: float | None = None
     gpu_utilization: float | None = None
     gpu_memory: float | None = None
-    request_duration_avg: float | None = None
+    request_duration_mean: float | None = None
     request_duration_p95: float | None = None
     concurrency: float | None = None  # requests in flight per replica
     requests_per_second: float | None = None  # None: the endpoint has no figure yet
@@ -83,7 +83,7 @@ class LoadSample:
             case MetricName.REQUEST_DURATION:
                 if metric.summary is Summary.P95:
                     return self.request_duration_p95
-                return self.request_duration_avg
+                return self.request_duration_mean
             case MetricName.CONCURRENCY:
                 return self.concurrency
 

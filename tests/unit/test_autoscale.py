@@ -45,7 +45,7 @@ CASES = [
         "up at once",
         (LATENCY_200MS,),
         start=1,
-        steps=[(0, {**BUSY, "request_duration_avg": 0.31}, 2)],
+        steps=[(0, {**BUSY, "request_duration_mean": 0.31}, 2)],
         reasons={0: "request_duration avg 310ms > target 200ms: 1 -> 2"},
     ),
     Case(
@@ -219,7 +219,7 @@ CASES = [
         min=0,
         max=2,
         steps=[
-            (0, {**BUSY, "request_duration_avg": 0.1}, 1),
+            (0, {**BUSY, "request_duration_mean": 0.1}, 1),
             (10, IDLE, 1),
             (299, IDLE, 1),  # the last sample with traffic (t=0) is still in the window
             (300, IDLE, 0),
@@ -234,7 +234,7 @@ CASES = [
         max=3,
         steps=[
             (0, {**IDLE, "waiting_requests": 1}, 1),
-            (1, {**BUSY, "request_duration_avg": 0.5}, 3),
+            (1, {**BUSY, "request_duration_mean": 0.5}, 3),
         ],
         reasons={
             0: "1 request waiting with 0 replicas: 0 -> 1",

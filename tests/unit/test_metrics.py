@@ -54,6 +54,7 @@ class FakeReplica:
     total: int = 0
     p50: float | None = None
     p95: float | None = None
+    mean: float | None = None
 
 
 @dataclass
@@ -72,20 +73,22 @@ class FakeProxy:
                 in_flight=r.in_flight,
                 requests_total=r.total,
                 status=StatusCounts(s2xx=r.total),
-                latency=LatencySummary(r.total, r.p50, r.p95, r.p95),
+                latency=LatencySummary(r.total, r.p50, r.p95, r.p95, r.mean),
             )
             for rid, r in sorted(replicas.items())
         )
         p50s = [r.p50 for r in replicas.values() if r.p50 is not None]
         p95s = [r.p95 for r in replicas.values() if r.p95 is not None]
         total = sum(r.total for r in replicas.values())
+        timed = [(r.mean, r.total) for r in replicas.values() if r.mean is not None and r.total]
+        mean = sum(m * n for m, n in timed) / sum(n for _, n in timed) if timed else None
         return EndpointStatistics(
             name=name,
             in_flight=sum(r.in_flight for r in replicas.values()),
             requests_total=total,
             status=StatusCounts(s2xx=total),
             latency=LatencySummary(
-                total, max(p50s) if p50s else None, max(p95s) if p95s else None, None
+                total, max(p50s) if p50s else None, max(p95s) if p95s else None, None, mean
             ),
             window=60.0,
             replicas=rs,
@@ -246,7 +249,7 @@ async def test_no_traffic_is_zero_requests_and_no_latency(
     load = rig.sampler.deployment_load("echo", 60)
     assert load.requests_per_s == 0.0
     assert load.concurrency == 0.0
-    assert load.request_duration_avg is None and load.request_duration_p95 is None
+    assert load.request_duration_mean is None and load.request_duration_p95 is None
 
 
 async def test_a_counter_that_goes_back_gives_no_rate_not_a_negative_one(
@@ -269,15 +272,15 @@ async def test_latency_and_concurrency_from_the_proxy(rig: Rig, autojump_clock: 
     for rid in "abc":
         await rig.replica("echo", rid)
     rig.proxy.endpoints["echo"] = {
-        "a": FakeReplica(in_flight=4, total=10, p50=0.1, p95=0.3),
-        "b": FakeReplica(in_flight=2, total=10, p50=0.2, p95=0.5),
+        "a": FakeReplica(in_flight=4, total=10, p50=0.1, p95=0.3, mean=0.15),
+        "b": FakeReplica(in_flight=2, total=10, p50=0.2, p95=0.5, mean=0.25),
         "c": FakeReplica(),
     }
     await start(rig)
     await trio.sleep(6)
     load = rig.sampler.deployment_load("echo", 60)
     assert load.concurrency == pytest.approx(2.0)  # 6 in flight over 3 replicas
-    assert load.request_duration_avg == pytest.approx(0.2)
+    assert load.request_duration_mean == pytest.approx(0.2)  # (0.15 * 10 + 0.25 * 10) / 20
     assert load.request_duration_p95 == pytest.approx(0.5)
     latest = rig.sampler.windows.latest("echo")
     assert latest is not None

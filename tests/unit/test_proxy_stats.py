@@ -18,6 +18,18 @@ def test_a_shorter_window_counts_only_the_latest_seconds() -> None:
     assert w.summary(112.9, window=600.0).count == 4  # no more than is kept
 
 
+def test_the_mean_is_exact_and_covers_the_window() -> None:
+    w = LatencyWindow(60.0)
+    assert w.summary(100.0).mean is None
+    w.record(100.1, 0.010)
+    w.record(100.2, 0.030)
+    w.record(105.0, 1.100)  # a percentile would hide it; the mean must not
+    assert w.summary(105.5).mean == pytest.approx(1.14 / 3)
+    assert w.summary(105.5, window=1.0).mean == pytest.approx(1.1)  # the current second only
+    w.record(160.0, 0.002)  # second 100's slot is reused: its sum starts again
+    assert w.summary(160.5).mean == pytest.approx((1.1 + 0.002) / 2)
+
+
 def test_the_default_window_drops_what_is_older() -> None:
     w = LatencyWindow(60.0)
     w.record(100.0, 0.010)

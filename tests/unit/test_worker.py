@@ -400,7 +400,7 @@ async def test_the_autoscaler_moves_the_count_and_says_why(rig: Rig, mock_clock:
             window,
             samples=3,
             replicas=1,
-            request_duration_avg=load["duration"],
+            request_duration_mean=load["duration"],
             requests_per_s=20.0,
         )
 
