@@ -47,12 +47,6 @@ class SpecError(Exception):
         joined = "; ".join(str(p) for p in self.problems)
         return f"{self.source}: {len(self.problems)} problems: {joined}"
 
-    def details(self) -> str:
-        """One problem a line, for a terminal."""
-        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
-        lines += [f"  {p}" for p in self.problems]
-        return "\n".join(lines)
-
     def messages(self) -> list[str]:
         """The problems as strings: the admin API's `problems` list."""
         return [str(p) for p in self.problems]

@@ -89,10 +89,6 @@ def image_ref_problem(text: str) -> str | None:
     return None
 
 
-def is_valid_image_ref(text: str) -> bool:
-    return image_ref_problem(text) is None
-
-
 def _split_domain(name: str) -> tuple[str | None, str]:
     first, sep, rest = name.partition("/")
     if not sep:

@@ -33,7 +33,7 @@ async def apply_spec_text(daemon: ControlPlane, text: str, *, source: str) -> Ap
     try:
         spec = parse_spec(text, source=source)
     except SpecError as exc:
-        raise ApplyRefused(source, [str(p) for p in exc.problems]) from None
+        raise ApplyRefused(source, exc.messages()) from None
     async with daemon.apply_lock:
         problems = await host_problems(daemon, spec)
         if problems:

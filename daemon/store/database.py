@@ -293,18 +293,6 @@ class Store:
                 )
             return self.get_deployment(name)
 
-    def set_revision_status(
-        self, name: str, revision: int, status: str, reason: str | None = None
-    ) -> None:
-        with self._db.atomic():
-            cursor = self._db.execute(
-                "UPDATE revisions SET status = ?, reason = ? WHERE revision = ? AND"
-                " deployment_id = (SELECT deployment_id FROM deployments WHERE name = ?)",
-                [str(status), reason, revision, name],
-            )
-            if cursor.rowcount == 0:
-                raise UnknownDeployment(f"{name}: no revision {revision}")
-
     def roll_back(self, name: str, failed: int, reason: str) -> Revision | None:
         """Revision `failed` failed (with `reason`): the newest earlier revision that did not
         fail is active again. Returns it, or None when there is none (then `failed` is

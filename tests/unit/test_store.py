@@ -170,7 +170,7 @@ def test_reapply_after_rm_keeps_deployment_id(store: Store) -> None:
 def test_failed_revision_stays_failed_when_superseded(store: Store) -> None:
     apply(store, "echo", "s1")
     apply(store, "echo", "s2")
-    store.set_revision_status("echo", 2, RevisionStatus.FAILED, "no progress in 10m")
+    store.roll_back("echo", 2, "no progress in 10m")
 
     apply(store, "echo", "s1")  # a rollback is a new revision with the old spec
 
@@ -178,9 +178,7 @@ def test_failed_revision_stays_failed_when_superseded(store: Store) -> None:
     assert failed is not None
     assert (failed.active, failed.status, failed.reason) == (False, "failed", "no progress in 10m")
     with pytest.raises(UnknownDeployment):
-        store.set_revision_status("echo", 7, "failed")
-    with pytest.raises(UnknownDeployment):
-        store.set_revision_status("nope", 1, "failed")
+        store.roll_back("nope", 1, "failed")
 
 
 def test_pinned_replicas(store: Store) -> None:
@@ -392,9 +390,10 @@ def test_roll_back_marks_the_failed_revision_and_reactivates_the_last_good_one(
     tmp_path: Path,
 ) -> None:
     store = Store(tmp_path / "berth.db")
-    for n in (1, 2, 3):
+    for n in (1, 2):
         store.apply("web", f"s{n}", f"text {n}", "{}")
-    store.set_revision_status("web", 2, "failed", "crashed")
+    store.roll_back("web", 2, "crashed")
+    store.apply("web", "s3", "text 3", "{}")
     back = store.roll_back("web", 3, "no progress in 10m")
     assert back is not None and back.revision == 1 and back.active
     history = {r.revision: (r.active, r.status, r.reason) for r in store.history("web")}
