@@ -1,14 +1,13 @@
 """What the admin API and the metrics snapshot may see of berthd: the `ControlPlane` protocol.
 
 `daemon.berthd.Berthd` implements it; `daemon.api` and `daemon.observability` depend on this
-protocol, not on `Berthd`, so the composition root can import them without a cycle. Every
-member is read-only here: the API acts through the store, the event log and `ensure_worker`,
-never by replacing a part.
+protocol, not on `Berthd`, so the composition root can import them without a cycle. The
+API reads these parts and acts through the store, the event log and `ensure_worker`; it never
+replaces one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -26,35 +25,18 @@ from daemon.store.events import EventLog
 
 
 class ControlPlane(Protocol):
-    @property
-    def settings(self) -> DaemonSettings: ...
-    @property
-    def state_dir(self) -> Path: ...
-    @property
-    def instance(self) -> str:
-        """The `io.berth.instance` label of this berthd's containers."""
-        ...
-
-    @property
-    def podman_version(self) -> str: ...
-    @property
-    def store(self) -> StoreAccess: ...
-    @property
-    def events(self) -> EventLog: ...
-    @property
-    def runtime(self) -> ContainerRuntime: ...
-    @property
-    def gpus(self) -> GpuLedger: ...
-    @property
-    def endpoints(self) -> EndpointManager: ...
-    @property
-    def metrics(self) -> MetricsSampler: ...
-    @property
-    def workers(self) -> Mapping[str, DeploymentWorker]: ...
-    @property
-    def apply_lock(self) -> trio.Lock:
-        """Held while a spec is checked against the host and recorded (one apply at a time)."""
-        ...
+    settings: DaemonSettings
+    state_dir: Path
+    instance: str  # the `io.berth.instance` label of this berthd's containers
+    podman_version: str
+    store: StoreAccess
+    events: EventLog
+    runtime: ContainerRuntime
+    gpus: GpuLedger
+    endpoints: EndpointManager
+    metrics: MetricsSampler
+    workers: dict[str, DeploymentWorker]
+    apply_lock: trio.Lock  # held while a spec is checked and recorded: one apply at a time
 
     def ensure_worker(self, name: str) -> DeploymentWorker:
         """The deployment's worker, started if it has none, and nudged."""
