@@ -5,15 +5,16 @@ trio registers a file descriptor for one event at a time (EPOLLONESHOT), which c
 edge-triggered, and one task at a time (the leader) waits on that set's descriptor
 through trio: one `epoll_ctl` per batch of ready connections instead of one per wait
 (measured: 1.8 of the 7.7 syscalls per proxied request). See `proxy.sockets` for the
-waiting side.
+waiting side; what the poller needs of a connection is `Polled` (below), so that this
+module imports nothing of the proxy.
 
 Invariants:
 - While any task is parked on a connection, one task leads (waits on the set): a task
   that parks with no leader leads itself; a leader that leaves with followers parked
   wakes the standby task, which leads until none is left. With nobody parked, edges
   wait in the set until the next wait polls it.
-- Polling only wakes tasks already parked on a connection (`Conn.reader`/`writer`); a
-  read edge that finds nobody parked sets `Conn.maybe_readable` instead.
+- Polling only wakes tasks already parked on a connection (`reader`/`writer`); a read
+  edge that finds nobody parked sets `maybe_readable` instead.
 - Every hang-up (FIN, reset) is noted on its connection (`peer_closed`); a hang-up on a
   connection whose `hangup_watcher` is set interrupts the read wait on that watcher.
 - Something arriving on an idle pooled connection gets one peek (`check_idle`): the
@@ -25,18 +26,43 @@ Invariants:
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
-
-if TYPE_CHECKING:
-    from proxy.sockets import Conn
 
 EPOLL_MASK: Final = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _READ_READY: Final = select.EPOLLIN | _HANGUP
 _WRITE_READY: Final = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+
+
+class Polled(Protocol):
+    """What the poller needs of a connection (`proxy.sockets.Conn` is the one there is).
+
+    It wakes the task parked to read or write (and unsets `reader`/`writer`), notes a read
+    edge nobody waited for (`maybe_readable`) and a hang-up (`peer_closed`), peeks at an
+    idle pooled connection (`check_idle`), interrupts the `hangup_watcher`, ends overdue
+    waits (`deadline`, `expire`), and closes what is left when it stops.
+    """
+
+    reader: Task | None
+    writer: Task | None
+    maybe_readable: bool
+    peer_closed: bool
+
+    @property
+    def fd(self) -> int: ...
+    @property
+    def deadline(self) -> float: ...
+    @property
+    def pooled(self) -> bool: ...
+    @property
+    def hangup_watcher(self) -> Polled | None: ...
+    def check_idle(self) -> None: ...
+    def interrupt(self) -> None: ...
+    def expire(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Poller:
@@ -61,11 +87,11 @@ class Poller:
     def __init__(self, tick: float) -> None:
         self.now = 0.0
         self.tick = tick
-        self.waiting: set[Conn] = set()
+        self.waiting: set[Polled] = set()
         self.leader: Task | None = None  # the task waiting on the epoll set, if any
         self._epoll: select.epoll | None = None
         self._epfd = -1
-        self._conns: dict[int, Conn] = {}
+        self._conns: dict[int, Polled] = {}
         self._standby: Task | None = None  # the standby task, while parked
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -85,7 +111,7 @@ class Poller:
             epoll.close()
             self._epfd = -1
 
-    def register(self, conn: Conn) -> None:
+    def register(self, conn: Polled) -> None:
         if self._epoll is None:
             raise RuntimeError("the poller is not running")
         try:
@@ -94,13 +120,13 @@ class Poller:
             self._epoll.modify(conn.fd, EPOLL_MASK)
         self._conns[conn.fd] = conn
 
-    def forget(self, conn: Conn) -> None:
+    def forget(self, conn: Polled) -> None:
         """Before `conn` closes (closing drops it from the epoll set)."""
         if self._conns.get(conn.fd) is conn:
             del self._conns[conn.fd]
 
     def wake(self, task: Task) -> None:
-        """Wake a task parked on a connection; the caller has unset `Conn.reader`/`writer`."""
+        """Wake a task parked on a connection; the caller has unset its `reader`/`writer`."""
         if task is self.leader:
             if task is not current_task():
                 # It waits on the epoll descriptor: end that wait (it re-registers later).
@@ -108,7 +134,7 @@ class Poller:
         else:
             reschedule(task)
 
-    async def lead(self, conn: Conn) -> None:
+    async def lead(self, conn: Polled) -> None:
         """Wait as the leader until the current task is no longer parked on `conn`."""
         task = current_task()
         self.leader = task

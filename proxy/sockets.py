@@ -19,7 +19,7 @@ Invariants:
 - A task that never has to wait still yields every `_YIELD_EVERY` operations, so a fast
   peer cannot starve the others or delay cancellation.
 - `close` wakes any task parked on the connection (it raises `trio.ClosedResourceError`).
-- `watch_hangup`: a client that hangs up while its task waits on the replica's
+- `hangup_watcher`: a client that hangs up while its task waits on the replica's
   connection interrupts that wait (`PeerHangup`), at no cost per request.
 """
 
@@ -29,13 +29,12 @@ import errno
 import ipaddress
 import math
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 from trio.lowlevel import Abort, Task, current_task, wait_task_rescheduled
 
-if TYPE_CHECKING:
-    from proxy.poller import Poller
+from proxy.poller import Poller
 
 RECV_SIZE: Final = 65536
 _YIELD_EVERY: Final = 16
@@ -177,16 +176,12 @@ class Conn:
         self._wake(_EXPIRED)
 
     def interrupt(self) -> None:
-        """End a wait to read from this connection with `PeerHangup` (see `watch_hangup`)."""
+        """End a wait to read from this connection with `PeerHangup` (see `hangup_watcher`)."""
         task = self.reader
         if task is not None:
             self.reader = None
             self._rwhy = _INTERRUPTED
             self.poller.wake(task)
-
-    def watch_hangup(self, other: Conn | None) -> None:
-        """While set, a hang-up by this connection's peer interrupts a read wait on `other`."""
-        self.hangup_watcher = other
 
     def check_idle(self) -> None:
         """Something arrived on an idle pooled connection: FIN, reset or stray bytes?"""
@@ -401,15 +396,3 @@ async def finish_connect(conn: Conn, timeout: float, *, check: bool = False) -> 
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, f"connect to {conn.peer}: {errno.errorcode.get(err)}")
-
-
-async def connect(host: str, port: int, timeout: float, poller: Poller) -> Conn:  # noqa: ASYNC109
-    """A connection to host:port. Raises OSError (refused, unreachable) or Timeout."""
-    conn, done = await start_connect(host, port, poller)
-    if not done:
-        try:
-            await finish_connect(conn, timeout)
-        except BaseException:
-            conn.close()
-            raise
-    return conn
