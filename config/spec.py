@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
 
 class MetricName(StrEnum):
@@ -86,14 +87,20 @@ class Health:
     liveness: Probe | None = None
 
 
+# `[endpoint]`'s timeouts in seconds, the proxy's defaults too (`proxy.balancer.EndpointTimeouts`).
+ENDPOINT_CONNECT_TIMEOUT: Final = 5.0
+# Never cut a long model generation or stream: as Knative's revision timeout.
+ENDPOINT_READ_TIMEOUT: Final = 300.0
+ENDPOINT_CLIENT_IDLE_TIMEOUT: Final = 60.0
+
+
 @dataclass(frozen=True)
 class Endpoint:
     port: int
     bind: str = "0.0.0.0"
-    connect_timeout: float = 5.0
-    # Never cut a long model generation or stream: as Knative's revision timeout.
-    read_timeout: float = 300.0
-    client_idle_timeout: float = 60.0
+    connect_timeout: float = ENDPOINT_CONNECT_TIMEOUT
+    read_timeout: float = ENDPOINT_READ_TIMEOUT
+    client_idle_timeout: float = ENDPOINT_CLIENT_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,13 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
+from proxy.balancer import Balancer
 from proxy.sockets import Conn, Timeout, finish_connect, start_connect
 from proxy.upstreams import Upstream
-
-if TYPE_CHECKING:
-    from proxy.endpoint import Balancer
 
 HEDGE_S: Final = 0.15
 AVOID_S: Final = 1.0
@@ -45,7 +43,7 @@ async def open_connection(
     try:
         conn, done = await start_connect(first.host, first.port, b.poller)
     except OSError:
-        b.connect_failed(first)
+        _connect_failed(b, first)
         return None
     if done:
         return first, conn
@@ -59,7 +57,7 @@ async def open_connection(
         owned = False  # the race owns it now
         return await _race(b, first, conn, tried)
     except (OSError, Timeout):
-        b.connect_failed(first)
+        _connect_failed(b, first)
         return None
     finally:
         if owned:
@@ -90,7 +88,7 @@ async def _race(
                 b.upstreams.trust(up)
                 nursery.cancel_scope.cancel()
         except (OSError, Timeout):
-            b.connect_failed(up)
+            _connect_failed(b, up)
         finally:
             racing.discard(up)
             if conn is not None and (winner is None or winner[1] is not conn):
@@ -113,3 +111,9 @@ async def _race(
             for slow in racing:
                 b.upstreams.avoid(slow, now + AVOID_S)
     return winner
+
+
+def _connect_failed(b: Balancer, upstream: Upstream) -> None:
+    """Suspect, and skipped by the round robin for `AVOID_S`."""
+    b.upstreams.avoid(upstream, trio.current_time() + AVOID_S)
+    b.suspect(upstream)

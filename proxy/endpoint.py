@@ -7,7 +7,8 @@ Invariants:
 - `run` owns every client session in one nursery. `begin_shutdown(t)` stops accepting,
   closes the listener and idle keep-alive connections, and gives in-flight requests until
   now + t; `run` returns when the last session ends.
-- Statistics are recorded by plain counters on the hot path and summarised on read.
+- Statistics are recorded by plain counters on the hot path (`proxy.balancer`) and
+  summarised on read (`statistics`).
 - Hold mode (`hold_when_empty`, scale from zero, as Knative's activator): while the set is
   empty a request waits, its head read and its body unread, until `set_upstreams` brings
   a replica; at most `max_queue` wait, none longer than `max_wait`, and `begin_shutdown`
@@ -18,146 +19,20 @@ Invariants:
 from __future__ import annotations
 
 import math
-import os
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import trio
 
 from proxy import sockets
-from proxy.connector import AVOID_S
+from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
-from proxy.poller import Poller
-from proxy.pool import Pool
-from proxy.stats import Counters, EndpointStatistics, ReplicaStatistics
-from proxy.upstreams import RoundRobin, Upstream
+from proxy.stats import EndpointStatistics, ReplicaStatistics
+from proxy.upstreams import Upstream
 
-STATS_WINDOW_S = 60.0
-
-
-@dataclass(frozen=True)
-class EndpointTimeouts:
-    """Seconds. The defaults never cut a long model generation or stream."""
-
-    connect: float = 5.0  # to a replica
-    read_idle: float = 300.0  # replica silent for this long -> 504 (or cut, once streaming)
-    client_idle: float = 60.0  # keep-alive client silent between requests (or not reading)
-    header_read: float = 10.0  # from a request's first byte to the end of its head
-
-
-class Balancer:
-    """What every session of an endpoint shares: upstreams, pool, counters, policy."""
-
-    def __init__(
-        self,
-        name: str,
-        timeouts: EndpointTimeouts,
-        on_suspect: Callable[[str], None] | None,
-    ) -> None:
-        self.name = name
-        self.timeouts = timeouts
-        self.upstreams = RoundRobin()
-        self.pool = Pool()
-        shortest = min(timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
-        self.poller = Poller(tick=min(0.5, max(0.01, shortest / 4)))
-        self.draining = False
-        self.on_suspect = on_suspect
-        # Hold mode (see the module docstring); max_wait None: off.
-        self.hold_max_wait: float | None = None
-        self.hold_max_queue = 100
-        self.on_wait: Callable[[], None] | None = None
-        self.waiting = 0
-        self._arrival = trio.Event()  # set (and replaced) when held requests should look again
-        self.totals = Counters(STATS_WINDOW_S)
-        self.replicas: dict[str, Counters] = {}
-        self._id_prefix = os.urandom(6).hex().encode()
-        self._id_next = 0
-
-    def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
-        self.upstreams.set(upstreams)
-        current = self.upstreams.upstreams
-        self.pool.retain(current)
-        ids = {u.replica_id for u in current}
-        for rid in ids:
-            if rid not in self.replicas:
-                self.replicas[rid] = Counters(STATS_WINDOW_S)
-        for rid in [r for r, c in self.replicas.items() if r not in ids and not c.in_flight]:
-            del self.replicas[rid]
-        if current:
-            self.wake_held()
-
-    def wake_held(self) -> None:
-        """Held requests look again: at the upstream set, the hold settings, draining."""
-        if self.waiting:
-            self._arrival.set()
-            self._arrival = trio.Event()
-
-    async def hold(self) -> str | None:
-        """With no upstream: wait for one in hold mode. None once one is there; otherwise
-        why the request gets a 503 (hold mode off, queue full, waited too long, draining)."""
-        if self.draining:
-            return "shutting down"
-        max_wait = self.hold_max_wait
-        if max_wait is None:
-            return "no ready replica"
-        if self.waiting >= self.hold_max_queue:
-            return "too many requests waiting for a replica"
-        self.waiting += 1
-        try:
-            if self.on_wait is not None:
-                self.on_wait()
-            with trio.move_on_after(max_wait):
-                while True:
-                    if self.draining:
-                        return "shutting down"
-                    if self.upstreams:
-                        return None
-                    if self.hold_max_wait is None:
-                        return "no ready replica"
-                    await self._arrival.wait()
-            return "no replica became ready in time"
-        finally:
-            self.waiting -= 1
-
-    def pick(self, tried: list[Upstream]) -> Upstream | None:
-        return self.upstreams.pick(tried, self.poller.now)
-
-    def connect_failed(self, upstream: Upstream) -> None:
-        """Suspect, and skipped by the round robin for a moment (`proxy.connector`)."""
-        self.upstreams.avoid(upstream, trio.current_time() + AVOID_S)
-        self.suspect(upstream)
-
-    def next_request_id(self) -> bytes:
-        self._id_next += 1
-        return b"%s-%x" % (self._id_prefix, self._id_next)
-
-    def suspect(self, upstream: Upstream) -> None:
-        if self.on_suspect is not None:
-            self.on_suspect(upstream.replica_id)
-
-    def _counters(self, upstream: Upstream) -> Counters:
-        c = self.replicas.get(upstream.replica_id)
-        if c is None:
-            c = self.replicas[upstream.replica_id] = Counters(STATS_WINDOW_S)
-        return c
-
-    def began(self) -> None:
-        self.totals.in_flight += 1
-
-    def started(self, upstream: Upstream) -> None:
-        self._counters(upstream).in_flight += 1
-
-    def stopped(self, upstream: Upstream) -> None:
-        self._counters(upstream).in_flight -= 1
-
-    def finished(self, upstream: Upstream | None, status: int, start: float) -> None:
-        now = trio.current_time()
-        latency = now - start
-        self.totals.in_flight -= 1
-        self.totals.finish(status, now, latency)
-        if upstream is not None:
-            self._counters(upstream).finish(status, now, latency)
+# `EndpointTimeouts` lives beside the `Balancer` that holds them; callers name it from here,
+# beside the `Endpoint` it configures.
+__all__ = ["Endpoint", "EndpointTimeouts"]
 
 
 class Endpoint:
@@ -183,10 +58,6 @@ class Endpoint:
         self._address: tuple[str, int] | None = None
 
     @property
-    def timeouts(self) -> EndpointTimeouts:
-        return self._balancer.timeouts
-
-    @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port), once `run` has started; port 0 asks for a free one."""
         if self._address is None:
@@ -202,9 +73,6 @@ class Endpoint:
     def in_flight(self, replica_id: str) -> int:
         c = self._balancer.replicas.get(replica_id)
         return c.in_flight if c is not None else 0
-
-    def is_draining(self) -> bool:
-        return self._balancer.draining
 
     def hold_when_empty(
         self,

@@ -14,6 +14,9 @@ The flow of one request (an "exchange"):
    the response (concurrently, so early answers and 100-continue work).
 5. Relay the response as it arrives (`proxy.relay`); a client that hangs up while the
    replica works ends the exchange, and the replica's connection is cut, not pooled.
+The exchange's state (the response's status, whether either connection can carry another
+request) lives in the connection's `Exchange`, and each attempt ends in an `Outcome`
+(`proxy.exchange`), to which the retry rule below applies.
 
 Retry rule. A request is sent again only while nothing has reached the client and the
 proxy still holds the whole request (it arrived with its head), and only when one of:
@@ -35,38 +38,36 @@ Failures with nothing sent to the client get a clear answer (502 broken replica,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
+from proxy.balancer import Balancer
 from proxy.connector import open_connection
-from proxy.headers import chunk, error_response, request_head_bytes
-from proxy.protocol import END, EndOfMessage, Framing, ProtocolError, RequestHead
-from proxy.reader import ClientGone, ClientReader
-from proxy.relay import (
+from proxy.exchange import (
     CLIENT_CLOSED,
     DONE,
     FAILED,
+    NOT_SENT,
     RETRY,
     STALE,
-    relay,
-    relay_while_sending,
+    Exchange,
+    Outcome,
 )
+from proxy.headers import chunk, error_response, request_head_bytes
+from proxy.protocol import END, Framing, ProtocolError, RequestHead
+from proxy.reader import ClientGone, ClientReader
+from proxy.relay import relay, relay_while_sending
 from proxy.sockets import Conn, Timeout
 from proxy.upstreams import Upstream
 
-if TYPE_CHECKING:
-    from proxy.endpoint import Balancer
-
 _RETRY_AFTER_S: Final = 1
-_NOT_SENT: Final = 5  # the send failed at once: the replica never got the request
 
 
 class Session:
     """Serves one client connection until it closes, errs or the endpoint drains."""
 
-    __slots__ = ("balancer", "conn", "reader", "peer", "idle", "status", "close_after", "reusable")
+    __slots__ = ("balancer", "conn", "reader", "peer", "idle", "exchange")
 
     def __init__(self, balancer: Balancer, conn: Conn) -> None:
         self.balancer = balancer
@@ -74,15 +75,14 @@ class Session:
         self.reader = ClientReader(conn)
         self.peer = conn.peer.encode()
         self.idle = True  # between requests, no byte of the next one read yet
-        self.status = 0  # the status of the response being sent
-        self.close_after = False  # the client connection ends after this response
-        self.reusable = False  # the replica's connection may carry another request
+        self.exchange = Exchange(balancer, conn, self.reader)  # the request being served
 
     async def serve(self) -> None:
         b = self.balancer
         timeouts = b.timeouts
         reader = self.reader
         conn = self.conn
+        ex = self.exchange
         try:
             while not b.draining:
                 self.idle = True
@@ -109,13 +109,14 @@ class Session:
                     return
                 if not isinstance(event, RequestHead):  # pragma: no cover - parser invariant
                     return
-                if not await self.exchange(event) or self.close_after:
+                if not await self.forward(event) or ex.close_after:
                     return
         finally:
             conn.close()
 
     async def _answer(self, status: int, message: str, *, close: bool = True) -> None:
-        self.status = status
+        ex = self.exchange
+        ex.status = status
         try:
             await self.conn.send_all(
                 error_response(
@@ -127,11 +128,12 @@ class Session:
                 self.balancer.timeouts.client_idle,
             )
         except (OSError, Timeout):
-            self.close_after = True
+            ex.close_after = True
 
-    async def exchange(self, head: RequestHead) -> bool:
+    async def forward(self, head: RequestHead) -> bool:
         """Forward one request; True when the client connection may carry another."""
         b = self.balancer
+        ex = self.exchange
         start = trio.current_time()
         b.began()
         # The body that has already arrived goes out with the head.
@@ -160,8 +162,8 @@ class Session:
                 request += b"".join(chunk(p) for p in parts if p)
             else:
                 request += b"".join(parts)
-        self.close_after = not head.keep_alive or head.upgrade is not None
-        self.status = 0
+        ex.close_after = not head.keep_alive or head.upgrade is not None
+        ex.status = 0
         tried: list[Upstream] = []
         upstream: Upstream | None = None
         try:
@@ -172,7 +174,7 @@ class Session:
                         refusal = await b.hold()
                         if refusal is None:
                             continue  # a replica came: serve the request now
-                        close = self.close_after or b.draining
+                        close = ex.close_after or b.draining
                         await self._answer(503, refusal, close=close)
                         return not close
                     await self._answer(502, "no replica could be reached")
@@ -181,14 +183,14 @@ class Session:
                 outcome, upstream = await self._attempt(
                     upstream, tried, head, request, complete, framing
                 )
-                if outcome != RETRY:
+                if outcome is not RETRY:
                     break
-            if outcome == FAILED:
-                await self._answer(self.status, _MESSAGES.get(self.status, "bad gateway"))
+            if outcome is FAILED:
+                await self._answer(ex.status, _MESSAGES.get(ex.status, "bad gateway"))
                 return False
-            return outcome == DONE and not self.close_after
+            return outcome is DONE and not ex.close_after
         finally:
-            b.finished(upstream, self.status or 502, start)
+            b.finished(upstream, ex.status or 502, start)
 
     async def _attempt(
         self,
@@ -198,7 +200,7 @@ class Session:
         request: bytes,
         complete: bool,
         framing: Framing,
-    ) -> tuple[int, Upstream]:
+    ) -> tuple[Outcome, Upstream]:
         """Send the request to one upstream and relay its answer; see the retry rule.
 
         Returns the outcome and the upstream that got the request: another one when a
@@ -218,19 +220,19 @@ class Session:
             outcome = await self._send_and_relay(
                 conn, upstream, head, request, complete, framing, reused
             )
-            if outcome != STALE:
+            if outcome is not STALE:
                 break
             conn = None  # once more, on a fresh connection (`reused` only now and then)
             reused = False
-        if outcome == _NOT_SENT:
+        if outcome is NOT_SENT:
             if not reused:
                 b.suspect(upstream)
             return RETRY, upstream
-        if outcome == RETRY:
+        if outcome is RETRY:
             if not reused:
                 b.suspect(upstream)
             if not (complete and head.idempotent):
-                self.status = 502
+                self.exchange.status = 502
                 return FAILED, upstream
         return outcome, upstream
 
@@ -243,33 +245,34 @@ class Session:
         complete: bool,
         framing: Framing,
         reused: bool,
-    ) -> int:
+    ) -> Outcome:
         b = self.balancer
+        ex = self.exchange
         b.started(upstream)
-        self.reusable = False
+        ex.reusable = False
         try:
             try:
                 await conn.send_all(request, b.timeouts.read_idle)
             except (OSError, Timeout):
                 conn.abort()
                 if not complete:
-                    self.status = 502
+                    ex.status = 502
                     return FAILED
                 # The replica had reset the connection: it cannot have read the request.
-                return STALE if reused else _NOT_SENT
+                return STALE if reused else NOT_SENT
             if complete:
-                outcome = await relay(self, conn, head)
+                outcome = await relay(ex, conn, head)
             else:
-                outcome = await relay_while_sending(self, conn, head, framing)
-            if outcome == STALE and not (reused and complete):
+                outcome = await relay_while_sending(ex, conn, head, framing)
+            if outcome is STALE and not (reused and complete):
                 outcome = RETRY  # a fresh connection closed unread: a broken replica
             return outcome
         finally:
             b.stopped(upstream)
             if not conn.closed:
-                if self.reusable:
+                if ex.reusable:
                     b.pool.put(upstream, conn, b.poller.now)
-                elif self.status == CLIENT_CLOSED:
+                elif ex.status == CLIENT_CLOSED:
                     conn.abort()  # the replica sees a reset at once, and stops generating
                 else:
                     conn.close()
@@ -279,6 +282,3 @@ _MESSAGES: Final = {
     502: "the replica sent a broken response or closed the connection",
     504: "the replica did not answer in time",
 }
-
-SuspectCallback = Callable[[str], None]
-__all__ = ["ClientGone", "ClientReader", "EndOfMessage", "Session", "SuspectCallback"]

@@ -69,9 +69,6 @@ class Pool:
         for up in upstreams:
             self._idle.setdefault(up, [])
 
-    def idle_count(self, upstream: Upstream) -> int:
-        return len(self._idle.get(upstream, ()))
-
     def close_all(self) -> None:
         for conns in self._idle.values():
             for conn in conns:

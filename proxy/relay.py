@@ -5,20 +5,31 @@ client send per replica read, so SSE and chunked streams flush every chunk). Bod
 re-framed: Content-Length kept, otherwise chunked to HTTP/1.1 clients and close-delimited
 to HTTP/1.0 ones.
 
-It reports through the `Session` it serves: `status` (the response being sent),
-`close_after` (the client connection cannot carry another request), and the outcome it
-returns (below). While it waits on the replica, a hang-up by the client interrupts the
-wait (`sockets.PeerHangup`): the replica's connection is then cut, which is how a model
-server learns that nobody wants the rest of a generation.
+It returns how the attempt ended (an `Outcome`, `proxy.exchange`) and records what the
+response says on the client connection's `Exchange`: `status` (the response being sent),
+`close_after` (the client connection cannot carry another request) and `reusable` (the
+replica's connection can). While it waits on the replica, a hang-up by the client
+interrupts the wait (`sockets.PeerHangup`): the replica's connection is then cut, which is
+how a model server learns that nobody wants the rest of a generation.
 """
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
+from proxy.exchange import (
+    CLIENT_CLOSED,
+    CUT,
+    DONE,
+    FAILED,
+    RETRY,
+    STALE,
+    Exchange,
+    Outcome,
+)
 from proxy.headers import LAST_CHUNK, chunk
 from proxy.headers import response_head_bytes as _response_head
 from proxy.protocol import END, Framing, ProtocolError, RequestHead, ResponseHead, ResponseParser
@@ -26,24 +37,12 @@ from proxy.reader import ClientGone
 from proxy.sockets import Conn, PeerHangup, Timeout
 from proxy.tunnel import tunnel
 
-if TYPE_CHECKING:
-    from proxy.forward import Session
-
-# Outcomes of one attempt at one upstream.
-DONE: Final = 0  # response relayed completely
-RETRY: Final = 1  # no whole response head arrived before EOF/reset; nothing reached the client
-FAILED: Final = 2  # failed before anything reached the client; answer with session.status
-CUT: Final = 3  # failed after bytes reached the client, or the client went away
-STALE: Final = 4  # as RETRY, and the replica's socket was closed before the request came
-
-CLIENT_CLOSED: Final = 499  # recorded (never sent) when the client left first (nginx's code)
-
 # SO_ERROR after an end-of-stream: the replica's kernel reset the connection in answer to
 # bytes that reached an already closed socket (see `forward` for the retry rule).
 _RESET_AFTER_CLOSE: Final = frozenset({errno.EPIPE, errno.ECONNRESET})
 
 
-def _eof_outcome(conn: Conn) -> int:
+def _eof_outcome(conn: Conn) -> Outcome:
     """Nothing arrived before end-of-stream: STALE when a reset proves nobody read it."""
     try:
         err = conn.sock.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_ERROR)
@@ -52,12 +51,12 @@ def _eof_outcome(conn: Conn) -> int:
     return STALE if err in _RESET_AFTER_CLOSE else RETRY
 
 
-async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
-    """Read the response from the replica and send it on as it arrives."""
-    s.reusable = False
-    timeouts = s.balancer.timeouts
+async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
+    """Read the response from the replica on `conn` and send it on as it arrives."""
+    ex.reusable = False
+    timeouts = ex.balancer.timeouts
     read_idle = timeouts.read_idle
-    client = s.conn
+    client = ex.client
     parser = ResponseParser(head_request=head.method == b"HEAD")
     out_framing = Framing.NONE
     sent = False
@@ -70,11 +69,11 @@ async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
             except Timeout:
                 if sent:
                     return CUT
-                s.status = 504
+                ex.status = 504
                 return FAILED
             except PeerHangup:
-                s.status = s.status or CLIENT_CLOSED
-                s.close_after = True
+                ex.status = ex.status or CLIENT_CLOSED
+                ex.close_after = True
                 return CUT
             except OSError:
                 if not got_any:
@@ -95,7 +94,7 @@ async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
             except ProtocolError:
                 if sent:
                     return CUT
-                s.status = 502
+                ex.status = 502
                 return FAILED
             if len(events) == 3 and out_framing is Framing.NONE:
                 # The common case: a whole small response in one read.
@@ -103,8 +102,8 @@ async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
                 if type(ev) is ResponseHead and ev.status >= 200 and ev.status != 101:
                     body = events[1]
                     if type(body) is bytes and events[2] is END:
-                        out_framing = _framing_for(s, ev, head)
-                        hb = _response_head(ev, framing=out_framing, close=s.close_after)
+                        out_framing = _framing_for(ex, ev, head)
+                        hb = _response_head(ev, framing=out_framing, close=ex.close_after)
                         if out_framing is Framing.CHUNKED:
                             out = hb + chunk(body) + LAST_CHUNK if body else hb + LAST_CHUNK
                         else:
@@ -112,9 +111,9 @@ async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
                         try:
                             await client.send_all(out, timeouts.client_idle)
                         except (OSError, Timeout):
-                            s.close_after = True
+                            ex.close_after = True
                             return CUT
-                        s.reusable = parser.reusable
+                        ex.reusable = parser.reusable
                         return DONE
             parts: list[bytes] = []
             tunnelling = False
@@ -131,57 +130,59 @@ async def relay(s: Session, conn: Conn, head: RequestHead) -> int:
                         continue
                     if ev.status == 101:
                         if head.upgrade is None:
-                            s.status = 502
+                            ex.status = 502
                             return FAILED
                         tunnelling = True
-                    out_framing = _framing_for(s, ev, head)
-                    parts.append(_response_head(ev, framing=out_framing, close=s.close_after))
+                    out_framing = _framing_for(ex, ev, head)
+                    parts.append(_response_head(ev, framing=out_framing, close=ex.close_after))
             if parts:
                 try:
                     await client.send_all(b"".join(parts), timeouts.client_idle)
                 except (OSError, Timeout):
-                    s.close_after = True
+                    ex.close_after = True
                     return CUT
                 sent = True
             if tunnelling:
                 client.hangup_watcher = None
-                s.close_after = True
+                ex.close_after = True
                 await tunnel(
                     client,
                     conn,
-                    s.reader.parser.tunnel_data or b"",
+                    ex.reader.parser.tunnel_data or b"",
                     parser.tunnel_data or b"",
                     read_idle,
                 )
                 return DONE
             if parser.done:
-                s.reusable = parser.reusable
+                ex.reusable = parser.reusable
                 return DONE
     finally:
         client.hangup_watcher = None
 
 
-def _framing_for(s: Session, ev: ResponseHead, head: RequestHead) -> Framing:
+def _framing_for(ex: Exchange, ev: ResponseHead, head: RequestHead) -> Framing:
     """Record the final response's status; how its body goes to this client."""
-    s.status = ev.status
+    ex.status = ev.status
     framing = ev.framing
     if framing is Framing.CHUNKED or framing is Framing.CLOSE:
         if head.http_version == "1.1":
             framing = Framing.CHUNKED
         else:
             framing = Framing.CLOSE
-            s.close_after = True
-    if s.balancer.draining:
-        s.close_after = True
+            ex.close_after = True
+    if ex.balancer.draining:
+        ex.close_after = True
     return framing
 
 
-async def relay_while_sending(s: Session, conn: Conn, head: RequestHead, framing: Framing) -> int:
+async def relay_while_sending(
+    ex: Exchange, conn: Conn, head: RequestHead, framing: Framing
+) -> Outcome:
     """Stream the rest of the request body to the replica while relaying the response."""
     body_error: BaseException | None = None
     body_done = False
-    timeouts = s.balancer.timeouts
-    reader = s.reader
+    timeouts = ex.balancer.timeouts
+    reader = ex.reader
 
     async def pump(cancel: trio.CancelScope) -> None:
         nonlocal body_error, body_done
@@ -202,24 +203,24 @@ async def relay_while_sending(s: Session, conn: Conn, head: RequestHead, framing
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, nursery.cancel_scope)
-        outcome = await relay(s, conn, head)
+        outcome = await relay(ex, conn, head)
         nursery.cancel_scope.cancel()
     if body_error is not None:
-        s.reusable = False
-        s.close_after = True
-        if s.status == 0:
+        ex.reusable = False
+        ex.close_after = True
+        if ex.status == 0:
             if isinstance(body_error, ProtocolError):
-                s.status = body_error.status
+                ex.status = body_error.status
                 return FAILED
             if isinstance(body_error, OSError | Timeout):
-                s.status = 502
+                ex.status = 502
                 return FAILED
         return CUT
     if not body_done:
         # The replica answered before reading the whole body: neither side can be reused.
-        s.reusable = False
-        s.close_after = True
-    if outcome == RETRY or outcome == STALE:  # part of the body reached it: never replay
-        s.status = 502
+        ex.reusable = False
+        ex.close_after = True
+    if outcome is RETRY or outcome is STALE:  # part of the body reached it: never replay
+        ex.status = 502
         return FAILED
     return outcome

@@ -586,7 +586,7 @@ async def test_client_hangup_while_replica_works_cuts_the_replica_connection() -
             await a.cut.wait()  # the proxy cut the replica's connection at once
         stats = ep.statistics()
         assert stats.in_flight == 0 and stats.status.s4xx == 1  # recorded as 499
-        assert ep._balancer.pool.idle_count(a.upstream) == 0
+        assert ep._balancer.pool.take(a.upstream, trio.current_time(), trust_recent=True) is None
 
 
 async def test_websocket_tunnel_ends_after_read_idle_in_both_directions() -> None:

@@ -1,0 +1,164 @@
+"""What every session of one endpoint shares: its upstreams, pool, poller, counters, policy.
+
+The `Endpoint` owns one `Balancer`; each client session (`proxy.forward`) and the
+connector read and update it. It holds no task and does no I/O of its own but the
+poller's, which the endpoint runs.
+
+Invariants:
+- `set_upstreams` swaps the round-robin set at once and keeps the pool to that set; a
+  replica that left it keeps its counters while it has requests in flight.
+- Statistics are plain counters bumped on the hot path (`began`, `started`, `stopped`,
+  `finished`), summarised only when read (`Endpoint.statistics`).
+- Hold mode: `hold` waits while the set is empty, at most `hold_max_queue` requests at
+  once and none longer than `hold_max_wait`; `wake_held` makes every held request look
+  again (a replica came, the settings changed, or the endpoint drains).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from config.spec import (
+    ENDPOINT_CLIENT_IDLE_TIMEOUT,
+    ENDPOINT_CONNECT_TIMEOUT,
+    ENDPOINT_READ_TIMEOUT,
+)
+from proxy.poller import Poller
+from proxy.pool import Pool
+from proxy.stats import Counters
+from proxy.upstreams import RoundRobin, Upstream
+
+STATS_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class EndpointTimeouts:
+    """Seconds. The defaults (the spec's, from `config.spec`) never cut a long model generation
+    or stream."""
+
+    connect: float = ENDPOINT_CONNECT_TIMEOUT  # to a replica
+    # Replica silent for this long -> 504 (or cut, once streaming).
+    read_idle: float = ENDPOINT_READ_TIMEOUT
+    # Keep-alive client silent between requests (or not reading).
+    client_idle: float = ENDPOINT_CLIENT_IDLE_TIMEOUT
+    header_read: float = 10.0  # from a request's first byte to the end of its head
+
+
+class Balancer:
+    """What every session of an endpoint shares: upstreams, pool, counters, policy."""
+
+    def __init__(
+        self,
+        name: str,
+        timeouts: EndpointTimeouts,
+        on_suspect: Callable[[str], None] | None,
+    ) -> None:
+        self.name = name
+        self.timeouts = timeouts
+        self.upstreams = RoundRobin()
+        self.pool = Pool()
+        shortest = min(timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
+        self.poller = Poller(tick=min(0.5, max(0.01, shortest / 4)))
+        self.draining = False
+        self.on_suspect = on_suspect
+        # Hold mode (see the module docstring); max_wait None: off.
+        self.hold_max_wait: float | None = None
+        self.hold_max_queue = 100
+        self.on_wait: Callable[[], None] | None = None
+        self.waiting = 0
+        self._arrival = trio.Event()  # set (and replaced) when held requests should look again
+        self.totals = Counters(STATS_WINDOW_S)
+        self.replicas: dict[str, Counters] = {}
+        self._id_prefix = os.urandom(6).hex().encode()
+        self._id_next = 0
+
+    def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
+        self.upstreams.set(upstreams)
+        current = self.upstreams.upstreams
+        self.pool.retain(current)
+        ids = {u.replica_id for u in current}
+        for rid in ids:
+            if rid not in self.replicas:
+                self.replicas[rid] = Counters(STATS_WINDOW_S)
+        for rid in [r for r, c in self.replicas.items() if r not in ids and not c.in_flight]:
+            del self.replicas[rid]
+        if current:
+            self.wake_held()
+
+    def wake_held(self) -> None:
+        """Held requests look again: at the upstream set, the hold settings, draining."""
+        if self.waiting:
+            self._arrival.set()
+            self._arrival = trio.Event()
+
+    async def hold(self) -> str | None:
+        """With no upstream: wait for one in hold mode. None once one is there; otherwise
+        why the request gets a 503 (hold mode off, queue full, waited too long, draining)."""
+        if self.draining:
+            return "shutting down"
+        max_wait = self.hold_max_wait
+        if max_wait is None:
+            return "no ready replica"
+        if self.waiting >= self.hold_max_queue:
+            return "too many requests waiting for a replica"
+        self.waiting += 1
+        try:
+            if self.on_wait is not None:
+                self.on_wait()
+            with trio.move_on_after(max_wait):
+                while True:
+                    if self.draining:
+                        return "shutting down"
+                    if self.upstreams:
+                        return None
+                    if self.hold_max_wait is None:
+                        return "no ready replica"
+                    await self._arrival.wait()
+            return "no replica became ready in time"
+        finally:
+            self.waiting -= 1
+
+    def pick(self, tried: list[Upstream]) -> Upstream | None:
+        return self.upstreams.pick(tried, self.poller.now)
+
+    def next_request_id(self) -> bytes:
+        self._id_next += 1
+        return b"%s-%x" % (self._id_prefix, self._id_next)
+
+    def suspect(self, upstream: Upstream) -> None:
+        if self.on_suspect is not None:
+            self.on_suspect(upstream.replica_id)
+
+    def _counters(self, upstream: Upstream) -> Counters:
+        c = self.replicas.get(upstream.replica_id)
+        if c is None:
+            c = self.replicas[upstream.replica_id] = Counters(STATS_WINDOW_S)
+        return c
+
+    def began(self) -> None:
+        self.totals.in_flight += 1
+
+    def started(self, upstream: Upstream) -> None:
+        self._counters(upstream).in_flight += 1
+
+    def stopped(self, upstream: Upstream) -> None:
+        self._counters(upstream).in_flight -= 1
+
+    def finished(self, upstream: Upstream | None, status: int, start: float) -> None:
+        now = trio.current_time()
+        latency = now - start
+        self.totals.in_flight -= 1
+        self.totals.finish(status, now, latency)
+        if upstream is not None:
+            self._counters(upstream).finish(status, now, latency)
+
+    def __repr__(self) -> str:
+        state = "draining" if self.draining else "serving"
+        return (
+            f"<Balancer {self.name!r} {state} upstreams={len(self.upstreams)} "
+            f"in_flight={self.totals.in_flight} waiting={self.waiting}>"
+        )
