@@ -158,12 +158,12 @@ class ReplicaOps:
         try:
             mounts = await self._prepare(active)
         except CreateRefused as exc:
-            ctx.gpus.forget(key)
+            ctx.gpus.release(key)
             await self._create_failed(str(exc), rid, "create-failed", quiet=exc.repeated)
             self.create_blocked = True  # a pull or a mount: `apply --wait` must not wait it out
             return
-        host_port = ctx.ports.allocate()
-        extra = {port: ctx.ports.allocate() for port in sorted(self._probe_ports(spec))}
+        host_port = ctx.ports.allocate(key)
+        extra = {port: ctx.ports.allocate(key) for port in sorted(self._probe_ports(spec))}
         who = ReplicaIdentity(
             ctx.instance, self.deployment, rid, active.spec_id, active.template_id
         )
@@ -173,13 +173,22 @@ class ReplicaOps:
         memory.started_here = True
         try:
             container_id = await ctx.runtime.create(container)
+        except RuntimeFailure as exc:
+            ctx.ports.release(key)
+            ctx.gpus.release(key)
+            message = f"replica {rid} of revision {active.revision} failed to start: {exc}"
+            await self._create_failed(message, rid, "create-failed")
+            return
+        # The container exists and carries its labels: from here on, observation says
+        # what it holds (a start that fails leaves a container that holds its ports only).
+        ctx.ports.settle(key)
+        ctx.gpus.settle(key)
+        try:
             memory.ports = {spec.port: host_port, **extra}
             await self._save(memory, container_id, "starting")
             await ctx.runtime.start(container_id)
         except RuntimeFailure as exc:
-            for port in (host_port, *extra.values()):
-                ctx.ports.release(port)
-            ctx.gpus.forget(key)
+            ctx.gpus.release(key)
             message = f"replica {rid} of revision {active.revision} failed to start: {exc}"
             await self._create_failed(message, rid, "create-failed")
             return
@@ -229,11 +238,20 @@ class ReplicaOps:
         if memory is None:
             return
         reason = memory.last_exit_reason or action.reason
+        key = replica_key(self.deployment, action.replica_id)
+        active = self._active()
+        shared = active.spec.resources.gpu_memory if active else None
+        taken = self.ctx.gpus.claim(key, memory.gpus, shared)
+        if taken is not None:
+            await self._replace_for_gpu(action, taken)
+            return
         try:
             await self.ctx.runtime.start(action.container_id)
         except ContainerNotFound:
+            self.ctx.gpus.release(key)
             return  # removed behind our back: the next round sees it gone
         except RuntimeFailure as exc:
+            self.ctx.gpus.release(key)
             memory.down_recorded = False
             await self.record_down(
                 memory, action.container_id, f"failed to start: {exc}", trio.current_time()
@@ -250,6 +268,18 @@ class ReplicaOps:
             deployment=self.deployment,
             replica=action.replica_id,
         )
+
+    async def _replace_for_gpu(self, action: StartReplica, taken: str) -> None:
+        """A stopped replica's GPU went to another replica while it was down: it cannot
+        start with it again, so it goes; the plan makes a new one, placed afresh."""
+        await self.ctx.events.emit(
+            "replaced",
+            f"replica {action.replica_id} cannot start again: its GPU {taken}; replacing it",
+            deployment=self.deployment,
+            replica=action.replica_id,
+            level=logging.WARNING,
+        )
+        await self._remove(RemoveReplica(action.replica_id, action.container_id, "GPU taken"), None)
 
     async def _drain(self, replica_id: str) -> None:
         endpoint = self.ctx.endpoints.get(self.deployment)
@@ -298,10 +328,10 @@ class ReplicaOps:
                 level=logging.ERROR,
             )
             return
-        for port in {info.host_port, *(memory.ports.values() if memory else ())}:
-            if port is not None:
-                ctx.ports.release(port)
-        ctx.gpus.forget(replica_key(self.deployment, action.replica_id))
+        key = replica_key(self.deployment, action.replica_id)
+        ports = {info.host_port, *(memory.ports.values() if memory else ())}
+        ctx.ports.release(key, {p for p in ports if p is not None})
+        ctx.gpus.release(key)
         await ctx.store.call(Store.delete_replica, action.replica_id)
         await ctx.events.emit(
             "removed",

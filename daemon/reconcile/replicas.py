@@ -35,6 +35,7 @@ class ReplicaMemory:
     last_exit_reason: str | None = None
     health: ReplicaHealth | None = None  # for the current run of the container
     ports: dict[int, int] = field(default_factory=dict)  # container port -> 127.0.0.1 port
+    gpus: tuple[str, ...] = ()  # the CDI devices its container was created with
     backoff: RestartBackoff = field(default_factory=RestartBackoff)
     healthy_since: float | None = None
     draining: bool = False

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.gpu.ledger import LABEL_GPUS, parse_gpus_label, replica_key
+from daemon.gpu.placement import Assignment
 from daemon.health.verdicts import ReplicaHealth
 from daemon.reconcile.context import ActiveRevision, WorkerContext
 from daemon.reconcile.plan import (
@@ -127,6 +129,7 @@ class DeploymentWorker:
         self._hold: tuple[Endpoint, float | None] | None = None
         self._rolled_out: str | None = None  # the last template seen fully rolled out
         self.finished = trio.Event()  # the deployment is gone and so are its containers
+        self._unobserved: str | None = None  # why the last list failed, until one works
 
     def __repr__(self) -> str:
         s = self._snapshot
@@ -187,6 +190,8 @@ class DeploymentWorker:
         if active is not None:
             self._ops.stop_timeout(active)  # remembered for after an rm
         containers = await self._observe(active)
+        if containers is None:
+            return False  # unknown: nothing planned, done, published or forgotten
         now = trio.current_time()
         observed = [self._observed(c, now) for c in containers]
         if active is not None:
@@ -333,32 +338,61 @@ class DeploymentWorker:
             await self._ctx.events.emit("scaled", decision.reason, deployment=self.name)
         return self._scale.count
 
-    async def _observe(self, active: ActiveRevision | None) -> list[ContainerInfo]:
+    async def _observe(self, active: ActiveRevision | None) -> list[ContainerInfo] | None:
+        """The deployment's containers; None when they could not be listed (unknown).
+
+        A successful observation is the truth for this deployment: what its containers hold
+        (GPUs, host ports) is derived from it, and a replica without a container is
+        forgotten. An unknown one changes nothing; it is said once, until lists work again.
+        """
         labels = {LABEL_INSTANCE: self._ctx.instance, LABEL_DEPLOYMENT: self.name}
+        gpu_stamp, port_stamp = self._ctx.gpus.observing(), self._ctx.ports.observing()
         try:
-            containers = await self._ctx.runtime.list(labels)
+            listed = await self._ctx.runtime.list(labels)
         except RuntimeFailure as exc:
-            log.warning("cannot list containers: %s", exc, extra={"deployment": self.name})
-            containers = []
-        containers = [c for c in containers if c.labels.get(LABEL_REPLICA)]
+            await self._observation_failed(str(exc))
+            return None
+        if self._unobserved is not None:
+            self._unobserved = None
+            await self._ctx.events.emit("observed", "containers listed again", deployment=self.name)
+        containers = [c for c in listed if c.labels.get(LABEL_REPLICA)]
         now = trio.current_time()
-        seen = set()
+        shared = active.spec.resources.gpu_memory if active else None
+        held_gpus: list[Assignment] = []
+        held_ports: set[int] = set()
         for c in containers:
             rid = c.labels[LABEL_REPLICA]
-            seen.add(rid)
             memory = self._memory.get(rid)
             if memory is None:
                 memory = self._memory[rid] = self._ops.remember(rid, now)
+            memory.gpus = parse_gpus_label(c.labels.get(LABEL_GPUS, ""))
+            if c.running or c.status == "created":  # a dead container frees its GPUs
+                held_gpus.append(Assignment(replica_key(self.name, rid), memory.gpus, shared))
+            held_ports.update(parse_extra_ports(c.labels.get(LABEL_EXTRA_PORTS, "")).values())
             if c.host_port is not None:
-                self._ctx.ports.reserve(c.host_port)
-            devices = parse_gpus_label(c.labels.get(LABEL_GPUS, ""))
-            shared = active.spec.resources.gpu_memory if active else None
-            self._ctx.gpus.note(replica_key(self.name, rid), devices, shared)
+                held_ports.add(c.host_port)
             await self._track_run(memory, c, active, now)
+        self._ctx.gpus.observed(self.name, held_gpus, stamp=gpu_stamp)
+        self._ctx.ports.observed(self.name, held_ports, stamp=port_stamp)
+        seen = {c.labels[LABEL_REPLICA] for c in containers}
         for rid in list(self._memory):
             if rid not in seen:
                 del self._memory[rid]
         return containers
+
+    async def _observation_failed(self, reason: str) -> None:
+        log.warning("cannot list containers: %s", reason, extra={"deployment": self.name})
+        if self._unobserved is None:
+            await self._ctx.events.emit(
+                "observe-failed",
+                f"cannot list containers ({reason}); changing nothing until they can be listed",
+                deployment=self.name,
+                level=logging.WARNING,
+            )
+        self._unobserved = reason
+        self._snapshot = dataclasses.replace(
+            self._snapshot, error=f"cannot list containers: {reason}"
+        )
 
     async def _track_run(
         self, memory: ReplicaMemory, c: ContainerInfo, active: ActiveRevision | None, now: float

@@ -21,6 +21,7 @@ from config.settings import load_settings
 from config.spec import Probe
 from daemon.gpu.fake import FakeGpuInventory, fake_gpus
 from daemon.gpu.ledger import GpuLedger
+from daemon.gpu.placement import GpuRequest, Placed
 from daemon.health.probes import ProbeResult
 from daemon.integrations.mounts import MountPreparer
 from daemon.metrics.model import DeploymentLoad
@@ -455,3 +456,84 @@ async def test_an_image_that_cannot_be_pulled_fails_the_deployment_with_the_reas
     mock_clock.jump(5.0)
     await rig.settle()
     assert rig.worker.snapshot().status != "failed" and len(rig.replicas()) >= 1
+
+
+# -- faults: an observation that fails is unknown, holdings are derived from containers ------
+
+
+async def test_a_failed_list_changes_nothing_and_is_said_once(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
+    before = dict(rig.replicas())
+    serving = published(rig)
+    assert len(serving) == 2
+    rig.runtime.fail("list", RuntimeFailure("Podman at unix:///x: connection refused"), times=5)
+    for _ in range(5):
+        mock_clock.jump(2.0)
+        await rig.worker.reconcile_once()
+    assert rig.replicas() == before  # no duplicate, nothing removed
+    assert published(rig) == serving  # the endpoint keeps its ready set
+    assert rig.events().count("observe-failed") == 1
+    assert "cannot list containers" in (rig.worker.snapshot().error or "")
+    await rig.settle()
+    assert "observed" in rig.events()
+    assert rig.replicas() == before and published(rig) == serving
+    assert rig.worker.snapshot().error is None
+
+
+async def test_a_removed_deployment_ends_only_once_a_list_shows_no_container(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    await running_and_ready(rig, spec_text(rig.port))
+    rig.store.mark_removed("web")
+    rig.runtime.fail("list", RuntimeFailure("timed out"), times=3)
+    for _ in range(3):
+        assert await rig.worker.reconcile_once() is False
+    assert len(rig.replicas()) == 2  # not orphaned: the worker is still on it
+    for _ in range(5):
+        if await rig.worker.reconcile_once():
+            break
+        mock_clock.jump(1.0)
+    assert rig.replicas() == {}
+
+
+async def test_a_gpu_replica_removed_behind_berths_back_frees_its_gpu(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    """One GPU in use of two, the other held by another deployment: `podman rm -f` of the
+    replica must not leave its replacement pending for a GPU nobody holds."""
+    ctx = rig.worker._ctx
+    other = ctx.gpus.place("other/r1", GpuRequest(gpus=1))
+    assert isinstance(other, Placed) and other.devices == ("nvidia.com/gpu=0",)
+    await running_and_ready(rig, spec_text(rig.port, count=1) + "[resources]\ngpus = 1\n")
+    (victim,) = rig.runtime.containers.values()
+    assert victim.spec.devices == ("nvidia.com/gpu=1",)
+    del rig.runtime.containers[victim.container_id]  # podman rm -f
+    await rig.worker.reconcile_once()
+    (replacement,) = rig.runtime.containers.values()
+    assert replacement.spec.devices == ("nvidia.com/gpu=1",)
+    await rig.worker.reconcile_once()
+    assert rig.worker.snapshot().pending == 0 and "pending" not in rig.events()
+    assert victim.spec.host_port not in ctx.ports.held()
+
+
+async def test_a_dead_replica_frees_its_gpu_and_is_replaced_if_it_was_taken(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    ctx = rig.worker._ctx
+    await running_and_ready(rig, spec_text(rig.port, count=2) + "[resources]\ngpus = 1\n")
+    victim = next(iter(rig.runtime.containers.values()))
+    (device,) = victim.spec.devices
+    rig.runtime.die(victim.container_id, exit_code=1)
+    await rig.worker.reconcile_once()  # observed dead: it holds no GPU now
+    taken = ctx.gpus.place("other/r1", GpuRequest(gpus=1))
+    assert isinstance(taken, Placed) and taken.devices == (device,)
+    mock_clock.jump(2.0)  # its back-off is over: it would start again with a taken GPU
+    await rig.worker.reconcile_once()
+    assert victim.container_id not in rig.runtime.containers
+    assert "replaced" in rig.events()
+    await rig.worker.reconcile_once()  # the plan makes a new replica, placed afresh
+    held = [d for a in ctx.gpus.holdings().values() for d in a.devices]
+    assert len(held) == len(set(held)) == 2  # never a GPU twice; the new one is pending
+    assert rig.worker.snapshot().pending == 1
