@@ -35,7 +35,15 @@ from config.reader import (
     as_size,
     read_string_table,
 )
-from config.spec import DeploymentSpec, Endpoint, Resources, Update
+from config.spec import (
+    ENDPOINT_CLIENT_IDLE_TIMEOUT,
+    ENDPOINT_CONNECT_TIMEOUT,
+    ENDPOINT_READ_TIMEOUT,
+    DeploymentSpec,
+    Endpoint,
+    Resources,
+    Update,
+)
 
 __all__ = [
     "parse_spec",
@@ -201,9 +209,15 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         return None
     port = r.required("port", as_int(1024, 65535))
     bind = r.get("bind", _as_bind, "0.0.0.0")
-    connect_timeout = r.get("connect_timeout", as_duration(hi=3600.0, above=0), 5.0)
-    read_timeout = r.get("read_timeout", as_duration(hi=MAX_TIMEOUT, above=0), 300.0)
-    idle = r.get("client_idle_timeout", as_duration(hi=MAX_TIMEOUT, above=0), 60.0)
+    connect_timeout = r.get(
+        "connect_timeout", as_duration(hi=3600.0, above=0), ENDPOINT_CONNECT_TIMEOUT
+    )
+    read_timeout = r.get(
+        "read_timeout", as_duration(hi=MAX_TIMEOUT, above=0), ENDPOINT_READ_TIMEOUT
+    )
+    idle = r.get(
+        "client_idle_timeout", as_duration(hi=MAX_TIMEOUT, above=0), ENDPOINT_CLIENT_IDLE_TIMEOUT
+    )
     r.close()
     if port is None:
         return None
