@@ -33,9 +33,10 @@ from daemon.api.routes import AdminApi
 from daemon.gpu.inventory import load_inventory
 from daemon.gpu.ledger import GpuLedger
 from daemon.health.probes import run_probe
-from daemon.http.server import AdminServer, AdminSocketError
+from daemon.http.listeners import SocketFileError, UnixSocketListener
+from daemon.http.server import HttpServer
 from daemon.integrations.mounts import MountPreparer
-from daemon.metrics.exposition import MetricsServer
+from daemon.metrics.exposition import metrics_server
 from daemon.metrics.sampler import MetricsSampler
 from daemon.observability import metrics_sampler, metrics_snapshot
 from daemon.reconcile.context import WorkerContext
@@ -147,7 +148,7 @@ class Berthd:
             await control.start(self.metrics.run)
             ctx.load = self.metrics.deployment_load
             if self.settings.metrics_listen:
-                exporter = MetricsServer(
+                exporter = metrics_server(
                     self.settings.metrics_listen, partial(metrics_snapshot, self)
                 )
                 try:
@@ -156,10 +157,12 @@ class Berthd:
                     raise StartupError(f"metrics {self.settings.metrics_listen}: {exc}") from exc
             if self.settings.specs is not None:
                 await self.apply_specs_dir(self.settings.specs)
-            server = AdminServer(self.settings.socket, AdminApi(self).handle)
+            server = HttpServer(
+                UnixSocketListener(self.settings.socket), AdminApi(self).handle, name="admin"
+            )
             try:
                 await control.start(server.run)
-            except AdminSocketError as exc:
+            except SocketFileError as exc:
                 raise StartupError(str(exc)) from exc
             except OSError as exc:
                 raise StartupError(f"admin socket {self.settings.socket}: {exc}") from exc
@@ -215,9 +218,11 @@ class Berthd:
 
     def ensure_worker(self, name: str) -> DeploymentWorker:
         worker = self.workers.get(name)
-        if worker is not None:
-            worker.nudge()
+        if worker is not None and not worker.finished.is_set():
+            worker.nudge()  # a worker nudged mid-round does not finish (DeploymentWorker.run)
             return worker
+        # None, or one that has finished and is only winding down: a new one takes over (the
+        # old one's supervisor leaves the new one in `workers`).
         assert self._control is not None
         worker = DeploymentWorker(name, self._ctx)
         self.workers[name] = worker

@@ -1,8 +1,9 @@
 """The admin API's handlers (docs/admin-api.md): admin requests in, JSON out.
 
 Routing is a match on path segments; each handler reads the store and the workers' snapshots
-and never touches Podman on behalf of a read except for logs and status. The server
-(`daemon.http.server`) knows nothing of deployments; this module knows nothing of sockets.
+and never touches Podman on behalf of a read except for logs and status. berthd serves
+`AdminApi.handle` with `daemon.http.server.HttpServer` on the admin Unix socket; the server
+knows nothing of deployments, this module nothing of sockets.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from daemon import __version__
 from daemon.api.apply import ApplyRefused, apply_spec_text
 from daemon.api.control_plane import ControlPlane
 from daemon.api.log_stream import follow_replica_logs, replica_logs
-from daemon.http.server import AdminRequest, AdminResponse
+from daemon.http.server import Request, Response
 from daemon.reconcile.worker import WorkerSnapshot
 from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, RuntimeFailure
 from daemon.store.database import Deployment, Event, Store
@@ -28,8 +29,8 @@ from daemon.store.database import Deployment, Event, Store
 RM_WAIT = 120.0
 
 
-def error(status: int, message: str, **extra: Any) -> AdminResponse:
-    return AdminResponse(status=status, json={"error": message, **extra})
+def error(status: int, message: str, **extra: Any) -> Response:
+    return Response(status=status, json={"error": message, **extra})
 
 
 def endpoint_url(spec: DeploymentSpec) -> str:
@@ -49,7 +50,7 @@ class AdminApi:
     def __init__(self, daemon: ControlPlane) -> None:
         self.d = daemon
 
-    async def handle(self, req: AdminRequest) -> AdminResponse:
+    async def handle(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
         if not parts or parts[0] != "v1":
             return error(404, f"no such route: {req.path}")
@@ -59,7 +60,7 @@ class AdminApi:
             case ["status"] if m == "GET":
                 return await self.status()
             case ["deployments"] if m == "GET":
-                return AdminResponse(json=await self.list_deployments())
+                return Response(json=await self.list_deployments())
             case ["deployments"] if m == "POST":
                 return await self.apply(req)
             case ["deployments", name] if m == "GET":
@@ -122,9 +123,9 @@ class AdminApi:
 
     # -- routes ----------------------------------------------------------------------------
 
-    async def status(self) -> AdminResponse:
+    async def status(self) -> Response:
         deployments = await self.d.store.call(Store.list_deployments)
-        return AdminResponse(
+        return Response(
             json={
                 "version": __version__,
                 "podman": self.d.podman_version,
@@ -145,7 +146,7 @@ class AdminApi:
                 out.append(summary)
         return out
 
-    async def apply(self, req: AdminRequest) -> AdminResponse:
+    async def apply(self, req: Request) -> Response:
         source = req.query.get("source", "<spec>")
         try:
             text = req.body.decode("utf-8")
@@ -155,9 +156,9 @@ class AdminApi:
             result = await apply_spec_text(self.d, text, source=source)
         except ApplyRefused as exc:
             return error(400, str(exc), problems=exc.problems)
-        return AdminResponse(json=dataclasses.asdict(result))
+        return Response(json=dataclasses.asdict(result))
 
-    async def get(self, name: str) -> AdminResponse:
+    async def get(self, name: str) -> Response:
         deployment = await self._deployment(name)
         summary = await self._summary(deployment) if deployment else None
         if deployment is None or summary is None:
@@ -172,9 +173,9 @@ class AdminApi:
         summary["endpoint_error"] = snap.endpoint_error if snap else None
         summary["pending"] = snap.pending if snap else 0
         summary["error"] = snap.error if snap else None
-        return AdminResponse(json=summary)
+        return Response(json=summary)
 
-    async def remove(self, name: str) -> AdminResponse:
+    async def remove(self, name: str) -> Response:
         deployment = await self.d.store.call(Store.mark_removed, name)
         if deployment is None:
             return error(404, f"no deployment named {name!r}")
@@ -183,15 +184,15 @@ class AdminApi:
         # Answer once the replicas are gone (bounded: a stubborn container may take a while).
         with trio.move_on_after(RM_WAIT):
             await worker.finished.wait()
-        return AdminResponse(
+        return Response(
             json={"name": name, "deployment_id": deployment.deployment_id, "removed": True}
         )
 
-    async def history(self, name: str) -> AdminResponse:
+    async def history(self, name: str) -> Response:
         revisions = await self.d.store.call(Store.history, name)
         if not revisions:
             return error(404, f"no deployment named {name!r}")
-        return AdminResponse(
+        return Response(
             json=[
                 {
                     "revision": r.revision,
@@ -205,13 +206,13 @@ class AdminApi:
             ]
         )
 
-    async def revision(self, name: str, rev: str) -> AdminResponse:
+    async def revision(self, name: str, rev: str) -> Response:
         if not rev.isdigit():
             return error(400, f"revision must be a number (got {rev!r})")
         r = await self.d.store.call(Store.revision, name, int(rev))
         if r is None:
             return error(404, f"{name} has no revision {rev}")
-        return AdminResponse(
+        return Response(
             json={
                 "revision": r.revision,
                 "spec_id": r.spec_id,
@@ -223,7 +224,7 @@ class AdminApi:
             }
         )
 
-    async def rollback(self, name: str, req: AdminRequest) -> AdminResponse:
+    async def rollback(self, name: str, req: Request) -> Response:
         body = _json_body(req)
         history = await self.d.store.call(Store.history, name)
         if not history:
@@ -250,9 +251,9 @@ class AdminApi:
             )
         except ApplyRefused as exc:
             return error(409, str(exc), problems=exc.problems)
-        return AdminResponse(json={**dataclasses.asdict(result), "from_revision": chosen.revision})
+        return Response(json={**dataclasses.asdict(result), "from_revision": chosen.revision})
 
-    async def scale(self, name: str, req: AdminRequest) -> AdminResponse:
+    async def scale(self, name: str, req: Request) -> Response:
         body = _json_body(req)
         if await self._deployment(name) is None:
             return error(404, f"no deployment named {name!r}")
@@ -265,9 +266,9 @@ class AdminApi:
         what = f"pinned at {count} replicas" if count is not None else "handed back to autoscaling"
         await self.d.events.emit("scaled", what, deployment=name)
         self.d.ensure_worker(name)
-        return AdminResponse(json={"name": name, "pinned": count})
+        return Response(json={"name": name, "pinned": count})
 
-    async def logs(self, name: str, req: AdminRequest) -> AdminResponse:
+    async def logs(self, name: str, req: Request) -> Response:
         tail_text = req.query.get("tail")
         if tail_text is not None and not tail_text.isdigit():
             return error(400, f"tail must be a number (got {tail_text!r})")
@@ -285,21 +286,21 @@ class AdminApi:
         if not containers:
             if await self._deployment(name) is None:
                 return error(404, f"no deployment named {name!r}")
-            return AdminResponse(text="", content_type="text/plain; charset=utf-8")
+            return Response(text="", content_type="text/plain; charset=utf-8")
         if req.query.get("follow") in ("1", "true"):
             stream = follow_replica_logs(
                 self.d.runtime, containers, tail=tail, labels=None if replica else labels
             )
-            return AdminResponse(stream=stream, content_type="text/plain; charset=utf-8")
+            return Response(stream=stream, content_type="text/plain; charset=utf-8")
         try:
             data = await replica_logs(self.d.runtime, containers, tail=tail)
         except RuntimeFailure as exc:
             return error(503, f"podman: {exc}")
-        return AdminResponse(
+        return Response(
             text=data.decode("utf-8", "replace"), content_type="text/plain; charset=utf-8"
         )
 
-    async def metrics(self, name: str, req: AdminRequest) -> AdminResponse:
+    async def metrics(self, name: str, req: Request) -> Response:
         if await self._deployment(name) is None:
             return error(404, f"no deployment named {name!r}")
         since_text = req.query.get("since") or "1h"
@@ -307,9 +308,9 @@ class AdminApi:
             since = parse_duration(since_text)
         except ValueError as exc:
             return error(400, f"since: {exc} (got {since_text!r})")
-        return AdminResponse(json=await self.d.metrics.deployment_metrics(name, since))
+        return Response(json=await self.d.metrics.deployment_metrics(name, since))
 
-    async def event_list(self, req: AdminRequest) -> AdminResponse:
+    async def event_list(self, req: Request) -> Response:
         deployment = req.query.get("deployment") or None
         limit_text = req.query.get("limit", "100")
         if not limit_text.isdigit():
@@ -317,8 +318,8 @@ class AdminApi:
         events = await self.d.store.call(Store.events, deployment=deployment, limit=int(limit_text))
         if req.query.get("follow") not in ("1", "true"):
             body = "".join(json.dumps(event_json(e)) + "\n" for e in events)
-            return AdminResponse(text=body, content_type="application/x-ndjson")
-        return AdminResponse(
+            return Response(text=body, content_type="application/x-ndjson")
+        return Response(
             stream=self._follow_events(deployment, events), content_type="application/x-ndjson"
         )
 
@@ -340,7 +341,7 @@ class AdminApi:
                 yield (json.dumps(event_json(e)) + "\n").encode()
 
 
-def _json_body(req: AdminRequest) -> object:
+def _json_body(req: Request) -> object:
     if not req.body:
         return {}
     try:

@@ -1,15 +1,17 @@
 """berthd's `/metrics`: Prometheus exposition of a `MetricsSnapshot`, served on trio.
 
-The daemon hands `MetricsServer` an async function returning a `MetricsSnapshot`; every
-scrape calls it once, on the trio thread, and renders the (immutable) result with
-prometheus-client's own encoders (text format 0.0.4, or OpenMetrics when the scraper asks
-for it; gzip when accepted). Served here rather than by prometheus-client's threaded
-`start_http_server` because the figures (the proxy's counters, the workers' replica
-memory) are plain objects that the trio loop mutates without locks: reading them from
-another thread could see them half-updated. On trio, a scrape sees one consistent moment,
-the listener lives in berthd's nursery (bind errors surface through `nursery.start`,
-shutdown cancels it), and nothing outlives berthd. Rendering a snapshot takes well under
-a millisecond for a workstation's worth of replicas, so it stays on the loop.
+`metrics_page(source)` is the page: a `daemon.http.server` handler that calls `source` (an
+async function returning a `MetricsSnapshot`) once per scrape, on the trio thread, and
+renders the (immutable) result with prometheus-client's own encoders (text format 0.0.4, or
+OpenMetrics when the scraper's Accept asks for it; gzip when accepted; HEAD; 404 off
+/metrics, 405 with Allow for other methods). `metrics_server(listen, source)` serves it with
+berthd's one HTTP server core on TCP `[metrics] listen`. Served there rather than by
+prometheus-client's threaded `start_http_server` because the figures (the proxy's counters,
+the workers' replica memory) are plain objects that the trio loop mutates without locks:
+reading them from another thread could see them half-updated. On trio, a scrape sees one
+consistent moment, the listener lives in berthd's nursery (bind errors surface through
+`nursery.start`, shutdown cancels it), and nothing outlives berthd. Rendering a snapshot
+takes well under a millisecond for a workstation's worth of replicas, so it stays on the loop.
 
 What is exported, and why in that form:
 - Requests: counters by status class, per deployment (the endpoint, proxy-made answers
@@ -31,12 +33,9 @@ What is exported, and why in that form:
 from __future__ import annotations
 
 import gzip
-import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-import h11
-import trio
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -48,14 +47,15 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from daemon.gpu.model import GpuSample
+from daemon.http.listeners import TcpListener
+from daemon.http.server import Handler, HttpServer, Request, Response, text_error
 from proxy.stats import EndpointStatistics, LatencySummary, StatusCounts
 
-log = logging.getLogger("berthd")
-
 REPLICA_STATES = ("starting", "ready", "unhealthy", "draining", "stopped", "crashloop")
-REQUEST_TIMEOUT = 10.0  # to read a request and write its answer
+REQUEST_TIMEOUT = 10.0  # to read a request's body and write its answer
 IDLE_TIMEOUT = 60.0  # a keep-alive connection waiting for its next scrape
-MAX_HEAD = 16 * 1024
+# A scrape carries no body; one that does is refused (413) past this.
+MAX_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -251,109 +251,35 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
         yield family
 
 
-def parse_listen(listen: str) -> tuple[str | None, int]:
-    """("127.0.0.1", 9464) from "127.0.0.1:9464"; "[::1]:9464" -> "::1"; ":9464" -> None
-    (every address). The setting was validated by config/settings.py."""
-    host, _, port = listen.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return (host or None), int(port)
+def metrics_page(source: MetricsSource) -> Handler:
+    """The /metrics page as a handler of berthd's HTTP server core."""
 
-
-class MetricsServer:
-    """`/metrics` over HTTP/1.1 (h11) on `listen`; start with `nursery.start(server.run)`,
-    which returns the bound (host, port) once it listens and raises OSError if it cannot."""
-
-    def __init__(self, listen: str, source: MetricsSource) -> None:
-        self.listen = listen
-        self._source = source
-
-    def __repr__(self) -> str:
-        return f"<MetricsServer {self.listen}>"
-
-    async def run(
-        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        host, port = parse_listen(self.listen)
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        bound = listeners[0].socket.getsockname()
-        log.info("metrics at http://%s/metrics", self.listen)
-        task_status.started((bound[0], bound[1]))
-        await trio.serve_listeners(self._serve_connection, listeners)
-
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        async with stream:
-            try:
-                while True:
-                    event: h11.Event | None = None
-                    with trio.move_on_after(IDLE_TIMEOUT):
-                        event = await _next_event(conn, stream)
-                    if not isinstance(event, h11.Request):
-                        return  # idle too long, or the scraper closed the connection
-                    with trio.move_on_after(REQUEST_TIMEOUT):
-                        await self._answer(conn, stream, event)
-                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                        return
-                    conn.start_next_cycle()
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    with trio.move_on_after(REQUEST_TIMEOUT):
-                        await _respond(conn, stream, exc.error_status_hint, b"bad request\n")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the scraper went away mid-answer
-
-    async def _answer(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request
-    ) -> None:
-        while not isinstance(
-            await _next_event(conn, stream), h11.EndOfMessage | h11.ConnectionClosed
-        ):
-            pass  # a body on a GET is read and ignored
-        path = request.target.split(b"?", 1)[0]
-        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-        if path != b"/metrics":
-            await _respond(conn, stream, 404, b"not found: try /metrics\n")
-            return
-        if request.method not in (b"GET", b"HEAD"):
-            await _respond(conn, stream, 405, b"GET or HEAD\n", [("Allow", "GET, HEAD")])
-            return
-        body, content_type = render(await self._source(), headers.get("accept", ""))
-        extra = [("Content-Type", content_type)]
-        if gzip_accepted(headers.get("accept-encoding", "")):
+    async def page(request: Request) -> Response:
+        if request.path != "/metrics":
+            return Response(status=404, text="not found: try /metrics\n")
+        if request.method not in ("GET", "HEAD"):
+            return Response(status=405, text="GET or HEAD\n", headers=(("Allow", "GET, HEAD"),))
+        body, content_type = render(await source(), request.headers.get("accept", ""))
+        headers: tuple[tuple[str, str], ...] = ()
+        if gzip_accepted(request.headers.get("accept-encoding", "")):
             body = gzip.compress(body)
-            extra.append(("Content-Encoding", "gzip"))
-        await _respond(conn, stream, 200, body, extra, head=request.method == b"HEAD")
+            headers = (("Content-Encoding", "gzip"),)
+        return Response(body=body, content_type=content_type, headers=headers)
+
+    return page
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> h11.Event:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-            continue
-        if event is h11.PAUSED:  # only after a request, before start_next_cycle
-            return h11.ConnectionClosed()
-        assert isinstance(event, h11.Event)
-        return event
-
-
-async def _respond(
-    conn: h11.Connection,
-    stream: trio.SocketStream,
-    status: int,
-    body: bytes,
-    headers: list[tuple[str, str]] | None = None,
-    *,
-    head: bool = False,
-) -> None:
-    fields = headers or [("Content-Type", "text/plain; charset=utf-8")]
-    fields = [*fields, ("Content-Length", str(len(body)))]
-    for event in (
-        h11.Response(status_code=status, headers=fields),
-        h11.Data(data=b"" if head else body),
-        h11.EndOfMessage(),
-    ):
-        data = conn.send(event)
-        if data:
-            await stream.send_all(data)
+def metrics_server(
+    listen: str, source: MetricsSource, *, idle_timeout: float = IDLE_TIMEOUT
+) -> HttpServer[tuple[str, int]]:
+    """/metrics over HTTP/1.1 on TCP `listen`; start with `nursery.start(server.run)`, which
+    returns the bound (host, port) once it listens and raises OSError if it cannot."""
+    return HttpServer(
+        TcpListener(listen),
+        metrics_page(source),
+        name="metrics",
+        max_body=MAX_BODY,
+        idle_timeout=idle_timeout,
+        request_timeout=REQUEST_TIMEOUT,
+        errors=text_error,
+    )

@@ -1,4 +1,6 @@
-"""AdminServer on a real Unix socket, with stub handlers standing in for berthd's routes."""
+"""The HTTP server core on the admin Unix socket, with stub handlers standing in for berthd's
+routes: the socket file's modes and ownership, and the connection handling every listener
+shares (keep-alive, timeouts, 400/413/500, streamed bodies)."""
 
 from __future__ import annotations
 
@@ -16,13 +18,8 @@ import httpx
 import pytest
 import trio
 
-from daemon.http.server import (
-    AdminRequest,
-    AdminResponse,
-    AdminServer,
-    AdminSocketError,
-    Handler,
-)
+from daemon.http.listeners import SocketFileError, UnixSocketListener
+from daemon.http.server import Handler, HttpServer, Request, Response, text_error
 
 
 @pytest.fixture
@@ -32,9 +29,13 @@ def short_dir() -> Iterator[Path]:
         yield Path(d)
 
 
+def admin_server(path: Path, handler: Handler, **kwargs: Any) -> HttpServer[Path]:
+    return HttpServer(UnixSocketListener(path), handler, name="admin", **kwargs)
+
+
 @asynccontextmanager
-async def serving(path: Path, handler: Handler, **kwargs: Any) -> AsyncIterator[AdminServer]:
-    server = AdminServer(path, handler, **kwargs)
+async def serving(path: Path, handler: Handler, **kwargs: Any) -> AsyncIterator[HttpServer[Path]]:
+    server = admin_server(path, handler, **kwargs)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         yield server
@@ -60,8 +61,8 @@ async def raw_exchange(path: Path, data: bytes) -> bytes:
     return received
 
 
-async def echo_handler(request: AdminRequest) -> AdminResponse:
-    return AdminResponse(
+async def echo_handler(request: Request) -> Response:
+    return Response(
         json={
             "method": request.method,
             "path": request.path,
@@ -92,8 +93,8 @@ async def test_json_answer_carries_the_request(short_dir: Path) -> None:
 
 
 async def test_text_answer_and_status(short_dir: Path) -> None:
-    async def handler(request: AdminRequest) -> AdminResponse:
-        return AdminResponse(status=404, text="no such thing\n")
+    async def handler(request: Request) -> Response:
+        return Response(status=404, text="no such thing\n")
 
     path = short_dir / "berth.sock"
     async with serving(path, handler), client(path) as c:
@@ -112,8 +113,8 @@ async def test_streamed_chunks_arrive_before_the_stream_ends(short_dir: Path) ->
         await step.wait()  # only the client's having seen "first" lets the stream go on
         yield b"second\n"
 
-    async def handler(request: AdminRequest) -> AdminResponse:
-        return AdminResponse(stream=chunks(), content_type="application/x-ndjson")
+    async def handler(request: Request) -> Response:
+        return Response(stream=chunks(), content_type="application/x-ndjson")
 
     path = short_dir / "berth.sock"
     received = []
@@ -140,8 +141,8 @@ async def test_stream_is_closed_when_the_client_goes_away(short_dir: Path) -> No
         finally:
             closed.set()
 
-    async def handler(request: AdminRequest) -> AdminResponse:
-        return AdminResponse(stream=forever())
+    async def handler(request: Request) -> Response:
+        return Response(stream=forever())
 
     path = short_dir / "berth.sock"
     async with serving(path, handler):
@@ -163,10 +164,10 @@ async def test_failing_stream_cuts_the_body_and_the_server_goes_on(
         yield b"partial\n"
         raise RuntimeError("podman went away")
 
-    async def handler(request: AdminRequest) -> AdminResponse:
+    async def handler(request: Request) -> Response:
         if request.path == "/broken":
-            return AdminResponse(stream=broken())
-        return AdminResponse(json={"ok": True})
+            return Response(stream=broken())
+        return Response(json={"ok": True})
 
     path = short_dir / "berth.sock"
     async with serving(path, handler), client(path) as c:
@@ -213,8 +214,8 @@ async def test_a_stale_socket_file_is_replaced(short_dir: Path) -> None:
 async def test_another_live_server_is_not_displaced(short_dir: Path) -> None:
     path = short_dir / "berth.sock"
     async with serving(path, echo_handler), client(path) as c:
-        second = AdminServer(path, echo_handler)
-        with pytest.raises(AdminSocketError, match=f"another berthd is serving {path}"):
+        second = admin_server(path, echo_handler)
+        with pytest.raises(SocketFileError, match=f"another berthd is serving {path}"):
             await second.run()
         # The first one still owns the file and still answers.
         assert (await c.get("/v1/status")).status_code == 200
@@ -223,21 +224,21 @@ async def test_another_live_server_is_not_displaced(short_dir: Path) -> None:
 async def test_a_regular_file_in_the_way_is_not_removed(short_dir: Path) -> None:
     path = short_dir / "berth.sock"
     path.write_text("precious")
-    with pytest.raises(AdminSocketError, match="exists and is not a socket"):
-        await AdminServer(path, echo_handler).run()
+    with pytest.raises(SocketFileError, match="exists and is not a socket"):
+        await admin_server(path, echo_handler).run()
     assert path.read_text() == "precious"
 
 
 async def test_handler_exception_gives_500_and_the_server_goes_on(
     short_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def handler(request: AdminRequest) -> AdminResponse:
+    async def handler(request: Request) -> Response:
         if request.path == "/boom":
             raise RuntimeError("deployment\nvanished")
-        return AdminResponse(json={"ok": True})
+        return Response(json={"ok": True})
 
     path = short_dir / "berth.sock"
-    with caplog.at_level(logging.ERROR, logger="daemon.http.server"):
+    with caplog.at_level(logging.ERROR, logger="berthd.http"):
         async with serving(path, handler), client(path) as c:
             response = await c.get("/boom")
             assert response.status_code == 500
@@ -248,8 +249,8 @@ async def test_handler_exception_gives_500_and_the_server_goes_on(
 
 
 async def test_unserialisable_json_gives_500(short_dir: Path) -> None:
-    async def handler(request: AdminRequest) -> AdminResponse:
-        return AdminResponse(json={"when": object()})
+    async def handler(request: Request) -> Response:
+        return Response(json={"when": object()})
 
     path = short_dir / "berth.sock"
     async with serving(path, handler), client(path) as c:
@@ -323,4 +324,35 @@ async def test_expect_100_continue(short_dir: Path) -> None:
 
 async def test_response_takes_one_body_kind_only() -> None:
     with pytest.raises(ValueError, match="at most one"):
-        AdminResponse(json={}, text="")
+        Response(json={}, text="")
+
+
+async def test_bytes_body_extra_headers_and_head(short_dir: Path) -> None:
+    async def handler(request: Request) -> Response:
+        return Response(
+            body=b"\x00raw", content_type="application/x-raw", headers=(("Allow", "GET"),)
+        )
+
+    path = short_dir / "berth.sock"
+    async with serving(path, handler), client(path) as c:
+        got = await c.get("/raw")
+        head = await c.head("/raw")
+    assert got.content == b"\x00raw" and got.headers["content-type"] == "application/x-raw"
+    assert got.headers["allow"] == "GET"
+    assert head.content == b"" and head.headers["content-length"] == "4"
+
+
+async def test_idle_and_slow_requests_are_closed_unanswered(short_dir: Path) -> None:
+    path = short_dir / "berth.sock"
+    async with serving(path, echo_handler, idle_timeout=0.05, request_timeout=0.05):
+        for sent in (b"", b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc"):
+            assert await raw_exchange(path, sent) == b""
+
+
+async def test_refusals_can_be_plain_text(short_dir: Path) -> None:
+    path = short_dir / "berth.sock"
+    async with serving(path, echo_handler, errors=text_error):
+        answer = await raw_exchange(path, b"HELLO THERE\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"content-type: text/plain; charset=utf-8" in answer
+    assert b"\r\n\r\nbad request: illegal request line" in answer and answer.endswith(b"\n")

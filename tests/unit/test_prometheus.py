@@ -17,12 +17,12 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.gpu.model import GpuSample
+from daemon.http.listeners import parse_listen
 from daemon.metrics.exposition import (
     DeploymentMetrics,
-    MetricsServer,
     MetricsSnapshot,
     ReplicaMetrics,
-    parse_listen,
+    metrics_server,
     render,
 )
 from proxy.stats import EndpointStatistics, LatencySummary, ReplicaStatistics, StatusCounts
@@ -208,7 +208,7 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[str, list[int]]]:
         scrapes.append(1)
         return SNAPSHOT
 
-    host, port = await nursery.start(MetricsServer("127.0.0.1:0", source).run)
+    host, port = await nursery.start(metrics_server("127.0.0.1:0", source).run)
     assert host == "127.0.0.1"
     yield f"http://127.0.0.1:{port}", scrapes
 
@@ -228,7 +228,10 @@ async def test_metrics_over_a_socket(server: tuple[str, list[int]]) -> None:
         check_exposition(list(openmetrics_families(om.text)))
         head = await client.head("/metrics")
         assert head.status_code == 200 and head.content == b""
-        assert (await client.get("/")).status_code == 404
+        # ... with the GET's headers: the same length (httpx asks for gzip either way).
+        assert head.headers["content-length"] == response.headers["content-length"]
+        missing = await client.get("/")
+        assert missing.status_code == 404 and missing.text == "not found: try /metrics\n"
         post = await client.post("/metrics", content=b"x")
         assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
 
@@ -265,17 +268,17 @@ async def test_port_in_use_fails_start(nursery: trio.Nursery) -> None:
     async def source() -> MetricsSnapshot:
         return SNAPSHOT
 
-    _, port = await nursery.start(MetricsServer("127.0.0.1:0", source).run)
+    _, port = await nursery.start(metrics_server("127.0.0.1:0", source).run)
     with pytest.raises(OSError):
-        await nursery.start(MetricsServer(f"127.0.0.1:{port}", source).run)
+        await nursery.start(metrics_server(f"127.0.0.1:{port}", source).run)
 
 
-async def test_idle_connection_is_closed(
-    server: tuple[str, list[int]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("daemon.metrics.exposition.IDLE_TIMEOUT", 0.05)
-    base, _ = server
-    stream = await trio.open_tcp_stream("127.0.0.1", int(base.rsplit(":", 1)[1]))
+async def test_idle_connection_is_closed(nursery: trio.Nursery) -> None:
+    async def source() -> MetricsSnapshot:
+        return SNAPSHOT
+
+    _, port = await nursery.start(metrics_server("127.0.0.1:0", source, idle_timeout=0.05).run)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         with trio.fail_after(5):
             assert await stream.receive_some(1024) == b""
