@@ -8,19 +8,19 @@ Invariants:
 - A secret is read only to be handed to the runtime; it never appears in a message, a log
   line, an event or a repr (`RegistryAuth.__repr__` hides the password).
 - The apply-time checks (`registry_problems`) look at the files without showing them, so a
-  spec whose credentials cannot be read is refused before any replica is planned.
+  spec whose credentials cannot be read is refused before any replica is planned. The auth
+  file is read by `daemon.runtime.auth_file`, the one parser of it (the pull reads it too).
 - Whether a registry may be reached without TLS is the host's decision, made where Podman
   makes it (an `insecure = true` entry in registries.conf), never a spec's.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from config.errors import Problem
 from config.spec import Registry
+from daemon.runtime.auth_file import AuthFileError, read_auths
 from daemon.runtime.interface import RegistryAuth
 
 
@@ -33,7 +33,10 @@ def registry_auth(registry: Registry | None) -> RegistryAuth | None:
     if registry is None:
         return None
     if registry.auth_file is not None:
-        _auths(registry.auth_file, "registry.auth_file")  # refuse an unreadable file now
+        try:  # refuse an unreadable file now, not at the first pull
+            read_auths(registry.auth_file)
+        except AuthFileError as exc:
+            raise RegistryCredentialsError(f"registry.auth_file: {exc}") from None
         return RegistryAuth(auth_file=registry.auth_file)
     if registry.username is None or registry.password_file is None:
         return None  # the parser refuses this; nothing to authenticate with
@@ -74,28 +77,3 @@ def _read_password(path: str) -> str:
     if "\n" in password:
         raise RegistryCredentialsError(f"{field}: must hold the password alone, on one line")
     return password
-
-
-def _auths(path: str, field: str) -> dict[str, object]:
-    """The `auths` table of a containers-auth.json; its contents never reach a message."""
-    if not os.path.exists(path):
-        raise RegistryCredentialsError(f"{field}: does not exist on this host")
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except IsADirectoryError:
-        raise RegistryCredentialsError(f"{field}: is not a regular file") from None
-    except PermissionError:
-        raise RegistryCredentialsError(f"{field}: is not readable by berthd") from None
-    except OSError as exc:
-        raise RegistryCredentialsError(f"{field}: cannot be read ({exc.strerror})") from None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError; their text quotes the file
-        raise RegistryCredentialsError(
-            f"{field}: is not a containers-auth.json file (not JSON)"
-        ) from None
-    auths = body.get("auths") if isinstance(body, dict) else None
-    if not isinstance(auths, dict):
-        raise RegistryCredentialsError(
-            f'{field}: is not a containers-auth.json file (no "auths" object)'
-        )
-    return auths

@@ -31,6 +31,7 @@ import requests
 import trio
 from podman import PodmanClient
 
+from daemon.runtime.auth_file import AuthFileError, credential_for, read_auths, registry_of
 from daemon.runtime.interface import (
     LABEL_HOST_PORT,
     ContainerEvent,
@@ -490,11 +491,10 @@ def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
     """The X-Registry-Auth header libpod's pull takes: base64url of a JSON credential.
 
     A username and password are sent as they are. With only an auth file (containers-auth.json)
-    the entry for the image's registry is used: the longest key that is the registry, or the
-    registry and a leading part of the image's path ("quay.io/org"), as Podman matches them.
-    None when the file has no entry for it: the pull is anonymous. Errors never quote the file.
+    the file's entry for the image's registry is used (`daemon.runtime.auth_file`); None when
+    it has none: the pull is anonymous. Errors never quote the file.
     """
-    registry, repository = _registry_of(image)
+    registry, _ = registry_of(image)
     if auth.username is not None:
         payload = {
             "username": auth.username,
@@ -502,65 +502,13 @@ def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
             "serveraddress": registry,
         }
     elif auth.auth_file is not None:
-        entry = _auth_file_entry(auth.auth_file, registry, repository)
+        try:
+            entry = credential_for(read_auths(auth.auth_file), image)
+        except AuthFileError as exc:
+            raise RuntimeFailure(f"registry auth file {auth.auth_file}: {exc}") from None
         if entry is None:
             return None
         payload = {**entry, "serveraddress": registry}
     else:
         return None
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
-
-
-def _registry_of(image: str) -> tuple[str, str]:
-    """(registry, registry/path) of an image reference; short names count as docker.io."""
-    name = image.split("@", 1)[0]
-    if name.rfind(":") > name.rfind("/"):
-        name = name[: name.rfind(":")]
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        return first, name
-    return "docker.io", f"docker.io/{name}"
-
-
-def _auth_file_entry(path: str, registry: str, repository: str) -> dict[str, str] | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except OSError as exc:
-        raise RuntimeFailure(
-            f"registry auth file {path}: cannot be read ({exc.strerror})"
-        ) from None
-    except ValueError:  # the decoder's message quotes the file: never show it
-        raise RuntimeFailure(f"registry auth file {path}: not JSON") from None
-    auths = body.get("auths") if isinstance(body, dict) else None
-    if not isinstance(auths, dict):
-        raise RuntimeFailure(f'registry auth file {path}: no "auths" object')
-    aliases = {registry}
-    if registry == "docker.io":
-        aliases |= {"index.docker.io", "registry-1.docker.io"}
-    best: tuple[int, dict[str, str]] | None = None
-    for key, entry in auths.items():
-        if not isinstance(entry, dict):
-            continue
-        # "https://index.docker.io/v1/" and "quay.io/org/" are written by older tools.
-        bare = key.split("://", 1)[-1].rstrip("/").removesuffix("/v1")
-        host, _, prefix = bare.partition("/")
-        if host not in aliases:
-            continue
-        if prefix and not f"{repository}/".startswith(f"{registry}/{prefix}/"):
-            continue
-        credential = _credential(entry)
-        if credential is not None and (best is None or len(bare) > best[0]):
-            best = (len(bare), credential)
-    return best[1] if best else None
-
-
-def _credential(entry: dict[str, Any]) -> dict[str, str] | None:
-    if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
-        return {"identitytoken": entry["identitytoken"]}
-    try:
-        decoded = base64.b64decode(entry.get("auth") or "", validate=True).decode()
-    except (ValueError, TypeError):
-        return None
-    username, sep, password = decoded.partition(":")
-    return {"username": username, "password": password} if sep else None

@@ -129,7 +129,9 @@ def test_an_unreadable_auth_file_never_shows_its_contents(tmp_path: Path) -> Non
     with pytest.raises(RuntimeFailure) as caught:
         registry_auth_header("x.example/app", RegistryAuth(auth_file=str(path)))
     assert SECRET not in str(caught.value)
-    assert str(caught.value) == f"registry auth file {path}: not JSON"
+    assert str(caught.value) == (
+        f"registry auth file {path}: is not a containers-auth.json file (not JSON)"
+    )
 
 
 @pytest.mark.parametrize(
