@@ -1,7 +1,13 @@
 """Probes: one HTTP GET or one TCP connect against a replica's port published on 127.0.0.1.
 
 Each probe is bounded by its timeout and runs on the daemon's loop; what the results mean
-(ready, restart) is `daemon.health.verdicts`'s business. HTTP 200-399 passes.
+(ready, restart) is `daemon.health.verdicts`'s business. HTTP 200-399 passes. An HTTP probe
+speaks through berthd's one client helper (`daemon.http.client`, h11 on a trio stream) and
+reads the response head only: the status decides, the body is never read. Not through an
+HTTP client library: berthd probes every replica on the endpoints' loop, and an httpx
+request costs that loop ~10x more CPU (bench/health.sh measures what probing costs the proxy).
+The client's failures become results here, worded for `berth get`: "connect failed: ...",
+"connection broken: ...", "not an HTTP response ('...')", "timeout after 1s".
 """
 
 from __future__ import annotations
@@ -12,8 +18,7 @@ from dataclasses import dataclass
 import trio
 
 from config.spec import Probe
-
-MAX_STATUS_LINE = 4096
+from daemon.http import client
 
 
 @dataclass(frozen=True)
@@ -34,43 +39,26 @@ async def tcp_probe(host: str, port: int, limit: float) -> ProbeResult:
 
 
 async def http_probe(probe: Probe, host: str, port: int) -> ProbeResult:
-    """GET `probe.path`; 200-399 passes. Only the status line is read.
-
-    Raw bytes on a trio stream rather than an HTTP client: berthd probes every replica on
-    the endpoints' loop, and an httpx request costs that loop ~10x more CPU than this
-    (bench/health.sh measures what probing costs the proxy).
-    """
-    head = [f"GET {probe.path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
-    head.extend(f"{name}: {value}" for name, value in probe.headers.items())
-    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+    """GET `probe.path` with `probe.headers`; 200-399 passes. Only the head is read."""
+    headers = list(probe.headers.items())
+    if not any(name.lower() == "host" for name, _ in headers):
+        headers.insert(0, ("Host", f"{host}:{port}"))
     with trio.move_on_after(probe.timeout):
         try:
-            stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            return ProbeResult(False, f"connect failed: {exc.strerror or exc}")
-        async with stream:
-            try:
-                await stream.send_all(request)
-                received = b""
-                while b"\r\n" not in received and len(received) < MAX_STATUS_LINE:
-                    chunk = await stream.receive_some(MAX_STATUS_LINE)
-                    if not chunk:
-                        break
-                    received += chunk
-            except (OSError, trio.BrokenResourceError) as exc:
-                return ProbeResult(False, f"connection broken: {exc}")
-        return status_result(received)
+            async with client.request(
+                client.TcpAddress(host, port), "GET", probe.path or "/", headers
+            ) as response:
+                status = response.status
+        except client.ConnectFailed as exc:
+            return ProbeResult(False, f"connect failed: {exc}")
+        except client.ConnectionBroken as exc:
+            return ProbeResult(False, f"connection broken: {exc}")
+        except client.BadResponse as exc:
+            return ProbeResult(False, f"not an HTTP response ({exc.shown!r})")
+        except client.HttpClientError as exc:
+            return ProbeResult(False, str(exc))
+        return ProbeResult(200 <= status < 400, f"HTTP {status}")
     return ProbeResult(False, f"timeout after {probe.timeout:g}s")
-
-
-def status_result(received: bytes) -> ProbeResult:
-    line = received.split(b"\r\n", 1)[0]
-    parts = line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        shown = line[:40].decode("latin-1") or "nothing"
-        return ProbeResult(False, f"not an HTTP response ({shown!r})")
-    status = int(parts[1])
-    return ProbeResult(200 <= status < 400, f"HTTP {status}")
 
 
 # (probe, host, port) -> result: the seam unit tests replace.

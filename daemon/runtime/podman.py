@@ -4,10 +4,12 @@ Invariants:
 - This is the only module that imports podman-py. Its blocking calls run in
   `trio.to_thread.run_sync`, one call per thread hop, so the trio loop never blocks on Podman.
 - The two endless streams (`follow_logs`, `events`) do not use podman-py: a thread blocked in a
-  socket read cannot be cancelled, so they read the same libpod endpoints with h11 over a trio
-  socket, and end the moment their consumer stops or is cancelled (use `contextlib.aclosing`).
-- podman-py, h11 and socket exceptions never escape: they become `RuntimeFailure` subclasses,
-  with Podman's own explanation in the message.
+  socket read cannot be cancelled, so they read the same libpod endpoints with berthd's HTTP
+  client helper (`daemon.http.client`: h11 on a trio stream), and end the moment their
+  consumer stops or is cancelled (use `contextlib.aclosing`).
+- podman-py, HTTP client and socket exceptions never escape: they become `RuntimeFailure`
+  subclasses, with Podman's own explanation in the message (an unreachable service, or one
+  that breaks off mid-stream, is a `TemporaryRuntimeError`).
 - Containers are created with restart policy "no": restarting is berthd's decision, not
   Podman's. They carry `LABEL_HOST_PORT`, so an adopted container's port is known.
 """
@@ -23,14 +25,14 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode
 
-import h11
 import podman.errors
 import requests
 import trio
 from podman import PodmanClient
 
+from daemon.http import client
 from daemon.runtime.auth_file import AuthFileError, credential_for, read_auths, registry_of
 from daemon.runtime.interface import (
     LABEL_HOST_PORT,
@@ -49,6 +51,8 @@ T = TypeVar("T")
 
 # libpod API prefix used by the streams; Podman 4.x accepts any version >= 4.0.0 here.
 LIBPOD_PREFIX = "/v4.0.0/libpod"
+# How much of an error answer on a stream is read for its message.
+ERROR_BODY_LIMIT = 64 * 1024
 # Extra event attributes that Podman mixes in with the container's labels.
 EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
 # Podman's messages for a registry that has no such image (pull and create).
@@ -315,43 +319,30 @@ class PodmanRuntime:
     async def _stream(
         self, path: str, params: Mapping[str, str], *, what: str
     ) -> AsyncGenerator[bytes, None]:
-        """The body of a libpod GET, as it arrives (HTTP/1.1 by h11 on a trio stream)."""
-        request = h11.Request(
-            method="GET",
-            target=f"{LIBPOD_PREFIX}{path}?{urlencode(params)}",
-            headers=[("Host", "podman"), ("Connection", "close")],
-        )
-        connection = h11.Connection(h11.CLIENT)
+        """The body of a libpod GET, as it arrives (berthd's HTTP client helper)."""
+        address = client.address_of_url(self.url)
+        if address is None:
+            raise RuntimeFailure(
+                f"streaming from Podman at {self.url!r} is not supported (unix or tcp only)"
+            )
+        target = f"{LIBPOD_PREFIX}{path}?{urlencode(params)}"
         try:
-            stream = await _open_stream(self.url)
-        except OSError as exc:
+            async with client.request(address, "GET", target, [("Host", "podman")]) as response:
+                if response.status >= 400:
+                    error = await response.read(ERROR_BODY_LIMIT)
+                else:
+                    async for chunk in response:
+                        yield chunk
+                    return
+        except client.ConnectFailed as exc:
             raise TemporaryRuntimeError(
                 f"{what}: Podman at {self.url} unreachable ({exc})"
             ) from exc
-        try:
-            async with stream:
-                await stream.send_all(
-                    connection.send(request) + connection.send(h11.EndOfMessage())
-                )
-                status, error = 0, b""
-                while True:
-                    event = connection.next_event()
-                    if event is h11.NEED_DATA:
-                        connection.receive_data(await stream.receive_some(65536))
-                    elif isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data) and status < 400:
-                        yield bytes(event.data)
-                    elif isinstance(event, h11.Data):
-                        error += event.data
-                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                        break
-        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+        except client.HttpClientError as exc:
             raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc!r}") from exc
-        if status == 404:
+        if response.status == 404:
             raise ContainerNotFound(f"{what}: {_message(error)}")
-        if status >= 400:
-            raise RuntimeFailure(f"{what}: {_message(error)}")
+        raise RuntimeFailure(f"{what}: {_message(error)}")
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self._client.close)
@@ -405,15 +396,6 @@ def _message(body: bytes) -> str:
         return str(json.loads(body)["message"])
     except (ValueError, KeyError, TypeError):
         return body.decode(errors="replace").strip()
-
-
-async def _open_stream(url: str) -> trio.SocketStream:
-    parsed = urlparse(url)
-    if parsed.scheme in ("unix", "http+unix"):
-        return await trio.open_unix_socket(parsed.path)
-    if parsed.scheme in ("tcp", "http") and parsed.hostname and parsed.port:
-        return await trio.open_tcp_stream(parsed.hostname, parsed.port)
-    raise RuntimeFailure(f"streaming from Podman at {url!r} is not supported (unix or tcp only)")
 
 
 def _close_leaked_sockets(exc: BaseException | None) -> None:

@@ -14,6 +14,8 @@ Invariants:
   the service, or berthd, leaves them running.
 - The child runs in its own session, so a Ctrl-C meant for berthd does not reach it; if it
   exits on its own it is restarted (a few quick failures in a row end `run` with the log tail).
+- "Answers" means GET /_ping gets 200 within `PING_TIMEOUT`, asked with berthd's one HTTP
+  client helper (`daemon.http.client`); anything else (refused, wedged, not HTTP) is "no".
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import logging
 import subprocess
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlparse
 
 import trio
+
+from daemon.http import client
 
 log = logging.getLogger("berth.podman")
 
@@ -38,24 +41,17 @@ class PodmanUnavailable(Exception):
 
 
 async def podman_answers(url: str) -> bool:
-    """True when a Podman API service answers GET /_ping at this URL (unix:// or tcp://)."""
-    parsed = urlparse(url)
+    """True when a Podman API service answers GET /_ping with 200 at this URL (unix:// or
+    tcp://) within PING_TIMEOUT; only the response head is read."""
+    address = client.address_of_url(url)
+    if address is None:
+        return False
     with trio.move_on_after(PING_TIMEOUT):
         try:
-            if parsed.scheme in ("unix", "http+unix"):
-                stream = await trio.open_unix_socket(parsed.path)
-            elif parsed.scheme in ("tcp", "http") and parsed.hostname and parsed.port:
-                stream = await trio.open_tcp_stream(parsed.hostname, parsed.port)
-            else:
-                return False
-            async with stream:
-                await stream.send_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n")
-                reply = b""
-                while len(reply) < 12 and (chunk := await stream.receive_some(64)):
-                    reply += chunk
-        except (OSError, trio.BrokenResourceError):
+            async with client.request(address, "GET", "/_ping", [("Host", "podman")]) as reply:
+                return reply.status == 200
+        except client.HttpClientError:
             return False
-        return reply.startswith(b"HTTP/1.") and reply[9:12] == b"200"
     return False
 
 

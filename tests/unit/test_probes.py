@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from config.spec import Probe
-from daemon.health.probes import run_probe, status_result
+from daemon.health.probes import run_probe
 
 Reply = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
@@ -96,6 +96,47 @@ async def test_tcp_probe_passes_on_connect() -> None:
     assert result.ok
 
 
-@pytest.mark.parametrize("reply", [b"", b"garbage\r\n", b"HTTP/2 200\r\n", b"HTTP/1.1 abc\r\n"])
-def test_what_is_not_an_http_status_line_fails(reply: bytes) -> None:
-    assert not status_result(reply).ok
+@pytest.mark.parametrize(
+    ("reply", "shown"),
+    [
+        (b"", "nothing"),
+        (b"garbage\r\n", "garbage"),
+        (b"HTTP/2 200\r\n", "HTTP/2 200"),
+        (b"HTTP/1.1 abc\r\n", "HTTP/1.1 abc"),
+        (b"HTTP/2.0 200 OK\r\n\r\n", "HTTP/2.0 200 OK"),
+    ],
+)
+async def test_what_is_not_an_http_status_line_fails(reply: bytes, shown: str) -> None:
+    async def answer(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(reply)  # and close
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, answer)
+        result = await run_probe(probe(), "127.0.0.1", port)
+        nursery.cancel_scope.cancel()
+    assert (result.ok, result.detail) == (False, f"not an HTTP response ({shown!r})")
+
+
+async def test_only_the_head_is_read() -> None:
+    async def endless(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:  # a body that never ends does not hold the probe
+            await stream.send_all(b"5\r\nhello\r\n")
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, endless)
+        with trio.fail_after(5):
+            result = await run_probe(probe(), "127.0.0.1", port)
+        nursery.cancel_scope.cancel()
+    assert (result.ok, result.detail) == (True, "HTTP 200")
+
+
+async def test_a_host_header_of_the_spec_replaces_berths() -> None:
+    seen: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, http(204, seen))
+        result = await run_probe(probe(headers={"Host": "model.local"}), "127.0.0.1", port)
+        nursery.cancel_scope.cancel()
+    assert result.ok
+    assert seen[0].lower().count(b"\r\nhost: ") == 1 and b"\r\nHost: model.local\r\n" in seen[0]
