@@ -72,7 +72,7 @@ from daemon.scaling.driver import (
 )
 from daemon.scaling.driver import ROUND as SCALING_ROUND
 from daemon.scaling.policy import Autoscaler
-from daemon.store.database import Store
+from daemon.store.database import RevisionChanged, Store
 from proxy.endpoint import Endpoint
 from proxy.upstreams import Upstream
 
@@ -165,7 +165,9 @@ class DeploymentWorker:
                 finished = await self.reconcile_once()
                 done, self._round_done = self._round_done, trio.Event()
                 done.set()
-                if finished:
+                # Nudged during a round that found nothing left to do (an apply right after
+                # an rm): the apply is this worker's to carry out, so it goes on.
+                if finished and not self._wake.is_set():
                     self.finished.set()
                     nursery.cancel_scope.cancel()
                     return
@@ -269,7 +271,16 @@ class DeploymentWorker:
         self._failed_revisions.add(active.revision)
         self._failures[active.revision] = f"revision {active.revision} failed: {reason}"
         self._rollout = None
-        back = await self._ctx.store.call(Store.roll_back, self.name, active.revision, reason)
+        try:
+            back = await self._ctx.store.call(
+                Store.roll_back, self.name, active.revision, reason
+            )
+        except RevisionChanged:
+            # A user applied meanwhile: the new revision is what to work towards, not back.
+            self._failed_revisions.discard(active.revision)
+            self._failures.pop(active.revision, None)
+            self.nudge()
+            return
         if back is None:
             await self._ctx.events.emit(
                 "rollout-failed",

@@ -21,10 +21,11 @@ through `trio.to_thread.run_sync` and serialises those calls, so one connection 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -49,6 +50,11 @@ def rfc3339(moment: datetime) -> str:
 
 class StoreError(Exception):
     """The state database cannot be used as asked."""
+
+
+class RevisionChanged(StoreError):
+    """A read-modify-write found the deployment's active revision changed since it was read
+    (a user applied meanwhile): nothing was written; act on the new state instead."""
 
 
 class UnknownDeployment(StoreError, LookupError):
@@ -195,10 +201,26 @@ class Store:
     def _stamp(self) -> str:
         return rfc3339(self._now())
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction that takes SQLite's write lock at BEGIN (IMMEDIATE), so what
+        it reads cannot change under it before it writes, whoever else opens the file."""
+        if self._db.conn.in_transaction:
+            with self._db.atomic():  # nested: a savepoint
+                yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.conn.rollback()
+            raise
+        self._db.conn.commit()
+
     # -- deployments and revisions ------------------------------------------------------
 
     def apply(self, name: str, spec_id: str, spec_text: str, spec_json: str) -> ApplyResult:
-        with self._db.atomic():
+        with self._write():
             row = self._deployment_row(name)
             outcome: ApplyOutcome
             if row is None:
@@ -283,7 +305,7 @@ class Store:
         return [_revision(row) for row in rows]
 
     def mark_removed(self, name: str) -> Deployment | None:
-        with self._db.atomic():
+        with self._write():
             row = self._deployment_row(name)
             if row is None:
                 return None
@@ -296,12 +318,18 @@ class Store:
     def roll_back(self, name: str, failed: int, reason: str) -> Revision | None:
         """Revision `failed` failed (with `reason`): the newest earlier revision that did not
         fail is active again. Returns it, or None when there is none (then `failed` is
-        marked failed and stays active: there is nothing to go back to). One transaction."""
-        with self._db.atomic():
+        marked failed and stays active: there is nothing to go back to). One transaction,
+        and a compare-and-swap: when `failed` is no longer the active revision (an apply
+        came first), it raises RevisionChanged and writes nothing."""
+        with self._write():
             row = self._deployment_row(name)
             if row is None:
                 raise UnknownDeployment(f"no deployment named {name!r}")
             deployment_id = row["deployment_id"]
+            active = self._active_row(deployment_id)
+            if active is None or active["revision"] != failed:
+                now = "none" if active is None else f"revision {active['revision']}"
+                raise RevisionChanged(f"{name}: revision {failed} is not active ({now} is)")
             back = self._first(
                 "SELECT * FROM revisions WHERE deployment_id = ? AND revision < ?"
                 " AND status != ? ORDER BY revision DESC LIMIT 1",
@@ -324,7 +352,7 @@ class Store:
     def set_pinned_replicas(self, name: str, count: int | None) -> None:
         if count is not None and count < 0:
             raise ValueError(f"pinned replica count must be >= 0, not {count}")
-        with self._db.atomic():
+        with self._write():
             cursor = self._db.execute(
                 "UPDATE deployments SET pinned_replicas = ? WHERE name = ?", [count, name]
             )
@@ -346,7 +374,7 @@ class Store:
 
     def save_replica(self, r: ReplicaRecord) -> ReplicaRecord:
         """Insert or update by `replica_id`; returns the record as stored, timestamps filled."""
-        with self._db.atomic():
+        with self._write():
             now = self._stamp()
             existing = self._first(
                 "SELECT created_at FROM replicas WHERE replica_id = ?", [r.replica_id]
@@ -413,7 +441,7 @@ class Store:
         """Insert (or replace, by deployment, replica and minute) rollups; returns how many."""
         records = [dataclasses.asdict(r) for r in rows]
         if records:
-            with self._db.atomic():
+            with self._write():
                 self._db.table("metrics").upsert_all(
                     records, pk=("deployment", "replica", "minute")
                 )
@@ -442,7 +470,7 @@ class Store:
 
     def prune_metrics(self, before: datetime) -> int:
         """Delete every rollup whose minute starts before `before`; returns how many."""
-        with self._db.atomic():
+        with self._write():
             cursor = self._db.execute("DELETE FROM metrics WHERE minute < ?", [rfc3339(before)])
         return cursor.rowcount
 

@@ -13,6 +13,7 @@ import trio
 from daemon.store.database import (
     Event,
     ReplicaRecord,
+    RevisionChanged,
     RevisionStatus,
     Store,
     StoreError,
@@ -414,4 +415,35 @@ def test_roll_back_with_nothing_to_go_back_to_keeps_the_failed_revision_active(
     assert store.roll_back("web", 1, "never ready") is None
     (only,) = store.history("web")
     assert (only.active, only.status, only.reason) == (True, "failed", "never ready")
+    store.close()
+
+
+def test_roll_back_is_a_compare_and_swap(store: Store) -> None:
+    """A worker that saw revision 2 active rolls it back after the user applied revision 3:
+    nothing is written, revision 3 stays the one active revision."""
+    apply(store, "echo", "s1")
+    apply(store, "echo", "s2")
+    apply(store, "echo", "s3")  # meanwhile
+    with pytest.raises(RevisionChanged):
+        store.roll_back("echo", 2, "no progress in 10m")
+    assert [(r.revision, r.active, r.status) for r in store.history("echo")] == [
+        (1, False, "superseded"),
+        (2, False, "superseded"),
+        (3, True, "active"),
+    ]
+
+
+def test_writes_take_the_write_lock_at_begin(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE: a write transaction holds SQLite's write lock from its first
+    statement, so what it reads cannot be changed by another writer before it writes (a
+    deferred BEGIN would let the other connection in, and fail the upgrade later)."""
+    store = Store(tmp_path / "berth.db")
+    other = sqlite3.connect(str(tmp_path / "berth.db"), timeout=0)
+    with store._write():
+        store.active_revision("echo")  # a read, as roll_back and apply begin
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction ended
+    other.rollback()
+    other.close()
     store.close()

@@ -37,6 +37,7 @@ from daemon.runtime.interface import (
     LABEL_REPLICA,
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
+    ContainerInfo,
     RuntimeFailure,
 )
 from daemon.store.access import StoreAccess
@@ -537,3 +538,60 @@ async def test_a_dead_replica_frees_its_gpu_and_is_replaced_if_it_was_taken(
     held = [d for a in ctx.gpus.holdings().values() for d in a.devices]
     assert len(held) == len(set(held)) == 2  # never a GPU twice; the new one is pending
     assert rig.worker.snapshot().pending == 1
+
+
+async def test_an_apply_during_the_round_that_ends_a_removed_deployment_is_not_lost(
+    rig: Rig, mock_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`berth rm` then, at once, `berth apply`: the worker's round that finds the deployment
+    gone and no container left must not end the worker when the apply nudged it meanwhile."""
+    # The clock jumps only once every task has waited 50 ms of real time, so that the store's
+    # thread calls are not overtaken by the rounds' timers.
+    mock_clock.autojump_threshold = 0.05
+    rig.apply(spec_text(rig.port, count=1))
+    await rig.settle()
+    rig.store.mark_removed("web")
+    for _ in range(10):
+        if await rig.worker.reconcile_once():
+            break
+        await trio.sleep(1.0)
+    assert rig.replicas() == {}
+    listing, release = trio.Event(), trio.Event()
+    real_list = rig.runtime.list
+
+    async def slow_list(labels: dict[str, str]) -> list[ContainerInfo]:
+        if not release.is_set():
+            listing.set()
+            await release.wait()
+        return await real_list(labels)
+
+    monkeypatch.setattr(rig.runtime, "list", slow_list)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.worker.run)
+        await listing.wait()  # the round read "removed" and is listing
+        rig.apply(spec_text(rig.port, count=1, message="again"))
+        rig.worker.nudge()  # what berthd's ensure_worker does after an apply
+        release.set()
+        with trio.fail_after(60):
+            for _ in range(20):
+                if rig.replicas():
+                    break
+                await rig.worker.wait_round()
+        assert not rig.worker.finished.is_set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_roll_back_that_meets_a_newer_apply_changes_nothing(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    base = spec_text(rig.port, count=1) + '[update]\nprogress_deadline = "30s"\n'
+    await running_and_ready(rig, base)
+    rig.apply(base.replace('MESSAGE = "v1"', 'MESSAGE = "v2"'))  # revision 2 never gets ready
+    for _ in range(3):
+        mock_clock.jump(10.0)
+        await rig.worker.reconcile_once()
+    rig.apply(base.replace('MESSAGE = "v1"', 'MESSAGE = "v3"'))  # the user, meanwhile
+    mock_clock.jump(30.0)
+    await rig.worker._roll_back(rig.worker._active, "stalled")  # type: ignore[arg-type]
+    statuses = [(r.revision, r.active, r.status) for r in rig.store.history("web")]
+    assert statuses[-1] == (3, True, "active") and "rolled-back" not in rig.events()
