@@ -4,8 +4,6 @@ arrive, cancellation, and its failures by kind."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,23 +12,11 @@ import trio
 from daemon.http import client
 from daemon.http.listeners import UnixSocketListener
 from daemon.http.server import HttpServer, Request, Response
-
-Reply = Callable[[trio.SocketStream], Awaitable[None]]
+from tests.unit.test_probes import Reply, serve
 
 
 async def tcp_server(nursery: trio.Nursery, reply: Reply) -> client.TcpAddress:
-    async def handle(stream: trio.SocketStream) -> None:
-        async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                request += chunk
-            await reply(stream)
-
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return client.TcpAddress("127.0.0.1", listeners[0].socket.getsockname()[1])
+    return client.TcpAddress("127.0.0.1", await serve(nursery, reply))
 
 
 @pytest.mark.parametrize(
@@ -49,37 +35,32 @@ def test_address_of_url(url: str, address: client.Address | None) -> None:
 
 
 async def test_a_streamed_body_arrives_as_it_is_sent() -> None:
-    step = trio.Event()
-
-    async def lines() -> AsyncIterator[bytes]:
-        yield b"one\n"
-        await step.wait()  # only the client's having seen "one" lets the stream go on
-        yield b"two\n"
+    send, receive = trio.open_memory_channel[bytes](0)
 
     async def handler(request: Request) -> Response:
         assert request.headers["host"] == "podman"
-        return Response(stream=lines(), content_type="text/plain")
+        return Response(stream=receive, content_type="text/plain")
 
     with tempfile.TemporaryDirectory(prefix="berth-", dir="/tmp") as d:
         path = Path(d) / "s.sock"
         async with trio.open_nursery() as nursery:
             await nursery.start(HttpServer(UnixSocketListener(path), handler).run)
-            chunks = []
             with trio.fail_after(5):
                 async with client.request(
                     client.UnixAddress(str(path)), "GET", "/logs", [("Host", "podman")]
                 ) as response:
                     assert response.status == 200
                     assert response.headers["content-type"] == "text/plain"
-                    async for chunk in response:
-                        chunks.append(chunk)
-                        step.set()
+                    for line in (b"one\n", b"two\n"):  # each one before the next is sent
+                        await send.send(line)
+                        assert await anext(response) == line
+                    await send.aclose()
+                    assert await response.read() == b""
             nursery.cancel_scope.cancel()
-    assert chunks == [b"one\n", b"two\n"]
 
 
 async def test_error_status_is_a_status_and_read_is_bounded() -> None:
-    async def reply(stream: trio.SocketStream) -> None:
+    async def reply(stream: trio.SocketStream, request: bytes) -> None:
         body = b'{"message": "no such container"}'
         head = f"HTTP/1.1 404 Not Found\r\nContent-Length: {len(body)}\r\n\r\n"
         await stream.send_all(head.encode() + body)
@@ -95,7 +76,7 @@ async def test_error_status_is_a_status_and_read_is_bounded() -> None:
 async def test_cancelling_a_quiet_stream_closes_it() -> None:
     closed = trio.Event()
 
-    async def reply(stream: trio.SocketStream) -> None:
+    async def reply(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         assert await stream.receive_some(10) == b""  # the client hung up
         closed.set()
@@ -113,7 +94,7 @@ async def test_cancelling_a_quiet_stream_closes_it() -> None:
 
 
 async def test_failures_by_kind() -> None:
-    async def hang_up(stream: trio.SocketStream) -> None:
+    async def hang_up(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
 
     async with trio.open_nursery() as nursery:
