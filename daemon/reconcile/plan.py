@@ -82,7 +82,11 @@ class RemoveReplica:
 Action = CreateReplica | StartReplica | StopReplica | RemoveReplica
 
 
-def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Action]:
+def plan(
+    desired: Desired | None, observed: list[ObservedReplica], *, creating: int = 0
+) -> list[Action]:
+    """The actions that close the gap; `creating` replicas are being made already (their
+    containers are not observed yet) and count as present."""
     if desired is None or desired.replicas == 0:
         reason = "deployment removed" if desired is None else "scaled to zero"
         return [RemoveReplica(o.replica_id, o.container_id, reason) for o in observed]
@@ -114,8 +118,8 @@ def plan(desired: Desired | None, observed: list[ObservedReplica]) -> list[Actio
     actions.extend(RemoveReplica(o.replica_id, o.container_id, "replaced") for o in leaving)
 
     # New replicas: as many as are missing, within replicas + max_surge in all.
-    remaining = len(kept) + len(stale) - len(leaving)
+    remaining = len(kept) + len(stale) - len(leaving) + creating
     room = desired.replicas + desired.max_surge - remaining
-    missing = desired.replicas - len(kept)
+    missing = desired.replicas - len(kept) - creating
     actions.extend(CreateReplica() for _ in range(max(0, min(missing, room))))
     return actions

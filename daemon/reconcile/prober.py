@@ -34,12 +34,14 @@ class Prober:
         events: EventLog,
         *,
         on_verdict: Callable[[], None],
+        on_unready: Callable[[str], None] = lambda replica_id: None,
     ) -> None:
         self._deployment = deployment
         self._memory = memory
         self._probe = probe
         self._events = events
         self._on_verdict = on_verdict
+        self._on_unready = on_unready
         self._wake = trio.Event()
 
     def __repr__(self) -> str:
@@ -99,6 +101,8 @@ class Prober:
             return  # the container was restarted meanwhile: this result is stale
         now = trio.current_time()
         transitions = health.record(kind, result, now)
+        if not health.ready:
+            self._on_unready(memory.replica_id)  # out of rotation before any await
         self._wake.set()
         for transition in transitions:
             await self._tell(memory, health, transition, result, now)

@@ -1,10 +1,24 @@
 """A worker's hands: what it does to replicas (create, start again, stop, drain, remove).
 
-The worker decides (its plan), this executes: one action at a time for creates and
-restarts, removals and liveness stops in parallel (each drains first). It also keeps what
-must outlive a berthd restart in the store (restart counts, last exit reasons) and the
-deployment-wide create back-off: a create that fails (no GPU free, an image that cannot be
-pulled, a mount that cannot be prepared) is said once per distinct reason and retried later.
+The worker decides (its plan), this executes. `execute` only dispatches: each action runs
+as a task in the nursery the worker owns (`tasks`), so a round never waits for a pull, a
+drain or a stop that waits out `stop_timeout`; each task nudges the worker when it ends.
+
+Invariants:
+- At most one operation at a time per replica (`busy`): an action for a replica that has
+  one in flight is not dispatched again. Replicas being stopped or removed are `leaving`
+  and stay out of the endpoint's rotation.
+- Creates run one at a time (one pull of an image, not several), and a create counts in the
+  plan from its dispatch until it ends (`creating`), so the plan never asks for it twice.
+  A queued create works towards the active revision of the moment it runs, not of its
+  dispatch, and gives up quietly while the create back-off runs.
+- Without a worker's nursery (tests that drive single rounds) `execute` waits for what it
+  dispatched, in a nursery of its own.
+
+It also keeps what must outlive a berthd restart in the store (restart counts, last exit
+reasons) and the deployment-wide create back-off: a create that fails (no GPU free, an image
+that cannot be pulled, a mount that cannot be prepared) is said once per distinct reason and
+retried later.
 """
 
 from __future__ import annotations
@@ -49,11 +63,20 @@ class ReplicaOps:
         ctx: WorkerContext,
         memory: dict[str, ReplicaMemory],
         active: Callable[[], ActiveRevision | None],
+        *,
+        on_done: Callable[[], None] = lambda: None,
     ) -> None:
         self.deployment = deployment
         self.ctx = ctx
         self._memory = memory
         self._active = active
+        self._on_done = on_done
+        self.tasks: trio.Nursery | None = None  # the worker's, while it runs
+        self.busy: set[str] = set()  # replica ids with an operation in flight
+        self.leaving: set[str] = set()  # of those, the ones being stopped or removed
+        self.creating = 0  # creates dispatched and not over
+        self.creating_ids: set[str] = set()  # replica ids of creates under way
+        self._create_lock = trio.Lock()
         self.records: dict[str, ReplicaRecord] | None = None
         self.create_error: str | None = None
         # The create error is the image or a mount (not a wait for a GPU): the deployment
@@ -105,18 +128,62 @@ class ReplicaOps:
             level=logging.WARNING,
         )
 
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.creating
+
     async def execute(self, active: ActiveRevision | None, actions: list[Action]) -> None:
+        """Dispatch `actions` as tasks; returns at once while the worker's nursery runs."""
+        if self.tasks is not None:
+            self._dispatch(self.tasks, active, actions)
+            return
         async with trio.open_nursery() as nursery:
-            for action in actions:
-                if isinstance(action, RemoveReplica):
-                    nursery.start_soon(self._remove, action, active)
-                elif isinstance(action, StopReplica):
-                    nursery.start_soon(self._stop_for_restart, action, active)
-                elif isinstance(action, StartReplica):
-                    await self._start_again(action)
-                elif isinstance(action, CreateReplica) and active is not None:
-                    if self.create_backoff.may_retry(trio.current_time()):
-                        await self._create(active)
+            self._dispatch(nursery, active, actions)
+
+    def _dispatch(
+        self, nursery: trio.Nursery, active: ActiveRevision | None, actions: list[Action]
+    ) -> None:
+        for action in actions:
+            if isinstance(action, CreateReplica):
+                if active is not None and self.create_backoff.may_retry(trio.current_time()):
+                    self.creating += 1
+                    nursery.start_soon(self._create_in_turn)
+                continue
+            rid = action.replica_id
+            if rid in self.busy:
+                continue
+            self.busy.add(rid)
+            if isinstance(action, RemoveReplica | StopReplica):
+                self.leaving.add(rid)
+                memory = self._memory.get(rid)
+                if memory is not None:
+                    memory.draining = True  # out of rotation from this round's publish on
+            nursery.start_soon(self._run_op, action, active)
+
+    async def _run_op(
+        self, action: StartReplica | StopReplica | RemoveReplica, active: ActiveRevision | None
+    ) -> None:
+        try:
+            if isinstance(action, RemoveReplica):
+                await self._remove(action, active)
+            elif isinstance(action, StopReplica):
+                await self._stop_for_restart(action, active)
+            else:
+                await self._start_again(action)
+        finally:
+            self.busy.discard(action.replica_id)
+            self.leaving.discard(action.replica_id)
+            self._on_done()
+
+    async def _create_in_turn(self) -> None:
+        try:
+            async with self._create_lock:
+                active = self._active()
+                if active is not None and self.create_backoff.may_retry(trio.current_time()):
+                    await self._create(active)
+        finally:
+            self.creating -= 1
+            self._on_done()
 
     async def _save(self, memory: ReplicaMemory, container_id: str, state: str) -> None:
         active = self._active()
@@ -142,9 +209,16 @@ class ReplicaOps:
         return {p.port for p in probes if p is not None and p.port != spec.port}
 
     async def _create(self, active: ActiveRevision) -> None:
+        rid = secrets.token_hex(4)
+        self.creating_ids.add(rid)
+        try:
+            await self._create_replica(active, rid)
+        finally:
+            self.creating_ids.discard(rid)
+
+    async def _create_replica(self, active: ActiveRevision, rid: str) -> None:
         ctx = self.ctx
         spec = active.spec
-        rid = secrets.token_hex(4)
         key = replica_key(self.deployment, rid)
         request = GpuRequest.of(spec.resources)
         free = None

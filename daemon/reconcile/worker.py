@@ -9,6 +9,15 @@ Beside the rounds, the worker's prober task runs each replica's probes on their 
 (`daemon.health.verdicts` judges the results) and nudges a round when a verdict changes.
 
 Invariants:
+- A round whose observation failed is unknown: it plans, executes, publishes and forgets
+  nothing (said once as an event until lists work again). A removed deployment's worker
+  ends only after a successful list shows no container and no operation is in flight.
+- What replicas hold (GPUs, host ports) is derived from each successful observation
+  (`daemon.gpu.ledger`, `daemon.reconcile.ports`), never remembered past it.
+- Rounds are short: a round observes, plans and dispatches; pulls, creates, drains, stops
+  and removals run as tasks in the worker's nursery (`ReplicaOps`), one at a time per
+  replica, and nudge a round when they end. A replica whose readiness fails leaves the
+  endpoint's rotation from the prober at once, without waiting for a round.
 - The endpoint is given only replicas that are ready and not about to be stopped or
   removed; a replica leaves the rotation before it is drained, stopped or removed.
 - Every container this worker creates carries its labels before it starts, so a crash at
@@ -114,8 +123,15 @@ class DeploymentWorker:
         self._wake = trio.Event()
         self._active: ActiveRevision | None = None
         self._memory: dict[str, ReplicaMemory] = {}
-        self._ops = ReplicaOps(name, ctx, self._memory, lambda: self._active)
-        self._prober = Prober(name, self._memory, ctx.probe, ctx.events, on_verdict=self.nudge)
+        self._ops = ReplicaOps(name, ctx, self._memory, lambda: self._active, on_done=self.nudge)
+        self._prober = Prober(
+            name,
+            self._memory,
+            ctx.probe,
+            ctx.events,
+            on_verdict=self.nudge,
+            on_unready=self._withdraw,
+        )
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self._endpoint_error: str | None = None
         self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
@@ -160,6 +176,7 @@ class DeploymentWorker:
         """Reconcile until the deployment is gone and cleaned up; then `finished` is set."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._prober.run)
+            self._ops.tasks = nursery  # long operations run here, beside the rounds
             while True:
                 self._wake = trio.Event()
                 finished = await self.reconcile_once()
@@ -168,6 +185,7 @@ class DeploymentWorker:
                 # Nudged during a round that found nothing left to do (an apply right after
                 # an rm): the apply is this worker's to carry out, so it goes on.
                 if finished and not self._wake.is_set():
+                    self._ops.tasks = None
                     self.finished.set()
                     nursery.cancel_scope.cancel()
                     return
@@ -209,16 +227,26 @@ class DeploymentWorker:
             if active
             else None
         )
-        actions = plan(desired, observed)
+        actions = plan(desired, observed, creating=self._ops.creating)
         leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
+        leaving |= self._ops.leaving
         await self._publish(active, containers, leaving)
         await self._ops.execute(active, actions)
         self._snapshot = self._make_snapshot(active, containers, leaving)
         self._prober.wake()
-        if active is None and not containers:
+        if active is None and not containers and self._ops.idle:
             await self._ctx.endpoints.close(self.name)
             return True
         return False
+
+    def _withdraw(self, replica_id: str) -> None:
+        """Out of the endpoint's rotation now, without waiting for a round (the prober calls
+        it when the replica's readiness fails). Never blocks."""
+        endpoint = self._ctx.endpoints.get(self.name)
+        if endpoint is not None:
+            upstreams = endpoint.upstreams()
+            if any(u.replica_id == replica_id for u in upstreams):
+                endpoint.set_upstreams(u for u in upstreams if u.replica_id != replica_id)
 
     async def _watch_rollout(
         self, active: ActiveRevision, containers: list[ContainerInfo], now: float
@@ -272,9 +300,7 @@ class DeploymentWorker:
         self._failures[active.revision] = f"revision {active.revision} failed: {reason}"
         self._rollout = None
         try:
-            back = await self._ctx.store.call(
-                Store.roll_back, self.name, active.revision, reason
-            )
+            back = await self._ctx.store.call(Store.roll_back, self.name, active.revision, reason)
         except RevisionChanged:
             # A user applied meanwhile: the new revision is what to work towards, not back.
             self._failed_revisions.discard(active.revision)
@@ -385,7 +411,7 @@ class DeploymentWorker:
             await self._track_run(memory, c, active, now)
         self._ctx.gpus.observed(self.name, held_gpus, stamp=gpu_stamp)
         self._ctx.ports.observed(self.name, held_ports, stamp=port_stamp)
-        seen = {c.labels[LABEL_REPLICA] for c in containers}
+        seen = {c.labels[LABEL_REPLICA] for c in containers} | self._ops.creating_ids
         for rid in list(self._memory):
             if rid not in seen:
                 del self._memory[rid]

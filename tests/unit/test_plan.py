@@ -176,3 +176,23 @@ def test_rolling_update_keeps_its_bounds_step_by_step(
     assert plan(desired, observed) == []
     assert sorted(o.template_id for o in observed) == ["t2"] * replicas
     assert steps <= replicas + 2
+
+
+@pytest.mark.parametrize(
+    ("name", "observed", "creating", "expected"),
+    [
+        ("two under way, none observed -> nothing more", [], 2, []),
+        ("one under way, one observed -> up to date", [rep("a")], 1, []),
+        ("one under way of two missing -> one more", [], 1, [CreateReplica()]),
+        (
+            "under way during an update: within the surge",
+            [rep("a", "t1"), rep("b", "t1")],
+            1,
+            [],
+        ),
+    ],
+)
+def test_creates_under_way_count_as_present(
+    name: str, observed: list[ObservedReplica], creating: int, expected: list[object]
+) -> None:
+    assert plan(D, observed, creating=creating) == expected, name

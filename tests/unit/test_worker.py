@@ -38,6 +38,7 @@ from daemon.runtime.interface import (
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
     ContainerInfo,
+    RegistryAuth,
     RuntimeFailure,
 )
 from daemon.store.access import StoreAccess
@@ -595,3 +596,52 @@ async def test_a_roll_back_that_meets_a_newer_apply_changes_nothing(
     await rig.worker._roll_back(rig.worker._active, "stalled")  # type: ignore[arg-type]
     statuses = [(r.revision, r.active, r.status) for r in rig.store.history("web")]
     assert statuses[-1] == (3, True, "active") and "rolled-back" not in rig.events()
+
+
+async def test_a_long_pull_holds_no_round_and_an_unready_replica_leaves_at_once(
+    rig: Rig, mock_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Short rounds: a 10 s pull of the new image runs beside the rounds; meanwhile a ready
+    replica that fails its readiness probe is out of rotation within one probe period."""
+    mock_clock.autojump_threshold = 0.05  # store calls run in a thread: let them finish
+    probes = '[health.readiness]\npath = "/"\nperiod = "1s"\nfailure_threshold = 1\n'
+    text = spec_text(rig.port) + probes
+    await running_and_ready(rig, text)
+    new_image = "localhost/berth-echo:2"
+    rig.runtime.pullable.add(new_image)
+    real_pull = rig.runtime.pull
+    pulling, pulled = trio.Event(), trio.Event()
+
+    async def slow_pull(image: str, *, auth: RegistryAuth | None = None) -> None:
+        pulling.set()
+        await trio.sleep(10.0)
+        await real_pull(image, auth=auth)
+        pulled.set()
+
+    monkeypatch.setattr(rig.runtime, "pull", slow_pull)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.worker.run)
+        rig.apply(text.replace(IMAGE, new_image))
+        rig.worker.nudge()
+        await pulling.wait()
+        victim = sorted(published(rig))[0]
+        port = next(
+            c.spec.host_port
+            for c in rig.runtime.containers.values()
+            if c.spec.labels[LABEL_REPLICA] == victim
+        )
+        rig.answering.discard(port)
+        turned = trio.current_time()
+        with trio.fail_after(5.0):
+            for _ in range(100):
+                if victim not in published(rig):
+                    break
+                await trio.sleep(0.1)
+        assert trio.current_time() - turned <= 1.0 + 0.2  # one probe period
+        assert not pulled.is_set()  # all of this while the pull runs
+        rounds_during_pull = 0
+        while not pulled.is_set():
+            await rig.worker.wait_round()
+            rounds_during_pull += 1
+        assert rounds_during_pull >= 3  # the rounds went on beside it
+        nursery.cancel_scope.cancel()
