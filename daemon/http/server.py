@@ -30,7 +30,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from pathlib import Path
 from types import MappingProxyType
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -38,7 +37,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
-from daemon.http.listeners import Listener, UnixSocketListener
+from daemon.http.listeners import Listener
 
 logger = logging.getLogger("berthd.http")
 
@@ -387,13 +386,3 @@ def _show(address: object) -> str:
         host, port = address
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
-
-
-# The admin API's names before this server served /metrics too. Kept only while
-# tests/unit/test_cli.py (outside this change) still imports them; remove with it.
-AdminRequest = Request
-AdminResponse = Response
-
-
-def AdminServer(socket_path: Path, handler: Handler) -> HttpServer[Path]:
-    return HttpServer(UnixSocketListener(socket_path), handler, name="admin")

@@ -1,4 +1,4 @@
-"""The `berth` command against a real AdminServer whose handler returns canned answers.
+"""The `berth` command against a real admin HttpServer whose handler returns canned answers.
 
 The stub stands in for berthd's routes (tested end to end elsewhere); what is checked here
 is the command's side: requests sent, tables printed, `--json`, errors as one line.
@@ -25,7 +25,8 @@ import trio
 from daemon.cli import commands as cli_commands
 from daemon.cli import main as cli
 from daemon.cli.client import _connect_failure
-from daemon.http.server import AdminRequest, AdminResponse, AdminServer
+from daemon.http.listeners import UnixSocketListener
+from daemon.http.server import HttpServer, Request, Response
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,9 +116,9 @@ EVENTS = [
 class StubBerthd:
     """Canned answers by route; records every request it gets."""
 
-    requests: list[AdminRequest] = field(default_factory=list)
-    apply_answer: AdminResponse = field(
-        default_factory=lambda: AdminResponse(
+    requests: list[Request] = field(default_factory=list)
+    apply_answer: Response = field(
+        default_factory=lambda: Response(
             json={
                 "name": "echo",
                 "deployment_id": "d-7f3a",
@@ -131,23 +132,23 @@ class StubBerthd:
     gets: list[dict[str, Any]] = field(default_factory=lambda: [DEPLOYMENT])
     stream_closed: trio.Event = field(default_factory=trio.Event)
 
-    async def handle(self, request: AdminRequest) -> AdminResponse:
+    async def handle(self, request: Request) -> Response:
         self.requests.append(request)
         match request.method, request.path:
             case "GET", "/v1/deployments":
-                return AdminResponse(json=[SUMMARY])
+                return Response(json=[SUMMARY])
             case "POST", "/v1/deployments":
                 return self.apply_answer
             case "GET", "/v1/deployments/echo":
-                return AdminResponse(json=self.gets.pop(0) if len(self.gets) > 1 else self.gets[0])
+                return Response(json=self.gets.pop(0) if len(self.gets) > 1 else self.gets[0])
             case "GET", "/v1/deployments/echo/history":
-                return AdminResponse(json=HISTORY)
+                return Response(json=HISTORY)
             case "GET", "/v1/deployments/echo/revisions/1":
-                return AdminResponse(json={**HISTORY[0], "spec": SPEC_1})
+                return Response(json={**HISTORY[0], "spec": SPEC_1})
             case "GET", "/v1/deployments/echo/revisions/2":
-                return AdminResponse(json={**HISTORY[1], "spec": SPEC_2})
+                return Response(json={**HISTORY[1], "spec": SPEC_2})
             case "POST", "/v1/deployments/echo/rollback":
-                return AdminResponse(
+                return Response(
                     json={
                         "name": "echo",
                         "deployment_id": "d-7f3a",
@@ -158,28 +159,26 @@ class StubBerthd:
                     }
                 )
             case "POST", "/v1/deployments/echo/scale":
-                return AdminResponse(
+                return Response(
                     json={"name": "echo", "pinned": json.loads(request.body)["replicas"]}
                 )
             case "DELETE", "/v1/deployments/echo":
-                return AdminResponse(
-                    json={"name": "echo", "deployment_id": "d-7f3a", "removed": True}
-                )
+                return Response(json={"name": "echo", "deployment_id": "d-7f3a", "removed": True})
             case "GET", "/v1/deployments/echo/logs" if "follow" not in request.query:
-                return AdminResponse(text="r1 | hello\n", content_type="text/plain")
+                return Response(text="r1 | hello\n", content_type="text/plain")
             case "GET", "/v1/deployments/echo/logs":
-                return AdminResponse(stream=self._logs(), content_type="text/plain")
+                return Response(stream=self._logs(), content_type="text/plain")
             case "GET", "/v1/deployments/echo/metrics":
-                return AdminResponse(json=METRICS)
+                return Response(json=METRICS)
             case "GET", "/v1/events":
                 body = "".join(json.dumps(e) + "\n" for e in EVENTS)
-                return AdminResponse(text=body, content_type="application/x-ndjson")
+                return Response(text=body, content_type="application/x-ndjson")
             case "GET", "/v1/status":
-                return AdminResponse(json=STATUS)
+                return Response(json=STATUS)
             case "GET", "/v1/deployments/crash":
                 raise RuntimeError("the store is locked")
         name = request.path.split("/")[3] if request.path.count("/") >= 3 else "?"
-        return AdminResponse(status=404, json={"error": f"no deployment named {name!r}"})
+        return Response(status=404, json={"error": f"no deployment named {name!r}"})
 
     async def _logs(self) -> AsyncIterator[bytes]:
         try:
@@ -233,7 +232,7 @@ def no_env_socket(monkeypatch: pytest.MonkeyPatch) -> None:
 @asynccontextmanager
 async def berthd(path: Path, stub: StubBerthd) -> AsyncIterator[StubBerthd]:
     async with trio.open_nursery() as nursery:
-        await nursery.start(AdminServer(path, stub.handle).run)
+        await nursery.start(HttpServer(UnixSocketListener(path), stub.handle, name="admin").run)
         yield stub
         nursery.cancel_scope.cancel()
 
@@ -316,7 +315,7 @@ async def test_apply_posts_the_file_and_reports_the_revision(
     async with berthd(path, stub):
         assert await berth(path, "apply", str(spec)) == 0
         assert capsys.readouterr().out == "echo: revision 2, spec_id 3f9c0a1b2c3d (updated)\n"
-        stub.apply_answer = AdminResponse(
+        stub.apply_answer = Response(
             json={"name": "echo", "revision": 2, "spec_id": "3f9c0a1b2c3d", "outcome": "unchanged"}
         )
         assert await berth(path, "apply", str(spec)) == 0
@@ -334,7 +333,7 @@ async def test_a_refused_spec_lists_its_problems(
     spec = short_dir / "bad.toml"
     spec.write_text("name = 'x'\n")
     stub = StubBerthd()
-    stub.apply_answer = AdminResponse(
+    stub.apply_answer = Response(
         status=400,
         json={
             "error": f"{spec}: spec refused",
