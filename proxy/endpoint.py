@@ -7,6 +7,10 @@ Invariants:
 - `run` owns every client session in one nursery. `begin_shutdown(t)` stops accepting,
   closes the listener and idle keep-alive connections, and gives in-flight requests until
   now + t; `run` returns when the last session ends.
+- A fault in one client connection stays in it: each session runs behind a barrier that
+  takes any `Exception` (never a cancellation), logs it once with the endpoint and the
+  peer, and closes that connection; the listener and every other session go on. The
+  barrier is one `try` around the whole session, so it costs nothing per request.
 - Statistics are recorded by plain counters on the hot path (`proxy.balancer`) and
   summarised on read (`statistics`).
 - Hold mode (`hold_when_empty`, scale from zero, as Knative's activator): while the set is
@@ -18,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 from collections.abc import Callable, Iterable
@@ -33,6 +38,8 @@ from proxy.upstreams import Upstream
 # `EndpointTimeouts` lives beside the `Balancer` that holds them; callers name it from here,
 # beside the `Endpoint` it configures.
 __all__ = ["Endpoint", "EndpointTimeouts"]
+
+log = logging.getLogger("proxy")
 
 
 class Endpoint:
@@ -135,12 +142,25 @@ class Endpoint:
             self._address = None
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
-        session = Session(self._balancer, sockets.Conn(sock, peer, self._balancer.poller))
-        self._sessions.add(session)
+        """One client connection, behind the barrier that keeps its faults its own."""
+        conn: sockets.Conn | None = None
+        session: Session | None = None
         try:
+            conn = sockets.Conn(sock, peer, self._balancer.poller)
+            session = Session(self._balancer, conn)
+            self._sessions.add(session)
             await session.serve()
+        except Exception:
+            # A bug or an unforeseen error (a setsockopt, a parser callback): this
+            # connection ends, nothing else does. Cancellation is a BaseException and passes.
+            log.exception("endpoint %s: connection from %s failed; closed it", self.name, peer)
         finally:
-            self._sessions.discard(session)
+            if session is not None:
+                self._sessions.discard(session)
+            if conn is not None:
+                conn.close()
+            else:
+                sock.close()
 
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Stop accepting; in-flight requests get `drain_timeout` seconds to finish."""

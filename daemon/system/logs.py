@@ -35,7 +35,10 @@ class KeyValueFormatter(logging.Formatter):
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger("berthd")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    # berthd's loggers, and the data plane's (the proxy imports nothing of berthd's, so its
+    # records come under a root of their own).
+    for name in ("berthd", "proxy"):
+        root = logging.getLogger(name)
+        root.handlers[:] = [handler]
+        root.setLevel(level.upper())
+        root.propagate = False

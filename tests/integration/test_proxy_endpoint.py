@@ -5,6 +5,7 @@ Every wait is bounded (`trio.fail_after`) and every loop has a fixed count.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -12,12 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import h11
 import pytest
 import trio
 from trio.testing import MockClock
 
+from proxy import forward, sockets
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.upstreams import Upstream
 
@@ -895,3 +898,69 @@ async def test_statistics_over_a_shorter_window(mock_clock: MockClock) -> None:
     assert ep.statistics(window=600.0).window == 60.0  # no more than is kept
     with pytest.raises(ValueError):
         ep.statistics(window=0.0)
+
+
+# --- a fault in one client connection stays in it (issue 11, point 6) ---------------------------
+
+
+class _SocketWhoseOptionsFail(socket.socket):
+    """An accepted client socket on which every setsockopt fails (a kernel that refuses)."""
+
+    def setsockopt(self, *args: object) -> None:
+        raise OSError(errno.EINVAL, "injected setsockopt failure")
+
+
+async def test_an_unexpected_error_in_one_connection_closes_only_that_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = forward.request_head_bytes
+    calls = 0
+
+    def fails_on_the_second_request(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("injected fault in one session")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forward, "request_head_bytes", fails_on_the_second_request)
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as other, Client.open(ep.address[1]) as faulty:
+            assert (await other.request("GET", "/")).status == 200
+            with trio.fail_after(WAIT):
+                await faulty.send_request("GET", "/")
+                assert await faulty.stream.receive_some(65536) == b""  # closed, unanswered
+            for _ in range(3):  # the other keep-alive connection goes on
+                assert (await other.request("GET", "/")).status == 200
+        assert (await get(ep.address[1], "/")).status == 200  # and new clients are served
+    failures = [r for r in caplog.records if r.name == "proxy" and r.exc_info]
+    assert len(failures) == 1
+    assert failures[0].getMessage() == "endpoint test: connection from 127.0.0.1 failed; closed it"
+    assert "injected fault in one session" in caplog.text
+
+
+async def test_a_setsockopt_error_on_accept_closes_only_that_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = sockets.accept
+    accepted = 0
+
+    async def accept(listener: socket.socket) -> tuple[socket.socket, str]:
+        nonlocal accepted
+        sock, peer = await real(listener)
+        accepted += 1
+        if accepted == 2:
+            return _SocketWhoseOptionsFail(fileno=sock.detach()), peer
+        return sock, peer
+
+    monkeypatch.setattr(sockets, "accept", accept)
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        async with Client.open(ep.address[1]) as other:
+            assert (await other.request("GET", "/")).status == 200
+            with trio.fail_after(WAIT):
+                async with Client.open(ep.address[1]) as faulty:
+                    await faulty.send_request("GET", "/")
+                    assert await faulty.stream.receive_some(65536) == b""
+            assert (await other.request("GET", "/")).status == 200
+        assert (await get(ep.address[1], "/")).status == 200
+    assert "injected setsockopt failure" in caplog.text
