@@ -13,14 +13,23 @@ Invariants:
   kept-alive connection), then `request_timeout` for the body; past either it is closed
   without an answer. Sending a whole (not streamed) answer is bounded by `request_timeout`
   too; the handler itself and a streamed body are not (`berth logs -f` runs for hours).
-- A handler's exception never takes the server down: the client gets 500 and the traceback
-  goes to the log. Malformed HTTP gets 400 (h11's `error_status_hint`), a body over
-  `max_body` gets 413 without being read into memory; after such a refusal the server
-  half-closes and drains what the client still sends for a moment, so that the client
-  reads the answer instead of a reset.
+- A fault stays in its request or its connection. A handler's exception gets the client a
+  500, the traceback goes to the log, and the connection goes on; any other unexpected
+  error while serving a connection (a response h11 refuses to send, a stream or its
+  producer failing) is logged and ends that connection only; never the server, never
+  another connection. Cancellation is not an error and passes.
+- Malformed HTTP gets 400 (h11's `error_status_hint`), a body over `max_body` gets 413
+  without being read into memory; after such a refusal the server half-closes and drains
+  what the client still sends for a moment, so that the client reads the answer instead
+  of a reset.
 - HEAD gets the headers (Content-Length included) of the GET answer, without its body.
 - A streamed body is flushed chunk by chunk. When the client goes away the stream stops at
   once, even while it is waiting for its next item, and its `aclose()` is awaited.
+- A stream that needs tasks of its own (`berth logs -f` merges several replicas' logs) does
+  not yield from inside a nursery (a generator's nursery would outlive the scopes it was
+  opened in when its consumer stops early): its `producer` feeds a memory channel whose
+  receiving end is the `stream`, and the server runs the producer beside the stream, in
+  the connection's own nursery, and cancels it as soon as the stream stops for any reason.
 """
 
 from __future__ import annotations
@@ -78,6 +87,9 @@ class Response:
     body: bytes | None = None
     # A streamed (chunked) body; each item is sent as soon as it is produced.
     stream: AsyncIterator[bytes] | None = None
+    # What feeds `stream` (typically into a memory channel whose receiving end `stream` is),
+    # run by the server beside it and cancelled when it stops; see the module docstring.
+    producer: Callable[[], Awaitable[None]] | None = None
     content_type: str | None = None
     # More response headers (Allow, Content-Encoding); the server writes the framing ones.
     headers: tuple[tuple[str, str], ...] = ()
@@ -86,6 +98,8 @@ class Response:
         given = sum(x is not None for x in (self.json, self.text, self.body, self.stream))
         if given > 1:
             raise ValueError("Response takes at most one of json, text, body and stream")
+        if self.producer is not None and self.stream is None:
+            raise ValueError("Response takes a producer only with a stream")
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -155,6 +169,7 @@ class HttpServer(Generic[AddressT]):
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        request: Request | _Refusal | None = None
         async with stream:
             try:
                 while True:
@@ -169,8 +184,17 @@ class HttpServer(Generic[AddressT]):
                     if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                         return
                     conn.start_next_cycle()
+                    request = None
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the client went away; nothing to tell it
+            except Exception:
+                # The connection's barrier: whatever broke, it ends this connection only.
+                during = (
+                    f" answering {request.method} {request.path}"
+                    if isinstance(request, Request)
+                    else ""
+                )
+                logger.exception("%s connection failed%s; closed it", self.name, during)
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.SocketStream
@@ -251,7 +275,7 @@ class HttpServer(Generic[AddressT]):
             stream_type = response.content_type or "application/octet-stream"
             head = _head(response.status, [("content-type", stream_type), *response.headers])
             await _send(conn, stream, head)
-            await self._send_stream(conn, stream, response.stream)
+            await self._send_stream(conn, stream, response.stream, response.producer)
             return
         try:
             body, content_type = _render(response)
@@ -271,15 +295,22 @@ class HttpServer(Generic[AddressT]):
             await _send(conn, stream, h11.EndOfMessage())
 
     async def _send_stream(
-        self, conn: h11.Connection, stream: trio.SocketStream, body: AsyncIterator[bytes]
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        body: AsyncIterator[bytes],
+        producer: Callable[[], Awaitable[None]] | None,
     ) -> None:
         """Send `body` chunk by chunk; stop when it ends, fails, or the client disconnects.
 
-        On an early stop the message is left unfinished, and the caller closes the connection.
+        `producer` runs beside it meanwhile, and is cancelled once the body has stopped. On an
+        early stop the message is left unfinished, and the caller closes the connection.
         """
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, conn, stream, nursery.cancel_scope)
+                if producer is not None:
+                    nursery.start_soon(self._produce, producer, nursery.cancel_scope)
                 try:
                     async for chunk in body:
                         if chunk:
@@ -299,6 +330,16 @@ class HttpServer(Generic[AddressT]):
             if aclose is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(_ACLOSE_TIMEOUT):
                     await aclose()
+
+    async def _produce(
+        self, producer: Callable[[], Awaitable[None]], stream_scope: trio.CancelScope
+    ) -> None:
+        try:
+            await producer()
+        except Exception:
+            # As a failing stream: the body is cut (the producer's channel may never close).
+            logger.exception("%s response stream's producer failed", self.name)
+            stream_scope.cancel()
 
 
 async def _next_event(

@@ -356,3 +356,105 @@ async def test_refusals_can_be_plain_text(short_dir: Path) -> None:
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"content-type: text/plain; charset=utf-8" in answer
     assert b"\r\n\r\nbad request: illegal request line" in answer and answer.endswith(b"\n")
+
+
+async def test_a_response_that_cannot_be_sent_ends_only_its_connection(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: Request) -> Response:
+        if request.path == "/bad":  # a header h11 refuses to send: an error past the handler
+            return Response(json={}, headers=(("x-note", "two\r\nlines"),))
+        return Response(json={"ok": True})
+
+    path = short_dir / "berth.sock"
+    async with serving(path, handler):
+        with trio.fail_after(5):
+            async with client(path) as c, client(path) as other:
+                assert (await other.get("/ok")).json() == {"ok": True}
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await c.get("/bad")
+                assert (await other.get("/ok")).json() == {"ok": True}  # kept alive
+            async with client(path) as c:
+                assert (await c.get("/ok")).json() == {"ok": True}
+    assert "admin connection failed answering GET /bad; closed it" in caplog.text
+    assert "LocalProtocolError" in caplog.text
+
+
+async def test_a_producer_feeds_the_stream_beside_it(short_dir: Path) -> None:
+    send, receive = trio.open_memory_channel[bytes](0)
+
+    async def produce() -> None:
+        async with send:
+            for i in range(3):
+                await send.send(f"line {i}\n".encode())
+
+    async def handler(request: Request) -> Response:
+        return Response(stream=receive, producer=produce, content_type="text/plain")
+
+    path = short_dir / "berth.sock"
+    async with serving(path, handler), client(path) as c:
+        with trio.fail_after(5):
+            response = await c.get("/logs")
+    assert response.text == "line 0\nline 1\nline 2\n"
+
+
+async def test_a_failing_producer_cuts_the_body_and_the_server_goes_on(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: Request) -> Response:
+        if request.path == "/ok":
+            return Response(json={"ok": True})
+        send, receive = trio.open_memory_channel[bytes](1)
+
+        async def produce() -> None:
+            await send.send(b"partial\n")
+            raise RuntimeError("the producer broke")  # its channel is never closed
+
+        return Response(stream=receive, producer=produce)
+
+    path = short_dir / "berth.sock"
+    async with serving(path, handler), client(path) as c:
+        with trio.fail_after(5):
+            with pytest.raises(httpx.RemoteProtocolError):
+                async with c.stream("GET", "/broken") as response:
+                    async for _ in response.aiter_raw():
+                        pass
+            assert (await c.get("/ok")).json() == {"ok": True}
+    assert "admin response stream's producer failed" in caplog.text
+    assert "the producer broke" in caplog.text
+
+
+async def test_the_producer_is_cancelled_when_the_client_goes_away(short_dir: Path) -> None:
+    ended = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        send, receive = trio.open_memory_channel[bytes](0)
+
+        async def produce() -> None:
+            try:
+                async with send:
+                    while True:
+                        await send.send(b"line\n")
+            finally:
+                ended.set()
+
+        return Response(stream=receive, producer=produce)
+
+    path = short_dir / "berth.sock"
+    async with serving(path, handler):
+        with trio.fail_after(5):
+            stream = await trio.open_unix_socket(str(path))
+            async with stream:
+                await stream.send_all(b"GET /logs HTTP/1.1\r\nhost: berth\r\n\r\n")
+                received = b""
+                while b"line" not in received:
+                    received += await stream.receive_some(65536)
+            await ended.wait()
+
+
+async def test_a_producer_needs_a_stream() -> None:
+    async def produce() -> None:
+        pass
+
+    with pytest.raises(ValueError, match="producer only with a stream"):
+        Response(producer=produce)
