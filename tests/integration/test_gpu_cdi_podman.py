@@ -10,8 +10,7 @@ and refuses to resolve. berth's code takes the kind as a parameter for exactly t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -20,35 +19,9 @@ from daemon.gpu.cdi import CdiInventory, scan_cdi
 from daemon.gpu.placement import Assignment, GpuRequest, Placed, place
 from daemon.runtime.interface import ContainerSpec
 from daemon.runtime.podman import PodmanRuntime
+from tests.integration.conftest import CDI_DIR
 
 pytestmark = pytest.mark.podman
-
-CDI_DIR = Path("/var/run/cdi")
-
-
-@pytest.fixture
-def fake_gpu_kind() -> Iterator[str]:
-    """Writes the CDI spec; yields its kind; removes the file whatever happened."""
-    kind = f"berth-test-{uuid.uuid4().hex[:10]}.example/gpu"
-    devices = "".join(
-        f"""\
-- name: "{n}"
-  containerEdits:
-    deviceNodes:
-    - path: /dev/nvidia{n}
-      hostPath: /dev/null
-    env:
-    - BERTH_TEST_GPU={n}
-"""
-        for n in (0, 1)
-    )
-    path = CDI_DIR / f"{kind.split('.')[0]}.yaml"
-    CDI_DIR.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"cdiVersion: 0.5.0\nkind: {kind}\ndevices:\n{devices}")
-    try:
-        yield kind
-    finally:
-        path.unlink(missing_ok=True)
 
 
 async def output_when_ready(runtime: PodmanRuntime, container_id: str) -> str:

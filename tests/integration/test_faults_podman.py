@@ -1,0 +1,207 @@
+"""Faults against real Podman: a reconcile worker with real containers, a real endpoint and
+real probes, with faults injected between the worker and Podman (`FaultyRuntime`) or made
+behind berthd's back (`podman rm -f`).
+
+- The container list fails for 10 s under load: no duplicate, no container lost, the
+  endpoint never empty, no failed request.
+- `podman rm -f` of the only replica on a one-GPU box: the replacement gets the GPU and is
+  ready within 5 s (its GPU and ports were freed by the next observation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from config.canonical import spec_id
+from config.parse import parse_spec
+from config.settings import load_settings
+from daemon.gpu.cdi import CdiInventory, scan_cdi
+from daemon.gpu.inventory import NoGpu
+from daemon.gpu.ledger import GpuLedger
+from daemon.gpu.model import GpuInventory
+from daemon.health.probes import run_probe
+from daemon.integrations.mounts import MountPreparer
+from daemon.reconcile.context import WorkerContext
+from daemon.reconcile.endpoints import EndpointManager
+from daemon.reconcile.ports import HostPortAllocator
+from daemon.reconcile.worker import DeploymentWorker
+from daemon.runtime.faulty import FaultyRuntime
+from daemon.runtime.interface import LABEL_INSTANCE, ContainerInfo
+from daemon.runtime.podman import PodmanRuntime
+from daemon.store.access import StoreAccess
+from daemon.store.database import Store
+from daemon.store.events import EventLog
+from tests.conftest import podman_binary
+from tests.e2e.load import Load
+from tests.integration.conftest import CDI_DIR
+
+pytestmark = pytest.mark.podman
+
+
+def echo_spec(image: str, port: int, *, count: int = 2, extra: str = "") -> str:
+    return f"""
+name = "faults"
+image = "{image}"
+command = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+port = 8080
+stop_timeout = "1s"
+[replicas]
+count = {count}
+[health.readiness]
+path = "/health"
+period = "1s"
+[endpoint]
+port = {port}
+bind = "127.0.0.1"
+{extra}"""
+
+
+@dataclass
+class Rig:
+    runtime: FaultyRuntime
+    podman: PodmanRuntime
+    store: Store
+    endpoints: EndpointManager
+    worker: DeploymentWorker
+    labels: dict[str, str]
+    port: int
+
+    def apply(self, text: str) -> None:
+        spec = parse_spec(text)
+        self.store.apply(spec.name, spec_id(spec), text, "{}")
+        self.worker.nudge()
+
+    def published(self) -> set[str]:
+        endpoint = self.endpoints.get("faults")
+        return {u.replica_id for u in endpoint.upstreams()} if endpoint else set()
+
+    async def containers(self) -> list[ContainerInfo]:
+        return await self.podman.list(self.labels)
+
+    async def until(self, condition: Callable[[], bool], *, within: float) -> float:
+        """Rounds until `condition` holds; the seconds it took."""
+        started = time.monotonic()
+        with trio.fail_after(within):
+            while not condition():
+                await self.worker.wait_round()
+        return time.monotonic() - started
+
+
+@asynccontextmanager
+async def load_on(url: str, **options: Any) -> AsyncIterator[Load]:
+    """`Load` (threads) against an endpoint served by this very trio loop: stopping it must
+    not block the loop, or the requests in flight would wait for it."""
+    load = Load(url, **options)
+    load.__enter__()
+    try:
+        yield load
+    finally:
+        await trio.to_thread.run_sync(load.__exit__, None, None, None)
+
+
+@asynccontextmanager
+async def worker_rig(
+    podman_url: str,
+    labels: dict[str, str],
+    tmp_path: Path,
+    port: int,
+    inventory: GpuInventory,
+) -> AsyncIterator[Rig]:
+    podman = PodmanRuntime(podman_url)
+    runtime = FaultyRuntime(podman)
+    store = Store(tmp_path / "berth.db")
+    access = StoreAccess(store)
+    endpoints = EndpointManager(drain_timeout=1.0)
+    ctx = WorkerContext(
+        instance=labels[LABEL_INSTANCE],
+        runtime=runtime,
+        store=access,
+        events=EventLog(access),
+        endpoints=endpoints,
+        ports=HostPortAllocator(),
+        probe=run_probe,
+        mounts=MountPreparer(runtime, load_settings(None, {}, {"state_dir": tmp_path})),
+        gpus=GpuLedger(inventory),
+    )
+    worker = DeploymentWorker("faults", ctx)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoints.run)
+            nursery.start_soon(worker.run)
+            yield Rig(runtime, podman, store, endpoints, worker, labels, port)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+        await podman.aclose()
+
+
+async def test_a_list_that_fails_for_10s_changes_nothing_under_load(
+    podman_url: str,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with worker_rig(podman_url, test_labels, tmp_path, port, NoGpu("test")) as rig:
+        rig.apply(echo_spec(echo_image, port))
+        await rig.until(lambda: len(rig.published()) == 2, within=30)
+        before = sorted(c.container_id for c in await rig.containers())
+        serving = rig.published()
+        async with load_on(f"http://127.0.0.1:{port}/", threads=2, max_seconds=30) as load:
+            rig.runtime.fail("list", for_seconds=10.0)
+            faulted = rig.runtime.calls["list"]
+            smallest = len(serving)
+
+            def recovered() -> bool:
+                nonlocal smallest
+                smallest = min(smallest, len(rig.published()))
+                kinds = [e.kind for e in rig.store.events()]
+                return (
+                    "observe-failed" in kinds
+                    and kinds[-1:] != ["observe-failed"]
+                    and ("observed" in kinds)
+                )
+
+            await rig.until(recovered, within=20)
+        assert rig.runtime.calls["list"] > faulted + 3  # rounds went on, and failed
+        assert sorted(c.container_id for c in await rig.containers()) == before
+        assert smallest == 2 and rig.published() == serving  # never an empty endpoint
+        assert load.failures == [] and load.ok > 0, load.failures[:5]
+        assert [e.kind for e in rig.store.events()].count("observe-failed") == 1
+
+
+@pytest.mark.usefixtures("fake_gpu_kind")
+async def test_podman_rm_of_a_gpu_replica_is_replaced_within_5s(
+    podman_url: str,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+    fake_gpu_kind: str,
+    tmp_path: Path,
+) -> None:
+    scan = scan_cdi([str(CDI_DIR)], kind=fake_gpu_kind)
+    one_gpu = CdiInventory(scan)
+    one_gpu._gpus = one_gpu._gpus[:1]  # a one-GPU box
+    port = free_port()
+    async with worker_rig(podman_url, test_labels, tmp_path, port, one_gpu) as rig:
+        rig.apply(echo_spec(echo_image, port, count=1, extra="[resources]\ngpus = 1\n"))
+        await rig.until(lambda: len(rig.published()) == 1, within=30)
+        (victim,) = await rig.containers()
+        (old,) = rig.published()
+        await trio.run_process(
+            [podman_binary(), "rm", "-f", victim.container_id], capture_stdout=True
+        )
+        took = await rig.until(lambda: rig.published() - {old} != set(), within=15)
+        (replacement,) = await rig.containers()
+        assert replacement.container_id != victim.container_id
+        assert took <= 5.0, f"replacement ready after {took:.1f}s"
+        assert "pending" not in [e.kind for e in rig.store.events()]

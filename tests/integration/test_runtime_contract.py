@@ -1,0 +1,183 @@
+"""The runtime contract: the same behavioural tests against `FakeRuntime` and `PodmanRuntime`.
+
+Unit tests of the control plane run against the fake; this suite keeps it honest. Each test
+here runs twice, once per runtime, and asserts only what berthd relies on: the states a
+container goes through, what `list` filters, how failures are translated, which events a
+change produces. A difference found here is a bug in the fake (or in the contract).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+
+import pytest
+import trio
+
+from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.faulty import FaultyRuntime
+from daemon.runtime.interface import (
+    ContainerEvent,
+    ContainerNotFound,
+    ContainerRuntime,
+    ContainerSpec,
+    ImageNotFound,
+    RuntimeFailure,
+    TemporaryRuntimeError,
+)
+from daemon.runtime.podman import PodmanRuntime
+
+pytestmark = pytest.mark.podman
+
+
+@pytest.fixture(params=["fake", "podman"])
+async def any_runtime(
+    request: pytest.FixtureRequest, podman_url: str, echo_image: str
+) -> AsyncIterator[ContainerRuntime]:
+    runtime: ContainerRuntime
+    if request.param == "fake":
+        runtime = FakeRuntime(images={echo_image})
+    else:
+        runtime = PodmanRuntime(podman_url)
+    try:
+        yield runtime
+    finally:
+        await runtime.aclose()
+
+
+def spec(image: str, labels: dict[str, str], port: int, **overrides: object) -> ContainerSpec:
+    fields: dict[str, object] = {
+        "name": f"berth-contract-{uuid.uuid4().hex[:10]}",
+        "image": image,
+        "labels": {**labels, "io.berth.replica": "r1"},
+        "app_port": 8080,
+        "host_port": port,
+        "stop_timeout": 1.0,
+    }
+    fields.update(overrides)
+    return ContainerSpec(**fields)  # type: ignore[arg-type]
+
+
+async def test_a_container_goes_created_running_stopped_gone(
+    any_runtime: ContainerRuntime,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+) -> None:
+    port = free_port()
+    container_id = await any_runtime.create(spec(echo_image, test_labels, port))
+    (created,) = await any_runtime.list(test_labels)
+    assert (created.container_id, created.status, created.running) == (
+        container_id,
+        "created",
+        False,
+    )
+    assert created.labels["io.berth.replica"] == "r1" and created.host_port == port
+
+    await any_runtime.start(container_id)
+    running = await any_runtime.inspect(container_id)
+    assert running.running and running.status == "running"
+
+    with trio.fail_after(10):
+        await any_runtime.stop(container_id, timeout=1)
+    stopped = await any_runtime.inspect(container_id)
+    assert not stopped.running and stopped.exit_code is not None
+    await any_runtime.stop(container_id, timeout=1)  # stopped already: fine
+
+    await any_runtime.remove(container_id)
+    await any_runtime.remove(container_id)  # gone already: fine
+    assert await any_runtime.list(test_labels) == []
+    for call in (any_runtime.inspect, any_runtime.start):
+        with pytest.raises(ContainerNotFound):
+            await call(container_id)
+    with pytest.raises(ContainerNotFound):
+        await any_runtime.stop(container_id, timeout=1)
+
+
+async def test_list_filters_by_every_label(
+    any_runtime: ContainerRuntime,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+) -> None:
+    mine = await any_runtime.create(
+        spec(echo_image, {**test_labels, "io.berth.deployment": "a"}, free_port())
+    )
+    await any_runtime.create(
+        spec(echo_image, {**test_labels, "io.berth.deployment": "b"}, free_port())
+    )
+    listed = await any_runtime.list({**test_labels, "io.berth.deployment": "a"})
+    assert [c.container_id for c in listed] == [mine]
+    assert len(await any_runtime.list(test_labels)) == 2
+    assert await any_runtime.list({"io.berth.instance": f"nobody-{uuid.uuid4().hex}"}) == []
+
+
+async def test_failures_are_translated(
+    any_runtime: ContainerRuntime,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+) -> None:
+    with pytest.raises(ImageNotFound):
+        await any_runtime.create(spec("localhost/berth-no-such-image:0", test_labels, 1))
+    taken = spec(echo_image, test_labels, free_port())
+    await any_runtime.create(taken)
+    with pytest.raises(RuntimeFailure):
+        await any_runtime.create(taken)  # the same name again
+    assert not await any_runtime.image_exists("localhost/berth-no-such-image:0")
+    assert await any_runtime.image_exists(echo_image)
+    for call in (any_runtime.inspect, any_runtime.logs):
+        with pytest.raises(ContainerNotFound):
+            await call("f" * 64)
+
+
+async def test_changes_are_events_in_order(
+    any_runtime: ContainerRuntime,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+) -> None:
+    seen: list[ContainerEvent] = []
+    arrived: dict[tuple[str, str], trio.Event] = {}
+
+    def arrival(container_id: str, action: str) -> trio.Event:
+        return arrived.setdefault((container_id, action), trio.Event())
+
+    async def watch() -> None:
+        async with aclosing(any_runtime.events(test_labels)) as events:
+            async for event in events:
+                seen.append(event)
+                arrival(event.container_id, event.action).set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        with trio.fail_after(10):
+            # The stream is live once it reports a change: warm-up containers until one is.
+            for _ in range(40):
+                warm = await any_runtime.create(spec(echo_image, test_labels, free_port()))
+                with trio.move_on_after(0.25):
+                    await arrival(warm, "create").wait()
+                if arrival(warm, "create").is_set():
+                    break
+            container_id = await any_runtime.create(spec(echo_image, test_labels, free_port()))
+            await any_runtime.start(container_id)
+            await any_runtime.remove(container_id)
+            await arrival(container_id, "remove").wait()
+        nursery.cancel_scope.cancel()
+    actions = [e.action for e in seen if e.container_id == container_id]
+    wanted = ["create", "start", "remove"]
+    assert [a for a in actions if a in wanted] == wanted, actions
+    assert all(e.labels.get("io.berth.replica") == "r1" for e in seen)
+
+
+async def test_a_faulty_runtime_fails_then_heals_around_either(
+    any_runtime: ContainerRuntime, test_labels: dict[str, str], autojump_clock: trio.abc.Clock
+) -> None:
+    faulty = FaultyRuntime(any_runtime)
+    faulty.fail("list", for_seconds=10.0)
+    with pytest.raises(TemporaryRuntimeError, match="injected"):
+        await faulty.list(test_labels)
+    await trio.sleep(10.0)
+    assert await faulty.list(test_labels) == []
+    assert faulty.calls["list"] == 2
