@@ -1,15 +1,22 @@
 """Replica logs for `berth logs`: one replica's as they are, several interleaved by line.
 
-With several replicas each line is prefixed `REPLICA_ID | `. Following merges the replicas'
-streams through one memory channel, and picks up replicas created while it follows; the
-producers live in a nursery that ends when the consumer (the admin server's response)
-closes the stream. `--tail` applies to each replica.
+With several replicas each line is prefixed `REPLICA_ID | `. `--tail` applies to each replica.
+
+Following (`berth logs -f`) is a producer, not a generator: `follow_replica_logs` runs one
+pump task per replica (and one that picks up replicas created while it follows) in its own
+nursery, all writing into the memory channel it is given; the consumer reads the channel's
+other end. Nothing here yields from inside a nursery. The admin server runs the producer
+beside the response that reads the channel (`Response.producer`), and cancels it the moment
+the response stops (the client hung up): the pumps end and every replica's log stream is
+closed before the connection's task goes on. A replica's stream that fails ends that pump
+with a note in the merged stream; the others go on. The channel closes (the response ends)
+when every pump has ended.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from contextlib import aclosing
 
 import trio
@@ -38,13 +45,14 @@ async def replica_logs(
 async def follow_replica_logs(
     runtime: ContainerRuntime,
     containers: list[ContainerInfo],
+    out: trio.MemorySendChannel[bytes],
     *,
     tail: int | None,
     labels: Mapping[str, str] | None = None,
-) -> AsyncIterator[bytes]:
-    """Follow these containers' logs; with `labels`, also those of replicas that appear later
+) -> None:
+    """Send these containers' logs into `out` as they come, until cancelled or every stream
+    has ended (then `out` is closed); with `labels`, also those of replicas that appear later
     (a rolling update, a scale-up), every line then prefixed with its replica."""
-    send, receive = trio.open_memory_channel[bytes](64)
     prefix = len(containers) > 1 or labels is not None
 
     async def pump(c: ContainerInfo, out: trio.MemorySendChannel[bytes], tail: int | None) -> None:
@@ -64,8 +72,7 @@ async def follow_replica_logs(
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the reader went away
             except RuntimeFailure as exc:
-                # A pump never fails the merged stream: the others go on. (The consumer runs
-                # inside this generator's nursery, so a pump's exception would cancel it.)
+                # One replica's stream failing ends its pump only: the others go on.
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await out.send(f"[{replica}: log stream ended: {exc}]\n".encode())
 
@@ -85,20 +92,9 @@ async def follow_replica_logs(
                         seen.add(c.container_id)
                         nursery.start_soon(pump, c, out.clone(), None)
 
-    async with trio.open_nursery() as nursery:
-        async with send:
-            for c in containers:
-                nursery.start_soon(pump, c, send.clone(), tail)
-            if labels is not None:
-                nursery.start_soon(watch, send.clone(), nursery)
-        try:
-            async with receive:
-                async for chunk in receive:
-                    try:
-                        yield chunk
-                    except GeneratorExit:
-                        # Closed by the reader: end the pumps and return normally, so the
-                        # nursery does not wrap GeneratorExit in an exception group.
-                        break
-        finally:
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery, out:
+        # Each task holds a clone; the channel closes when the last of them ends.
+        for c in containers:
+            nursery.start_soon(pump, c, out.clone(), tail)
+        if labels is not None:
+            nursery.start_soon(watch, out.clone(), nursery)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import trio
@@ -27,6 +28,7 @@ from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, RuntimeFa
 from daemon.store.database import Deployment, Event, Store
 
 RM_WAIT = 120.0
+FOLLOW_BUFFER = 64  # chunks of `berth logs -f` waiting for a slow reader
 
 
 def error(status: int, message: str, **extra: Any) -> Response:
@@ -288,10 +290,19 @@ class AdminApi:
                 return error(404, f"no deployment named {name!r}")
             return Response(text="", content_type="text/plain; charset=utf-8")
         if req.query.get("follow") in ("1", "true"):
-            stream = follow_replica_logs(
-                self.d.runtime, containers, tail=tail, labels=None if replica else labels
+            # The server runs the producer beside the response and ends it with the response.
+            send, receive = trio.open_memory_channel[bytes](FOLLOW_BUFFER)
+            follow = partial(
+                follow_replica_logs,
+                self.d.runtime,
+                containers,
+                send,
+                tail=tail,
+                labels=None if replica else labels,
             )
-            return Response(stream=stream, content_type="text/plain; charset=utf-8")
+            return Response(
+                stream=receive, producer=follow, content_type="text/plain; charset=utf-8"
+            )
         try:
             data = await replica_logs(self.d.runtime, containers, tail=tail)
         except RuntimeFailure as exc:

@@ -5,16 +5,19 @@ It behaves like Podman where berthd can tell the difference:
 - create -> "created", start -> "running", stop -> "exited", remove -> gone; stopping a stopped
   container and removing a missing one are fine; anything else on a missing id raises
   ContainerNotFound; creating from an image not in `images` raises ImageNotFound;
+- `stats_many` answers for the running containers among those asked for, in one call;
 - events ("create", "start", "died", "remove") reach every open `events()` stream whose labels
   match, in order, from the stream's first iteration on (as with PodmanRuntime, whose stream
   connects then), and `die()` simulates a crash (or an OOM kill) with a "died" event.
-Tests steer it with `fail(method, error, times)` and read `calls` to see what was asked.
+Tests steer it with `fail(method, error, times)` and read `calls` to see what was asked;
+`log_followers` counts the `follow_logs` streams open now (`wait_log_followers` waits for a
+count), so that a test can tell that every stream it caused was closed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -70,6 +73,8 @@ class FakeRuntime:
         self._failures: dict[str, list[RuntimeFailure]] = {}
         self._next_id = 1
         self._subscribers: list[trio.MemorySendChannel[ContainerEvent]] = []
+        self.log_followers = 0  # `follow_logs` streams open now
+        self._followers_changed = trio.Event()
 
     def __repr__(self) -> str:
         states = ", ".join(f"{c.spec.name}:{c.status}" for c in self.containers.values())
@@ -92,6 +97,11 @@ class FakeRuntime:
         container.logs += data
         container.log_written.set()
         container.log_written = trio.Event()
+
+    async def wait_log_followers(self, count: int) -> None:
+        """Until exactly `count` `follow_logs` streams are open."""
+        while self.log_followers != count:
+            await self._followers_changed.wait()
 
     def by_name(self, name: str) -> FakeContainer:
         for container in self.containers.values():
@@ -169,6 +179,14 @@ class FakeRuntime:
             raise ContainerNotFound(f"stats {container_id[:12]}: container is not running")
         return self.stats_by_id.get(container_id, ContainerStats(cpu_percent=0.0, memory_bytes=0))
 
+    async def stats_many(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        self._enter("stats_many", tuple(container_ids))
+        return {
+            cid: self.stats_by_id.get(cid, ContainerStats(cpu_percent=0.0, memory_bytes=0))
+            for cid in container_ids
+            if (c := self.containers.get(cid)) is not None and c.status == "running"
+        }
+
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
         self._enter("logs", container_id)
         return _tail(self._get(container_id).logs, tail)
@@ -179,13 +197,17 @@ class FakeRuntime:
         self._enter("follow_logs", container_id)
         container = self._get(container_id)
         sent = len(container.logs)
-        if initial := _tail(container.logs, tail):
-            yield initial
-        while True:
-            await container.log_written.wait()
-            if new := container.logs[sent:]:
-                sent = len(container.logs)
-                yield new
+        self._count_followers(+1)
+        try:
+            if initial := _tail(container.logs, tail):
+                yield initial
+            while True:
+                await container.log_written.wait()
+                if new := container.logs[sent:]:
+                    sent = len(container.logs)
+                    yield new
+        finally:
+            self._count_followers(-1)
 
     async def events(self, labels: Mapping[str, str]) -> AsyncGenerator[ContainerEvent, None]:
         self._enter("events", dict(labels))
@@ -217,6 +239,11 @@ class FakeRuntime:
         pending = self._failures.get(method)
         if pending:
             raise pending.pop(0)
+
+    def _count_followers(self, change: int) -> None:
+        self.log_followers += change
+        self._followers_changed.set()
+        self._followers_changed = trio.Event()
 
     def _get(self, container_id: str) -> FakeContainer:
         try:
