@@ -7,6 +7,8 @@
     specs         --specs         BERTH_SPECS       specs              None
     allowed_roots                                   [mounts] allowed_roots  /srv /data ...
     metrics_listen                                  [metrics] listen   None (off)
+    events_keep                                     [events] keep      "168h" (7 days)
+    events_max_rows                                 [events] max_rows  100000
 
 An empty environment variable counts as unset. Relative paths from flags and environment
 are taken from the working directory; relative paths in berthd.toml from the file's own
@@ -24,7 +26,7 @@ import tomli
 
 from config.errors import Problem, SpecError
 from config.parse import syntax_problem
-from config.reader import Reader, as_str, as_str_list
+from config.reader import Reader, as_duration, as_int, as_str, as_str_list
 
 DEFAULT_STATE_DIR = Path("/var/lib/berth")
 DEFAULT_SOCKET = Path("/run/berth/berth.sock")
@@ -44,6 +46,8 @@ OVERRIDE_KEYS = frozenset(
     {"state_dir", "socket", "podman_url", "specs", "allowed_roots", "metrics_listen"}
 )
 PODMAN_SCHEMES = ("unix://", "http+unix://", "tcp://", "ssh://")
+DEFAULT_EVENTS_KEEP = 7 * 24 * 3600.0  # seconds
+DEFAULT_EVENTS_MAX_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class DaemonSettings:
     specs: Path | None
     allowed_roots: tuple[Path, ...]
     metrics_listen: str | None
+    # The event log keeps events this many seconds, and at most this many of the newest.
+    events_keep: float = DEFAULT_EVENTS_KEEP
+    events_max_rows: int = DEFAULT_EVENTS_MAX_ROWS
 
     def allows_bind_source(self, source: str | Path) -> bool:
         """Whether a bind mount's (absolute, normalised) source lies under an allowed root."""
@@ -122,6 +129,7 @@ def load_settings(
             problems.append(Problem(where, reason, listen))
             listen = None
 
+    keep, rows = file_values.get("events_keep"), file_values.get("events_max_rows")
     if problems:
         raise SpecError(problems, source=source)
     return DaemonSettings(
@@ -131,6 +139,8 @@ def load_settings(
         specs=specs,
         allowed_roots=allowed_roots,
         metrics_listen=listen if isinstance(listen, str) else None,
+        events_keep=keep if isinstance(keep, float) else DEFAULT_EVENTS_KEEP,
+        events_max_rows=rows if isinstance(rows, int) else DEFAULT_EVENTS_MAX_ROWS,
     )
 
 
@@ -165,6 +175,15 @@ def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
         if listen is not None:
             out["metrics_listen"] = listen
         metrics.close()
+    events = r.table("events")
+    if events is not None:
+        keep = events.optional("keep", as_duration(lo=3600.0, hi=10 * 365 * 86400.0))
+        if keep is not None:
+            out["events_keep"] = keep
+        rows = events.optional("max_rows", as_int(100, 100_000_000))
+        if rows is not None:
+            out["events_max_rows"] = rows
+        events.close()
     r.close()
     return out
 

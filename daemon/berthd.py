@@ -141,6 +141,13 @@ class Berthd:
             self._control = control
             control.start_soon(self._handle_signals)
             control.start_soon(self.notifier.watchdog_loop)
+            control.start_soon(
+                partial(
+                    self.events.prune_forever,
+                    keep=self.settings.events_keep,
+                    max_rows=self.settings.events_max_rows,
+                )
+            )
             for name in await self._known_deployments():
                 self.ensure_worker(name)
             control.start_soon(self._watch_podman_events)

@@ -105,6 +105,12 @@ specs = "/etc/berth/deployments"
 # Prometheus exposition at http://LISTEN/metrics; off unless set. "[::1]:9464" for IPv6,
 # ":9464" for every address.
 # listen = "127.0.0.1:9464"
+
+[events]
+# `berth events` keeps what berthd did for this long (at least 1h), and at most this many of
+# the newest events; older ones are dropped once an hour.
+# keep = "168h"
+# max_rows = 100000
 TOML
   chmod 0644 "$etc/berthd.toml"
   say "wrote $etc/berthd.toml"

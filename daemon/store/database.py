@@ -412,6 +412,16 @@ class Store:
         assert cursor.lastrowid is not None
         return Event(cursor.lastrowid, time, deployment, replica, str(kind), message)
 
+    def prune_events(self, before: datetime, keep_rows: int) -> int:
+        """Drop events older than `before`, and all but the newest `keep_rows`; how many."""
+        with self._write():
+            cursor = self._db.execute(
+                "DELETE FROM events WHERE time < ? OR id <= ("
+                "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                [rfc3339(before), keep_rows],
+            )
+        return cursor.rowcount
+
     def events(
         self, *, deployment: str | None = None, after_id: int = 0, limit: int | None = None
     ) -> list[Event]:

@@ -2,17 +2,20 @@
 
 `emit` writes the event (through the store, in a thread) and logs it as a structured line on
 stderr (journald keeps those). Followers (`berth events -f`) wait on `changed()` and then read
-the store from the last id they saw, so no event is missed between two waits.
+the store from the last id they saw, so no event is missed between two waits. `prune_forever`
+keeps the log bounded: events older than `keep` seconds, and all but the newest `max_rows`,
+go once an hour.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import trio
 
 from daemon.store.access import StoreAccess
-from daemon.store.database import Event, Store
+from daemon.store.database import Event, Store, utc_now
 
 log = logging.getLogger("berthd")
 
@@ -45,3 +48,11 @@ class EventLog:
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
+
+    async def prune_forever(self, *, keep: float, max_rows: int, every: float = 3600.0) -> None:
+        while True:
+            before = utc_now() - timedelta(seconds=keep)
+            dropped = await self._store.call(Store.prune_events, before, max_rows)
+            if dropped:
+                log.info("event log: %d old events dropped", dropped)
+            await trio.sleep(every)

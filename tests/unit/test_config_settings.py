@@ -107,6 +107,13 @@ def test_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert s.specs == conf_dir / "deployments"  # the file: from its own directory
 
 
+def test_event_retention(tmp_path: Path) -> None:
+    assert load_settings(None, {}, NO_FLAGS).events_keep == 7 * 24 * 3600
+    config = write(tmp_path, '[events]\nkeep = "48h"\nmax_rows = 5000\n')
+    s = load_settings(config, {}, NO_FLAGS)
+    assert (s.events_keep, s.events_max_rows) == (48 * 3600, 5000)
+
+
 def test_unknown_keys_name_their_paths(tmp_path: Path) -> None:
     config = write(tmp_path, 'state = "/x"\n[mounts]\nroots = []\n[metric]\nlisten = ":1"\n')
     with pytest.raises(SpecError) as info:
@@ -129,6 +136,9 @@ def test_unknown_keys_name_their_paths(tmp_path: Path) -> None:
         ('[metrics]\nlisten = "::1:9464"\n', "metrics.listen: write an IPv6 host in brackets"),
         ('[metrics]\nlisten = "0.0.0.0:99999"\n', 'metrics.listen: must be "host:port"'),
         ("mounts = 1\n", "mounts: must be a table"),
+        ('[events]\nkeep = "10s"\n', "events.keep: must be"),
+        ("[events]\nmax_rows = 5\n", "events.max_rows: must be"),
+        ("[events]\nrows = 5\n", "events.rows: unknown key"),
         ("state_dir = \n", "TOML syntax error at line 1"),
     ],
 )

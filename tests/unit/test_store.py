@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
+from daemon.store.access import StoreAccess
 from daemon.store.database import (
     Event,
     ReplicaRecord,
@@ -20,6 +22,7 @@ from daemon.store.database import (
     UnknownDeployment,
     rfc3339,
 )
+from daemon.store.events import EventLog
 from daemon.store.migrations import LATEST_VERSION, MIGRATIONS
 
 START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -447,3 +450,32 @@ def test_writes_take_the_write_lock_at_begin(tmp_path: Path) -> None:
     other.rollback()
     other.close()
     store.close()
+
+
+def test_events_are_pruned_by_age_and_by_count(store: Store) -> None:
+    for n in range(10):  # FakeNow: one second apart, from START on
+        store.add_event("note", f"event {n}")
+    assert store.prune_events(START + timedelta(seconds=3), keep_rows=100) == 3
+    assert [e.message for e in store.events()][:1] == ["event 3"]
+    assert store.prune_events(START, keep_rows=4) == 3
+    assert [e.message for e in store.events()] == [f"event {n}" for n in range(6, 10)]
+    assert store.prune_events(START, keep_rows=4) == 0
+
+
+async def test_the_event_log_prunes_itself_every_hour(
+    store: Store, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0.05  # jump only once the store's thread calls are done
+    access = StoreAccess(store)
+    log = EventLog(access)
+    for n in range(5):
+        await log.emit("note", f"event {n}")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(log.prune_forever, keep=10 * 365 * 86400.0, max_rows=2))
+        await trio.sleep(1)
+        assert [e.message for e in store.events()] == ["event 3", "event 4"]
+        for n in range(5, 8):
+            await log.emit("note", f"event {n}")
+        await trio.sleep(3600)
+        assert [e.message for e in store.events()] == ["event 6", "event 7"]
+        nursery.cancel_scope.cancel()
