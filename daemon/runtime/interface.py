@@ -78,6 +78,9 @@ class ContainerStats:
     pids: int = 0
 
 
+LOG_SIZE_MAX = 10 * 2**20  # bytes: each replica container's log
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one replica container."""
@@ -99,6 +102,9 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...] = ()
     # More published ports (container port -> host port on host_ip), e.g. a probe's port.
     extra_ports: Mapping[int, int] = field(default_factory=dict)
+    # The container log's cap in bytes (Podman's k8s-file driver truncates it there), so a
+    # chatty model server cannot fill the disk; None: Podman's own default (unbounded).
+    log_size_max: int | None = LOG_SIZE_MAX
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,8 @@ class PodmanRuntime:
             "stop_timeout": math.ceil(spec.stop_timeout),
             "restart_policy": {"Name": "no"},
         }
+        if spec.log_size_max is not None:
+            kwargs["log_config"] = {"Type": "k8s-file", "Config": {"size": spec.log_size_max}}
         if spec.command is not None:
             kwargs["command"] = list(spec.command)
         if spec.cpus is not None:

@@ -322,3 +322,21 @@ def podman_inspect(container_id: str) -> dict[str, Any]:
     ).stdout
     result: dict[str, Any] = json.loads(out)[0]
     return result
+
+
+async def test_a_container_log_is_capped(
+    runtime: PodmanRuntime,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+) -> None:
+    """A replica that logs without pause cannot fill the disk: its log stays under the cap."""
+    cap = 64 * 1024
+    chatty = ("sh", "-c", "while true; do echo 0123456789012345678901234567890123456789; done")
+    container_id = await runtime.create(
+        make_spec(echo_image, test_labels, free_port(), command=chatty, log_size_max=cap)
+    )
+    await runtime.start(container_id)
+    await trio.sleep(2.0)  # megabytes a second: many times the cap by now
+    assert 0 < len(await runtime.logs(container_id)) <= cap
+    await runtime.remove(container_id)
