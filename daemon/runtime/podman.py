@@ -10,6 +10,8 @@ Invariants:
 - podman-py, HTTP client and socket exceptions never escape: they become `RuntimeFailure`
   subclasses, with Podman's own explanation in the message (an unreachable service, or one
   that breaks off mid-stream, is a `TemporaryRuntimeError`).
+- One event that cannot be read (not JSON, not an object, a field missing or of the wrong
+  type) is logged and skipped (`parse_event` says why); the stream goes on.
 - Containers are created with restart policy "no": restarting is berthd's decision, not
   Podman's. They carry `LABEL_HOST_PORT`, so an adopted container's port is known.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import socket
 import struct
@@ -49,12 +52,16 @@ from daemon.runtime.interface import (
 
 T = TypeVar("T")
 
+log = logging.getLogger("berthd.podman")
+
 # libpod API prefix used by the streams; Podman 4.x accepts any version >= 4.0.0 here.
 LIBPOD_PREFIX = "/v4.0.0/libpod"
 # How much of an error answer on a stream is read for its message.
 ERROR_BODY_LIMIT = 64 * 1024
 # Extra event attributes that Podman mixes in with the container's labels.
 EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
+# How much of an event that cannot be read is quoted in the log.
+EVENT_EXCERPT = 200
 # Podman's messages for a registry that has no such image (pull and create).
 IMAGE_MISSING_HINTS = ("image not known", "manifest unknown", "name unknown", "not found")
 REGISTRY_TEMPORARY_HINTS = ("connection refused", "i/o timeout", "no such host", "timeout")
@@ -315,8 +322,18 @@ class PodmanRuntime:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip():
-                        yield _event(json.loads(line))
+                    if not line.strip():
+                        continue
+                    try:
+                        event = parse_event(line)
+                    except MalformedEvent as exc:
+                        log.warning(
+                            "podman: skipped an event that cannot be read (%s): %r",
+                            exc,
+                            line[:EVENT_EXCERPT],
+                        )
+                        continue
+                    yield event
 
     async def _stream(
         self, path: str, params: Mapping[str, str], *, what: str
@@ -456,19 +473,50 @@ def _host_port(labels: Mapping[str, str], bound: list[Any]) -> int | None:
     return None
 
 
-def _event(body: Mapping[str, Any]) -> ContainerEvent:
-    actor = body.get("Actor") or {}
-    attributes: Mapping[str, str] = actor.get("Attributes") or {}
-    action = body.get("status") or body.get("Action") or ""
+class MalformedEvent(ValueError):
+    """A line of libpod's event stream that is not a container event berthd can read."""
+
+
+def parse_event(line: bytes) -> ContainerEvent:
+    """One line of libpod's event stream (a JSON object); `MalformedEvent` says what is wrong."""
+    try:
+        body = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise MalformedEvent(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedEvent(f"not a JSON object but {type(body).__name__}")
+    actor = _field(body, "Actor", dict, {})
+    attributes = _field(actor, "Attributes", dict, {})
+    action = _field(body, "status", str, "") or _field(body, "Action", str, "")
+    container_id = _field(body, "id", str, "") or _field(actor, "ID", str, "")
+    if not action:
+        raise MalformedEvent("no status or Action")
+    if not container_id:
+        raise MalformedEvent("no id or Actor.ID")
+    labels: dict[str, str] = {}
+    for key, value in attributes.items():
+        if not isinstance(value, str):
+            raise MalformedEvent(f"Actor.Attributes.{key} is {type(value).__name__}, not a string")
+        if key not in EVENT_ATTRIBUTES:
+            labels[key] = value
     exit_code = None
-    if action == "died" and attributes.get("containerExitCode") is not None:
-        exit_code = int(attributes["containerExitCode"])
-    return ContainerEvent(
-        container_id=body.get("id") or actor.get("ID", ""),
-        action=action,
-        labels={k: v for k, v in attributes.items() if k not in EVENT_ATTRIBUTES},
-        exit_code=exit_code,
-    )
+    code = attributes.get("containerExitCode")
+    if action == "died" and code is not None:
+        try:
+            exit_code = int(code)
+        except ValueError:
+            raise MalformedEvent(f"containerExitCode {code!r} is not a number") from None
+    return ContainerEvent(container_id, action, labels, exit_code)
+
+
+def _field(body: dict[str, Any], key: str, kind: type[T], default: T) -> T:
+    """`body[key]` when it is a `kind`; `default` when it is missing or null."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise MalformedEvent(f"{key} is {type(value).__name__}, not {kind.__name__}")
+    return value
 
 
 def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
