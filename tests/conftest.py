@@ -8,6 +8,7 @@ The Podman fixtures live here (not in tests/integration/) so tests/e2e can use t
 - `test_labels`: a unique `io.berth.instance` label; every container carrying it is removed
   when the test ends, whatever happened.
 - `free_port`: a callable returning a free TCP port on 127.0.0.1.
+- `slow_podman(directory)`: a `podman` wrapper that waits 0.5 s before it starts a service.
 
 A missing `podman` binary FAILS the tests that need it, never skips them: CI must run them.
 """
@@ -62,6 +63,23 @@ def socket_answers(path: Path) -> bool:
     except OSError:
         return False
     return reply.startswith(b"HTTP/1.") and b" 200" in reply[:16]
+
+
+SLOW_PODMAN = """#!/bin/sh
+# A Podman service slow to come back (a loaded box): time enough to kill one before it answers.
+if [ "$1 $2" = "system service" ]; then sleep {delay}; fi
+exec {podman} "$@"
+"""
+
+
+def slow_podman(directory: Path, delay: float = 0.5) -> Path:
+    """Write `directory/podman`: the real podman, but `podman system service` starts only
+    after `delay` seconds (the wrapper's PID becomes the service's: it execs podman)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "podman"
+    wrapper.write_text(SLOW_PODMAN.format(delay=delay, podman=podman_binary()))
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def remove_labelled_containers(podman: str, labels: dict[str, str]) -> None:

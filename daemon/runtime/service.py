@@ -1,19 +1,33 @@
 """Which Podman berthd talks to, and the embedded `podman system service` when it must own one.
 
-`PodmanService(podman_url, state_dir).run()` is started with `nursery.start` and reports the
-URL to use (DESIGN.md, "berthd — contract"):
+`PodmanService(podman_url, state_dir).run()` is started with `nursery.start`, reports the URL
+to use (DESIGN.md, "berthd — contract") and then runs until cancelled:
 1. an explicit `podman_url` is used as is; if it does not answer, `run` fails at once;
 2. otherwise the system socket (`unix:///run/podman/podman.sock`) if it answers;
 3. otherwise `unix://{state_dir}/podman.sock`: reused if something already answers there (a
    service left by a berthd that was `kill -9`ed), else started as a child process.
 
 Invariants:
+- Before `started`, failing is a startup error (`PodmanUnavailable`, one line saying why):
+  berthd cannot start without Podman. After it, `run` never raises (but for cancellation):
+  Podman going away is a fault berthd lives through. Its calls fail as
+  `TemporaryRuntimeError` meanwhile and are retried; the endpoints do not need Podman.
+- The embedded child that exits, fails to start, does not answer within `start_timeout`, or
+  stops answering (`WATCH_MISSES` pings in a row, one every `watch_period`) is ended and
+  started again after a back-off: `BACKOFF_FIRST` doubling up to `BACKOFF_MAX`, from the
+  beginning again once a child has answered for `BACKOFF_RESET_AFTER`. Each exit with its
+  restart delay, and each child answering again, is said (`on_event`, else the log).
+- A service berthd did not start (explicit, system, reused) is only watched: that it stops
+  answering is said once, and that it answers again.
 - Only a child that this object started is ever ended (SIGTERM, then SIGKILL after a bound),
   and always when `run` is cancelled. A reused or system service is left alone.
 - Containers do not depend on the service (conmon is their parent), so stopping and starting
   the service, or berthd, leaves them running.
-- The child runs in its own session, so a Ctrl-C meant for berthd does not reach it; if it
-  exits on its own it is restarted (a few quick failures in a row end `run` with the log tail).
+- The child runs in its own session, so a Ctrl-C meant for berthd does not reach it. It writes
+  straight to `podman-service.log` (O_APPEND), not through a pipe to berthd: a service that
+  outlives a crashed berthd must not die of a broken pipe. So the log is rotated by copy and
+  truncate (logrotate's `copytruncate`) once it passes `log_max_bytes`, one old file kept
+  (`podman-service.log.1`); a line written between the copy and the truncate is lost.
 - "Answers" means GET /_ping gets 200 within `PING_TIMEOUT`, asked with berthd's one HTTP
   client helper (`daemon.http.client`); anything else (refused, wedged, not HTTP) is "no".
 """
@@ -21,9 +35,13 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
 import subprocess
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -34,10 +52,23 @@ log = logging.getLogger("berth.podman")
 SYSTEM_URL = "unix:///run/podman/podman.sock"
 # A healthy service answers /_ping in milliseconds; a wedged one is as good as none.
 PING_TIMEOUT = 2.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+BACKOFF_RESET_AFTER = 60.0
+WATCH_PERIOD = 5.0
+# A service busy with a big pull may miss a ping; three in a row (~15 s) is not busy.
+WATCH_MISSES = 3
+LOG_MAX_BYTES = 10 * 1024 * 1024
 
 
 class PodmanUnavailable(Exception):
     """No Podman API service answers where berthd was told (or decided) to look."""
+
+
+class ServiceEvents(Protocol):
+    """Where the service's exits and restarts are said (berthd: its event log)."""
+
+    async def __call__(self, message: str, *, level: int) -> object: ...
 
 
 async def podman_answers(url: str) -> bool:
@@ -55,6 +86,15 @@ async def podman_answers(url: str) -> bool:
     return False
 
 
+def describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
 class PodmanService:
     def __init__(
         self,
@@ -65,6 +105,9 @@ class PodmanService:
         podman_binary: str = "podman",
         start_timeout: float = 15.0,
         stop_timeout: float = 5.0,
+        watch_period: float = WATCH_PERIOD,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        on_event: ServiceEvents | None = None,
     ) -> None:
         self.explicit_url = podman_url
         self.state_dir = state_dir
@@ -72,6 +115,9 @@ class PodmanService:
         self.podman_binary = podman_binary
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.watch_period = watch_period
+        self.log_max_bytes = log_max_bytes
+        self.on_event = on_event
         self.socket_path = state_dir / "podman.sock"
         self.log_path = state_dir / "podman-service.log"
         self.url: str | None = None
@@ -80,8 +126,7 @@ class PodmanService:
         self._process: trio.Process | None = None
 
     def __repr__(self) -> str:
-        pid = self._process.pid if self._process is not None else None
-        return f"<PodmanService url={self.url!r} source={self.source} child_pid={pid}>"
+        return f"<PodmanService url={self.url!r} source={self.source} child_pid={self.child_pid}>"
 
     @property
     def child_pid(self) -> int | None:
@@ -93,76 +138,141 @@ class PodmanService:
             if not await podman_answers(self.explicit_url):
                 raise PodmanUnavailable(f"no Podman API service answers at {self.explicit_url}")
             self._ready(self.explicit_url, "explicit", task_status)
-            return
-        if await podman_answers(self.system_url):
+        elif await podman_answers(self.system_url):
             self._ready(self.system_url, "system", task_status)
-            return
-        own_url = f"unix://{self.socket_path}"
-        if await podman_answers(own_url):
+        else:
+            own_url = f"unix://{self.socket_path}"
+            if not await podman_answers(own_url):
+                await self._supervise(own_url, task_status)
+                return
             self._ready(own_url, "reused", task_status)
-            return
-        await self._supervise(own_url, task_status)
+        await self._watch_theirs()
 
     def _ready(self, url: str, source: str, task_status: trio.TaskStatus[str]) -> None:
         self.url, self.source = url, source
         log.info("podman: using %s (%s)", url, source)
         task_status.started(url)
 
-    async def _supervise(self, url: str, task_status: trio.TaskStatus[str]) -> None:
-        quick_failures = 0
-        started = False
-        while True:
-            began = trio.current_time()
-            status = await self._run_child(url, None if started else task_status)
-            started = True
-            quick_failures = quick_failures + 1 if trio.current_time() - began < 30 else 1
-            log.warning("podman: `podman system service` exited with status %s", status)
-            if quick_failures >= 3:
-                raise PodmanUnavailable(
-                    f"`podman system service` keeps exiting (status {status}); "
-                    f"see {self.log_path}:\n{self._log_tail()}"
-                )
-            await trio.sleep(1.0)
+    async def _say(self, message: str, level: int) -> None:
+        if self.on_event is not None:
+            await self.on_event(message, level=level)
+        else:
+            log.log(level, message)
 
-    async def _run_child(self, url: str, task_status: trio.TaskStatus[str] | None) -> int:
-        """Start the service, report it ready, and return its exit status when it ends."""
+    # -- a service berthd did not start ----------------------------------------------------
+
+    async def _watch_theirs(self) -> None:
+        """Say once when the service stops answering, and when it answers again."""
+        assert self.url is not None
+        misses = 0
+        while True:
+            await trio.sleep(self.watch_period)
+            if self.source == "reused":  # it writes the log a berthd before this one opened
+                await self._rotate_log()
+            if await podman_answers(self.url):
+                if misses >= WATCH_MISSES:
+                    await self._say(f"podman service at {self.url} answering again", logging.INFO)
+                misses = 0
+                continue
+            misses += 1
+            if misses == WATCH_MISSES:
+                await self._say(
+                    f"podman service at {self.url} ({self.source}) does not answer; berthd did "
+                    "not start it, so it waits for it (Podman calls fail as temporary "
+                    "meanwhile, endpoints keep serving)",
+                    logging.WARNING,
+                )
+
+    # -- the embedded service --------------------------------------------------------------
+
+    async def _supervise(self, url: str, task_status: trio.TaskStatus[str]) -> None:
+        """Run the child for good: started once (or raise), then restarted whenever it ends."""
+        delay = BACKOFF_FIRST
+        starting: trio.TaskStatus[str] | None = task_status
+        while True:
+            pid, why, answered_for = await self._life(url, starting)
+            starting = None  # `_life` returns only after the first child answered
+            if answered_for >= BACKOFF_RESET_AFTER:
+                delay = BACKOFF_FIRST
+            who = f" (pid {pid})" if pid is not None else ""
+            await self._say(f"podman service{who} {why}; restarting in {delay:g}s", logging.WARNING)
+            await trio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _life(
+        self, url: str, starting: trio.TaskStatus[str] | None
+    ) -> tuple[int | None, str, float]:
+        """Start one child and watch it until it ends or must be ended; returns its PID, why it
+        ended, and for how long it answered. While `starting`, a child that does not come up
+        raises PodmanUnavailable instead."""
+        try:
+            process = await self._spawn(url)
+        except OSError as exc:
+            if starting is not None:
+                raise PodmanUnavailable(f"cannot start `{self.podman_binary}`: {exc}") from exc
+            return None, f"cannot be started ({exc})", 0.0
+        self._process = process
+        try:
+            why_not = await self._wait_answering(url, process)
+            if why_not is not None:
+                if starting is not None:
+                    raise PodmanUnavailable(
+                        f"`podman system service` {why_not} on {url} "
+                        f"(see {self.log_path}: {self._log_last_line()})"
+                    )
+                return process.pid, why_not, 0.0
+            if starting is not None:
+                self._ready(url, "embedded", starting)
+            else:
+                await self._say(f"podman service (pid {process.pid}) answering again", logging.INFO)
+            since = trio.current_time()
+            why = await self._watch_child(url, process)
+            return process.pid, why, trio.current_time() - since
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._end(process)
+            self._process = None
+
+    async def _spawn(self, url: str) -> trio.Process:
         await trio.to_thread.run_sync(partial(self.state_dir.mkdir, parents=True, exist_ok=True))
         # A socket file nobody answers on is left from a service that died: clear it.
         await trio.to_thread.run_sync(partial(self.socket_path.unlink, missing_ok=True))
+        await self._rotate_log()
         log_file = await trio.to_thread.run_sync(partial(open, self.log_path, "ab"))
         try:
-            process = await trio.lowlevel.open_process(
+            return await trio.lowlevel.open_process(
                 [self.podman_binary, "system", "service", "--time=0", url],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        except OSError as exc:
-            raise PodmanUnavailable(f"cannot start `{self.podman_binary}`: {exc}") from exc
         finally:
             log_file.close()
-        self._process = process
-        try:
-            await self._wait_answering(url, process)
-            if task_status is not None:
-                self._ready(url, "embedded", task_status)
-            return await process.wait()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._end(process)
-            self._process = None
 
-    async def _wait_answering(self, url: str, process: trio.Process) -> None:
+    async def _wait_answering(self, url: str, process: trio.Process) -> str | None:
+        """None once the child answers; else why not (it exited, or start_timeout passed)."""
         with trio.move_on_after(self.start_timeout):
             while process.returncode is None:
                 if await podman_answers(url):
-                    return
+                    return None
                 await trio.sleep(0.05)
-        raise PodmanUnavailable(
-            f"`podman system service` did not answer on {url} within {self.start_timeout:g}s "
-            f"(exit status {process.returncode}); see {self.log_path}:\n{self._log_tail()}"
-        )
+            return f"{describe_exit(process.returncode)} before answering"
+        return f"did not answer within {self.start_timeout:g}s"
+
+    async def _watch_child(self, url: str, process: trio.Process) -> str:
+        """Until the child exits or stops answering: says which."""
+        misses = 0
+        while True:
+            with trio.move_on_after(self.watch_period):
+                return describe_exit(await process.wait())
+            await self._rotate_log()
+            if await podman_answers(url):
+                misses = 0
+                continue
+            misses += 1
+            if misses >= WATCH_MISSES and process.returncode is None:
+                return f"stopped answering ({misses} pings in a row)"
 
     async def _end(self, process: trio.Process) -> None:
         if process.returncode is not None:
@@ -175,8 +285,29 @@ class PodmanService:
         process.kill()
         await process.wait()
 
-    def _log_tail(self) -> str:
+    # -- its log ---------------------------------------------------------------------------
+
+    async def _rotate_log(self) -> None:
         try:
-            return self.log_path.read_text(errors="replace")[-2000:]
+            await trio.to_thread.run_sync(self._rotate_log_sync)
+        except OSError as exc:  # a full disk must not stop Podman: say it and go on
+            log.warning("podman: cannot rotate %s: %s", self.log_path, exc)
+
+    def _rotate_log_sync(self) -> None:
+        try:
+            if self.log_path.stat().st_size <= self.log_max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        shutil.copyfile(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        # The child's descriptor is O_APPEND: its next write lands at the new end, offset 0.
+        os.truncate(self.log_path, 0)
+
+    def _log_last_line(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 2000))
+                lines = f.read().decode(errors="replace").strip().splitlines()
         except OSError:
-            return "(no log)"
+            return "no log"
+        return lines[-1] if lines else "nothing logged"
