@@ -1,9 +1,10 @@
 """berthd's root object: owns the store, the Podman connection, the endpoints and the workers.
 
-Lifetimes, outermost first (STYLE.md #2): the Podman service (when berthd started one), the
-endpoints (their own nursery, so they can drain after everything else stopped), then the
-control nursery: the admin API, the Podman event watcher, the signal handler and one reconcile
-worker per deployment.
+Lifetimes, outermost first (STYLE.md #2): the Podman service (watched, and restarted with a
+back-off when berthd started it: after start it never ends berthd, and the endpoints keep
+serving while Podman is away), the endpoints (their own nursery, so they can drain after
+everything else stopped), then the control nursery: the admin API, the Podman event watcher,
+the signal handler and one reconcile worker per deployment.
 
 Shutdown (SIGTERM/SIGINT): the control nursery is cancelled (no new API calls, no more
 reconcile rounds: nothing stops a container), then every endpoint stops accepting and its
@@ -99,7 +100,13 @@ class Berthd:
         self.events = EventLog(self.store)
         try:
             async with trio.open_nursery() as root:
-                service = PodmanService(self.settings.podman_url, self.state_dir)
+                # After it has started, the service never raises: it restarts the Podman it
+                # owns with a back-off and says so here (runtime/service.py).
+                service = PodmanService(
+                    self.settings.podman_url,
+                    self.state_dir,
+                    on_event=partial(self.events.emit, "podman-service"),
+                )
                 try:
                     url: str = await root.start(service.run)
                     self.runtime = PodmanRuntime(url)

@@ -33,7 +33,7 @@ class Berthd:
 
     state_dir: Path
     socket: Path
-    podman_url: str
+    podman_url: str | None  # None: berthd finds its own (the system socket, else embedded)
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -48,8 +48,7 @@ class Berthd:
                     str(self.state_dir),
                     "--socket",
                     str(self.socket),
-                    "--podman-url",
-                    self.podman_url,
+                    *(["--podman-url", self.podman_url] if self.podman_url else []),
                     *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
