@@ -10,6 +10,12 @@ Shutdown (SIGTERM/SIGINT): the control nursery is cancelled (no new API calls, n
 reconcile rounds: nothing stops a container), then every endpoint stops accepting and its
 in-flight requests get a bounded drain, then the Podman service berthd started (if any) ends.
 Containers keep running; the next berthd adopts them by their instance label.
+
+Faults stay local (STYLE.md #17): a worker that crashes, its prober's and its operations'
+tasks included, is logged, said as worker-crashed and run again after a pause; the Podman
+event watcher logs what broke and reconnects; the admin server ends only the request or the
+connection at fault, and each endpoint only the client connection. Only berthd's own
+invariants breaking may end berthd.
 """
 
 from __future__ import annotations
@@ -60,11 +66,19 @@ from daemon.system.notify import Notifier
 log = logging.getLogger("berthd")
 
 WORKER_RESTART_DELAY = 5.0
+EVENTS_RECONNECT_DELAY = 2.0
 READY_WAIT = 10.0  # at most this long before telling systemd READY=1
 
 
 class StartupError(Exception):
     """berthd cannot start: the message says why in one line (Podman unreachable, ...)."""
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (a nursery's), to name a crash."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def instance_id(state_dir: Path) -> str:
@@ -251,10 +265,13 @@ class Berthd:
                     await worker.run()
                     return
                 except Exception as exc:  # noqa: BLE001 - supervision boundary, logged in full
+                    # Its prober's and its operations' tasks run in its nursery: their
+                    # crashes end up here too, wrapped in exception groups.
                     log.exception("worker crashed", extra={"deployment": worker.name})
+                    cause = _innermost(exc)
                     await self.events.emit(
                         "worker-crashed",
-                        f"reconcile worker crashed ({type(exc).__name__}: {exc}); "
+                        f"reconcile worker crashed ({type(cause).__name__}: {cause}); "
                         f"restarting in {WORKER_RESTART_DELAY:g}s",
                         deployment=worker.name,
                         level=logging.ERROR,
@@ -265,7 +282,12 @@ class Berthd:
                 del self.workers[worker.name]
 
     async def _watch_podman_events(self) -> None:
-        """Podman events nudge the deployment's worker at once (rounds also run on a timer)."""
+        """Podman events nudge the deployment's worker at once (rounds also run on a timer).
+
+        The watcher fails alone: a stream that breaks, or anything unexpected from it, is
+        logged and the stream opened again after a pause (an event that cannot be read is
+        skipped by the runtime itself). Rounds on their timers cover the gap.
+        """
         while True:
             try:
                 async with aclosing(self.runtime.events({LABEL_INSTANCE: self.instance})) as events:
@@ -277,7 +299,9 @@ class Berthd:
                                 worker.nudge()
             except RuntimeFailure as exc:
                 log.warning("podman event stream broke (%s); reconnecting", exc)
-            await trio.sleep(2.0)
+            except Exception:  # noqa: BLE001 - the watcher's barrier, logged in full
+                log.exception("podman event watcher failed; reconnecting")
+            await trio.sleep(EVENTS_RECONNECT_DELAY)
 
     # -- specs -----------------------------------------------------------------------------
 
