@@ -66,8 +66,11 @@ from daemon.system.notify import Notifier
 log = logging.getLogger("berthd")
 
 WORKER_RESTART_DELAY = 5.0
-EVENTS_RECONNECT_DELAY = 2.0
 READY_WAIT = 10.0  # at most this long before telling systemd READY=1
+# Past these the watchdog goes unfed (systemd restarts berthd): a store call (SQLite on a
+# local disk) and a reconcile round (it dispatches long work; its own calls are bounded).
+STORE_STALL = 60.0
+ROUND_STALL = 300.0
 
 
 class StartupError(Exception):
@@ -161,7 +164,7 @@ class Berthd:
         async with trio.open_nursery() as control:
             self._control = control
             control.start_soon(self._handle_signals)
-            control.start_soon(self.notifier.watchdog_loop)
+            control.start_soon(self.notifier.watchdog_loop, self._stalled)
             control.start_soon(
                 partial(
                     self.events.prune_forever,
@@ -213,6 +216,17 @@ class Berthd:
             for worker in list(self.workers.values()):
                 for _ in range(2):  # a round to observe, another after the first probes
                     await worker.wait_round()
+
+    def _stalled(self) -> str | None:
+        """Why the watchdog must not be fed now: a part that makes no progress."""
+        store = self.store.stalled_for()
+        if store > STORE_STALL:
+            return f"a store call has not returned for {store:.0f}s"
+        for name, worker in self.workers.items():
+            stuck = worker.round_stalled_for()
+            if stuck > ROUND_STALL:
+                return f"deployment {name}: a reconcile round has not ended for {stuck:.0f}s"
+        return None
 
     def request_shutdown(self) -> None:
         self._shutdown.set()

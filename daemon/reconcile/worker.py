@@ -146,6 +146,7 @@ class DeploymentWorker:
         self._rolled_out: str | None = None  # the last template seen fully rolled out
         self.finished = trio.Event()  # the deployment is gone and so are its containers
         self._unobserved: str | None = None  # why the last list failed, until one works
+        self._round_since: float | None = None  # when the round under way began
 
     def __repr__(self) -> str:
         s = self._snapshot
@@ -168,6 +169,10 @@ class DeploymentWorker:
     def active_spec(self) -> DeploymentSpec | None:
         return self._active.spec if self._active else None
 
+    def round_stalled_for(self) -> float:
+        """Seconds the round under way has been running; 0.0 between rounds."""
+        return 0.0 if self._round_since is None else trio.current_time() - self._round_since
+
     async def wait_round(self) -> None:
         """Wait until the next round has finished (the API uses this after a change)."""
         await self._round_done.wait()
@@ -179,7 +184,11 @@ class DeploymentWorker:
             self._ops.tasks = nursery  # long operations run here, beside the rounds
             while True:
                 self._wake = trio.Event()
-                finished = await self.reconcile_once()
+                self._round_since = trio.current_time()
+                try:
+                    finished = await self.reconcile_once()
+                finally:
+                    self._round_since = None
                 done, self._round_done = self._round_done, trio.Event()
                 done.set()
                 # Nudged during a round that found nothing left to do (an apply right after

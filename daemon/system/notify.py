@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 import trio
 
@@ -108,15 +108,27 @@ class Notifier:
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
-    async def watchdog_loop(self) -> None:
+    async def watchdog_loop(self, stalled: Callable[[], str | None] = lambda: None) -> None:
         """Ping the watchdog every WATCHDOG_USEC/2 until cancelled; returns at once if
         systemd asked for no watchdog. Run it in the control nursery: it then proves that
-        the trio loop still schedules tasks, which is what a hung berthd stops doing."""
+        the trio loop still schedules tasks, which is what a hung berthd stops doing.
+
+        A ping is skipped while `stalled()` names a part that makes no progress (a store
+        call or a reconcile round that has not returned for far too long): a berthd alive
+        but stuck is then restarted by systemd, as a hung one is. Said once per stall."""
         interval = self.watchdog_interval
         if interval is None:
             return
+        said: str | None = None
         while True:
-            self.watchdog()
+            reason = stalled()
+            if reason is None:
+                self.watchdog()
+                if said is not None:
+                    log.warning("watchdog: progress again; pinging systemd again")
+            elif reason != said:
+                log.error("watchdog: not pinging systemd: %s", reason)
+            said = reason
             await trio.sleep(interval)
 
 

@@ -137,3 +137,23 @@ async def test_watchdog_loop_returns_without_a_watchdog(systemd: FakeSystemd) ->
     with trio.fail_after(1):
         await n.watchdog_loop()
     assert systemd.messages() == []
+
+
+async def test_watchdog_loop_skips_pings_while_a_part_is_stalled(
+    systemd: FakeSystemd, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = Notifier.from_environment({"NOTIFY_SOCKET": systemd.address, "WATCHDOG_USEC": "30000000"})
+    stuck = {"from": 20.0, "to": 65.0}
+
+    def stalled() -> str | None:
+        now = trio.current_time()
+        return "a store call has not returned" if stuck["from"] <= now < stuck["to"] else None
+
+    with trio.move_on_after(100):  # ticks at 0, 15, ..., 90; stalled at 30, 45, 60
+        await n.watchdog_loop(stalled)
+    assert systemd.messages() == ["WATCHDOG=1"] * 4
+    said = [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()]
+    assert said == [
+        "watchdog: not pinging systemd: a store call has not returned",
+        "watchdog: progress again; pinging systemd again",
+    ]
