@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 
 from daemon.gpu.model import GpuInfo, GpuInventory
 from daemon.gpu.placement import Assignment, GpuRequest, Placed, Unplaceable, place
+from daemon.gpu.reader import GpuReader
 
 LABEL_GPUS = "io.berth.gpus"  # CDI names, comma-separated
 
@@ -40,6 +41,7 @@ def deployment_of(key: str) -> str:
 class GpuLedger:
     def __init__(self, inventory: GpuInventory) -> None:
         self.inventory = inventory
+        self.reader = GpuReader(inventory)  # every GPU sample goes through it
         self._gpus: list[GpuInfo] = inventory.gpus()
         self._observed: dict[str, dict[str, Assignment]] = {}  # deployment -> key -> held
         self._placed: dict[str, Assignment] = {}

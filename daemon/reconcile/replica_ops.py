@@ -224,7 +224,7 @@ class ReplicaOps:
         free = None
         if request.gpu_memory is not None:
             # With NVML, a shared GPU must also have the VRAM free right now.
-            free = free_memory(await trio.to_thread.run_sync(ctx.gpus.inventory.sample))
+            free = free_memory(await ctx.gpus.reader.sample())
         placed = ctx.gpus.place(key, request, free_memory=free)
         if isinstance(placed, Unplaceable):
             await self._create_failed(f"a new replica is pending: {placed.reason}", rid, "pending")
