@@ -66,6 +66,7 @@ from daemon.system.notify import Notifier
 log = logging.getLogger("berthd")
 
 WORKER_RESTART_DELAY = 5.0
+EVENTS_RECONNECT_DELAY = 2.0
 READY_WAIT = 10.0  # at most this long before telling systemd READY=1
 # Past these the watchdog goes unfed (systemd restarts berthd): a store call (SQLite on a
 # local disk) and a reconcile round (it dispatches long work; its own calls are bounded).
