@@ -132,6 +132,10 @@ class ReplicaOps:
     def idle(self) -> bool:
         return not self.busy and not self.creating
 
+    def acting_on(self, replica_id: str) -> bool:
+        """An operation of ours is under way on this replica (its create included)."""
+        return replica_id in self.busy or replica_id in self.creating_ids
+
     async def execute(self, active: ActiveRevision | None, actions: list[Action]) -> None:
         """Dispatch `actions` as tasks; returns at once while the worker's nursery runs."""
         if self.tasks is not None:
@@ -150,7 +154,7 @@ class ReplicaOps:
                     nursery.start_soon(self._create_in_turn)
                 continue
             rid = action.replica_id
-            if rid in self.busy:
+            if self.acting_on(rid):
                 continue
             self.busy.add(rid)
             if isinstance(action, RemoveReplica | StopReplica):

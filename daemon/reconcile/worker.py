@@ -457,6 +457,8 @@ class DeploymentWorker:
             return
         memory.health = None
         memory.healthy_since = None
+        if self._ops.acting_on(memory.replica_id):
+            return  # being created, stopped or removed: not running is its operation's doing
         if not memory.down_recorded:
             await self._ops.record_down(memory, c.container_id, exit_reason(c), now)
 

@@ -31,6 +31,7 @@ from daemon.reconcile.ports import HostPortAllocator
 from daemon.reconcile.replicas import ReplicaView
 from daemon.reconcile.worker import DeploymentWorker
 from daemon.runtime.fake import FakeRuntime
+from daemon.runtime.faulty import FaultyRuntime
 from daemon.runtime.interface import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -645,3 +646,32 @@ async def test_a_long_pull_holds_no_round_and_an_unready_replica_leaves_at_once(
             rounds_during_pull += 1
         assert rounds_during_pull >= 3  # the rounds went on beside it
         nursery.cancel_scope.cancel()
+
+
+async def test_rounds_during_a_create_or_a_removal_count_no_death(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    """A round that observes a container its create has not started yet, or one its removal
+    has stopped, must not take it for dead (no 'never started', no restart, no back-off)."""
+    mock_clock.autojump_threshold = 0.05
+    faulty = FaultyRuntime(rig.runtime)
+    rig.worker._ctx.runtime = faulty
+    faulty.delay("start", 5.0, times=1)  # the first create's start is slow
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.worker.run)
+        rig.apply(spec_text(rig.port, count=1))
+        rig.worker.nudge()
+        with trio.fail_after(60):
+            while not rig.runtime.running():
+                await rig.worker.wait_round()
+        rig.all_answer()
+        faulty.delay("remove", 5.0, times=1)  # and the removal is slow, its stop is not
+        rig.store.mark_removed("web")
+        rig.worker.nudge()
+        with trio.fail_after(60):
+            while rig.runtime.containers:
+                await rig.worker.wait_round()
+        nursery.cancel_scope.cancel()
+    kinds = rig.events()
+    assert "died" not in kinds and "restarted" not in kinds, kinds
+    assert [c[0] for c in rig.runtime.calls].count("start") == 1
