@@ -97,6 +97,10 @@ class ReplicaHealth:
             t.in_flight = True
         return tracks
 
+    def abandon(self, kind: ProbeKind) -> None:
+        """The probe `due` handed out will give no result: the track may run again."""
+        self.tracks[kind].in_flight = False
+
     def probe_soon(self, kind: ProbeKind, now: float) -> None:
         """Bring a probe forward (the proxy saw the replica fail a request)."""
         track = self.tracks.get(kind)

@@ -96,7 +96,14 @@ class Prober:
         if port is None:
             result = ProbeResult(False, f"port {probe.port} is not published")
         else:
-            result = await self._probe(probe, REPLICA_HOST, port)
+            try:
+                result = await self._probe(probe, REPLICA_HOST, port)
+            except BaseException:
+                # Cancelled (the worker stops or crashed) or a fault of the probe itself: no
+                # result, and the next probe of this track may run (a restarted worker keeps
+                # its replicas' health).
+                health.abandon(kind)
+                raise
         if memory.health is not health:
             return  # the container was restarted meanwhile: this result is stale
         now = trio.current_time()

@@ -1,11 +1,12 @@
 """berthd's barriers around its control parts (FakeRuntime, a real SQLite store, MockClock): a
 worker that crashes in one of its background tasks (its prober, an operation) is logged, said
 as worker-crashed and run again by its supervisor, never ending the control nursery; the Podman
-event watcher logs an unexpected error from the event stream and reconnects."""
+event stream (berthd's container cache reads it) logs an unexpected error and reconnects."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,9 +24,11 @@ from daemon.gpu.ledger import GpuLedger
 from daemon.health.probes import ProbeFn, ProbeResult
 from daemon.integrations.mounts import MountPreparer
 from daemon.reconcile.context import WorkerContext
+from daemon.runtime.cache import RETRY_MAX, SETTLE, CachingRuntime
 from daemon.runtime.fake import FakeRuntime
 from daemon.runtime.interface import (
     LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
     ContainerEvent,
     ContainerSpec,
 )
@@ -147,12 +150,6 @@ async def test_a_worker_restarted_after_an_operation_crashed_goes_on(
     assert len(runtime.running()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile/prober.py: a probe that raises leaves its track in flight "
-    "(ReplicaHealth.due marks it, only record() clears it), so the restarted worker, which "
-    "keeps its replica memory, never probes that replica again",
-)
 async def test_a_worker_restarted_after_a_probe_crashed_probes_again(
     tmp_path: Path, store: Store, mock_clock: MockClock
 ) -> None:
@@ -165,41 +162,49 @@ async def test_a_worker_restarted_after_a_probe_crashed_probes_again(
 
 
 class EventsThatBreak(FakeRuntime):
-    """Each event stream gives one event for deployment web; the first then raises what no
-    one expects, the second goes quiet."""
+    """The first event stream raises what no one expects; the ones after it work."""
 
     streams = 0
 
     async def events(self, labels: Mapping[str, str]) -> AsyncGenerator[ContainerEvent, None]:
         self.streams += 1
-        yield ContainerEvent("c1", "died", {LABEL_DEPLOYMENT: "web"}, 1)
         if self.streams == 1:
             raise ValueError("a bug in the runtime's event stream")
-        await trio.sleep_forever()
+        async with aclosing(super().events(labels)) as events:
+            async for event in events:
+                yield event
 
 
 async def test_the_event_watcher_survives_an_unexpected_error_from_the_stream(
     tmp_path: Path, store: Store, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runtime = EventsThatBreak()
+    runtime = EventsThatBreak({IMAGE})
     d = berthd_with(tmp_path, store, runtime)
-    nudges = 0
-    second = trio.Event()
-
-    def nudge() -> None:
-        nonlocal nudges
-        nudges += 1
-        if nudges == 2:
-            second.set()
-
-    d.workers["web"] = SimpleNamespace(nudge=nudge)  # type: ignore[assignment]
+    # berthd's container cache, wired as `run` wires it: a change nudges that worker.
+    cache = CachingRuntime(
+        runtime, scope={LABEL_INSTANCE: d.instance}, on_change=d._container_changed
+    )
+    nudged = trio.Event()
+    d.workers["web"] = SimpleNamespace(nudge=nudged.set)  # type: ignore[assignment]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(d._watch_podman_events)
-        with trio.fail_after(30):
-            await second.wait()  # the event after the failure, on a stream opened again
+        await nursery.start(cache.run)
+        await trio.sleep(RETRY_MAX)  # the stream is opened again after a pause
+        assert runtime.streams == 2
+        await runtime.create(
+            ContainerSpec(
+                name="web-r1",
+                image=IMAGE,
+                labels={LABEL_INSTANCE: d.instance, LABEL_DEPLOYMENT: "web"},
+                app_port=8080,
+                host_port=free_port(),
+            )
+        )
+        with trio.fail_after(SETTLE / 2):  # by its event, not by a list
+            await nudged.wait()
         nursery.cancel_scope.cancel()
-    assert runtime.streams == 2
-    failures = [r for r in caplog.records if r.getMessage().startswith("podman event watcher")]
-    assert [r.getMessage() for r in failures] == ["podman event watcher failed; reconnecting"]
+    failures = [r for r in caplog.records if r.getMessage().startswith("podman event stream")]
+    assert [r.getMessage() for r in failures] == [
+        "podman event stream failed; listing containers, then reopening it"
+    ]
     assert failures[0].exc_info is not None
     assert "a bug in the runtime's event stream" in caplog.text
