@@ -47,7 +47,7 @@ import trio
 
 from daemon.http import client
 
-log = logging.getLogger("berth.podman")
+log = logging.getLogger("berthd.podman")
 
 SYSTEM_URL = "unix:///run/podman/podman.sock"
 # A healthy service answers /_ping in milliseconds; a wedged one is as good as none.

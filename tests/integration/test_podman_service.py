@@ -166,11 +166,11 @@ async def test_service_left_by_a_killed_berthd_is_reused(
 
 
 def podman_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "berth.podman"]
+    return [r.getMessage() for r in caplog.records if r.name == "berthd.podman"]
 
 
 async def said(caplog: pytest.LogCaptureFixture, text: str, *, seconds: float) -> str:
-    """The first message from berth.podman that contains `text`, waited for (bounded)."""
+    """The first message from berthd.podman that contains `text`, waited for (bounded)."""
     await wait_for(lambda: any(text in m for m in podman_messages(caplog)), seconds=seconds)
     return next(m for m in podman_messages(caplog) if text in m)
 
@@ -186,7 +186,7 @@ async def next_child(service: PodmanService, not_one_of: tuple[int | None, ...])
 async def test_embedded_service_killed_twice_is_restarted_with_a_back_off(
     state_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="berth.podman")
+    caplog.set_level(logging.INFO, logger="berthd.podman")
     own_url = f"unix://{state_dir}/podman.sock"
     # Each service starts 0.5 s late, so the second kill lands before it answers.
     slow = slow_podman(state_dir / "bin")
@@ -217,7 +217,7 @@ async def test_embedded_service_killed_twice_is_restarted_with_a_back_off(
 async def test_embedded_service_that_stops_answering_is_ended_and_restarted(
     state_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="berth.podman")
+    caplog.set_level(logging.INFO, logger="berthd.podman")
     service = PodmanService(
         None, state_dir, system_url=nowhere(state_dir), watch_period=0.1, stop_timeout=1.0
     )
@@ -266,7 +266,7 @@ async def test_events_go_to_the_callback(state_dir: Path) -> None:
 async def test_service_it_did_not_start_that_stops_answering_is_said_once(
     state_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="berth.podman")
+    caplog.set_level(logging.INFO, logger="berthd.podman")
     own_url = f"unix://{state_dir}/podman.sock"
     orphan = start_orphan(state_dir)
     try:
