@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -149,6 +149,10 @@ class FaultyRuntime:
     async def stats(self, container_id: str) -> ContainerStats:
         await self._enter("stats")
         return await self.inner.stats(container_id)
+
+    async def stats_many(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        await self._enter("stats_many")
+        return await self.inner.stats_many(container_ids)
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
         await self._enter("logs")

@@ -12,7 +12,7 @@ unreachable, timeout); the others are permanent for that call (no such container
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -169,6 +169,11 @@ class ContainerRuntime(Protocol):
 
     async def stats(self, container_id: str) -> ContainerStats:
         """One sample of CPU and memory use (ContainerNotFound if gone or not running)."""
+        ...
+
+    async def stats_many(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        """One sample of each of these containers, in one call to the runtime, keyed by the
+        ids as given; a container that is gone or not running is left out (not measured)."""
         ...
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:

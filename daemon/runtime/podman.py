@@ -24,7 +24,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any, TypeVar
@@ -261,27 +261,48 @@ class PodmanRuntime:
         return infos
 
     async def stats(self, container_id: str) -> ContainerStats:
+        measured = await self.stats_many([container_id])
+        if container_id not in measured:
+            raise ContainerNotFound(f"stats {container_id[:12]}: gone or not running")
+        return measured[container_id]
+
+    async def stats_many(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        # One GET /containers/stats?containers=A&containers=B&stream=false for them all.
+        ids = list(dict.fromkeys(container_ids))
+        if not ids:
+            return {}
+
         def stats() -> dict[str, Any]:
             response = self._client.api.get(
-                "/containers/stats", params={"containers": container_id, "stream": False}
+                "/containers/stats", params={"containers": ids, "stream": False}
             )
             response.raise_for_status()
             body: dict[str, Any] = json.loads(response.content)
             return body
 
-        body = await self._call(stats, what=f"stats {container_id[:12]}")
-        entries = body.get("Stats") or []
-        if body.get("Error") or not entries:
-            raise ContainerNotFound(f"stats {container_id[:12]}: {body.get('Error') or 'none'}")
-        entry = entries[0]
-        limit = int(entry.get("MemLimit") or 0)
-        return ContainerStats(
-            cpu_percent=float(entry.get("CPU") or 0.0),
-            memory_bytes=int(entry.get("MemUsage") or 0),
-            # libpod reports the host's memory as the limit when none is set
-            memory_limit_bytes=limit or None,
-            pids=int(entry.get("PIDs") or 0),
-        )
+        what = f"stats {ids[0][:12]}" if len(ids) == 1 else f"stats of {len(ids)} containers"
+        body = await self._call(stats, what=what)
+        entries = body.get("Stats")
+        if body.get("Error") is not None or entries is None:
+            # Podman 4.3 fails the whole call when one id is gone (Error {}, no Stats): ask
+            # for each alone then, so the others are still measured.
+            if len(ids) == 1:
+                return {}
+            measured: dict[str, ContainerStats] = {}
+            for container_id in ids:
+                measured.update(await self.stats_many([container_id]))
+            return measured
+        by_full_id = {str(e.get("ContainerID", "")): e for e in entries}
+        out = {}
+        for container_id in ids:
+            entry = by_full_id.get(container_id) or next(
+                (e for full, e in by_full_id.items() if full.startswith(container_id)), None
+            )
+            # A container that is not running is reported with zeros (and no SystemNano):
+            # not measured, so left out rather than shown as idle.
+            if entry is not None and entry.get("SystemNano"):
+                out[container_id] = _stats(entry)
+        return out
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
         def logs() -> bytes:
@@ -461,6 +482,17 @@ def _info_from_list(entry: Mapping[str, Any]) -> ContainerInfo:
         status=status,
         exit_code=entry.get("ExitCode") if status in ("exited", "stopped") else None,
         host_port=_host_port(labels, ports),
+    )
+
+
+def _stats(entry: Mapping[str, Any]) -> ContainerStats:
+    limit = int(entry.get("MemLimit") or 0)
+    return ContainerStats(
+        cpu_percent=float(entry.get("CPU") or 0.0),
+        memory_bytes=int(entry.get("MemUsage") or 0),
+        # libpod reports the host's memory as the limit when none is set
+        memory_limit_bytes=limit or None,
+        pids=int(entry.get("PIDs") or 0),
     )
 
 

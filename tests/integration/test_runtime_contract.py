@@ -181,3 +181,31 @@ async def test_a_faulty_runtime_fails_then_heals_around_either(
     await trio.sleep(10.0)
     assert await faulty.list(test_labels) == []
     assert faulty.calls["list"] == 2
+
+
+async def test_stats_many_measures_the_running_ones_in_one_call(
+    any_runtime: ContainerRuntime,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+) -> None:
+    def make() -> ContainerSpec:
+        return spec(echo_image, test_labels, free_port())
+
+    running = [await any_runtime.create(make()) for _ in range(2)]
+    for container_id in running:
+        await any_runtime.start(container_id)
+    created = await any_runtime.create(make())
+    stopped = await any_runtime.create(make())
+    await any_runtime.start(stopped)
+    with trio.fail_after(10):
+        await any_runtime.stop(stopped, timeout=0)
+    gone = "f" * 64  # Podman fails a whole batch for a missing id: it is asked again, alone
+    measured = await any_runtime.stats_many([*running, created, stopped, gone])
+    assert sorted(measured) == sorted(running)  # not running or gone: not measured, not zero
+    assert all(s.cpu_percent >= 0 and s.memory_bytes >= 0 for s in measured.values())
+    assert await any_runtime.stats_many([]) == {}
+    assert (await any_runtime.stats(running[1])).memory_bytes >= 0  # running: measured
+    for container_id in (created, stopped, gone):
+        with pytest.raises(ContainerNotFound):
+            await any_runtime.stats(container_id)
