@@ -7,6 +7,10 @@ workers are simply cancelled, leaving every container running.
 An endpoint is keyed by deployment name. `ensure` (re)binds it when its address or timeouts
 change; `close` drains it away when the deployment goes. A replica set is pushed with
 `set_upstreams`: the proxy applies it to the next request, no listener restart.
+
+A fault stays with its endpoint: one whose listener fails after it started (an unexpected
+error in its accept loop or poller) is logged and dropped, and the next `ensure` from its
+worker binds it again; the other endpoints, and berthd, go on.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ from config.spec import Endpoint as EndpointSpec
 from proxy.endpoint import Endpoint, EndpointTimeouts
 
 log = logging.getLogger("berthd")
+
+
+class _Started:
+    """A task status that tells `_serve` its endpoint started (then faults are its own)."""
+
+    def __init__(self, started: Callable[[], None]) -> None:
+        self._started = started
+
+    def started(self, value: None = None) -> None:
+        self._started()
 
 
 @dataclass
@@ -79,8 +93,22 @@ class EndpointManager:
     async def _serve(
         self, slot: _Slot, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        started = False
+
+        def report_started() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
         try:
-            await slot.endpoint.run(task_status=task_status)
+            await slot.endpoint.run(task_status=_Started(report_started))
+        except Exception:
+            if not started:
+                raise  # a bind that fails is the caller's to report (endpoint-failed)
+            log.exception("endpoint %s failed; bound again by its next round", slot.endpoint.name)
+            for name, held in list(self._slots.items()):
+                if held is slot:
+                    del self._slots[name]
         finally:
             slot.done.set()
 
