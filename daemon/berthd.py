@@ -3,8 +3,9 @@
 Lifetimes, outermost first (STYLE.md #2): the Podman service (watched, and restarted with a
 back-off when berthd started it: after start it never ends berthd, and the endpoints keep
 serving while Podman is away), the endpoints (their own nursery, so they can drain after
-everything else stopped), then the control nursery: the admin API, the Podman event watcher,
-the signal handler and one reconcile worker per deployment.
+everything else stopped), then the control nursery: the container cache (Podman's event
+stream and resyncs: `runtime/cache.py`; rounds read it), the admin API, the signal handler
+and one reconcile worker per deployment.
 
 Shutdown (SIGTERM/SIGINT): the control nursery is cancelled (no new API calls, no more
 reconcile rounds: nothing stops a container), then every endpoint stops accepting and its
@@ -12,10 +13,10 @@ in-flight requests get a bounded drain, then the Podman service berthd started (
 Containers keep running; the next berthd adopts them by their instance label.
 
 Faults stay local (STYLE.md #17): a worker that crashes, its prober's and its operations'
-tasks included, is logged, said as worker-crashed and run again after a pause; the Podman
-event watcher logs what broke and reconnects; the admin server ends only the request or the
-connection at fault, and each endpoint only the client connection. Only berthd's own
-invariants breaking may end berthd.
+tasks included, is logged, said as worker-crashed and run again after a pause; the container
+cache logs a broken event stream and reopens it, listing meanwhile; the admin server ends
+only the request or the connection at fault, and each endpoint only the client connection.
+Only berthd's own invariants breaking may end berthd.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
-from contextlib import aclosing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,6 +51,7 @@ from daemon.reconcile.context import WorkerContext
 from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.ports import HostPortAllocator
 from daemon.reconcile.worker import DeploymentWorker
+from daemon.runtime.cache import CachingRuntime
 from daemon.runtime.interface import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -66,7 +68,6 @@ from daemon.system.notify import Notifier
 log = logging.getLogger("berthd")
 
 WORKER_RESTART_DELAY = 5.0
-EVENTS_RECONNECT_DELAY = 2.0
 READY_WAIT = 10.0  # at most this long before telling systemd READY=1
 # Past these the watchdog goes unfed (systemd restarts berthd): a store call (SQLite on a
 # local disk) and a reconcile round (it dispatches long work; its own calls are bounded).
@@ -105,6 +106,7 @@ class Berthd:
         self._shutdown = trio.Event()
         self._control: trio.Nursery | None = None
         self.runtime: ContainerRuntime
+        self._containers: CachingRuntime
         self.store: StoreAccess
         self.events: EventLog
         self.podman_version = "unknown"
@@ -127,11 +129,16 @@ class Berthd:
                 )
                 try:
                     url: str = await root.start(service.run)
-                    self.runtime = PodmanRuntime(url)
-                    self.podman_version = await self.runtime.version()
+                    podman = PodmanRuntime(url)
+                    self.podman_version = await podman.version()
                 except (PodmanUnavailable, RuntimeFailure) as exc:
                     raise StartupError(f"Podman: {exc}") from exc
                 log.info("podman at %s: %s", url, self.podman_version)
+                # Rounds, the API and the sampler see Podman through the cache: its lists come
+                # from the watched view, every other call goes to Podman.
+                self.runtime = self._containers = CachingRuntime(
+                    podman, scope={LABEL_INSTANCE: self.instance}, on_change=self._container_changed
+                )
                 inventory = await trio.to_thread.run_sync(load_inventory)
                 self.gpus = GpuLedger(inventory)
                 log.info("GPUs: %s", inventory.describe())
@@ -173,9 +180,9 @@ class Berthd:
                     max_rows=self.settings.events_max_rows,
                 )
             )
+            await control.start(self._containers.run)  # the first list has been tried
             for name in await self._known_deployments():
                 self.ensure_worker(name)
-            control.start_soon(self._watch_podman_events)
             self.metrics = metrics_sampler(self)
             await control.start(self.metrics.run)
             ctx.load = self.metrics.deployment_load
@@ -296,27 +303,12 @@ class Berthd:
             if self.workers.get(worker.name) is worker:
                 del self.workers[worker.name]
 
-    async def _watch_podman_events(self) -> None:
-        """Podman events nudge the deployment's worker at once (rounds also run on a timer).
-
-        The watcher fails alone: a stream that breaks, or anything unexpected from it, is
-        logged and the stream opened again after a pause (an event that cannot be read is
-        skipped by the runtime itself). Rounds on their timers cover the gap.
-        """
-        while True:
-            try:
-                async with aclosing(self.runtime.events({LABEL_INSTANCE: self.instance})) as events:
-                    async for event in events:
-                        name = event.labels.get(LABEL_DEPLOYMENT)
-                        if name and event.action in ("died", "stop", "remove", "oom", "start"):
-                            worker = self.workers.get(name)
-                            if worker is not None:
-                                worker.nudge()
-            except RuntimeFailure as exc:
-                log.warning("podman event stream broke (%s); reconnecting", exc)
-            except Exception:  # noqa: BLE001 - the watcher's barrier, logged in full
-                log.exception("podman event watcher failed; reconnecting")
-            await trio.sleep(EVENTS_RECONNECT_DELAY)
+    def _container_changed(self, labels: Mapping[str, str]) -> None:
+        """The cache saw a container change (Podman's event, or a resync): its deployment's
+        worker runs a round at once (rounds also run on a timer), reading the new view."""
+        worker = self.workers.get(labels.get(LABEL_DEPLOYMENT, ""))
+        if worker is not None:
+            worker.nudge()
 
     # -- specs -----------------------------------------------------------------------------
 

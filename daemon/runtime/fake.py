@@ -8,7 +8,8 @@ It behaves like Podman where berthd can tell the difference:
 - `stats_many` answers for the running containers among those asked for, in one call;
 - events ("create", "start", "died", "remove") reach every open `events()` stream whose labels
   match, in order, from the stream's first iteration on (as with PodmanRuntime, whose stream
-  connects then), and `die()` simulates a crash (or an OOM kill) with a "died" event.
+  connects then), and `die()` simulates a crash (or an OOM kill) with a "died" event;
+  `break_events()` ends every open stream (Podman restarting).
 Tests steer it with `fail(method, error, times)` and read `calls` to see what was asked;
 `log_followers` counts the `follow_logs` streams open now (`wait_log_followers` waits for a
 count), so that a test can tell that every stream it caused was closed.
@@ -73,6 +74,7 @@ class FakeRuntime:
         self._failures: dict[str, list[RuntimeFailure]] = {}
         self._next_id = 1
         self._subscribers: list[trio.MemorySendChannel[ContainerEvent]] = []
+        self._broken_streams: dict[int, RuntimeFailure] = {}
         self.log_followers = 0  # `follow_logs` streams open now
         self._followers_changed = trio.Event()
 
@@ -84,6 +86,15 @@ class FakeRuntime:
     def fail(self, method: str, error: RuntimeFailure, times: int = 1) -> None:
         """The next `times` calls of `method` ("create", "start", ...) raise `error`."""
         self._failures.setdefault(method, []).extend([error] * times)
+
+    def break_events(self, error: RuntimeFailure | None = None) -> None:
+        """Every open `events()` stream ends now: raising `error` (Podman went away
+        mid-stream), or as a clean end of the stream when None."""
+        for send in self._subscribers:
+            if error is not None:
+                self._broken_streams[id(send)] = error
+            send.close()
+        self._subscribers.clear()
 
     def die(self, container_id: str, *, exit_code: int = 1, oom_killed: bool = False) -> None:
         """The container's process ends on its own (crash, or OOM kill with exit code 137)."""
@@ -219,7 +230,12 @@ class FakeRuntime:
                     if _matches(event.labels, labels):
                         yield event
         finally:
-            self._subscribers.remove(send)
+            if send in self._subscribers:
+                self._subscribers.remove(send)
+        # Only `break_events` closes the channel: the stream breaks as it says.
+        error = self._broken_streams.pop(id(send), None)
+        if error is not None:
+            raise error
 
     async def aclose(self) -> None:
         self.calls.append(("aclose",))
