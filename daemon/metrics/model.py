@@ -22,13 +22,16 @@ class ReplicaTarget:
     """One replica to sample, as the daemon registers it.
 
     `gpus` are the GPUs the replica holds, as CDI names ("nvidia.com/gpu=0"), bare indices
-    ("0") or ints; `cpus` its CPU limit, so that CPU use can be read as a percent of it."""
+    ("0") or ints; `cpus` its CPU limit, so that CPU use can be read as a percent of it;
+    `fast_stats` whether its CPU and memory are wanted every round (an autoscaler reads
+    them), not only every `stats_interval`."""
 
     deployment: str
     replica_id: str
     container_id: str
     gpus: tuple[str | int, ...] = ()
     cpus: float | None = None
+    fast_stats: bool = False
 
 
 def held_gpus(names: Sequence[str | int], gpus: Mapping[int, GpuSample]) -> list[GpuSample]:

@@ -7,7 +7,7 @@ Time starts at 0 on the mock clock and the wall clock is START + that, so rounds
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,16 +121,16 @@ class FakeRollups:
 
 
 class SlowRuntime(FakeRuntime):
-    """stats() of the containers in `slow` never answers."""
+    """stats_many() never answers when asked about a container in `slow`."""
 
     def __init__(self) -> None:
         super().__init__(images={"img"})
         self.slow: set[str] = set()
 
-    async def stats(self, container_id: str) -> ContainerStats:
-        if container_id in self.slow:
+    async def stats_many(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        if self.slow & set(container_ids):
             await trio.sleep_forever()
-        return await super().stats(container_id)
+        return await super().stats_many(container_ids)
 
 
 @dataclass
@@ -153,6 +153,7 @@ class Rig:
         limit: int | None = None,
         cpus: float | None = None,
         gpus: tuple[str | int, ...] = (),
+        fast: bool = False,
     ) -> str:
         cid = await self.runtime.create(
             ContainerSpec(
@@ -165,8 +166,11 @@ class Rig:
         )
         await self.runtime.start(cid)
         self.runtime.stats_by_id[cid] = ContainerStats(cpu, memory, limit)
-        self.targets.append(ReplicaTarget(deployment, replica_id, cid, gpus, cpus))
+        self.targets.append(ReplicaTarget(deployment, replica_id, cid, gpus, cpus, fast))
         return cid
+
+    def stats_calls(self) -> list[tuple[object, ...]]:
+        return [c for c in self.runtime.calls if c[0] in ("stats", "stats_many")]
 
 
 def make_rig(**options: Any) -> Rig:
@@ -291,16 +295,60 @@ async def test_latency_and_concurrency_from_the_proxy(rig: Rig, autojump_clock: 
     ]
 
 
+async def test_one_stats_call_a_round_for_every_replica(
+    rig: Rig, autojump_clock: MockClock
+) -> None:
+    a = await rig.replica("echo", "a", cpu=10.0)
+    b = await rig.replica("echo", "b", cpu=20.0)
+    c = await rig.replica("other", "c", cpu=30.0)
+    await start(rig)
+    await trio.sleep(10)
+    assert rig.stats_calls() == [("stats_many", (a, b, c))] * 3
+
+
+async def test_stats_of_replicas_no_autoscaler_reads_are_taken_less_often(
+    autojump_clock: MockClock,
+) -> None:
+    rig = make_rig(interval=2.0, stats_interval=10.0)
+    fast = await rig.replica("scaled", "a", cpu=10.0, fast=True)
+    slow = await rig.replica("fixed", "b", cpu=20.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.sampler.run)
+        await trio.sleep(19)  # rounds at 0, 2, ..., 18
+        nursery.cancel_scope.cancel()
+    asked = [call[1] for call in rig.stats_calls()]
+    assert asked == [(fast, slow), *[(fast,)] * 4, (fast, slow), *[(fast,)] * 4]
+    # Between its measurements the slow one shows its latest: measured, never None.
+    samples = rig.sampler.windows.samples("fixed", since=0.0)
+    assert [s.replicas[0].cpu_percent for s in samples] == [20.0] * 10
+
+
+async def test_a_replaced_container_is_measured_at_once(autojump_clock: MockClock) -> None:
+    rig = make_rig(interval=2.0, stats_interval=10.0)
+    first = await rig.replica("fixed", "a", cpu=20.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.sampler.run)
+        await trio.sleep(1)
+        await rig.runtime.remove(first)
+        second = await rig.replica("fixed", "a", cpu=70.0)  # the same replica, a new container
+        rig.targets.pop(0)
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert [call[1] for call in rig.stats_calls()] == [(first,), (second,)]
+    latest = rig.sampler.windows.latest("fixed")
+    assert latest is not None and latest.replicas[0].cpu_percent == 70.0
+
+
 async def test_a_failed_sample_is_missing_not_zero(rig: Rig, autojump_clock: MockClock) -> None:
     a = await rig.replica("echo", "a", cpu=80.0, memory=100)
     await rig.replica("echo", "b", cpu=40.0, memory=100)
-    rig.runtime.fail("stats", TemporaryRuntimeError("podman is busy"), times=1)
+    rig.runtime.fail("stats_many", TemporaryRuntimeError("podman is busy"), times=1)
     await start(rig)
     latest = rig.sampler.windows.latest("echo")
     assert latest is not None
-    failed = [r for r in latest.replicas if r.cpu_percent is None]
-    assert len(failed) == 1 and failed[0].memory_bytes is None
-    await rig.runtime.stop(a, timeout=0)  # gone: ContainerNotFound, also skipped
+    # One call asks about both: both are unmeasured, neither is zero.
+    assert [(r.cpu_percent, r.memory_bytes) for r in latest.replicas] == [(None, None)] * 2
+    await rig.runtime.stop(a, timeout=0)  # not running: not measured, also skipped
     await trio.sleep(5)
     load = rig.sampler.deployment_load("echo", 1)
     assert load.cpu_percent == pytest.approx(40.0)
@@ -318,7 +366,10 @@ async def test_a_hung_stats_call_is_cut_off_and_the_round_goes_on(
     await trio.sleep(20)
     assert rig.sampler.rounds == 4  # ...and so does every one, still starting every 5 s
     load = rig.sampler.deployment_load("echo", 60)
-    assert load.cpu_percent == pytest.approx(40.0)
+    assert load.samples == 4 and load.cpu_percent is None  # the one call asked about both
+    rig.runtime.slow.clear()
+    await trio.sleep(5)
+    assert rig.sampler.deployment_load("echo", 4).cpu_percent == pytest.approx(60.0)
 
 
 async def test_missing_data_is_none(rig: Rig, autojump_clock: MockClock) -> None:
