@@ -54,6 +54,10 @@ T = TypeVar("T")
 
 log = logging.getLogger("berthd.podman")
 
+LIST_ATTEMPTS = 3
+CALLS_AT_ONCE = 4  # Podman calls in flight at once (threads), whatever berthd asks
+CALL_MARGIN = 5.0  # seconds past the client's read timeout before a call is abandoned
+
 # libpod API prefix used by the streams; Podman 4.x accepts any version >= 4.0.0 here.
 LIBPOD_PREFIX = "/v4.0.0/libpod"
 # How much of an error answer on a stream is read for its message.
@@ -82,6 +86,7 @@ class PodmanRuntime:
         self.url = url
         self._timeout = timeout
         self._client = PodmanClient(base_url=url, timeout=timeout)
+        self._limiter = trio.CapacityLimiter(CALLS_AT_ONCE)
 
     def __repr__(self) -> str:
         return f"PodmanRuntime({self.url!r})"
@@ -92,9 +97,25 @@ class PodmanRuntime:
         *,
         what: str,
         not_found: type[RuntimeFailure] = ContainerNotFound,
+        deadline: float | None = None,
     ) -> T:
+        """`fn` (podman-py, blocking) in a thread of the runtime's own limiter, bounded.
+
+        At most CALLS_AT_ONCE calls run at a time, so a Podman that stopped answering holds
+        a few threads, never trio's whole pool. Each call has a deadline (`deadline`
+        seconds; default: the client's read timeout and a margin; math.inf for none, as a
+        pull's): past it the thread is abandoned and the call fails as temporary.
+        """
+        limit = self._timeout + CALL_MARGIN if deadline is None else deadline
         try:
-            return await trio.to_thread.run_sync(fn)
+            with trio.fail_after(limit):
+                return await trio.to_thread.run_sync(
+                    fn, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except trio.TooSlowError:
+            raise TemporaryRuntimeError(
+                f"{what}: Podman at {self.url} did not answer within {limit:g}s"
+            ) from None
         except podman.errors.ImageNotFound as exc:
             raise ImageNotFound(f"{what}: {_explain(exc)}") from exc
         except podman.errors.NotFound as exc:
@@ -122,7 +143,11 @@ class PodmanRuntime:
         return await self._call(partial(self._client.images.exists, image), what=image)
 
     async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
-        await self._call(partial(self._pull_sync, image, auth), what=f"pull {image}")
+        # No deadline overall: a multi-GB image takes what it takes (the client's read
+        # timeout still bounds each silence).
+        await self._call(
+            partial(self._pull_sync, image, auth), what=f"pull {image}", deadline=math.inf
+        )
 
     def _pull_sync(self, image: str, auth: RegistryAuth | None) -> None:
         # podman-py's images.pull() drops the error that libpod reports inside the stream.
@@ -215,7 +240,9 @@ class PodmanRuntime:
             if response.status_code != 304:
                 response.raise_for_status()
 
-        await self._call(stop, what=f"stop {container_id[:12]}")
+        await self._call(
+            stop, what=f"stop {container_id[:12]}", deadline=seconds + self._timeout + CALL_MARGIN
+        )
 
     async def remove(self, container_id: str) -> None:
         def remove() -> None:
@@ -248,8 +275,17 @@ class PodmanRuntime:
             body: list[dict[str, Any]] = response.json()
             return body
 
+        # libpod's list fails whole when a container goes while it is being listed (a
+        # removal racing the list); that is no reason to know nothing: list again.
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                entries = await self._call(list_, what="list containers")
+                break
+            except RuntimeFailure as exc:
+                if attempt + 1 == LIST_ATTEMPTS or not _vanished(exc):
+                    raise
         infos = []
-        for entry in await self._call(list_, what="list containers"):
+        for entry in entries:
             info = _info_from_list(entry)
             if not info.running and info.status != "created":
                 # The list omits OOMKilled; inspect the few that have exited.
@@ -257,6 +293,10 @@ class PodmanRuntime:
                     info = await self.inspect(info.container_id)
                 except ContainerNotFound:
                     continue
+                except RuntimeFailure as exc:
+                    if _vanished(exc):
+                        continue  # removed between the list and the inspect
+                    raise
             infos.append(info)
         return infos
 
@@ -576,3 +616,9 @@ def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
     else:
         return None
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _vanished(exc: RuntimeFailure) -> bool:
+    """libpod's words (a 500, not a 404) for a container removed while it was being read."""
+    text = str(exc).lower()
+    return "no such container" in text or "does not exist" in text
