@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import trio
-
 from config.spec import MetricName
 from daemon import __version__
 from daemon.api.control_plane import ControlPlane
@@ -65,7 +63,7 @@ def metrics_sampler(daemon: ControlPlane) -> MetricsSampler:
         daemon.runtime,
         partial(replica_targets, daemon),
         statistics,
-        gpus=daemon.gpus.inventory.sample,
+        gpus=daemon.gpus.reader.sample,
         rollups=StoreRollups(daemon.store),
         deployments=lambda: list(daemon.workers),
         interval=SAMPLE_INTERVAL,
@@ -89,5 +87,5 @@ async def metrics_snapshot(daemon: ControlPlane) -> MetricsSnapshot:
                 scale_downs=worker.scale_downs,
             )
         )
-    samples = await trio.to_thread.run_sync(daemon.gpus.inventory.sample)
+    samples = await daemon.gpus.reader.sample()
     return MetricsSnapshot(__version__, tuple(deployments), tuple(samples))

@@ -7,14 +7,15 @@ without a memory limit must not look like an idle replica. Zero means "measured:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from daemon.gpu.model import GpuSample
 
-# Blocking (NVML): the sampler runs it in a thread. It must not raise for "no GPU" or a
-# lost driver: it returns [] (or the GPUs it could read) and reports failures its own way.
-GpuSource = Callable[[], Sequence[GpuSample]]
+# The GPUs' figures now (`daemon.gpu.reader.GpuReader.sample`: NVML in a thread of its own,
+# bounded). It must not raise for "no GPU", a lost or a stuck driver: it returns [] (or the
+# GPUs it could read) and reports failures its own way.
+GpuSource = Callable[[], Awaitable[Sequence[GpuSample]]]
 
 
 @dataclass(frozen=True)

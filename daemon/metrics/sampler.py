@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -121,6 +122,10 @@ class MetricsSampler:
         # was measured: carried into the rounds until it is due again.
         self._measured: dict[tuple[str, str], tuple[float, str, ContainerStats]] = {}
         self._minute: int | None = None
+        # Reads begun and over, by source (each counter written by one side): a difference
+        # is a read still outstanding in its thread.
+        self._begun: Counter[str] = Counter()
+        self._over: Counter[str] = Counter()
         self._send: trio.MemorySendChannel[list[MetricRollup]] | None = None
         self.rounds = 0
         self.dropped_rollups = 0
@@ -203,7 +208,7 @@ class MetricsSampler:
                 nursery.start_soon(self._container_stats, due)
             nursery.start_soon(self._blocking, self._host, host, "host")
             if self._gpus is not None:
-                nursery.start_soon(self._blocking, self._gpus, gpus, "gpus")
+                nursery.start_soon(self._read_gpus, self._gpus, gpus)
         now = trio.current_time()
         wall = self._now().timestamp()
         gpu_stats = {g.index: g for g in (gpus[0] if gpus else ())}
@@ -269,10 +274,27 @@ class MetricsSampler:
                 self._measured.pop(key, None)
 
     async def _blocking(self, fn: Callable[[], T], into: list[T], what: str) -> None:
+        """`fn` in a thread, bounded by the sample timeout; skipped (nothing measured) while
+        an earlier read of the same source has not returned, so a hung read holds one
+        thread, not one a round."""
+        if self._begun[what] != self._over[what]:
+            return
+
+        def read() -> T:
+            try:
+                return fn()
+            finally:
+                self._over[what] += 1
+
+        self._begun[what] += 1
         with trio.move_on_after(self.sample_timeout) as scope:
-            into.append(await self._run_blocking(fn))
+            into.append(await self._run_blocking(read))
         if scope.cancelled_caught:
             log.warning("metrics: reading %s took over %gs; skipped", what, self.sample_timeout)
+
+    async def _read_gpus(self, source: GpuSource, into: list[Sequence[GpuSample]]) -> None:
+        with trio.move_on_after(self.sample_timeout):
+            into.append(await source())
 
     def _rate(self, key: tuple[str, str], total: int | None, now: float) -> float | None:
         """Requests/s since the previous round, from a counter; None without two readings."""

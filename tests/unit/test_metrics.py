@@ -7,9 +7,11 @@ Time starts at 0 on the mock clock and the wall clock is START + that, so rounds
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ from trio.testing import MockClock
 
 from daemon.gpu.fake import FakeGpuInventory, fake_gpus
 from daemon.gpu.model import GpuSample
+from daemon.gpu.reader import GpuReader
 from daemon.metrics.host import HostReading, PsutilHost
 from daemon.metrics.model import ReplicaTarget, gpu_index, held_gpus
 from daemon.metrics.rollups import StoreRollups
@@ -37,6 +40,10 @@ from proxy.stats import (
 T = TypeVar("T")
 START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 GiB = 1024**3
+
+
+async def gpu_samples(gpus: list[GpuSample]) -> list[GpuSample]:
+    return list(gpus)
 
 
 async def inline(fn: Callable[[], T]) -> T:
@@ -184,7 +191,7 @@ def make_rig(**options: Any) -> Rig:
         runtime,
         lambda: list(targets),
         proxy,
-        gpus=lambda: list(gpus),
+        gpus=partial(gpu_samples, gpus),
         host=lambda: host[-1],
         rollups=rollups,
         now=wall,
@@ -431,7 +438,8 @@ def test_held_gpus_by_cdi_name_or_index() -> None:
     assert [g.index for g in held] == [0, 1, 2]
 
 
-async def test_the_gpu_inventory_is_a_gpu_source(rig: Rig, autojump_clock: MockClock) -> None:
+async def test_the_gpu_reader_is_a_gpu_source(rig: Rig, autojump_clock: MockClock) -> None:
+    autojump_clock.autojump_threshold = 0.05  # the reader reads in a thread: let it
     inventory = FakeGpuInventory(
         fake_gpus(2),
         samples=[GpuSample(1, "nvidia.com/gpu=1", 70.0, 3 * GiB, 24 * GiB, 55.0, 150.0)],
@@ -440,7 +448,7 @@ async def test_the_gpu_inventory_is_a_gpu_source(rig: Rig, autojump_clock: MockC
         rig.runtime,
         lambda: list(rig.targets),
         rig.proxy,
-        gpus=inventory.sample,
+        gpus=GpuReader(inventory).sample,
         host=lambda: HostReading(None, None, None),
         run_blocking=inline,
     )
@@ -656,3 +664,28 @@ async def test_the_sampler_writes_to_a_real_store(tmp_path: Path) -> None:
         assert {r.replica for r in rows} == {"", "a"}
         assert all(r.minute == rfc3339(START) for r in rows)
         assert store.metric_rollups("", START)[0].memory_limit_bytes is not None
+
+
+async def test_a_host_read_that_hangs_holds_one_thread_and_is_skipped(
+    autojump_clock: MockClock,
+) -> None:
+    """psutil reading /proc on a wedged box: the read is abandoned after the sample timeout,
+    and not started again while it is outstanding (one thread, not one a round)."""
+    autojump_clock.autojump_threshold = 0.05  # host reads run in real threads here
+    release = threading.Event()
+    reads = []
+
+    def hung_host() -> HostReading:
+        reads.append(1)
+        release.wait(30)
+        return HostReading(None, None, None)
+
+    sampler = MetricsSampler(FakeRuntime(), list, FakeProxy(), host=hung_host, interval=1.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sampler.run)
+            await trio.sleep(10)
+            assert sampler.rounds >= 5 and len(reads) == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
