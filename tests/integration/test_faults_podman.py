@@ -6,10 +6,12 @@ behind berthd's back (`podman rm -f`).
   endpoint never empty, no failed request.
 - `podman rm -f` of the only replica on a one-GPU box: the replacement gets the GPU and is
   ready within 5 s (its GPU and ports were freed by the next observation).
+- NVML hangs: store and Podman calls go on; the GPU reader holds one thread.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,9 +26,11 @@ from config.canonical import spec_id
 from config.parse import parse_spec
 from config.settings import load_settings
 from daemon.gpu.cdi import CdiInventory, scan_cdi
+from daemon.gpu.fake import FakeGpuInventory, fake_gpus
 from daemon.gpu.inventory import NoGpu
 from daemon.gpu.ledger import GpuLedger
-from daemon.gpu.model import GpuInventory
+from daemon.gpu.model import GpuInventory, GpuSample
+from daemon.gpu.reader import GpuReader
 from daemon.health.probes import run_probe
 from daemon.integrations.mounts import MountPreparer
 from daemon.reconcile.context import WorkerContext
@@ -35,7 +39,7 @@ from daemon.reconcile.ports import HostPortAllocator
 from daemon.reconcile.worker import DeploymentWorker
 from daemon.runtime.faulty import FaultyRuntime
 from daemon.runtime.interface import LABEL_INSTANCE, ContainerInfo
-from daemon.runtime.podman import PodmanRuntime
+from daemon.runtime.podman import CALLS_AT_ONCE, PodmanRuntime
 from daemon.store.access import StoreAccess
 from daemon.store.database import Store
 from daemon.store.events import EventLog
@@ -205,3 +209,33 @@ async def test_podman_rm_of_a_gpu_replica_is_replaced_within_5s(
         assert replacement.container_id != victim.container_id
         assert took <= 5.0, f"replacement ready after {took:.1f}s"
         assert "pending" not in [e.kind for e in rig.store.events()]
+
+
+async def test_a_hanging_nvml_leaves_store_and_podman_calls_alone(
+    podman_url: str, test_labels: dict[str, str], tmp_path: Path
+) -> None:
+    """A wedged driver: every GPU sample hangs. The reader holds one thread for it; the
+    store and Podman answer as ever, while the samplers keep asking."""
+    release = threading.Event()
+
+    class Wedged(FakeGpuInventory):
+        def sample(self) -> list[GpuSample]:
+            release.wait(60)
+            return []
+
+    reader = GpuReader(Wedged(fake_gpus(1)), timeout=0.2)
+    podman = PodmanRuntime(podman_url)
+    access = StoreAccess(Store(tmp_path / "berth.db"))
+    threads = threading.active_count()
+    try:
+        with trio.fail_after(20):
+            for n in range(25):
+                assert await reader.sample() == []  # unknown, never a wait past 0.2 s
+                await access.call(Store.add_event, "note", f"event {n}")
+                assert await podman.list(test_labels) == []
+        assert reader.stuck and threading.active_count() <= threads + 1 + CALLS_AT_ONCE + 1
+        assert len(await access.call(Store.events)) == 25
+    finally:
+        release.set()
+        access.store.close()
+        await podman.aclose()
