@@ -20,25 +20,9 @@ from daemon.berthd import instance_id
 from daemon.runtime.interface import LABEL_INSTANCE
 from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, get_text, wait_until
+from tests.specs import echo_spec
 
 pytestmark = pytest.mark.podman
-
-SPEC = """
-name = "e2e-echo"
-image = "{image}"
-port = 8080
-stop_timeout = "1s"
-[env]
-MESSAGE = "{message}"
-[replicas]
-count = 2
-[health.readiness]
-path = "/health"
-period = "1s"
-[endpoint]
-port = {port}
-bind = "127.0.0.1"
-"""
 
 
 def replicas_answering(url: str, tries: int = 12) -> tuple[set[str], set[str]]:
@@ -81,7 +65,7 @@ def test_apply_update_restart_adopt_remove(
     berthd.start()
 
     # apply: 2 replicas, both answer through the endpoint
-    spec.write_text(SPEC.format(image=echo_image, message="v1", port=port))
+    spec.write_text(echo_spec("e2e-echo", echo_image, port, message="v1"))
     out = berthd.berth("apply", str(spec), "--wait").stdout
     assert "revision 1" in out and "created" in out
     first = berthd.json("ls")[0]
@@ -98,7 +82,7 @@ def test_apply_update_restart_adopt_remove(
     assert "unchanged" in berthd.berth("apply", str(spec)).stdout
 
     # update: revision 2, new spec_id, every replica on it
-    spec.write_text(SPEC.format(image=echo_image, message="v2", port=port))
+    spec.write_text(echo_spec("e2e-echo", echo_image, port, message="v2"))
     assert "revision 2" in berthd.berth("apply", str(spec), "--wait").stdout
     history = berthd.json("history", "e2e-echo")
     assert [h["revision"] for h in history] == [1, 2]

@@ -28,26 +28,11 @@ from daemon.runtime.service import SYSTEM_URL
 from tests.conftest import slow_podman, socket_answers
 from tests.e2e.berthd_process import Berthd, wait_until
 from tests.e2e.load import Load
+from tests.specs import echo_spec
 
 pytestmark = pytest.mark.podman
 
 NAME = "e2e-faults"
-SPEC = """
-name = "{name}"
-image = "{image}"
-port = 8080
-stop_timeout = "1s"
-[env]
-MESSAGE = "{message}"
-[replicas]
-count = 2
-[health.readiness]
-path = "/health"
-period = "1s"
-[endpoint]
-port = {port}
-bind = "127.0.0.1"
-"""
 
 
 def service_children(parent: int) -> list[int]:
@@ -139,7 +124,7 @@ def test_podman_service_killed_twice_under_load(
     first = the_service(berthd)
     podman_socket = berthd.state_dir / "podman.sock"
     spec = tmp_path / f"{NAME}.toml"
-    spec.write_text(SPEC.format(name=NAME, image=echo_image, message="v1", port=port))
+    spec.write_text(echo_spec(NAME, echo_image, port, message="v1"))
     berthd.berth("apply", str(spec), "--wait", timeout=60)
     old_spec_id = berthd.json("get", NAME)["spec_id"]
 
@@ -152,14 +137,14 @@ def test_podman_service_killed_twice_under_load(
         second = the_service(berthd, not_one_of=(first,))
         os.kill(second, signal.SIGKILL)
         # A changed spec applied while the service is away (1.5 s of back-off and slow start).
-        spec.write_text(SPEC.format(name=NAME, image=echo_image, message="v2", port=port))
+        spec.write_text(echo_spec(NAME, echo_image, port, message="v2"))
         assert "revision 2" in berthd.berth("apply", str(spec), timeout=10).stdout
         applied_while_away = not socket_answers(podman_socket)
         third = the_service(berthd, not_one_of=(first, second))
         wait_until("the Podman service to answer again", lambda: socket_answers(podman_socket), 15)
         answering_at = time.monotonic()
 
-        spec.write_text(SPEC.format(name=NAME, image=echo_image, message="v3", port=port))
+        spec.write_text(echo_spec(NAME, echo_image, port, message="v3"))
         assert "revision 3" in berthd.berth("apply", str(spec), timeout=10).stdout
         applied_at = time.monotonic()
         new_spec_id = berthd.json("get", NAME)["spec_id"]

@@ -23,33 +23,18 @@ import pytest
 from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, wait_until
 from tests.e2e.load import Load
+from tests.specs import echo_spec
 
 pytestmark = pytest.mark.podman
 
 NAME = "e2e-load"
-SPEC = """
-name = "{name}"
-image = "{image}"
-port = 8080
-stop_timeout = "1s"
-[env]
-MESSAGE = "{message}"
-[replicas]
-count = 3
-[health.readiness]
-path = "/health"
-period = "1s"
-[endpoint]
-port = {port}
-bind = "127.0.0.1"
-"""
 
 
 def deploy(
     berthd: Berthd, tmp_path: Path, image: str, port: int, message: str = "v1"
 ) -> tuple[Path, dict[str, Any]]:
     spec = tmp_path / f"{NAME}.toml"
-    spec.write_text(SPEC.format(name=NAME, image=image, message=message, port=port))
+    spec.write_text(echo_spec(NAME, image, port, count=3, message=message))
     berthd.berth("apply", str(spec), "--wait")
     wait_until(
         "3 ready replicas",
@@ -122,7 +107,7 @@ def test_update_under_load_fails_no_request(
 
     with Load(f"http://127.0.0.1:{port}/cgi-bin/echo") as load:
         load.wait_answers(30, since=0.0)
-        spec.write_text(SPEC.format(name=NAME, image=echo_image, message="v2", port=port))
+        spec.write_text(echo_spec(NAME, echo_image, port, count=3, message="v2"))
         applied_at = time.monotonic()
         assert "revision 2" in berthd.berth("apply", str(spec), "--wait").stdout
 

@@ -46,26 +46,9 @@ from daemon.store.events import EventLog
 from tests.conftest import podman_binary
 from tests.e2e.load import Load
 from tests.integration.conftest import CDI_DIR
+from tests.specs import echo_spec
 
 pytestmark = pytest.mark.podman
-
-
-def echo_spec(image: str, port: int, *, count: int = 2, extra: str = "") -> str:
-    return f"""
-name = "faults"
-image = "{image}"
-command = ["httpd", "-f", "-p", "8080", "-h", "/www"]
-port = 8080
-stop_timeout = "1s"
-[replicas]
-count = {count}
-[health.readiness]
-path = "/health"
-period = "1s"
-[endpoint]
-port = {port}
-bind = "127.0.0.1"
-{extra}"""
 
 
 @dataclass
@@ -156,7 +139,7 @@ async def test_a_list_that_fails_for_10s_changes_nothing_under_load(
 ) -> None:
     port = free_port()
     async with worker_rig(podman_url, test_labels, tmp_path, port, NoGpu("test")) as rig:
-        rig.apply(echo_spec(echo_image, port))
+        rig.apply(echo_spec("faults", echo_image, port))
         await rig.until(lambda: len(rig.published()) == 2, within=30)
         before = sorted(c.container_id for c in await rig.containers())
         serving = rig.published()
@@ -197,7 +180,7 @@ async def test_podman_rm_of_a_gpu_replica_is_replaced_within_5s(
     one_gpu._gpus = one_gpu._gpus[:1]  # a one-GPU box
     port = free_port()
     async with worker_rig(podman_url, test_labels, tmp_path, port, one_gpu) as rig:
-        rig.apply(echo_spec(echo_image, port, count=1, extra="[resources]\ngpus = 1\n"))
+        rig.apply(echo_spec("faults", echo_image, port, count=1, extra="[resources]\ngpus = 1\n"))
         await rig.until(lambda: len(rig.published()) == 1, within=30)
         (victim,) = await rig.containers()
         (old,) = rig.published()
