@@ -157,7 +157,7 @@ def _endpoint(e: Endpoint, full: bool) -> dict[str, Any]:
     base = _DEFAULT_ENDPOINT
     d: dict[str, Any] = {"port": e.port}
     _put(d, "bind", e.bind, base.bind, full)
-    for key in ("connect_timeout", "read_timeout", "client_idle_timeout"):
+    for key in ("connect_timeout", "read_timeout", "client_idle_timeout", "cold_start_timeout"):
         value, default = getattr(e, key), getattr(base, key)
         _put(d, key, format_duration(value), format_duration(default), full)
     return d
@@ -170,6 +170,7 @@ def _update(u: Update, full: bool) -> dict[str, Any]:
     _put(d, "max_unavailable", u.max_unavailable, base.max_unavailable, full)
     progress = format_duration(u.progress_deadline)
     _put(d, "progress_deadline", progress, _dur(base.progress_deadline), full)
+    _put(d, "drain_timeout", format_duration(u.drain_timeout), _dur(base.drain_timeout), full)
     return d
 
 

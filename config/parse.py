@@ -218,6 +218,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
     idle = r.get(
         "client_idle_timeout", as_duration(hi=MAX_TIMEOUT, above=0), ENDPOINT_CLIENT_IDLE_TIMEOUT
     )
+    cold_start = r.get("cold_start_timeout", as_duration(lo=1.0, hi=MAX_TIMEOUT), 600.0)
     r.close()
     if port is None:
         return None
@@ -227,6 +228,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         client_idle_timeout=idle,
+        cold_start_timeout=cold_start,
     )
 
 
@@ -236,6 +238,7 @@ def _read_update(r: Reader | None) -> Update:
     surge = r.get("max_surge", as_int(0, 100), 1)
     unavailable = r.get("max_unavailable", as_int(0, 100), 0)
     deadline = r.get("progress_deadline", as_duration(hi=MAX_TIMEOUT, above=0), 600.0)
+    drain = r.get("drain_timeout", as_duration(lo=0.0, hi=MAX_TIMEOUT), 30.0)
     if r.ok("max_surge", "max_unavailable") and surge == 0 and unavailable == 0:
         r.problem(
             "max_unavailable",
@@ -243,4 +246,9 @@ def _read_update(r: Reader | None) -> Update:
             "(the update could never replace a replica)",
         )
     r.close()
-    return Update(max_surge=surge, max_unavailable=unavailable, progress_deadline=deadline)
+    return Update(
+        max_surge=surge,
+        max_unavailable=unavailable,
+        progress_deadline=deadline,
+        drain_timeout=drain,
+    )

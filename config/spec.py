@@ -101,6 +101,9 @@ class Endpoint:
     connect_timeout: float = ENDPOINT_CONNECT_TIMEOUT
     read_timeout: float = ENDPOINT_READ_TIMEOUT
     client_idle_timeout: float = ENDPOINT_CLIENT_IDLE_TIMEOUT
+    # How long a request waits at an endpoint with no ready replica while one starts (scale
+    # from zero): as long as a large model takes to load.
+    cold_start_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,9 @@ class Update:
     max_surge: int = 1
     max_unavailable: int = 0
     progress_deadline: float = 600.0
+    # How long a replica that leaves (an update, a scale-down, a restart, berthd stopping)
+    # gets to finish its in-flight requests: a long generation must not be cut.
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

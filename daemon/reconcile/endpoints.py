@@ -41,7 +41,13 @@ class _Started:
 class _Slot:
     spec: EndpointSpec
     endpoint: Endpoint
+    drain_timeout: float  # the deployment's `[update] drain_timeout`
     done: trio.Event = field(default_factory=trio.Event)
+
+
+def _listening(spec: EndpointSpec) -> tuple[object, ...]:
+    """What the listener is made of: a change of anything else applies without a rebind."""
+    return (spec.bind, spec.port, spec.connect_timeout, spec.read_timeout, spec.client_idle_timeout)
 
 
 def timeouts_of(spec: EndpointSpec) -> EndpointTimeouts:
@@ -69,11 +75,20 @@ class EndpointManager:
         return slot.endpoint if slot else None
 
     async def ensure(
-        self, name: str, spec: EndpointSpec, on_suspect: Callable[[str], None] | None = None
+        self,
+        name: str,
+        spec: EndpointSpec,
+        on_suspect: Callable[[str], None] | None = None,
+        *,
+        drain_timeout: float | None = None,
     ) -> Endpoint:
-        """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind."""
+        """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind.
+        `drain_timeout`: how long its in-flight requests get when it closes (the manager's
+        default when None)."""
+        drain = self._drain_timeout if drain_timeout is None else drain_timeout
         slot = self._slots.get(name)
-        if slot is not None and slot.spec == spec:
+        if slot is not None and _listening(slot.spec) == _listening(spec):
+            slot.spec, slot.drain_timeout = spec, drain
             return slot.endpoint
         if slot is not None:
             await self.close(name)
@@ -85,7 +100,7 @@ class EndpointManager:
             timeouts=timeouts_of(spec),
             on_suspect=on_suspect,
         )
-        new = _Slot(spec, endpoint)
+        new = _Slot(spec, endpoint, drain)
         await self._nursery.start(self._serve, new)
         self._slots[name] = new
         return endpoint
@@ -116,15 +131,16 @@ class EndpointManager:
         slot = self._slots.pop(name, None)
         if slot is None:
             return
-        slot.endpoint.begin_shutdown(self._drain_timeout)
-        with trio.move_on_after(self._drain_timeout + 1):
+        slot.endpoint.begin_shutdown(slot.drain_timeout)
+        with trio.move_on_after(slot.drain_timeout + 1):
             await slot.done.wait()
 
     async def drain_all(self) -> None:
         """SIGTERM: stop accepting everywhere, let in-flight requests finish (bounded)."""
         slots = list(self._slots.values())
         for slot in slots:
-            slot.endpoint.begin_shutdown(self._drain_timeout)
-        with trio.move_on_after(self._drain_timeout + 1):
+            slot.endpoint.begin_shutdown(slot.drain_timeout)
+        longest = max((slot.drain_timeout for slot in slots), default=0.0)
+        with trio.move_on_after(longest + 1):
             for slot in slots:
                 await slot.done.wait()

@@ -45,8 +45,6 @@ from daemon.store.database import ReplicaRecord, Store
 
 log = logging.getLogger("berthd")
 
-DRAIN_TIMEOUT = 30.0
-
 
 class CreateRefused(Exception):
     """New replicas cannot be made now; the message says why, fit for an event."""
@@ -84,6 +82,7 @@ class ReplicaOps:
         self.create_blocked = False
         self.create_backoff = RestartBackoff()
         self._last_stop_timeout = 10.0
+        self._last_drain_timeout = 30.0
 
     def __repr__(self) -> str:
         return f"<ReplicaOps {self.deployment} create_error={self.create_error!r}>"
@@ -98,7 +97,12 @@ class ReplicaOps:
         """The spec's grace period; for a removed deployment, that of its last spec."""
         if active is not None:
             self._last_stop_timeout = active.spec.stop_timeout
+            self._last_drain_timeout = active.spec.update.drain_timeout
         return self._last_stop_timeout
+
+    def drain_timeout(self) -> float:
+        """`[update] drain_timeout` of the active spec; for a removed deployment, its last."""
+        return self._last_drain_timeout
 
     def reset_create(self) -> None:
         self.create_error = None
@@ -362,7 +366,7 @@ class ReplicaOps:
     async def _drain(self, replica_id: str) -> None:
         endpoint = self.ctx.endpoints.get(self.deployment)
         if endpoint is not None:
-            with trio.move_on_after(DRAIN_TIMEOUT):
+            with trio.move_on_after(self.drain_timeout()):
                 # The proxy counts in-flight requests on its hot path and signals nothing;
                 # polling here keeps the hot path free of wake-ups.
                 while endpoint.in_flight(replica_id) > 0:  # noqa: ASYNC110

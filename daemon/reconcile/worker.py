@@ -89,7 +89,6 @@ log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
 SLOW_ROUND = 2.0  # when up to date (autoscaled deployments: daemon.scaling.driver.ROUND)
-COLD_START_WAIT = 120.0  # how long a request is held at a scaled-to-zero endpoint
 
 
 @dataclass(frozen=True)
@@ -485,7 +484,10 @@ class DeploymentWorker:
             return
         try:
             endpoint = await self._ctx.endpoints.ensure(
-                self.name, active.spec.endpoint, on_suspect=self.suspect
+                self.name,
+                active.spec.endpoint,
+                on_suspect=self.suspect,
+                drain_timeout=active.spec.update.drain_timeout,
             )
         except OSError as exc:
             error = f"endpoint {active.spec.endpoint.bind}:{active.spec.endpoint.port}: {exc}"
@@ -502,7 +504,7 @@ class DeploymentWorker:
                 f"endpoint listening on {active.spec.endpoint.port}",
                 deployment=self.name,
             )
-        hold = COLD_START_WAIT if scales_to_zero(active.spec) else None
+        hold = active.spec.endpoint.cold_start_timeout if scales_to_zero(active.spec) else None
         if self._hold != (endpoint, hold):
             # Scale from zero: with no replica, the endpoint holds requests (bounded) and
             # tells us, so a replica starts at once; a cold start within the wait is no 503.

@@ -820,3 +820,25 @@ def test_the_example_in_the_spec_reference_parses() -> None:
     spec = parse_spec(example, source="docs/spec.md")
     assert spec.mounts[1].target == "/models/org/llama-3-8b"
     assert spec.env["WORKERS"] == "4"
+
+
+def test_drain_and_cold_start_timeouts() -> None:
+    default = parse_spec(make())
+    assert (default.update.drain_timeout, default.endpoint.cold_start_timeout) == (30.0, 600.0)
+    spec = parse_spec(
+        make(
+            '[update]\ndrain_timeout = "2h"\n', endpoint='port = 18080\ncold_start_timeout = "20m"'
+        )
+    )
+    assert (spec.update.drain_timeout, spec.endpoint.cold_start_timeout) == (7200.0, 1200.0)
+    assert spec_id(spec) != spec_id(default)
+    assert spec_id(parse_spec(make('[update]\ndrain_timeout = "30s"\n'))) == spec_id(default)
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    assert template_id(spec) == template_id(default)  # no replica is replaced for them
+    bad = make(
+        '[update]\ndrain_timeout = "2d"\n', endpoint='port = 18080\ncold_start_timeout = "0s"'
+    )
+    assert sorted(p.split(":")[0] for p in problems_of(bad)) == [
+        "endpoint.cold_start_timeout",
+        "update.drain_timeout",
+    ]

@@ -42,3 +42,18 @@ async def test_a_listener_that_fails_ends_its_endpoint_only(
             assert again.address is not None  # the next round binds it again
         nursery.cancel_scope.cancel()
     assert any("endpoint a failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_change_of_what_is_not_the_listener_applies_without_a_rebind() -> None:
+    manager = EndpointManager()
+    port = free_port()
+    spec = EndpointSpec(port=port, bind="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        first = await manager.ensure("a", spec, drain_timeout=30.0)
+        held = EndpointSpec(port=port, bind="127.0.0.1", cold_start_timeout=1200.0)
+        assert await manager.ensure("a", held, drain_timeout=7200.0) is first  # same listener
+        assert manager._slots["a"].drain_timeout == 7200.0
+        moved = EndpointSpec(port=free_port(), bind="127.0.0.1")
+        assert await manager.ensure("a", moved) is not first  # a new address: a new listener
+        nursery.cancel_scope.cancel()

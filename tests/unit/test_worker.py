@@ -675,3 +675,15 @@ async def test_rounds_during_a_create_or_a_removal_count_no_death(
     kinds = rig.events()
     assert "died" not in kinds and "restarted" not in kinds, kinds
     assert [c[0] for c in rig.runtime.calls].count("start") == 1
+
+
+async def test_a_scaled_to_zero_endpoint_holds_requests_for_the_cold_start_timeout(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    text = spec_text(rig.port).replace("count = 2", "min = 0\nmax = 2") + (
+        '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 1\n'
+    )
+    rig.apply(text.replace('bind = "127.0.0.1"', 'bind = "127.0.0.1"\ncold_start_timeout = "20m"'))
+    await rig.worker.reconcile_once()
+    endpoint = rig.endpoints.get("web")
+    assert endpoint is not None and endpoint._balancer.hold_max_wait == 1200.0
