@@ -118,9 +118,12 @@ class MetricsSampler:
         self._now = now
         self._run_blocking = run_blocking
         self._counters: dict[tuple[str, str], tuple[float, int]] = {}
-        # (deployment, replica) -> when its container was measured, which one, and what
-        # was measured: carried into the rounds until it is due again.
-        self._measured: dict[tuple[str, str], tuple[float, str, ContainerStats]] = {}
+        # (deployment, replica) -> the container last asked about and what was measured
+        # (None: not measured), carried into the rounds until it is due again.
+        self._measured: dict[tuple[str, str], tuple[str, ContainerStats | None]] = {}
+        # When the replicas without fast_stats are measured again, all in the same call (a
+        # new one is measured at once, then with them).
+        self._slow_due = -math.inf
         self._minute: int | None = None
         # Reads begun and over, by source (each counter written by one side): a difference
         # is a read still outstanding in its thread.
@@ -204,7 +207,7 @@ class MetricsSampler:
         host: list[HostReading] = []
         gpus: list[Sequence[GpuSample]] = []
         async with trio.open_nursery() as nursery:
-            if due := [t for t in targets if self._stats_due(t)]:
+            if due := self._stats_due(targets):
                 nursery.start_soon(self._container_stats, due)
             nursery.start_soon(self._blocking, self._host, host, "host")
             if self._gpus is not None:
@@ -216,9 +219,9 @@ class MetricsSampler:
         stats: dict[tuple[str, str], ContainerStats] = {}
         for t in targets:
             key = (t.deployment, t.replica_id)
-            measured = self._measured.get(key)
-            if measured is not None and measured[1] == t.container_id:
-                stats[key] = measured[2]
+            container_id, measured = self._measured.get(key, ("", None))
+            if measured is not None and container_id == t.container_id:
+                stats[key] = measured
         for key in self._measured.keys() - {(t.deployment, t.replica_id) for t in targets}:
             del self._measured[key]
 
@@ -248,16 +251,24 @@ class MetricsSampler:
         self.rounds += 1
         self._roll_up(wall)
 
-    def _stats_due(self, t: ReplicaTarget) -> bool:
-        measured = self._measured.get((t.deployment, t.replica_id))
-        if t.fast_stats or measured is None or measured[1] != t.container_id:
-            return True
-        # Half a round early rather than a round late: rounds do not start on the dot.
-        return trio.current_time() - measured[0] >= self.stats_interval - self.interval / 2
+    def _stats_due(self, targets: list[ReplicaTarget]) -> list[ReplicaTarget]:
+        """The replicas to measure this round: those with fast_stats, and every other one
+        when their turn has come (a replica not measured yet, or with a new container, at
+        once): one call, however their replicas came and went."""
+        now = trio.current_time()
+        slow_turn = now >= self._slow_due
+        if slow_turn:
+            # Half a round early rather than a round late: rounds do not start on the dot.
+            self._slow_due = now + self.stats_interval - self.interval / 2
+        due = []
+        for t in targets:
+            measured = self._measured.get((t.deployment, t.replica_id))
+            if t.fast_stats or slow_turn or measured is None or measured[0] != t.container_id:
+                due.append(t)
+        return due
 
     async def _container_stats(self, due: list[ReplicaTarget]) -> None:
         """One call for every replica due; each is measured now, or not at all."""
-        at = trio.current_time()
         found: dict[str, ContainerStats] = {}
         with trio.move_on_after(self.sample_timeout) as scope:
             try:
@@ -267,11 +278,10 @@ class MetricsSampler:
         if scope.cancelled_caught:
             log.debug("metrics: stats for %d replicas timed out", len(due))
         for t in due:
-            key = (t.deployment, t.replica_id)
-            if t.container_id in found:
-                self._measured[key] = (at, t.container_id, found[t.container_id])
-            else:
-                self._measured.pop(key, None)
+            self._measured[(t.deployment, t.replica_id)] = (
+                t.container_id,
+                found.get(t.container_id),
+            )
 
     async def _blocking(self, fn: Callable[[], T], into: list[T], what: str) -> None:
         """`fn` in a thread, bounded by the sample timeout; skipped (nothing measured) while

@@ -330,6 +330,21 @@ async def test_stats_of_replicas_no_autoscaler_reads_are_taken_less_often(
     assert [s.replicas[0].cpu_percent for s in samples] == [20.0] * 10
 
 
+async def test_replicas_that_came_at_different_times_share_one_call(
+    autojump_clock: MockClock,
+) -> None:
+    rig = make_rig(interval=2.0, stats_interval=10.0)
+    first = await rig.replica("fixed", "a", cpu=20.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.sampler.run)
+        await trio.sleep(5)
+        later = await rig.replica("fixed", "b", cpu=30.0)
+        await trio.sleep(16)  # rounds at 6 (b is new: at once), then 10 and 20 (both)
+        nursery.cancel_scope.cancel()
+    asked = [call[1] for call in rig.stats_calls()]
+    assert asked == [(first,), (later,), (first, later), (first, later)]
+
+
 async def test_a_replaced_container_is_measured_at_once(autojump_clock: MockClock) -> None:
     rig = make_rig(interval=2.0, stats_interval=10.0)
     first = await rig.replica("fixed", "a", cpu=20.0)
