@@ -171,6 +171,8 @@ def _update(u: Update, full: bool) -> dict[str, Any]:
     progress = format_duration(u.progress_deadline)
     _put(d, "progress_deadline", progress, _dur(base.progress_deadline), full)
     _put(d, "drain_timeout", format_duration(u.drain_timeout), _dur(base.drain_timeout), full)
+    if u.strategy is not None:  # unset (surge, else replace when no room) has no TOML value
+        d["strategy"] = u.strategy.value
     return d
 
 

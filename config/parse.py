@@ -30,6 +30,7 @@ from config.reader import (
     Reader,
     as_bool,
     as_duration,
+    as_enum,
     as_int,
     as_number,
     as_size,
@@ -43,6 +44,7 @@ from config.spec import (
     Endpoint,
     Resources,
     Update,
+    UpdateStrategy,
 )
 
 __all__ = [
@@ -239,6 +241,7 @@ def _read_update(r: Reader | None) -> Update:
     unavailable = r.get("max_unavailable", as_int(0, 100), 0)
     deadline = r.get("progress_deadline", as_duration(hi=MAX_TIMEOUT, above=0), 600.0)
     drain = r.get("drain_timeout", as_duration(lo=0.0, hi=MAX_TIMEOUT), 30.0)
+    strategy = r.optional("strategy", as_enum({s.value: s for s in UpdateStrategy}))
     if r.ok("max_surge", "max_unavailable") and surge == 0 and unavailable == 0:
         r.problem(
             "max_unavailable",
@@ -251,4 +254,5 @@ def _read_update(r: Reader | None) -> Update:
         max_unavailable=unavailable,
         progress_deadline=deadline,
         drain_timeout=drain,
+        strategy=strategy,
     )

@@ -27,6 +27,11 @@ class Summary(StrEnum):
     P95 = "p95"
 
 
+class UpdateStrategy(StrEnum):
+    SURGE = "surge"  # a new replica first, then an old one goes (may wait for room)
+    REPLACE = "replace"  # an old replica goes first, its replacement takes its room
+
+
 class MountType(StrEnum):
     BIND = "bind"
     VOLUME = "volume"
@@ -114,6 +119,9 @@ class Update:
     # How long a replica that leaves (an update, a scale-down, a restart, berthd stopping)
     # gets to finish its in-flight requests: a long generation must not be cut.
     drain_timeout: float = 30.0
+    # None: surge, and replace in place while a surge replica cannot be placed (no GPU or
+    # VRAM free on the box): what works, for GPU deployments on a full box.
+    strategy: UpdateStrategy | None = None
 
 
 @dataclass(frozen=True)

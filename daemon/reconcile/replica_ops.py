@@ -81,6 +81,8 @@ class ReplicaOps:
         # reads as failed until a create succeeds.
         self.create_blocked = False
         self.create_backoff = RestartBackoff()
+        # The last create found no GPU (or VRAM) free: an update cannot surge now.
+        self.waiting_for_gpu = False
         self._last_stop_timeout = 10.0
         self._last_drain_timeout = 30.0
 
@@ -235,8 +237,10 @@ class ReplicaOps:
             free = free_memory(await ctx.gpus.reader.sample())
         placed = ctx.gpus.place(key, request, free_memory=free)
         if isinstance(placed, Unplaceable):
+            self.waiting_for_gpu = True
             await self._create_failed(f"a new replica is pending: {placed.reason}", rid, "pending")
             return
+        self.waiting_for_gpu = False
         try:
             mounts = await self._prepare(active)
         except CreateRefused as exc:

@@ -39,12 +39,13 @@ import trio
 
 from config.canonical import spec_id, template_id
 from config.parse import parse_spec
-from config.spec import DeploymentSpec
+from config.spec import DeploymentSpec, UpdateStrategy
 from daemon.gpu.ledger import LABEL_GPUS, parse_gpus_label, replica_key
 from daemon.gpu.placement import Assignment
 from daemon.health.verdicts import ReplicaHealth
 from daemon.reconcile.context import ActiveRevision, WorkerContext
 from daemon.reconcile.plan import (
+    CreateReplica,
     Desired,
     ObservedReplica,
     RemoveReplica,
@@ -146,6 +147,7 @@ class DeploymentWorker:
         self.finished = trio.Event()  # the deployment is gone and so are its containers
         self._unobserved: str | None = None  # why the last list failed, until one works
         self._round_since: float | None = None  # when the round under way began
+        self._replace_revision: int | None = None  # its rollout replaces in place
 
     def __repr__(self) -> str:
         s = self._snapshot
@@ -224,18 +226,20 @@ class DeploymentWorker:
         observed = [self._observed(c, now) for c in containers]
         if active is not None:
             await self._watch_rollout(active, containers, now)
-        desired = (
-            Desired(
-                active.spec_id,
-                active.template_id,
-                active.desired_replicas,
-                active.spec.update.max_surge,
-                active.spec.update.max_unavailable,
+        replacing = active is not None and await self._replacing(active, containers)
+        desired = None
+        if active is not None:
+            surge, unavailable = active.spec.update.max_surge, active.spec.update.max_unavailable
+            if replacing:
+                surge, unavailable = 0, max(unavailable, 1)
+            desired = Desired(
+                active.spec_id, active.template_id, active.desired_replicas, surge, unavailable
             )
-            if active
-            else None
-        )
         actions = plan(desired, observed, creating=self._ops.creating)
+        if replacing and self._ops.leaving:
+            # In place: the replacement is made once the replica it replaces is gone (its
+            # GPU is free then); the removal's end nudges the next round.
+            actions = [a for a in actions if not isinstance(a, CreateReplica)]
         leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
         leaving |= self._ops.leaving
         await self._publish(active, containers, leaving)
@@ -246,6 +250,28 @@ class DeploymentWorker:
             await self._ctx.endpoints.close(self.name)
             return True
         return False
+
+    async def _replacing(self, active: ActiveRevision, containers: list[ContainerInfo]) -> bool:
+        """Whether this round's update replaces in place rather than surging: `[update]
+        strategy = "replace"`, or no strategy set and a surge replica found no GPU free
+        during this revision's rollout (then for the rest of it, said once)."""
+        strategy = active.spec.update.strategy
+        if strategy is not None:
+            return strategy is UpdateStrategy.REPLACE
+        if self._replace_revision == active.revision:
+            return True
+        rolling = any(c.labels.get(LABEL_TEMPLATE) != active.template_id for c in containers)
+        if not (rolling and self._ops.waiting_for_gpu):
+            return False
+        self._replace_revision = active.revision
+        self._ops.reset_create()  # the wait was the surge's; the replacement starts afresh
+        await self._ctx.events.emit(
+            "replacing",
+            f"revision {active.revision}: no GPU free for a surge replica; replacing replicas "
+            "in place, one at a time",
+            deployment=self.name,
+        )
+        return True
 
     def _withdraw(self, replica_id: str) -> None:
         """Out of the endpoint's rotation now, without waiting for a round (the prober calls
@@ -286,7 +312,9 @@ class DeploymentWorker:
             deadline = active.spec.update.progress_deadline
             self._rollout = Rollout(active.revision, deadline, now)
         self._rollout.observe(now, ready, stale)
-        if self._rollout.stalled(now):
+        if self._rollout.stalled(now) and not self._ops.waiting_for_gpu:
+            # Waiting for a GPU is no failed revision (an explicit surge on a full box
+            # waits, said as pending); anything else stalled past the deadline is.
             await self._roll_back(
                 active, self._rollout.reason(active.desired_replicas, self._why())
             )

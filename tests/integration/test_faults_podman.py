@@ -222,3 +222,32 @@ async def test_a_hanging_nvml_leaves_store_and_podman_calls_alone(
         release.set()
         access.store.close()
         await podman.aclose()
+
+
+@pytest.mark.usefixtures("fake_gpu_kind")
+async def test_a_one_gpu_box_updates_its_gpu_deployment_in_place(
+    podman_url: str,
+    echo_image: str,
+    test_labels: dict[str, str],
+    free_port: Callable[[], int],
+    fake_gpu_kind: str,
+    tmp_path: Path,
+) -> None:
+    """Issue 12's full box: `gpus = 1`, `count = 1` on one GPU; an `[env]` change rolls out
+    (the surge replica finds no GPU; the update replaces in place) with no rollback."""
+    scan = scan_cdi([str(CDI_DIR)], kind=fake_gpu_kind)
+    one_gpu = CdiInventory(scan)
+    one_gpu._gpus = one_gpu._gpus[:1]
+    port = free_port()
+    gpu = '[resources]\ngpus = 1\n[update]\nprogress_deadline = "20s"\n'
+    async with worker_rig(podman_url, test_labels, tmp_path, port, one_gpu) as rig:
+        rig.apply(echo_spec("faults", echo_image, port, count=1, message="v1", extra=gpu))
+        await rig.until(lambda: len(rig.published()) == 1, within=30)
+        (old,) = rig.published()
+        rig.apply(echo_spec("faults", echo_image, port, count=1, message="v2", extra=gpu))
+        await rig.until(lambda: rig.published() - {old} != set(), within=40)
+        (new,) = await rig.containers()
+        assert new.labels["io.berth.replica"] != old and new.running
+        kinds = [e.kind for e in rig.store.events()]
+        assert "replacing" in kinds and "rolled-back" not in kinds
+        assert [r.status for r in rig.store.history("faults")] == ["superseded", "active"]

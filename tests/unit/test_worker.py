@@ -687,3 +687,43 @@ async def test_a_scaled_to_zero_endpoint_holds_requests_for_the_cold_start_timeo
     await rig.worker.reconcile_once()
     endpoint = rig.endpoints.get("web")
     assert endpoint is not None and endpoint._balancer.hold_max_wait == 1200.0
+
+
+async def test_a_gpu_update_on_a_full_box_replaces_in_place_and_is_not_rolled_back(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    """Both GPUs of the box in use: the surge replica of an update can never be placed, so
+    the update replaces in place, one replica at a time; past the progress deadline too."""
+    base = spec_text(rig.port) + '[resources]\ngpus = 1\n[update]\nprogress_deadline = "30s"\n'
+    await running_and_ready(rig, base)
+    new_template = rig.apply(base.replace('MESSAGE = "v1"', 'MESSAGE = "v2"'))
+    for _ in range(30):
+        mock_clock.jump(5.0)
+        await rig.settle()
+        rig.all_answer()
+        templates = {c.spec.labels[LABEL_TEMPLATE] for c in rig.runtime.containers.values()}
+        if templates == {new_template} and rig.worker.snapshot().status == "running":
+            break
+    assert templates == {new_template} and len(rig.runtime.containers) == 2
+    devices = sorted(c.spec.devices for c in rig.runtime.containers.values())
+    assert devices == [("nvidia.com/gpu=0",), ("nvidia.com/gpu=1",)]
+    kinds = rig.events()
+    assert "replacing" in kinds and "rolled-back" not in kinds
+    assert [r.status for r in rig.store.history("web")] == ["superseded", "active"]
+
+
+async def test_an_explicit_surge_on_a_full_box_waits_and_is_not_rolled_back(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    base = spec_text(rig.port) + (
+        '[resources]\ngpus = 1\n[update]\nprogress_deadline = "30s"\nstrategy = "surge"\n'
+    )
+    await running_and_ready(rig, base)
+    rig.apply(base.replace('MESSAGE = "v1"', 'MESSAGE = "v2"'))
+    for _ in range(12):  # 60 s: twice the deadline
+        mock_clock.jump(5.0)
+        await rig.settle()
+    kinds = rig.events()
+    assert "pending" in kinds and "rolled-back" not in kinds and "replacing" not in kinds
+    assert len(rig.runtime.containers) == 2  # the old replicas serve on
+    assert [r.status for r in rig.store.history("web")] == ["superseded", "active"]
