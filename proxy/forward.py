@@ -33,7 +33,8 @@ proxy still holds the whole request (it arrived with its head), and only when on
   idempotent -> the next upstream (the replica is marked suspect if the connection was
   fresh: a stale keep-alive connection says nothing about the replica's health).
 Failures with nothing sent to the client get a clear answer (502 broken replica,
-504 read-idle timeout); once bytes went out, the client connection is cut instead.
+504 read-idle timeout; as JSON to a client that asks for it, `proxy.answers`); once bytes
+went out, the client connection is cut instead.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Final
 
 import trio
 
+from proxy.answers import answer_for
 from proxy.balancer import Balancer
 from proxy.connector import open_connection
 from proxy.exchange import (
@@ -54,7 +56,7 @@ from proxy.exchange import (
     Exchange,
     Outcome,
 )
-from proxy.headers import chunk, error_response, request_head_bytes
+from proxy.headers import chunk, request_head_bytes
 from proxy.protocol import END, Framing, ProtocolError, RequestHead
 from proxy.reader import ClientGone, ClientReader
 from proxy.relay import relay, relay_while_sending
@@ -99,13 +101,13 @@ class Session:
                         with trio.fail_after(timeouts.header_read):
                             event = await reader.next_event(timeouts.header_read)
                 except ProtocolError as exc:
-                    await self._answer(exc.status, exc.reason)
+                    await self._answer(None, exc.status, exc.reason)
                     return
                 except (ClientGone, OSError):
                     return
                 except (Timeout, trio.TooSlowError):
                     if not self.idle:  # a head was under way: slowloris, or just slow
-                        await self._answer(408, "request header timeout")
+                        await self._answer(None, 408, "request header timeout")
                     return
                 if not isinstance(event, RequestHead):  # pragma: no cover - parser invariant
                     return
@@ -114,12 +116,17 @@ class Session:
         finally:
             conn.close()
 
-    async def _answer(self, status: int, message: str, *, close: bool = True) -> None:
+    async def _answer(
+        self, head: RequestHead | None, status: int, message: str, *, close: bool = True
+    ) -> None:
+        """Answer the request `head` (None: no head was parsed) with the proxy's own error,
+        in the form it asks for (`proxy.answers`)."""
         ex = self.exchange
         ex.status = status
         try:
             await self.conn.send_all(
-                error_response(
+                answer_for(
+                    head,
                     status,
                     message,
                     close=close,
@@ -175,9 +182,9 @@ class Session:
                         if refusal is None:
                             continue  # a replica came: serve the request now
                         close = ex.close_after or b.draining
-                        await self._answer(503, refusal, close=close)
+                        await self._answer(head, 503, refusal, close=close)
                         return not close
-                    await self._answer(502, "no replica could be reached")
+                    await self._answer(head, 502, _NO_ANSWER)
                     return False
                 tried.append(upstream)
                 outcome, upstream = await self._attempt(
@@ -186,7 +193,7 @@ class Session:
                 if outcome is not RETRY:
                     break
             if outcome is FAILED:
-                await self._answer(ex.status, _MESSAGES.get(ex.status, "bad gateway"))
+                await self._answer(head, ex.status, _MESSAGES.get(ex.status, _BAD_GATEWAY))
                 return False
             return outcome is DONE and not ex.close_after
         finally:
@@ -278,7 +285,10 @@ class Session:
                     conn.close()
 
 
+_BAD_GATEWAY: Final = "the replica sent a broken response or closed the connection"
+_NO_ANSWER: Final = "no replica answered: each one tried refused or closed the connection"
 _MESSAGES: Final = {
-    502: "the replica sent a broken response or closed the connection",
+    400: "malformed request body",
+    502: _BAD_GATEWAY,
     504: "the replica did not answer in time",
 }

@@ -30,18 +30,6 @@ HOP_BY_HOP: Final = frozenset(
 # Set by the proxy: a client-sent value is replaced, never forwarded.
 _REQUEST_DROP: Final = HOP_BY_HOP | {b"x-forwarded-proto", b"x-forwarded-host"}
 
-REASONS: Final = {
-    200: b"OK",
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
-
 
 # Connection options that name no other header field: the common case, no second pass.
 _PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
@@ -182,20 +170,6 @@ def _response_head(
         append(b"Connection: close\r\n")
     append(b"\r\n")
     return b"".join(out)
-
-
-def error_response(
-    status: int, message: str, *, close: bool = True, retry_after: int | None = None
-) -> bytes:
-    """A small text/plain answer made by the proxy itself."""
-    body = message.encode() + b"\n"
-    extra = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n" % (
-        status,
-        REASONS.get(status, b"Error"),
-    )
-    connection = b"Connection: close\r\n" if close else b""
-    return head + extra + b"Content-Length: %d\r\n%s\r\n" % (len(body), connection) + body
 
 
 def chunk(data: bytes) -> bytes:

@@ -394,6 +394,83 @@ async def test_broken_response_is_502() -> None:
         assert (await get(ep.address[1], "/broken")).status == 502
 
 
+# --- the proxy's own answers, as text or as JSON (`proxy.answers`) ---------------------------
+
+ACCEPT_JSON = [("Accept", "application/json")]
+
+
+def json_error(reply: Reply, status: int, kind: str) -> str:
+    """The message of an OpenAI-style JSON error answer, after checking its form."""
+    assert reply.status == status
+    assert reply.headers["content-type"] == "application/json"
+    assert int(reply.headers["content-length"]) == len(reply.body)
+    error = json.loads(reply.body)["error"]
+    assert error["type"] == kind and error["code"] == status and error["param"] is None
+    message = error["message"]
+    assert isinstance(message, str)
+    return message
+
+
+def text_error(reply: Reply, status: int) -> str:
+    assert reply.status == status
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+    assert int(reply.headers["content-length"]) == len(reply.body)
+    assert reply.body.endswith(b"\n")
+    return reply.body.decode()[:-1]
+
+
+async def test_no_replica_503_is_json_for_a_json_client_and_text_otherwise() -> None:
+    async with endpoint([]) as ep, Client.open(ep.address[1]) as c:
+        as_json = await c.request("GET", "/v1/models", headers=ACCEPT_JSON)
+        assert json_error(as_json, 503, "unavailable") == "no ready replica"
+        text = await c.request("GET", "/v1/models", headers=[("Accept", "*/*")])
+        assert text_error(text, 503) == "no ready replica"
+        # Only the body differs: the same Retry-After, the connection kept in both.
+        assert as_json.headers["retry-after"] == text.headers["retry-after"] == "1"
+        assert "connection" not in as_json.headers and "connection" not in text.headers
+
+
+async def test_no_replica_503_to_head_has_no_body_and_keeps_the_connection() -> None:
+    async with endpoint([]) as ep, Client.open(ep.address[1]) as c:
+        head = await c.request("HEAD", "/", headers=ACCEPT_JSON)
+        assert head.status == 503 and head.body == b""
+        assert head.headers["content-type"] == "application/json"
+        # The next answer on the connection is read cleanly: no stray body before it.
+        after = await c.request("GET", "/", headers=ACCEPT_JSON)
+        assert int(head.headers["content-length"]) == len(after.body)
+        assert json_error(after, 503, "unavailable") == "no ready replica"
+
+
+async def test_replica_closing_at_once_502_is_json_for_a_json_client_and_text_otherwise() -> None:
+    async with backends("a") as (a,), endpoint([a.upstream]) as ep:
+        a.fault = b""  # reads each request, closes without a word
+        async with Client.open(ep.address[1]) as c:
+            reply = await c.request("GET", "/v1/models", headers=ACCEPT_JSON)
+        assert "closed the connection" in json_error(reply, 502, "upstream_error")
+        # A JSON body (an OpenAI SDK's POST) asks for JSON too, with no Accept at all.
+        async with Client.open(ep.address[1]) as c:
+            reply = await c.request(
+                "POST", "/v1/completions", b"{}", headers=[("Content-Type", "application/json")]
+            )
+        assert "closed the connection" in json_error(reply, 502, "upstream_error")
+        assert reply.headers["connection"] == "close"
+        async with Client.open(ep.address[1]) as c:
+            reply = await c.request("POST", "/v1/completions", b"x")
+        assert "closed the connection" in text_error(reply, 502)
+        assert reply.headers["connection"] == "close"
+
+
+async def test_slow_replica_504_is_json_for_a_json_client_and_text_otherwise() -> None:
+    async with backends("a") as (a,):
+        async with endpoint([a.upstream], EndpointTimeouts(read_idle=0.2)) as ep:
+            async with Client.open(ep.address[1]) as c:
+                reply = await c.request("GET", "/hang", headers=ACCEPT_JSON)
+            assert json_error(reply, 504, "timeout") == "the replica did not answer in time"
+            async with Client.open(ep.address[1]) as c:
+                reply = await c.request("GET", "/hang", headers=[("Accept", "text/html")])
+            assert text_error(reply, 504) == "the replica did not answer in time"
+
+
 async def test_hop_by_hop_stripped_and_forwarded_headers_set() -> None:
     async with backends("a") as (a,), endpoint([a.upstream]) as ep:
         async with Client.open(ep.address[1]) as c:
