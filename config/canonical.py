@@ -150,6 +150,8 @@ def _probe(p: Probe, app_port: int, full: bool) -> dict[str, Any]:
     _put(d, "timeout", format_duration(p.timeout), _dur(base.timeout), full)
     _put(d, "failure_threshold", p.failure_threshold, base.failure_threshold, full)
     _put(d, "success_threshold", p.success_threshold, base.success_threshold, full)
+    if p.timeout_total is not None:
+        d["timeout_total"] = format_duration(p.timeout_total)
     return d
 
 

@@ -17,6 +17,7 @@ MAX_PROBE_DURATION = 3600.0
 MAX_THRESHOLD = 1000
 PROBE_KINDS = ("startup", "readiness", "liveness")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+MAX_STARTUP_BUDGET = 24 * 3600.0  # a model may load for hours, not days
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -50,6 +51,10 @@ def _read_probe(p: Reader | None, kind: str, app_port: int) -> Probe | None:
     success_threshold = p.get("success_threshold", as_int(1, MAX_THRESHOLD), 1)
     if kind != "readiness" and success_threshold != 1:
         p.problem("success_threshold", f"must be 1 for a {kind} probe", success_threshold)
+    timeout_total = p.optional("timeout_total", as_duration(hi=MAX_STARTUP_BUDGET, above=0))
+    if timeout_total is not None and kind != "startup":
+        p.problem("timeout_total", "only for the startup probe ([health.startup])")
+        timeout_total = None
     p.close()
     return Probe(
         port=port,
@@ -61,6 +66,7 @@ def _read_probe(p: Reader | None, kind: str, app_port: int) -> Probe | None:
         timeout=timeout,
         failure_threshold=failure_threshold,
         success_threshold=success_threshold,
+        timeout_total=timeout_total,
     )
 
 

@@ -83,6 +83,16 @@ class Probe:
     timeout: float = 1.0
     failure_threshold: int = 3
     success_threshold: int = 1
+    # Startup only: how long a replica may take to pass, from its start. None: the
+    # Kubernetes budget, initial_delay + failure_threshold x period.
+    timeout_total: float | None = None
+
+    @property
+    def budget(self) -> float:
+        """Seconds from the container's start to the last startup probe that may fail."""
+        if self.timeout_total is not None:
+            return self.timeout_total
+        return self.initial_delay + self.failure_threshold * self.period
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,10 @@ class AdminApi:
         summary["endpoint_error"] = snap.endpoint_error if snap else None
         summary["pending"] = snap.pending if snap else 0
         summary["error"] = snap.error if snap else None
+        spec = await self.d.active_spec(name)
+        startup = spec.health.startup if spec else None
+        # How long a replica may take to pass its startup probe (a model's load): seconds.
+        summary["startup_budget"] = startup.budget if startup else None
         return Response(json=summary)
 
     async def remove(self, name: str) -> Response:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from config.units import format_duration
 from daemon import __version__
 from daemon.cli import format as fmt
 from daemon.cli.client import AdminClient, ApiError, CliError
@@ -154,6 +155,11 @@ def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
         ("endpoint", d.get("endpoint")),
         *([("endpoint_error", d["endpoint_error"])] if d.get("endpoint_error") else []),
         *([("pending", f"{d['pending']} ({d.get('error')})")] if d.get("pending") else []),
+        *(
+            [("startup", f"{format_duration(float(d['startup_budget']))} budget")]
+            if d.get("startup_budget") is not None
+            else []
+        ),
         ("created", fmt.timestamp(d.get("created_at"))),
     ]
     print(fmt.key_values(pairs))

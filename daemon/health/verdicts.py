@@ -1,10 +1,13 @@
 """A replica's health: probe results in, `started` / `ready` / restart verdicts out. Pure.
 
 Kubernetes' semantics (and Paperspace's): the startup probe, when there is one, gates the
-other two; until it passes nothing else is probed, and `failure_threshold` startup failures
-mean "restart". Readiness decides traffic: `success_threshold` consecutive passes make the
-replica ready, `failure_threshold` consecutive failures take it out of rotation, and it comes
-back when it passes again. `failure_threshold` liveness failures mean "restart".
+other two; until it passes nothing else is probed, and it has a budget (`Probe.budget`:
+`initial_delay + failure_threshold x period`, or `timeout_total`) from the container's
+start: a failure at or past the budget, after at least `failure_threshold` of them, means
+"restart". So a model that loads in 30 s passes the default startup probe (10 s x 3).
+Readiness decides traffic: `success_threshold` consecutive passes make the replica ready,
+`failure_threshold` consecutive failures take it out of rotation, and it comes back when it
+passes again. `failure_threshold` liveness failures mean "restart".
 With no readiness probe, a TCP connect to the app port is the readiness probe (the app
 listens: it is ready), checked every second.
 
@@ -62,6 +65,7 @@ class ReplicaHealth:
     ever_ready: bool = False
     restart_reason: str | None = None
     last_result: ProbeResult | None = field(default=None)
+    give_up_at: float | None = None  # the startup budget runs out (trio clock)
 
     @classmethod
     def begin(
@@ -77,7 +81,11 @@ class ReplicaHealth:
             for kind, probe in probes.items()
             if probe is not None
         }
-        return cls(tracks, started=ProbeKind.STARTUP not in tracks, adopted=adopted)
+        startup = health.startup
+        give_up_at = started_at + startup.budget if startup is not None else None
+        return cls(
+            tracks, started=ProbeKind.STARTUP not in tracks, adopted=adopted, give_up_at=give_up_at
+        )
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else "started" if self.started else "starting"
@@ -139,7 +147,8 @@ class ReplicaHealth:
                     if other is not track:
                         other.next_at = now
                 return [Transition.STARTED]
-            if track.failures >= probe.failure_threshold:
+            out_of_budget = self.give_up_at is None or now >= self.give_up_at
+            if track.failures >= probe.failure_threshold and out_of_budget:
                 return self._restart(track)
             return []
         if kind is ProbeKind.LIVENESS:

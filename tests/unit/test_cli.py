@@ -48,6 +48,7 @@ DEPLOYMENT = {
     **SUMMARY,
     "created_at": "2024-05-01T12:00:05.250000+00:00",
     "spec": SPEC_2,
+    "startup_budget": 900.0,
     "replicas": [
         {
             "id": "r1",
@@ -279,6 +280,7 @@ async def test_get_shows_the_deployment_replicas_and_spec(
     assert "name:           echo\n" in out
     assert "replicas:       2/2 ready\n" in out
     assert "created:        2024-05-01T12:00:05Z\n" in out
+    assert "startup:        15m budget\n" in out
     assert (
         "ID  CONTAINER     STATE     READY  RESTARTS  PORT   SPEC_ID       LAST PROBE"
         "            LAST EXIT\n"

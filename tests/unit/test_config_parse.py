@@ -842,3 +842,12 @@ def test_drain_and_cold_start_timeouts() -> None:
         "endpoint.cold_start_timeout",
         "update.drain_timeout",
     ]
+
+
+def test_startup_timeout_total() -> None:
+    spec = parse_spec(make('[health.startup]\npath = "/ready"\ntimeout_total = "15m"\n'))
+    assert spec.health.startup is not None and spec.health.startup.budget == 900.0
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    assert problems_of(make('[health.readiness]\npath = "/r"\ntimeout_total = "1m"\n')) == [
+        "health.readiness.timeout_total: only for the startup probe ([health.startup])"
+    ]

@@ -121,3 +121,32 @@ def test_the_restart_reason_names_the_probe_and_its_last_answer() -> None:
     state = ReplicaHealth.begin(Health(liveness=probe(threshold=1)), 8080, started_at=0.0)
     state.record(L, BAD, 1.0)
     assert state.restart_reason == "liveness probe failed 1 times (HTTP 500)"
+
+
+def run_startup(health: Health, results: list[tuple[float, ProbeResult]]) -> ReplicaHealth:
+    """Startup probe results at the times they come, as the prober would record them."""
+    state = ReplicaHealth.begin(health, 8080, started_at=0.0)
+    for now, result in results:
+        state.record(S, result, now)
+    return state
+
+
+def test_the_default_startup_budget_is_delay_plus_threshold_periods() -> None:
+    """The issue's model loading for 30 s behind a default startup probe (10 s x 3): probed
+    at 0, 10 and 20 s while loading, it passes at 30 s and is never restarted."""
+    health = Health(startup=Probe(port=8080, path="/ready"))
+    assert health.startup is not None and health.startup.budget == 30.0
+    loading = [(0.0, BAD), (10.0, BAD), (20.0, BAD)]
+    state = run_startup(health, [*loading, (30.0, OK)])
+    assert state.started and state.restart_reason is None
+    failing = run_startup(health, [*loading, (30.0, BAD)])
+    assert failing.restart_reason == "startup probe failed 4 times (HTTP 500)"
+
+
+def test_timeout_total_is_the_whole_startup_budget() -> None:
+    health = Health(startup=Probe(port=8080, path="/ready", period=5.0, timeout_total=900.0))
+    assert health.startup is not None and health.startup.budget == 900.0
+    loading = [(t * 5.0, BAD) for t in range(180)]  # 0 .. 895 s: a 15 min model load
+    assert run_startup(health, loading).restart_reason is None
+    assert run_startup(health, [*loading, (900.0, BAD)]).restart_reason is not None
+    assert run_startup(health, [*loading, (900.0, OK)]).started
