@@ -28,9 +28,10 @@ from proxy.stats import EndpointStatistics
 # seconds (its window is daemon.scaling.driver.LOAD_WINDOW).
 SAMPLE_INTERVAL = 2.0
 # Seconds between container stats of replicas whose CPU and memory no autoscaler reads (for
-# `berth metrics` and the rollups): Podman spends ~0.7 ms of CPU on each container's stats,
-# so 20 replicas every 2 s would cost it 0.7 % of a core for figures nobody acts on.
-STATS_INTERVAL = 10.0
+# `berth metrics` and the per-minute rollups): one stats call for 20 containers costs the
+# Podman service 15-30 ms of CPU (docs/benchmarks.md), 1 % of a core every 2 s for figures
+# nobody acts on; 0.15 % every 15 s, four samples a minute.
+STATS_INTERVAL = 15.0
 # Autoscaler metrics read from container stats: their replicas are measured every sample.
 STATS_METRICS = frozenset({MetricName.CPU, MetricName.MEMORY})
 # The proxy's latency percentiles over this many seconds: recent enough to show a load step.
