@@ -39,6 +39,7 @@ bench: image
 	bench/proxy.sh
 	bench/health.sh
 	$(VENV)/python bench/autoscale.py
+	$(VENV)/python bench/idle.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
