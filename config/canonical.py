@@ -23,15 +23,19 @@ import json
 from typing import Any
 
 from config.spec import (
+    RLIM_INFINITY,
+    UNLIMITED,
     Autoscale,
     AutoscaleMetric,
     DeploymentSpec,
     Endpoint,
+    IpcMode,
     MetricName,
     Mount,
     Probe,
     Registry,
     Resources,
+    Ulimit,
     Update,
 )
 from config.units import format_duration, format_size
@@ -116,7 +120,24 @@ def _resources(r: Resources, full: bool) -> dict[str, Any]:
     _put(d, "gpus", r.gpus, 0, full)
     if r.gpu_memory is not None:
         d["gpu_memory"] = format_size(r.gpu_memory)
+    if r.shm_size is not None:
+        d["shm_size"] = format_size(r.shm_size)
+    _put(d, "ipc", r.ipc.value, IpcMode.PRIVATE.value, full)
+    _put(d, "ulimits", {name: _ulimit(name, u) for name, u in sorted(r.ulimits.items())}, {}, full)
     return d
+
+
+def _ulimit(name: str, u: Ulimit) -> object:
+    if u.soft == u.hard:
+        return format_limit(name, u.hard)
+    return {"soft": format_limit(name, u.soft), "hard": format_limit(name, u.hard)}
+
+
+def format_limit(name: str, value: int) -> str | int:
+    """A ulimit's value as the spec writes it: "unlimited", a size ("64Mi") or a count."""
+    if value == RLIM_INFINITY:
+        return UNLIMITED
+    return value if name == "nofile" else format_size(value)
 
 
 def _autoscale(a: Autoscale, full: bool) -> dict[str, Any]:

@@ -8,8 +8,9 @@ Invariants:
 - Unknown keys are errors at every level.
 
 The sections with more rules live next door: `config.parse_scaling` (replicas, autoscale),
-`config.parse_health` (probes), `config.parse_mounts` (mounts, registry). The canonical form
-and the ids live in `config.canonical`, re-exported here.
+`config.parse_health` (probes), `config.parse_mounts` (mounts, registry),
+`config.parse_resources` (resources, shared memory, ulimits). The canonical form and the ids
+live in `config.canonical`, re-exported here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from config.errors import Problem, SpecError
 from config.image_ref import parse_image_ref
 from config.parse_health import read_health
 from config.parse_mounts import read_mounts, read_registry
+from config.parse_resources import read_resources
 from config.parse_scaling import read_autoscale, read_replicas
 from config.reader import (
     Reader,
@@ -32,8 +34,6 @@ from config.reader import (
     as_duration,
     as_enum,
     as_int,
-    as_number,
-    as_size,
     read_string_table,
 )
 from config.spec import (
@@ -42,7 +42,6 @@ from config.spec import (
     ENDPOINT_READ_TIMEOUT,
     DeploymentSpec,
     Endpoint,
-    Resources,
     Update,
     UpdateStrategy,
 )
@@ -59,9 +58,6 @@ _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYNTAX_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
-MIN_MEMORY = 6 * 1024**2  # Podman refuses a memory limit below 6 MiB
-MAX_CPUS = 1024.0
-MAX_GPUS = 16
 MAX_STOP_TIMEOUT = 300.0
 MAX_TIMEOUT = 86400.0
 
@@ -107,7 +103,7 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
     enabled = r.get("enabled", as_bool, True)
     stop_timeout = r.get("stop_timeout", as_duration(0, MAX_STOP_TIMEOUT), 10.0)
     env = _read_env(r.table("env"))
-    resources = _read_resources(r.table("resources"))
+    resources = read_resources(r.table("resources"))
     replicas = read_replicas(r.table("replicas"))
     autoscale = read_autoscale(r.table("autoscale"), resources)
     health = read_health(r.table("health"), app_port=port or 0)
@@ -179,22 +175,6 @@ def _as_env_value(raw: object) -> str:
 def _read_env(r: Reader | None) -> dict[str, str]:
     rule = "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
     return read_string_table(r, _ENV_NAME, rule, _as_env_value)
-
-
-def _read_resources(r: Reader | None) -> Resources:
-    if r is None:
-        return Resources()
-    cpus = r.optional("cpus", as_number(hi=MAX_CPUS, above=0))
-    memory = r.optional("memory", as_size(MIN_MEMORY, lo_text="6Mi (Podman's minimum)"))
-    gpus = r.get("gpus", as_int(0, MAX_GPUS), 0)
-    gpu_memory = r.optional("gpu_memory", as_size(1024**2, lo_text="1Mi"))
-    if gpu_memory is not None and gpus > 0:
-        r.problem(
-            "gpu_memory",
-            "cannot be combined with resources.gpus: ask for whole GPUs or for VRAM, not both",
-        )
-    r.close()
-    return Resources(cpus=cpus, memory=memory, gpus=gpus, gpu_memory=gpu_memory)
 
 
 def _as_bind(raw: object) -> str:

@@ -186,8 +186,14 @@ def as_duration(
     return convert
 
 
-def as_size(lo: int | None = None, *, lo_text: str | None = None) -> Converter[int]:
-    """A size string ("512Mi") or a plain integer of bytes."""
+def as_size(
+    lo: int | None = None,
+    *,
+    lo_text: str | None = None,
+    hi: int | None = None,
+    hi_text: str | None = None,
+) -> Converter[int]:
+    """A size string ("512Mi") or a plain integer of bytes; `*_text` shows a bound."""
 
     def convert(raw: object) -> int:
         if isinstance(raw, str):
@@ -200,6 +206,8 @@ def as_size(lo: int | None = None, *, lo_text: str | None = None) -> Converter[i
             raise ValueError('must be a size such as "512Mi" or "8Gi"')
         if lo is not None and value < lo:
             raise ValueError(f"must be at least {lo_text or lo}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be at most {hi_text or hi}")
         return value
 
     return convert

@@ -39,12 +39,33 @@ class MountType(StrEnum):
     MODEL = "model"
 
 
+class IpcMode(StrEnum):
+    PRIVATE = "private"  # a namespace of its own that no other container may join
+    SHAREABLE = "shareable"  # others may join it (`--ipc container:ID`); never the host's
+
+
+# The rlimits a spec may set (`[resources.ulimits]`), by setrlimit(2)'s name without RLIMIT_.
+ULIMIT_NAMES: Final = ("memlock", "nofile", "stack")
+RLIM_INFINITY: Final = 2**64 - 1  # as the kernel (and libpod) write "unlimited"
+UNLIMITED: Final = "unlimited"  # ... and as the spec does (memlock, stack)
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    soft: int  # bytes for memlock and stack, a count for nofile; RLIM_INFINITY: unlimited
+    hard: int
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus: float | None = None
     memory: int | None = None  # bytes
     gpus: int = 0  # whole GPUs per replica
     gpu_memory: int | None = None  # bytes of VRAM per replica (shared GPUs); exclusive with gpus
+    shm_size: int | None = None  # bytes of /dev/shm; None: Podman's default (64 MB)
+    ipc: IpcMode = IpcMode.PRIVATE
+    # name (one of ULIMIT_NAMES) -> limit; one not named: the host's containers.conf default
+    ulimits: Mapping[str, Ulimit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
