@@ -106,4 +106,7 @@ def replica_container(
         stop_timeout=spec.stop_timeout,
         extra_ports=dict(where.extra_ports),
         mounts=mounts,
+        shm_size=spec.resources.shm_size,
+        ipc=spec.resources.ipc,
+        ulimits=dict(spec.resources.ulimits),
     )

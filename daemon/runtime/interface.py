@@ -16,6 +16,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from config.spec import IpcMode, Ulimit
+
 # Labels every berth container carries (DESIGN.md, "berthd — contract").
 LABEL_INSTANCE = "io.berth.instance"
 LABEL_DEPLOYMENT = "io.berth.deployment"
@@ -105,6 +107,13 @@ class ContainerSpec:
     # The container log's cap in bytes (Podman's k8s-file driver truncates it there), so a
     # chatty model server cannot fill the disk; None: Podman's own default (unbounded).
     log_size_max: int | None = LOG_SIZE_MAX
+    # /dev/shm's size in bytes; None: Podman's default (64 MB).
+    shm_size: int | None = None
+    # Always sent: Podman's own default is "shareable" (any container may join).
+    ipc: IpcMode = IpcMode.PRIVATE
+    # rlimit name ("memlock", "nofile", "stack") -> limit; the others keep the engine's
+    # defaults (containers.conf `default_ulimits`), whatever the engine does when asked for some.
+    ulimits: Mapping[str, Ulimit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ Invariants:
   type) is logged and skipped (`parse_event` says why); the stream goes on.
 - Containers are created with restart policy "no": restarting is berthd's decision, not
   Podman's. They carry `LABEL_HOST_PORT`, so an adopted container's port is known.
+- A container's IPC mode is always sent ("private" unless the spec says "shareable"; Podman's
+  own default is shareable), and a spec's ulimits go over the engine's defaults
+  (`daemon.runtime.rlimits`), so the limits a spec does not name stay as the host set them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import base64
 import json
 import logging
 import math
+import secrets
 import socket
 import struct
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -35,6 +39,7 @@ import requests
 import trio
 from podman import PodmanClient
 
+from config.spec import Ulimit
 from daemon.http import client
 from daemon.runtime.auth_file import AuthFileError, credential_for, read_auths, registry_of
 from daemon.runtime.interface import (
@@ -49,6 +54,12 @@ from daemon.runtime.interface import (
     RuntimeFailure,
     TemporaryRuntimeError,
 )
+from daemon.runtime.rlimits import (
+    SETRLIMIT_FAILURE,
+    SETRLIMIT_HINT,
+    engine_defaults,
+    ulimits_kwarg,
+)
 
 T = TypeVar("T")
 
@@ -62,6 +73,8 @@ CALL_MARGIN = 5.0  # seconds past the client's read timeout before a call is aba
 LIBPOD_PREFIX = "/v4.0.0/libpod"
 # How much of an error answer on a stream is read for its message.
 ERROR_BODY_LIMIT = 64 * 1024
+# On the container made only to read Podman's default rlimits (never started, removed at once).
+LABEL_RLIMITS_PROBE = "io.berth.rlimits-probe"
 # Extra event attributes that Podman mixes in with the container's labels.
 EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
 # How much of an event that cannot be read is quoted in the log.
@@ -87,6 +100,8 @@ class PodmanRuntime:
         self._timeout = timeout
         self._client = PodmanClient(base_url=url, timeout=timeout)
         self._limiter = trio.CapacityLimiter(CALLS_AT_ONCE)
+        self._engine_ulimits_lock = trio.Lock()
+        self._engine_ulimits_cache: dict[str, Ulimit] | None = None
 
     def __repr__(self) -> str:
         return f"PodmanRuntime({self.url!r})"
@@ -211,6 +226,13 @@ class PodmanRuntime:
             # Sent as {"path": "nvidia.com/gpu=0"}; libpod resolves CDI names from /etc/cdi and
             # /var/run/cdi when the container starts (an unknown device fails the start).
             kwargs["devices"] = list(spec.devices)
+        # Podman 4.3's inspect says "shareable" whatever was asked; the mode holds all the same.
+        kwargs["ipc_mode"] = spec.ipc.value
+        if spec.shm_size is not None:
+            kwargs["shm_size"] = spec.shm_size
+        if spec.ulimits:
+            defaults = await self._engine_ulimits(spec.image)
+            kwargs["ulimits"] = ulimits_kwarg(spec.ulimits, defaults)
         container = await self._call(
             partial(self._client.containers.create, spec.image, **kwargs),
             what=f"create {spec.name}",
@@ -219,12 +241,42 @@ class PodmanRuntime:
         container_id: str = container.id
         return container_id
 
+    async def _engine_ulimits(self, image: str) -> dict[str, Ulimit]:
+        """The rlimits Podman gives a container that asks for none (see `rlimits`), read
+        once from a container made of `image` for that and removed unstarted."""
+        async with self._engine_ulimits_lock:
+            if self._engine_ulimits_cache is None:
+                name = f"berth-rlimits-probe-{secrets.token_hex(6)}"
+                probe = await self._call(
+                    partial(
+                        self._client.containers.create,
+                        image,
+                        command=["true"],
+                        name=name,
+                        labels={LABEL_RLIMITS_PROBE: "1"},
+                    ),
+                    what="read Podman's default rlimits",
+                    not_found=ImageNotFound,
+                )
+                host_config = probe.attrs.get("HostConfig") or {}
+                self._engine_ulimits_cache = engine_defaults(host_config.get("Ulimits"))
+                try:
+                    await self.remove(probe.id)
+                except RuntimeFailure as exc:  # a leftover, never started: not worth a failure
+                    log.warning("could not remove %s: %s", name, exc)
+            return dict(self._engine_ulimits_cache)
+
     async def start(self, container_id: str) -> None:
         def start() -> None:
             response = self._client.api.post(f"/containers/{container_id}/start")
             response.raise_for_status()
 
-        await self._call(start, what=f"start {container_id[:12]}")
+        try:
+            await self._call(start, what=f"start {container_id[:12]}")
+        except RuntimeFailure as exc:
+            if SETRLIMIT_FAILURE not in str(exc):
+                raise
+            raise type(exc)(f"{exc} ({SETRLIMIT_HINT})") from exc
 
     # `timeout` is Podman's grace period before SIGKILL (the Protocol's name), not a deadline.
     async def stop(self, container_id: str, *, timeout: float) -> None:  # noqa: ASYNC109
