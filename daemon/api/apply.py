@@ -29,11 +29,34 @@ class ApplyRefused(Exception):
         self.problems = problems
 
 
-async def apply_spec_text(daemon: ControlPlane, text: str, *, source: str) -> ApplyResult:
+async def check_spec_text(daemon: ControlPlane, text: str, *, source: str) -> dict[str, object]:
+    """`berth apply --dry-run`: every check an apply makes, nothing recorded or changed.
+    What the apply would do: the spec's name and spec_id, and `outcome` ("created",
+    "updated", "unchanged"); raises ApplyRefused with every problem as an apply would."""
+    spec = _parsed(text, source)
+    async with daemon.apply_lock:
+        problems = await host_problems(daemon, spec)
+        active = await daemon.store.call(Store.active_revision, spec.name)
+        deployment = await daemon.store.call(Store.get_deployment, spec.name)
+    if problems:
+        raise ApplyRefused(source, problems)
+    sid = spec_id(spec)
+    if active is None or deployment is None or deployment.removed_at is not None:
+        outcome = "created"
+    else:
+        outcome = "unchanged" if active.spec_id == sid else "updated"
+    return {"name": spec.name, "spec_id": sid, "outcome": outcome, "dry_run": True}
+
+
+def _parsed(text: str, source: str) -> DeploymentSpec:
     try:
-        spec = parse_spec(text, source=source)
+        return parse_spec(text, source=source)
     except SpecError as exc:
         raise ApplyRefused(source, exc.messages()) from None
+
+
+async def apply_spec_text(daemon: ControlPlane, text: str, *, source: str) -> ApplyResult:
+    spec = _parsed(text, source)
     async with daemon.apply_lock:
         problems = await host_problems(daemon, spec)
         if problems:

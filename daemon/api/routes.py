@@ -19,7 +19,7 @@ import trio
 from config.spec import DeploymentSpec
 from config.units import parse_duration
 from daemon import __version__
-from daemon.api.apply import ApplyRefused, apply_spec_text
+from daemon.api.apply import ApplyRefused, apply_spec_text, check_spec_text
 from daemon.api.control_plane import ControlPlane
 from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.http.server import Request, Response
@@ -155,6 +155,8 @@ class AdminApi:
         except UnicodeDecodeError:
             return error(400, f"{source}: not UTF-8 text")
         try:
+            if req.query.get("dry_run") in ("1", "true"):
+                return Response(json=await check_spec_text(self.d, text, source=source))
             result = await apply_spec_text(self.d, text, source=source)
         except ApplyRefused as exc:
             return error(400, str(exc), problems=exc.problems)

@@ -42,7 +42,7 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
         result = client.call(
             "POST",
             "/v1/deployments",
-            params={"source": source},
+            params={"source": source, **({"dry_run": "1"} if args.dry_run else {})},
             content=text.encode(),
             headers={"content-type": "application/toml"},
         )
@@ -55,6 +55,9 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
         print("\n".join(lines), file=sys.stderr)
         return 1
     name, revision, spec_id = result.get("name"), result.get("revision"), result.get("spec_id")
+    if args.dry_run:
+        print(f"{name}: valid; an apply would be {result.get('outcome')} (spec_id {spec_id})")
+        return 0
     if result.get("outcome") == "unchanged":
         print(f"{name}: unchanged (revision {revision}, spec_id {spec_id})")
     else:

@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE.toml")
     p.add_argument("--wait", action="store_true", help="follow the rollout to its end")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the spec against berthd and this host as an apply would; change nothing",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=WAIT_TIMEOUT_SECONDS,

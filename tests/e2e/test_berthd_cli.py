@@ -64,8 +64,13 @@ def test_apply_update_restart_adopt_remove(
     spec = tmp_path / "echo.toml"
     berthd.start()
 
-    # apply: 2 replicas, both answer through the endpoint
+    # a dry run checks and changes nothing
     spec.write_text(echo_spec("e2e-echo", echo_image, port, message="v1"))
+    dry = berthd.berth("apply", "--dry-run", str(spec)).stdout
+    assert dry.startswith("e2e-echo: valid; an apply would be created (spec_id ")
+    assert berthd.json("ls") == []
+
+    # apply: 2 replicas, both answer through the endpoint
     out = berthd.berth("apply", str(spec), "--wait").stdout
     assert "revision 1" in out and "created" in out
     first = berthd.json("ls")[0]
@@ -78,6 +83,7 @@ def test_apply_update_restart_adopt_remove(
     names, messages = replicas_answering(url)
     assert len(names) == 2 and messages == {"v1"}
 
+    assert "an apply would be unchanged" in berthd.berth("apply", "--dry-run", str(spec)).stdout
     # identical re-apply: unchanged, nothing new
     assert "unchanged" in berthd.berth("apply", str(spec)).stdout
 
@@ -141,9 +147,10 @@ def test_refused_spec_names_fields_and_writes_nothing(berthd: Berthd, tmp_path: 
         'name = "Bad Name"\nimage = "localhost/x:1"\nport = 8080\n'
         "[replicas]\nmin = 2\nmax = 1\n[endpoint]\nport = 80\n"
     )
-    result = berthd.berth("apply", str(bad), check=False)
-    assert result.returncode != 0
-    for field in ("name", "replicas.max", "endpoint.port"):
-        assert field in result.stderr
+    for dry_run in (("--dry-run",), ()):  # the same refusal, with or without a dry run
+        result = berthd.berth("apply", *dry_run, str(bad), check=False)
+        assert result.returncode != 0
+        for field in ("name", "replicas.max", "endpoint.port"):
+            assert field in result.stderr
     assert berthd.json("ls") == []
     assert berthd.berth("history", "Bad Name", check=False).returncode != 0
