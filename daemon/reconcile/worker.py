@@ -533,12 +533,27 @@ class DeploymentWorker:
                 deployment=self.name,
             )
         hold = active.spec.endpoint.cold_start_timeout if scales_to_zero(active.spec) else None
+        if hold is not None and self._hopeless(containers):
+            hold = None  # nothing is on its way: a held request is answered 503 now
         if self._hold != (endpoint, hold):
             # Scale from zero: with no replica, the endpoint holds requests (bounded) and
             # tells us, so a replica starts at once; a cold start within the wait is no 503.
             endpoint.hold_when_empty(hold, on_wait=self.nudge)
             self._hold = (endpoint, hold)
         endpoint.set_upstreams(self._ready_upstreams(containers, leaving))
+
+    def _hopeless(self, containers: list[ContainerInfo]) -> bool:
+        """Replicas exist, and none is ready or starting (each crash-looping or failing) and
+        none is being made: no replica is on its way to a held request."""
+        if not containers or self._ops.creating:
+            return False
+        now = trio.current_time()
+        states = {
+            self._memory[c.labels[LABEL_REPLICA]].state(c.running, now)
+            for c in containers
+            if c.labels.get(LABEL_REPLICA) in self._memory
+        }
+        return bool(states) and states <= {"crashloop", "unhealthy"}
 
     def _ready_upstreams(
         self, containers: list[ContainerInfo], leaving: set[str]

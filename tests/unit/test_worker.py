@@ -727,3 +727,23 @@ async def test_an_explicit_surge_on_a_full_box_waits_and_is_not_rolled_back(
     assert "pending" in kinds and "rolled-back" not in kinds and "replacing" not in kinds
     assert len(rig.runtime.containers) == 2  # the old replicas serve on
     assert [r.status for r in rig.store.history("web")] == ["superseded", "active"]
+
+
+async def test_held_requests_get_503_at_once_when_every_replica_crash_loops(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    text = spec_text(rig.port).replace("count = 2", "min = 0\nmax = 1") + (
+        '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 1\n'
+    )
+    rig.apply(text)
+    rig.store.set_pinned_replicas("web", 1)  # one replica, as a cold start would make
+    await rig.settle()
+    endpoint = rig.endpoints.get("web")
+    assert endpoint is not None and endpoint._balancer.hold_max_wait == 600.0
+    (container,) = rig.runtime.containers.values()
+    rig.runtime.die(container.container_id, exit_code=1)
+    await rig.worker.reconcile_once()  # crash-looping now: nothing is on its way
+    assert endpoint._balancer.hold_max_wait is None
+    mock_clock.jump(2.0)
+    await rig.settle()  # started again: holding is worth it again
+    assert endpoint._balancer.hold_max_wait == 600.0
