@@ -3,7 +3,10 @@
 10 deployments x 2 replicas of the busybox echo image, readiness probed every second (or
 `--period`), all ready; then berthd's CPU and the Podman service's CPU are read (psutil, by
 the PIDs this script started) over `--seconds` (60 by default) and printed as % of one core,
-with the load average before and after (the box is shared: a noisy one shows there).
+with the load average before and after (the box is shared: a noisy one shows there). Then
+berthd is paused (SIGSTOP) for `--floor` seconds (30; 0 skips it) and the Podman service's
+CPU read alone: its own floor with those containers and berthd's event stream open, so what
+berthd's calls add to it can be told apart (berthd is resumed with SIGCONT).
 
 It starts its own `podman system service` on a private socket and its own berthd (private
 state dir and socket, `--podman-url` that socket), so both PIDs are its own; traffic goes to
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured for this long")
     parser.add_argument("--period", default="1s", help="readiness period of every replica")
     parser.add_argument("--settle", type=float, default=10.0, help="wait after all are ready")
+    parser.add_argument("--floor", type=float, default=30.0, help="berthd paused this long")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="berth-bench-idle-"))
     run = Run(root)
@@ -199,6 +203,15 @@ def main() -> None:
         elapsed = time.monotonic() - t0
         after = {k: cpu_seconds(p) for k, p in procs.items()}
         load_after = os.getloadavg()
+        floor = None
+        if args.floor > 0:
+            run.berthd.send_signal(signal.SIGSTOP)
+            try:
+                paused = cpu_seconds(procs["podman"])
+                time.sleep(args.floor)
+                floor = 100.0 * (cpu_seconds(procs["podman"]) - paused) / args.floor
+            finally:
+                run.berthd.send_signal(signal.SIGCONT)
         still = run.ready()
         share = {k: 100.0 * (after[k] - before[k]) / elapsed for k in procs}
         print(
@@ -211,6 +224,8 @@ def main() -> None:
             f"Podman service {share['podman']:.2f} % "
             f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after)"
         )
+        if floor is not None:
+            print(f"Podman service with berthd paused for {args.floor:.0f}s: {floor:.2f} %")
     finally:
         run.end()
         shutil.rmtree(root, ignore_errors=True)
