@@ -314,7 +314,15 @@ class PodmanRuntime:
             body: dict[str, Any] = response.json()
             return body
 
-        return _info_from_inspect(await self._call(inspect, what=f"inspect {container_id[:12]}"))
+        try:
+            body = await self._call(inspect, what=f"inspect {container_id[:12]}")
+        except ContainerNotFound:
+            raise
+        except RuntimeFailure as exc:
+            if _vanished(exc):  # removed while it was being read: gone all the same
+                raise ContainerNotFound(str(exc)) from exc
+            raise
+        return _info_from_inspect(body)
 
     async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.runtime.interface import RuntimeFailure, TemporaryRuntimeError
+from daemon.runtime.interface import ContainerNotFound, RuntimeFailure, TemporaryRuntimeError
 from daemon.runtime.podman import CALLS_AT_ONCE, PodmanRuntime
 
 
@@ -75,3 +75,20 @@ async def test_a_list_that_races_a_removal_is_listed_again(
     answers[:] = [RuntimeFailure("list containers: permission denied")]
     with pytest.raises(RuntimeFailure, match="permission denied"):
         await runtime.list({"io.berth.instance": "x"})
+
+
+async def test_an_inspect_that_races_a_removal_is_not_found(
+    runtime: PodmanRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpod answers 500, not 404, for a container removed while it is being inspected (an
+    inspect after its "died" event, racing `podman rm -f`): that is ContainerNotFound, as a
+    404 is, so the container cache drops it instead of calling its view unknown."""
+
+    async def call(fn: object, *, what: str, **options: object) -> object:
+        raise RuntimeFailure(
+            f"{what}: container 4f1e does not exist in database: no such container"
+        )
+
+    monkeypatch.setattr(runtime, "_call", call)
+    with pytest.raises(ContainerNotFound, match="no such container"):
+        await runtime.inspect("4f1e")
