@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from benchlib import free_port
 
 BIN = Path(sys.executable).parent
 IMAGE = "localhost/berth-echo:1"
@@ -51,13 +51,6 @@ period = "250ms"
 port = {port}
 bind = "127.0.0.1"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Daemon:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
+from benchlib import free_port
 
 # This checkout's code, whichever checkout the script is in (`python -m` from its root, so
 # that an editable install elsewhere does not win): a worktree of an older commit measures
@@ -53,13 +54,6 @@ period = "{period}"
 port = {port}
 bind = "127.0.0.1"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait(check: object, timeout: float, what: str) -> None:
