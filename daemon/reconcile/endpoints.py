@@ -42,6 +42,7 @@ class _Slot:
     spec: EndpointSpec
     endpoint: Endpoint
     drain_timeout: float  # the deployment's `[update] drain_timeout`
+    on_lost: Callable[[], None]  # its listener failed: the worker binds it again
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -81,6 +82,7 @@ class EndpointManager:
         on_suspect: Callable[[str], None] | None = None,
         *,
         drain_timeout: float | None = None,
+        on_lost: Callable[[], None] = lambda: None,
     ) -> Endpoint:
         """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind.
         `drain_timeout`: how long its in-flight requests get when it closes (the manager's
@@ -100,7 +102,7 @@ class EndpointManager:
             timeouts=timeouts_of(spec),
             on_suspect=on_suspect,
         )
-        new = _Slot(spec, endpoint, drain)
+        new = _Slot(spec, endpoint, drain, on_lost)
         await self._nursery.start(self._serve, new)
         self._slots[name] = new
         return endpoint
@@ -124,6 +126,7 @@ class EndpointManager:
             for name, held in list(self._slots.items()):
                 if held is slot:
                     del self._slots[name]
+            slot.on_lost()
         finally:
             slot.done.set()
 

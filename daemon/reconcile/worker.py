@@ -89,7 +89,10 @@ from proxy.upstreams import Upstream
 log = logging.getLogger("berthd")
 
 FAST_ROUND = 0.5  # while converging
-SLOW_ROUND = 2.0  # when up to date (autoscaled deployments: daemon.scaling.driver.ROUND)
+# When up to date (autoscaled deployments: daemon.scaling.driver.ROUND). Every change that
+# matters nudges a round at once (a container's event through the runtime's watched view, a
+# probe verdict, an apply, an operation's end, a lost endpoint); this round is the backstop.
+SLOW_ROUND = 30.0
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,12 @@ class DeploymentWorker:
     def _next_round_at(self) -> float:
         now = trio.current_time()
         s = self._snapshot
-        converged = s.status == "running" and s.ready == s.desired
+        converged = (
+            s.status == "running"
+            and s.ready == s.desired
+            and s.endpoint_error is None
+            and self._unobserved is None
+        )
         steady = SLOW_ROUND if self._scale is None else SCALING_ROUND
         at = now + (steady if converged else FAST_ROUND)
         retries = [m.backoff.retry_at for m in self._memory.values() if m.backoff.retry_at]
@@ -516,6 +524,7 @@ class DeploymentWorker:
                 active.spec.endpoint,
                 on_suspect=self.suspect,
                 drain_timeout=active.spec.update.drain_timeout,
+                on_lost=self.nudge,
             )
         except OSError as exc:
             error = f"endpoint {active.spec.endpoint.bind}:{active.spec.endpoint.port}: {exc}"

@@ -34,9 +34,11 @@ async def test_a_listener_that_fails_ends_its_endpoint_only(
         await nursery.start(manager.run)
         with trio.fail_after(10):
             b = await manager.ensure("b", EndpointSpec(port=ports["b"], bind="127.0.0.1"))
-            await manager.ensure("a", EndpointSpec(port=ports["a"], bind="127.0.0.1"))
+            lost = []
+            spec = EndpointSpec(port=ports["a"], bind="127.0.0.1")
+            await manager.ensure("a", spec, on_lost=lambda: lost.append("a"))
             await trio.testing.wait_all_tasks_blocked()  # a's accept loop has failed
-            assert manager.get("a") is None  # dropped
+            assert manager.get("a") is None and lost == ["a"]  # dropped; its worker is told
             assert manager.get("b") is b and b.address is not None  # b goes on
             again = await manager.ensure("a", EndpointSpec(port=ports["a"], bind="127.0.0.1"))
             assert again.address is not None  # the next round binds it again
