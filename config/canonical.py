@@ -65,6 +65,7 @@ def spec_to_dict(spec: DeploymentSpec, *, defaults: bool = True) -> dict[str, An
     d["port"] = spec.port
     _put(d, "enabled", spec.enabled, True, full)
     _put(d, "stop_timeout", format_duration(spec.stop_timeout), "10s", full)
+    _put(d, "pull", spec.pull.value, "missing", full)
     _put(d, "env", dict(sorted(spec.env.items())), {}, full)
     _put(d, "resources", _resources(spec.resources, full), {}, full)
     _put(d, "replicas", {"min": spec.replicas.min, "max": spec.replicas.max}, _ONE, full)

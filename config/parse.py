@@ -42,6 +42,7 @@ from config.spec import (
     ENDPOINT_READ_TIMEOUT,
     DeploymentSpec,
     Endpoint,
+    PullPolicy,
     Update,
     UpdateStrategy,
 )
@@ -102,6 +103,7 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
     port = r.required("port", as_int(1, 65535))
     enabled = r.get("enabled", as_bool, True)
     stop_timeout = r.get("stop_timeout", as_duration(0, MAX_STOP_TIMEOUT), 10.0)
+    pull = r.get("pull", as_enum({p.value: p for p in PullPolicy}), PullPolicy.MISSING)
     env = _read_env(r.table("env"))
     resources = read_resources(r.table("resources"))
     replicas = read_replicas(r.table("replicas"))
@@ -122,6 +124,7 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
         command=command,
         enabled=enabled,
         stop_timeout=stop_timeout,
+        pull=pull,
         env=env,
         resources=resources,
         replicas=replicas,

@@ -27,6 +27,12 @@ class Summary(StrEnum):
     P95 = "p95"
 
 
+class PullPolicy(StrEnum):
+    MISSING = "missing"  # pull only when the image is not on the host
+    ALWAYS = "always"  # pull (re-resolve the tag) once for each new revision
+    NEVER = "never"  # never pull: the image must be on the host already
+
+
 class UpdateStrategy(StrEnum):
     SURGE = "surge"  # a new replica first, then an old one goes (may wait for room)
     REPLACE = "replace"  # an old replica goes first, its replacement takes its room
@@ -181,6 +187,7 @@ class DeploymentSpec:
     command: tuple[str, ...] | None = None
     enabled: bool = True
     stop_timeout: float = 10.0  # seconds between SIGTERM and SIGKILL when a replica stops
+    pull: PullPolicy = PullPolicy.MISSING
     env: Mapping[str, str] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     replicas: Replicas = field(default_factory=Replicas)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import trio
 
-from config.spec import DeploymentSpec
+from config.spec import DeploymentSpec, PullPolicy
 from daemon.gpu.ledger import replica_key
 from daemon.gpu.model import free_memory
 from daemon.gpu.placement import GpuRequest, Unplaceable
@@ -85,6 +85,7 @@ class ReplicaOps:
         self.waiting_for_gpu = False
         self._last_stop_timeout = 10.0
         self._last_drain_timeout = 30.0
+        self._pulled_for: str | None = None  # the revision (spec_id) the image was pulled for
 
     def __repr__(self) -> str:
         return f"<ReplicaOps {self.deployment} create_error={self.create_error!r}>"
@@ -293,9 +294,17 @@ class ReplicaOps:
         ctx, spec = self.ctx, active.spec
         try:
             auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
-            if not await ctx.runtime.image_exists(spec.image):
+            present = await ctx.runtime.image_exists(spec.image)
+            if spec.pull is PullPolicy.NEVER and not present:
+                raise CreateRefused(
+                    f'image {spec.image} is not on this host and pull = "never" '
+                    "(load it with podman load or podman pull first)"
+                )
+            again = spec.pull is PullPolicy.ALWAYS and self._pulled_for != active.spec_id
+            if not present or again:
                 await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.deployment)
                 await ctx.runtime.pull(spec.image, auth=auth)
+                self._pulled_for = active.spec_id
             return await ctx.mounts.prepare(spec, active.spec_id)
         except RegistryCredentialsError as exc:
             raise CreateRefused(f"registry credentials: {exc}") from exc

@@ -851,3 +851,13 @@ def test_startup_timeout_total() -> None:
     assert problems_of(make('[health.readiness]\npath = "/r"\ntimeout_total = "1m"\n')) == [
         "health.readiness.timeout_total: only for the startup probe ([health.startup])"
     ]
+
+
+def test_pull_policy() -> None:
+    assert parse_spec(make()).pull == "missing"
+    spec = parse_spec(make(pull='"always"'))
+    assert spec.pull == "always" and spec_from_dict(spec_to_dict(spec)) == spec
+    assert spec_id(parse_spec(make(pull='"missing"'))) == spec_id(parse_spec(make()))
+    assert template_id(spec) == template_id(parse_spec(make()))  # no replica is replaced
+    (problem,) = problems_of(make(pull='"sometimes"'))
+    assert problem.startswith("pull: must be one of")

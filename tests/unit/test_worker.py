@@ -747,3 +747,29 @@ async def test_held_requests_get_503_at_once_when_every_replica_crash_loops(
     mock_clock.jump(2.0)
     await rig.settle()  # started again: holding is worth it again
     assert endpoint._balancer.hold_max_wait == 600.0
+
+
+async def test_pull_always_pulls_once_per_revision_and_never_never_pulls(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    rig.runtime.pullable.add(IMAGE)
+    always = spec_text(rig.port).replace("port = 8080\n", 'port = 8080\npull = "always"\n', 1)
+    await rig.settle()
+    rig.apply(always)
+    await rig.settle()
+    pulls = lambda: [c for c in rig.runtime.calls if c[0] == "pull"]  # noqa: E731
+    assert len(rig.replicas()) == 2 and len(pulls()) == 1  # present, pulled once anyway
+    rig.apply(always.replace('MESSAGE = "v1"', 'MESSAGE = "v2"'))  # a new revision
+    for _ in range(6):
+        rig.all_answer()
+        mock_clock.jump(5.0)
+        await rig.settle()
+    assert len(pulls()) == 2  # re-resolved once for it, not once per replica
+
+    never = spec_text(rig.port).replace("port = 8080\n", 'port = 8080\npull = "never"\n', 1)
+    rig.apply(never.replace(IMAGE, "localhost/berth-echo:not-here"))
+    mock_clock.jump(5.0)
+    await rig.settle()
+    assert len(pulls()) == 2
+    (refusal,) = [e for e in rig.store.events() if e.kind == "create-failed"]
+    assert 'is not on this host and pull = "never"' in refusal.message
