@@ -23,11 +23,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-from benchlib import free_port
+from benchlib import free_port, remove_instance_containers, wait
 
 BIN = Path(sys.executable).parent
 IMAGE = "localhost/berth-echo:1"
@@ -85,27 +86,13 @@ class Daemon:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     @staticmethod
-    def wait(check: object, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():  # type: ignore[operator]
-            if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for {what}")
-            time.sleep(0.05)
+    def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+        wait(check, timeout, what, every=0.05)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
-        instance = self.berth_instance
-        ids = subprocess.run(
-            ["podman", "ps", "-aq", "--filter", f"label=io.berth.instance={instance}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if ids:
-            subprocess.run(
-                ["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False
-            )
+        remove_instance_containers(self.berth_instance)
 
     berth_instance = ""
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
-from benchlib import free_port
+from benchlib import free_port, remove_instance_containers, wait
 
 # This checkout's code, whichever checkout the script is in (`python -m` from its root, so
 # that an editable install elsewhere does not win): a worktree of an older commit measures
@@ -54,14 +54,6 @@ period = "{period}"
 port = {port}
 bind = "127.0.0.1"
 """
-
-
-def wait(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def answers(path: Path) -> bool:
@@ -141,17 +133,7 @@ class Run:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
-        if self.instance:
-            ids = subprocess.run(
-                ["podman", "ps", "-aq", "--filter", f"label=io.berth.instance={self.instance}"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.split()
-            if ids:
-                subprocess.run(
-                    ["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False
-                )
+        remove_instance_containers(self.instance)
         self.log.close()
         self.service_log.close()
 
