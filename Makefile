@@ -10,6 +10,7 @@ setup:
 
 image: setup
 	scripts/build-echo-image.sh
+	scripts/build-model-server-image.sh
 
 run: image
 	scripts/run-demo.sh
