@@ -173,6 +173,10 @@ class DeploymentWorker:
     def active_spec(self) -> DeploymentSpec | None:
         return self._active.spec if self._active else None
 
+    def replica_ports(self) -> dict[str, dict[int, int]]:
+        """Each replica's published ports, container port -> 127.0.0.1 port (the scraper's)."""
+        return {rid: dict(m.ports) for rid, m in self._memory.items()}
+
     def round_stalled_for(self) -> float:
         """Seconds the round under way has been running; 0.0 between rounds."""
         return 0.0 if self._round_since is None else trio.current_time() - self._round_since
