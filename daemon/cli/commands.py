@@ -341,7 +341,34 @@ def cmd_metrics(client: AdminClient, args: argparse.Namespace) -> int:
         f"\nendpoint: {rps} req/s, p50 {p50}, p95 {p95}, "
         f"{fmt.cell(m.get('in_flight'))} in flight (over the {over})"
     )
+    _print_scraped(m.get("scraped"))
     return 0
+
+
+def _print_scraped(scraped: object) -> None:
+    """The replicas' own gauges that the spec names ([[metrics.scrape]]), per replica."""
+    if not isinstance(scraped, Mapping) or not scraped.get("replicas"):
+        return
+    queries = [str(q) for q in scraped.get("queries") or []]
+    rows = [
+        (
+            r.get("replica_id"),
+            *((r.get("values") or {}).get(q) for q in queries),
+            "; ".join(_scrape_state(e) for e in r.get("scrapes") or []),
+        )
+        for r in scraped["replicas"]
+    ]
+    print("\n" + fmt.table(("REPLICA", *queries, "SCRAPE"), rows))
+    averages = scraped.get("average") or {}
+    for q in queries:
+        print(f"{q}: {fmt.cell(averages.get(q))} per replica")
+
+
+def _scrape_state(entry: Mapping[str, Any]) -> str:
+    where = f":{entry.get('port')}{entry.get('path')}"
+    if entry.get("ok"):
+        return f"{where} ok {fmt.cell(entry.get('age_s'))}s ago"
+    return f"{where} {entry.get('error') or 'not scraped yet'}"
 
 
 def _request_figures(stats: Mapping[str, Any], window: object) -> tuple[str, str, str]:
