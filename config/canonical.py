@@ -12,8 +12,11 @@ one, and a berth upgrade that adds a field with a default does not change every 
 
 - `spec_id`: the whole spec. Same id -> `berth apply` is "unchanged".
 - `template_id`: only what shapes the containers themselves (name, image, command, port,
-  env, resources, mounts, registry, stop_timeout). A change to replicas, autoscale, health,
-  endpoint, update or enabled keeps it, so berthd need not replace any replica for those.
+  env, resources, mounts, registry, stop_timeout, and the container ports `[[metrics.scrape]]`
+  needs published besides the app port). A change to replicas, autoscale, health, endpoint,
+  update, enabled or a scrape's path, period or timeout keeps it, so berthd need not replace
+  any replica for those; a scrape on a port not published yet replaces them (Podman cannot
+  publish a port on a running container).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from typing import Any
 
 from config.spec import (
     RLIM_INFINITY,
+    SCRAPE_PATH,
+    SCRAPE_PERIOD,
+    SCRAPE_TIMEOUT,
     UNLIMITED,
     Autoscale,
     AutoscaleMetric,
@@ -31,6 +37,7 @@ from config.spec import (
     Endpoint,
     IpcMode,
     MetricName,
+    Metrics,
     Mount,
     Probe,
     Registry,
@@ -85,6 +92,7 @@ def spec_to_dict(spec: DeploymentSpec, *, defaults: bool = True) -> dict[str, An
     _put(d, "mounts", [_mount(m) for m in spec.mounts], [], full)
     if spec.registry is not None:
         d["registry"] = _registry(spec.registry)
+    _put(d, "metrics", _metrics(spec.metrics, spec.port, full), {}, full)
     return d
 
 
@@ -96,7 +104,15 @@ def spec_id(spec: DeploymentSpec) -> str:
 def template_id(spec: DeploymentSpec) -> str:
     """12 hex digits naming what the replicas' containers are made from (see module doc)."""
     d = spec_to_dict(spec, defaults=False)
-    return _digest({k: d[k] for k in TEMPLATE_KEYS if k in d})
+    template = {k: d[k] for k in TEMPLATE_KEYS if k in d}
+    if ports := scrape_ports(spec):
+        template["metrics_ports"] = ports  # only when set: older template ids stay
+    return _digest(template)
+
+
+def scrape_ports(spec: DeploymentSpec) -> list[int]:
+    """The container ports `[[metrics.scrape]]` reads besides the app port (published too)."""
+    return sorted({s.port for s in spec.metrics.scrape} - {spec.port})
 
 
 def _digest(data: dict[str, Any]) -> str:
@@ -152,13 +168,30 @@ def _metric(m: AutoscaleMetric, full: bool) -> dict[str, Any]:
     target: object
     if m.metric is MetricName.REQUEST_DURATION:
         target = format_duration(m.target)
-    elif m.metric is MetricName.CONCURRENCY:
+    elif m.metric in (MetricName.CONCURRENCY, MetricName.PROMETHEUS):
         target = float(m.target)
     else:
         target = f"{_number(m.target)}%"
     d: dict[str, Any] = {"metric": m.metric.value}
     _put(d, "summary", m.summary.value, "average", full)
+    if m.query is not None:
+        d["query"] = str(m.query)
     d["target"] = target
+    return d
+
+
+def _metrics(m: Metrics, app_port: int, full: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    scrapes = []
+    for s in m.scrape:
+        entry: dict[str, Any] = {}
+        _put(entry, "port", s.port, app_port, full)
+        _put(entry, "path", s.path, SCRAPE_PATH, full)
+        _put(entry, "period", format_duration(s.period), _dur(SCRAPE_PERIOD), full)
+        default_timeout = min(SCRAPE_TIMEOUT, s.period)
+        _put(entry, "timeout", format_duration(s.timeout), _dur(default_timeout), full)
+        scrapes.append(entry)
+    _put(d, "scrape", scrapes, [], full)
     return d
 
 

@@ -9,7 +9,8 @@ Invariants:
 
 The sections with more rules live next door: `config.parse_scaling` (replicas, autoscale),
 `config.parse_health` (probes), `config.parse_mounts` (mounts, registry),
-`config.parse_resources` (resources, shared memory, ulimits). The canonical form and the ids
+`config.parse_resources` (resources, shared memory, ulimits), `config.parse_metrics`
+(`[[metrics.scrape]]`, the prometheus metric's query). The canonical form and the ids
 live in `config.canonical`, re-exported here.
 """
 
@@ -25,6 +26,7 @@ from config.canonical import spec_id, spec_to_dict, template_id
 from config.errors import Problem, SpecError
 from config.image_ref import parse_image_ref
 from config.parse_health import read_health
+from config.parse_metrics import read_metrics
 from config.parse_mounts import read_mounts, read_registry
 from config.parse_resources import read_resources
 from config.parse_scaling import read_autoscale, read_replicas
@@ -107,7 +109,11 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
     env = _read_env(r.table("env"))
     resources = read_resources(r.table("resources"))
     replicas = read_replicas(r.table("replicas"))
-    autoscale = read_autoscale(r.table("autoscale"), resources)
+    metrics_table = r.table("metrics")
+    metrics = read_metrics(metrics_table, app_port=port or 0)
+    # Scrape entries that have problems of their own are not "no entry" as well.
+    scraped = bool(metrics.scrape) or (metrics_table is not None and metrics_table.has("scrape"))
+    autoscale = read_autoscale(r.table("autoscale"), resources, scraped=scraped)
     health = read_health(r.table("health"), app_port=port or 0)
     endpoint = _read_endpoint(r.table("endpoint", required=True))
     update = _read_update(r.table("update"))
@@ -133,6 +139,7 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
         update=update,
         mounts=mounts,
         registry=registry,
+        metrics=metrics,
     )
 
 

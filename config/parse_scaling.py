@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import re
 
+from config.parse_metrics import as_selector
 from config.reader import Converter, Reader, as_duration, as_enum, as_int, as_number
-from config.spec import Autoscale, AutoscaleMetric, MetricName, Replicas, Resources, Summary
+from config.spec import (
+    Autoscale,
+    AutoscaleMetric,
+    MetricName,
+    Replicas,
+    Resources,
+    SeriesSelector,
+    Summary,
+)
 
 MAX_REPLICAS = 100
 MAX_SCALE_DOWN_DELAY = 86400.0
@@ -47,19 +56,21 @@ def read_replicas(r: Reader | None) -> Replicas:
     return Replicas(min=lo, max=hi)
 
 
-def read_autoscale(r: Reader | None, resources: Resources) -> Autoscale:
+def read_autoscale(r: Reader | None, resources: Resources, *, scraped: bool = False) -> Autoscale:
+    """`scraped`: the spec has a `[[metrics.scrape]]` entry (a prometheus metric needs one)."""
     if r is None:
         return Autoscale()
     delay = r.get("scale_down_delay", as_duration(0, MAX_SCALE_DOWN_DELAY), 300.0)
     metrics: list[AutoscaleMetric] = []
-    seen: dict[tuple[MetricName, Summary], str] = {}
+    seen: dict[tuple[MetricName, Summary, SeriesSelector | None], str] = {}
     for m in r.tables("metrics"):
-        metric = _read_metric(m, resources)
+        metric = _read_metric(m, resources, scraped)
         if metric is None:
             continue
-        key = (metric.metric, metric.summary)
+        key = (metric.metric, metric.summary, metric.query)
         if key in seen:
-            m.problem("metric", f"same metric and summary as {seen[key]}", metric.metric.value)
+            same = "query" if metric.query is not None else "summary"
+            m.problem("metric", f"same metric and {same} as {seen[key]}", metric.metric.value)
             continue
         seen[key] = m.path
         metrics.append(metric)
@@ -67,22 +78,34 @@ def read_autoscale(r: Reader | None, resources: Resources) -> Autoscale:
     return Autoscale(metrics=tuple(metrics), scale_down_delay=delay)
 
 
-def _read_metric(m: Reader, resources: Resources) -> AutoscaleMetric | None:
+def _read_metric(m: Reader, resources: Resources, scraped: bool) -> AutoscaleMetric | None:
     metric = m.required("metric", as_enum({x.value: x for x in MetricName}))
     summary = m.get("summary", as_enum({x.value: x for x in Summary}), Summary.AVERAGE)
     target = m.required("target", _target_converter(metric))
+    query = m.optional("query", as_selector)
     m.close()
     if metric is None:
         return None
+    if metric is MetricName.PROMETHEUS:
+        if not m.has("query"):
+            m.problem("query", 'required for metric = "prometheus"')
+        elif query is not None and not scraped:
+            m.problem(
+                "query",
+                "no [[metrics.scrape]] entry: a prometheus metric reads the series berthd "
+                "scrapes from the replicas",
+            )
+    elif m.has("query"):
+        m.problem("query", 'only for metric = "prometheus"')
     if summary is Summary.P95 and metric is not MetricName.REQUEST_DURATION:
         m.problem("summary", "p95 is only for request_duration", summary.value)
     if metric in _GPU_METRICS and resources.gpus == 0 and resources.gpu_memory is None:
         m.problem("metric", "needs resources.gpus or resources.gpu_memory", metric.value)
     if metric is MetricName.MEMORY and resources.memory is None:
         m.problem("metric", "needs resources.memory (the target is a percentage of it)")
-    if target is None:
+    if target is None or not m.ok("query"):
         return None
-    return AutoscaleMetric(metric=metric, summary=summary, target=target)
+    return AutoscaleMetric(metric=metric, summary=summary, target=target, query=query)
 
 
 def _target_converter(metric: MetricName | None) -> Converter[float]:
@@ -92,7 +115,8 @@ def _target_converter(metric: MetricName | None) -> Converter[float]:
         return _as_percent
     if metric is MetricName.REQUEST_DURATION:
         return as_duration(above=0)
-    return as_number(above=0)  # concurrency: in-flight requests per replica
+    # concurrency: in-flight requests per replica; prometheus: the gauge's value per replica
+    return as_number(above=0)
 
 
 def _any_target(raw: object) -> float:

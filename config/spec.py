@@ -20,6 +20,7 @@ class MetricName(StrEnum):
     GPU_MEMORY = "gpu_memory"
     REQUEST_DURATION = "request_duration"
     CONCURRENCY = "concurrency"
+    PROMETHEUS = "prometheus"  # a gauge scraped from the replicas ([[metrics.scrape]])
 
 
 class Summary(StrEnum):
@@ -85,12 +86,36 @@ class Replicas:
 
 
 @dataclass(frozen=True)
+class SeriesSelector:
+    """A scraped series by name and exact label values: `vllm:num_requests_waiting` or
+    `vllm:num_requests_waiting{model_name="x"}` (a documented subset of PromQL's selector:
+    `=` matchers only). Labels are sorted by name, so equal selectors compare equal."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.labels:
+            return self.name
+        shown = ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in self.labels)
+        return f"{self.name}{{{shown}}}"
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        return name == self.name and all(labels.get(k) == v for k, v in self.labels)
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@dataclass(frozen=True)
 class AutoscaleMetric:
     metric: MetricName
     summary: Summary = Summary.AVERAGE
     # percent for cpu/memory/gpu_*, seconds for request_duration, in-flight per replica for
-    # concurrency
+    # concurrency, the gauge's value per replica for prometheus
     target: float = 0.0
+    query: SeriesSelector | None = None  # prometheus only: the scraped gauge to read
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,27 @@ class Update:
     strategy: UpdateStrategy | None = None
 
 
+# `[[metrics.scrape]]`'s defaults: Prometheus' own interval, and a timeout within it.
+SCRAPE_PATH: Final = "/metrics"
+SCRAPE_PERIOD: Final = 15.0
+SCRAPE_TIMEOUT: Final = 5.0  # or the period, when that is shorter
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One `[[metrics.scrape]]` entry: where berthd reads a replica's own Prometheus metrics."""
+
+    port: int  # a container port (the app's by default), published on 127.0.0.1
+    path: str = SCRAPE_PATH
+    period: float = SCRAPE_PERIOD
+    timeout: float = SCRAPE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Metrics:
+    scrape: tuple[Scrape, ...] = ()
+
+
 @dataclass(frozen=True)
 class Mount:
     type: MountType
@@ -196,3 +242,4 @@ class DeploymentSpec:
     update: Update = field(default_factory=Update)
     mounts: tuple[Mount, ...] = ()
     registry: Registry | None = None
+    metrics: Metrics = field(default_factory=Metrics)
