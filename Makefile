@@ -41,6 +41,7 @@ bench: image
 	bench/health.sh
 	$(VENV)/python bench/autoscale.py
 	$(VENV)/python bench/idle.py
+	$(VENV)/python bench/coldstart.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
