@@ -46,6 +46,7 @@ from daemon.runtime.interface import (
     ContainerRuntime,
     ContainerSpec,
     ContainerStats,
+    PullProgressFn,
     RegistryAuth,
     RuntimeFailure,
     TemporaryRuntimeError,
@@ -323,8 +324,14 @@ class CachingRuntime:
     async def image_exists(self, image: str) -> bool:
         return await self.inner.image_exists(image)
 
-    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
-        await self.inner.pull(image, auth=auth)
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        progress: PullProgressFn | None = None,
+    ) -> None:
+        await self.inner.pull(image, auth=auth, progress=progress)
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         return await self.inner.inspect(container_id)

@@ -6,6 +6,7 @@ It behaves like Podman where berthd can tell the difference:
   container and removing a missing one are fine; anything else on a missing id raises
   ContainerNotFound; creating from an image not in `images` raises ImageNotFound;
 - `stats_many` answers for the running containers among those asked for, in one call;
+- `pull` fetches only the images in `pullable`, reporting `pull_steps` (or one final step);
 - events ("create", "start", "died", "remove") reach every open `events()` stream whose labels
   match, in order, from the stream's first iteration on (as with PodmanRuntime, whose stream
   connects then), and `die()` simulates a crash (or an OOM kill) with a "died" event;
@@ -30,6 +31,8 @@ from daemon.runtime.interface import (
     ContainerSpec,
     ContainerStats,
     ImageNotFound,
+    PullProgress,
+    PullProgressFn,
     RegistryAuth,
     RuntimeFailure,
 )
@@ -65,6 +68,10 @@ class FakeRuntime:
         self.pull_auth: RegistryAuth | None = None
         # Images `pull` can fetch; pulling anything else raises ImageNotFound.
         self.pullable: set[str] = set()
+        # What a pull of an image reports, in order, `pull_step` seconds apart (trio's
+        # clock); unset, one report: a 1-layer image of 1000 bytes, done.
+        self.pull_steps: dict[str, list[PullProgress]] = {}
+        self.pull_step = 0.0
         # Named volumes and their labels.
         self.volumes: dict[str, dict[str, str]] = {}
         self.containers: dict[str, FakeContainer] = {}
@@ -132,11 +139,21 @@ class FakeRuntime:
         self._enter("image_exists", image)
         return image in self.images
 
-    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        progress: PullProgressFn | None = None,
+    ) -> None:
         self._enter("pull", image)
         self.pull_auth = auth
         if image not in self.pullable:
             raise ImageNotFound(f"pull {image}: manifest unknown")
+        for step in self.pull_steps.get(image, [PullProgress(1, 1, 1000, 1000)]):
+            await trio.sleep(self.pull_step)
+            if progress is not None:
+                progress(step)
         self.images.add(image)
 
     async def create(self, spec: ContainerSpec) -> str:

@@ -30,6 +30,7 @@ from daemon.runtime.interface import (
     ContainerRuntime,
     ContainerSpec,
     ContainerStats,
+    PullProgressFn,
     RegistryAuth,
     RuntimeFailure,
     TemporaryRuntimeError,
@@ -118,9 +119,15 @@ class FaultyRuntime:
         await self._enter("image_exists")
         return await self.inner.image_exists(image)
 
-    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        progress: PullProgressFn | None = None,
+    ) -> None:
         await self._enter("pull")
-        await self.inner.pull(image, auth=auth)
+        await self.inner.pull(image, auth=auth, progress=progress)
 
     async def create(self, spec: ContainerSpec) -> str:
         await self._enter("create")

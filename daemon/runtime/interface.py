@@ -12,7 +12,7 @@ unreachable, timeout); the others are permanent for that call (no such container
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -68,6 +68,27 @@ class RegistryAuth:
         return (
             f"RegistryAuth(auth_file={self.auth_file!r}, username={self.username!r}, password=***)"
         )
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull has come, as Podman reports it (`daemon.runtime.pull` reads its stream).
+
+    Layers are counted as Podman announces them: it downloads a few at a time (6 by
+    default) and names a layer only when its download starts, so `layers_total` grows
+    until the last layers have started; a layer already stored counts as done at once.
+    The byte counts are those of the layers announced so far (what must be fetched, not
+    what is stored already); None where Podman gives no sizes (a short name's pull).
+    """
+
+    layers_done: int = 0
+    layers_total: int = 0
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+
+
+# Called with each new PullProgress, on the puller's task: it must not block.
+PullProgressFn = Callable[[PullProgress], None]
 
 
 @dataclass(frozen=True)
@@ -152,8 +173,17 @@ class ContainerRuntime(Protocol):
 
     async def image_exists(self, image: str) -> bool: ...
 
-    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
-        """Pull an image; ImageNotFound when the registry has no such image."""
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        progress: PullProgressFn | None = None,
+    ) -> None:
+        """Pull an image (from the registry, also when it is present: a tag may have moved);
+        ImageNotFound when the registry has no such image. `progress` is called as the
+        pull advances. No deadline overall; a pull that makes no progress for the runtime's
+        idle timeout fails as temporary. Layers already stored are not fetched again."""
         ...
 
     async def create(self, spec: ContainerSpec) -> str:

@@ -3,10 +3,11 @@
 Invariants:
 - This is the only module that imports podman-py. Its blocking calls run in
   `trio.to_thread.run_sync`, one call per thread hop, so the trio loop never blocks on Podman.
-- The two endless streams (`follow_logs`, `events`) do not use podman-py: a thread blocked in a
-  socket read cannot be cancelled, so they read the same libpod endpoints with berthd's HTTP
-  client helper (`daemon.http.client`: h11 on a trio stream), and end the moment their
-  consumer stops or is cancelled (use `contextlib.aclosing`).
+- The two endless streams (`follow_logs`, `events`) and the pull do not use podman-py: a
+  thread blocked in a socket read cannot be cancelled, so they read the same libpod
+  endpoints with berthd's HTTP client helper (`daemon.http.client`: h11 on a trio stream),
+  and end the moment their consumer stops or is cancelled (use `contextlib.aclosing`). A
+  pull has no deadline, only an idle timeout; its stream is read by `daemon.runtime.pull`.
 - podman-py, HTTP client and socket exceptions never escape: they become `RuntimeFailure`
   subclasses, with Podman's own explanation in the message (an unreachable service, or one
   that breaks off mid-stream, is a `TemporaryRuntimeError`).
@@ -21,7 +22,6 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -41,7 +41,6 @@ from podman import PodmanClient
 
 from config.spec import Ulimit
 from daemon.http import client
-from daemon.runtime.auth_file import AuthFileError, credential_for, read_auths, registry_of
 from daemon.runtime.interface import (
     LABEL_HOST_PORT,
     ContainerEvent,
@@ -50,9 +49,18 @@ from daemon.runtime.interface import (
     ContainerSpec,
     ContainerStats,
     ImageNotFound,
+    PullProgressFn,
     RegistryAuth,
     RuntimeFailure,
     TemporaryRuntimeError,
+)
+from daemon.runtime.pull import (
+    PULL_IDLE_TIMEOUT,
+    LineSplitter,
+    PullReader,
+    pull_failure,
+    pull_target,
+    registry_auth_header,
 )
 from daemon.runtime.rlimits import (
     SETRLIMIT_FAILURE,
@@ -79,25 +87,15 @@ LABEL_RLIMITS_PROBE = "io.berth.rlimits-probe"
 EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
 # How much of an event that cannot be read is quoted in the log.
 EVENT_EXCERPT = 200
-# Podman's messages for a registry that has no such image (pull and create).
-IMAGE_MISSING_HINTS = ("image not known", "manifest unknown", "name unknown", "not found")
-REGISTRY_TEMPORARY_HINTS = ("connection refused", "i/o timeout", "no such host", "timeout")
-# ... that refuses the credentials (or wants some): checked first, as "access denied" can hide a
-# missing private repository, and the credentials are the thing to look at then.
-REGISTRY_AUTH_HINTS = (
-    "unauthorized",
-    "authentication required",
-    "requested access to the resource is denied",
-    "invalid username",
-)
-# ... that speaks plain HTTP to a client expecting TLS.
-REGISTRY_PLAIN_HTTP_HINT = "server gave http response to https client"
 
 
 class PodmanRuntime:
-    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 60.0, pull_idle_timeout: float = PULL_IDLE_TIMEOUT
+    ) -> None:
         self.url = url
         self._timeout = timeout
+        self._pull_idle_timeout = pull_idle_timeout
         self._client = PodmanClient(base_url=url, timeout=timeout)
         self._limiter = trio.CapacityLimiter(CALLS_AT_ONCE)
         self._engine_ulimits_lock = trio.Lock()
@@ -157,33 +155,57 @@ class PodmanRuntime:
     async def image_exists(self, image: str) -> bool:
         return await self._call(partial(self._client.images.exists, image), what=image)
 
-    async def pull(self, image: str, *, auth: RegistryAuth | None = None) -> None:
-        # No deadline overall: a multi-GB image takes what it takes (the client's read
-        # timeout still bounds each silence).
-        await self._call(
-            partial(self._pull_sync, image, auth), what=f"pull {image}", deadline=math.inf
-        )
-
-    def _pull_sync(self, image: str, auth: RegistryAuth | None) -> None:
-        # podman-py's images.pull() drops the error that libpod reports inside the stream.
-        headers = {}
-        header = registry_auth_header(image, auth) if auth is not None else None
-        if header is not None:
-            headers["X-Registry-Auth"] = header
-        response = self._client.api.post(
-            "/images/pull",
-            params={"reference": image, "quiet": True},
-            headers=headers,
-            stream=True,
-        )
-        try:
-            response.raise_for_status(not_found=podman.errors.ImageNotFound)
-            for line in response.iter_lines():
-                error = json.loads(line).get("error") if line else None
-                if error:
-                    raise _pull_failure(image, error, authenticated=headers != {})
-        finally:
-            response.close()
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        progress: PullProgressFn | None = None,
+    ) -> None:
+        # Streamed on berthd's HTTP client (cancellable, no thread), with no deadline
+        # overall: only a silence of `pull_idle_timeout` ends it (`daemon.runtime.pull`).
+        what = f"pull {image}"
+        address = client.address_of_url(self.url)
+        if address is None:
+            raise RuntimeFailure(f"{what}: Podman at {self.url!r} is not unix or tcp")
+        header = None
+        if auth is not None:
+            header = await trio.to_thread.run_sync(registry_auth_header, image, auth)
+        headers = [("Host", "podman"), *([("X-Registry-Auth", header)] if header else [])]
+        target, _ = pull_target(image)
+        reader, lines = PullReader(), LineSplitter()
+        with trio.CancelScope() as idle:
+            idle.deadline = trio.current_time() + self._pull_idle_timeout
+            try:
+                async with client.request(address, "POST", target, headers) as response:
+                    if response.status >= 400:
+                        reader.error = _message(await response.read(ERROR_BODY_LIMIT))
+                    else:
+                        async for chunk in response:
+                            idle.deadline = trio.current_time() + self._pull_idle_timeout
+                            for line in lines.feed(chunk):
+                                if reader.feed(line) and progress is not None:
+                                    progress(reader.progress)
+                        reader.feed(lines.rest())
+            except client.ConnectFailed as exc:
+                raise TemporaryRuntimeError(
+                    f"{what}: Podman at {self.url} unreachable ({exc})"
+                ) from exc
+            except client.HttpClientError as exc:
+                raise TemporaryRuntimeError(f"{what}: Podman at {self.url}: {exc!r}") from exc
+        if idle.cancelled_caught:
+            raise TemporaryRuntimeError(
+                f"{what}: no progress for {self._pull_idle_timeout:g}s (the registry or the "
+                "link stalled); the layers stored so far are kept for the retry"
+            )
+        if reader.error is not None:
+            raise pull_failure(image, reader.error, authenticated=header is not None)
+        if reader.skipped:
+            log.warning("podman: %s: skipped %d lines that cannot be read", what, reader.skipped)
+        if not reader.finished:
+            raise TemporaryRuntimeError(f"{what}: Podman's stream ended before the pull did")
+        if progress is not None:
+            progress(reader.progress)  # the final count (the config no longer a layer)
 
     async def create(self, spec: ContainerSpec) -> str:
         labels = {LABEL_HOST_PORT: str(spec.host_port), **spec.labels}
@@ -508,24 +530,6 @@ class PodmanRuntime:
         await self._call(create, what=f"create volume {name}")
 
 
-def _pull_failure(image: str, error: str, *, authenticated: bool) -> RuntimeFailure:
-    """libpod's pull error as one of ours, with what to do about it where that is known."""
-    lowered = error.lower()
-    if any(hint in lowered for hint in REGISTRY_AUTH_HINTS):
-        what = "the credentials given" if authenticated else "an anonymous pull (no [registry])"
-        return RuntimeFailure(f"pull {image}: the registry refused {what}: {error}")
-    if any(hint in lowered for hint in IMAGE_MISSING_HINTS):
-        return ImageNotFound(f"pull {image}: {error}")
-    if REGISTRY_PLAIN_HTTP_HINT in lowered:
-        return RuntimeFailure(
-            f"pull {image}: {error} (a registry without TLS must be marked insecure = true in "
-            "Podman's registries.conf)"
-        )
-    if any(hint in lowered for hint in REGISTRY_TEMPORARY_HINTS):
-        return TemporaryRuntimeError(f"pull {image}: {error}")
-    return RuntimeFailure(f"pull {image}: {error}")
-
-
 def _explain(exc: podman.errors.APIError) -> str:
     return exc.explanation or str(exc)
 
@@ -649,33 +653,6 @@ def _field(body: dict[str, Any], key: str, kind: type[T], default: T) -> T:
     if not isinstance(value, kind):
         raise MalformedEvent(f"{key} is {type(value).__name__}, not {kind.__name__}")
     return value
-
-
-def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
-    """The X-Registry-Auth header libpod's pull takes: base64url of a JSON credential.
-
-    A username and password are sent as they are. With only an auth file (containers-auth.json)
-    the file's entry for the image's registry is used (`daemon.runtime.auth_file`); None when
-    it has none: the pull is anonymous. Errors never quote the file.
-    """
-    registry, _ = registry_of(image)
-    if auth.username is not None:
-        payload = {
-            "username": auth.username,
-            "password": auth.password or "",
-            "serveraddress": registry,
-        }
-    elif auth.auth_file is not None:
-        try:
-            entry = credential_for(read_auths(auth.auth_file), image)
-        except AuthFileError as exc:
-            raise RuntimeFailure(f"registry auth file {auth.auth_file}: {exc}") from None
-        if entry is None:
-            return None
-        payload = {**entry, "serveraddress": registry}
-    else:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
 
 
 def _vanished(exc: RuntimeFailure) -> bool:

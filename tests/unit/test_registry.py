@@ -16,7 +16,7 @@ from daemon.runtime.interface import (
     RuntimeFailure,
     TemporaryRuntimeError,
 )
-from daemon.runtime.podman import _pull_failure, registry_auth_header
+from daemon.runtime.pull import pull_failure, registry_auth_header
 
 SECRET = "pa55:w0rd with spaces"
 
@@ -163,7 +163,7 @@ def test_an_unreadable_auth_file_never_shows_its_contents(tmp_path: Path) -> Non
 def test_pull_errors_say_what_happened(
     error: str, authenticated: bool, kind: type[RuntimeFailure], start: str
 ) -> None:
-    failure = _pull_failure("r:5000/app:1", error, authenticated=authenticated)
+    failure = pull_failure("r:5000/app:1", error, authenticated=authenticated)
     assert type(failure) is kind
     assert str(failure).startswith(start)
     if "HTTPS client" in error:

@@ -39,6 +39,7 @@ from daemon.runtime.interface import (
     LABEL_SPEC_ID,
     LABEL_TEMPLATE,
     ContainerInfo,
+    PullProgressFn,
     RegistryAuth,
     RuntimeFailure,
 )
@@ -613,10 +614,12 @@ async def test_a_long_pull_holds_no_round_and_an_unready_replica_leaves_at_once(
     real_pull = rig.runtime.pull
     pulling, pulled = trio.Event(), trio.Event()
 
-    async def slow_pull(image: str, *, auth: RegistryAuth | None = None) -> None:
+    async def slow_pull(
+        image: str, *, auth: RegistryAuth | None = None, progress: PullProgressFn | None = None
+    ) -> None:
         pulling.set()
         await trio.sleep(10.0)
-        await real_pull(image, auth=auth)
+        await real_pull(image, auth=auth, progress=progress)
         pulled.set()
 
     monkeypatch.setattr(rig.runtime, "pull", slow_pull)
