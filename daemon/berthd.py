@@ -46,7 +46,13 @@ from daemon.http.server import HttpServer
 from daemon.integrations.mounts import MountPreparer
 from daemon.metrics.exposition import metrics_server
 from daemon.metrics.sampler import MetricsSampler
-from daemon.observability import metrics_sampler, metrics_snapshot
+from daemon.metrics.scrape import Scraper
+from daemon.observability import (
+    autoscaler_load,
+    metrics_sampler,
+    metrics_snapshot,
+    scrape_targets,
+)
 from daemon.reconcile.context import WorkerContext
 from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.ports import HostPortAllocator
@@ -183,12 +189,16 @@ class Berthd:
             await control.start(self._containers.run)  # the first list has been tried
             for name in await self._known_deployments():
                 self.ensure_worker(name)
-            self.metrics = metrics_sampler(self)
+            # The replicas' own metrics ([[metrics.scrape]]): for the autoscaler, `berth
+            # metrics` and /metrics, beside the sampler's.
+            scraper = Scraper(partial(scrape_targets, self))
+            await control.start(scraper.run)
+            self.metrics = metrics_sampler(self, scraper)
             await control.start(self.metrics.run)
-            ctx.load = self.metrics.deployment_load
+            ctx.load = partial(autoscaler_load, self, scraper)
             if self.settings.metrics_listen:
                 exporter = metrics_server(
-                    self.settings.metrics_listen, partial(metrics_snapshot, self)
+                    self.settings.metrics_listen, partial(metrics_snapshot, self, scraper)
                 )
                 try:
                     await control.start(exporter.run)

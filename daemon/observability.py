@@ -8,9 +8,11 @@ only read in-memory state here, so a scrape never touches Podman or SQLite.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from typing import Any
 
-from config.spec import MetricName
+from config.spec import DeploymentSpec, MetricName, SeriesSelector
 from daemon import __version__
 from daemon.api.control_plane import ControlPlane
 from daemon.metrics.exposition import (
@@ -18,9 +20,10 @@ from daemon.metrics.exposition import (
     MetricsSnapshot,
     ReplicaMetrics,
 )
-from daemon.metrics.model import ReplicaTarget
+from daemon.metrics.model import DeploymentLoad, ReplicaTarget
 from daemon.metrics.rollups import StoreRollups
 from daemon.metrics.sampler import MetricsSampler
+from daemon.metrics.scrape import Scraper, ScrapeTarget
 from daemon.scaling.driver import autoscaled
 from proxy.stats import EndpointStatistics
 
@@ -55,7 +58,56 @@ def replica_targets(daemon: ControlPlane) -> list[ReplicaTarget]:
     return out
 
 
-def metrics_sampler(daemon: ControlPlane) -> MetricsSampler:
+def scrape_targets(daemon: ControlPlane) -> list[ScrapeTarget]:
+    """What to scrape now: each ready replica once per `[[metrics.scrape]]` entry of its
+    deployment's active spec, where its container port is published."""
+    out = []
+    for name, worker in daemon.workers.items():
+        spec = worker.active_spec()
+        if spec is None or not spec.metrics.scrape:
+            continue
+        ports = worker.replica_ports()
+        for r in worker.snapshot().replicas:
+            if r.state != "ready":
+                continue
+            for entry, scrape in enumerate(spec.metrics.scrape):
+                host_port = ports.get(r.id, {}).get(scrape.port)
+                if host_port is not None:
+                    out.append(ScrapeTarget(name, r.id, r.container_id, entry, scrape, host_port))
+    return out
+
+
+def queries(spec: DeploymentSpec | None) -> list[SeriesSelector]:
+    """The scraped gauges the spec names: its prometheus metrics' queries."""
+    if spec is None:
+        return []
+    return [
+        m.query
+        for m in spec.autoscale.metrics
+        if m.metric is MetricName.PROMETHEUS and m.query is not None
+    ]
+
+
+def autoscaler_load(
+    daemon: ControlPlane, scraper: Scraper, name: str, window_s: float
+) -> DeploymentLoad:
+    """The sampler's load of `name`, with its prometheus metrics' totals from the scraper."""
+    load = daemon.metrics.deployment_load(name, window_s)
+    worker = daemon.workers.get(name)
+    wanted = queries(worker.active_spec() if worker else None)
+    if not wanted:
+        return load
+    totals = {str(q): t for q in wanted if (t := scraper.total(name, q)) is not None}
+    return dataclasses.replace(load, scraped=totals)
+
+
+def scraped_json(daemon: ControlPlane, scraper: Scraper, name: str) -> dict[str, Any]:
+    """The admin API's `scraped` object for `berth metrics NAME`."""
+    worker = daemon.workers.get(name)
+    return scraper.deployment_json(name, queries(worker.active_spec() if worker else None))
+
+
+def metrics_sampler(daemon: ControlPlane, scraper: Scraper | None = None) -> MetricsSampler:
     def statistics(name: str) -> EndpointStatistics | None:
         endpoint = daemon.endpoints.get(name)
         return endpoint.statistics(window=LATENCY_WINDOW) if endpoint else None
@@ -69,10 +121,11 @@ def metrics_sampler(daemon: ControlPlane) -> MetricsSampler:
         deployments=lambda: list(daemon.workers),
         interval=SAMPLE_INTERVAL,
         stats_interval=STATS_INTERVAL,
+        scraped=None if scraper is None else partial(scraped_json, daemon, scraper),
     )
 
 
-async def metrics_snapshot(daemon: ControlPlane) -> MetricsSnapshot:
+async def metrics_snapshot(daemon: ControlPlane, scraper: Scraper | None = None) -> MetricsSnapshot:
     deployments = []
     for name, worker in sorted(daemon.workers.items()):
         snap = worker.snapshot()
@@ -89,4 +142,10 @@ async def metrics_snapshot(daemon: ControlPlane) -> MetricsSnapshot:
             )
         )
     samples = await daemon.gpus.reader.sample()
-    return MetricsSnapshot(__version__, tuple(deployments), tuple(samples))
+    return MetricsSnapshot(
+        __version__,
+        tuple(deployments),
+        tuple(samples),
+        scraped=tuple(scraper.exported()) if scraper else (),
+        scrapes=tuple(scraper.target_states()) if scraper else (),
+    )

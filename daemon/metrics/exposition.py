@@ -28,12 +28,26 @@ What is exported, and why in that form:
 - Restarts and scaling decisions: counters (`..._total`). Desired and ready replicas: gauges.
 - GPUs: utilization (a 0-1 ratio, Prometheus' base unit), memory used and total (bytes),
   temperature (Celsius) and power (watts) per GPU index; an unreadable figure is omitted.
+- The replicas' own series (`[[metrics.scrape]]`, `daemon.metrics.scrape`): re-exported as
+  scraped, under their own names (so the model servers' dashboards work unchanged), each
+  with `deployment` and `replica` labels added; a label of theirs with one of those names
+  becomes `exported_deployment` / `exported_replica` (Prometheus' honor_labels = false). A
+  family is written once, with the first replica's help and type; a replica whose family
+  of that name has another type is left out of it, as is a series already written. Their
+  families named `berth_*` are left out (they would pose as berthd's own). Sample
+  timestamps are dropped: the series are as of berthd's latest scrape, and
+  `berth_scrape_up{deployment, replica, port, path}` says whether that scrape worked.
+  OpenMetrics: prometheus-client 0.26 writes a name with a colon (vllm:...) with the colon
+  in `# TYPE` but an underscore in the samples unless UTF-8 names were asked for, so there
+  such names are written with underscores throughout (what `escaping=underscores` in the
+  answer's Content-Type promises); the text format's `X_created` series of a counter,
+  histogram or summary `X` are left out there (OpenMetrics reserves that name for `X`).
 """
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -44,11 +58,13 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from daemon.gpu.model import GpuSample
 from daemon.http.listeners import TcpListener
 from daemon.http.server import Handler, HttpServer, Request, Response, text_error
+from daemon.metrics.scrape import ScrapedFamilies, ScrapeTarget
 from proxy.stats import EndpointStatistics, LatencySummary, StatusCounts
 
 REPLICA_STATES = ("starting", "ready", "unhealthy", "draining", "stopped", "crashloop")
@@ -82,6 +98,8 @@ class MetricsSnapshot:
     version: str
     deployments: tuple[DeploymentMetrics, ...] = ()
     gpus: tuple[GpuSample, ...] = ()
+    scraped: tuple[ScrapedFamilies, ...] = ()  # the replicas' own series
+    scrapes: tuple[tuple[ScrapeTarget, bool], ...] = ()  # each scrape, and whether it worked
 
 
 MetricsSource = Callable[[], Awaitable[MetricsSnapshot]]
@@ -90,8 +108,13 @@ MetricsSource = Callable[[], Awaitable[MetricsSnapshot]]
 class SnapshotCollector:
     """A prometheus-client Collector over one snapshot (`generate_latest(collector)`)."""
 
-    def __init__(self, snapshot: MetricsSnapshot) -> None:
+    def __init__(
+        self, snapshot: MetricsSnapshot, *, openmetrics: bool = False, underscores: bool = False
+    ) -> None:
         self.snapshot = snapshot
+        # The scraped families as OpenMetrics (with underscore escaping) must have them.
+        self.openmetrics = openmetrics
+        self.underscores = underscores
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -101,12 +124,83 @@ class SnapshotCollector:
         yield from _deployment_families(snap.deployments)
         yield from _request_families(snap.deployments)
         yield from _gpu_families(snap.gpus)
+        yield from _scrape_families(snap.scrapes)
+        yield from scraped_families(
+            snap.scraped, openmetrics=self.openmetrics, underscores=self.underscores
+        )
 
 
 def render(snapshot: MetricsSnapshot, accept: str = "") -> tuple[bytes, str]:
     """The exposition of `snapshot` in the format `accept` asks for, and its content type."""
     encoder, content_type = choose_encoder(accept)
-    return encoder(SnapshotCollector(snapshot)), content_type
+    om = content_type.startswith("application/openmetrics-text")
+    underscores = om and "escaping=allow-utf-8" not in content_type
+    collector = SnapshotCollector(snapshot, openmetrics=om, underscores=underscores)
+    return encoder(collector), content_type
+
+
+def _scrape_families(scrapes: tuple[tuple[ScrapeTarget, bool], ...]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "berth_scrape_up",
+        "1 when berthd's latest scrape of the replica's own metrics worked, else 0",
+        labels=["deployment", "replica", "port", "path"],
+    )
+    for target, ok in scrapes:
+        labels = [target.deployment, target.replica_id, str(target.scrape.port), target.scrape.path]
+        up.add_metric(labels, 1 if ok else 0)
+    yield up
+
+
+_OURS = ("deployment", "replica")
+_CREATED_OF = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
+
+
+def scraped_families(
+    scraped: Iterable[ScrapedFamilies], *, openmetrics: bool = False, underscores: bool = False
+) -> list[Metric]:
+    """The replicas' families merged into one per name, with their labels added (module
+    doc); `openmetrics`, `underscores`: as OpenMetrics (with underscore escaping) has them."""
+    merged: dict[str, Metric] = {}
+    written: dict[str, set[tuple[str, tuple[tuple[str, str], ...]]]] = {}
+    for replica in scraped:
+        names = {f.name for f in replica.families if f.type in _CREATED_OF}
+        for family in replica.families:
+            if family.name.startswith("berth_"):
+                continue
+            if openmetrics and _created_of(family.name) in names:
+                continue
+            name = _om_name(family.name) if underscores else family.name
+            out = merged.get(name)
+            if out is None:
+                out = merged[name] = Metric(name, family.documentation, family.type, family.unit)
+                written[name] = set()
+            elif out.type != family.type:
+                continue
+            seen = written[name]
+            for sample in family.samples:
+                labels = _relabel(sample.labels, replica.deployment, replica.replica_id)
+                sample_name = _om_name(sample.name) if underscores else sample.name
+                key = (sample_name, tuple(sorted(labels.items())))
+                if key not in seen:
+                    seen.add(key)
+                    out.samples.append(Sample(sample_name, labels, sample.value))
+    return list(merged.values())
+
+
+def _relabel(labels: Mapping[str, str], deployment: str, replica: str) -> dict[str, str]:
+    out = {(f"exported_{k}" if k in _OURS else k): v for k, v in labels.items()}
+    out["deployment"] = deployment
+    out["replica"] = replica
+    return out
+
+
+def _created_of(name: str) -> str | None:
+    """`X` for a family named `X_created` (what the text format makes of X's created time)."""
+    return name.removesuffix("_created") if name.endswith("_created") else None
+
+
+def _om_name(name: str) -> str:
+    return name.replace(":", "_")
 
 
 def _deployment_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Metric]:

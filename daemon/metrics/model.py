@@ -8,7 +8,7 @@ without a memory limit must not look like an idle replica. Zero means "measured:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from daemon.gpu.model import GpuSample
 
@@ -133,7 +133,10 @@ class DeploymentLoad:
     samples of the endpoint's mean and 95th percentile, each over the proxy's own window
     (`summary = "average"` reads the mean, `"p95"` the percentile). `concurrency`
     is in-flight requests per replica; `requests_per_s` the endpoint's rate; `replicas` the
-    replica count of the newest sample, `samples` how many rounds the window holds."""
+    replica count of the newest sample, `samples` how many rounds the window holds.
+    `scraped` is, for each prometheus metric's query (`str(SeriesSelector)`), the gauge's
+    total over the ready replicas now (`daemon.metrics.scrape.Scraper.total`): a query
+    no ready replica answered is absent."""
 
     window_s: float
     samples: int
@@ -146,3 +149,4 @@ class DeploymentLoad:
     request_duration_p95: float | None = None
     concurrency: float | None = None
     requests_per_s: float | None = None
+    scraped: Mapping[str, float] = field(default_factory=dict)

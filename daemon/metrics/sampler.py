@@ -97,6 +97,7 @@ class MetricsSampler:
         prune_every_s: float = PRUNE_EVERY,
         now: Callable[[], datetime] = utc_now,
         run_blocking: BlockingRunner = in_thread,
+        scraped: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, not {interval}")
@@ -117,6 +118,7 @@ class MetricsSampler:
         self.prune_every_s = prune_every_s
         self._now = now
         self._run_blocking = run_blocking
+        self._scraped = scraped  # the replicas' own gauges for the API (`daemon.metrics.scrape`)
         self._counters: dict[tuple[str, str], tuple[float, int]] = {}
         # (deployment, replica) -> the container last asked about and what was measured
         # (None: not measured), carried into the rounds until it is due again.
@@ -163,7 +165,8 @@ class MetricsSampler:
     async def deployment_metrics(self, name: str, since_s: float) -> dict[str, Any]:
         """JSON for `GET /v1/deployments/NAME/metrics?since=...`: the endpoint's request
         statistics (the proxy's, as before), each replica now, per-minute rollups of the
-        last `since_s` seconds (capped at the retention) and the host."""
+        last `since_s` seconds (capped at the retention), the host and, when berthd scrapes
+        the replicas, `scraped` (`Scraper.deployment_json`)."""
         stats = self._statistics(name)
         answer: dict[str, Any] = {"name": name, "window": None, "in_flight": None}
         if stats is not None:
@@ -184,6 +187,8 @@ class MetricsSampler:
         answer["series"] = [dataclasses.asdict(r) for r in series]
         answer["host"] = self.host_json()
         answer["host"]["series"] = [dataclasses.asdict(r) for r in host_series]
+        if self._scraped is not None:
+            answer["scraped"] = self._scraped(name)
         return answer
 
     def host_json(self) -> dict[str, Any]:

@@ -43,8 +43,13 @@ def initial_count(spec: DeploymentSpec, running: int) -> int:
 
 
 def sample_of(load: DeploymentLoad | None, count: int, waiting: int = 0) -> LoadSample:
+    """The autoscaler's sample. A scraped gauge's total over the ready replicas is read per
+    replica of `count`, the count being decided: replicas still starting count as zero (as
+    Kubernetes' HPA has them on a scale-up), so a queue seen again at the next round, before
+    the new replicas serve, asks for the same count and not for more again."""
+    scraped = {} if load is None else {q: t / max(count, 1) for q, t in load.scraped.items()}
     if load is None or load.samples == 0:
-        return LoadSample(replicas=count, waiting_requests=waiting)
+        return LoadSample(replicas=count, waiting_requests=waiting, scraped=scraped)
     return LoadSample(
         replicas=count,
         cpu=load.cpu_percent,
@@ -56,6 +61,7 @@ def sample_of(load: DeploymentLoad | None, count: int, waiting: int = 0) -> Load
         concurrency=load.concurrency,
         requests_per_second=load.requests_per_s,
         waiting_requests=waiting,
+        scraped=scraped,
     )
 
 

@@ -9,12 +9,21 @@ The math is Kubernetes' HPA; the knobs are Paperspace's:
 - Each `[[autoscale.metrics]]` entry proposes `ceil(current * observed / target)`, or
   `current` when `|observed / target - 1| <= TOLERANCE`; the highest proposal wins and the
   result is clamped to `[replicas.min, replicas.max]`.
-- A metric missing from the sample (no GPU data yet, no stats) proposes nothing: unknown is
-  not zero.
+- A metric missing from the sample (no GPU data yet, no stats, a scrape that failed)
+  proposes nothing: unknown is not zero.
 - No traffic (no request per second, none in flight, none waiting) is zero load for every
-  metric, resource metrics included: an idle model server still holds its memory and VRAM,
-  which is not demand, and without this rule a `memory` or `gpu_memory` metric would keep an
-  idle deployment above `min` (and `min = 0` out of reach) for ever.
+  built-in metric, resource metrics included: an idle model server still holds its memory and
+  VRAM, which is not demand, and without this rule a `memory` or `gpu_memory` metric would
+  keep an idle deployment above `min` (and `min = 0` out of reach) for ever.
+- A `prometheus` metric (a gauge scraped from the replicas) is the server's own word and is
+  not overridden by that rule: a queue the endpoint does not see (work a server pulls from a
+  broker, requests sent to a replica's port directly) is demand all the same, and a queue
+  gauge of requests that came through the endpoint is zero by itself when they stop (they
+  are in flight while queued, so the endpoint is not idle). When idle, such a metric can
+  only hold the count up: its proposal counts when it is above zero; otherwise the idle
+  zero stands. Its observed value is the gauge per replica of the count being decided
+  (`daemon.scaling.driver.sample_of`), so a scrape seen again at the next round does not
+  raise the count again.
 - Scale-up is immediate. Scale-down goes only as low as the highest proposal recorded within
   the last `scale_down_delay` (HPA's stabilisation window), so a load oscillating around the
   target moves the count up once and then holds it, and `min = 0` is reached only after a
@@ -32,7 +41,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from config.spec import Autoscale, AutoscaleMetric, MetricName, Replicas, Summary
 from config.units import format_duration
@@ -59,6 +69,9 @@ class LoadSample:
     concurrency: float | None = None  # requests in flight per replica
     requests_per_second: float | None = None  # None: the endpoint has no figure yet
     waiting_requests: int = 0  # held at the endpoint while no replica is ready
+    # A prometheus metric's query (as `str(SeriesSelector)`) -> the gauge per replica; a
+    # query that is absent was not measured (no ready replica answered its scrape).
+    scraped: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def idle(self) -> bool:
@@ -86,6 +99,8 @@ class LoadSample:
                 return self.request_duration_mean
             case MetricName.CONCURRENCY:
                 return self.concurrency
+            case MetricName.PROMETHEUS:
+                return None if metric.query is None else self.scraped.get(str(metric.query))
 
 
 @dataclass(frozen=True)
@@ -137,7 +152,12 @@ class Autoscaler:
             self._history.append((now, current))
         readings = tuple(self._read(metric, sample, current) for metric in self.autoscale.metrics)
         proposals = [r.proposal for r in readings if r.proposal is not None]
-        if sample.idle:
+        # Idle: only a scraped gauge (the server's own word) may ask for more than zero.
+        asking = [r for r in readings if r.metric.metric is MetricName.PROMETHEUS and r.proposal]
+        if sample.idle and asking:
+            proposal = max(r.proposal or 0 for r in asking)
+            why = next(r.text for r in asking if r.proposal == proposal)
+        elif sample.idle:
             proposal, why = 0, "no traffic"
         elif proposals:
             proposal = max(proposals)
@@ -194,7 +214,7 @@ class Autoscaler:
     def _read(metric: AutoscaleMetric, sample: LoadSample, current: int) -> Reading:
         name = _label(metric)
         target = _format(metric, metric.target)
-        if sample.idle:
+        if sample.idle and metric.metric is not MetricName.PROMETHEUS:
             return Reading(metric, 0.0, 0, f"no traffic ({name} counts as zero)")
         observed = sample.observed(metric)
         if observed is None:
@@ -212,6 +232,8 @@ class Autoscaler:
 def _label(metric: AutoscaleMetric) -> str:
     if metric.metric is MetricName.REQUEST_DURATION:
         return f"request_duration {'p95' if metric.summary is Summary.P95 else 'avg'}"
+    if metric.metric is MetricName.PROMETHEUS:
+        return f"{metric.query} avg"
     return metric.metric.value
 
 
@@ -219,6 +241,6 @@ def _format(metric: AutoscaleMetric, value: float) -> str:
     if metric.metric is MetricName.REQUEST_DURATION:
         # Milliseconds are the useful resolution for a latency in an event line.
         return format_duration(round(max(value, 0.0), 3))
-    if metric.metric is MetricName.CONCURRENCY:
+    if metric.metric in (MetricName.CONCURRENCY, MetricName.PROMETHEUS):
         return f"{value:g}" if value == round(value, 2) else f"{value:.2f}"
     return f"{value:.0f}%" if value == round(value) else f"{value:.1f}%"

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from config.spec import Autoscale, AutoscaleMetric, MetricName, Replicas, Summary
+from config.spec import Autoscale, AutoscaleMetric, MetricName, Replicas, SeriesSelector, Summary
+from daemon.metrics.model import DeploymentLoad
+from daemon.scaling.driver import sample_of
 from daemon.scaling.policy import Autoscaler, LoadSample
 
 CPU50 = AutoscaleMetric(MetricName.CPU, target=50.0)
@@ -333,3 +335,111 @@ def test_readings_show_every_metric() -> None:
     ]
     assert decision.readings[1].text == "gpu_utilization not measured"
     assert "window=[" in repr(scaler)
+
+
+# -- metric = "prometheus": a gauge scraped from the replicas, per replica ---------------------
+
+WAITING = "vllm:num_requests_waiting"
+QUEUE_4 = AutoscaleMetric(MetricName.PROMETHEUS, target=4.0, query=SeriesSelector(WAITING))
+
+
+def waiting(per_replica: float) -> dict[str, Any]:
+    return {"scraped": {WAITING: per_replica}}
+
+
+PROMETHEUS_CASES = [
+    Case(
+        "up by the gauge's ratio",
+        (QUEUE_4,),
+        start=1,
+        steps=[(0, {**BUSY, **waiting(10)}, 3)],
+        reasons={0: "vllm:num_requests_waiting avg 10 > target 4: 1 -> 3"},
+    ),
+    Case(
+        "unknown (no scrape answered) proposes nothing",
+        (QUEUE_4,),
+        start=2,
+        steps=[(0, BUSY, 2), (400, BUSY, 2)],
+        reasons={0: "no load figures: stays at 2"},
+    ),
+    Case(
+        "down only after the delay",
+        (QUEUE_4,),
+        start=4,
+        steps=[
+            (0, {**BUSY, **waiting(4)}, 4),
+            (10, {**BUSY, **waiting(1)}, 4),
+            (300, {**BUSY, **waiting(1)}, 1),
+        ],  # fmt: skip
+        reasons={
+            1: "vllm:num_requests_waiting avg 1 < target 4: stays at 4 until the load is lower "
+            "for 5m (1 wanted)",
+            2: "vllm:num_requests_waiting avg 1 < target 4 for 5m: 4 -> 1",
+        },
+    ),
+    Case(
+        "within the tolerance: stays",
+        (QUEUE_4,),
+        start=3,
+        steps=[(0, {**BUSY, **waiting(4.3)}, 3)],
+        reasons={0: "vllm:num_requests_waiting avg 4.3 ~ target 4: stays at 3"},
+    ),
+    Case(
+        "the highest proposal wins over a built-in metric",
+        (CPU50, QUEUE_4),
+        start=2,
+        steps=[(0, {**BUSY, "cpu": 50.0, **waiting(8)}, 4)],
+    ),
+    Case(
+        "no traffic: a gauge above zero is demand all the same (work the endpoint never saw)",
+        (CPU50, QUEUE_4),
+        start=1,
+        delay=0.0,
+        steps=[(0, {**IDLE, "cpu": 90.0, **waiting(10)}, 3)],
+        reasons={0: "vllm:num_requests_waiting avg 10 > target 4: 1 -> 3"},
+    ),
+    Case(
+        "no traffic and an empty queue: to zero after a window",
+        (QUEUE_4,),
+        start=1,
+        min=0,
+        steps=[
+            (0, {**BUSY, **waiting(4)}, 1),
+            (10, {**IDLE, **waiting(0)}, 1),
+            (300, {**IDLE, **waiting(0)}, 0),
+        ],  # fmt: skip
+        reasons={2: "no traffic for 5m: 1 -> 0"},
+    ),
+    Case(
+        "no traffic and no scrape: the idle zero stands",
+        (QUEUE_4,),
+        start=2,
+        delay=0.0,
+        steps=[(0, IDLE, 1)],
+        reasons={0: "no traffic: 2 -> 1"},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", PROMETHEUS_CASES, ids=[c.id for c in PROMETHEUS_CASES])
+def test_prometheus_policy_table(case: Case) -> None:
+    test_policy_table(case)
+
+
+def test_a_stale_queue_asks_for_the_same_count_again() -> None:
+    """One ready replica with 10 waiting, seen at every round while the new replicas start:
+    its total read per replica of the count being decided asks for 3 each time, never more."""
+    scaler = Autoscaler(Replicas(1, 10), Autoscale((QUEUE_4,), scale_down_delay=60.0))
+    current = 1
+    for now in range(5):
+        load = DeploymentLoad(window_s=3.0, samples=1, replicas=1, requests_per_s=5.0,
+                              scraped={WAITING: 10.0})  # fmt: skip
+        current = scaler.observe(float(now), sample_of(load, current)).desired
+        assert current == 3, now
+
+
+def test_sample_of_reads_a_total_per_replica_of_the_count() -> None:
+    load = DeploymentLoad(window_s=3.0, samples=0, replicas=0, scraped={WAITING: 12.0})
+    assert sample_of(load, 3).scraped == {WAITING: 4.0}  # even with no sampler figures yet
+    assert sample_of(load, 0).scraped == {WAITING: 12.0}
+    assert sample_of(None, 2).scraped == {}
