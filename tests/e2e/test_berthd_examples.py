@@ -8,19 +8,31 @@ the endpoint port. This machine has no GPU, so every GPU example is refused for
 not here); with two fake GPUs declared by CDI (as tests/e2e/test_berthd_gpus.py does) they
 pass but for those mounts. The examples' endpoint ports are swapped for free ones, so that
 a demo running on this host cannot make the test fail.
+
+The one example that runs here, `model-server.toml` (the model-server image, built by `make
+image`), is applied for real: it loads, serves an inference, and berthd scrapes the gauge it
+scales on (`model_queue_size`) from its /metrics.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.e2e.berthd_process import Berthd
+from tests.e2e.berthd_process import Berthd, wait_until
+from tests.model_server import (
+    INFER_ANSWER,
+    INFER_BODY,
+    model_server_image_fixture,  # noqa: F401 (the model_server_image fixture)
+)
 
 pytestmark = pytest.mark.podman
 
@@ -101,3 +113,28 @@ def test_with_two_gpus_only_the_missing_model_directories_are_refused(
             assert "does not exist on this host" in said, said
         else:
             assert status == 0 and f"{name}: valid; an apply would be created" in said, said
+
+
+def test_the_model_server_example_loads_serves_and_is_scraped(
+    berthd: Berthd, tmp_path: Path, free_port: Callable[[], int], model_server_image: str
+) -> None:
+    path = copies_on_free_ports(tmp_path / "examples", free_port)["model-server"]
+    port = int(re.findall(r"^\[endpoint\]\nport = (\d+)", path.read_text(), flags=re.M)[0])
+    berthd.start()
+    started = time.monotonic()
+    berthd.berth("apply", str(path), "--wait", "--timeout", "120")
+    assert time.monotonic() - started >= 20  # its LOAD_SECONDS: ready only once loaded
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=INFER_BODY, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == INFER_ANSWER
+    scraped: dict[str, Any] = {}
+
+    def queue_scraped() -> bool:
+        scraped.update(berthd.json("metrics", "model-server").get("scraped") or {})
+        return scraped.get("average", {}).get("model_queue_size") is not None
+
+    wait_until("model_queue_size scraped from the replica", queue_scraped, timeout=30, interval=0.5)
+    assert scraped["queries"] == ["model_queue_size"]
+    assert scraped["average"]["model_queue_size"] == 0  # nothing waiting now
