@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -117,9 +118,9 @@ class Run:
             raise SystemExit(f"berth {' '.join(args)}: {result.stderr}")
         return result
 
-    def ready(self) -> int:
+    def ready(self, deployments: int) -> int:
         total = 0
-        for i in range(DEPLOYMENTS):
+        for i in range(deployments):
             got = json.loads(self.berth("get", f"idle-{i}", "--json").stdout)
             total += sum(1 for r in got["replicas"] if r["state"] == "ready")
         return total
@@ -145,15 +146,22 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deployments", type=int, default=DEPLOYMENTS, help="of 2 replicas")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured for this long")
     parser.add_argument("--period", default="1s", help="readiness period of every replica")
     parser.add_argument("--settle", type=float, default=10.0, help="wait after all are ready")
     parser.add_argument("--floor", type=float, default=30.0, help="berthd paused this long")
+    parser.add_argument(
+        "--attach",
+        metavar="COMMAND",
+        help="run COMMAND over the measured time, {pid} replaced by berthd's PID, ended by "
+        "SIGINT at the end (e.g. 'strace -c -f -o /tmp/s.txt -p {pid}', or py-spy record)",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="berth-bench-idle-"))
     run = Run(root)
     try:
-        for i in range(DEPLOYMENTS):
+        for i in range(args.deployments):
             spec = root / f"idle-{i}.toml"
             spec.write_text(
                 SPEC.format(
@@ -165,8 +173,8 @@ def main() -> None:
                 )
             )
             run.berth("apply", str(spec))
-        wanted = DEPLOYMENTS * REPLICAS
-        wait(lambda: run.ready() == wanted, 240, f"{wanted} ready replicas")
+        wanted = args.deployments * REPLICAS
+        wait(lambda: run.ready(args.deployments) == wanted, 240, f"{wanted} ready replicas")
         time.sleep(args.settle)  # creates, first probes and their rounds are over
         procs = {
             "berthd": psutil.Process(run.berthd.pid),
@@ -175,8 +183,15 @@ def main() -> None:
         load_before = os.getloadavg()
         before = {k: cpu_seconds(p) for k, p in procs.items()}
         t0 = time.monotonic()
+        tool = None
+        if args.attach:
+            command = shlex.split(args.attach.replace("{pid}", str(run.berthd.pid)))
+            tool = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         time.sleep(args.seconds)
         elapsed = time.monotonic() - t0
+        if tool is not None:
+            tool.send_signal(signal.SIGINT)
+            tool.wait(timeout=60)
         after = {k: cpu_seconds(p) for k, p in procs.items()}
         load_after = os.getloadavg()
         floor = None
@@ -188,11 +203,11 @@ def main() -> None:
                 floor = 100.0 * (cpu_seconds(procs["podman"]) - paused) / args.floor
             finally:
                 run.berthd.send_signal(signal.SIGCONT)
-        still = run.ready()
+        still = run.ready(args.deployments)
         share = {k: 100.0 * (after[k] - before[k]) / elapsed for k in procs}
         print(
             f"berth idle benchmark: {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
-            f"{os.cpu_count()} cores, real Podman; {DEPLOYMENTS} deployments x {REPLICAS} "
+            f"{os.cpu_count()} cores, real Podman; {args.deployments} deployments x {REPLICAS} "
             f"replicas, readiness every {args.period}, {still}/{wanted} ready at the end"
         )
         print(

@@ -21,6 +21,9 @@ Invariants:
   replica closed it or sent stray bytes -> `stale`, never handed out again.
 - The watchdog ends overdue waits with `Timeout` every `tick` seconds, on a coarse clock:
   a timeout fires between `timeout - tick` and `timeout + tick` after the wait began.
+- With no wait in `waiting` the watchdog parks (an idle endpoint wakes nobody); the first
+  wait to begin rouses it (`rouse`), which also brings the coarse clock `now` up to date
+  before that wait's deadline is computed from it.
 """
 
 from __future__ import annotations
@@ -82,7 +85,18 @@ class Poller:
     per wait.
     """
 
-    __slots__ = ("now", "tick", "waiting", "leader", "_epoll", "_epfd", "_conns", "_standby")
+    __slots__ = (
+        "now",
+        "tick",
+        "waiting",
+        "leader",
+        "watchdog_parked",
+        "_epoll",
+        "_epfd",
+        "_conns",
+        "_standby",
+        "_watchdog",
+    )
 
     def __init__(self, tick: float) -> None:
         self.now = 0.0
@@ -93,6 +107,8 @@ class Poller:
         self._epfd = -1
         self._conns: dict[int, Polled] = {}
         self._standby: Task | None = None  # the standby task, while parked
+        self._watchdog: Task | None = None  # the watchdog task, while parked
+        self.watchdog_parked = False  # read by every wait: a plain attribute is cheapest
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.now = trio.current_time()
@@ -211,8 +227,25 @@ class Poller:
                 if watcher is not None:
                     watcher.interrupt()
 
+    def rouse(self) -> None:
+        """A wait begins while the watchdog is parked: bring `now` up to date, wake it."""
+        self.now = trio.current_time()
+        task, self._watchdog = self._watchdog, None
+        self.watchdog_parked = False
+        if task is not None:
+            reschedule(task)
+
+    def _abort_watchdog(self, _: object) -> Abort:
+        self._watchdog = None
+        self.watchdog_parked = False
+        return Abort.SUCCEEDED
+
     async def _watch(self) -> None:
         while True:
+            if not self.waiting:
+                self._watchdog = current_task()
+                self.watchdog_parked = True
+                await wait_task_rescheduled(self._abort_watchdog)
             await trio.sleep(self.tick)
             now = self.now = trio.current_time()
             overdue = [c for c in self.waiting if c.deadline <= now]

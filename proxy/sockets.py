@@ -113,6 +113,8 @@ class Conn:
 
     async def wait_readable(self, timeout: float) -> None:  # noqa: ASYNC109 - see module doc
         p = self.poller
+        if p.watchdog_parked:
+            p.rouse()
         self.deadline = p.now + timeout
         self._rwhy = _READY
         task = self.reader = current_task()
@@ -133,6 +135,8 @@ class Conn:
 
     async def wait_writable(self, timeout: float) -> None:  # noqa: ASYNC109
         p = self.poller
+        if p.watchdog_parked:
+            p.rouse()
         self.deadline = p.now + timeout
         self._wwhy = _READY
         task = self.writer = current_task()

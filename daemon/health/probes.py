@@ -30,7 +30,7 @@ class ProbeResult:
 async def tcp_probe(host: str, port: int, limit: float) -> ProbeResult:
     with trio.move_on_after(limit):
         try:
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await client.connect_tcp(host, port)
         except OSError as exc:
             return ProbeResult(False, f"connect failed: {exc.strerror or exc}")
         await stream.aclose()

@@ -1,0 +1,90 @@
+"""The poller's watchdog: timeouts on its coarse clock, and no wake-ups while nothing waits.
+
+A loopback TCP pair is the connection (real descriptors in the real epoll set); time is
+a MockClock, so "an hour idle" costs nothing and the watchdog's steps can be counted.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from proxy.poller import Poller
+from proxy.sockets import Conn, Timeout
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        theirs = socket.create_connection(listener.getsockname(), timeout=5)
+        ours, _ = listener.accept()
+    return ours, theirs
+
+
+class StepCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+    def watchdog(self) -> int:
+        return sum(n for name, n in self.steps.items() if name.endswith("Poller._watch"))
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_an_idle_poller_wakes_nobody_and_a_wait_after_idle_gets_its_whole_timeout(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    counter = StepCounter()
+    trio.lowlevel.add_instrument(counter)
+    poller = Poller(tick=0.5)
+    ours, theirs = tcp_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            conn = Conn(ours, "test", poller)
+            await trio.sleep(3600)  # an hour with nothing waiting
+            assert counter.watchdog() <= 2, counter.steps  # parked, not ticking 7200 times
+
+            # The coarse clock is an hour old: a wait begun now still gets its 5 s.
+            started = trio.current_time()
+            with pytest.raises(Timeout):
+                await conn.wait_readable(5.0)
+            waited = trio.current_time() - started
+            assert 5.0 - poller.tick <= waited <= 5.0 + poller.tick
+
+            # Once nothing waits again, the watchdog parks again.
+            before = counter.watchdog()
+            await trio.sleep(600)
+            assert counter.watchdog() - before <= 2
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+        theirs.close()
+
+
+async def test_a_wait_that_is_answered_wakes_on_data_and_expires_nothing(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    poller = Poller(tick=0.5)
+    ours, theirs = tcp_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            conn = Conn(ours, "test", poller)
+            await trio.sleep(100)
+            theirs.send(b"x")
+            await conn.wait_readable(1.0)  # readable at once: no Timeout
+            assert conn.sock.recv(1) == b"x"
+            nursery.cancel_scope.cancel()
+    finally:
+        theirs.close()
