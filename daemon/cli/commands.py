@@ -20,6 +20,7 @@ from config.units import format_duration
 from daemon import __version__
 from daemon.cli import format as fmt
 from daemon.cli.client import AdminClient, ApiError, CliError
+from daemon.cli.pull import ProgressPrinter, pull_figures, pulling_text
 
 # `apply --wait`: how often to look, and how long to wait by default.
 WAIT_POLL_SECONDS = 1.0
@@ -73,6 +74,7 @@ def wait_for_rollout(
     """Poll the deployment until `revision` runs everywhere, fails, or `timeout` passes."""
     deadline = time.monotonic() + timeout
     last_line = ""
+    pulls = ProgressPrinter()
     while True:
         deployment = client.call("GET", _deployment_path(name))
         status = deployment.get("status")
@@ -91,7 +93,14 @@ def wait_for_rollout(
             f"{name}: {status}, {fmt.cell(updated)}/{fmt.cell(desired)} updated, "
             f"{fmt.cell(ready)} ready (revision {revision})"
         )
-        if deployment.get("reason") and status != "failed":
+        pulling = deployment.get("pulling")
+        if isinstance(pulling, dict) and pulling.get("image"):
+            # The pull's figures change every poll: a line when worth it, not every second.
+            worth = pulls.worth_printing(pulling, time.monotonic())  # (it keeps count)
+            if line != last_line or worth:
+                print(f"{line}: {pulling_text(pulling)}", flush=True)
+                last_line = line
+        elif deployment.get("reason") and status != "failed":
             line += f": {deployment['reason']}"
         if line != last_line:
             print(line, flush=True)
@@ -158,6 +167,7 @@ def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
         ("endpoint", d.get("endpoint")),
         *([("endpoint_error", d["endpoint_error"])] if d.get("endpoint_error") else []),
         *([("pending", f"{d['pending']} ({d.get('error')})")] if d.get("pending") else []),
+        *([("pulling", pull_figures(d["pulling"]))] if d.get("pulling") else []),
         *(
             [("startup", f"{format_duration(float(d['startup_budget']))} budget")]
             if d.get("startup_budget") is not None

@@ -32,6 +32,7 @@ from daemon.cli.commands import (
     cmd_scale,
     cmd_status,
 )
+from daemon.cli.pull import cmd_pull
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--limit", type=int, metavar="N", help="the last N events only")
+    p = command(
+        "pull",
+        cmd_pull,
+        "fetch the image of a deployment's active spec now (with its [registry] credentials)",
+    )
+    p.add_argument("name", metavar="NAME")
     p = command("rm", cmd_rm, "stop and remove a deployment's replicas (history is kept)")
     p.add_argument("name", metavar="NAME")
     command("status", cmd_status, "berthd's version, Podman, GPUs, deployments")
