@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import trio
 
+from config.canonical import scrape_ports
 from config.spec import DeploymentSpec, PullPolicy
 from daemon.gpu.ledger import replica_key
 from daemon.gpu.model import free_memory
@@ -215,9 +216,11 @@ class ReplicaOps:
         if self.records is not None:
             self.records[memory.replica_id] = saved
 
-    def _probe_ports(self, spec: DeploymentSpec) -> set[int]:
+    def _extra_ports(self, spec: DeploymentSpec) -> set[int]:
+        """Container ports published besides the app port: the probes' and the scrapes'."""
         probes = (spec.health.startup, spec.health.readiness, spec.health.liveness)
-        return {p.port for p in probes if p is not None and p.port != spec.port}
+        ports = {p.port for p in probes if p is not None} | set(scrape_ports(spec))
+        return ports - {spec.port}
 
     async def _create(self, active: ActiveRevision) -> None:
         rid = secrets.token_hex(4)
@@ -250,7 +253,7 @@ class ReplicaOps:
             self.create_blocked = True  # a pull or a mount: `apply --wait` must not wait it out
             return
         host_port = ctx.ports.allocate(key)
-        extra = {port: ctx.ports.allocate(key) for port in sorted(self._probe_ports(spec))}
+        extra = {port: ctx.ports.allocate(key) for port in sorted(self._extra_ports(spec))}
         who = ReplicaIdentity(
             ctx.instance, self.deployment, rid, active.spec_id, active.template_id
         )
