@@ -20,7 +20,7 @@ from daemon.reconcile.replica_spec import REPLICA_HOST
 from daemon.reconcile.replicas import ReplicaMemory
 from daemon.store.events import EventLog
 
-IDLE = 60.0  # a backstop: the worker wakes the prober when a replica begins a run
+IDLE = 60.0  # a backstop: the worker wakes the prober after every round (new runs begin there)
 
 Due = tuple[ReplicaMemory, ReplicaHealth, ProbeKind]
 

@@ -492,7 +492,6 @@ class DeploymentWorker:
                     active.spec.health, active.spec.port, now, adopted=not memory.started_here
                 )
                 memory.started_here = False
-                self._prober.wake()  # its first probe is due (the prober sleeps till told)
             memory.backoff.ran_healthy(memory.healthy_since, now)
             return
         memory.health = None

@@ -776,3 +776,27 @@ async def test_pull_always_pulls_once_per_revision_and_never_never_pulls(
     assert len(pulls()) == 2
     (refusal,) = [e for e in rig.store.events() if e.kind == "create-failed"]
     assert 'is not on this host and pull = "never"' in refusal.message
+
+
+async def test_a_replica_that_begins_a_run_is_probed_at_once_by_a_sleeping_prober(
+    rig: Rig, mock_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The prober sleeps until told (no look every second at idle): the round that sees a
+    # replica's run begin wakes it, so the first probe is not a backstop period late.
+    start = rig.runtime.start
+
+    async def start_and_answer(container_id: str) -> None:
+        await start(container_id)
+        rig.all_answer()
+
+    monkeypatch.setattr(rig.runtime, "start", start_and_answer)
+    mock_clock.autojump_threshold = 0.05  # the store answers from a real thread
+    rig.apply(spec_text(rig.port, count=1))
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.worker.run)
+        with trio.fail_after(120):
+            while not ((e := rig.endpoints.get("web")) and e.upstreams()):
+                await trio.sleep(0.05)
+        assert trio.current_time() - began < 1.0
+        nursery.cancel_scope.cancel()
