@@ -30,6 +30,9 @@ from proxy.stats import EndpointStatistics
 # Seconds between samples: short, so the autoscaler sees a load step within a couple of
 # seconds (its window is daemon.scaling.driver.LOAD_WINDOW).
 SAMPLE_INTERVAL = 2.0
+# ... and while no deployment is autoscaled, every 10 s: `berth metrics` and the per-minute
+# rollups need no more, and each round wakes berthd and a thread (host, GPUs).
+IDLE_SAMPLE_INTERVAL = 10.0
 # Seconds between container stats of replicas whose CPU and memory no autoscaler reads (for
 # `berth metrics` and the per-minute rollups): one stats call for 20 containers costs the
 # Podman service 15-30 ms of CPU (docs/benchmarks.md), 1 % of a core every 2 s for figures
@@ -107,6 +110,14 @@ def scraped_json(daemon: ControlPlane, scraper: Scraper, name: str) -> dict[str,
     return scraper.deployment_json(name, queries(worker.active_spec() if worker else None))
 
 
+def any_autoscaled(daemon: ControlPlane) -> bool:
+    """Whether an autoscaler reads the samples now (the sampler's fast rounds)."""
+    return any(
+        (spec := worker.active_spec()) is not None and autoscaled(spec)
+        for worker in daemon.workers.values()
+    )
+
+
 def metrics_sampler(daemon: ControlPlane, scraper: Scraper | None = None) -> MetricsSampler:
     def statistics(name: str) -> EndpointStatistics | None:
         endpoint = daemon.endpoints.get(name)
@@ -120,6 +131,8 @@ def metrics_sampler(daemon: ControlPlane, scraper: Scraper | None = None) -> Met
         rollups=StoreRollups(daemon.store),
         deployments=lambda: list(daemon.workers),
         interval=SAMPLE_INTERVAL,
+        idle_interval=IDLE_SAMPLE_INTERVAL,
+        fast=partial(any_autoscaled, daemon),
         stats_interval=STATS_INTERVAL,
         scraped=None if scraper is None else partial(scraped_json, daemon, scraper),
     )

@@ -90,6 +90,8 @@ class MetricsSampler:
         rollups: RollupStore | None = None,
         deployments: Callable[[], Iterable[str]] | None = None,
         interval: float = DEFAULT_INTERVAL,
+        idle_interval: float | None = None,
+        fast: Callable[[], bool] | None = None,
         stats_interval: float | None = None,
         sample_timeout: float | None = None,
         keep_s: float = DEFAULT_KEEP,
@@ -109,6 +111,10 @@ class MetricsSampler:
         self._rollups = rollups
         self._deployments = deployments
         self.interval = interval
+        # While `fast()` says no autoscaler reads the samples, rounds come every
+        # `idle_interval` instead: figures for `berth metrics` and the rollups only.
+        self.idle_interval = max(interval, idle_interval or interval)
+        self._fast = fast
         # Container stats cost Podman ~0.7 ms of CPU per container: not every round for all.
         self.stats_interval = max(interval, stats_interval or interval)
         self.sample_timeout = sample_timeout if sample_timeout is not None else interval * 0.8
@@ -152,8 +158,14 @@ class MetricsSampler:
             deadline = trio.current_time()
             while True:
                 await self.sample_once()
-                deadline = max(deadline + self.interval, trio.current_time())
+                deadline = max(deadline + self.current_interval(), trio.current_time())
                 await trio.sleep_until(deadline)
+
+    def current_interval(self) -> float:
+        """`interval` while an autoscaler reads the samples (`fast()`), else `idle_interval`."""
+        if self._fast is None or self._fast():
+            return self.interval
+        return self.idle_interval
 
     # -- queries ------------------------------------------------------------------------
 
@@ -173,7 +185,7 @@ class MetricsSampler:
             answer.update(dataclasses.asdict(stats))
         latest = self.windows.latest(name)
         answer["sampled_at"] = None if latest is None else _wall(latest.wall)
-        answer["interval"] = self.interval
+        answer["interval"] = self.current_interval()
         answer["requests_per_s"] = None if latest is None else latest.requests_per_s
         answer["replicas"] = _replicas_json(latest, stats)
         since_s = min(max(since_s, 0.0), self.retention_s)

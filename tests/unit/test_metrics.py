@@ -330,6 +330,23 @@ async def test_stats_of_replicas_no_autoscaler_reads_are_taken_less_often(
     assert [s.replicas[0].cpu_percent for s in samples] == [20.0] * 10
 
 
+async def test_rounds_slow_down_while_no_autoscaler_reads_them(
+    autojump_clock: MockClock,
+) -> None:
+    scaled = [False]
+    rig = make_rig(interval=2.0, idle_interval=10.0, fast=lambda: scaled[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.sampler.run)
+        await trio.sleep(31)  # rounds at 0, 10, 20, 30
+        assert rig.sampler.rounds == 4
+        assert rig.sampler.current_interval() == 10.0
+        scaled[0] = True  # an autoscaled deployment: the round after the next comes 2 s later
+        await trio.sleep(12)  # rounds at 40, 42
+        assert rig.sampler.rounds == 6
+        assert rig.sampler.current_interval() == 2.0
+        nursery.cancel_scope.cancel()
+
+
 async def test_replicas_that_came_at_different_times_share_one_call(
     autojump_clock: MockClock,
 ) -> None:
