@@ -22,7 +22,9 @@ from daemon import __version__
 from daemon.api.apply import ApplyRefused, apply_spec_text, check_spec_text
 from daemon.api.control_plane import ControlPlane
 from daemon.api.log_stream import follow_replica_logs, replica_logs
+from daemon.api.pull_stream import follow_pull
 from daemon.http.server import Request, Response
+from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.worker import WorkerSnapshot
 from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, RuntimeFailure
 from daemon.store.database import Deployment, Event, Store
@@ -79,6 +81,8 @@ class AdminApi:
                 return await self.scale(name, req)
             case ["deployments", name, "logs"] if m == "GET":
                 return await self.logs(name, req)
+            case ["deployments", name, "pull"] if m == "POST":
+                return await self.pull(name)
             case ["deployments", name, "metrics"] if m == "GET":
                 return await self.metrics(name, req)
             case ["events"] if m == "GET":
@@ -181,7 +185,24 @@ class AdminApi:
         startup = spec.health.startup if spec else None
         # How long a replica may take to pass its startup probe (a model's load): seconds.
         summary["startup_budget"] = startup.budget if startup else None
+        worker = self.d.workers.get(name)
+        pulling = worker.images.status() if worker else None
+        summary["pulling"] = pulling.to_json() if pulling else None
         return Response(json=summary)
+
+    async def pull(self, name: str) -> Response:
+        """Pull the active spec's image (with its [registry] credentials), followed."""
+        spec = await self.d.active_spec(name) if await self._deployment(name) else None
+        if spec is None:
+            return error(404, f"no deployment named {name!r}")
+        try:
+            auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
+        except RegistryCredentialsError as exc:
+            return error(409, f"registry credentials: {exc}")
+        images = self.d.ensure_worker(name).images
+        send, receive = trio.open_memory_channel[bytes](FOLLOW_BUFFER)
+        follow = partial(follow_pull, images, spec.image, auth, send)
+        return Response(stream=receive, producer=follow, content_type="application/x-ndjson")
 
     async def remove(self, name: str) -> Response:
         deployment = await self.d.store.call(Store.mark_removed, name)

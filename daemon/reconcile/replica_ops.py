@@ -38,10 +38,16 @@ from daemon.health.backoff import RestartBackoff
 from daemon.integrations.git import MountError
 from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.context import ActiveRevision, WorkerContext
+from daemon.reconcile.image_pull import ImagePuller
 from daemon.reconcile.plan import Action, CreateReplica, RemoveReplica, StartReplica, StopReplica
 from daemon.reconcile.replica_spec import ReplicaIdentity, ReplicaPlacement, replica_container
 from daemon.reconcile.replicas import ReplicaMemory
-from daemon.runtime.interface import ContainerNotFound, MountSpec, RuntimeFailure
+from daemon.runtime.interface import (
+    ContainerNotFound,
+    MountSpec,
+    RuntimeFailure,
+    TemporaryRuntimeError,
+)
 from daemon.store.database import ReplicaRecord, Store
 
 log = logging.getLogger("berthd")
@@ -50,9 +56,10 @@ log = logging.getLogger("berthd")
 class CreateRefused(Exception):
     """New replicas cannot be made now; the message says why, fit for an event."""
 
-    def __init__(self, message: str, *, repeated: bool = False) -> None:
+    def __init__(self, message: str, *, repeated: bool = False, temporary: bool = False) -> None:
         super().__init__(message)
         self.repeated = repeated
+        self.temporary = temporary  # e.g. a pull that stalled: retried, nothing is wrong
 
 
 class ReplicaOps:
@@ -87,6 +94,8 @@ class ReplicaOps:
         self._last_stop_timeout = 10.0
         self._last_drain_timeout = 30.0
         self._pulled_for: str | None = None  # the revision (spec_id) the image was pulled for
+        # Pulls run in the worker's nursery and are shared with `berth pull`.
+        self.images = ImagePuller(deployment, lambda: ctx.runtime, ctx.events, lambda: self.tasks)
 
     def __repr__(self) -> str:
         return f"<ReplicaOps {self.deployment} create_error={self.create_error!r}>"
@@ -250,7 +259,9 @@ class ReplicaOps:
         except CreateRefused as exc:
             ctx.gpus.release(key)
             await self._create_failed(str(exc), rid, "create-failed", quiet=exc.repeated)
-            self.create_blocked = True  # a pull or a mount: `apply --wait` must not wait it out
+            # A pull or a mount: `apply --wait` must not wait it out; a stalled or broken
+            # download is retried (its stored layers kept) and blocks nothing.
+            self.create_blocked = not exc.temporary
             return
         host_port = ctx.ports.allocate(key)
         extra = {port: ctx.ports.allocate(key) for port in sorted(self._extra_ports(spec))}
@@ -305,12 +316,13 @@ class ReplicaOps:
                 )
             again = spec.pull is PullPolicy.ALWAYS and self._pulled_for != active.spec_id
             if not present or again:
-                await ctx.events.emit("pull", f"pulling {spec.image}", deployment=self.deployment)
-                await ctx.runtime.pull(spec.image, auth=auth)
+                await self.images.pull(spec.image, auth)
                 self._pulled_for = active.spec_id
             return await ctx.mounts.prepare(spec, active.spec_id)
         except RegistryCredentialsError as exc:
             raise CreateRefused(f"registry credentials: {exc}") from exc
+        except TemporaryRuntimeError as exc:
+            raise CreateRefused(f"cannot pull {spec.image}: {exc}", temporary=True) from exc
         except RuntimeFailure as exc:
             raise CreateRefused(f"cannot pull {spec.image}: {exc}") from exc
         except MountError as exc:

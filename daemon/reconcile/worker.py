@@ -44,6 +44,7 @@ from daemon.gpu.ledger import LABEL_GPUS, parse_gpus_label, replica_key
 from daemon.gpu.placement import Assignment
 from daemon.health.verdicts import ReplicaHealth
 from daemon.reconcile.context import ActiveRevision, WorkerContext
+from daemon.reconcile.image_pull import ImagePuller
 from daemon.reconcile.plan import (
     CreateReplica,
     Desired,
@@ -172,6 +173,11 @@ class DeploymentWorker:
 
     def active_spec(self) -> DeploymentSpec | None:
         return self._active.spec if self._active else None
+
+    @property
+    def images(self) -> ImagePuller:
+        """The deployment's image pulls: the one under way (`berth get`), `berth pull`."""
+        return self._ops.images
 
     def replica_ports(self) -> dict[str, dict[int, int]]:
         """Each replica's published ports, container port -> 127.0.0.1 port (the scraper's)."""

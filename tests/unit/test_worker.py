@@ -42,6 +42,7 @@ from daemon.runtime.interface import (
     PullProgressFn,
     RegistryAuth,
     RuntimeFailure,
+    TemporaryRuntimeError,
 )
 from daemon.store.access import StoreAccess
 from daemon.store.database import Store
@@ -460,6 +461,25 @@ async def test_an_image_that_cannot_be_pulled_fails_the_deployment_with_the_reas
     mock_clock.jump(5.0)
     await rig.settle()
     assert rig.worker.snapshot().status != "failed" and len(rig.replicas()) >= 1
+
+
+async def test_a_stalled_pull_is_retried_and_fails_nothing(rig: Rig, mock_clock: MockClock) -> None:
+    """A pull that stalled (the runtime's idle timeout) is temporary: the deployment goes on
+    progressing with the reason shown, and the next try (its stored layers kept) runs."""
+    image = "127.0.0.1:5000/team/big:1"
+    rig.runtime.pullable.add(image)
+    stalled = TemporaryRuntimeError(f"pull {image}: no progress for 300s")
+    rig.runtime.fail("pull", stalled)
+    rig.apply(spec_text(rig.port).replace(IMAGE, image))
+    await rig.worker.reconcile_once()
+    await rig.worker.reconcile_once()
+    snapshot = rig.worker.snapshot()
+    assert snapshot.status == "progressing" and "no progress for 300s" in (snapshot.error or "")
+    mock_clock.jump(5.0)
+    await rig.settle()
+    assert len(rig.replicas()) == 2
+    assert [c[0] for c in rig.runtime.calls].count("pull") == 2
+    assert rig.events().count("pulled") == 1
 
 
 # -- faults: an observation that fails is unknown, holdings are derived from containers ------
