@@ -1,10 +1,10 @@
 """Private registries against a real one: Debian's docker-registry (distribution 2.8) on loopback.
 
 The registry runs from this module's fixture, by PID, with its own config, htpasswd file and
-storage in a temp dir, TLS off, on 127.0.0.1:<free port>. Podman is told that this one address
-(and no other) may be spoken to without TLS the way an admin would: an `insecure = true` entry
-in a registries.conf. libpod's API service reads `CONTAINERS_REGISTRIES_CONF` from its own
-environment, so the module starts its own `podman system service` with it set.
+storage in a temp dir, TLS off, on 127.0.0.1:<free port> (tests/local_registry.py). Podman is
+told that this one address (and no other) may be spoken to without TLS the way an admin
+would: an `insecure = true` entry in a registries.conf, read by a `podman system service` of
+the module's own.
 
 A missing `docker-registry` or `htpasswd` FAILS these tests (scripts/setup-host.sh installs the
 `docker-registry` and `apache2-utils` packages): CI must run them.
@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -32,13 +30,10 @@ from config.spec import Registry
 from daemon.integrations.registry import registry_auth
 from daemon.runtime.interface import ContainerSpec, ImageNotFound, RegistryAuth, RuntimeFailure
 from daemon.runtime.podman import PodmanRuntime
-from tests.conftest import free_port, podman_binary, socket_answers
+from tests.conftest import free_port
+from tests.local_registry import PASSWORD, USER, podman, push, start_podman, start_registry, stop
 
 pytestmark = pytest.mark.podman
-
-USER = "berth-ci"
-PASSWORD = "S3cret pass:w0rd"  # a space and a colon: it must survive every encoding
-START_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -49,130 +44,36 @@ class LocalRegistry:
     tmp: Path
 
 
-def _need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.fail(
-            f"`{binary}` is not installed: the private-registry tests need Debian's `{package}` "
-            "package (scripts/setup-host.sh installs docker-registry and apache2-utils)",
-            pytrace=False,
-        )
-    return path
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _start_registry(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    registry = _need("docker-registry", "docker-registry")
-    htpasswd = _need("htpasswd", "apache2-utils")
-    users = subprocess.run(
-        [htpasswd, "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True
-    ).stdout
-    (tmp / "htpasswd").write_text(users)
-    (tmp / "storage").mkdir()
-    # JSON is YAML: no YAML writer needed.
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(tmp / "storage")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-        "auth": {"htpasswd": {"realm": "berth-test", "path": str(tmp / "htpasswd")}},
-    }
-    (tmp / "config.yml").write_text(json.dumps(config))
-    with (tmp / "registry.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [registry, "serve", str(tmp / "config.yml")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1.0).status_code == 401:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(
-                f"docker-registry did not answer on 127.0.0.1:{port} (exit status {proc.poll()}):"
-                "\n" + (tmp / "registry.log").read_text(errors="replace")[-2000:],
-                pytrace=False,
-            )
-        time.sleep(0.05)
-
-
-def _start_podman(tmp: Path, address: str) -> subprocess.Popen[bytes]:
-    conf = tmp / "registries.conf"
-    conf.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
-    sock = tmp / "podman.sock"
-    with (tmp / "podman.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [podman_binary(), "system", "service", "--time=0", f"unix://{sock}"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)},
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not socket_answers(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(
-                "podman system service did not answer:\n"
-                + (tmp / "podman.log").read_text(errors="replace")[-2000:],
-                pytrace=False,
-            )
-        time.sleep(0.05)
-    return proc
-
-
-def _podman(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([podman_binary(), *args], capture_output=True, text=True, check=False)
-
-
 @pytest.fixture(scope="module")
 def local_registry(echo_image: str) -> Iterator[LocalRegistry]:
     tmp = Path(tempfile.mkdtemp(prefix="berth-test-registry-"))
     address = f"127.0.0.1:{free_port()}"
-    registry = _start_registry(tmp, int(address.rsplit(":", 1)[1]))
+    registry = start_registry(tmp, int(address.rsplit(":", 1)[1]))
     service: subprocess.Popen[bytes] | None = None
     image = f"{address}/berth/echo:1"
     try:
-        pushed = _podman(
-            "push", "--tls-verify=false", "--creds", f"{USER}:{PASSWORD}", echo_image, image
-        )
-        if pushed.returncode != 0:
-            pytest.fail(f"podman push to {address} failed: {pushed.stderr}", pytrace=False)
-        service = _start_podman(tmp, address)
+        push(echo_image, image)
+        service = start_podman(tmp, [address])
         yield LocalRegistry(address, image, f"unix://{tmp / 'podman.sock'}", tmp)
     finally:
         if service is not None:
-            _stop(service)
-        _stop(registry)
-        _podman("rmi", "--force", image)
+            stop(service)
+        stop(registry)
+        podman("rmi", "--force", image)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
 async def reg_runtime(local_registry: LocalRegistry) -> AsyncIterator[PodmanRuntime]:
     """A runtime on the registry-aware Podman, with the pushed image absent locally."""
-    _podman("rmi", "--force", local_registry.image)
+    podman("rmi", "--force", local_registry.image)
     runtime = PodmanRuntime(local_registry.podman_url)
     try:
         assert not await runtime.image_exists(local_registry.image)
         yield runtime
     finally:
         await runtime.aclose()
-        _podman("rmi", "--force", local_registry.image)
+        podman("rmi", "--force", local_registry.image)
 
 
 def write_secret(path: Path, text: str) -> str:

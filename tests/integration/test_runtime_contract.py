@@ -9,7 +9,7 @@ change produces. A difference found here is a bug in the fake (or in the contrac
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 
 import pytest
@@ -24,10 +24,13 @@ from daemon.runtime.interface import (
     ContainerRuntime,
     ContainerSpec,
     ImageNotFound,
+    PullProgress,
+    RegistryAuth,
     RuntimeFailure,
     TemporaryRuntimeError,
 )
 from daemon.runtime.podman import PodmanRuntime
+from tests.local_registry import PASSWORD, USER, RegistryRig, push, registry_rig, remove_images
 
 pytestmark = pytest.mark.podman
 
@@ -213,3 +216,40 @@ async def test_stats_many_measures_the_running_ones_in_one_call(
     for container_id in (created, stopped, gone):
         with pytest.raises(ContainerNotFound):
             await any_runtime.stats(container_id)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[RegistryRig]:
+    with registry_rig(proxies=0) as made:
+        yield made
+
+
+@pytest.mark.parametrize("kind", ["fake", "podman"])
+async def test_a_pull_reports_its_layers_and_a_missing_image_is_image_not_found(
+    kind: str, registry: RegistryRig, echo_image: str
+) -> None:
+    image = f"{registry.address}/berth/contract:{uuid.uuid4().hex[:8]}"
+    missing = f"{registry.address}/berth/contract:never-pushed"
+    auth = RegistryAuth(username=USER, password=PASSWORD)
+    runtime: ContainerRuntime
+    if kind == "fake":
+        runtime = FakeRuntime()
+        runtime.pullable.add(image)
+    else:
+        push(echo_image, image)
+        remove_images(image)
+        runtime = PodmanRuntime(registry.podman_url)
+    seen: list[PullProgress] = []
+    try:
+        assert not await runtime.image_exists(image)
+        with trio.fail_after(60):
+            await runtime.pull(image, auth=auth, progress=seen.append)
+        assert await runtime.image_exists(image)
+        # At least one report, the last one whole: every layer done.
+        assert seen and seen[-1].layers_done == seen[-1].layers_total >= 1
+        with trio.fail_after(60), pytest.raises(ImageNotFound, match="manifest unknown"):
+            await runtime.pull(missing, auth=auth)
+    finally:
+        await runtime.aclose()
+        if kind == "podman":
+            remove_images(image)
