@@ -99,10 +99,15 @@ class ReplicaHealth:
         return [t for k, t in self.tracks.items() if k != ProbeKind.STARTUP]
 
     def due(self, now: float) -> list[ProbeTrack]:
-        """Probes to run now; each is marked in flight until its result is recorded."""
+        """Probes to run now; each is marked in flight until its result is recorded.
+
+        The next probe of a track is due one period after this one begins (kubelet's
+        ticker), not after its result: the prober knows when to wake without waiting for
+        results. A probe still in flight then is not doubled: the next runs after it."""
         tracks = [t for t in self._active() if not t.in_flight and t.next_at <= now]
         for t in tracks:
             t.in_flight = True
+            t.next_at = now + t.probe.period
         return tracks
 
     def abandon(self, kind: ProbeKind) -> None:
@@ -127,7 +132,6 @@ class ReplicaHealth:
         track = self.tracks[kind]
         track.in_flight = False
         track.last = self.last_result = result
-        track.next_at = now + track.probe.period
         if result.ok:
             track.successes += 1
             track.failures = 0

@@ -110,7 +110,10 @@ class Prober:
         transitions = health.record(kind, result, now)
         if not health.ready:
             self._on_unready(memory.replica_id)  # out of rotation before any await
-        self._wake.set()
+        if transitions or health.tracks[kind].next_at <= now:
+            # Which tracks run changed, or this one's next probe came due while it ran: the
+            # loop (asleep until the next due time it knew) must look again.
+            self._wake.set()
         for transition in transitions:
             await self._tell(memory, health, transition, result, now)
         if transitions:

@@ -108,7 +108,15 @@ def test_initial_delay_and_period_schedule_the_probes() -> None:
     (track,) = state.due(105.0)
     assert state.due(105.0) == []  # in flight: not handed out twice
     state.record(R, OK, 105.2)
-    assert state.next_due() == pytest.approx(115.2)
+    assert state.next_due() == pytest.approx(115.0)  # a period after it began, as kubelet
+
+
+def test_a_probe_that_outlasts_its_period_is_not_doubled_and_the_next_is_due_at_once() -> None:
+    state = ReplicaHealth.begin(Health(readiness=probe(delay=0.0)), 8080, started_at=0.0)
+    (track,) = state.due(0.0)
+    assert state.due(10.5) == [] and state.next_due() is None  # still in flight at 10 s
+    state.record(R, OK, 11.0)
+    assert state.next_due() == pytest.approx(10.0)  # overdue: the prober runs it now
 
 
 def test_an_adopted_replica_is_probed_at_once_and_one_pass_makes_it_ready() -> None:
