@@ -9,6 +9,11 @@ Invariants:
   replica that left it keeps its counters while it has requests in flight.
 - Statistics are plain counters bumped on the hot path (`began`, `started`, `stopped`,
   `finished`), summarised only when read (`Endpoint.statistics`).
+- `timeouts` is read by each wait as it begins, never cached by a session: `set_timeouts`
+  applies to every wait that begins after it (a new connection, the next request on a
+  kept-alive one, a connect, a response read), and a wait under way keeps the value it
+  began with (a response being read or streamed keeps its `read_idle`). The poller's tick
+  follows the shortest timeout (`poller_tick`) and changes with it.
 - Hold mode: `hold` waits while the set is empty, at most `hold_max_queue` requests at
   once and none longer than `hold_max_wait`; `wake_held` makes every held request look
   again (a replica came, the settings changed, or the endpoint drains).
@@ -48,6 +53,13 @@ class EndpointTimeouts:
     header_read: float = 10.0  # from a request's first byte to the end of its head
 
 
+def poller_tick(timeouts: EndpointTimeouts) -> float:
+    """The watchdog's tick: a quarter of the shortest timeout it ends, within 10-500 ms
+    (a timeout fires within one tick of its time, `proxy.poller`)."""
+    shortest = min(timeouts.connect, timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
+    return min(0.5, max(0.01, shortest / 4))
+
+
 class Balancer:
     """What every session of an endpoint shares: upstreams, pool, counters, policy."""
 
@@ -61,8 +73,7 @@ class Balancer:
         self.timeouts = timeouts
         self.upstreams = RoundRobin()
         self.pool = Pool()
-        shortest = min(timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
-        self.poller = Poller(tick=min(0.5, max(0.01, shortest / 4)))
+        self.poller = Poller(tick=poller_tick(timeouts))
         self.draining = False
         self.on_suspect = on_suspect
         # Hold mode (see the module docstring); max_wait None: off.
@@ -88,6 +99,13 @@ class Balancer:
             del self.replicas[rid]
         if current:
             self.wake_held()
+
+    def set_timeouts(self, timeouts: EndpointTimeouts) -> None:
+        """New timeouts for every wait that begins from now on (see the module docstring)."""
+        if timeouts == self.timeouts:
+            return
+        self.timeouts = timeouts
+        self.poller.retick(poller_tick(timeouts))
 
     def wake_held(self) -> None:
         """Held requests look again: at the upstream set, the hold settings, draining."""

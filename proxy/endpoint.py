@@ -11,6 +11,12 @@ Invariants:
   takes any `Exception` (never a cancellation), logs it once with the endpoint and the
   peer, and closes that connection; the listener and every other session go on. The
   barrier is one `try` around the whole session, so it costs nothing per request.
+- Its address (`bind`, `port`) is fixed for its life; its timeouts are not:
+  `set_timeouts` applies to every wait that begins after it and leaves the waits under
+  way as they are (`proxy.balancer`), with no rebind.
+- `wait_listener_closed` returns once the listening socket is closed (after
+  `begin_shutdown`, or when `run` ends), while in-flight requests may still drain: the
+  port is free for another listener from then on.
 - Statistics are recorded by plain counters on the hot path (`proxy.balancer`) and
   summarised on read (`statistics`).
 - Hold mode (`hold_when_empty`, scale from zero, as Knative's activator): while the set is
@@ -63,6 +69,7 @@ class Endpoint:
         self._handlers_scope: trio.CancelScope | None = None
         self._drain_deadline: float | None = None
         self._address: tuple[str, int] | None = None
+        self._listener_closed = trio.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -70,6 +77,20 @@ class Endpoint:
         if self._address is None:
             raise RuntimeError(f"endpoint {self.name!r} is not listening")
         return self._address
+
+    @property
+    def timeouts(self) -> EndpointTimeouts:
+        return self._balancer.timeouts
+
+    def set_timeouts(self, timeouts: EndpointTimeouts) -> None:
+        """New timeouts, in place: for every wait that begins from now on (a new
+        connection, the next request on a kept-alive one, a connect, a response read); a
+        wait under way keeps its own. The poller's tick follows them."""
+        self._balancer.set_timeouts(timeouts)
+
+    async def wait_listener_closed(self) -> None:
+        """Until the listening socket is closed (see the module docstring)."""
+        await self._listener_closed.wait()
 
     def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
         self._balancer.set_upstreams(upstreams)
@@ -113,7 +134,11 @@ class Endpoint:
         return self._balancer.waiting
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = sockets.listen(self.bind, self.port)
+        try:
+            listener = sockets.listen(self.bind, self.port)
+        except OSError:
+            self._listener_closed.set()  # there is none
+            raise
         name = listener.getsockname()
         self._address = (str(name[0]), int(name[1]))
         closed = False
@@ -133,11 +158,13 @@ class Endpoint:
                             handlers.start_soon(self._serve, sock, peer)
                     sockets.close_listener(listener)
                     closed = True
+                    self._listener_closed.set()
                 self._balancer.pool.close_all()
                 poller.cancel_scope.cancel()
         finally:
             if not closed:
                 sockets.close_listener(listener)
+            self._listener_closed.set()
             self._balancer.pool.close_all()
             self._address = None
 

@@ -81,13 +81,13 @@ class Session:
 
     async def serve(self) -> None:
         b = self.balancer
-        timeouts = b.timeouts
         reader = self.reader
         conn = self.conn
         ex = self.exchange
         try:
             while not b.draining:
                 self.idle = True
+                timeouts = b.timeouts  # per request: a change applies to the next one
                 try:
                     if not reader.has_events():
                         # Wait for the first byte of the next request (client idle time).

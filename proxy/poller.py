@@ -24,6 +24,9 @@ Invariants:
 - With no wait in `waiting` the watchdog parks (an idle endpoint wakes nobody); the first
   wait to begin rouses it (`rouse`), which also brings the coarse clock `now` up to date
   before that wait's deadline is computed from it.
+- `retick` (the endpoint's timeouts changed) takes effect at once: `now` is brought up to
+  date and a watchdog sleep under way ends by the new tick, so a shorter tick never waits
+  out the rest of a longer one.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class Poller:
         "_conns",
         "_standby",
         "_watchdog",
+        "_tick_scope",
     )
 
     def __init__(self, tick: float) -> None:
@@ -108,6 +112,7 @@ class Poller:
         self._conns: dict[int, Polled] = {}
         self._standby: Task | None = None  # the standby task, while parked
         self._watchdog: Task | None = None  # the watchdog task, while parked
+        self._tick_scope: trio.CancelScope | None = None  # the watchdog's sleep, while asleep
         self.watchdog_parked = False  # read by every wait: a plain attribute is cheapest
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -235,6 +240,15 @@ class Poller:
         if task is not None:
             reschedule(task)
 
+    def retick(self, tick: float) -> None:
+        """A new tick, at once: the coarse clock is brought up to date, and a watchdog
+        sleep under way ends no later than `tick` from now."""
+        self.tick = tick
+        self.now = trio.current_time()
+        scope = self._tick_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, self.now + tick)
+
     def _abort_watchdog(self, _: object) -> Abort:
         self._watchdog = None
         self.watchdog_parked = False
@@ -246,7 +260,11 @@ class Poller:
                 self._watchdog = current_task()
                 self.watchdog_parked = True
                 await wait_task_rescheduled(self._abort_watchdog)
-            await trio.sleep(self.tick)
+            # trio.sleep is this same scope; holding it lets `retick` shorten the sleep.
+            with trio.CancelScope(deadline=trio.current_time() + self.tick) as scope:
+                self._tick_scope = scope
+                await trio.sleep_forever()
+            self._tick_scope = None
             now = self.now = trio.current_time()
             overdue = [c for c in self.waiting if c.deadline <= now]
             for conn in overdue:

@@ -4,9 +4,19 @@ Endpoints live in their own nursery, apart from the reconcile workers, so that o
 berthd can stop accepting and drain in-flight requests (hypercorn's graceful drain) while the
 workers are simply cancelled, leaving every container running.
 
-An endpoint is keyed by deployment name. `ensure` (re)binds it when its address or timeouts
-change; `close` drains it away when the deployment goes. A replica set is pushed with
-`set_upstreams`: the proxy applies it to the next request, no listener restart.
+An endpoint is keyed by deployment name. `ensure` applies a spec to it: everything but the
+address applies in place (the timeouts through `Endpoint.set_timeouts`, the drain timeout
+kept here, the cold-start hold set by the worker), with no rebind; only a new `bind` or
+`port` makes a new listener, and that one is bound before the old one closes, so there is
+no moment with nobody listening. The old endpoint then stops accepting at once and drains
+its in-flight requests in the background (bounded by its drain timeout); `ensure` returns
+once its listening socket is closed. The one case that cannot be bound first is the same
+port on an address that overlaps the old one (`0.0.0.0` <-> `127.0.0.1`, `::` <-> `::1`:
+the kernel refuses a second listener there without SO_REUSEPORT, which would let another
+program share the port unseen): there the old listener closes first and the new one binds
+right after, a refused window of one bind. `close` drains an endpoint away when the
+deployment goes. A replica set is pushed with `set_upstreams`: the proxy applies it to
+the next request, no listener restart.
 
 A fault stays with its endpoint: one whose listener fails after it started (an unexpected
 error in its accept loop or poller) is logged and dropped, and the next `ensure` from its
@@ -15,6 +25,7 @@ worker binds it again; the other endpoints, and berthd, go on.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +36,10 @@ from config.spec import Endpoint as EndpointSpec
 from proxy.endpoint import Endpoint, EndpointTimeouts
 
 log = logging.getLogger("berthd")
+
+# How long a moved endpoint's old listener may take to close (its accept loop ends at its
+# next checkpoint: in practice at once; the bound is for a wedged one).
+LISTENER_CLOSE_WAIT = 5.0
 
 
 class _Started:
@@ -37,7 +52,7 @@ class _Started:
         self._started()
 
 
-@dataclass
+@dataclass(eq=False)  # held in a set, by identity
 class _Slot:
     spec: EndpointSpec
     endpoint: Endpoint
@@ -46,9 +61,9 @@ class _Slot:
     done: trio.Event = field(default_factory=trio.Event)
 
 
-def _listening(spec: EndpointSpec) -> tuple[object, ...]:
+def _address(spec: EndpointSpec) -> tuple[str, int]:
     """What the listener is made of: a change of anything else applies without a rebind."""
-    return (spec.bind, spec.port, spec.connect_timeout, spec.read_timeout, spec.client_idle_timeout)
+    return (spec.bind, spec.port)
 
 
 def timeouts_of(spec: EndpointSpec) -> EndpointTimeouts:
@@ -62,6 +77,7 @@ def timeouts_of(spec: EndpointSpec) -> EndpointTimeouts:
 class EndpointManager:
     def __init__(self, drain_timeout: float = 30.0) -> None:
         self._slots: dict[str, _Slot] = {}
+        self._retiring: set[_Slot] = set()  # moved away: not accepting, draining
         self._nursery: trio.Nursery | None = None
         self._drain_timeout = drain_timeout
 
@@ -89,11 +105,10 @@ class EndpointManager:
         default when None)."""
         drain = self._drain_timeout if drain_timeout is None else drain_timeout
         slot = self._slots.get(name)
-        if slot is not None and _listening(slot.spec) == _listening(spec):
-            slot.spec, slot.drain_timeout = spec, drain
+        if slot is not None and _address(slot.spec) == _address(spec):
+            slot.endpoint.set_timeouts(timeouts_of(spec))
+            slot.spec, slot.drain_timeout, slot.on_lost = spec, drain, on_lost
             return slot.endpoint
-        if slot is not None:
-            await self.close(name)
         assert self._nursery is not None, "EndpointManager.run has not started"
         endpoint = Endpoint(
             name,
@@ -103,9 +118,37 @@ class EndpointManager:
             on_suspect=on_suspect,
         )
         new = _Slot(spec, endpoint, drain, on_lost)
-        await self._nursery.start(self._serve, new)
+        if slot is None:
+            await self._nursery.start(self._serve, new)
+        else:
+            await self._move(name, slot, new)
         self._slots[name] = new
         return endpoint
+
+    async def _move(self, name: str, old: _Slot, new: _Slot) -> None:
+        """A new address: bind `new` first, then retire `old` (see the module docstring).
+        A bind that fails leaves `old` serving, and raises."""
+        assert self._nursery is not None
+        try:
+            await self._nursery.start(self._serve, new)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or old.spec.port != new.spec.port:
+                raise
+            # The same port on an overlapping address: one listener at a time.
+            await self._retire(name, old)
+            await self._nursery.start(self._serve, new)
+        else:
+            await self._retire(name, old)
+
+    async def _retire(self, name: str, slot: _Slot) -> None:
+        """Stop `slot` accepting and wait for its listener to close; its in-flight requests
+        drain in the background, within its drain timeout."""
+        if self._slots.get(name) is slot:
+            del self._slots[name]
+        self._retiring.add(slot)
+        slot.endpoint.begin_shutdown(slot.drain_timeout)
+        with trio.move_on_after(LISTENER_CLOSE_WAIT):
+            await slot.endpoint.wait_listener_closed()
 
     async def _serve(
         self, slot: _Slot, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -122,12 +165,16 @@ class EndpointManager:
         except Exception:
             if not started:
                 raise  # a bind that fails is the caller's to report (endpoint-failed)
+            if slot in self._retiring:
+                log.exception("endpoint %s failed while draining", slot.endpoint.name)
+                return
             log.exception("endpoint %s failed; bound again by its next round", slot.endpoint.name)
             for name, held in list(self._slots.items()):
                 if held is slot:
                     del self._slots[name]
             slot.on_lost()
         finally:
+            self._retiring.discard(slot)
             slot.done.set()
 
     async def close(self, name: str) -> None:
@@ -140,7 +187,7 @@ class EndpointManager:
 
     async def drain_all(self) -> None:
         """SIGTERM: stop accepting everywhere, let in-flight requests finish (bounded)."""
-        slots = list(self._slots.values())
+        slots = [*self._slots.values(), *self._retiring]
         for slot in slots:
             slot.endpoint.begin_shutdown(slot.drain_timeout)
         longest = max((slot.drain_timeout for slot in slots), default=0.0)

@@ -1,4 +1,6 @@
-"""The daemon's endpoints: a fault in one endpoint's listener ends that endpoint only."""
+"""The daemon's endpoints: a fault in one endpoint's listener ends that endpoint only; a
+change of anything but the address applies in place (tests/integration/test_endpoint_changes.py
+has the same under load, and the moves)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import trio.testing
 from config.spec import Endpoint as EndpointSpec
 from daemon.reconcile.endpoints import EndpointManager
 from proxy import endpoint as proxy_endpoint
+from proxy.balancer import poller_tick
+from proxy.endpoint import EndpointTimeouts
 from tests.conftest import free_port
 
 
@@ -59,3 +63,28 @@ async def test_a_change_of_what_is_not_the_listener_applies_without_a_rebind() -
         moved = EndpointSpec(port=free_port(), bind="127.0.0.1")
         assert await manager.ensure("a", moved) is not first  # a new address: a new listener
         nursery.cancel_scope.cancel()
+
+
+async def test_timeouts_change_in_place_and_the_poller_tick_follows() -> None:
+    manager = EndpointManager()
+    port = free_port()
+    spec = EndpointSpec(port=port, bind="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        first = await manager.ensure("a", spec)
+        assert first.timeouts == EndpointTimeouts() and poller_tick(first.timeouts) == 0.5
+        changed = EndpointSpec(
+            port=port, bind="127.0.0.1", connect_timeout=1.0, read_timeout=0.2,
+            client_idle_timeout=30.0,
+        )  # fmt: skip
+        assert await manager.ensure("a", changed) is first  # the same listener
+        assert first.timeouts == EndpointTimeouts(connect=1.0, read_idle=0.2, client_idle=30.0)
+        assert first._balancer.poller.tick == poller_tick(first.timeouts) == 0.05
+        nursery.cancel_scope.cancel()
+
+
+def test_the_poller_tick_is_a_quarter_of_the_shortest_timeout_within_bounds() -> None:
+    assert poller_tick(EndpointTimeouts()) == 0.5  # the defaults: 5 s connect, 10 s header
+    assert poller_tick(EndpointTimeouts(connect=0.4)) == 0.1
+    assert poller_tick(EndpointTimeouts(client_idle=0.2)) == 0.05
+    assert poller_tick(EndpointTimeouts(read_idle=0.001)) == 0.01

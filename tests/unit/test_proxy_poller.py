@@ -88,3 +88,30 @@ async def test_a_wait_that_is_answered_wakes_on_data_and_expires_nothing(
             nursery.cancel_scope.cancel()
     finally:
         theirs.close()
+
+
+async def test_a_shorter_tick_applies_at_once_not_after_the_longer_one(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The endpoint's timeouts changed (300 s -> 40 ms): a wait begun just after `retick`
+    times out within the new tick of its time, not after the rest of the old 0.5 s tick."""
+    poller = Poller(tick=0.5)
+    ours, theirs = tcp_pair()
+    other, other_peer = tcp_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            long_wait = Conn(other, "long", poller)
+            nursery.start_soon(long_wait.wait_readable, 300.0)  # keeps the watchdog ticking
+            await trio.sleep(1.1)  # mid-tick: the watchdog's sleep ends at 1.5
+            poller.retick(0.01)
+            assert poller.tick == 0.01
+            started = trio.current_time()
+            with pytest.raises(Timeout):
+                await Conn(ours, "short", poller).wait_readable(0.04)
+            waited = trio.current_time() - started
+            assert 0.04 - 0.01 <= waited <= 0.04 + 0.01 + 1e-9, waited
+            nursery.cancel_scope.cancel()
+    finally:
+        theirs.close()
+        other_peer.close()
