@@ -25,6 +25,7 @@ from daemon.http import client
 class ProbeResult:
     ok: bool
     detail: str  # "HTTP 200", "connect refused", "timeout after 1s", ...
+    answered: bool = False  # the server answered (an HTTP status, a TCP connect)
 
 
 async def tcp_probe(host: str, port: int, limit: float) -> ProbeResult:
@@ -34,7 +35,7 @@ async def tcp_probe(host: str, port: int, limit: float) -> ProbeResult:
         except OSError as exc:
             return ProbeResult(False, f"connect failed: {exc.strerror or exc}")
         await stream.aclose()
-        return ProbeResult(True, "TCP connect")
+        return ProbeResult(True, "TCP connect", answered=True)
     return ProbeResult(False, f"timeout after {limit:g}s")
 
 
@@ -57,7 +58,7 @@ async def http_probe(probe: Probe, host: str, port: int) -> ProbeResult:
             return ProbeResult(False, f"not an HTTP response ({exc.shown!r})")
         except client.HttpClientError as exc:
             return ProbeResult(False, str(exc))
-        return ProbeResult(200 <= status < 400, f"HTTP {status}")
+        return ProbeResult(200 <= status < 400, f"HTTP {status}", answered=True)
     return ProbeResult(False, f"timeout after {probe.timeout:g}s")
 
 

@@ -125,6 +125,17 @@ class ReplicaHealth:
         return min(times) if times else None
 
     @property
+    def loading(self) -> bool:
+        """Up but not ready yet (a model loading): its startup probe passed, or, with none,
+        its server answered a readiness probe (HTTP, not ready). Before that: starting."""
+        if self.ready or not self.started:
+            return False
+        if ProbeKind.STARTUP in self.tracks:
+            return True
+        last = self.tracks[ProbeKind.READINESS].last
+        return last is not None and last.answered
+
+    @property
     def consecutive_failures(self) -> int:
         return max((t.failures for t in self.tracks.values()), default=0)
 

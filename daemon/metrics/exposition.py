@@ -67,7 +67,7 @@ from daemon.http.server import Handler, HttpServer, Request, Response, text_erro
 from daemon.metrics.scrape import ScrapedFamilies, ScrapeTarget
 from proxy.stats import EndpointStatistics, LatencySummary, StatusCounts
 
-REPLICA_STATES = ("starting", "ready", "unhealthy", "draining", "stopped", "crashloop")
+REPLICA_STATES = ("starting", "loading", "ready", "unhealthy", "draining", "stopped", "crashloop")
 REQUEST_TIMEOUT = 10.0  # to read a request's body and write its answer
 IDLE_TIMEOUT = 60.0  # a keep-alive connection waiting for its next scrape
 # A scrape carries no body; one that does is refused (413) past this.

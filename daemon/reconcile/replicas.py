@@ -61,7 +61,7 @@ class ReplicaMemory:
             return "ready"
         if health.restart_reason is not None or health.ever_ready:
             return "unhealthy"
-        return "starting"
+        return "loading" if health.loading else "starting"
 
 
 @dataclass(frozen=True)

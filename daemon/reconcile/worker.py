@@ -551,21 +551,26 @@ class DeploymentWorker:
                 f"endpoint listening on {active.spec.endpoint.port}",
                 deployment=self.name,
             )
-        hold = active.spec.endpoint.cold_start_timeout if scales_to_zero(active.spec) else None
+        # With no ready replica, the endpoint holds requests (bounded by cold_start_timeout)
+        # while one is on its way: a new deployment's first load, a restart, a scale from
+        # zero (the endpoint tells us of a held request, so a replica starts at once).
+        coming = active.desired_replicas > 0 or scales_to_zero(active.spec)
+        hold = active.spec.endpoint.cold_start_timeout if coming else None
         if hold is not None and self._hopeless(containers):
             hold = None  # nothing is on its way: a held request is answered 503 now
         if self._hold != (endpoint, hold):
-            # Scale from zero: with no replica, the endpoint holds requests (bounded) and
-            # tells us, so a replica starts at once; a cold start within the wait is no 503.
             endpoint.hold_when_empty(hold, on_wait=self.nudge)
             self._hold = (endpoint, hold)
         endpoint.set_upstreams(self._ready_upstreams(containers, leaving))
 
     def _hopeless(self, containers: list[ContainerInfo]) -> bool:
-        """Replicas exist, and none is ready or starting (each crash-looping or failing) and
-        none is being made: no replica is on its way to a held request."""
-        if not containers or self._ops.creating:
+        """No replica is on its way to a held request: none is being made, and either none
+        can be (its image cannot be pulled, a mount fails) or every one there is crash-loops
+        or fails its probes."""
+        if self._ops.creating:
             return False
+        if not containers:
+            return self._ops.create_blocked
         now = trio.current_time()
         states = {
             self._memory[c.labels[LABEL_REPLICA]].state(c.running, now)

@@ -158,3 +158,20 @@ def test_timeout_total_is_the_whole_startup_budget() -> None:
     assert run_startup(health, loading).restart_reason is None
     assert run_startup(health, [*loading, (900.0, BAD)]).restart_reason is not None
     assert run_startup(health, [*loading, (900.0, OK)]).started
+
+
+def test_loading_is_up_but_not_ready() -> None:
+    # With a startup probe: starting until it passes, then loading until readiness passes.
+    with_startup = Health(startup=probe(threshold=30), readiness=probe())
+    state = ReplicaHealth.begin(with_startup, 8080, started_at=0.0)
+    assert not state.loading
+    state.record(S, OK, 1.0)
+    assert state.started and state.loading and not state.ready
+    state.record(R, OK, 2.0)
+    assert state.ready and not state.loading
+    # Without one: loading once the server answers its readiness probe (not ready yet).
+    state = ReplicaHealth.begin(Health(readiness=probe()), 8080, started_at=0.0)
+    state.record(R, ProbeResult(False, "connect failed: refused"), 1.0)
+    assert not state.loading
+    state.record(R, ProbeResult(False, "HTTP 503", answered=True), 2.0)
+    assert state.loading

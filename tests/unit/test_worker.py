@@ -820,3 +820,34 @@ async def test_a_replica_that_begins_a_run_is_probed_at_once_by_a_sleeping_probe
                 await trio.sleep(0.05)  # MockClock time: the polls cost nothing real
         assert trio.current_time() - began < 1.0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_new_deployment_holds_requests_while_its_first_replicas_start(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    # Not only scale from zero: a fixed count's first load (a model loading for minutes) is
+    # a replica on its way too, so a request waits for it rather than getting 503.
+    rig.apply(spec_text(rig.port))
+    await rig.settle()  # created and started, not ready
+    endpoint = rig.endpoints.get("web")
+    assert endpoint is not None and endpoint.upstreams() == ()
+    assert endpoint._balancer.hold_max_wait == 600.0
+    rig.all_answer()
+    await rig.settle()
+    assert len(endpoint.upstreams()) == 2
+
+
+async def test_no_hold_when_no_replica_can_be_made(rig: Rig, mock_clock: MockClock) -> None:
+    rig.apply(spec_text(rig.port).replace(IMAGE, "localhost/missing:1"))
+    await rig.worker.reconcile_once()  # the pull is refused: nothing is on its way
+    await rig.worker.reconcile_once()
+    endpoint = rig.endpoints.get("web")
+    assert endpoint is not None and endpoint._balancer.hold_max_wait is None
+
+
+async def test_a_pinned_zero_holds_nothing(rig: Rig, mock_clock: MockClock) -> None:
+    rig.apply(spec_text(rig.port))
+    rig.store.set_pinned_replicas("web", 0)
+    await rig.settle()
+    endpoint = rig.endpoints.get("web")
+    assert endpoint is not None and endpoint._balancer.hold_max_wait is None
