@@ -107,6 +107,13 @@ class Balancer:
         self.timeouts = timeouts
         self.poller.retick(poller_tick(timeouts))
 
+    def share_counters(self, other: Balancer) -> None:
+        """Count into `other`'s counters from now on (a move of the endpoint to a new
+        address): its statistics go on across the move, and a replica's in-flight count
+        includes the requests the old listener's sessions still serve."""
+        self.totals = other.totals
+        self.replicas = other.replicas
+
     def wake_held(self) -> None:
         """Held requests look again: at the upstream set, the hold settings, draining."""
         if self.waiting:

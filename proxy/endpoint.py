@@ -14,6 +14,8 @@ Invariants:
 - Its address (`bind`, `port`) is fixed for its life; its timeouts are not:
   `set_timeouts` applies to every wait that begins after it and leaves the waits under
   way as they are (`proxy.balancer`), with no rebind.
+- A moved endpoint (`continue_from`) shares its predecessor's counters: statistics and
+  in-flight counts span the move while the old one drains.
 - `wait_listener_closed` returns once the listening socket is closed (after
   `begin_shutdown`, or when `run` ends), while in-flight requests may still drain: the
   port is free for another listener from then on.
@@ -87,6 +89,12 @@ class Endpoint:
         connection, the next request on a kept-alive one, a connect, a response read); a
         wait under way keeps its own. The poller's tick follows them."""
         self._balancer.set_timeouts(timeouts)
+
+    def continue_from(self, old: Endpoint) -> None:
+        """Take over `old`'s request counters (before `run`): the same deployment's endpoint
+        moved to a new address. Statistics go on, and `in_flight` counts the requests `old`
+        still drains, so a replica's drain waits for those too."""
+        self._balancer.share_counters(old._balancer)
 
     async def wait_listener_closed(self) -> None:
         """Until the listening socket is closed (see the module docstring)."""

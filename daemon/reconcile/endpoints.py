@@ -10,7 +10,9 @@ kept here, the cold-start hold set by the worker), with no rebind; only a new `b
 `port` makes a new listener, and that one is bound before the old one closes, so there is
 no moment with nobody listening. The old endpoint then stops accepting at once and drains
 its in-flight requests in the background (bounded by its drain timeout); `ensure` returns
-once its listening socket is closed. The one case that cannot be bound first is the same
+once its listening socket is closed. The new endpoint counts into the old one's counters,
+so statistics go on and a replica's in-flight count (what a replica's drain waits on)
+includes the requests the old one still serves. The one case that cannot be bound first is the same
 port on an address that overlaps the old one (`0.0.0.0` <-> `127.0.0.1`, `::` <-> `::1`:
 the kernel refuses a second listener there without SO_REUSEPORT, which would let another
 program share the port unseen): there the old listener closes first and the new one binds
@@ -118,6 +120,8 @@ class EndpointManager:
             on_suspect=on_suspect,
         )
         new = _Slot(spec, endpoint, drain, on_lost)
+        if slot is not None:
+            endpoint.continue_from(slot.endpoint)  # statistics and in-flight counts go on
         if slot is None:
             await self._nursery.start(self._serve, new)
         else:

@@ -392,10 +392,14 @@ async def test_a_port_change_binds_the_new_port_before_closing_the_old() -> None
         assert mover.neither == 0, mover
         assert mover.reset_on_old <= 3, mover  # only those queued at the instant it closed
 
-        # The old endpoint drains in the background: its request finishes after the move.
-        assert not held.done.is_set()
+        # The old endpoint drains in the background: its request finishes after the move,
+        # counted where a replica's drain looks, and the statistics go on across the move.
+        assert not held.done.is_set() and moved.in_flight("r1") == 1
+        before = moved.statistics().requests_total
+        assert before >= 20  # the 20 on the new port, and none lost
         up.release.set()
         assert await held.result() == 200
+        assert moved.in_flight("r1") == 0 and moved.statistics().requests_total == before + 1
         nursery.cancel_scope.cancel()
 
 
