@@ -15,9 +15,9 @@ import trio
 from config.canonical import spec_id, spec_to_dict
 from config.errors import SpecError
 from config.parse import parse_spec
-from config.spec import DeploymentSpec
+from config.spec import DeploymentSpec, UpdateStrategy
 from daemon.api.control_plane import ControlPlane
-from daemon.gpu.placement import apply_problems
+from daemon.gpu.placement import apply_problems, surge_warnings
 from daemon.integrations.mount_checks import mount_problems
 from daemon.store.database import ApplyResult, Store
 
@@ -45,7 +45,22 @@ async def check_spec_text(daemon: ControlPlane, text: str, *, source: str) -> di
         outcome = "created"
     else:
         outcome = "unchanged" if active.spec_id == sid else "updated"
-    return {"name": spec.name, "spec_id": sid, "outcome": outcome, "dry_run": True}
+    return {
+        "name": spec.name,
+        "spec_id": sid,
+        "outcome": outcome,
+        "dry_run": True,
+        "warnings": apply_warnings(daemon, spec),
+    }
+
+
+def apply_warnings(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]:
+    """What the spec may do that will not work as meant here, though it is no error."""
+    if spec.update.strategy is not UpdateStrategy.SURGE:
+        return []
+    return surge_warnings(
+        spec.resources, spec.replicas.min, spec.update.max_surge, daemon.gpus.gpus()
+    )
 
 
 def _parsed(text: str, source: str) -> DeploymentSpec:

@@ -16,10 +16,11 @@ from typing import Any
 
 import trio
 
+from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from config.units import parse_duration
 from daemon import __version__
-from daemon.api.apply import ApplyRefused, apply_spec_text, check_spec_text
+from daemon.api.apply import ApplyRefused, apply_spec_text, apply_warnings, check_spec_text
 from daemon.api.control_plane import ControlPlane
 from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.api.pull_stream import follow_pull
@@ -164,7 +165,8 @@ class AdminApi:
             result = await apply_spec_text(self.d, text, source=source)
         except ApplyRefused as exc:
             return error(400, str(exc), problems=exc.problems)
-        return Response(json=dataclasses.asdict(result))
+        warnings = apply_warnings(self.d, parse_spec(text, source=source))
+        return Response(json={**dataclasses.asdict(result), "warnings": warnings})
 
     async def get(self, name: str) -> Response:
         deployment = await self._deployment(name)

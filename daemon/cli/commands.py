@@ -56,6 +56,8 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
         print("\n".join(lines), file=sys.stderr)
         return 1
     name, revision, spec_id = result.get("name"), result.get("revision"), result.get("spec_id")
+    for warning in result.get("warnings") or ():
+        print(f"berth: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(f"{name}: valid; an apply would be {result.get('outcome')} (spec_id {spec_id})")
         return 0

@@ -163,3 +163,34 @@ def apply_problems(resources: Resources, gpus: Sequence[GpuInfo]) -> list[str]:
                 f"({format_size(max(known))}) (got {got})"
             ]
     return []
+
+
+def surge_warnings(
+    resources: Resources, replicas: int, surge: int, gpus: Sequence[GpuInfo]
+) -> list[str]:
+    """An explicit `strategy = "surge"` whose update can never fit on this host: `replicas`
+    replicas and `surge` more at once need more GPUs (or VRAM) than it has, even with
+    nothing else running. Not a refusal (the first revision runs; an update waits for room
+    that never comes): a warning at apply, naming the field."""
+    if surge <= 0 or not gpus:
+        return []
+    needed = replicas + surge
+    if resources.gpus > 0:
+        fits = len(gpus) // resources.gpus
+        each = f"{resources.gpus} GPU{'s' if resources.gpus != 1 else ''} each"
+        have = f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}"
+    elif resources.gpu_memory is not None:
+        known = [g.memory_total_bytes for g in gpus if g.memory_total_bytes is not None]
+        fits = sum(total // resources.gpu_memory for total in known)
+        each = f"{format_size(resources.gpu_memory)} of VRAM each"
+        have = f"room for {fits}"
+    else:
+        return []
+    if needed <= fits:
+        return []
+    return [
+        f'update.strategy: "surge" starts {surge} new replica{"s" if surge != 1 else ""} beside '
+        f"the {replicas} running ({each}) during an update, and this host has {have}: the "
+        'update would wait for room that never frees; use strategy = "replace" or leave it '
+        "unset (surge while there is room, else replace in place)"
+    ]

@@ -104,3 +104,18 @@ def test_gpu_replicas_get_distinct_devices_and_the_third_waits(
         "1 pending" in berthd.berth("get", "gpu").stdout
         or "pending:" in berthd.berth("get", "gpu").stdout
     )
+
+
+def test_apply_warns_when_an_explicit_surge_can_never_fit(
+    berthd: Berthd, tmp_path: Path, echo_image: str, free_port: Callable[[], int]
+) -> None:
+    berthd.start()
+    spec = tmp_path / "full.toml"
+    text = SPEC.format(image=echo_image, gpus=1, port=free_port()).replace("count = 3", "count = 2")
+    for dry_run in (("--dry-run",), ()):
+        spec.write_text(text + '[update]\nstrategy = "surge"\n')
+        surge = berthd.berth("apply", *dry_run, str(spec))
+        assert 'berth: warning: update.strategy: "surge" starts 1 new replica' in surge.stderr
+        assert "this host has 2 GPUs" in surge.stderr
+    spec.write_text(text)  # unset: surge while there is room, else replace in place
+    assert "warning" not in berthd.berth("apply", str(spec)).stderr

@@ -14,6 +14,7 @@ from daemon.gpu.placement import (
     Unplaceable,
     apply_problems,
     place,
+    surge_warnings,
 )
 
 G = [f"nvidia.com/gpu={i}" for i in range(4)]
@@ -214,3 +215,24 @@ APPLY_CASES: list[tuple[str, Resources, list[GpuInfo], list[str]]] = [
 )
 def test_apply_problems(resources: Resources, gpus: list[GpuInfo], expected: list[str]) -> None:
     assert apply_problems(resources, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("resources", "replicas", "surge", "gpus", "warned"),
+    [
+        (Resources(gpus=1), 2, 1, TWO, True),  # 3 whole GPUs needed, 2 here
+        (Resources(gpus=1), 1, 1, TWO, False),  # 2 fit
+        (Resources(gpus=2), 1, 1, TWO, True),
+        (Resources(gpus=1), 2, 0, TWO, False),  # no surge, nothing to fit
+        (Resources(gpu_memory=12 * GiB), 3, 1, TWO, False),  # two per 24Gi GPU: 4 fit
+        (Resources(gpu_memory=12 * GiB), 4, 1, TWO, True),
+        (Resources(), 9, 3, TWO, False),  # no GPU asked
+        (Resources(gpus=1), 2, 1, [], False),  # no GPU here: apply_problems refuses it
+    ],
+)
+def test_surge_warnings(
+    resources: Resources, replicas: int, surge: int, gpus: list[GpuInfo], warned: bool
+) -> None:
+    warnings = surge_warnings(resources, replicas, surge, gpus)
+    assert bool(warnings) == warned
+    assert all(w.startswith('update.strategy: "surge" starts') for w in warnings)
