@@ -40,7 +40,7 @@ bench: image
 	bench/proxy.sh
 	bench/health.sh
 	$(VENV)/python bench/autoscale.py
-	$(VENV)/python bench/idle.py
+	$(VENV)/python bench/idle.py --period 10s
 	$(VENV)/python bench/coldstart.py
 
 clean:
