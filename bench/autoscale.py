@@ -13,24 +13,17 @@ it by PID and removes the containers it made. Usage: .venv/bin/python bench/auto
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import httpx
-from benchlib import free_port, remove_instance_containers, wait
+from benchlib import Daemon, free_port, stamp, wait
 
-BIN = Path(sys.executable).parent
 IMAGE = "localhost/berth-echo:1"
 SPEC = """
 name = "{name}"
@@ -54,53 +47,6 @@ bind = "127.0.0.1"
 """
 
 
-class Daemon:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.sock = root / "berth.sock"
-        self.log = (root / "berthd.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(BIN / "berthd"), "--state-dir", str(root / "state"), "--socket", str(self.sock)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait(lambda: self.berth("status", check=False).returncode == 0, 60, "berthd")
-
-    def berth(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(BIN / "berth"), "--socket", str(self.sock), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode:
-            raise SystemExit(f"berth {' '.join(args)}: {result.stderr}")
-        return result
-
-    def get(self, name: str) -> dict[str, object]:
-        return json.loads(self.berth("get", name, "--json").stdout)  # type: ignore[no-any-return]
-
-    def events(self, name: str) -> list[dict[str, str]]:
-        out = self.berth("events", name, "--json", "--limit", "500").stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    @staticmethod
-    def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-        wait(check, timeout, what, every=0.05)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        remove_instance_containers(self.berth_instance)
-
-    berth_instance = ""
-
-
-def stamp(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def parts(events: list[dict[str, str]], after: float) -> tuple[float, float]:
     """(container start, readiness) of the first replica created after `after` (wall clock)."""
     created = [e for e in events if e["kind"] == "created" and stamp(e["time"]) >= after]
@@ -117,7 +63,7 @@ def reaction(d: Daemon) -> None:
     spec = d.root / "react.toml"
     spec.write_text(SPEC.format(name="react", image=IMAGE, min=1, delay="1m", port=port))
     d.berth("apply", str(spec), "--wait")
-    first = {r["id"] for r in d.get("react")["replicas"]}  # type: ignore[index,union-attr]
+    first = {r["id"] for r in d.get("react")["replicas"]}
     seen: set[str] = set()
     stop = threading.Event()
 
@@ -131,12 +77,12 @@ def reaction(d: Daemon) -> None:
                 if m:
                     seen.add(m.group(1))
 
-    hosts = {r["container_id"][:12] for r in d.get("react")["replicas"]}  # type: ignore[index,union-attr]
+    hosts = {r["container_id"][:12] for r in d.get("react")["replicas"]}
     t0, wall0 = time.monotonic(), time.time()
     threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
-    d.wait(lambda: bool(seen - hosts), 60, "a second replica to serve")
+    wait(lambda: bool(seen - hosts), 60, "a second replica to serve", every=0.05)
     took = time.monotonic() - t0
     stop.set()
     for t in threads:
@@ -154,7 +100,7 @@ def cold_start(d: Daemon) -> None:
     spec = d.root / "cold.toml"
     spec.write_text(SPEC.format(name="cold", image=IMAGE, min=0, delay="3s", port=port))
     d.berth("apply", str(spec))
-    d.wait(lambda: d.get("cold")["replicas"] == [], 90, "scale to zero")
+    wait(lambda: d.get("cold")["replicas"] == [], 90, "scale to zero", every=0.05)
     wall0, t0 = time.time(), time.monotonic()
     r = httpx.get(f"http://127.0.0.1:{port}/cgi-bin/echo", timeout=120)
     took = time.monotonic() - t0
@@ -168,7 +114,6 @@ def cold_start(d: Daemon) -> None:
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="berth-bench-scale-"))
     d = Daemon(root)
-    d.berth_instance = json.loads(d.berth("status", "--json").stdout)["instance"]
     print(
         f"berth autoscale benchmark: {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
         f"{os.cpu_count()} cores, real Podman"

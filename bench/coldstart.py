@@ -23,22 +23,17 @@ it by PID and removes the containers it made. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import httpx
-from benchlib import free_port, remove_instance_containers, wait
+from benchlib import Daemon, free_port, stamp
 from prometheus_client.parser import text_string_to_metric_families
 
-BIN = Path(sys.executable).parent
 IMAGE = "localhost/berth-model-server:1"
 INFER = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 SPEC = """
@@ -64,46 +59,12 @@ bind = "127.0.0.1"
 """
 
 
-class Daemon:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.sock = root / "berth.sock"
-        self.log = (root / "berthd.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(BIN / "berthd"), "--state-dir", str(root / "state"), "--socket", str(self.sock)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait(lambda: self.berth("status", check=False).returncode == 0, 60, "berthd", every=0.05)
-        self.instance = json.loads(self.berth("status", "--json").stdout)["instance"]
-
-    def berth(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(BIN / "berth"), "--socket", str(self.sock), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode:
-            raise SystemExit(f"berth {' '.join(args)}: {result.stderr}")
-        return result
-
-    def event_times(self, name: str) -> dict[str, float]:
-        """The first time of each event kind for this deployment (wall clock)."""
-        out = self.berth("events", name, "--json", "--limit", "200").stdout
-        times: dict[str, float] = {}
-        for line in out.splitlines():
-            if line.strip():
-                event = json.loads(line)
-                stamp = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
-                times.setdefault(event["kind"], stamp)
-        return times
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        remove_instance_containers(self.instance)
+def event_times(d: Daemon, name: str) -> dict[str, float]:
+    """The first time of each event kind for this deployment (wall clock)."""
+    times: dict[str, float] = {}
+    for event in d.events(name, limit=200):
+        times.setdefault(event["kind"], stamp(event["time"]))
+    return times
 
 
 def gauges(text: str, *names: str) -> dict[str, float]:
@@ -144,7 +105,7 @@ def one_run(d: Daemon, run: int, load: float, period: str) -> dict[str, float]:
             "model_loaded_timestamp_seconds",
             "model_load_duration_seconds",
         )
-    events = d.event_times(name)
+    events = event_times(d, name)
     d.berth("rm", name)
     started, loaded = (
         metrics["model_server_process_start_timestamp_seconds"],
