@@ -8,7 +8,10 @@ back as TOML.
 The ids hash that form with the defaults left out (`defaults=False`): two specs that mean
 the same thing get the same id however they are written, any change in meaning gives a new
 one, and a berth upgrade that adds a field with a default does not change every existing id
-(which would roll every deployment on the host at once).
+(which would roll every deployment on the host at once). `[endpoint] bind` is the one
+exception to "defaults left out": a written bind is kept even when it equals the default,
+because the default follows `[endpoint.auth]` (loopback unless protected) and a written one
+does not; an unwritten one is left out, so the ids of specs without a bind stay as they were.
 
 - `spec_id`: the whole spec. Same id -> `berth apply` is "unchanged".
 - `template_id`: only what shapes the containers themselves (name, image, command, port,
@@ -35,6 +38,7 @@ from config.spec import (
     AutoscaleMetric,
     DeploymentSpec,
     Endpoint,
+    EndpointAuth,
     IpcMode,
     MetricName,
     Metrics,
@@ -213,10 +217,22 @@ def _probe(p: Probe, app_port: int, full: bool) -> dict[str, Any]:
 def _endpoint(e: Endpoint, full: bool) -> dict[str, Any]:
     base = _DEFAULT_ENDPOINT
     d: dict[str, Any] = {"port": e.port}
-    _put(d, "bind", e.bind, base.bind, full)
+    if e.bind_given:  # written, even as the default: see `Endpoint.bind_given`
+        d["bind"] = e.bind
     for key in ("connect_timeout", "read_timeout", "client_idle_timeout", "cold_start_timeout"):
         value, default = getattr(e, key), getattr(base, key)
         _put(d, key, format_duration(value), format_duration(default), full)
+    if e.auth is not None:  # present, even empty: it turns authentication on
+        d["auth"] = _auth(e.auth, full)
+    return d
+
+
+def _auth(a: EndpointAuth, full: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    _put(d, "api_keys", [ref.to_dict() for ref in a.api_keys], [], full)
+    basic = [{"user": u.user, "password": u.password.to_dict()} for u in a.basic]
+    _put(d, "basic", basic, [], full)
+    _put(d, "forward_auth", a.forward_auth, False, full)
     return d
 
 

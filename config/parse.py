@@ -25,6 +25,7 @@ import tomli
 from config.canonical import spec_id, spec_to_dict, template_id
 from config.errors import Problem, SpecError
 from config.image_ref import parse_image_ref
+from config.parse_auth import read_auth
 from config.parse_health import read_health
 from config.parse_metrics import read_metrics
 from config.parse_mounts import read_mounts, read_registry
@@ -47,6 +48,7 @@ from config.spec import (
     PullPolicy,
     Update,
     UpdateStrategy,
+    default_bind,
 )
 
 __all__ = [
@@ -200,7 +202,8 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
     if r is None:
         return None
     port = r.required("port", as_int(1024, 65535))
-    bind = r.get("bind", _as_bind, "0.0.0.0")
+    bind = r.optional("bind", _as_bind)
+    auth = read_auth(r.table("auth"))
     connect_timeout = r.get(
         "connect_timeout", as_duration(hi=3600.0, above=0), ENDPOINT_CONNECT_TIMEOUT
     )
@@ -216,7 +219,9 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         return None
     return Endpoint(
         port=port,
-        bind=bind,
+        bind=default_bind(auth) if bind is None else bind,  # loopback unless protected
+        bind_given=bind is not None,
+        auth=auth,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         client_idle_timeout=idle,

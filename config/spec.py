@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from config.secret_ref import SecretRef
+
 
 class MetricName(StrEnum):
     CPU = "cpu"
@@ -162,15 +164,49 @@ ENDPOINT_CLIENT_IDLE_TIMEOUT: Final = 60.0
 
 
 @dataclass(frozen=True)
+class BasicUser:
+    user: str
+    password: SecretRef
+
+
+@dataclass(frozen=True)
+class EndpointAuth:
+    """`[endpoint.auth]`: the endpoint answers 401 to a request without one of these
+    credentials (or a key made by `berth keys create`, which count too)."""
+
+    api_keys: tuple[SecretRef, ...] = ()  # bearer tokens (Authorization: Bearer, x-api-key)
+    basic: tuple[BasicUser, ...] = ()
+    forward_auth: bool = False  # pass Authorization / x-api-key on to the replica
+
+
+# Where an endpoint listens when its spec says no `bind`: loopback, unless it is protected.
+BIND_LOOPBACK: Final = "127.0.0.1"
+BIND_ALL: Final = "0.0.0.0"
+
+
+def default_bind(auth: EndpointAuth | None) -> str:
+    return BIND_ALL if auth is not None else BIND_LOOPBACK
+
+
+@dataclass(frozen=True)
 class Endpoint:
     port: int
-    bind: str = "0.0.0.0"
+    bind: str = BIND_LOOPBACK
+    # False: the spec says no `bind`, so `bind` is `default_bind(auth)` and follows it. A
+    # written bind is kept in the canonical form (and so in the spec_id) even when it
+    # equals that default: it stays put when `[endpoint.auth]` comes or goes.
+    bind_given: bool = False
     connect_timeout: float = ENDPOINT_CONNECT_TIMEOUT
     read_timeout: float = ENDPOINT_READ_TIMEOUT
     client_idle_timeout: float = ENDPOINT_CLIENT_IDLE_TIMEOUT
     # How long a request waits at an endpoint with no ready replica while one starts (scale
     # from zero): as long as a large model takes to load.
     cold_start_timeout: float = 600.0
+    auth: EndpointAuth | None = None  # `[endpoint.auth]`; None: open (unless keys exist)
+
+    def __post_init__(self) -> None:
+        if not self.bind_given and self.bind != default_bind(self.auth):
+            object.__setattr__(self, "bind_given", True)  # not the default: it was chosen
 
 
 @dataclass(frozen=True)

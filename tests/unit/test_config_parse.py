@@ -488,7 +488,7 @@ def test_minimal_spec_gets_every_default() -> None:
     )
     assert spec.replicas == Replicas(min=1, max=1)
     assert spec.stop_timeout == 10.0
-    assert spec.endpoint.bind == "0.0.0.0"
+    assert spec.endpoint.bind == "127.0.0.1"  # loopback unless [endpoint.auth] (issue 13)
     assert spec.endpoint.read_timeout == 300.0
     assert spec.update.max_surge == 1 and spec.update.progress_deadline == 600.0
     assert spec.autoscale.scale_down_delay == 300.0
@@ -717,7 +717,7 @@ def test_spec_id_is_stable_under_reformatting() -> None:
         'port=8080\nimage = "localhost/demo:1"\n  name   =   "demo"\n'
         "stop_timeout = '10000ms'\n"
         "[resources]\nmemory = '1024Mi' # the same\n"
-        "[endpoint]\nport = 18080\nbind = '0.0.0.0'\n"
+        "[endpoint]\nport = 18080\nclient_idle_timeout = '60s'\n"
     )
     a, b = parse_spec(plain), parse_spec(reformatted)
     assert a == b
