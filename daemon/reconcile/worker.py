@@ -54,10 +54,10 @@ from daemon.reconcile.plan import (
     plan,
 )
 from daemon.reconcile.prober import Prober
+from daemon.reconcile.publish import EndpointPublisher
 from daemon.reconcile.replica_ops import ReplicaOps
 from daemon.reconcile.replica_spec import (
     LABEL_EXTRA_PORTS,
-    REPLICA_HOST,
     parse_extra_ports,
 )
 from daemon.reconcile.replicas import ReplicaMemory, ReplicaView, exit_reason
@@ -84,8 +84,6 @@ from daemon.scaling.driver import (
 from daemon.scaling.driver import ROUND as SCALING_ROUND
 from daemon.scaling.policy import Autoscaler
 from daemon.store.database import RevisionChanged, Store
-from proxy.endpoint import Endpoint
-from proxy.upstreams import Upstream
 
 log = logging.getLogger("berthd")
 
@@ -128,16 +126,18 @@ class DeploymentWorker:
         self._active: ActiveRevision | None = None
         self._memory: dict[str, ReplicaMemory] = {}
         self._ops = ReplicaOps(name, ctx, self._memory, lambda: self._active, on_done=self.nudge)
+        self._publisher = EndpointPublisher(
+            name, ctx, self._memory, self._ops, on_suspect=self.suspect, on_nudge=self.nudge
+        )
         self._prober = Prober(
             name,
             self._memory,
             ctx.probe,
             ctx.events,
             on_verdict=self.nudge,
-            on_unready=self._withdraw,
+            on_unready=self._publisher.withdraw,
         )
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
-        self._endpoint_error: str | None = None
         self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
         self.scale_downs = 0
         self._parsed: dict[str, DeploymentSpec] = {}
@@ -146,7 +146,6 @@ class DeploymentWorker:
         self._scale: ScaleState | None = None
         self._failed_revisions: set[int] = set()
         self._failures: dict[int, str] = {}  # revision -> why it failed
-        self._hold: tuple[Endpoint, float | None] | None = None
         self._rolled_out: str | None = None  # the last template seen fully rolled out
         self.finished = trio.Event()  # the deployment is gone and so are its containers
         self._unobserved: str | None = None  # why the last list failed, until one works
@@ -260,7 +259,7 @@ class DeploymentWorker:
             actions = [a for a in actions if not isinstance(a, CreateReplica)]
         leaving = {a.replica_id for a in actions if isinstance(a, RemoveReplica | StopReplica)}
         leaving |= self._ops.leaving
-        await self._publish(active, containers, leaving)
+        await self._publisher.publish(active, containers, leaving)
         await self._ops.execute(active, actions)
         self._snapshot = self._make_snapshot(active, containers, leaving)
         self._prober.wake()
@@ -290,15 +289,6 @@ class DeploymentWorker:
             deployment=self.name,
         )
         return True
-
-    def _withdraw(self, replica_id: str) -> None:
-        """Out of the endpoint's rotation now, without waiting for a round (the prober calls
-        it when the replica's readiness fails). Never blocks."""
-        endpoint = self._ctx.endpoints.get(self.name)
-        if endpoint is not None:
-            upstreams = endpoint.upstreams()
-            if any(u.replica_id == replica_id for u in upstreams):
-                endpoint.set_upstreams(u for u in upstreams if u.replica_id != replica_id)
 
     async def _watch_rollout(
         self, active: ActiveRevision, containers: list[ContainerInfo], now: float
@@ -521,82 +511,6 @@ class DeploymentWorker:
             must_restart=health.restart_reason if c.running and health else None,
         )
 
-    async def _publish(
-        self, active: ActiveRevision | None, containers: list[ContainerInfo], leaving: set[str]
-    ) -> None:
-        """Point the endpoint at the ready replicas that are staying."""
-        if active is None or not active.spec.enabled:
-            await self._ctx.endpoints.close(self.name)
-            return
-        try:
-            endpoint = await self._ctx.endpoints.ensure(
-                self.name,
-                active.spec.endpoint,
-                on_suspect=self.suspect,
-                drain_timeout=active.spec.update.drain_timeout,
-                on_lost=self.nudge,
-            )
-        except OSError as exc:
-            error = f"endpoint {active.spec.endpoint.bind}:{active.spec.endpoint.port}: {exc}"
-            if error != self._endpoint_error:
-                await self._ctx.events.emit(
-                    "endpoint-failed", error, deployment=self.name, level=logging.ERROR
-                )
-            self._endpoint_error = error
-            return
-        if self._endpoint_error is not None:
-            self._endpoint_error = None
-            await self._ctx.events.emit(
-                "endpoint",
-                f"endpoint listening on {active.spec.endpoint.port}",
-                deployment=self.name,
-            )
-        # With no ready replica, the endpoint holds requests (bounded by cold_start_timeout)
-        # while one is on its way: a new deployment's first load, a restart, a scale from
-        # zero (the endpoint tells us of a held request, so a replica starts at once).
-        coming = active.desired_replicas > 0 or scales_to_zero(active.spec)
-        hold = active.spec.endpoint.cold_start_timeout if coming else None
-        if hold is not None and self._hopeless(containers):
-            hold = None  # nothing is on its way: a held request is answered 503 now
-        if self._hold != (endpoint, hold):
-            endpoint.hold_when_empty(hold, on_wait=self.nudge)
-            self._hold = (endpoint, hold)
-        endpoint.set_upstreams(self._ready_upstreams(containers, leaving))
-
-    def _hopeless(self, containers: list[ContainerInfo]) -> bool:
-        """No replica is on its way to a held request: none is being made, and either none
-        can be (its image cannot be pulled, a mount fails) or every one there is crash-loops
-        or fails its probes."""
-        if self._ops.creating:
-            return False
-        if not containers:
-            return self._ops.create_blocked
-        now = trio.current_time()
-        states = {
-            self._memory[c.labels[LABEL_REPLICA]].state(c.running, now)
-            for c in containers
-            if c.labels.get(LABEL_REPLICA) in self._memory
-        }
-        return bool(states) and states <= {"crashloop", "unhealthy"}
-
-    def _ready_upstreams(
-        self, containers: list[ContainerInfo], leaving: set[str]
-    ) -> list[Upstream]:
-        upstreams = []
-        for c in containers:
-            memory = self._memory.get(c.labels[LABEL_REPLICA])
-            if (
-                memory is not None
-                and c.running
-                and c.host_port is not None
-                and memory.health is not None
-                and memory.health.ready
-                and not memory.draining
-                and memory.replica_id not in leaving
-            ):
-                upstreams.append(Upstream(memory.replica_id, REPLICA_HOST, c.host_port))
-        return upstreams
-
     # -- what the API shows ----------------------------------------------------------------
 
     def _make_snapshot(
@@ -640,7 +554,7 @@ class DeploymentWorker:
             status = "idle"  # scaled to zero; the next request starts a replica
         elif active is None or desired == 0:
             status = "stopped"
-        elif self._endpoint_error:
+        elif self._publisher.endpoint_error:
             status = "failed"
         elif ready >= desired and len(views) == desired:
             status = "running"
@@ -662,7 +576,7 @@ class DeploymentWorker:
             ready,
             tuple(views),
             status,
-            self._endpoint_error,
+            self._publisher.endpoint_error,
             error,
             pending,
             len(current),
