@@ -222,6 +222,9 @@ def _endpoint(e: Endpoint, full: bool) -> dict[str, Any]:
     for key in ("connect_timeout", "read_timeout", "client_idle_timeout", "cold_start_timeout"):
         value, default = getattr(e, key), getattr(base, key)
         _put(d, key, format_duration(value), format_duration(default), full)
+    if e.max_connections is not None:
+        d["max_connections"] = e.max_connections
+    _put(d, "trusted_proxies", list(e.trusted_proxies), [], full)
     if e.auth is not None:  # present, even empty: it turns authentication on
         d["auth"] = _auth(e.auth, full)
     return d

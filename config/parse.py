@@ -27,6 +27,7 @@ from config.errors import Problem, SpecError
 from config.image_ref import parse_image_ref
 from config.parse_auth import read_auth
 from config.parse_health import read_health
+from config.parse_limits import read_limits
 from config.parse_metrics import read_metrics
 from config.parse_mounts import read_mounts, read_registry
 from config.parse_resources import read_resources
@@ -214,6 +215,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         "client_idle_timeout", as_duration(hi=MAX_TIMEOUT, above=0), ENDPOINT_CLIENT_IDLE_TIMEOUT
     )
     cold_start = r.get("cold_start_timeout", as_duration(lo=1.0, hi=MAX_TIMEOUT), 600.0)
+    max_connections, trusted_proxies = read_limits(r)
     r.close()
     if port is None:
         return None
@@ -226,6 +228,8 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         read_timeout=read_timeout,
         client_idle_timeout=idle,
         cold_start_timeout=cold_start,
+        max_connections=max_connections,
+        trusted_proxies=trusted_proxies,
     )
 
 

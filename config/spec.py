@@ -202,6 +202,11 @@ class Endpoint:
     # How long a request waits at an endpoint with no ready replica while one starts (scale
     # from zero): as long as a large model takes to load.
     cold_start_timeout: float = 600.0
+    # Client connections held open at once; None: berthd's share of its descriptors
+    # (`proxy.admission`). Over it, new connections wait in the listen backlog.
+    max_connections: int | None = None
+    # Peers (canonical CIDRs) whose Forwarded / X-Real-IP / X-Forwarded-* are kept.
+    trusted_proxies: tuple[str, ...] = ()
     auth: EndpointAuth | None = None  # `[endpoint.auth]`; None: open (unless keys exist)
 
     def __post_init__(self) -> None:
