@@ -9,7 +9,8 @@ Invariants:
 
 The sections with more rules live next door: `config.parse_scaling` (replicas, autoscale),
 `config.parse_health` (probes), `config.parse_mounts` (mounts, registry),
-`config.parse_resources` (resources, shared memory, ulimits), `config.parse_metrics`
+`config.parse_resources` (resources, shared memory, ulimits), `config.parse_document`
+(nesting and control bytes, checked on the whole document first), `config.parse_metrics`
 (`[[metrics.scrape]]`, the prometheus metric's query). The canonical form and the ids
 live in `config.canonical`, re-exported here.
 """
@@ -26,6 +27,7 @@ from config.canonical import spec_id, spec_to_dict, template_id
 from config.errors import Problem, SpecError
 from config.image_ref import parse_image_ref
 from config.parse_auth import read_auth
+from config.parse_document import document_problems, nesting_problem
 from config.parse_health import read_health
 from config.parse_limits import read_limits
 from config.parse_metrics import read_metrics
@@ -70,6 +72,9 @@ MAX_TIMEOUT = 86400.0
 
 def parse_spec(text: str, *, source: str = "<spec>") -> DeploymentSpec:
     """Parse and validate a spec's TOML text; SpecError (naming `source`) lists all problems."""
+    too_deep = nesting_problem(text)
+    if too_deep is not None:
+        raise SpecError([too_deep], source=source)
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
@@ -79,7 +84,9 @@ def parse_spec(text: str, *, source: str = "<spec>") -> DeploymentSpec:
 
 def spec_from_dict(data: Mapping[str, object], *, source: str = "<spec>") -> DeploymentSpec:
     """Validate an already-decoded spec (a TOML document, or `spec_to_dict`'s output)."""
-    problems: list[Problem] = []
+    problems = document_problems(data)  # control bytes, nesting: before any field is read
+    if problems:
+        raise SpecError(problems, source=source)
     spec = _read_spec(Reader(data, "", problems))
     if problems or spec is None:
         raise SpecError(problems, source=source)

@@ -1,10 +1,20 @@
 """`[[mounts]]` and `[registry]`: what a replica sees besides its image, and how to pull it.
 
 Mount sources by type: `bind` an absolute host path (berthd also checks it lies under its
-`allowed_roots`), `volume` a Podman volume name, `git` a repository URL (cloned by berthd,
-optionally at `ref`, with `credentials_file`), `model` a model name whose target defaults to
-`/models/<name>`. Targets are absolute, normalised, and unique within a spec. Secrets never
-go in a spec (it is kept in history): a git URL with a password in it is refused.
+`allowed_roots`), `volume` a Podman volume name (berthd checks it is one it made for this
+deployment, or a shared one), `git` a repository URL (cloned by berthd, optionally at `ref`,
+with `credentials_file`), `model` a model name whose target defaults to `/models/<name>`.
+
+What the parser alone can refuse, it does (what needs the host is
+`daemon.integrations.mount_checks`'s):
+- git URLs are network URLs, `https://`, `ssh://` or scp-like `user@host:path`, or
+  `file://` (whose path berthd then holds to the bind rules); plain `http://` and `git://`
+  (no TLS: anyone on the path could swap the code) and other transports (`ext::`) are not.
+- Targets are absolute, normalised, unique within a spec, and never the container's own
+  kernel and runtime files: `/`, anything under `/proc`, `/sys`, `/dev` or `/run/secrets`,
+  nor `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, `/run/.containerenv` (Podman
+  writes those; a mount over them makes the create fail, and a replica loop on it).
+- Secrets never go in a spec (it is kept in history): a git URL with a password is refused.
 """
 
 from __future__ import annotations
@@ -21,9 +31,18 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # Podman's volume name
 _MODEL_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _MODEL_NAME = re.compile(rf"{_MODEL_PART}(?:/{_MODEL_PART})*")
 _GIT_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
-_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
-_GIT_SCHEMES = ("https", "http", "git", "ssh", "file")
+_SCP_LIKE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]+")
+_GIT_SCHEMES = ("https", "ssh", "file")
+_GIT_URL_RULE = (
+    "must be a network git URL: https://, ssh:// or user@host:path "
+    "(or file:// under berthd's allowed roots)"
+)
+# Under these a mount target would cover the container's kernel interfaces or its secrets.
+FORBIDDEN_TARGET_TREES = ("/proc", "/sys", "/dev", "/run/secrets")
+# Files Podman writes into every container.
+FORBIDDEN_TARGETS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/run/.containerenv")
 _BAD_PATH_TEXT = re.compile(r"[\x00-\x1f\x7f,]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def read_mounts(readers: list[Reader]) -> tuple[Mount, ...]:
@@ -113,6 +132,11 @@ def _as_target(raw: object) -> str:
     path = as_abs_path(raw)
     if path == "/":
         raise ValueError("cannot mount over the container's root directory")
+    for tree in FORBIDDEN_TARGET_TREES:
+        if path == tree or path.startswith(tree + "/"):
+            raise ValueError(f"cannot mount over {tree}, which the container runtime provides")
+    if path in FORBIDDEN_TARGETS:
+        raise ValueError(f"cannot mount over {path}, which the container runtime writes")
     return path
 
 
@@ -144,19 +168,21 @@ def _as_git_url(raw: object) -> str:
     url = as_str(raw)
     if not url or url.startswith("-") or any(c.isspace() for c in url):
         raise ValueError("must be a git URL without spaces")
+    if _CONTROL.search(url):
+        raise ValueError("must not contain control characters")
     if "://" not in url:
-        if _SCP_LIKE.fullmatch(url):
+        if _SCP_LIKE.fullmatch(url) and "::" not in url:
             return url
-        raise ValueError(
-            "must be a git URL: https://, http://, git://, ssh://, file:// or user@host:path"
-        )
+        raise ValueError(_GIT_URL_RULE)
     parts = urlsplit(url)
     if parts.scheme not in _GIT_SCHEMES:
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r}; use " + ", ".join(_GIT_SCHEMES))
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r}; {_GIT_URL_RULE}")
     if parts.scheme == "file":
-        if not parts.path.startswith("/"):
-            raise ValueError("a file:// URL needs an absolute path")
-    elif not parts.hostname:
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError("a file:// URL names a path on this host: file:///path")
+        if not parts.path.startswith("/") or ".." in parts.path.split("/"):
+            raise ValueError('a file:// URL needs an absolute path without ".."')
+    elif not parts.hostname or parts.hostname.startswith("-"):
         raise ValueError("the URL has no host")
     if parts.password is not None:
         raise ValueError(

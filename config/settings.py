@@ -6,6 +6,8 @@
                                                                        else embedded)
     specs         --specs         BERTH_SPECS       specs              None
     allowed_roots                                   [mounts] allowed_roots  /srv /data ...
+    shared_volumes                                  [mounts] shared_volumes  () (none)
+    credentials_roots                               credentials_roots  /etc/berth/credentials
     metrics_listen                                  [metrics] listen   None (off)
     events_keep                                     [events] keep      "168h" (7 days)
     events_max_rows                                 [events] max_rows  100000
@@ -24,8 +26,10 @@ from pathlib import Path
 
 import tomli
 
+from config.credentials import DEFAULT_CREDENTIALS_ROOTS
 from config.errors import Problem, SpecError
 from config.parse import syntax_problem
+from config.parse_document import nesting_problem
 from config.reader import Reader, as_duration, as_int, as_str, as_str_list
 
 DEFAULT_STATE_DIR = Path("/var/lib/berth")
@@ -43,7 +47,16 @@ ENV_VARS = {
     "specs": "BERTH_SPECS",
 }
 OVERRIDE_KEYS = frozenset(
-    {"state_dir", "socket", "podman_url", "specs", "allowed_roots", "metrics_listen"}
+    {
+        "state_dir",
+        "socket",
+        "podman_url",
+        "specs",
+        "allowed_roots",
+        "metrics_listen",
+        "credentials_roots",
+        "shared_volumes",
+    }
 )
 PODMAN_SCHEMES = ("unix://", "http+unix://", "tcp://", "ssh://")
 DEFAULT_EVENTS_KEEP = 7 * 24 * 3600.0  # seconds
@@ -61,6 +74,10 @@ class DaemonSettings:
     # The event log keeps events this many seconds, and at most this many of the newest.
     events_keep: float = DEFAULT_EVENTS_KEEP
     events_max_rows: int = DEFAULT_EVENTS_MAX_ROWS
+    # Where the credential files a spec names must lie (config.credentials).
+    credentials_roots: tuple[Path, ...] = DEFAULT_CREDENTIALS_ROOTS
+    # Podman volumes any deployment may mount, though berth did not make them for it.
+    shared_volumes: tuple[str, ...] = ()
 
     def allows_bind_source(self, source: str | Path) -> bool:
         """Whether a bind mount's (absolute, normalised) source lies under an allowed root."""
@@ -122,6 +139,21 @@ def load_settings(
         if roots is not None:
             allowed_roots = tuple(_absolute(p, base) for p in roots)
 
+    credentials_roots: tuple[Path, ...] = DEFAULT_CREDENTIALS_ROOTS
+    creds_value, where, base = pick("credentials_roots")
+    if creds_value is not None:
+        roots = _as_roots(creds_value, where, problems)
+        if roots is not None:
+            credentials_roots = tuple(_absolute(p, base) for p in roots)
+
+    shared_value, where, _ = pick("shared_volumes")
+    shared_volumes: tuple[str, ...] = ()
+    if shared_value is not None:
+        if isinstance(shared_value, list | tuple) and all(isinstance(v, str) for v in shared_value):
+            shared_volumes = tuple(shared_value)
+        else:
+            problems.append(Problem(where, "must be a list of volume names", shared_value))
+
     listen, where, _ = pick("metrics_listen")
     if listen is not None:
         reason = _listen_problem(listen)
@@ -141,10 +173,16 @@ def load_settings(
         metrics_listen=listen if isinstance(listen, str) else None,
         events_keep=keep if isinstance(keep, float) else DEFAULT_EVENTS_KEEP,
         events_max_rows=rows if isinstance(rows, int) else DEFAULT_EVENTS_MAX_ROWS,
+        credentials_roots=credentials_roots,
+        shared_volumes=shared_volumes,
     )
 
 
-_FILE_PATHS = {"allowed_roots": "mounts.allowed_roots", "metrics_listen": "metrics.listen"}
+_FILE_PATHS = {
+    "allowed_roots": "mounts.allowed_roots",
+    "shared_volumes": "mounts.shared_volumes",
+    "metrics_listen": "metrics.listen",
+}
 
 
 def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
@@ -153,6 +191,9 @@ def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([Problem("", f"cannot read: {exc}")], source=str(path)) from None
+    too_deep = nesting_problem(text)
+    if too_deep is not None:
+        raise SpecError([too_deep], source=str(path))
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
@@ -163,11 +204,17 @@ def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
         value = r.optional(key, as_str)
         if value is not None:
             out[key] = value
+    credentials_roots = r.optional("credentials_roots", as_str_list)
+    if credentials_roots is not None:
+        out["credentials_roots"] = list(credentials_roots)
     mounts = r.table("mounts")
     if mounts is not None:
         roots = mounts.optional("allowed_roots", as_str_list)
         if roots is not None:
             out["allowed_roots"] = list(roots)
+        shared = mounts.optional("shared_volumes", as_str_list)
+        if shared is not None:
+            out["shared_volumes"] = list(shared)
         mounts.close()
     metrics = r.table("metrics")
     if metrics is not None:

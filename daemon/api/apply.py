@@ -18,7 +18,8 @@ from config.parse import parse_spec
 from config.spec import DeploymentSpec, UpdateStrategy
 from daemon.api.control_plane import ControlPlane
 from daemon.gpu.placement import apply_problems, surge_warnings
-from daemon.integrations.mount_checks import mount_problems
+from daemon.integrations.mount_checks import mount_problems, volume_problems
+from daemon.runtime.interface import LABEL_INSTANCE
 from daemon.store.database import ApplyResult, Store
 
 
@@ -107,6 +108,8 @@ async def host_problems(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]
         problems.append(f"endpoint.port: in use by another program on this host (got {port})")
     problems.extend(apply_problems(spec.resources, daemon.gpus.gpus()))
     problems.extend(await trio.to_thread.run_sync(mount_problems, spec, daemon.settings))
+    berth_labels = {LABEL_INSTANCE: daemon.instance}
+    problems.extend(await volume_problems(spec, daemon.runtime, berth_labels, daemon.settings))
     return problems
 
 

@@ -198,7 +198,9 @@ class AdminApi:
         if spec is None:
             return error(404, f"no deployment named {name!r}")
         try:
-            auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
+            auth = await trio.to_thread.run_sync(
+                registry_auth, spec.registry, self.d.settings.credentials_roots
+            )
         except RegistryCredentialsError as exc:
             return error(409, f"registry credentials: {exc}")
         images = self.d.ensure_worker(name).images

@@ -6,11 +6,22 @@ when complete, so `dest` existing means a whole checkout (a crash mid-clone leav
 `.partial` that the next try removes).
 
 Credentials (`credentials_file`) never reach a command line, an environment variable's value
-or a message: git is given a credential helper that `cat`s the file, whose path travels in
-`BERTH_GIT_CREDENTIALS`. The file is in git's own credential format, as `git credential fill`
-prints it (`username=...` and `password=...` lines; a token goes in `password`). For ssh URLs
-(`ssh://`, `user@host:path`) the file is instead an SSH private key, given to ssh with `-i`.
-git never prompts (`GIT_TERMINAL_PROMPT=0`, no stdin), and the user's own helpers are reset.
+or a message. The caller reads the file through the checked opener (`config.credentials`:
+under `credentials_roots`, no symbolic links) and hands its bytes to `checkout`, which puts
+them in a 0600 file of its own in a private, empty `HOME` made beside the checkout for the
+length of the clone (so no link swapped after the check can make git or ssh read another
+file), and removes both afterwards. git is given a credential helper that `cat`s that copy,
+whose path travels in `BERTH_GIT_CREDENTIALS`. The file is in git's own credential format, as
+`git credential fill` prints it (`username=...` and `password=...` lines; a token goes in
+`password`). For ssh URLs (`ssh://`, `user@host:path`) it is instead an SSH private key,
+given to ssh with `-i`.
+
+Nothing of root's own is used: git never prompts (`GIT_TERMINAL_PROMPT=0`, no stdin), the
+user's helpers are reset, `HOME` is the private directory (no `~/.netrc`, `~/.gitconfig`,
+`~/.git-credentials`), the global and system git configs are not read, ssh reads no config
+file, uses no agent and, without a key file, offers no key at all. git speaks only the URL's
+own protocol (`protocol.allow=never` but that one), so a redirect or a submodule cannot
+switch it to `file://` or `ext::`.
 
 A failed clone raises `MountError` with git's reason (its first `fatal:` line), e.g.
 `git clone of https://example.com/x.git failed: fatal: repository '...' not found`.
@@ -23,6 +34,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import trio
@@ -33,6 +45,7 @@ GIT_TIMEOUT = 600.0  # a model repository can be large; a hung server must not h
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _SHORT_SHA = re.compile(r"[0-9a-f]{7,64}")
 _HELPER = '!f() { test "$1" = get && cat "$BERTH_GIT_CREDENTIALS"; }; f'
+_CREDENTIALS_NAME = "credentials"
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 
 
@@ -52,41 +65,91 @@ def is_ssh_url(url: str) -> bool:
     return url.startswith("ssh://") or ("://" not in url and "@" in url and ":" in url)
 
 
-def git_environment(mount: Mount) -> dict[str, str]:
-    """The environment git runs with: no prompts, and the credentials file if any."""
-    env = dict(os.environ)
-    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": ""})
-    env.pop("GIT_DIR", None)
-    env.pop("GIT_WORK_TREE", None)
-    if mount.credentials_file is not None:
-        if is_ssh_url(mount.source):
-            env["GIT_SSH_COMMAND"] = (
-                "ssh -o BatchMode=yes -o IdentitiesOnly=yes "
-                f"-o StrictHostKeyChecking=accept-new -i {shlex.quote(mount.credentials_file)}"
-            )
+def url_protocol(url: str) -> str:
+    """git's name of the URL's protocol: "https", "ssh", "file" (scp-like is "ssh")."""
+    if is_ssh_url(url):
+        return "ssh"
+    return url.split("://", 1)[0].lower()
+
+
+def git_environment(mount: Mount, home: Path, credentials: Path | None = None) -> dict[str, str]:
+    """The environment git runs with: no prompts, nothing of root's, the credentials if any."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_"))}
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "",
+            "SSH_ASKPASS": "",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+        }
+    )
+    if is_ssh_url(mount.source):
+        ssh = ["ssh", "-F", os.devnull, "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
+        ssh += ["-o", "StrictHostKeyChecking=accept-new"]
+        if credentials is not None:
+            ssh += ["-o", "IdentitiesOnly=yes", "-i", str(credentials)]
         else:
-            env["BERTH_GIT_CREDENTIALS"] = mount.credentials_file
+            ssh += ["-o", "PubkeyAuthentication=no"]
+        env["GIT_SSH_COMMAND"] = shlex.join(ssh)
+    elif credentials is not None:
+        env["BERTH_GIT_CREDENTIALS"] = str(credentials)
     return env
 
 
-def git_config_args(mount: Mount) -> list[str]:
-    """`-c` options for every git call: the credential helper (or none at all)."""
+def git_config_args(mount: Mount, *, with_credentials: bool = False) -> list[str]:
+    """`-c` options for every git call: one protocol, the credential helper (or none)."""
     # An empty value resets the helper list, so root's own helpers never answer (or store).
-    args = ["-c", "credential.helper="]
-    if mount.credentials_file is not None and not is_ssh_url(mount.source):
+    args = [
+        "-c",
+        "protocol.allow=never",
+        "-c",
+        f"protocol.{url_protocol(mount.source)}.allow=always",
+    ]
+    args += ["-c", "credential.helper="]
+    if with_credentials and not is_ssh_url(mount.source):
         args += ["-c", f"credential.helper={_HELPER}"]
     return args
 
 
-async def checkout(mount: Mount, dest: Path) -> str:
-    """Clone `mount` into `dest` (absent); returns the checked-out commit's id."""
+async def checkout(mount: Mount, dest: Path, credentials: bytes | None = None) -> str:
+    """Clone `mount` into `dest` (absent); returns the checked-out commit's id.
+
+    `credentials` are the contents of the mount's `credentials_file`, read by the caller
+    through `config.credentials`; None when it names none."""
+    await trio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
+    home = Path(await trio.to_thread.run_sync(_private_home, dest, credentials))
+    try:
+        copy = home / _CREDENTIALS_NAME if credentials is not None else None
+        env = git_environment(mount, home, copy)
+        config = git_config_args(mount, with_credentials=copy is not None)
+        return await _clone(mount, dest, env, config)
+    finally:
+        await trio.to_thread.run_sync(_remove_tree, home)
+
+
+def _private_home(dest: Path, credentials: bytes | None) -> str:
+    """A fresh 0700 directory beside `dest` (never inside what is mounted), holding the
+    credentials copy (0600) when there are any."""
+    home = tempfile.mkdtemp(prefix=f".{dest.name}.home-", dir=dest.parent)
+    if credentials is not None:
+        fd = os.open(
+            os.path.join(home, _CREDENTIALS_NAME),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        with os.fdopen(fd, "wb") as f:
+            f.write(credentials)
+    return home
+
+
+async def _clone(mount: Mount, dest: Path, env: dict[str, str], config: list[str]) -> str:
     partial = dest.with_name(f".{dest.name}.partial")
     await trio.to_thread.run_sync(_remove_tree, partial)
-    await trio.Path(partial.parent).mkdir(parents=True, exist_ok=True)
     url = mount.source
     ref = mount.ref
-    env = git_environment(mount)
-    config = git_config_args(mount)
     if ref is not None and _FULL_SHA.fullmatch(ref):
         # A commit: fetch just it (servers speaking protocol v2 allow any reachable commit),
         # else a full clone and a checkout.

@@ -2,20 +2,30 @@
 
 `mount_problems(spec, settings)` returns every problem, each naming its field
 (`mounts[0].source: ...`), the form the rest of a refused spec's problems take. It only looks
-(stat, realpath, access); it never reads a secret's contents into a message.
+(stat, realpath, access) and opens credential files through `config.credentials`; it never
+puts a secret's contents in a message. `volume_problems(spec, runtime, ...)` asks Podman
+about the spec's named volumes (async: the one check here that needs the runtime).
 
 The rules (docs/integrations.md):
 - A bind source must exist and lie under one of berthd's `allowed_roots` both as written and
   after resolving symbolic links (a link that leads out of the roots is an escape).
-- Whatever the roots allow, berth never mounts `/`, the system trees (`/etc`, `/proc`, `/sys`,
-  `/dev`, `/run`), the Podman socket, its own admin socket or its state dir; nor any directory
-  that contains one of them, because mounting a parent exposes the child. Inside the state dir
-  only `volumes/` and `models/` may be mounted.
+- Whatever the roots allow (even `allowed_roots = ["/"]`), berth never mounts `/`, the system
+  trees (`/etc`, `/proc`, `/sys`, `/dev`, `/run`), `/root`, `/boot`, Podman's storage
+  (`/var/lib/containers`), the Podman socket, its own admin socket or its state dir; nor any
+  directory that contains one of them, because mounting a parent exposes the child; and
+  `/usr` and `/home` only read-only. Inside the state dir only `volumes/` and `models/` may
+  be mounted.
+- A git mount's `file://` URL is a bind in disguise: its path obeys the bind rules.
+- A named volume must be one berth made for this deployment (its labels say so:
+  `io.berth.instance` of this berthd and `io.berth.deployment` of this deployment), or not
+  exist yet (berth then makes it so), unless berthd.toml lists it in `[mounts]
+  shared_volumes`: otherwise a spec could read another application's volume.
 - A model is the directory `<state_dir>/models/<name>` (it may be a link to a directory
   elsewhere, which must then obey the bind rules); it must exist, be a readable directory and
   hold at least one entry. Models and git checkouts are always read-only.
 - Credential files (git `credentials_file`, `registry.auth_file`, `registry.password_file`)
-  must be readable regular files.
+  must pass `config.credentials`: under `credentials_roots`, no symbolic link on the way,
+  regular, owned by root or berthd, not writable by group or others.
 
 The same checks run again when a replica's mounts are prepared
 (`daemon.integrations.mounts`), against the resolved path that is then handed to Podman, so
@@ -25,16 +35,27 @@ a link swapped after apply cannot escape.
 from __future__ import annotations
 
 import os
+import posixpath
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
+from config.credentials import CredentialFileError, read_credential
 from config.errors import Problem
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec, Mount, MountType
 from daemon.integrations.registry import registry_problems
+from daemon.runtime.interface import LABEL_DEPLOYMENT, ContainerRuntime, RuntimeFailure
 from daemon.runtime.service import SYSTEM_URL
 
-SYSTEM_TREES = tuple(Path(p) for p in ("/etc", "/proc", "/sys", "/dev", "/run"))
+# Never mounted, nor anything that holds them, whatever allowed_roots say.
+SYSTEM_TREES = tuple(
+    Path(p)
+    for p in ("/etc", "/proc", "/sys", "/dev", "/run", "/root", "/boot", "/var/lib/containers")
+)
+# Mounted read-only at most: a replica must not rewrite the host's programs or users' homes.
+READ_ONLY_TREES = (Path("/usr"), Path("/home"))
+LABEL_VOLUME_DEPLOYMENT = LABEL_DEPLOYMENT
 # Sub-directories of the state dir meant to be mounted: user data, not berth's own state.
 STATE_DIR_MOUNTABLE = ("volumes", "models")
 MODELS_DIR = "models"
@@ -55,13 +76,61 @@ def mount_problems(spec: DeploymentSpec, settings: DaemonSettings) -> list[str]:
     problems: list[Problem] = []
     for index, mount in enumerate(spec.mounts):
         problems += _mount_problems(f"mounts[{index}]", mount, settings)
-    problems += registry_problems(spec.registry)
+    problems += registry_problems(spec.registry, settings.credentials_roots)
     return [str(p) for p in problems]
+
+
+async def volume_problems(
+    spec: DeploymentSpec,
+    runtime: ContainerRuntime,
+    own_labels: Mapping[str, str],
+    settings: DaemonSettings,
+) -> list[str]:
+    """Every named volume of `spec` that it may not use (asked of Podman now).
+
+    `own_labels` are the labels berthd puts on what it makes (`io.berth.instance`). A
+    volume Podman cannot be asked about now is not refused here: the same check runs when
+    the volume is prepared for a replica (`daemon.integrations.mounts`)."""
+    problems: list[str] = []
+    for index, mount in enumerate(spec.mounts):
+        if mount.type is not MountType.VOLUME or mount.source in settings.shared_volumes:
+            continue
+        try:
+            labels = await runtime.volume_labels(mount.source)
+        except RuntimeFailure:
+            continue
+        reason = volume_problem(mount.source, labels, spec.name, own_labels, settings)
+        if reason is not None:
+            problems.append(str(Problem(f"mounts[{index}].source", reason, mount.source)))
+    return problems
+
+
+def volume_problem(
+    name: str,
+    labels: Mapping[str, str] | None,
+    deployment: str,
+    own_labels: Mapping[str, str],
+    settings: DaemonSettings,
+) -> str | None:
+    """Why deployment `deployment` may not mount volume `name` (whose labels are `labels`,
+    None when it does not exist yet), or None when it may."""
+    if labels is None or name in settings.shared_volumes:
+        return None
+    wanted = {**own_labels, LABEL_VOLUME_DEPLOYMENT: deployment}
+    if all(labels.get(key) == value for key, value in wanted.items()):
+        return None
+    if all(labels.get(key) == value for key, value in own_labels.items()):
+        owner = labels.get(LABEL_VOLUME_DEPLOYMENT)
+        whose = f'deployment "{owner}"' if owner else "no deployment in particular"
+        made = f"is a volume berth made for {whose}, not for this one"
+    else:
+        made = "is a Podman volume that berth did not make for this deployment"
+    return f"{made}; berthd.toml's [mounts] shared_volumes lists the volumes any may mount"
 
 
 def _mount_problems(where: str, mount: Mount, settings: DaemonSettings) -> list[Problem]:
     if mount.type is MountType.BIND:
-        reason = bind_source_problem(mount.source, settings)
+        reason = bind_source_problem(mount.source, settings, read_only=mount.read_only)
         return [Problem(f"{where}.source", reason, mount.source)] if reason else []
     if mount.type is MountType.MODEL:
         found: list[Problem] = []
@@ -73,10 +142,17 @@ def _mount_problems(where: str, mount: Mount, settings: DaemonSettings) -> list[
         return found
     if mount.type is MountType.GIT:
         found = []
+        reason = git_source_problem(mount.source, settings)
+        if reason:
+            found.append(Problem(f"{where}.source", reason, mount.source))
         if mount.credentials_file is not None:
-            reason = readable_file_problem(mount.credentials_file)
-            if reason:
-                found.append(Problem(f"{where}.credentials_file", reason, mount.credentials_file))
+            field = f"{where}.credentials_file"
+            try:
+                read_credential(
+                    mount.credentials_file, field=field, roots=settings.credentials_roots
+                )
+            except CredentialFileError as exc:
+                found.append(Problem(field, exc.reason, mount.credentials_file))
         if not mount.read_only:
             found.append(
                 Problem(
@@ -89,7 +165,19 @@ def _mount_problems(where: str, mount: Mount, settings: DaemonSettings) -> list[
     return []  # a volume: any valid name will do, Podman creates it when first needed
 
 
-def bind_source_problem(source: str, settings: DaemonSettings) -> str | None:
+def git_source_problem(url: str, settings: DaemonSettings) -> str | None:
+    """Why a git mount may not clone `url` here: a `file://` URL's path must be one a bind
+    mount could have, read-only (the parser admits only network URLs otherwise)."""
+    if not url.lower().startswith("file://"):
+        return None
+    path = posixpath.normpath(unquote(urlsplit(url).path))
+    reason = bind_source_problem(path, settings, read_only=True)
+    return f"a file:// repository {path}: {reason}" if reason else None
+
+
+def bind_source_problem(
+    source: str, settings: DaemonSettings, *, read_only: bool = True
+) -> str | None:
     """Why `source` may not be bind-mounted on this host, or None when it may."""
     if not settings.allows_bind_source(source):
         return f"not under berthd's allowed roots ({_roots(settings)})"
@@ -106,17 +194,26 @@ def bind_source_problem(source: str, settings: DaemonSettings) -> str | None:
             f"resolves to {resolved} (through a symbolic link), outside berthd's allowed roots "
             f"({_roots(settings)})"
         )
-    return protected_problem(resolved, settings)
+    return protected_problem(resolved, settings, read_only=read_only)
 
 
-def protected_problem(resolved: Path, settings: DaemonSettings) -> str | None:
-    """Why this resolved path is one berth never mounts, whatever the roots say."""
+def protected_problem(
+    resolved: Path, settings: DaemonSettings, *, read_only: bool = True
+) -> str | None:
+    """Why this resolved path is one berth never mounts (or never read-write), whatever the
+    roots say."""
     if resolved == Path("/"):
         return "is the host's root directory; berth never mounts it"
     for tree in SYSTEM_TREES:
         tree = _resolve(tree)
         if _within(resolved, tree) or _within(tree, resolved):
             return f"{resolved} is or holds the system directory {tree}; berth never mounts it"
+    for tree in READ_ONLY_TREES:
+        tree = _resolve(tree)
+        if not read_only and (_within(resolved, tree) or _within(tree, resolved)):
+            return (
+                f"{resolved} is or holds {tree}; berth mounts it only read-only (read_only = true)"
+            )
     state = _resolve(settings.state_dir)
     if _within(state, resolved):
         return f"{resolved} is or holds berthd's state directory {state}; berth never mounts it"
@@ -163,21 +260,6 @@ def model_problem(name: str, settings: DaemonSettings) -> str | None:
                 return f"{path} is empty"
     except OSError as exc:
         return f"{path} cannot be listed: {exc.strerror}"
-    return None
-
-
-def readable_file_problem(path: str) -> str | None:
-    """Why `path` is not a file berthd can read (it is not opened: its contents are secret)."""
-    file = Path(path)
-    try:
-        if not file.exists():
-            return "does not exist on this host"
-        if not file.is_file():
-            return "is not a regular file"
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror}"
-    if not os.access(file, os.R_OK):
-        return "is not readable by berthd"
     return None
 
 

@@ -5,9 +5,12 @@
 
     bind    re-checked (`daemon.integrations.mount_checks`) and bound by its resolved path,
             so a symbolic link swapped after apply cannot lead elsewhere
-    volume  the named Podman volume, created if absent; every replica shares it
+    volume  the named Podman volume, created if absent with berth's labels for this
+            deployment; one that exists must carry them (or be one of berthd's
+            `shared_volumes`): `daemon.integrations.mount_checks.volume_problem`
     git     cloned once per revision into `<state_dir>/git/<deployment>/<spec_id>/<index>`,
-            bound read-only; later replicas (and a restarted berthd) reuse the checkout
+            bound read-only; later replicas (and a restarted berthd) reuse the checkout;
+            the credentials file read through `config.credentials` just before the clone
     model   `<state_dir>/models/<name>`, re-checked, bound read-only by its resolved path
 
 Invariants:
@@ -23,15 +26,25 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from config.credentials import CredentialFileError, read_credential
 from config.settings import DaemonSettings
-from config.spec import DeploymentSpec, Mount, MountType
+from config.spec import DeploymentSpec, Mount, MountType, Registry
 from daemon.integrations.git import MountError, checkout
-from daemon.integrations.mount_checks import bind_source_problem, model_dir, model_problem
-from daemon.runtime.interface import ContainerRuntime, MountSpec
+from daemon.integrations.mount_checks import (
+    LABEL_VOLUME_DEPLOYMENT,
+    bind_source_problem,
+    git_source_problem,
+    model_dir,
+    model_problem,
+    volume_problem,
+)
+from daemon.integrations.registry import registry_auth
+from daemon.runtime.interface import ContainerRuntime, MountSpec, RegistryAuth
 
 __all__ = ["MountError", "MountPreparer", "git_checkouts_dir"]
 
@@ -71,23 +84,33 @@ class MountPreparer:
     def __repr__(self) -> str:
         return f"<MountPreparer {self._settings.state_dir} {len(self._failures)} failing>"
 
+    @property
+    def settings(self) -> DaemonSettings:
+        return self._settings
+
+    def registry_auth(self, registry: Registry | None) -> RegistryAuth | None:
+        """The spec's registry credentials, read under this berthd's credentials roots
+        (blocking: run it in a thread). RegistryCredentialsError names the field."""
+        return registry_auth(registry, self._settings.credentials_roots)
+
     async def prepare(self, spec: DeploymentSpec, spec_id: str) -> tuple[MountSpec, ...]:
         """The mounts of `spec` (revision `spec_id`), ready for every replica to use."""
         prepared = []
         for index, mount in enumerate(spec.mounts):
             where = f"mounts[{index}]"
             if mount.type is MountType.BIND:
-                source = await self._checked(where, mount, bind_source_problem)
+                check = partial(bind_source_problem, read_only=mount.read_only)
+                source = await self._checked(where, mount, check)
                 prepared.append(MountSpec("bind", source, mount.target, mount.read_only))
             elif mount.type is MountType.MODEL:
                 source = await self._checked(where, mount, model_problem)
                 prepared.append(MountSpec("bind", source, mount.target, True))
             elif mount.type is MountType.VOLUME:
-                await self._ensure_volume(mount.source)
+                await self._ensure_volume(where, mount.source, spec.name)
                 prepared.append(MountSpec("volume", mount.source, mount.target, mount.read_only))
             else:
                 dest = git_checkouts_dir(self._settings.state_dir, spec.name) / spec_id / str(index)
-                await self._ensure_checkout(mount, dest)
+                await self._ensure_checkout(where, mount, dest)
                 prepared.append(MountSpec("bind", str(dest), mount.target, True))
         return tuple(prepared)
 
@@ -127,11 +150,17 @@ class MountPreparer:
         except OSError as exc:  # it vanished between the check and the resolve
             raise MountError(f"{where}.source: {exc.strerror} (got {mount.source})") from None
 
-    async def _ensure_volume(self, name: str) -> None:
-        if not await self._runtime.volume_exists(name):
-            await self._runtime.create_volume(name, labels=self._volume_labels)
+    async def _ensure_volume(self, where: str, name: str, deployment: str) -> None:
+        labels = await self._runtime.volume_labels(name)
+        if labels is None:
+            wanted = {**self._volume_labels, LABEL_VOLUME_DEPLOYMENT: deployment}
+            await self._runtime.create_volume(name, labels=wanted)
+            labels = await self._runtime.volume_labels(name)  # made meanwhile by another?
+        reason = volume_problem(name, labels, deployment, self._volume_labels, self._settings)
+        if reason is not None:
+            raise MountError(f"{where}.source: {reason} (got {name})")
 
-    async def _ensure_checkout(self, mount: Mount, dest: Path) -> None:
+    async def _ensure_checkout(self, where: str, mount: Mount, dest: Path) -> None:
         lock = self._locks.setdefault(dest, trio.Lock())
         async with lock:
             if await trio.to_thread.run_sync(dest.is_dir):
@@ -141,9 +170,25 @@ class MountPreparer:
             if failure is not None and now < failure.retry_at:
                 raise MountError(failure.message, repeated=True)
             try:
-                await checkout(mount, dest)
+                reason = git_source_problem(mount.source, self._settings)
+                if reason is not None:
+                    raise MountError(f"{where}.source: {reason} (got {mount.source})")
+                credentials = await trio.to_thread.run_sync(self._credentials, where, mount)
+                await checkout(mount, dest, credentials)
             except MountError as exc:
                 delay = RETRY_FIRST if failure is None else min(failure.delay * 2, RETRY_MAX)
                 self._failures[dest] = _Failure(str(exc), now + delay, delay)
                 raise
             self._failures.pop(dest, None)
+
+    def _credentials(self, where: str, mount: Mount) -> bytes | None:
+        if mount.credentials_file is None:
+            return None
+        try:
+            return read_credential(
+                mount.credentials_file,
+                field=f"{where}.credentials_file",
+                roots=self._settings.credentials_roots,
+            )
+        except CredentialFileError as exc:
+            raise MountError(str(exc)) from None

@@ -9,15 +9,19 @@ Invariants:
   line, an event or a repr (`RegistryAuth.__repr__` hides the password).
 - The apply-time checks (`registry_problems`) look at the files without showing them, so a
   spec whose credentials cannot be read is refused before any replica is planned. The auth
-  file is read by `daemon.runtime.auth_file`, the one parser of it (the pull reads it too).
+  file is parsed by `daemon.runtime.auth_file`, the one parser of it; both files are opened
+  only through `config.credentials` (under `credentials_roots`, no symbolic links, owned by
+  root or berthd, not writable by others).
 - Whether a registry may be reached without TLS is the host's decision, made where Podman
   makes it (an `insecure = true` entry in registries.conf), never a spec's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from config.credentials import CredentialFileError, read_credential
 from config.errors import Problem
 from config.spec import Registry
 from daemon.runtime.auth_file import AuthFileError, read_auths
@@ -28,28 +32,29 @@ class RegistryCredentialsError(Exception):
     """The spec's registry credentials cannot be read; the message names the field."""
 
 
-def registry_auth(registry: Registry | None) -> RegistryAuth | None:
-    """The credentials to pull with, or None for an anonymous pull. Reads the password file."""
+def registry_auth(registry: Registry | None, roots: Sequence[Path]) -> RegistryAuth | None:
+    """The credentials to pull with, or None for an anonymous pull. Reads the files, which
+    must lie under berthd's `credentials_roots` (`roots`; `config.credentials`)."""
     if registry is None:
         return None
     if registry.auth_file is not None:
         try:  # refuse an unreadable file now, not at the first pull
-            read_auths(registry.auth_file)
+            auths = read_auths(registry.auth_file, roots=roots)
         except AuthFileError as exc:
             raise RegistryCredentialsError(f"registry.auth_file: {exc}") from None
-        return RegistryAuth(auth_file=registry.auth_file)
+        return RegistryAuth(auth_file=registry.auth_file, auths=auths)
     if registry.username is None or registry.password_file is None:
         return None  # the parser refuses this; nothing to authenticate with
-    password = _read_password(registry.password_file)
+    password = _read_password(registry.password_file, roots)
     return RegistryAuth(username=registry.username, password=password)
 
 
-def registry_problems(registry: Registry | None) -> list[Problem]:
+def registry_problems(registry: Registry | None, roots: Sequence[Path]) -> list[Problem]:
     """What is wrong with the `[registry]` credential files on this host (apply-time)."""
     if registry is None:
         return []
     try:
-        registry_auth(registry)
+        registry_auth(registry, roots)
     except RegistryCredentialsError as exc:
         field, _, reason = str(exc).partition(": ")
         value = registry.auth_file if field == "registry.auth_file" else registry.password_file
@@ -57,20 +62,16 @@ def registry_problems(registry: Registry | None) -> list[Problem]:
     return []
 
 
-def _read_password(path: str) -> str:
+def _read_password(path: str, roots: Sequence[Path]) -> str:
     field = "registry.password_file"
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RegistryCredentialsError(f"{field}: does not exist on this host") from None
-    except IsADirectoryError:
-        raise RegistryCredentialsError(f"{field}: is not a regular file") from None
-    except PermissionError:
-        raise RegistryCredentialsError(f"{field}: is not readable by berthd") from None
+        data = read_credential(path, field=field, roots=roots)
+    except CredentialFileError as exc:
+        raise RegistryCredentialsError(str(exc)) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise RegistryCredentialsError(f"{field}: is not UTF-8 text") from None
-    except OSError as exc:
-        raise RegistryCredentialsError(f"{field}: cannot be read ({exc.strerror})") from None
     password = text.removesuffix("\n").removesuffix("\r")
     if not password:
         raise RegistryCredentialsError(f"{field}: is empty")

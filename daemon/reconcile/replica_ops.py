@@ -36,7 +36,7 @@ from daemon.gpu.model import free_memory
 from daemon.gpu.placement import GpuRequest, Unplaceable
 from daemon.health.backoff import RestartBackoff
 from daemon.integrations.git import MountError
-from daemon.integrations.registry import RegistryCredentialsError, registry_auth
+from daemon.integrations.registry import RegistryCredentialsError
 from daemon.reconcile.context import ActiveRevision, WorkerContext
 from daemon.reconcile.image_pull import ImagePuller
 from daemon.reconcile.plan import Action, CreateReplica, RemoveReplica, StartReplica, StopReplica
@@ -307,7 +307,7 @@ class ReplicaOps:
         """Pull the image (with the spec's credentials) and prepare its mounts."""
         ctx, spec = self.ctx, active.spec
         try:
-            auth = await trio.to_thread.run_sync(registry_auth, spec.registry)
+            auth = await trio.to_thread.run_sync(ctx.mounts.registry_auth, spec.registry)
             present = await ctx.runtime.image_exists(spec.image)
             if spec.pull is PullPolicy.NEVER and not present:
                 raise CreateRefused(

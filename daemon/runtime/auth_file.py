@@ -1,8 +1,11 @@
 """containers-auth.json, the file `podman login` writes: read it, and pick an image's entry.
 
-The one reader of the file. `daemon.integrations.registry` reads it at apply time (so a spec
-whose file cannot be read is refused, the problem named by its field), `daemon.runtime.podman`
-at pull time (the entry for the image's registry becomes the X-Registry-Auth header).
+The one reader of the file. `daemon.integrations.registry` reads it (through the checked
+opener, `config.credentials`: under `credentials_roots`, no symbolic links, root's and not
+writable by others) at apply time, so a spec whose file cannot be read is refused with the
+problem named by its field, and again before each pull; the parsed `auths` travel in the
+`RegistryAuth`, and `daemon.runtime.pull` picks the image's entry from them for the
+X-Registry-Auth header. The file is never opened by path anywhere else.
 
 Invariants:
 - The file's contents never reach a message: `AuthFileError` says what is wrong with the file
@@ -17,27 +20,26 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from config.credentials import CredentialFileError, read_credential
 
 
 class AuthFileError(Exception):
     """The auth file cannot be used; the message is the reason, without the path."""
 
 
-def read_auths(path: str) -> dict[str, Any]:
-    """The `auths` table of the containers-auth.json at `path`."""
+def read_auths(path: str, *, roots: Sequence[Path]) -> dict[str, Any]:
+    """The `auths` table of the containers-auth.json at `path` (under one of `roots`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except FileNotFoundError:
-        raise AuthFileError("does not exist on this host") from None
-    except IsADirectoryError:
-        raise AuthFileError("is not a regular file") from None
-    except PermissionError:
-        raise AuthFileError("is not readable by berthd") from None
-    except OSError as exc:
-        raise AuthFileError(f"cannot be read ({exc.strerror})") from None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError; their text quotes the file
+        data = read_credential(path, field="auth_file", roots=roots)
+    except CredentialFileError as exc:
+        raise AuthFileError(exc.reason) from None
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # their text quotes the file; nesting: not auth.json
         raise AuthFileError("is not a containers-auth.json file (not JSON)") from None
     auths = body.get("auths") if isinstance(body, dict) else None
     if not isinstance(auths, dict):
@@ -56,7 +58,7 @@ def registry_of(image: str) -> tuple[str, str]:
     return "docker.io", f"docker.io/{name}"
 
 
-def credential_for(auths: dict[str, Any], image: str) -> dict[str, str] | None:
+def credential_for(auths: Mapping[str, object], image: str) -> dict[str, str] | None:
     """The credential for `image`'s registry ({"username", "password"} or {"identitytoken"}),
     or None when no entry matches (or the matching ones are unusable): an anonymous pull."""
     registry, repository = registry_of(image)

@@ -362,6 +362,9 @@ class CachingRuntime:
     async def create_volume(self, name: str, *, labels: Mapping[str, str] | None = None) -> None:
         await self.inner.create_volume(name, labels=labels)
 
+    async def volume_labels(self, name: str) -> Mapping[str, str] | None:
+        return await self.inner.volume_labels(name)
+
 
 def _carries(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in wanted.items())

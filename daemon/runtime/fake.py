@@ -266,6 +266,11 @@ class FakeRuntime:
         self._enter("create_volume", name)
         self.volumes.setdefault(name, dict(labels or {}))
 
+    async def volume_labels(self, name: str) -> Mapping[str, str] | None:
+        self._enter("volume_labels", name)
+        labels = self.volumes.get(name)
+        return None if labels is None else dict(labels)
+
     # -- internals -----------------------------------------------------------------------
     def _enter(self, method: str, *args: object) -> None:
         self.calls.append((method, *args))

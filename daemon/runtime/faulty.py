@@ -189,3 +189,7 @@ class FaultyRuntime:
     async def create_volume(self, name: str, *, labels: Mapping[str, str] | None = None) -> None:
         await self._enter("create_volume")
         await self.inner.create_volume(name, labels=labels)
+
+    async def volume_labels(self, name: str) -> Mapping[str, str] | None:
+        await self._enter("volume_labels")
+        return await self.inner.volume_labels(name)

@@ -63,6 +63,9 @@ class RegistryAuth:
     auth_file: str | None = None  # containers-auth.json, as `podman login` writes it
     username: str | None = None
     password: str | None = None
+    # With `auth_file`: its `auths` table, read once through the checked opener
+    # (`daemon.integrations.registry`); the pull picks the image's entry from it.
+    auths: Mapping[str, object] | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -237,4 +240,8 @@ class ContainerRuntime(Protocol):
 
     async def create_volume(self, name: str, *, labels: Mapping[str, str] | None = None) -> None:
         """Create a named volume; one that already exists (made meanwhile) is fine."""
+        ...
+
+    async def volume_labels(self, name: str) -> Mapping[str, str] | None:
+        """A named volume's labels, or None when there is no such volume."""
         ...

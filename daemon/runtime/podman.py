@@ -529,6 +529,17 @@ class PodmanRuntime:
 
         await self._call(create, what=f"create volume {name}")
 
+    async def volume_labels(self, name: str) -> Mapping[str, str] | None:
+        def inspect() -> dict[str, str] | None:
+            response = self._client.api.get(f"/volumes/{name}/json")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            labels = response.json().get("Labels") or {}
+            return {str(k): str(v) for k, v in labels.items()}
+
+        return await self._call(inspect, what=f"volume {name}")
+
 
 def _explain(exc: podman.errors.APIError) -> str:
     return exc.explanation or str(exc)

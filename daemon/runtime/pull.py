@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from config.image_ref import parse_image_ref
-from daemon.runtime.auth_file import AuthFileError, credential_for, read_auths, registry_of
+from daemon.runtime.auth_file import credential_for, registry_of
 from daemon.runtime.interface import (
     ImageNotFound,
     PullProgress,
@@ -251,9 +251,10 @@ def pull_failure(image: str, error: str, *, authenticated: bool) -> RuntimeFailu
 def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
     """The X-Registry-Auth header libpod's pull takes: base64url of a JSON credential.
 
-    A username and password are sent as they are. With only an auth file (containers-auth.json)
-    the file's entry for the image's registry is used (`daemon.runtime.auth_file`); None when
-    it has none: the pull is anonymous. Errors never quote the file.
+    A username and password are sent as they are. With only an auth file (containers-auth.json,
+    its `auths` read by `daemon.integrations.registry`) the file's entry for the image's
+    registry is used (`daemon.runtime.auth_file`); None when it has none: the pull is
+    anonymous.
     """
     registry, _ = registry_of(image)
     if auth.username is not None:
@@ -262,11 +263,8 @@ def registry_auth_header(image: str, auth: RegistryAuth) -> str | None:
             "password": auth.password or "",
             "serveraddress": registry,
         }
-    elif auth.auth_file is not None:
-        try:
-            entry = credential_for(read_auths(auth.auth_file), image)
-        except AuthFileError as exc:
-            raise RuntimeFailure(f"registry auth file {auth.auth_file}: {exc}") from None
+    elif auth.auths is not None:
+        entry = credential_for(auth.auths, image)
         if entry is None:
             return None
         payload = {**entry, "serveraddress": registry}

@@ -55,8 +55,14 @@ def rig() -> Iterator[RegistryRig]:
 
 @pytest.fixture
 def daemon(rig: RegistryRig, tmp_path: Path) -> Iterator[Berthd]:
+    config = tmp_path / "berthd.toml"  # the password files lie in tmp_path
+    config.write_text(f'credentials_roots = ["{tmp_path}"]\n')
     berthd = Berthd(
-        tmp_path / "state", tmp_path / "run" / "berth.sock", rig.podman_url, tmp_path / "log"
+        tmp_path / "state",
+        tmp_path / "run" / "berth.sock",
+        rig.podman_url,
+        tmp_path / "log",
+        extra_args=["--config", str(config)],
     )
     try:
         berthd.start()

@@ -20,7 +20,7 @@ import trio
 from config.parse import parse_spec
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec
-from daemon.integrations.mount_checks import model_dir, mount_problems
+from daemon.integrations.mount_checks import model_dir, mount_problems, volume_problems
 from daemon.integrations.mounts import MountError, MountPreparer
 from daemon.runtime.interface import ContainerSpec
 from daemon.runtime.podman import PodmanRuntime
@@ -188,7 +188,7 @@ async def test_named_volume_is_created_and_shared(host: Host, volume_name: str) 
         [podman_binary(), "volume", "inspect", "--format", "{{json .Labels}}", volume_name],
         capture_stdout=True,
     )
-    for key, value in host.labels.items():
+    for key, value in {**host.labels, "io.berth.deployment": "mounts"}.items():
         assert f'"{key}":"{value}"' in inspect.stdout.decode()
     result = await first.sh("echo from-replica-1 > /www/shared/note.txt")
     assert result.returncode == 0, result.stderr
@@ -206,7 +206,7 @@ async def test_read_only_volume(host: Host, volume_name: str) -> None:
 
 
 async def test_git_checkout_is_served_read_only(host: Host, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
+    repo = host.srv / "repo"  # a file:// repository must lie under the allowed roots
     git("init", "--quiet", "--initial-branch=main", str(repo))
     write(repo / "index.html", "version one\n")
     git("add", "index.html", cwd=repo)
@@ -226,7 +226,8 @@ async def test_git_checkout_is_served_read_only(host: Host, tmp_path: Path) -> N
 
 
 async def test_a_failed_clone_is_a_clear_error(host: Host, tmp_path: Path) -> None:
-    url = f"file://{tmp_path}/no-such-repo"
+    (host.srv / "no-repo").mkdir()
+    url = f"file://{host.srv}/no-repo"
     spec = host.spec(f'[[mounts]]\ntype = "git"\nsource = "{url}"\ntarget = "/src"\n')
     with pytest.raises(MountError) as caught:
         await MountPreparer(host.runtime, host.settings).prepare(spec, "rev1")
@@ -263,3 +264,39 @@ async def test_refused_mounts_name_their_field(host: Host, tmp_path: Path) -> No
     with pytest.raises(MountError, match=r"^mounts\[0\]\.source: resolves to /etc"):
         await MountPreparer(host.runtime, host.settings).prepare(spec, "rev1")
     assert await host.runtime.list(host.labels) == []
+
+
+async def test_a_volume_berth_did_not_make_for_this_deployment_is_refused(
+    host: Host, volume_name: str
+) -> None:
+    """Label-checked against Podman: a volume made by someone else (or for another
+    deployment) is refused at apply and at prepare, unless berthd.toml shares it."""
+    mount = f'[[mounts]]\ntype = "volume"\nsource = "{volume_name}"\ntarget = "/v"\n'
+    spec = host.spec(mount + "read_only = false\n")
+    assert await volume_problems(spec, host.runtime, host.labels, host.settings) == []
+    await trio.run_process(
+        [podman_binary(), "volume", "create", "--label", "app=other", volume_name],
+        capture_stdout=True,
+    )
+    [problem] = await volume_problems(spec, host.runtime, host.labels, host.settings)
+    assert problem.startswith("mounts[0].source: is a Podman volume that berth did not make")
+    preparer = MountPreparer(host.runtime, host.settings, volume_labels=host.labels)
+    with pytest.raises(MountError, match=r"^mounts\[0\]\.source: is a Podman volume"):
+        await preparer.prepare(spec, "rev1")
+    shared = replace(host.settings, shared_volumes=(volume_name,))
+    assert await volume_problems(spec, host.runtime, host.labels, shared) == []
+    prepared = await MountPreparer(host.runtime, shared, volume_labels=host.labels).prepare(
+        spec, "rev1"
+    )
+    assert [m.source for m in prepared] == [volume_name]
+
+
+async def test_a_volume_of_another_deployment_is_refused(host: Host, volume_name: str) -> None:
+    labels = {**host.labels, "io.berth.deployment": "other"}
+    flags = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
+    await trio.run_process(
+        [podman_binary(), "volume", "create", *flags, volume_name], capture_stdout=True
+    )
+    spec = host.spec(f'[[mounts]]\ntype = "volume"\nsource = "{volume_name}"\ntarget = "/v"\n')
+    [problem] = await volume_problems(spec, host.runtime, host.labels, host.settings)
+    assert 'berth made for deployment "other", not for this one' in problem

@@ -90,7 +90,7 @@ async def test_pull_with_a_password_file_then_run(
     tmp_path: Path,
 ) -> None:
     password_file = write_secret(tmp_path / "password", PASSWORD + "\n")
-    auth = registry_auth(Registry(username=USER, password_file=password_file))
+    auth = registry_auth(Registry(username=USER, password_file=password_file), (tmp_path,))
     await reg_runtime.pull(local_registry.image, auth=auth)
     assert await reg_runtime.image_exists(local_registry.image)
 
@@ -128,7 +128,7 @@ async def test_pull_with_an_auth_file(
             {"auths": {"other.example": {"auth": "eDp5"}, local_registry.address: {"auth": token}}}
         ),
     )
-    auth = registry_auth(Registry(auth_file=auth_file))
+    auth = registry_auth(Registry(auth_file=auth_file), (tmp_path,))
     await reg_runtime.pull(local_registry.image, auth=auth)
     assert await reg_runtime.image_exists(local_registry.image)
 

@@ -340,7 +340,7 @@ BAD_SPECS = [
     (
         "git plain",
         make('[[mounts]]\ntype = "git"\nsource = "repo"\ntarget = "/b"'),
-        "mounts[0].source: must be a git URL",
+        "mounts[0].source: must be a network git URL",
     ),
     (
         "git password",
@@ -660,8 +660,6 @@ def test_replica_shorthands(body: str, expected: Replicas) -> None:
     "source",
     [
         "https://github.com/org/repo.git",
-        "http://git.lan/repo",
-        "git://git.lan/repo",
         "ssh://git@git.lan:2222/repo.git",
         "file:///srv/git/repo",
         "git@github.com:org/repo.git",

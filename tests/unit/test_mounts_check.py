@@ -53,6 +53,7 @@ def settings(
         specs=None,
         allowed_roots=roots,
         metrics_listen=None,
+        credentials_roots=(tmp_path,),
     )
 
 
@@ -191,7 +192,8 @@ def test_model_and_git_mounts_are_read_only(host: DaemonSettings) -> None:
     (path / "w").write_text("x")
     spec = spec_with(
         model("tiny", read_only=False)
-        + '[[mounts]]\ntype = "git"\nsource = "file:///x"\ntarget = "/src"\nread_only = false\n'
+        + '[[mounts]]\ntype = "git"\nsource = "https://git.example.com/x.git"\n'
+        + 'target = "/src"\nread_only = false\n'
     )
     assert mount_problems(spec, host) == [
         "mounts[0].read_only: model mounts are always read-only (got false)",
@@ -212,6 +214,24 @@ def test_git_credentials_file_must_exist(host: DaemonSettings, tmp_path: Path) -
     )
     creds.write_text("username=u\npassword=hunter2\n")
     assert mount_problems(spec, host) == []
+
+
+def test_git_credentials_file_is_confined(host: DaemonSettings, tmp_path: Path) -> None:
+    def problems(creds: str) -> list[str]:
+        return mount_problems(
+            spec_with(
+                '[[mounts]]\ntype = "git"\nsource = "git@git.example.com:o/r.git"\n'
+                f'target = "/src"\ncredentials_file = "{creds}"\n'
+            ),
+            host,
+        )
+
+    outside = f"mounts[0].credentials_file: must lie under berthd's credentials_roots ({tmp_path})"
+    assert problems("/etc/shadow") == [f'{outside} (got "/etc/shadow")']
+    assert problems("/root/.ssh/id_rsa") == [f'{outside} (got "/root/.ssh/id_rsa")']
+    (tmp_path / "key").symlink_to("/etc/shadow")
+    [problem] = problems(str(tmp_path / "key"))
+    assert "symbolic link" in problem and problem.startswith("mounts[0].credentials_file: ")
 
 
 def test_volumes_need_nothing_from_the_host(host: DaemonSettings) -> None:

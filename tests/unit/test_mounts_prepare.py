@@ -6,6 +6,7 @@ trio's MockClock (it moves only when a test jumps it), for the clone back-off.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -64,14 +65,18 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> DaemonSettings:
+    """srv/ holds bind sources; repo/ and missing/ may be cloned by file:// URLs; creds/ is
+    the credentials root."""
     (tmp_path / "srv" / "data").mkdir(parents=True)
+    (tmp_path / "creds").mkdir()
     return DaemonSettings(
         state_dir=tmp_path / "state",
         socket=tmp_path / "run" / "berth.sock",
         podman_url=None,
         specs=None,
-        allowed_roots=(tmp_path / "srv",),
+        allowed_roots=(tmp_path / "srv", tmp_path / "repo", tmp_path / "missing"),
         metrics_listen=None,
+        credentials_roots=(tmp_path / "creds",),
     )
 
 
@@ -99,7 +104,7 @@ async def test_bind_model_and_volume(settings: DaemonSettings, tmp_path: Path) -
         MountSpec("bind", str(model), "/models/org/tiny", read_only=True),
         MountSpec("volume", "cache", "/cache", read_only=False),
     )
-    assert runtime.volumes == {"cache": {"io.berth.instance": "t"}}
+    assert runtime.volumes == {"cache": {"io.berth.instance": "t", "io.berth.deployment": "app"}}
     # A second replica finds the volume there.
     await preparer.prepare(spec, "abc")
     assert [c for c in runtime.calls if c[0] == "create_volume"] == [("create_volume", "cache")]
@@ -160,6 +165,7 @@ async def test_a_failed_clone_is_clear_and_not_retried_at_once(
     settings: DaemonSettings, tmp_path: Path, repo: Path, mock_clock: MockClock
 ) -> None:
     preparer = MountPreparer(FakeRuntime(), settings)
+    (tmp_path / "missing").mkdir()  # allowed, but no repository (yet)
     url = f"file://{tmp_path}/missing"
     spec = spec_with(git_mount(url))
     with pytest.raises(MountError) as caught:
@@ -194,10 +200,12 @@ def test_credentials_reach_git_through_the_helper_only(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.write_text(f"username=deploy\npassword={secret}\n")
     mount = Mount(
-        MountType.GIT, "/src", "https://git.example.com/r.git", credentials_file=str(creds)
+        MountType.GIT, "/src", "https://git.example.com/r.git", credentials_file="/anything"
     )
-    args, env = git_config_args(mount), git_environment(mount)
+    args = git_config_args(mount, with_credentials=True)
+    env = git_environment(mount, tmp_path, creds)
     assert secret not in " ".join(args) and all(secret not in v for v in env.values())
+    assert env["HOME"] == str(tmp_path) and env["GIT_CONFIG_NOSYSTEM"] == "1"
     # What git itself gets when it asks for credentials for this URL:
     filled = subprocess.run(
         ["git", *args, "credential", "fill"],
@@ -210,10 +218,76 @@ def test_credentials_reach_git_through_the_helper_only(tmp_path: Path) -> None:
     assert "username=deploy\n" in filled and f"password={secret}\n" in filled
 
 
-def test_ssh_urls_take_a_key_file(tmp_path: Path) -> None:
-    key = tmp_path / "id_ed25519"
-    mount = Mount(MountType.GIT, "/src", "git@git.example.com:org/r.git", credentials_file=str(key))
-    env = git_environment(mount)
+def test_git_speaks_only_the_urls_protocol(tmp_path: Path) -> None:
+    https = Mount(MountType.GIT, "/src", "https://git.example.com/r.git")
+    assert git_config_args(https) == [
+        "-c",
+        "protocol.allow=never",
+        "-c",
+        "protocol.https.allow=always",
+        "-c",
+        "credential.helper=",
+    ]
+    scp = Mount(MountType.GIT, "/src", "git@git.example.com:org/r.git")
+    assert "protocol.ssh.allow=always" in git_config_args(scp)
+
+
+def test_ssh_urls_take_a_key_file_and_nothing_of_roots(tmp_path: Path) -> None:
+    key = tmp_path / "credentials"
+    mount = Mount(MountType.GIT, "/src", "git@git.example.com:org/r.git", credentials_file="/k")
+    env = git_environment(mount, tmp_path, key)
     assert f"-i {key}" in env["GIT_SSH_COMMAND"]
-    assert "BERTH_GIT_CREDENTIALS" not in env
-    assert git_config_args(mount) == ["-c", "credential.helper="]
+    assert "-F /dev/null" in env["GIT_SSH_COMMAND"]
+    assert "IdentityAgent=none" in env["GIT_SSH_COMMAND"]
+    assert "BERTH_GIT_CREDENTIALS" not in env and "SSH_AUTH_SOCK" not in env
+    assert "credential.helper=!" not in " ".join(git_config_args(mount, with_credentials=True))
+    # Without a key file ssh offers no key at all (root's ~/.ssh/id_* stay unused).
+    bare = git_environment(Mount(MountType.GIT, "/src", "ssh://git.example.com/r.git"), tmp_path)
+    assert "PubkeyAuthentication=no" in bare["GIT_SSH_COMMAND"]
+    assert "-i " not in bare["GIT_SSH_COMMAND"]
+
+
+async def test_credentials_are_read_checked_and_the_copy_removed(
+    settings: DaemonSettings, tmp_path: Path, repo: Path, mock_clock: MockClock
+) -> None:
+    creds = tmp_path / "creds" / "git"
+    creds.write_text("username=u\npassword=p\n")
+    text = git_mount(f"file://{repo}") + f'credentials_file = "{creds}"\n'
+    [mount] = await MountPreparer(FakeRuntime(), settings).prepare(spec_with(text), "rev1")
+    assert read(Path(mount.source, "README")) == "two\n"
+    # Only the checkout is left beside it: the private HOME and its copy are gone.
+    assert [p.name for p in Path(mount.source).parent.iterdir()] == ["0"]
+    # A link planted where the file was is refused at the next clone, naming the field.
+    creds.unlink()
+    creds.symlink_to("/etc/shadow")
+    with pytest.raises(MountError) as caught:
+        await MountPreparer(FakeRuntime(), settings).prepare(spec_with(text), "rev2")
+    assert str(caught.value).startswith("mounts[0].credentials_file: is or goes through a ")
+
+
+async def test_a_file_url_outside_the_roots_is_refused_at_prepare(
+    settings: DaemonSettings, mock_clock: MockClock
+) -> None:
+    with pytest.raises(MountError) as caught:
+        await MountPreparer(FakeRuntime(), settings).prepare(
+            spec_with(git_mount("file:///etc")), "rev1"
+        )
+    assert str(caught.value).startswith("mounts[0].source: a file:// repository /etc: not under")
+
+
+async def test_a_foreign_volume_is_refused_at_prepare(settings: DaemonSettings) -> None:
+    runtime = FakeRuntime()
+    runtime.volumes["secrets"] = {"app": "other"}
+    runtime.volumes["theirs"] = {"io.berth.instance": "t", "io.berth.deployment": "other"}
+    preparer = MountPreparer(runtime, settings, volume_labels={"io.berth.instance": "t"})
+    for name, words in [("secrets", "berth did not make"), ("theirs", 'for deployment "other"')]:
+        mount = f'[[mounts]]\ntype = "volume"\nsource = "{name}"\ntarget = "/v"\n'
+        with pytest.raises(MountError) as caught:
+            await preparer.prepare(spec_with(mount), "rev1")
+        assert str(caught.value).startswith("mounts[0].source: ") and words in str(caught.value)
+    shared = dataclasses.replace(settings, shared_volumes=("secrets",))
+    mount = '[[mounts]]\ntype = "volume"\nsource = "secrets"\ntarget = "/v"\n'
+    preparer = MountPreparer(runtime, shared, volume_labels={"io.berth.instance": "t"})
+    assert await preparer.prepare(spec_with(mount), "rev1") == (
+        MountSpec("volume", "secrets", "/v", read_only=True),
+    )
