@@ -32,6 +32,7 @@ from config.spec import (
     ENDPOINT_CONNECT_TIMEOUT,
     ENDPOINT_READ_TIMEOUT,
 )
+from proxy.auth import Guard
 from proxy.poller import Poller
 from proxy.pool import Pool
 from proxy.stats import Counters
@@ -84,6 +85,7 @@ class Balancer:
         self._arrival = trio.Event()  # set (and replaced) when held requests should look again
         self.totals = Counters(STATS_WINDOW_S)
         self.replicas: dict[str, Counters] = {}
+        self.guard: Guard | None = None  # a protected endpoint's credentials (`proxy.auth`)
         self._id_prefix = os.urandom(6).hex().encode()
         self._id_next = 0
 
@@ -113,6 +115,7 @@ class Balancer:
         includes the requests the old listener's sessions still serve."""
         self.totals = other.totals
         self.replicas = other.replicas
+        self.guard = other.guard
 
     def wake_held(self) -> None:
         """Held requests look again: at the upstream set, the hold settings, draining."""

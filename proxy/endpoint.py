@@ -19,6 +19,9 @@ Invariants:
 - `wait_listener_closed` returns once the listening socket is closed (after
   `begin_shutdown`, or when `run` ends), while in-flight requests may still drain: the
   port is free for another listener from then on.
+- A protected endpoint (`set_credentials`, `proxy.auth`) answers 401 to a request without
+  a credential of its set before any replica is picked; a new set applies to the next
+  request on every connection.
 - Statistics are recorded by plain counters on the hot path (`proxy.balancer`) and
   summarised on read (`statistics`).
 - Hold mode (`hold_when_empty`, scale from zero, as Knative's activator): while the set is
@@ -38,6 +41,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from proxy import sockets
+from proxy.auth import Credentials, Guard
 from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
 from proxy.stats import EndpointStatistics, ReplicaStatistics
@@ -89,6 +93,18 @@ class Endpoint:
         connection, the next request on a kept-alive one, a connect, a response read); a
         wait under way keeps its own. The poller's tick follows them."""
         self._balancer.set_timeouts(timeouts)
+
+    def set_credentials(self, credentials: Credentials | None) -> None:
+        """Protect the endpoint with `credentials` (None: open it), in place: the next
+        request on every connection, kept-alive ones included, is judged by them (a key
+        created or revoked), with no rebind; the per-credential counters go on."""
+        b = self._balancer
+        if credentials is None:
+            b.guard = None
+        elif b.guard is None:
+            b.guard = Guard(credentials)
+        else:
+            b.guard.set_credentials(credentials)
 
     def continue_from(self, old: Endpoint) -> None:
         """Take over `old`'s request counters (before `run`): the same deployment's endpoint
@@ -239,6 +255,7 @@ class Endpoint:
             for rid, c in sorted(b.replicas.items())
         )
         t = b.totals
+        guard = b.guard
         return EndpointStatistics(
             name=self.name,
             in_flight=t.in_flight,
@@ -248,6 +265,8 @@ class Endpoint:
             window=window,
             replicas=replicas,
             histogram=t.latency.histogram() if histogram else None,
+            by_credential=tuple(sorted(guard.allowed.items())) if guard else None,
+            unauthorized=guard.refused if guard else 0,
         )
 
     def __repr__(self) -> str:

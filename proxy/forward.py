@@ -44,6 +44,7 @@ from typing import Final
 import trio
 
 from proxy.answers import answer_for
+from proxy.auth import Refused, discard_body
 from proxy.balancer import Balancer
 from proxy.connector import open_connection
 from proxy.exchange import (
@@ -141,6 +142,8 @@ class Session:
         """Forward one request; True when the client connection may carry another."""
         b = self.balancer
         ex = self.exchange
+        if b.guard is not None and (refused := await b.guard.admit(head)) is not None:
+            return await self._unauthorized(head, refused)
         start = trio.current_time()
         b.began()
         # The body that has already arrived goes out with the head.
@@ -198,6 +201,23 @@ class Session:
             return outcome is DONE and not ex.close_after
         finally:
             b.finished(upstream, ex.status or 502, start)
+
+    async def _unauthorized(self, head: RequestHead, refused: Refused) -> bool:
+        """A 401 (`proxy.auth`), never forwarded; True when the connection goes on."""
+        b, start = self.balancer, trio.current_time()
+        assert b.guard is not None
+        b.began()
+        keep = head.keep_alive and head.upgrade is None
+        keep = keep and await discard_body(self.reader, head, b.timeouts.header_read)
+        try:
+            await self.conn.send_all(
+                b.guard.answer(head, refused, close=not keep), b.timeouts.client_idle
+            )
+        except (OSError, Timeout):
+            keep = False
+        b.finished(None, 401, start)
+        self.exchange.status, self.exchange.close_after = 401, not keep
+        return keep
 
     async def _attempt(
         self,

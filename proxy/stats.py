@@ -93,6 +93,10 @@ class EndpointStatistics:
     window: float
     replicas: tuple[ReplicaStatistics, ...]
     histogram: LatencyHistogram | None = None
+    # A protected endpoint (`proxy.auth`): requests let through per credential id, and the
+    # requests refused with 401. None: the endpoint is open.
+    by_credential: tuple[tuple[str, int], ...] | None = None
+    unauthorized: int = 0
 
 
 class LatencyWindow:
