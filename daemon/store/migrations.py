@@ -91,10 +91,25 @@ CREATE TABLE metrics (
 CREATE INDEX metrics_by_minute ON metrics (minute);
 """
 
+# Endpoint keys made by `berth keys create` (issue 13): only each key's SHA-256
+# (`proxy.auth.hash_key`), never the key, which is shown once and kept by nobody else.
+# A revoked key's row is deleted. `daemon.store.keys` holds the queries.
+_M005_ENDPOINT_KEYS = """
+CREATE TABLE endpoint_keys (
+    key_id TEXT PRIMARY KEY,
+    deployment_id TEXT NOT NULL REFERENCES deployments(deployment_id),
+    name TEXT NOT NULL DEFAULT '',
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX endpoint_keys_by_deployment ON endpoint_keys (deployment_id);
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _M001_DEPLOYMENTS_AND_REVISIONS,
     _M002_REPLICAS,
     _M003_EVENTS,
     _M004_METRICS,
+    _M005_ENDPOINT_KEYS,
 )
 LATEST_VERSION = len(MIGRATIONS)
