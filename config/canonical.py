@@ -77,7 +77,8 @@ def spec_to_dict(spec: DeploymentSpec, *, defaults: bool = True) -> dict[str, An
     _put(d, "enabled", spec.enabled, True, full)
     _put(d, "stop_timeout", format_duration(spec.stop_timeout), "10s", full)
     _put(d, "pull", spec.pull.value, "missing", full)
-    _put(d, "env", dict(sorted(spec.env.items())), {}, full)
+    env = {k: v if isinstance(v, str) else v.to_dict() for k, v in sorted(spec.env.items())}
+    _put(d, "env", env, {}, full)  # a secret as its reference, never its value
     _put(d, "resources", _resources(spec.resources, full), {}, full)
     _put(d, "replicas", {"min": spec.replicas.min, "max": spec.replicas.max}, _ONE, full)
     _put(d, "autoscale", _autoscale(spec.autoscale, full), {}, full)

@@ -42,6 +42,7 @@ from config.reader import (
     as_int,
     read_string_table,
 )
+from config.secret_ref import SecretRef, as_secret_ref
 from config.spec import (
     ENDPOINT_CLIENT_IDLE_TIMEOUT,
     ENDPOINT_CONNECT_TIMEOUT,
@@ -182,17 +183,21 @@ def _as_command(raw: object) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _as_env_value(raw: object) -> str:
+def _as_env_value(raw: object) -> str | SecretRef:
     # Integers have one obvious text; floats ("1.0" or "1"?) and booleans ("true" or
     # "True"?) do not, so those must be quoted.
     if isinstance(raw, str):
         return raw
     if isinstance(raw, int) and not isinstance(raw, bool):
         return str(raw)
-    raise ValueError("must be a string (quote it) or an integer")
+    if isinstance(raw, Mapping):  # a reference: the value is kept by berthd, not the spec
+        if set(raw) != {"secret"}:
+            raise ValueError('a table must be { secret = "NAME" }')
+        return as_secret_ref(raw)
+    raise ValueError('must be a string (quote it) or an integer, or { secret = "NAME" }')
 
 
-def _read_env(r: Reader | None) -> dict[str, str]:
+def _read_env(r: Reader | None) -> dict[str, str | SecretRef]:
     rule = "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
     return read_string_table(r, _ENV_NAME, rule, _as_env_value)
 

@@ -246,13 +246,13 @@ def _show_seconds(seconds: float) -> str:
 
 
 def read_string_table(
-    r: Reader | None, name: re.Pattern[str], name_rule: str, convert: Converter[str]
-) -> dict[str, str]:
+    r: Reader | None, name: re.Pattern[str], name_rule: str, convert: Converter[T]
+) -> dict[str, T]:
     """A table of string values (`[env]`, probe `headers`): every key must match `name`
     (else `name_rule` is the problem), every value passes `convert`. Sorted by key."""
     if r is None:
         return {}
-    table: dict[str, str] = {}
+    table: dict[str, T] = {}
     for key in list(r.data):
         value = r.optional(key, convert)
         if not name.fullmatch(key):

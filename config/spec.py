@@ -275,7 +275,7 @@ class DeploymentSpec:
     enabled: bool = True
     stop_timeout: float = 10.0  # seconds between SIGTERM and SIGKILL when a replica stops
     pull: PullPolicy = PullPolicy.MISSING
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str | SecretRef] = field(default_factory=dict)  # a value or a reference
     resources: Resources = field(default_factory=Resources)
     replicas: Replicas = field(default_factory=Replicas)
     autoscale: Autoscale = field(default_factory=Autoscale)

@@ -66,13 +66,16 @@ from daemon.runtime.interface import (
 )
 from daemon.runtime.podman import PodmanRuntime
 from daemon.runtime.service import PodmanService, PodmanUnavailable
+from daemon.secrets.store import SecretError, SecretStore
 from daemon.store.access import StoreAccess
 from daemon.store.database import Store
 from daemon.store.events import EventLog
+from daemon.store.permissions import secure_state_dir
 from daemon.system.notify import Notifier
 
 log = logging.getLogger("berthd")
 
+SECRETS_DIR = "secrets"
 WORKER_RESTART_DELAY = 5.0
 READY_WAIT = 10.0  # at most this long before telling systemd READY=1
 # Past these the watchdog goes unfed (systemd restarts berthd): a store call (SQLite on a
@@ -118,12 +121,23 @@ class Berthd:
         self.podman_version = "unknown"
         self.gpus: GpuLedger
         self.metrics: MetricsSampler
+        # `STATE/secrets/`: values that specs name by `{ secret = "NAME" }`, never in berth.db.
+        self.secrets = SecretStore(self.state_dir / SECRETS_DIR)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # 0700, berth.db 0600 (and tightened when an older start left them open to others):
+        # the specs' history and the secrets are root's only, whatever the umask.
+        for note in secure_state_dir(self.state_dir):
+            log.warning("%s", note)
         store = Store(self.state_dir / "berth.db")
         self.store = StoreAccess(store)
         self.events = EventLog(self.store)
+        try:
+            for note in await self.secrets.open():
+                log.warning("secrets: %s", note)
+        except SecretError as exc:
+            store.close()
+            raise StartupError(f"secrets: {exc}") from exc
         try:
             async with trio.open_nursery() as root:
                 # After it has started, the service never raises: it restarts the Podman it
@@ -173,6 +187,7 @@ class Berthd:
                 self.runtime, self.settings, volume_labels={LABEL_INSTANCE: self.instance}
             ),
             gpus=self.gpus,
+            secrets=self.secrets,
         )
         self._ctx = ctx
         async with trio.open_nursery() as control:

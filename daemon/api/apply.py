@@ -20,6 +20,8 @@ from daemon.api.control_plane import ControlPlane
 from daemon.gpu.placement import apply_problems, surge_warnings
 from daemon.integrations.mount_checks import mount_problems, volume_problems
 from daemon.runtime.interface import LABEL_INSTANCE
+from daemon.secrets.references import reference_problems
+from daemon.secrets.tokens import literal_token_warnings
 from daemon.store.database import ApplyResult, Store
 
 
@@ -57,11 +59,12 @@ async def check_spec_text(daemon: ControlPlane, text: str, *, source: str) -> di
 
 def apply_warnings(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]:
     """What the spec may do that will not work as meant here, though it is no error."""
-    if spec.update.strategy is not UpdateStrategy.SURGE:
-        return []
-    return surge_warnings(
-        spec.resources, spec.replicas.min, spec.update.max_surge, daemon.gpus.gpus()
-    )
+    warnings = literal_token_warnings(spec.env)  # a token kept in the history: use a secret
+    if spec.update.strategy is UpdateStrategy.SURGE:
+        warnings += surge_warnings(
+            spec.resources, spec.replicas.min, spec.update.max_surge, daemon.gpus.gpus()
+        )
+    return warnings
 
 
 def _parsed(text: str, source: str) -> DeploymentSpec:
@@ -108,6 +111,7 @@ async def host_problems(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]
         problems.append(f"endpoint.port: in use by another program on this host (got {port})")
     problems.extend(apply_problems(spec.resources, daemon.gpus.gpus()))
     problems.extend(await trio.to_thread.run_sync(mount_problems, spec, daemon.settings))
+    problems.extend(reference_problems(spec, daemon.secrets))  # each named secret exists
     berth_labels = {LABEL_INSTANCE: daemon.instance}
     problems.extend(await volume_problems(spec, daemon.runtime, berth_labels, daemon.settings))
     return problems

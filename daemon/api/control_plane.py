@@ -20,6 +20,7 @@ from daemon.metrics.sampler import MetricsSampler
 from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.worker import DeploymentWorker
 from daemon.runtime.interface import ContainerRuntime
+from daemon.secrets.store import SecretStore
 from daemon.store.access import StoreAccess
 from daemon.store.events import EventLog
 
@@ -37,6 +38,8 @@ class ControlPlane(Protocol):
     metrics: MetricsSampler
     workers: dict[str, DeploymentWorker]
     apply_lock: trio.Lock  # held while a spec is checked and recorded: one apply at a time
+    # `{ secret = "NAME" }` values: `await secrets.read(name)` is how a part gets one.
+    secrets: SecretStore
 
     def ensure_worker(self, name: str) -> DeploymentWorker:
         """The deployment's worker, started if it has none, and nudged."""

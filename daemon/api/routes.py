@@ -22,6 +22,7 @@ from config.units import parse_duration
 from daemon import __version__
 from daemon.api.apply import ApplyRefused, apply_spec_text, apply_warnings, check_spec_text
 from daemon.api.control_plane import ControlPlane
+from daemon.api.key_routes import create_key, keys_of, remove_key
 from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.api.pull_stream import follow_pull
 from daemon.http.server import Request, Response
@@ -86,6 +87,12 @@ class AdminApi:
                 return await self.pull(name)
             case ["deployments", name, "metrics"] if m == "GET":
                 return await self.metrics(name, req)
+            case ["deployments", name, "keys"] if m == "GET":
+                return await keys_of(self.d, name)
+            case ["deployments", name, "keys"] if m == "POST":
+                return await create_key(self.d, name, req)
+            case ["deployments", name, "keys", key_id] if m == "DELETE":
+                return await remove_key(self.d, name, key_id)
             case ["events"] if m == "GET":
                 return await self.event_list(req)
         return error(

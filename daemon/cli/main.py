@@ -32,6 +32,7 @@ from daemon.cli.commands import (
     cmd_scale,
     cmd_status,
 )
+from daemon.cli.keys import add_keys_parser
 from daemon.cli.pull import cmd_pull
 
 
@@ -139,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("rm", cmd_rm, "stop and remove a deployment's replicas (history is kept)")
     p.add_argument("name", metavar="NAME")
     command("status", cmd_status, "berthd's version, Podman, GPUs, deployments")
+    add_keys_parser(sub, common)
     return parser
 
 

@@ -6,5 +6,5 @@ shapes a replica's container; `replicas` is what a worker remembers of each; `pr
 schedules the probes; `rollout` watches a revision's progress deadline; `ports` hands out
 host ports; `context` holds the types the others share. May import `config`, `proxy`,
 `daemon.runtime`, `daemon.store`, `daemon.gpu`, `daemon.health`, `daemon.scaling`,
-`daemon.metrics` and `daemon.integrations`.
+`daemon.metrics`, `daemon.integrations` and `daemon.secrets`.
 """

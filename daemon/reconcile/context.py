@@ -19,6 +19,7 @@ from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.ports import HostPortAllocator
 from daemon.runtime.interface import ContainerRuntime
 from daemon.scaling.driver import LoadSource
+from daemon.secrets.store import SecretStore
 from daemon.store.access import StoreAccess
 from daemon.store.events import EventLog
 
@@ -35,6 +36,7 @@ class WorkerContext:
     mounts: MountPreparer
     gpus: GpuLedger
     load: LoadSource | None = None  # the metrics sampler's windows, for the autoscaler
+    secrets: SecretStore | None = None  # `{ secret = "NAME" }` values; None: none kept
 
 
 @dataclass

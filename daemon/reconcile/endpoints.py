@@ -20,6 +20,12 @@ right after, a refused window of one bind. `close` drains an endpoint away when 
 deployment goes. A replica set is pushed with `set_upstreams`: the proxy applies it to
 the next request, no listener restart.
 
+A protected deployment's endpoint gets its credential set from `credentials`
+(`daemon.reconcile.endpoint_auth`) on every `ensure`, in place (the set is kept between
+rounds, so that costs a comparison); `refresh_credentials` applies a change of its keys at
+once (the admin API's `berth keys create|revoke`), with no rebind: the next request on
+every open connection is judged by the new set.
+
 A fault stays with its endpoint: one whose listener fails after it started (an unexpected
 error in its accept loop or poller) is logged and dropped, and the next `ensure` from its
 worker binds it again; the other endpoints, and berthd, go on.
@@ -35,6 +41,7 @@ from dataclasses import dataclass, field
 import trio
 
 from config.spec import Endpoint as EndpointSpec
+from daemon.reconcile.endpoint_auth import EndpointCredentials
 from proxy.endpoint import Endpoint, EndpointTimeouts
 
 log = logging.getLogger("berthd")
@@ -82,6 +89,8 @@ class EndpointManager:
         self._retiring: set[_Slot] = set()  # moved away: not accepting, draining
         self._nursery: trio.Nursery | None = None
         self._drain_timeout = drain_timeout
+        # Set by the composition root once the store is open; None: every endpoint is open.
+        self.credentials: EndpointCredentials | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -110,6 +119,7 @@ class EndpointManager:
         if slot is not None and _address(slot.spec) == _address(spec):
             slot.endpoint.set_timeouts(timeouts_of(spec))
             slot.spec, slot.drain_timeout, slot.on_lost = spec, drain, on_lost
+            await self._protect(name, spec, slot.endpoint)
             return slot.endpoint
         assert self._nursery is not None, "EndpointManager.run has not started"
         endpoint = Endpoint(
@@ -122,12 +132,26 @@ class EndpointManager:
         new = _Slot(spec, endpoint, drain, on_lost)
         if slot is not None:
             endpoint.continue_from(slot.endpoint)  # statistics and in-flight counts go on
+        await self._protect(name, spec, endpoint)  # before it accepts its first connection
         if slot is None:
             await self._nursery.start(self._serve, new)
         else:
             await self._move(name, slot, new)
         self._slots[name] = new
         return endpoint
+
+    async def _protect(self, name: str, spec: EndpointSpec, endpoint: Endpoint) -> None:
+        if self.credentials is not None:
+            endpoint.set_credentials(await self.credentials.credentials(name, spec.auth))
+
+    async def refresh_credentials(self, name: str) -> None:
+        """The deployment's keys changed: its endpoint takes the new set now."""
+        if self.credentials is None:
+            return
+        self.credentials.forget_keys(name)
+        slot = self._slots.get(name)
+        if slot is not None:
+            await self._protect(name, slot.spec, slot.endpoint)
 
     async def _move(self, name: str, old: _Slot, new: _Slot) -> None:
         """A new address: bind `new` first, then retire `old` (see the module docstring).

@@ -48,6 +48,12 @@ from daemon.runtime.interface import (
     RuntimeFailure,
     TemporaryRuntimeError,
 )
+from daemon.secrets.references import (
+    SecretText,
+    SecretUnavailable,
+    env_secret_names,
+    resolve_env_secrets,
+)
 from daemon.store.database import ReplicaRecord, Store
 
 log = logging.getLogger("berthd")
@@ -263,13 +269,20 @@ class ReplicaOps:
             # download is retried (its stored layers kept) and blocks nothing.
             self.create_blocked = not exc.temporary
             return
+        try:
+            secret_values = await self._secret_values(spec)
+        except SecretUnavailable as exc:  # names the field and the secret, never a value
+            ctx.gpus.release(key)
+            await self._create_failed(str(exc), rid, "create-failed")
+            self.create_blocked = True
+            return
         host_port = ctx.ports.allocate(key)
         extra = {port: ctx.ports.allocate(key) for port in sorted(self._extra_ports(spec))}
         who = ReplicaIdentity(
             ctx.instance, self.deployment, rid, active.spec_id, active.template_id
         )
         where = ReplicaPlacement(host_port, extra, placed.devices)
-        container = replica_container(spec, who, where, mounts)
+        container = replica_container(spec, who, where, mounts, secret_values)
         memory = self._memory[rid] = ReplicaMemory(rid, first_seen=trio.current_time())
         memory.started_here = True
         try:
@@ -302,6 +315,14 @@ class ReplicaOps:
             deployment=self.deployment,
             replica=rid,
         )
+
+    async def _secret_values(self, spec: DeploymentSpec) -> dict[str, SecretText]:
+        """The values of the secrets the environment names, read now (for this create)."""
+        if not env_secret_names(spec):
+            return {}
+        if self.ctx.secrets is None:
+            raise SecretUnavailable("env: this berthd keeps no secrets")
+        return await resolve_env_secrets(spec, self.ctx.secrets)
 
     async def _prepare(self, active: ActiveRevision) -> tuple[MountSpec, ...]:
         """Pull the image (with the spec's credentials) and prepare its mounts."""

@@ -3,6 +3,12 @@ a `ContainerSpec` out. Pure: the worker allocates ports and ids, then asks here.
 
 Every container carries the contract labels (DESIGN.md) and berth's own
 (`io.berth.template`, `io.berth.host-port`), so any berthd can recognise it later.
+
+An `[env]` value given by reference (`{ secret = "NAME" }`) is the one thing the spec does
+not hold: the caller reads the secrets (`daemon.secrets.references.resolve_env_secrets`)
+and hands their values in; they go into the container's environment and nowhere else (the
+values are `SecretText`, whose `repr` hides them, so a ContainerSpec in a log line or a
+traceback shows `'<secret>'`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from config.secret_ref import SecretRef
 from config.spec import DeploymentSpec
 from daemon.gpu.ledger import LABEL_GPUS
 from daemon.runtime.interface import (
@@ -85,11 +92,31 @@ def replica_labels(
     return labels
 
 
+class MissingSecretValue(LookupError):
+    """The caller did not hand in the value of a secret the environment names (a bug)."""
+
+
+def container_env(
+    env: Mapping[str, str | SecretRef], secret_values: Mapping[str, str]
+) -> dict[str, str]:
+    """The container's environment: literal values as written, references as their values."""
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if isinstance(value, SecretRef):
+            if value.name not in secret_values:
+                raise MissingSecretValue(f'env.{key}: secret "{value.name}" was not read')
+            out[key] = secret_values[value.name]
+        else:
+            out[key] = value
+    return out
+
+
 def replica_container(
     spec: DeploymentSpec,
     who: ReplicaIdentity,
     where: ReplicaPlacement,
     mounts: tuple[MountSpec, ...] = (),
+    secret_values: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
     return ContainerSpec(
         name=container_name(who.deployment, who.replica_id),
@@ -98,7 +125,7 @@ def replica_container(
         app_port=spec.port,
         host_port=where.host_port,
         host_ip=REPLICA_HOST,
-        env=dict(spec.env),
+        env=container_env(spec.env, secret_values or {}),
         command=spec.command,
         cpus=spec.resources.cpus,
         memory_bytes=spec.resources.memory,

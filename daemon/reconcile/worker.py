@@ -83,6 +83,7 @@ from daemon.scaling.driver import (
 )
 from daemon.scaling.driver import ROUND as SCALING_ROUND
 from daemon.scaling.policy import Autoscaler
+from daemon.secrets.references import secret_template_id
 from daemon.store.database import RevisionChanged, Store
 
 log = logging.getLogger("berthd")
@@ -387,10 +388,17 @@ class DeploymentWorker:
             revision=revision.revision,
             spec=spec,
             spec_id=spec_id(spec),
-            template_id=template_id(spec),
+            template_id=self._template_id(spec),
             desired_replicas=desired_count(spec, deployment.pinned_replicas, scaled),
         )
         return self._active
+
+    def _template_id(self, spec: DeploymentSpec) -> str:
+        """What the replicas are made from: the spec's template and, when its environment
+        names secrets, their fingerprints (a new value replaces the replicas)."""
+        base = template_id(spec)
+        secrets = self._ctx.secrets
+        return base if secrets is None else secret_template_id(base, spec, secrets)
 
     async def _autoscale(self, spec: DeploymentSpec, pinned: int | None) -> int | None:
         """The autoscaler's count for this round, or None when the count is not its to set."""

@@ -1,6 +1,7 @@
 """berthd's memory: deployments, revisions, replicas, events and metric rollups in SQLite.
 
 `database` is the store (the only sqlite-utils importer), `migrations` its numbered schema
-changes, `access` runs its calls on one thread, one at a time, and `events` is the event log
-written through it. May import nothing of berth's.
+changes, `access` runs its calls on one thread, one at a time, `events` is the event log
+written through it, and `permissions` keeps the state dir 0700 and the database files 0600.
+May import nothing of berth's.
 """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,9 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from daemon.store.migrations import MIGRATIONS
+from daemon.store.permissions import create_database_file, tighten_database_files
+
+log = logging.getLogger("berthd.store")
 
 
 def utc_now() -> datetime:
@@ -157,6 +161,7 @@ class Store:
     def __init__(self, path: Path, *, now: Callable[[], datetime] = utc_now) -> None:
         self._path = path
         self._now = now
+        create_database_file(path)  # 0600 from the start, whatever the umask
         conn = sqlite3.connect(str(path), check_same_thread=False)
         try:
             self._db = Database(conn, execute_plugins=False)
@@ -167,6 +172,9 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        # A file made 0644 by an older berthd (or by sqlite3 by hand): 0600 now, said once.
+        for note in tighten_database_files(path):
+            log.warning("%s", note)
 
     def close(self) -> None:
         self._db.close()
@@ -219,7 +227,18 @@ class Store:
 
     # -- deployments and revisions ------------------------------------------------------
 
-    def apply(self, name: str, spec_id: str, spec_text: str, spec_json: str) -> ApplyResult:
+    def apply(
+        self,
+        name: str,
+        spec_id: str,
+        spec_text: str,
+        spec_json: str,
+        *,
+        because: str | None = None,
+    ) -> ApplyResult:
+        """A new active revision, or "unchanged" for the active spec again. `because`: a
+        new revision even for the same spec, saying why (a secret its replicas use has a
+        new value: `berth history` shows the reason)."""
         with self._write():
             row = self._deployment_row(name)
             outcome: ApplyOutcome
@@ -239,7 +258,8 @@ class Store:
                 deployment_id = row["deployment_id"]
                 removed = row["removed_at"] is not None
                 active = self._active_row(deployment_id)
-                if not removed and active is not None and active["spec_id"] == spec_id:
+                same = active is not None and active["spec_id"] == spec_id
+                if not removed and active is not None and same and because is None:
                     return ApplyResult(
                         name, deployment_id, active["revision"], spec_id, "unchanged"
                     )
@@ -267,7 +287,7 @@ class Store:
                     "created_at": self._stamp(),
                     "active": 1,
                     "status": str(RevisionStatus.ACTIVE),
-                    "reason": None,
+                    "reason": because,
                 }
             )
         return ApplyResult(name, deployment_id, number, spec_id, outcome)

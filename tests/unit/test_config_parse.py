@@ -81,7 +81,7 @@ BAD_SPECS = [
     ("env digit name", make('[env]\n1X = "x"'), "env.1X: not a valid environment"),
     ("env float", make("[env]\nX = 1.5"), "env.X: must be a string (quote it)"),
     ("env bool", make("[env]\nX = true"), "env.X: must be a string (quote it) or an integer"),
-    ("env table", make("[env.X]\nY = 1"), "env.X: must be a string"),
+    ("env table", make("[env.X]\nY = 1"), 'env.X: a table must be { secret = "NAME" }'),
     # resources
     ("cpus zero", make("[resources]\ncpus = 0"), "resources.cpus: must be > 0 (got 0)"),
     ("cpus many", make("[resources]\ncpus = 2000"), "resources.cpus: must be <= 1024"),

@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": set(),
     "gpu": set(),
     "cli": set(),
+    "secrets": set(),
     "health": {"http"},
     "runtime": {"http"},
     "integrations": {"runtime"},
@@ -49,8 +50,9 @@ ALLOWED: dict[str, set[str]] = {
         "scaling",
         "metrics",
         "integrations",
+        "secrets",
     },
-    "api": {"http", "reconcile", "store", "runtime", "gpu", "integrations", "metrics"},
+    "api": {"http", "reconcile", "store", "runtime", "gpu", "integrations", "metrics", "secrets"},
 }
 MAX_ROOT_MODULES = 6
 
