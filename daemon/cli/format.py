@@ -97,11 +97,14 @@ def plural(count: int, noun: str) -> str:
 
 
 def event_line(event: Mapping[str, object]) -> str:
-    """One event as a line; fixed widths, since a followed stream cannot be measured first."""
+    """One event as a line; fixed widths, since a followed stream cannot be measured first.
+    An event an admin request caused ends with the caller's uid (`uid=1000`)."""
+    uid = event.get("uid")
+    by = f"  uid={uid}" if isinstance(uid, int) and not isinstance(uid, bool) else ""
     return (
         f"{timestamp(event.get('time'))}  {cell(event.get('deployment')):<16} "
         f"{cell(event.get('replica')):<12} {cell(event.get('kind')):<12} "
-        f"{cell(event.get('message'))}"
+        f"{cell(event.get('message'))}{by}"
     ).rstrip()
 
 

@@ -23,6 +23,9 @@ Invariants:
   what the client still sends for a moment, so that the client reads the answer instead
   of a reset.
 - HEAD gets the headers (Content-Length included) of the GET answer, without its body.
+- On a Unix socket each request carries the uid of the process at the other end
+  (`Request.peer_uid`, from SO_PEERCRED: what the kernel says, not what the client claims),
+  read once when the connection is accepted; None on TCP.
 - A streamed body is flushed chunk by chunk. When the client goes away the stream stops at
   once, even while it is waiting for its next item, and its `aclose()` is awaited.
 - A stream that needs tasks of its own (`berth logs -f` merges several replicas' logs) does
@@ -36,6 +39,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -75,6 +80,8 @@ class Request:
     # Lower-cased header names; repeated headers are joined with ", ".
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # The caller's uid on a Unix socket (SO_PEERCRED); None on TCP.
+    peer_uid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,10 +177,11 @@ class HttpServer(Generic[AddressT]):
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         request: Request | _Refusal | None = None
+        peer_uid = _peer_uid(stream)
         async with stream:
             try:
                 while True:
-                    request = await self._read_request(conn, stream)
+                    request = await self._read_request(conn, stream, peer_uid)
                     if request is None:
                         return  # closed, or too slow to ask
                     if isinstance(request, _Refusal):
@@ -197,7 +205,7 @@ class HttpServer(Generic[AddressT]):
                 logger.exception("%s connection failed%s; closed it", self.name, during)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.SocketStream
+        self, conn: h11.Connection, stream: trio.SocketStream, peer_uid: int | None = None
     ) -> Request | _Refusal | None:
         try:
             head: h11.Event | type[h11.PAUSED] | None = None
@@ -236,6 +244,7 @@ class HttpServer(Generic[AddressT]):
             query=MappingProxyType(dict(parse_qsl(target.query, keep_blank_values=True))),
             headers=MappingProxyType(headers),
             body=bytes(body),
+            peer_uid=peer_uid,
         )
 
     async def _call_handler(self, request: Request) -> Response:
@@ -340,6 +349,22 @@ class HttpServer(Generic[AddressT]):
             # As a failing stream: the body is cut (the producer's channel may never close).
             logger.exception("%s response stream's producer failed", self.name)
             stream_scope.cancel()
+
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_uid(stream: trio.SocketStream) -> int | None:
+    """The uid of the process that connected, on a Unix socket; None otherwise."""
+    sock = stream.socket
+    if sock.family != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    return int(uid)
 
 
 async def _next_event(

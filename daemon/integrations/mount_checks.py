@@ -182,6 +182,10 @@ def bind_source_problem(
     if not settings.allows_bind_source(source):
         return f"not under berthd's allowed roots ({_roots(settings)})"
     path = Path(source)
+    # As written first: a protected path is refused whether or not it exists here.
+    reason = protected_problem(path, settings, read_only=read_only)
+    if reason is not None:
+        return reason
     try:
         resolved = path.resolve(strict=True)
     except FileNotFoundError:
@@ -247,7 +251,7 @@ def model_problem(name: str, settings: DaemonSettings) -> str | None:
         # A link to the real files elsewhere (a bigger disk) is fine when a bind could be.
         reason = bind_source_problem(str(resolved), settings)
         if reason:
-            return f"{path} links to {resolved}, which {reason}"
+            return f"{path} links to {resolved}, which may not be mounted: {reason}"
     else:
         reason = protected_problem(resolved, settings)
         if reason:

@@ -5,11 +5,22 @@ stderr (journald keeps those). Followers (`berth events -f`) wait on `changed()`
 the store from the last id they saw, so no event is missed between two waits. `prune_forever`
 keeps the log bounded: events older than `keep` seconds, and all but the newest `max_rows`,
 go once an hour.
+
+Who caused an event: an admin request runs its handler inside `acting_as(uid)` (the caller's
+uid from SO_PEERCRED), and every event the handler emits records that uid (`Event.uid`;
+`berth events` shows `uid=1000`). Only the handler's own task counts: a task started from it
+(a deployment's worker, started by its first apply, lives on for good) inherits the context
+but not the caller. Events berthd emits of its own accord (a reconcile round, a probe, a
+specs directory read at start) have none; what a worker does later because of an apply is
+berthd's doing, and the apply's own event says who asked for it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 
 import trio
@@ -18,6 +29,29 @@ from daemon.store.access import StoreAccess
 from daemon.store.database import Event, Store, utc_now
 
 log = logging.getLogger("berthd")
+
+# The task handling an admin request, and its caller's uid.
+_ACTOR: ContextVar[tuple[trio.lowlevel.Task, int] | None] = ContextVar(
+    "berth_actor", default=None
+)
+
+
+@contextmanager
+def acting_as(uid: int | None) -> Iterator[None]:
+    """Within this block, events this task emits record `uid` as their cause."""
+    actor = None if uid is None else (trio.lowlevel.current_task(), uid)
+    token = _ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+def _current_uid() -> int | None:
+    actor = _ACTOR.get()
+    if actor is None or actor[0] is not trio.lowlevel.current_task():
+        return None
+    return actor[1]
 
 
 class EventLog:
@@ -34,13 +68,14 @@ class EventLog:
         replica: str | None = None,
         level: int = logging.INFO,
     ) -> Event:
+        uid = _current_uid()
         event = await self._store.call(
-            Store.add_event, kind, message, deployment=deployment, replica=replica
+            Store.add_event, kind, message, deployment=deployment, replica=replica, uid=uid
         )
         log.log(
             level,
             message,
-            extra={"deployment": deployment, "replica": replica, "event": kind},
+            extra={"deployment": deployment, "replica": replica, "event": kind, "uid": uid},
         )
         self._changed.set()
         self._changed = trio.Event()

@@ -105,11 +105,17 @@ CREATE TABLE endpoint_keys (
 CREATE INDEX endpoint_keys_by_deployment ON endpoint_keys (deployment_id);
 """
 
+# Who caused an event: the admin caller's uid (SO_PEERCRED), NULL for berthd's own doing.
+_M006_EVENT_UID = """
+ALTER TABLE events ADD COLUMN uid INTEGER;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _M001_DEPLOYMENTS_AND_REVISIONS,
     _M002_REPLICAS,
     _M003_EVENTS,
     _M004_METRICS,
     _M005_ENDPOINT_KEYS,
+    _M006_EVENT_UID,
 )
 LATEST_VERSION = len(MIGRATIONS)

@@ -1,6 +1,7 @@
 """berthd's own log lines: one structured line per record on stderr, for journald.
 
 `level=info deployment=echo replica=1a2b3c4d event=created msg="replica 1a2b3c4d created"`
+(and `uid=1000` on an event an admin request caused).
 Fields a record lacks are left out. Values with spaces or quotes are quoted.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-FIELDS = ("deployment", "replica", "event")
+FIELDS = ("deployment", "replica", "event", "uid")
 
 
 def _quote(value: str) -> str:
@@ -24,7 +25,7 @@ class KeyValueFormatter(logging.Formatter):
         parts = [f"level={record.levelname.lower()}"]
         for name in FIELDS:
             value = getattr(record, name, None)
-            if value:
+            if value is not None and value != "":  # uid 0 (root) is a value
                 parts.append(f"{name}={_quote(str(value))}")
         parts.append(f"msg={_quote(record.getMessage())}")
         if record.exc_info:
