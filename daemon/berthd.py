@@ -54,6 +54,7 @@ from daemon.observability import (
     scrape_targets,
 )
 from daemon.reconcile.context import WorkerContext
+from daemon.reconcile.endpoint_auth import EndpointCredentials
 from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.ports import HostPortAllocator
 from daemon.reconcile.worker import DeploymentWorker
@@ -132,6 +133,10 @@ class Berthd:
         store = Store(self.state_dir / "berth.db")
         self.store = StoreAccess(store)
         self.events = EventLog(self.store)
+        # Protected endpoints' credentials: [endpoint.auth]'s secrets and `berth keys`.
+        self.endpoints.credentials = EndpointCredentials(
+            self.store, self.secrets, read_failures=(SecretError,)
+        )
         try:
             for note in await self.secrets.open():
                 log.warning("secrets: %s", note)
