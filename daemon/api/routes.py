@@ -30,6 +30,7 @@ from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.worker import WorkerSnapshot
 from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, RuntimeFailure
 from daemon.store.database import Deployment, Event, Store
+from daemon.store.events import acting_as
 
 RM_WAIT = 120.0
 FOLLOW_BUFFER = 64  # chunks of `berth logs -f` waiting for a slow reader
@@ -57,6 +58,11 @@ class AdminApi:
         self.d = daemon
 
     async def handle(self, req: Request) -> Response:
+        # The events this request causes record who asked (the socket peer's uid).
+        with acting_as(req.peer_uid):
+            return await self._route(req)
+
+    async def _route(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
         if not parts or parts[0] != "v1":
             return error(404, f"no such route: {req.path}")
@@ -395,5 +401,5 @@ def _json_body(req: Request) -> object:
         return {}
     try:
         return json.loads(req.body)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested past the limit
         return {}

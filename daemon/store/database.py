@@ -131,6 +131,7 @@ class Event:
     replica: str | None
     kind: str
     message: str
+    uid: int | None = None  # the admin caller who caused it (SO_PEERCRED); None: berthd
 
 
 @dataclass(frozen=True)
@@ -423,14 +424,16 @@ class Store:
         *,
         deployment: str | None = None,
         replica: str | None = None,
+        uid: int | None = None,
     ) -> Event:
         time = self._stamp()
         cursor = self._db.execute(
-            "INSERT INTO events (time, deployment, replica, kind, message) VALUES (?, ?, ?, ?, ?)",
-            [time, deployment, replica, str(kind), message],
+            "INSERT INTO events (time, deployment, replica, kind, message, uid) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [time, deployment, replica, str(kind), message, uid],
         )
         assert cursor.lastrowid is not None
-        return Event(cursor.lastrowid, time, deployment, replica, str(kind), message)
+        return Event(cursor.lastrowid, time, deployment, replica, str(kind), message, uid)
 
     def prune_events(self, before: datetime, keep_rows: int) -> int:
         """Drop events older than `before`, and all but the newest `keep_rows`; how many."""

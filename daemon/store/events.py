@@ -31,9 +31,7 @@ from daemon.store.database import Event, Store, utc_now
 log = logging.getLogger("berthd")
 
 # The task handling an admin request, and its caller's uid.
-_ACTOR: ContextVar[tuple[trio.lowlevel.Task, int] | None] = ContextVar(
-    "berth_actor", default=None
-)
+_ACTOR: ContextVar[tuple[trio.lowlevel.Task, int] | None] = ContextVar("berth_actor", default=None)
 
 
 @contextmanager
