@@ -34,6 +34,7 @@ from daemon.cli.commands import (
 )
 from daemon.cli.keys import add_keys_parser
 from daemon.cli.pull import cmd_pull
+from daemon.cli.secrets import add_secret_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     command("status", cmd_status, "berthd's version, Podman, GPUs, deployments")
     add_keys_parser(sub, common)
+    add_secret_parser(sub, common)
     return parser
 
 
