@@ -217,6 +217,10 @@ async def _run(
             capture_stdout=True,
             capture_stderr=True,
             check=False,
+            # berthd may run under UMask=0077 (its unit); a clone is bind-mounted into
+            # replicas that may not run as root, so its files are made world-readable
+            # (inside the 0700 state dir, which nobody else can enter).
+            umask=0o022,
         )
     assert scope.cancelled_caught
     raise MountError(_clone_failed(url, f"git did not finish within {GIT_TIMEOUT:.0f}s"))

@@ -246,6 +246,9 @@ class PodmanService:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # berthd may run under UMask=0077 (its unit): the Podman service and what it
+                # makes (volumes, container files) keep Podman's usual 0022, as before.
+                umask=0o022,
             )
         finally:
             log_file.close()

@@ -158,3 +158,13 @@ def test_strict_drop_in_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == ""
     assert "ProtectSystem=strict" in merged
+
+
+def test_berthd_writes_privately_its_children_as_before() -> None:
+    """UMask=0077 for berthd (issue 13); the embedded Podman and git get 0022 back, so
+    volumes, container files and clones mounted into non-root replicas stay readable."""
+    service = {k: v[-1] for k, v in parse_unit(UNIT.read_text())["Service"].items()}
+    assert service["UMask"] == "0077"
+    assert service["StateDirectoryMode"] == "0700"
+    for child in ("daemon/runtime/service.py", "daemon/integrations/git.py"):
+        assert "umask=0o022" in (REPO_ROOT / child).read_text(), child
