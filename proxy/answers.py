@@ -1,4 +1,4 @@
-"""The answers the proxy makes itself (400, 408, 431, 502, 503, 504, ...): text or JSON.
+"""The answers the proxy makes itself (400, 408, 411, 431, 501, 502, 503, 504, ...): text or JSON.
 
 A client that asks for JSON gets an OpenAI-style error object, which JSON API clients
 (the OpenAI SDKs, tritonclient) parse instead of failing on text:
@@ -33,10 +33,13 @@ REASONS: Final = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
+    411: b"Length Required",
+    413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    501: b"Not Implemented",
     505: b"HTTP Version Not Supported",
 }
 

@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from proxy.stats import Counters
 from proxy.upstreams import RoundRobin, Upstream
 
 STATS_WINDOW_S = 60.0
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,27 @@ class EndpointTimeouts:
     read_idle: float = ENDPOINT_READ_TIMEOUT
     # Keep-alive client silent between requests (or not reading).
     client_idle: float = ENDPOINT_CLIENT_IDLE_TIMEOUT
-    header_read: float = 10.0  # from a request's first byte to the end of its head
+    # From accept (or, on a kept-alive connection, the request's first byte) to the end of
+    # its head: the most a slow or silent client holds a connection slot for nothing.
+    header_read: float = 10.0
+    # A request body must bring at least `body_min_rate` bytes/s, counted over windows of
+    # `body_rate_window` seconds (a window ends early once its share has arrived); a slower
+    # one is cut (408 while no response has begun). 10 KiB per 10 s: far below any link
+    # that uploads a prompt, far above a slowloris body (`proxy.relay.BodyPace`).
+    body_min_rate: float = 1024.0
+    body_rate_window: float = 10.0
 
 
 def poller_tick(timeouts: EndpointTimeouts) -> float:
     """The watchdog's tick: a quarter of the shortest timeout it ends, within 10-500 ms
     (a timeout fires within one tick of its time, `proxy.poller`)."""
-    shortest = min(timeouts.connect, timeouts.read_idle, timeouts.client_idle, timeouts.header_read)
+    shortest = min(
+        timeouts.connect,
+        timeouts.read_idle,
+        timeouts.client_idle,
+        timeouts.header_read,
+        timeouts.body_rate_window,
+    )
     return min(0.5, max(0.01, shortest / 4))
 
 
@@ -86,6 +102,11 @@ class Balancer:
         self.totals = Counters(STATS_WINDOW_S)
         self.replicas: dict[str, Counters] = {}
         self.guard: Guard | None = None  # a protected endpoint's credentials (`proxy.auth`)
+        # Peers whose Forwarded / X-Real-IP / X-Forwarded-* are kept (`proxy.headers`).
+        self.trusted_proxies: tuple[IPNetwork, ...] = ()
+        # Upstreams known to speak HTTP/1.1 (a 1.1 response seen from them): a streamed
+        # chunked body goes only to those; the others get it buffered with a Content-Length.
+        self.http11: set[Upstream] = set()
         self._id_prefix = os.urandom(6).hex().encode()
         self._id_next = 0
 
@@ -93,6 +114,7 @@ class Balancer:
         self.upstreams.set(upstreams)
         current = self.upstreams.upstreams
         self.pool.retain(current)
+        self.http11.intersection_update(current)
         ids = {u.replica_id for u in current}
         for rid in ids:
             if rid not in self.replicas:
@@ -108,6 +130,21 @@ class Balancer:
             return
         self.timeouts = timeouts
         self.poller.retick(poller_tick(timeouts))
+
+    def set_trusted_proxies(self, networks: Iterable[str]) -> None:
+        self.trusted_proxies = tuple(ipaddress.ip_network(n) for n in networks)
+
+    def is_trusted(self, peer: str) -> bool:
+        """Whether `peer` (an address) lies in `trusted_proxies`: once per connection."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.trusted_proxies)
 
     def share_counters(self, other: Balancer) -> None:
         """Count into `other`'s counters from now on (a move of the endpoint to a new

@@ -19,6 +19,9 @@ Invariants:
 - `wait_listener_closed` returns once the listening socket is closed (after
   `begin_shutdown`, or when `run` ends), while in-flight requests may still drain: the
   port is free for another listener from then on.
+- At most `max_connections` client connections are open at once (None: berthd's budget,
+  shared by every endpoint, `proxy.admission`); over it the accept loop waits and new
+  connections queue in the listen backlog; an open connection is never closed for it.
 - A protected endpoint (`set_credentials`, `proxy.auth`) answers 401 to a request without
   a credential of its set before any replica is picked; a new set applies to the next
   request on every connection.
@@ -41,6 +44,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from proxy import sockets
+from proxy.admission import ConnectionBudget, Gate, process_budget
 from proxy.auth import Credentials, Guard
 from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
@@ -65,11 +69,16 @@ class Endpoint:
         port: int,
         timeouts: EndpointTimeouts = EndpointTimeouts(),  # noqa: B008 - frozen
         on_suspect: Callable[[str], None] | None = None,
+        max_connections: int | None = None,
+        trusted_proxies: Iterable[str] = (),
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.name = name
         self.bind = bind
         self.port = port
         self._balancer = Balancer(name, timeouts, on_suspect)
+        self._balancer.set_trusted_proxies(trusted_proxies)
+        self._gate = Gate(budget or process_budget(), max_connections)
         self._sessions: set[Session] = set()
         self._accept_scope: trio.CancelScope | None = None
         self._handlers_scope: trio.CancelScope | None = None
@@ -93,6 +102,17 @@ class Endpoint:
         connection, the next request on a kept-alive one, a connect, a response read); a
         wait under way keeps its own. The poller's tick follows them."""
         self._balancer.set_timeouts(timeouts)
+
+    def set_limits(self, max_connections: int | None, trusted_proxies: Iterable[str]) -> None:
+        """A new connection cap and trusted proxies, in place: the cap applies to the next
+        accept (connections over a lowered cap are not closed), the proxies to connections
+        accepted from now on."""
+        self._gate.set_max_connections(max_connections)
+        self._balancer.set_trusted_proxies(trusted_proxies)
+
+    def connections(self) -> int:
+        """Client connections open now."""
+        return self._gate.open
 
     def set_credentials(self, credentials: Credentials | None) -> None:
         """Protect the endpoint with `credentials` (None: open it), in place: the next
@@ -177,8 +197,12 @@ class Endpoint:
                         if self._balancer.draining:
                             accept_scope.cancel()
                             self._apply_drain_deadline()
+                        gate = self._gate
                         while True:
+                            if not gate.has_room():
+                                await gate.wait_for_room()  # the rest wait in the backlog
                             sock, peer = await sockets.accept(listener)
+                            gate.opened()
                             handlers.start_soon(self._serve, sock, peer)
                     sockets.close_listener(listener)
                     closed = True
@@ -212,6 +236,7 @@ class Endpoint:
                 conn.close()
             else:
                 sock.close()
+            self._gate.closed()
 
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Stop accepting; in-flight requests get `drain_timeout` seconds to finish."""

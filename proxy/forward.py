@@ -1,9 +1,10 @@
 """One client connection: read requests, forward each to a replica, retry where safe.
 
 The flow of one request (an "exchange"):
-1. The head arrives (within `header_read` of its first byte) and is checked by the
-   protocol core; a malformed request is answered 400/405/431/505 and the connection
-   closes, nothing forwarded.
+1. The head arrives within `header_read` (from accept for a connection's first request,
+   from its first byte on a kept-alive one; a trickled head does not extend it: 408) and
+   is checked by the protocol core; a malformed request is answered
+   400/405/431/501/505 and the connection closes, nothing forwarded.
 2. Pick the next upstream (round robin, skipping for a moment those whose connect failed
    or hung). No upstream at all -> 503 + Retry-After at once, or, with the endpoint's hold
    mode (scale from zero), the request waits for one, bounded (`Balancer.hold`).
@@ -11,7 +12,11 @@ The flow of one request (an "exchange"):
    after ~150 ms races one to the next upstream). A connect failure marks the replica
    suspect and the request goes to the next upstream, always (nothing has been sent).
 4. Send the head and whatever body has arrived; stream the rest of the body while reading
-   the response (concurrently, so early answers and 100-continue work).
+   the response (concurrently, so early answers and 100-continue work), at the minimum
+   body rate (`proxy.relay.BodyPace`). A chunked body still under way goes chunked only
+   to an upstream known to speak HTTP/1.1 (a 1.1 response seen from it); for any other
+   (an HTTP/1.0 replica, or one not heard from yet) it is read whole first, up to
+   `MAX_BUFFERED_BODY`, and sent with a Content-Length (longer: 411).
 5. Relay the response as it arrives (`proxy.relay`); a client that hangs up while the
    replica works ends the exchange, and the replica's connection is cut, not pooled.
 The exchange's state (the response's status, whether either connection can carry another
@@ -49,6 +54,7 @@ from proxy.balancer import Balancer
 from proxy.connector import open_connection
 from proxy.exchange import (
     CLIENT_CLOSED,
+    CUT,
     DONE,
     FAILED,
     NOT_SENT,
@@ -60,23 +66,32 @@ from proxy.exchange import (
 from proxy.headers import chunk, request_head_bytes
 from proxy.protocol import END, Framing, ProtocolError, RequestHead
 from proxy.reader import ClientGone, ClientReader
-from proxy.relay import relay, relay_while_sending
+from proxy.relay import (
+    BodyPace,
+    BodyTooSlow,
+    next_body_event,
+    relay,
+    relay_while_sending,
+)
 from proxy.sockets import Conn, Timeout
 from proxy.upstreams import Upstream
 
 _RETRY_AFTER_S: Final = 1
+# The most of a chunked request body read whole for an upstream that may be HTTP/1.0.
+MAX_BUFFERED_BODY: Final = 8 * 1024 * 1024
 
 
 class Session:
     """Serves one client connection until it closes, errs or the endpoint drains."""
 
-    __slots__ = ("balancer", "conn", "reader", "peer", "idle", "exchange")
+    __slots__ = ("balancer", "conn", "reader", "peer", "trusted", "idle", "exchange")
 
     def __init__(self, balancer: Balancer, conn: Conn) -> None:
         self.balancer = balancer
         self.conn = conn
         self.reader = ClientReader(conn)
         self.peer = conn.peer.encode()
+        self.trusted = balancer.is_trusted(conn.peer)  # its Forwarded etc. are kept
         self.idle = True  # between requests, no byte of the next one read yet
         self.exchange = Exchange(balancer, conn, self.reader)  # the request being served
 
@@ -85,28 +100,46 @@ class Session:
         reader = self.reader
         conn = self.conn
         ex = self.exchange
+        poller = b.poller
+        # The first head is due `header_read` after accept: a connection that says nothing,
+        # or trickles, holds its slot no longer than that (not `client_idle`).
+        deadline = trio.current_time() + b.timeouts.header_read
+        first = True
         try:
             while not b.draining:
                 self.idle = True
                 timeouts = b.timeouts  # per request: a change applies to the next one
                 try:
                     if not reader.has_events():
-                        # Wait for the first byte of the next request (client idle time).
-                        data = await conn.recv_wait_first(timeouts.client_idle)
+                        # The first byte of the request: on a kept-alive connection, within
+                        # client idle time, and then the head within header_read of it.
+                        wait = deadline - trio.current_time() if first else timeouts.client_idle
+                        data = await conn.recv_wait_first(wait if wait > 0 else 0.0)
+                        if not data:
+                            return
+                        if not first:
+                            deadline = poller.now + timeouts.header_read
+                        reader.feed(data)
+                    elif not first:
+                        deadline = poller.now + timeouts.header_read
+                    first = False
+                    self.idle = False
+                    event = reader.pop_ready()
+                    while event is None:  # each read waits only what is left of the deadline
+                        left = deadline - trio.current_time()
+                        if left <= 0:
+                            raise Timeout
+                        data = await conn.recv(left)
                         if not data:
                             return
                         reader.feed(data)
-                    self.idle = False
-                    event = reader.pop_ready()
-                    if event is None:
-                        with trio.fail_after(timeouts.header_read):
-                            event = await reader.next_event(timeouts.header_read)
+                        event = reader.pop_ready()
                 except ProtocolError as exc:
                     await self._answer(None, exc.status, exc.reason)
                     return
                 except (ClientGone, OSError):
                     return
-                except (Timeout, trio.TooSlowError):
+                except Timeout:
                     if not self.idle:  # a head was under way: slowloris, or just slow
                         await self._answer(None, 408, "request header timeout")
                     return
@@ -164,8 +197,9 @@ class Session:
             # Whole body at hand: send it with a Content-Length, which every app accepts.
             framing = Framing.LENGTH
             head.content_length = sum(len(p) for p in parts)
+        request_id = b.next_request_id()
         request = request_head_bytes(
-            head, peer=self.peer, request_id=b.next_request_id(), framing=framing
+            head, peer=self.peer, request_id=request_id, framing=framing, trusted=self.trusted
         )
         if parts:
             if framing is Framing.CHUNKED:
@@ -190,6 +224,22 @@ class Session:
                     await self._answer(head, 502, _NO_ANSWER)
                     return False
                 tried.append(upstream)
+                if not complete and framing is Framing.CHUNKED and upstream not in b.http11:
+                    # Maybe HTTP/1.0, which cannot read chunked: read it whole, then send it
+                    # with a Content-Length, to this upstream and any other tried after it.
+                    body = await self._buffer_body(head, parts)
+                    if body is None:
+                        return False  # answered (408, 411, 400) or the client left
+                    complete, framing = True, Framing.LENGTH
+                    head.content_length = len(body)
+                    request = request_head_bytes(
+                        head,
+                        peer=self.peer,
+                        request_id=request_id,
+                        framing=framing,
+                        trusted=self.trusted,
+                    )
+                    request += body
                 outcome, upstream = await self._attempt(
                     upstream, tried, head, request, complete, framing
                 )
@@ -197,6 +247,10 @@ class Session:
                     break
             if outcome is FAILED:
                 await self._answer(head, ex.status, _MESSAGES.get(ex.status, _BAD_GATEWAY))
+                return False
+            if outcome is CUT:
+                # Cut mid-response: a reset, so that no client takes what it got for the whole.
+                self.conn.abort()
                 return False
             return outcome is DONE and not ex.close_after
         finally:
@@ -218,6 +272,32 @@ class Session:
         b.finished(None, 401, start)
         self.exchange.status, self.exchange.close_after = 401, not keep
         return keep
+
+    async def _buffer_body(self, head: RequestHead, parts: list[bytes]) -> bytes | None:
+        """The rest of a chunked body, read whole (at the body rate, up to
+        `MAX_BUFFERED_BODY`); None once answered (408, 411, 400) or the client left."""
+        b = self.balancer
+        pace = BodyPace(b.timeouts, b.poller)
+        size = sum(len(p) for p in parts)
+        try:
+            while True:
+                ev = await next_body_event(self.reader, pace)
+                if ev is END:
+                    return b"".join(parts)
+                if isinstance(ev, bytes):
+                    size += len(ev)
+                    if size > MAX_BUFFERED_BODY:
+                        message = "a chunked body over 8 MiB needs a Content-Length here"
+                        await self._answer(head, 411, message)
+                        return None
+                    parts.append(ev)
+        except ProtocolError as exc:
+            await self._answer(head, exc.status, exc.reason)
+        except BodyTooSlow:
+            await self._answer(head, 408, _MESSAGES[408])
+        except ClientGone:
+            self.exchange.status = CLIENT_CLOSED
+        return None
 
     async def _attempt(
         self,
@@ -288,9 +368,9 @@ class Session:
                 # The replica had reset the connection: it cannot have read the request.
                 return STALE if reused else NOT_SENT
             if complete:
-                outcome = await relay(ex, conn, head)
+                outcome = await relay(ex, conn, head, upstream)
             else:
-                outcome = await relay_while_sending(ex, conn, head, framing)
+                outcome = await relay_while_sending(ex, conn, head, framing, upstream)
             if outcome is STALE and not (reused and complete):
                 outcome = RETRY  # a fresh connection closed unread: a broken replica
             return outcome
@@ -309,6 +389,7 @@ _BAD_GATEWAY: Final = "the replica sent a broken response or closed the connecti
 _NO_ANSWER: Final = "no replica answered: each one tried refused or closed the connection"
 _MESSAGES: Final = {
     400: "malformed request body",
+    408: "request body too slow",
     502: _BAD_GATEWAY,
     504: "the replica did not answer in time",
 }

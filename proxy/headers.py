@@ -5,8 +5,13 @@ Invariants:
   Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade (kept only for a
   tunnelled upgrade), and Content-Length, because the proxy frames every body itself and
   adds exactly one framing field.
-- X-Forwarded-For gains the peer's address; X-Forwarded-Proto and X-Forwarded-Host are
-  set by the proxy (any client-sent value is replaced); X-Request-Id is added when absent.
+  A response's Transfer-Encoding other than a lone `chunked` (`gzip, chunked`) is the
+  exception: it goes to the client as sent, codings and all (`ResponseHead.transfer_coding`).
+- What the proxy saw of the client is set by the proxy: X-Forwarded-For, -Proto, -Host,
+  X-Real-IP and Forwarded (RFC 7239). From an untrusted peer every client-sent
+  Forwarded, X-Real-IP and X-Forwarded-* is dropped and replaced; from a trusted proxy
+  (`[endpoint] trusted_proxies`) they are kept, and X-Forwarded-For and Forwarded gain
+  this hop. X-Request-Id is added when absent.
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ HOP_BY_HOP: Final = frozenset(
         b"content-length",
     }
 )
-# Set by the proxy: a client-sent value is replaced, never forwarded.
-_REQUEST_DROP: Final = HOP_BY_HOP | {b"x-forwarded-proto", b"x-forwarded-host"}
+# Set by the proxy from what it saw itself: a client-sent value is replaced, unless the
+# client is a trusted proxy (`[endpoint] trusted_proxies`), whose values are kept and
+# extended. Any other `X-Forwarded-*` name from an untrusted client is dropped too.
+_CLIENT_INFO: Final = frozenset(
+    {b"forwarded", b"x-real-ip", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+_REQUEST_DROP: Final = HOP_BY_HOP | _CLIENT_INFO
+_X_FORWARDED: Final = b"x-forwarded-"
 
 
 # Connection options that name no other header field: the common case, no second pass.
@@ -53,14 +64,30 @@ def request_head_bytes(
     peer: bytes,
     request_id: bytes,
     framing: Framing,
+    trusted: bool = False,
 ) -> bytes:
     """The request line and header section to send to a replica.
 
     `framing` is how the proxy will send the body: CHUNKED or LENGTH (using
-    `head.content_length`) or NONE.
+    `head.content_length`) or NONE. `trusted`: the peer is a trusted proxy, whose
+    Forwarded, X-Real-IP and X-Forwarded-* are kept (Forwarded and X-Forwarded-For gain
+    the peer); otherwise they are replaced by what the proxy saw.
     """
     headers = head.headers
-    return _request_head(head, headers, peer, request_id, framing, _REQUEST_DROP, True)
+    return _request_head(head, headers, peer, request_id, framing, _REQUEST_DROP, True, trusted)
+
+
+def _quoted(value: bytes) -> bytes:
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def _forwarded_element(peer: bytes, host: bytes) -> bytes:
+    """RFC 7239's element for this hop: for (an IPv6 address bracketed and quoted), host."""
+    node = _quoted(b"[" + peer + b"]") if b":" in peer else peer
+    out = b"for=" + node
+    if host:
+        out += b";host=" + _quoted(host)
+    return out + b";proto=http"
 
 
 def _request_head(
@@ -71,10 +98,13 @@ def _request_head(
     framing: Framing,
     drop: frozenset[bytes],
     first_pass: bool,
+    trusted: bool,
 ) -> bytes:
     out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     append = out.append
     xff: bytes | None = None
+    forwarded: bytes | None = None
+    kept: set[bytes] = set()  # from a trusted peer: the client-info fields it sent
     host = b""
     has_id = False
     for name, value in headers:
@@ -83,10 +113,20 @@ def _request_head(
             if first_pass and n == b"connection" and _names_other_fields(value):
                 # Rare: Connection names other fields to drop. Start again knowing them.
                 drop = drop | _connection_tokens(headers)
-                return _request_head(head, headers, peer, request_id, framing, drop, False)
+                return _request_head(head, headers, peer, request_id, framing, drop, False, trusted)
+            if trusted and n in _CLIENT_INFO:
+                if n == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif n == b"forwarded":
+                    forwarded = value if forwarded is None else forwarded + b", " + value
+                else:
+                    kept.add(n)
+                    append(name)
+                    append(b": ")
+                    append(value)
+                    append(b"\r\n")
             continue
-        if n == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
+        if n[0] == 120 and not trusted and n.startswith(_X_FORWARDED):  # 120: "x"
             continue
         if n == b"host":
             host = value
@@ -98,11 +138,21 @@ def _request_head(
         append(b"\r\n")
     append(b"X-Forwarded-For: ")
     append(peer if xff is None else xff + b", " + peer)
-    append(b"\r\nX-Forwarded-Proto: http\r\n")
-    if host:
+    append(b"\r\n")
+    if b"x-forwarded-proto" not in kept:
+        append(b"X-Forwarded-Proto: http\r\n")
+    if host and b"x-forwarded-host" not in kept:
         append(b"X-Forwarded-Host: ")
         append(host)
         append(b"\r\n")
+    if b"x-real-ip" not in kept:
+        append(b"X-Real-IP: ")
+        append(peer)
+        append(b"\r\n")
+    append(b"Forwarded: ")
+    element = _forwarded_element(peer, host)
+    append(element if forwarded is None else forwarded + b", " + element)
+    append(b"\r\n")
     if not has_id:
         append(b"X-Request-Id: ")
         append(request_id)
@@ -159,6 +209,11 @@ def _response_head(
             append(b"Upgrade: ")
             append(upgrade)
             append(b"\r\n")
+    elif head.transfer_coding is not None and status >= 200 and status != 204:
+        # Codings other than a lone chunked go on as sent (`gzip, chunked` stays that).
+        append(b"Transfer-Encoding: ")
+        append(head.transfer_coding)
+        append(b"\r\n")
     elif framing is Framing.CHUNKED:
         append(b"Transfer-Encoding: chunked\r\n")
     elif length is not None and (framing is Framing.LENGTH or framing is Framing.NONE):

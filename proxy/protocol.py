@@ -5,7 +5,10 @@ Transfer-Encoding, duplicate or malformed Content-Length, unknown or non-final t
 codings, obs-fold, bare LF, a space before the colon and bad chunk framing. On top of llhttp
 this module refuses what llhttp lets through but a proxy must not: a missing or repeated
 Host in HTTP/1.1, Transfer-Encoding in HTTP/1.0, CONNECT, HTTP versions other than 1.x,
-and header sections over `MAX_HEAD_BYTES` (431).
+and header sections over `MAX_HEAD_BYTES` (431); a Transfer-Encoding other than a lone
+chunked (501, or 400 when chunked is not last); an absolute-form target whose authority
+is not the Host (400; otherwise it becomes origin form); chunk and trailer lines over
+`MAX_CHUNK_LINE` (400, `proxy.chunk_lines`).
 
 Events are `RequestHead` / `ResponseHead`, `bytes` (a piece of body, as it arrived) and
 `END` (the message is complete). Invariants:
@@ -24,7 +27,10 @@ from typing import Final
 
 import httptools
 
+from proxy.chunk_lines import ChunkLines, ChunkLineTooLong
+
 MAX_HEAD_BYTES: Final = 64 * 1024
+_DEFAULT_PORTS: Final = {b"http": b":80", b"https": b":443"}
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -97,7 +103,15 @@ class RequestHead:
 
 
 class ResponseHead:
-    __slots__ = ("status", "reason", "http_version", "headers", "keep_alive", "framing")
+    __slots__ = (
+        "status",
+        "reason",
+        "http_version",
+        "headers",
+        "keep_alive",
+        "framing",
+        "transfer_coding",
+    )
 
     def __init__(
         self,
@@ -107,6 +121,7 @@ class ResponseHead:
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
         framing: Framing,
+        transfer_coding: bytes | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -114,6 +129,9 @@ class ResponseHead:
         self.headers = headers
         self.keep_alive = keep_alive
         self.framing = framing
+        # Transfer-Encoding as sent when it is not a lone "chunked" ("gzip, chunked",
+        # "gzip"): passed to the client unchanged, never re-framed away.
+        self.transfer_coding = transfer_coding
 
     def __repr__(self) -> str:
         return f"<ResponseHead {self.status} {self.framing.value}>"
@@ -124,6 +142,12 @@ Event = RequestHead | ResponseHead | bytes | EndOfMessage
 # Upgrades the proxy tunnels; any other (h2c above all) is stripped and the request is
 # served as plain HTTP/1.1.
 TUNNELLED_UPGRADES: Final = frozenset({b"websocket"})
+
+
+def _authority(value: bytes, default_port: bytes) -> bytes:
+    """A host[:port] compared case-blind, its scheme's default port left out."""
+    v = value.strip().lower()
+    return v[: -len(default_port)] if v.endswith(default_port) else v
 
 
 class _Parser:
@@ -167,6 +191,12 @@ class RequestParser(_Parser):
         self._url = b""
         self._parser = httptools.HttpRequestParser(self)
         self._head: RequestHead | None = None
+        self._ended = False  # a message ended in the current `feed`
+        # A chunked body's line lengths (`proxy.chunk_lines`), from its head to its end;
+        # `_chunks_new`: its head ended in the current `feed`, which holds its start.
+        self._chunks: ChunkLines | None = None
+        self._chunks_new = False
+        self._tail = b""  # the last bytes fed while a head was incomplete
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -189,6 +219,7 @@ class RequestParser(_Parser):
         if method == b"CONNECT":
             self._fail(405, "CONNECT is not supported by a reverse proxy")
         hosts = 0
+        host = b""
         content_length: int | None = None
         chunked = False
         upgrade: bytes | None = None
@@ -196,14 +227,25 @@ class RequestParser(_Parser):
             n = name.lower()
             if n == b"host":
                 hosts += 1
+                host = value
             elif n == b"content-length":
                 content_length = int(value)  # llhttp has checked digits and uniqueness
             elif n == b"transfer-encoding":
-                chunked = True  # llhttp accepts TE in a request only when chunked is final
+                # Not chunked last: no reliable length, 400 (RFC 9112 6.3); a coding before
+                # chunked (gzip, identity) is one the proxy does not apply: 501 (6.1).
+                coding = value.strip().lower()
+                if coding != b"chunked":
+                    if coding.rsplit(b",", 1)[-1].strip() != b"chunked":
+                        self._fail(400, "Transfer-Encoding must end with chunked")
+                    self._fail(501, "only Transfer-Encoding: chunked is supported")
+                chunked = True
             elif n == b"upgrade":
                 upgrade = value.strip().lower()
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             self._fail(400, "HTTP/1.1 needs exactly one Host header")
+        target = self._url
+        if target[:1] != b"/" and target != b"*":
+            target = self._origin_form(target, host if hosts else None)
         if chunked and version == "1.0":
             self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
         if upgrade is not None and not (p.should_upgrade() and upgrade in TUNNELLED_UPGRADES):
@@ -214,9 +256,14 @@ class RequestParser(_Parser):
             framing = Framing.LENGTH  # also for "Content-Length: 0", which some apps need
         else:
             framing = Framing.NONE
+        if framing is Framing.CHUNKED:
+            # Pipelined behind a message that ended in this read, its start is not known:
+            # only llhttp's own checks apply to that (rare) body.
+            self._chunks = None if self._ended else ChunkLines()
+            self._chunks_new = True
         head = RequestHead(
             method,
-            self._url,
+            target,
             version,
             self._headers,
             p.should_keep_alive(),
@@ -227,8 +274,49 @@ class RequestParser(_Parser):
         self._head = head
         self._events.append(head)
 
+    def _origin_form(self, target: bytes, host: bytes | None) -> bytes:
+        """An absolute-form target (`http://a/x`) as origin form (`/x`); its authority must
+        name the Host the request gives (RFC 9112 3.2.2), or there is nothing to check
+        it against in HTTP/1.0, where it then becomes the Host."""
+        scheme, sep, rest = target.partition(b"://")
+        scheme = scheme.lower()
+        if not sep or scheme not in _DEFAULT_PORTS:
+            self._fail(400, "request target must be a path or an http(s) URL")
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        authority, path = rest[:cut], rest[cut:]
+        if not authority or b"@" in authority or b"#" in path:
+            self._fail(400, "absolute-form target without a plain host")
+        if path[:1] != b"/":
+            path = b"/" + path
+        default = _DEFAULT_PORTS[scheme]
+        if host is None:
+            self._headers.append((b"Host", authority))
+        elif _authority(authority, default) != _authority(host, default):
+            self._fail(400, "the request target's host differs from the Host header")
+        return path
+
     def on_message_complete(self) -> None:
+        self._ended = True
         self._events.append(END)
+
+    def _scan_chunk_lines(self, data: bytes) -> None:
+        """Bound the chunk lines llhttp has just accepted (`proxy.chunk_lines`). In the
+        read where the head ended, the body starts after the head's first empty line
+        (llhttp refuses bare LFs and obs-fold), which may have begun in the read before."""
+        chunks = self._chunks
+        assert chunks is not None
+        start = 0
+        if self._chunks_new:
+            self._chunks_new = False
+            tail = self._tail
+            end = (tail + data).find(b"\r\n\r\n")
+            start = len(data) if end < 0 else end + 4 - len(tail)
+        try:
+            if chunks.scan(data, start) is not None:
+                self._chunks = None
+        except ChunkLineTooLong:
+            self._chunks = None
+            self._fail(400, "chunk line (size and extensions) over 4 KiB")
 
     def feed(self, data: bytes) -> list[Event]:
         if self._error is not None:
@@ -236,8 +324,13 @@ class RequestParser(_Parser):
         if self._in_head:
             self._unparsed += len(data)
         events = self._events = []
+        self._ended = False
         try:
             self._parser.feed_data(data)
+            if self._chunks is not None:
+                self._scan_chunk_lines(data)
+            if self._in_head:
+                self._tail = data[-3:]
         except httptools.HttpParserUpgrade as exc:
             offset: int = exc.args[0]
             head = self._head
@@ -303,17 +396,21 @@ class ResponseParser(_Parser):
         status: int = p.get_status_code()
         self._keep_alive = p.should_keep_alive()
         framing = Framing.CLOSE
+        codings: bytes | None = None
+        for name, value in self._headers:
+            n = name.lower()
+            if n == b"transfer-encoding":
+                codings = value if codings is None else codings + b", " + value
+            elif n == b"content-length" and codings is None:
+                framing = Framing.LENGTH
+        coding: bytes | None = None
+        if codings is not None:
+            last = codings.rsplit(b",", 1)[-1].strip().lower()
+            framing = Framing.CHUNKED if last == b"chunked" else Framing.CLOSE
+            if codings.strip().lower() != b"chunked":
+                coding = codings
         if self._head_request or status < 200 or status == 204 or status == 304:
             framing = Framing.NONE
-        else:
-            for name, value in self._headers:
-                n = name.lower()
-                if n == b"transfer-encoding":
-                    last = value.rsplit(b",", 1)[-1].strip().lower()
-                    framing = Framing.CHUNKED if last == b"chunked" else Framing.CLOSE
-                    break
-                if n == b"content-length":
-                    framing = Framing.LENGTH
         self._framing = framing
         self._interim = 100 <= status < 200 and status != 101
         self._events.append(
@@ -324,6 +421,7 @@ class ResponseParser(_Parser):
                 self._headers,
                 self._keep_alive,
                 framing,
+                coding,
             )
         )
         if self._head_request and not self._interim:

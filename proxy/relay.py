@@ -3,7 +3,18 @@
 The relay reads the replica's response as it arrives and sends each piece on at once (one
 client send per replica read, so SSE and chunked streams flush every chunk). Bodies are
 re-framed: Content-Length kept, otherwise chunked to HTTP/1.1 clients and close-delimited
-to HTTP/1.0 ones.
+to HTTP/1.0 ones, except a body with a transfer coding of its own (`gzip, chunked`),
+whose Transfer-Encoding goes on as sent (an HTTP/1.0 client gets 502 instead).
+Interim (1xx) responses go to HTTP/1.1 clients only.
+
+A response cut short after bytes went to the client (reset, early end, broken framing,
+read-idle timeout) is never ended cleanly: the attempt is CUT with 502/504 recorded (never
+the replica's 2xx) and `forward` aborts the client connection with a reset, which is the
+only signal a close-delimited body has. Each response's version says whether its
+upstream speaks HTTP/1.1 (`Balancer.http11`, which `forward` reads for request bodies).
+
+The request body streamed alongside keeps a minimum rate (`BodyPace`): slower, it is cut,
+with 408 while no response has begun.
 
 It returns how the attempt ended (an `Outcome`, `proxy.exchange`) and records what the
 response says on the client connection's `Exchange`: `status` (the response being sent),
@@ -20,6 +31,7 @@ from typing import Final
 
 import trio
 
+from proxy.balancer import EndpointTimeouts
 from proxy.exchange import (
     CLIENT_CLOSED,
     CUT,
@@ -32,10 +44,20 @@ from proxy.exchange import (
 )
 from proxy.headers import LAST_CHUNK, chunk
 from proxy.headers import response_head_bytes as _response_head
-from proxy.protocol import END, Framing, ProtocolError, RequestHead, ResponseHead, ResponseParser
-from proxy.reader import ClientGone
+from proxy.poller import Poller
+from proxy.protocol import (
+    END,
+    Event,
+    Framing,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    ResponseParser,
+)
+from proxy.reader import ClientGone, ClientReader
 from proxy.sockets import Conn, PeerHangup, Timeout
 from proxy.tunnel import tunnel
+from proxy.upstreams import Upstream
 
 # SO_ERROR after an end-of-stream: the replica's kernel reset the connection in answer to
 # bytes that reached an already closed socket (see `forward` for the retry rule).
@@ -51,8 +73,71 @@ def _eof_outcome(conn: Conn) -> Outcome:
     return STALE if err in _RESET_AFTER_CLOSE else RETRY
 
 
-async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
-    """Read the response from the replica on `conn` and send it on as it arrives."""
+class BodyTooSlow(Exception):
+    """A request body came slower than `body_min_rate` (or stalled past `client_idle`)."""
+
+
+class BodyPace:
+    """The minimum request body rate: each window of `body_rate_window` seconds must bring
+    `body_min_rate * body_rate_window` body bytes (chunk framing does not count). A window
+    ends early, and the next begins, as soon as its share has arrived, so a body that
+    comes fast and then pauses gets a whole window for the pause; a client silent for a
+    window, or trickling, is cut at the window's end (on the poller's coarse clock)."""
+
+    __slots__ = ("_poller", "_need", "_window", "_idle", "_start", "_got")
+
+    def __init__(self, timeouts: EndpointTimeouts, poller: Poller) -> None:
+        self._poller = poller
+        self._window = timeouts.body_rate_window
+        self._need = timeouts.body_min_rate * timeouts.body_rate_window
+        self._idle = timeouts.client_idle
+        self._start = poller.now
+        self._got = 0
+
+    def timeout(self) -> float:
+        """How long the next read may wait. Raises BodyTooSlow once the window is over."""
+        left = self._start + self._window - self._poller.now
+        if left <= 0:
+            raise BodyTooSlow
+        return left if left < self._idle else self._idle
+
+    def got(self, n: int) -> None:
+        self._got += n
+        now = self._poller.now
+        if self._got >= self._need:
+            self._start = now
+            self._got = 0
+        elif now >= self._start + self._window:
+            raise BodyTooSlow
+
+
+async def next_body_event(reader: ClientReader, pace: BodyPace) -> Event:
+    """The next event of a request body, at `pace`. Raises ClientGone, ProtocolError,
+    BodyTooSlow (a read that waited out its window or `client_idle` too)."""
+    ev = reader.pop_ready()
+    while ev is None:
+        try:
+            data = await reader.conn.recv(pace.timeout())
+        except Timeout:
+            raise BodyTooSlow from None
+        except OSError as exc:
+            raise ClientGone from exc
+        if not data:
+            raise ClientGone
+        reader.feed(data)
+        ev = reader.pop_ready()
+    if type(ev) is bytes:
+        pace.got(len(ev))
+    return ev
+
+
+async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream) -> Outcome:
+    """Read the response from the replica on `conn` and send it on as it arrives.
+
+    A response cut short once bytes reached the client (a reset, an early end, a broken
+    chunk, the read-idle timeout) returns CUT with a 5xx status recorded, and the caller
+    aborts the client connection: never a clean end, never counted as the replica's 2xx.
+    """
     ex.reusable = False
     timeouts = ex.balancer.timeouts
     read_idle = timeouts.read_idle
@@ -67,18 +152,17 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
             try:
                 data = await conn.recv_wait_first(read_idle)
             except Timeout:
-                if sent:
-                    return CUT
                 ex.status = 504
-                return FAILED
+                return CUT if sent else FAILED
             except PeerHangup:
                 ex.status = ex.status or CLIENT_CLOSED
                 ex.close_after = True
                 return CUT
             except OSError:
-                if not got_any:
-                    return RETRY
-                data = b""
+                if not got_any or not sent:
+                    return RETRY  # nothing reached the client (a head cut short)
+                ex.status = 502  # reset mid-body: even a close-delimited one is cut
+                return CUT
             try:
                 if data:
                     got_any = True
@@ -92,16 +176,20 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
                 else:
                     events = parser.feed_eof()
             except ProtocolError:
-                if sent:
-                    return CUT
                 ex.status = 502
-                return FAILED
+                return CUT if sent else FAILED
             if len(events) == 3 and out_framing is Framing.NONE:
                 # The common case: a whole small response in one read.
                 ev = events[0]
-                if type(ev) is ResponseHead and ev.status >= 200 and ev.status != 101:
+                if (
+                    type(ev) is ResponseHead
+                    and ev.status >= 200
+                    and ev.status != 101
+                    and ev.transfer_coding is None
+                ):
                     body = events[1]
                     if type(body) is bytes and events[2] is END:
+                        _learn_version(ex, ev, upstream)
                         out_framing = _framing_for(ex, ev, head)
                         hb = _response_head(ev, framing=out_framing, close=ex.close_after)
                         if out_framing is Framing.CHUNKED:
@@ -111,8 +199,7 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
                         try:
                             await client.send_all(out, timeouts.client_idle)
                         except (OSError, Timeout):
-                            ex.close_after = True
-                            return CUT
+                            return _client_gone(ex)
                         ex.reusable = parser.reusable
                         return DONE
             parts: list[bytes] = []
@@ -125,22 +212,28 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
                     if out_framing is Framing.CHUNKED:
                         parts.append(LAST_CHUNK)
                 elif isinstance(ev, ResponseHead):
+                    _learn_version(ex, ev, upstream)
                     if ev.status < 200 and ev.status != 101:
-                        parts.append(_response_head(ev, framing=Framing.NONE, close=False))
+                        if head.http_version == "1.1":  # HTTP/1.0 has no interim answers
+                            parts.append(_response_head(ev, framing=Framing.NONE, close=False))
                         continue
                     if ev.status == 101:
                         if head.upgrade is None:
                             ex.status = 502
                             return FAILED
                         tunnelling = True
+                    if ev.transfer_coding is not None and head.http_version != "1.1":
+                        # gzip, chunked (or gzip alone) cannot go to an HTTP/1.0 client as
+                        # sent, and undoing a coding is not the proxy's to do.
+                        ex.status = 502
+                        return CUT if sent else FAILED
                     out_framing = _framing_for(ex, ev, head)
                     parts.append(_response_head(ev, framing=out_framing, close=ex.close_after))
             if parts:
                 try:
                     await client.send_all(b"".join(parts), timeouts.client_idle)
                 except (OSError, Timeout):
-                    ex.close_after = True
-                    return CUT
+                    return _client_gone(ex)
                 sent = True
             if tunnelling:
                 client.hangup_watcher = None
@@ -160,11 +253,30 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead) -> Outcome:
         client.hangup_watcher = None
 
 
+def _client_gone(ex: Exchange) -> Outcome:
+    """The client stopped reading or left while the response was sent."""
+    ex.status = CLIENT_CLOSED
+    ex.close_after = True
+    return CUT
+
+
+def _learn_version(ex: Exchange, ev: ResponseHead, upstream: Upstream) -> None:
+    """Which upstreams speak HTTP/1.1: only those get a request body streamed chunked."""
+    if ev.http_version == "1.1":
+        ex.balancer.http11.add(upstream)
+    else:
+        ex.balancer.http11.discard(upstream)
+
+
 def _framing_for(ex: Exchange, ev: ResponseHead, head: RequestHead) -> Framing:
     """Record the final response's status; how its body goes to this client."""
     ex.status = ev.status
     framing = ev.framing
-    if framing is Framing.CHUNKED or framing is Framing.CLOSE:
+    if ev.transfer_coding is not None:
+        # Passed on as sent (HTTP/1.1 clients only): chunked last, or close-delimited.
+        if framing is Framing.CLOSE:
+            ex.close_after = True
+    elif framing is Framing.CHUNKED or framing is Framing.CLOSE:
         if head.http_version == "1.1":
             framing = Framing.CHUNKED
         else:
@@ -176,20 +288,25 @@ def _framing_for(ex: Exchange, ev: ResponseHead, head: RequestHead) -> Framing:
 
 
 async def relay_while_sending(
-    ex: Exchange, conn: Conn, head: RequestHead, framing: Framing
+    ex: Exchange, conn: Conn, head: RequestHead, framing: Framing, upstream: Upstream
 ) -> Outcome:
-    """Stream the rest of the request body to the replica while relaying the response."""
+    """Stream the rest of the request body to the replica while relaying the response.
+
+    The body must keep `BodyPace`; a slower one (or a broken chunk) is cut: the client
+    gets 408 (400) while no response has begun, else its connection is aborted.
+    """
     body_error: BaseException | None = None
     body_done = False
     timeouts = ex.balancer.timeouts
     reader = ex.reader
+    pace = BodyPace(timeouts, ex.balancer.poller)
 
     async def pump(cancel: trio.CancelScope) -> None:
         nonlocal body_error, body_done
         chunked = framing is Framing.CHUNKED
         try:
             while True:
-                ev = await reader.next_event(timeouts.client_idle)
+                ev = await next_body_event(reader, pace)
                 if ev is END:
                     if chunked:
                         await conn.send_all(LAST_CHUNK, timeouts.read_idle)
@@ -197,25 +314,22 @@ async def relay_while_sending(
                     return
                 if isinstance(ev, bytes) and ev:
                     await conn.send_all(chunk(ev) if chunked else ev, timeouts.read_idle)
-        except (ClientGone, ProtocolError, Timeout, OSError) as exc:
+        except (ClientGone, ProtocolError, BodyTooSlow, Timeout, OSError) as exc:
             body_error = exc
             cancel.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, nursery.cancel_scope)
-        outcome = await relay(ex, conn, head)
+        outcome = await relay(ex, conn, head, upstream)
         nursery.cancel_scope.cancel()
     if body_error is not None:
         ex.reusable = False
         ex.close_after = True
-        if ex.status == 0:
-            if isinstance(body_error, ProtocolError):
-                ex.status = body_error.status
-                return FAILED
-            if isinstance(body_error, OSError | Timeout):
-                ex.status = 502
-                return FAILED
-        return CUT
+        answered = ex.status != 0  # a response began: the client connection is aborted
+        ex.status = _body_error_status(body_error)
+        if answered or ex.status == CLIENT_CLOSED:
+            return CUT
+        return FAILED  # answered with ex.status: 400, 408 or 502
     if not body_done:
         # The replica answered before reading the whole body: neither side can be reused.
         ex.reusable = False
@@ -224,3 +338,14 @@ async def relay_while_sending(
         ex.status = 502
         return FAILED
     return outcome
+
+
+def _body_error_status(exc: BaseException) -> int:
+    """What a request body that failed on its way is recorded (and answered) as."""
+    if isinstance(exc, ProtocolError):
+        return exc.status
+    if isinstance(exc, BodyTooSlow):
+        return 408
+    if isinstance(exc, ClientGone):
+        return CLIENT_CLOSED
+    return 502  # OSError, Timeout: the replica stopped reading the body

@@ -5,7 +5,8 @@ berthd can stop accepting and drain in-flight requests (hypercorn's graceful dra
 workers are simply cancelled, leaving every container running.
 
 An endpoint is keyed by deployment name. `ensure` applies a spec to it: everything but the
-address applies in place (the timeouts through `Endpoint.set_timeouts`, the drain timeout
+address applies in place (the timeouts through `Endpoint.set_timeouts`, `max_connections`
+and `trusted_proxies` through `Endpoint.set_limits`, the drain timeout
 kept here, the cold-start hold set by the worker), with no rebind; only a new `bind` or
 `port` makes a new listener, and that one is bound before the old one closes, so there is
 no moment with nobody listening. The old endpoint then stops accepting at once and drains
@@ -118,6 +119,7 @@ class EndpointManager:
         slot = self._slots.get(name)
         if slot is not None and _address(slot.spec) == _address(spec):
             slot.endpoint.set_timeouts(timeouts_of(spec))
+            slot.endpoint.set_limits(spec.max_connections, spec.trusted_proxies)
             slot.spec, slot.drain_timeout, slot.on_lost = spec, drain, on_lost
             await self._protect(name, spec, slot.endpoint)
             return slot.endpoint
@@ -128,6 +130,8 @@ class EndpointManager:
             port=spec.port,
             timeouts=timeouts_of(spec),
             on_suspect=on_suspect,
+            max_connections=spec.max_connections,
+            trusted_proxies=spec.trusted_proxies,
         )
         new = _Slot(spec, endpoint, drain, on_lost)
         if slot is not None:
