@@ -74,6 +74,8 @@ install -m 0644 "$src/systemd/berthd.service" "$unit_dir/berthd.service"
 say "unit: $unit_dir/berthd.service"
 
 mkdir -p "$etc/deployments"
+# Where the credential files specs name must lie (credentials_roots): root's alone.
+install -d -m 0700 "$etc/credentials"
 chmod 0755 "$etc" "$etc/deployments"
 if [ -e "$etc/berthd.toml" ]; then
   say "keeping $etc/berthd.toml as it is"
@@ -97,9 +99,19 @@ else
 # Every *.toml here is applied at start and on `systemctl reload berthd` (SIGHUP).
 specs = "/etc/berth/deployments"
 
+# Credential files a spec names (registry.password_file, registry.auth_file, a git mount's
+# credentials_file, [endpoint.tls] cert/key) must lie under one of these: regular files
+# owned by root, not writable by group or others, reached without symbolic links.
+# credentials_roots = ["/etc/berth/credentials"]
+
 [mounts]
-# Bind mount sources must lie under one of these (after resolving symlinks).
+# Bind mount sources must lie under one of these (after resolving symlinks). Whatever they
+# say, /root, /boot, /etc, /proc, /sys, /dev, /run, /var/lib/containers, the state dir and
+# the sockets are never mounted, /usr and /home only read-only.
 # allowed_roots = ["/srv", "/data", "/models", "/var/lib/berth/volumes"]
+# Podman volumes any deployment may mount; otherwise a deployment mounts only the volumes
+# berth made for it.
+# shared_volumes = []
 
 [metrics]
 # Prometheus exposition at http://LISTEN/metrics; off unless set. "[::1]:9464" for IPv6,
