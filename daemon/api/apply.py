@@ -54,6 +54,7 @@ async def check_spec_text(daemon: ControlPlane, text: str, *, source: str) -> di
         "outcome": outcome,
         "dry_run": True,
         "warnings": apply_warnings(daemon, spec),
+        "notes": apply_notes(spec),
     }
 
 
@@ -65,6 +66,22 @@ def apply_warnings(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]:
             spec.resources, spec.replicas.min, spec.update.max_surge, daemon.gpus.gpus()
         )
     return warnings
+
+
+def apply_notes(spec: DeploymentSpec) -> list[str]:
+    """What the apply chose for the spec where it says nothing (no problem, just said)."""
+    e = spec.endpoint
+    if e.bind_given:
+        return []
+    if e.auth is not None:
+        return [
+            f"endpoint.bind not set: listening on {e.bind}:{e.port}, every address "
+            "(the default with [endpoint.auth])"
+        ]
+    return [
+        f"endpoint.bind not set: listening on {e.bind}:{e.port}, this host only (the default "
+        'without [endpoint.auth]; bind = "0.0.0.0" serves the network, unprotected)'
+    ]
 
 
 def _parsed(text: str, source: str) -> DeploymentSpec:

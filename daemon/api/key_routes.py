@@ -5,8 +5,10 @@ A key is made here (`daemon.reconcile.endpoint_auth.new_key`), answered once in 
 create's answer and never again: the store keeps its SHA-256 only. A create or a revoke
 reaches the deployment's running endpoint before the answer returns
 (`EndpointManager.refresh_credentials`), with no rebind: the next request on every open
-connection is judged by the new set. A deployment with a key is protected whether or not
-its spec has `[endpoint.auth]`. Events name the key's id, never the key.
+connection is judged by the new set. Keys are credentials, not a switch: only a spec with
+`[endpoint.auth]` (an empty table will do) is protected, so a create for a deployment
+without one is refused (409) rather than silently ignored, and a revoke never opens an
+endpoint. Events name the key's id, never the key.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ async def create_key(daemon: ControlPlane, name: str, req: Request) -> Response:
         return _error(400, f'name: 1-63 characters of A-Z, a-z, 0-9, ".", "_", "-" (got {label!r})')
     if not await _live(daemon, name):
         return _error(404, f"no deployment named {name!r}")
+    spec = await daemon.active_spec(name)
+    if spec is not None and spec.endpoint.auth is None:
+        return _error(
+            409,
+            f"{name}'s spec has no [endpoint.auth], so its endpoint asks for no key: add the "
+            "table (empty is enough) and apply, then create keys",
+        )
     if len(await daemon.store.call(list_keys, name)) >= MAX_KEYS:
         return _error(409, f"{name} has {MAX_KEYS} keys already: revoke one first")
     made = new_key()
@@ -77,3 +86,12 @@ async def remove_key(daemon: ControlPlane, name: str, key_id: str) -> Response:
     await daemon.endpoints.refresh_credentials(name)
     await daemon.events.emit("key-revoked", f"endpoint key {key.key_id}", deployment=name)
     return Response(json={**key.to_json(), "deployment": name, "revoked": True})
+
+
+def auth_metrics(daemon: ControlPlane, name: str) -> dict[str, object] | None:
+    """A protected endpoint's counters for `GET .../metrics` ("auth"); None when open."""
+    endpoint = daemon.endpoints.get(name)
+    stats = endpoint.statistics() if endpoint else None
+    if stats is None or stats.by_credential is None:
+        return None
+    return {"requests_by_credential": dict(stats.by_credential), "unauthorized": stats.unauthorized}

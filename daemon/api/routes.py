@@ -20,9 +20,15 @@ from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from config.units import parse_duration
 from daemon import __version__
-from daemon.api.apply import ApplyRefused, apply_spec_text, apply_warnings, check_spec_text
+from daemon.api.apply import (
+    ApplyRefused,
+    apply_notes,
+    apply_spec_text,
+    apply_warnings,
+    check_spec_text,
+)
 from daemon.api.control_plane import ControlPlane
-from daemon.api.key_routes import create_key, keys_of, remove_key
+from daemon.api.key_routes import auth_metrics, create_key, keys_of, remove_key
 from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.api.pull_stream import follow_pull
 from daemon.http.server import Request, Response
@@ -178,8 +184,9 @@ class AdminApi:
             result = await apply_spec_text(self.d, text, source=source)
         except ApplyRefused as exc:
             return error(400, str(exc), problems=exc.problems)
-        warnings = apply_warnings(self.d, parse_spec(text, source=source))
-        return Response(json={**dataclasses.asdict(result), "warnings": warnings})
+        spec = parse_spec(text, source=source)
+        warnings, notes = apply_warnings(self.d, spec), apply_notes(spec)
+        return Response(json={**dataclasses.asdict(result), "warnings": warnings, "notes": notes})
 
     async def get(self, name: str) -> Response:
         deployment = await self._deployment(name)
@@ -363,7 +370,10 @@ class AdminApi:
             since = parse_duration(since_text)
         except ValueError as exc:
             return error(400, f"since: {exc} (got {since_text!r})")
-        return Response(json=await self.d.metrics.deployment_metrics(name, since))
+        body = await self.d.metrics.deployment_metrics(name, since)
+        if (auth := auth_metrics(self.d, name)) is not None:
+            body["auth"] = auth  # a protected endpoint's requests per credential, and 401s
+        return Response(json=body)
 
     async def event_list(self, req: Request) -> Response:
         deployment = req.query.get("deployment") or None

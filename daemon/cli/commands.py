@@ -58,6 +58,8 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
     name, revision, spec_id = result.get("name"), result.get("revision"), result.get("spec_id")
     for warning in result.get("warnings") or ():
         print(f"berth: warning: {warning}", file=sys.stderr)
+    for note in result.get("notes") or ():  # what berthd chose where the spec says nothing
+        print(f"berth: note: {note}", file=sys.stderr)
     if args.dry_run:
         print(f"{name}: valid; an apply would be {result.get('outcome')} (spec_id {spec_id})")
         return 0
@@ -354,7 +356,17 @@ def cmd_metrics(client: AdminClient, args: argparse.Namespace) -> int:
         f"{fmt.cell(m.get('in_flight'))} in flight (over the {over})"
     )
     _print_scraped(m.get("scraped"))
+    _print_auth(m.get("auth"))
     return 0
+
+
+def _print_auth(auth: object) -> None:
+    """A protected endpoint's requests by credential id (`berth keys ls` names the keys)."""
+    if not isinstance(auth, Mapping):
+        return
+    counts = auth.get("requests_by_credential") or {}
+    shown = ", ".join(f"{fmt.cell(k)} {fmt.cell(v)}" for k, v in sorted(counts.items()))
+    print(f"auth: {shown or 'no request let through'}; 401: {fmt.cell(auth.get('unauthorized'))}")
 
 
 def _print_scraped(scraped: object) -> None:

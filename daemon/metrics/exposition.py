@@ -295,6 +295,7 @@ def _request_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
                     buckets.append(("+Inf", float(hist.count)))
                     histogram.add_metric(values, buckets, sum_value=hist.sum)
         yield from (requests, in_flight, duration, in_window, histogram)
+    yield from _auth_families(deployments)
     window = GaugeMetricFamily(
         "berth_latency_window_seconds",
         "Length of the proxy's latency window behind the duration quantiles",
@@ -304,6 +305,30 @@ def _request_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
         if d.endpoint is not None:
             window.add_metric([d.name], d.endpoint.window)
     yield window
+
+
+def _auth_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Metric]:
+    """A protected endpoint's requests by credential id (never the credential), and its
+    401s. Open endpoints have neither."""
+    allowed = CounterMetricFamily(
+        "berth_endpoint_auth_requests",
+        "Requests a protected endpoint let through, by credential id "
+        '("key:ID" from berth keys, "secret:NAME", "user:NAME")',
+        labels=["deployment", "credential"],
+    )
+    refused = CounterMetricFamily(
+        "berth_endpoint_unauthorized_requests",
+        "Requests a protected endpoint answered 401 (no or a wrong credential)",
+        labels=["deployment"],
+    )
+    for d in deployments:
+        stats = d.endpoint
+        if stats is None or stats.by_credential is None:
+            continue
+        for credential, count in stats.by_credential:
+            allowed.add_metric([d.name, credential], count)
+        refused.add_metric([d.name], stats.unauthorized)
+    yield from (allowed, refused)
 
 
 def _le(bound: float) -> str:

@@ -1,9 +1,12 @@
 """A deployment's endpoint credentials: the spec's `[endpoint.auth]` and its `berth keys`,
 made into the proxy's `Credentials` (hashes only).
 
-- A deployment is protected when its spec has `[endpoint.auth]` or it has a key made by
-  `berth keys create` (keys imply authentication: a key exists to be required). Otherwise
-  its endpoint is open (`None`).
+- A deployment is protected when its spec has `[endpoint.auth]` (an empty table will do);
+  otherwise its endpoint is open (`None`), whatever keys it has. The spec alone says
+  whether an endpoint is protected (its history shows it, and the bind default follows
+  it), and a revoke can never open one: revoking the last key of a protected endpoint
+  leaves it answering 401 to everyone. `berth keys create` is refused for a spec without
+  `[endpoint.auth]` (`daemon.api.key_routes`).
 - The set is built from the store's key hashes (`daemon.store.keys`), each spec API key's
   secret hashed (`proxy.auth.hash_key`), each basic user's secret by scrypt in a thread;
   the values are dropped once hashed. A built set is kept per deployment with what it was
@@ -102,13 +105,12 @@ class EndpointCredentials:
                 return creds
 
     async def _build(self, name: str, auth: EndpointAuth | None) -> Credentials | None:
+        if auth is None:
+            self._built.pop(name, None)
+            return None
         keys = self._keys.get(name)
         if keys is None:
             keys = self._keys[name] = tuple(await self._store.call(key_hashes, name))
-        if auth is None and not keys:
-            self._built.pop(name, None)
-            return None
-        auth = auth or EndpointAuth()
         inputs = (keys, auth, self._fingerprints(auth))
         built = self._built.get(name)
         if built is not None and built.inputs == inputs:

@@ -67,18 +67,21 @@ def test_open_without_auth_or_keys(tmp_path: Path) -> None:
     run_with_store(tmp_path, body)
 
 
-def test_keys_imply_auth_and_a_revoke_is_seen_after_forget_keys(tmp_path: Path) -> None:
+def test_keys_count_only_with_auth_and_a_revoke_never_opens(tmp_path: Path) -> None:
     async def body(access: StoreAccess) -> None:
         made = new_key()
         await access.call(add_key, "web", made.key_id, "", made.key_hash)
         source = EndpointCredentials(access, Secrets())
-        creds = await source.credentials("web", None)
+        assert await source.credentials("web", None) is None  # no [endpoint.auth]: open
+        creds = await source.credentials("web", EndpointAuth())
         assert creds is not None
         assert creds.bearer(made.key.encode()) == f"key:{made.key_id}"
         await access.call(revoke_key, "web", made.key_id)
-        assert await source.credentials("web", None) is creds  # kept until told
+        assert await source.credentials("web", EndpointAuth()) is creds  # kept until told
         source.forget_keys("web")
-        assert await source.credentials("web", None) is None
+        after = await source.credentials("web", EndpointAuth())
+        assert after is not None and after.keys == {}  # protected still: 401 to everyone
+        assert Guard(after).check([(b"x-api-key", made.key.encode())]) == Refused(True)
 
     run_with_store(tmp_path, body)
 
