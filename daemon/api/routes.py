@@ -31,6 +31,7 @@ from daemon.api.control_plane import ControlPlane
 from daemon.api.key_routes import auth_metrics, create_key, keys_of, remove_key
 from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.api.pull_stream import follow_pull
+from daemon.api.secret_routes import create_secret, list_secrets, remove_secret
 from daemon.http.server import Request, Response
 from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.worker import WorkerSnapshot
@@ -107,6 +108,12 @@ class AdminApi:
                 return await remove_key(self.d, name, key_id)
             case ["events"] if m == "GET":
                 return await self.event_list(req)
+            case ["secrets"] if m == "GET":
+                return await list_secrets(self.d)
+            case ["secrets", name] if m == "POST":
+                return await create_secret(self.d, name, req)
+            case ["secrets", name] if m == "DELETE":
+                return await remove_secret(self.d, name)
         return error(
             404 if m in ("GET", "POST", "DELETE") else 405, f"no such route: {m} {req.path}"
         )
