@@ -79,6 +79,9 @@ from proxy.upstreams import Upstream
 _RETRY_AFTER_S: Final = 1
 # The most of a chunked request body read whole for an upstream that may be HTTP/1.0.
 MAX_BUFFERED_BODY: Final = 8 * 1024 * 1024
+# How long, and how much, a connection closed after an error answer is read away.
+LINGER_S: Final = 2.0
+LINGER_BYTES: Final = 1024 * 1024
 
 
 class Session:
@@ -170,6 +173,29 @@ class Session:
             )
         except (OSError, Timeout):
             ex.close_after = True
+            return
+        if close:
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """After an answer that ends the connection: half-close, then read away what the
+        client still sends (bounded), so that closing with unread bytes (a reset) does
+        not destroy the answer before the client read it (nginx's lingering close)."""
+        conn = self.conn
+        try:
+            conn.shutdown_write()
+            end = trio.current_time() + LINGER_S
+            got = 0
+            while got < LINGER_BYTES:
+                left = end - trio.current_time()
+                if left <= 0:
+                    return
+                data = await conn.recv(left)
+                if not data:
+                    return
+                got += len(data)
+        except (OSError, Timeout, trio.ClosedResourceError):
+            return
 
     async def forward(self, head: RequestHead) -> bool:
         """Forward one request; True when the client connection may carry another."""
