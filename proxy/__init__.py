@@ -4,15 +4,16 @@ The daemon pushes each deployment's READY replicas into its `Endpoint`
 (`set_upstreams`) and reads request statistics back (`statistics`, `in_flight`). This
 package imports `config` at most and never the daemon.
 
-Layout, each module importing only those before it: `protocol` (sans-I/O HTTP parsing),
-`headers` (rewriting, pure), `answers` (the proxy's own error answers, text or JSON),
-`upstreams` (round robin), `stats` (counters and latency windows), `poller` (edge-triggered
-epoll and timeouts; `Polled` is what it needs of a connection), `sockets` (the only module
-that touches sockets), `pool` (idle upstream connections), `reader` (a client's requests as
-events), `tunnel` (WebSocket), `balancer` (what an endpoint's sessions share: upstreams,
-pool, poller, counters, hold mode, and the `EndpointTimeouts`, whose defaults are the
-spec's), `connector` (new upstream connections; a hanging connect is raced), `exchange` (one
-exchange's state and the `Outcome` of an attempt), `relay` (one response), `forward` (one
-client connection, the retry rule), `endpoint` (listener, lifecycle, hold mode), `__main__`
-(standalone mode).
+Layout, each module importing only those before it: `chunk_lines` (chunk line bounds),
+`protocol` (sans-I/O HTTP parsing), `headers` (rewriting, pure), `answers` (the proxy's own
+error answers, text or JSON), `upstreams` (round robin), `stats` (counters and latency
+windows), `admission` (the connection cap and the descriptor budget all endpoints share),
+`poller` (edge-triggered epoll and timeouts; `Polled` is what it needs of a connection),
+`sockets` (the only module that touches sockets), `pool` (idle upstream connections),
+`reader` (a client's requests as events), `tunnel` (WebSocket), `balancer` (what an
+endpoint's sessions share: upstreams, pool, poller, counters, hold mode, and the
+`EndpointTimeouts`, whose defaults are the spec's), `connector` (new upstream connections; a
+hanging connect is raced), `exchange` (one exchange's state and the `Outcome` of an
+attempt), `relay` (one response), `forward` (one client connection, the retry rule),
+`endpoint` (listener, lifecycle, hold mode), `__main__` (standalone mode).
 """

@@ -87,7 +87,7 @@ LINGER_BYTES: Final = 1024 * 1024
 class Session:
     """Serves one client connection until it closes, errs or the endpoint drains."""
 
-    __slots__ = ("balancer", "conn", "reader", "peer", "trusted", "idle", "exchange")
+    __slots__ = ("balancer", "conn", "reader", "peer", "trusted", "idle", "linger", "exchange")
 
     def __init__(self, balancer: Balancer, conn: Conn) -> None:
         self.balancer = balancer
@@ -96,6 +96,7 @@ class Session:
         self.peer = conn.peer.encode()
         self.trusted = balancer.is_trusted(conn.peer)  # its Forwarded etc. are kept
         self.idle = True  # between requests, no byte of the next one read yet
+        self.linger = False  # an answer of the proxy's own closes the connection
         self.exchange = Exchange(balancer, conn, self.reader)  # the request being served
 
     async def serve(self) -> None:
@@ -151,7 +152,11 @@ class Session:
                 if not await self.forward(event) or ex.close_after:
                     return
         finally:
-            conn.close()
+            try:
+                if self.linger:
+                    await self._linger()
+            finally:
+                conn.close()
 
     async def _answer(
         self, head: RequestHead | None, status: int, message: str, *, close: bool = True
@@ -175,7 +180,7 @@ class Session:
             ex.close_after = True
             return
         if close:
-            await self._linger()
+            self.linger = True  # after the request is recorded: see `serve`
 
     async def _linger(self) -> None:
         """After an answer that ends the connection: half-close, then read away what the
@@ -255,6 +260,7 @@ class Session:
                     # with a Content-Length, to this upstream and any other tried after it.
                     body = await self._buffer_body(head, parts)
                     if body is None:
+                        upstream = None  # it never saw the request: not its statistics
                         return False  # answered (408, 411, 400) or the client left
                     complete, framing = True, Framing.LENGTH
                     head.content_length = len(body)
