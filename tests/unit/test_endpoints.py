@@ -88,3 +88,22 @@ def test_the_poller_tick_is_a_quarter_of_the_shortest_timeout_within_bounds() ->
     assert poller_tick(EndpointTimeouts(connect=0.4)) == 0.1
     assert poller_tick(EndpointTimeouts(client_idle=0.2)) == 0.05
     assert poller_tick(EndpointTimeouts(read_idle=0.001)) == 0.01
+
+
+async def test_max_connections_and_trusted_proxies_reach_the_endpoint_in_place() -> None:
+    manager = EndpointManager()
+    port = free_port()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        spec = EndpointSpec(
+            port=port, bind="127.0.0.1", max_connections=5, trusted_proxies=("10.0.0.0/8",)
+        )
+        first = await manager.ensure("a", spec)
+        assert first._gate.max_connections == 5
+        assert first._balancer.is_trusted("10.1.2.3") and not first._balancer.is_trusted("::1")
+        changed = EndpointSpec(port=port, bind="127.0.0.1", trusted_proxies=("::1/128",))
+        assert await manager.ensure("a", changed) is first  # the same listener
+        assert first._gate.max_connections is None  # back to berthd's budget
+        assert first._balancer.is_trusted("::1") and not first._balancer.is_trusted("10.1.2.3")
+        assert first._balancer.is_trusted("::ffff:10.1.2.3") is False
+        nursery.cancel_scope.cancel()
