@@ -10,10 +10,11 @@ error answers, text or JSON), `upstreams` (round robin), `stats` (counters and l
 windows), `admission` (the connection cap and the descriptor budget all endpoints share),
 `poller` (edge-triggered epoll and timeouts; `Polled` is what it needs of a connection),
 `sockets` (the only module that touches sockets), `pool` (idle upstream connections),
-`reader` (a client's requests as events), `tunnel` (WebSocket), `balancer` (what an
-endpoint's sessions share: upstreams, pool, poller, counters, hold mode, and the
-`EndpointTimeouts`, whose defaults are the spec's), `connector` (new upstream connections; a
-hanging connect is raced), `exchange` (one exchange's state and the `Outcome` of an
-attempt), `relay` (one response), `forward` (one client connection, the retry rule),
-`endpoint` (listener, lifecycle, hold mode), `__main__` (standalone mode).
+`reader` (a client's requests as events), `auth` (a protected endpoint's check of a request
+head: keys, basic users, what is stripped, and a refused request's body read away), `tunnel`
+(WebSocket), `balancer` (what an endpoint's sessions share: upstreams, pool, poller,
+counters, hold mode, and the `EndpointTimeouts`, whose defaults are the spec's), `connector`
+(new upstream connections; a hanging connect is raced), `exchange` (one exchange's state and
+the `Outcome` of an attempt), `relay` (one response), `forward` (one client connection, the
+retry rule), `endpoint` (listener, lifecycle, hold mode), `__main__` (standalone mode).
 """
