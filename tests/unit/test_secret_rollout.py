@@ -9,29 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
 from trio.testing import MockClock
 
 from config.canonical import spec_id
 from config.parse import parse_spec
-from config.settings import load_settings
-from config.spec import Probe
-from daemon.gpu.fake import FakeGpuInventory, fake_gpus
-from daemon.gpu.ledger import GpuLedger
-from daemon.health.probes import ProbeResult
-from daemon.integrations.mounts import MountPreparer
-from daemon.reconcile.context import WorkerContext
-from daemon.reconcile.endpoints import EndpointManager
-from daemon.reconcile.ports import HostPortAllocator
-from daemon.reconcile.worker import DeploymentWorker
-from daemon.runtime.fake import FakeRuntime
 from daemon.runtime.interface import LABEL_TEMPLATE
 from daemon.secrets.store import SecretStore
-from daemon.store.access import StoreAccess
-from daemon.store.database import Store
-from daemon.store.events import EventLog
-from tests.conftest import free_port
-from tests.unit.test_worker import IMAGE, Rig, published
+from tests.unit.test_worker import IMAGE, Rig, published, worker_rig
 
 VALUE_1 = b"hf_FirstValueOfTheTokenAbc123"
 VALUE_2 = b"hf_SecondValueOfTheTokenXyz789"
@@ -54,33 +38,8 @@ async def secrets(tmp_path: Path) -> SecretStore:
 
 @pytest.fixture
 async def rig(tmp_path: Path, secrets: SecretStore) -> AsyncIterator[Rig]:
-    runtime = FakeRuntime(images={IMAGE})
-    store = Store(tmp_path / "berth.db")
-    access = StoreAccess(store)
-    endpoints = EndpointManager(drain_timeout=1.0)
-    answering: set[int] = set()
-
-    async def probe(p: Probe, host: str, port: int) -> ProbeResult:
-        return ProbeResult(port in answering, "fake")
-
-    ctx = WorkerContext(
-        instance="inst",
-        runtime=runtime,
-        store=access,
-        events=EventLog(access),
-        endpoints=endpoints,
-        ports=HostPortAllocator(),
-        probe=probe,
-        mounts=MountPreparer(runtime, load_settings(None, {}, {"state_dir": tmp_path})),
-        gpus=GpuLedger(FakeGpuInventory(fake_gpus(0))),
-        secrets=secrets,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(endpoints.run)
-        worker = DeploymentWorker("web", ctx)
-        yield Rig(runtime, store, access, endpoints, worker, answering, free_port())
-        nursery.cancel_scope.cancel()
-    store.close()
+    async with worker_rig(tmp_path, gpus=0, secrets=secrets) as r:
+        yield r
 
 
 def envs(rig: Rig) -> list[dict[str, str]]:

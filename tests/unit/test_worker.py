@@ -8,6 +8,7 @@ MockClock (time moves only when a test jumps it).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from daemon.runtime.interface import (
     RuntimeFailure,
     TemporaryRuntimeError,
 )
+from daemon.secrets.store import SecretStore
 from daemon.store.access import StoreAccess
 from daemon.store.database import Store
 from daemon.store.events import EventLog
@@ -91,8 +93,11 @@ class Rig:
         await self.worker.reconcile_once()
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+@asynccontextmanager
+async def worker_rig(
+    tmp_path: Path, *, gpus: int = 2, secrets: SecretStore | None = None
+) -> AsyncIterator[Rig]:
+    """A worker for deployment "web" on FakeRuntime, a real store, a real endpoint."""
     runtime = FakeRuntime(images={IMAGE})
     store = Store(tmp_path / "berth.db")
     access = StoreAccess(store)
@@ -111,7 +116,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         ports=HostPortAllocator(),
         probe=probe,
         mounts=MountPreparer(runtime, load_settings(None, {}, {"state_dir": tmp_path})),
-        gpus=GpuLedger(FakeGpuInventory(fake_gpus(2))),
+        gpus=GpuLedger(FakeGpuInventory(fake_gpus(gpus))),
+        secrets=secrets,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoints.run)
@@ -119,6 +125,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         yield Rig(runtime, store, access, endpoints, worker, answering, free_port())
         nursery.cancel_scope.cancel()
     store.close()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with worker_rig(tmp_path) as r:
+        yield r
 
 
 async def test_creates_the_replicas_with_labels_and_publishes_only_ready_ones(
