@@ -112,12 +112,22 @@ def template_id(spec: DeploymentSpec) -> str:
     template = {k: d[k] for k in TEMPLATE_KEYS if k in d}
     if ports := scrape_ports(spec):
         template["metrics_ports"] = ports  # only when set: older template ids stay
+    if ports := probe_ports(spec):
+        # Published at create like the scrape ports: a probe moved to a port the running
+        # containers do not publish needs new containers (else it can never answer).
+        template["probe_ports"] = ports
     return _digest(template)
 
 
 def scrape_ports(spec: DeploymentSpec) -> list[int]:
     """The container ports `[[metrics.scrape]]` reads besides the app port (published too)."""
     return sorted({s.port for s in spec.metrics.scrape} - {spec.port})
+
+
+def probe_ports(spec: DeploymentSpec) -> list[int]:
+    """The container ports the probes reach besides the app port (published too)."""
+    probes = (spec.health.startup, spec.health.readiness, spec.health.liveness)
+    return sorted({p.port for p in probes if p is not None} - {spec.port})
 
 
 def _digest(data: dict[str, Any]) -> str:

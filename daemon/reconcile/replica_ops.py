@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import trio
 
-from config.canonical import scrape_ports
+from config.canonical import probe_ports, scrape_ports
 from config.spec import DeploymentSpec, PullPolicy
 from daemon.gpu.ledger import replica_key
 from daemon.gpu.model import free_memory
@@ -233,9 +233,7 @@ class ReplicaOps:
 
     def _extra_ports(self, spec: DeploymentSpec) -> set[int]:
         """Container ports published besides the app port: the probes' and the scrapes'."""
-        probes = (spec.health.startup, spec.health.readiness, spec.health.liveness)
-        ports = {p.port for p in probes if p is not None} | set(scrape_ports(spec))
-        return ports - {spec.port}
+        return set(probe_ports(spec)) | set(scrape_ports(spec))
 
     async def _create(self, active: ActiveRevision) -> None:
         rid = secrets.token_hex(4)

@@ -766,6 +766,14 @@ def test_template_id_ignores_what_does_not_shape_containers(body: str) -> None:
     assert template_id(base) == template_id(changed)
 
 
+def test_template_id_changes_when_a_probe_moves_to_a_port_not_published() -> None:
+    base = parse_spec(make())
+    on_app_port = parse_spec(make('[health.readiness]\npath = "/h"\nport = 8080'))
+    elsewhere = parse_spec(make('[health.readiness]\npath = "/h"\nport = 9090'))
+    assert template_id(on_app_port) == template_id(base)  # nothing new to publish
+    assert template_id(elsewhere) != template_id(base)
+
+
 def test_template_id_ignores_endpoint_and_enabled() -> None:
     base = parse_spec(make())
     for text in (make(endpoint="port = 18081"), make(enabled="false")):
