@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -183,3 +184,8 @@ def _api_error(response: httpx.Response) -> ApiError:
             f"to {request.method} {request.url.path}"
         )
     return ApiError(response.status_code, " ".join(message.split()), problems)
+
+
+def deployment_path(name: str, *rest: str) -> str:
+    """The admin API path of a deployment (and of something under it), each part quoted."""
+    return "/v1/deployments/" + "/".join(quote(part, safe="") for part in (name, *rest))

@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from config.units import format_duration
 from daemon import __version__
 from daemon.cli import format as fmt
-from daemon.cli.client import AdminClient, ApiError, CliError
+from daemon.cli.client import AdminClient, ApiError, CliError, deployment_path
 from daemon.cli.pull import ProgressPrinter, pull_figures, pulling_text
 
 # `apply --wait`: how often to look, and how long to wait by default.
@@ -80,11 +79,11 @@ def wait_for_rollout(
     last_line = ""
     pulls = ProgressPrinter()
     while True:
-        deployment = client.call("GET", _deployment_path(name))
+        deployment = client.call("GET", deployment_path(name))
         status = deployment.get("status")
         current = deployment.get("revision")
         if current != revision:
-            mine = client.call("GET", f"{_deployment_path(name)}/revisions/{revision}")
+            mine = client.call("GET", f"{deployment_path(name)}/revisions/{revision}")
             what = "failed" if mine.get("status") == "failed" else "is no longer active"
             raise CliError(
                 f"{name}: revision {revision} {what}"
@@ -123,7 +122,7 @@ def wait_for_rollout(
 def cmd_ls(client: AdminClient, args: argparse.Namespace) -> int:
     deployments = client.call("GET", "/v1/deployments")
     if args.json:
-        return _print_json(deployments)
+        return fmt.print_json(deployments)
     if not deployments:
         print("no deployments")
         return 0
@@ -155,9 +154,9 @@ def _exit_cell(r: dict[str, Any]) -> str:
 
 
 def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
-    d = client.call("GET", _deployment_path(args.name))
+    d = client.call("GET", deployment_path(args.name))
     if args.json:
-        return _print_json(d)
+        return fmt.print_json(d)
     replicas_text = f"{fmt.cell(d.get('ready'))}/{fmt.cell(d.get('desired'))} ready"
     if d.get("pinned") is not None:
         replicas_text += f" (pinned at {d['pinned']} by `berth scale`)"
@@ -224,9 +223,9 @@ def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_history(client: AdminClient, args: argparse.Namespace) -> int:
     if args.diff is not None:
         return _diff_revisions(client, args.name, args.diff, as_json=args.json)
-    entries = client.call("GET", f"{_deployment_path(args.name)}/history")
+    entries = client.call("GET", f"{deployment_path(args.name)}/history")
     if args.json:
-        return _print_json(entries)
+        return fmt.print_json(entries)
     rows = [
         (
             e.get("revision"),
@@ -249,14 +248,14 @@ def _revision_status(entry: Mapping[str, Any]) -> str:
 def _diff_revisions(client: AdminClient, name: str, revision: int, *, as_json: bool) -> int:
     if revision < 1:
         raise CliError(f"--diff: revisions start at 1 (got {revision})")
-    new = client.call("GET", f"{_deployment_path(name)}/revisions/{revision}")
+    new = client.call("GET", f"{deployment_path(name)}/revisions/{revision}")
     old = (
-        client.call("GET", f"{_deployment_path(name)}/revisions/{revision - 1}")
+        client.call("GET", f"{deployment_path(name)}/revisions/{revision - 1}")
         if (revision > 1)
         else None
     )
     if as_json:
-        return _print_json([r for r in (old, new) if r is not None])
+        return fmt.print_json([r for r in (old, new) if r is not None])
     old_label = f"{name} revision {revision - 1} ({old.get('spec_id')})" if old else "(no revision)"
     new_label = f"{name} revision {revision} ({new.get('spec_id')})"
     old_text = str(old.get("spec") or "") if old else ""
@@ -275,9 +274,9 @@ def _diff_revisions(client: AdminClient, name: str, revision: int, *, as_json: b
 
 
 def cmd_rollback(client: AdminClient, args: argparse.Namespace) -> int:
-    result = client.call("POST", f"{_deployment_path(args.name)}/rollback", json={"to": args.to})
+    result = client.call("POST", f"{deployment_path(args.name)}/rollback", json={"to": args.to})
     if args.json:
-        return _print_json(result)
+        return fmt.print_json(result)
     name, revision, spec_id = result.get("name"), result.get("revision"), result.get("spec_id")
     restored = result.get("from_revision")
     if result.get("outcome") == "unchanged":
@@ -296,11 +295,9 @@ def cmd_scale(client: AdminClient, args: argparse.Namespace) -> int:
     if args.replicas is not None and args.replicas < 0:
         raise CliError(f"scale: the replica count must be >= 0 (got {args.replicas})", exit_code=2)
     replicas = None if args.auto else args.replicas
-    result = client.call(
-        "POST", f"{_deployment_path(args.name)}/scale", json={"replicas": replicas}
-    )
+    result = client.call("POST", f"{deployment_path(args.name)}/scale", json={"replicas": replicas})
     if args.json:
-        return _print_json(result)
+        return fmt.print_json(result)
     name = result.get("name", args.name)
     if result.get("pinned") is None:
         print(f"{name}: replica count handed back to the autoscaler")
@@ -319,94 +316,11 @@ def cmd_logs(client: AdminClient, args: argparse.Namespace) -> int:
         params["replica"] = args.replica
     sys.stdout.flush()
     out = sys.stdout.buffer
-    with client.stream("GET", f"{_deployment_path(args.name)}/logs", params=params) as response:
+    with client.stream("GET", f"{deployment_path(args.name)}/logs", params=params) as response:
         for chunk in response.iter_raw():
             out.write(chunk)
             out.flush()
     return 0
-
-
-def cmd_metrics(client: AdminClient, args: argparse.Namespace) -> int:
-    params = {"since": args.since} if args.since else None
-    m = client.call("GET", f"{_deployment_path(args.name)}/metrics", params=params)
-    if args.json:
-        return _print_json(m)
-    window = m.get("window")
-    headers = ("REPLICA", "CPU", "MEMORY", "GPU", "GPU_MEMORY", "REQ/S", "P50", "P95", "IN_FLIGHT")
-    rows = [
-        (
-            r.get("replica_id") or r.get("id"),
-            fmt.percent(r.get("cpu_percent")),
-            fmt.size(r.get("memory_bytes")),
-            fmt.percent(r.get("gpu_utilization")),
-            fmt.size(r.get("gpu_memory_bytes")),
-            *_request_figures(r, window),
-            r.get("in_flight"),
-        )
-        for r in m.get("replicas") or []
-    ]
-    if rows:
-        print(fmt.table(headers, rows))
-    else:
-        print(f"{fmt.cell(m.get('name') or args.name)}: no replicas serving")
-    rps, p50, p95 = _request_figures(m, window)
-    over = f"last {window:g}s" if isinstance(window, int | float) else fmt.cell(args.since)
-    print(
-        f"\nendpoint: {rps} req/s, p50 {p50}, p95 {p95}, "
-        f"{fmt.cell(m.get('in_flight'))} in flight (over the {over})"
-    )
-    _print_scraped(m.get("scraped"))
-    _print_auth(m.get("auth"))
-    return 0
-
-
-def _print_auth(auth: object) -> None:
-    """A protected endpoint's requests by credential id (`berth keys ls` names the keys)."""
-    if not isinstance(auth, Mapping):
-        return
-    counts = auth.get("requests_by_credential") or {}
-    shown = ", ".join(f"{fmt.cell(k)} {fmt.cell(v)}" for k, v in sorted(counts.items()))
-    print(f"auth: {shown or 'no request let through'}; 401: {fmt.cell(auth.get('unauthorized'))}")
-
-
-def _print_scraped(scraped: object) -> None:
-    """The replicas' own gauges that the spec names ([[metrics.scrape]]), per replica."""
-    if not isinstance(scraped, Mapping) or not scraped.get("replicas"):
-        return
-    queries = [str(q) for q in scraped.get("queries") or []]
-    rows = [
-        (
-            r.get("replica_id"),
-            *((r.get("values") or {}).get(q) for q in queries),
-            "; ".join(_scrape_state(e) for e in r.get("scrapes") or []),
-        )
-        for r in scraped["replicas"]
-    ]
-    print("\n" + fmt.table(("REPLICA", *queries, "SCRAPE"), rows))
-    averages = scraped.get("average") or {}
-    for q in queries:
-        print(f"{q}: {fmt.cell(averages.get(q))} per replica")
-
-
-def _scrape_state(entry: Mapping[str, Any]) -> str:
-    where = f":{entry.get('port')}{entry.get('path')}"
-    if entry.get("ok"):
-        return f"{where} ok {fmt.cell(entry.get('age_s'))}s ago"
-    return f"{where} {entry.get('error') or 'not scraped yet'}"
-
-
-def _request_figures(stats: Mapping[str, Any], window: object) -> tuple[str, str, str]:
-    """Requests/s, p50 and p95 from the proxy's statistics (latencies in seconds)."""
-    latency = stats.get("latency")
-    if not isinstance(latency, Mapping):
-        return fmt.MISSING, fmt.MISSING, fmt.MISSING
-    count = latency.get("count")
-    rps = (
-        fmt.rate(count / window)
-        if isinstance(count, int) and isinstance(window, int | float) and window > 0
-        else fmt.MISSING
-    )
-    return rps, fmt.seconds_as_ms(latency.get("p50")), fmt.seconds_as_ms(latency.get("p95"))
 
 
 def cmd_events(client: AdminClient, args: argparse.Namespace) -> int:
@@ -433,9 +347,9 @@ def cmd_events(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(client: AdminClient, args: argparse.Namespace) -> int:
-    result = client.call("DELETE", _deployment_path(args.name))
+    result = client.call("DELETE", deployment_path(args.name))
     if args.json:
-        return _print_json(result)
+        return fmt.print_json(result)
     name = result.get("name", args.name) if isinstance(result, dict) else args.name
     print(f"{name}: removed (its history is kept)")
     return 0
@@ -444,7 +358,7 @@ def cmd_rm(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
     s = client.call("GET", "/v1/status")
     if args.json:
-        return _print_json(s)
+        return fmt.print_json(s)
     gpus = s.get("gpus") or []
     pairs: list[tuple[str, object]] = [
         ("berthd", s.get("version")),
@@ -464,15 +378,6 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _deployment_path(name: str) -> str:
-    return f"/v1/deployments/{quote(name, safe='')}"
-
-
-def _print_json(value: object) -> int:
-    print(json.dumps(value, indent=2))
-    return 0
 
 
 def _reason_suffix(deployment: Mapping[str, Any], *, sep: str = ", ") -> str:

@@ -6,6 +6,7 @@ sends fewer keys than expected still gives a readable table.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -121,3 +122,9 @@ def gpu_line(index: int, gpu: object) -> str:
     if uuid:
         text += f" {uuid}"
     return text
+
+
+def print_json(value: object) -> int:
+    """`--json`: berthd's answer as it came, indented; exit status 0."""
+    print(json.dumps(value, indent=2))
+    return 0

@@ -10,25 +10,18 @@ with or without `[endpoint.auth]`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
-from urllib.parse import quote
 
 from daemon.cli import format as fmt
-from daemon.cli.client import AdminClient
-
-
-def _path(name: str, *rest: str) -> str:
-    return "/v1/deployments/" + "/".join(quote(p, safe="") for p in (name, *rest))
+from daemon.cli.client import AdminClient, deployment_path
 
 
 def cmd_keys_create(client: AdminClient, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.key_name} if args.key_name else {}
-    made = client.call("POST", _path(args.name, "keys"), json=body)
+    made = client.call("POST", deployment_path(args.name, "keys"), json=body)
     if args.json:
-        print(json.dumps(made, indent=2))
-        return 0
+        return fmt.print_json(made)
     print(made["key"])
     print(
         f"key {made['id']} of {args.name}: shown once, berthd keeps only its hash; "
@@ -39,10 +32,9 @@ def cmd_keys_create(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_ls(client: AdminClient, args: argparse.Namespace) -> int:
-    keys = client.call("GET", _path(args.name, "keys"))
+    keys = client.call("GET", deployment_path(args.name, "keys"))
     if args.json:
-        print(json.dumps(keys, indent=2))
-        return 0
+        return fmt.print_json(keys)
     rows = [
         (k.get("id"), k.get("name") or "-", fmt.timestamp(k.get("created_at")), k.get("requests"))
         for k in keys
@@ -52,11 +44,10 @@ def cmd_keys_ls(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(client: AdminClient, args: argparse.Namespace) -> int:
-    revoked = client.call("DELETE", _path(args.name, "keys", args.key_id))
+    revoked = client.call("DELETE", deployment_path(args.name, "keys", args.key_id))
     if args.json:
-        print(json.dumps(revoked, indent=2))
-    else:
-        print(f"revoked key {revoked['id']} of {args.name}")
+        return fmt.print_json(revoked)
+    print(f"revoked key {revoked['id']} of {args.name}")
     return 0
 
 

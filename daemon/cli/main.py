@@ -26,13 +26,13 @@ from daemon.cli.commands import (
     cmd_history,
     cmd_logs,
     cmd_ls,
-    cmd_metrics,
     cmd_rm,
     cmd_rollback,
     cmd_scale,
     cmd_status,
 )
 from daemon.cli.keys import add_keys_parser
+from daemon.cli.metrics import cmd_metrics
 from daemon.cli.pull import cmd_pull
 from daemon.cli.secrets import add_secret_parser
 

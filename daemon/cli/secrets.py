@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from typing import Any
 from urllib.parse import quote
@@ -65,8 +64,7 @@ def cmd_secret_create(client: AdminClient, args: argparse.Namespace) -> int:
         headers={"content-type": "application/octet-stream"},
     )
     if args.json:
-        print(json.dumps(made, indent=2))
-        return 0
+        return fmt.print_json(made)
     print(f"secret {made['name']} {made['outcome']} (fingerprint {made['fingerprint']})")
     for rolled in made.get("rolled") or ():
         print(f"  {rolled['name']}: revision {rolled['revision']} rolls its replicas to it")
@@ -76,8 +74,7 @@ def cmd_secret_create(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_secret_ls(client: AdminClient, args: argparse.Namespace) -> int:
     secrets = client.call("GET", "/v1/secrets")
     if args.json:
-        print(json.dumps(secrets, indent=2))
-        return 0
+        return fmt.print_json(secrets)
     if not secrets:
         print("no secrets")
         return 0
@@ -98,9 +95,8 @@ def cmd_secret_ls(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_secret_rm(client: AdminClient, args: argparse.Namespace) -> int:
     removed = client.call("DELETE", _path(args.name))
     if args.json:
-        print(json.dumps(removed, indent=2))
-    else:
-        print(f"secret {removed['name']} removed")
+        return fmt.print_json(removed)
+    print(f"secret {removed['name']} removed")
     return 0
 
 
