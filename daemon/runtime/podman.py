@@ -54,6 +54,13 @@ from daemon.runtime.interface import (
     RuntimeFailure,
     TemporaryRuntimeError,
 )
+from daemon.runtime.libpod_json import (
+    MalformedEvent,
+    info_from_inspect,
+    info_from_list,
+    parse_event,
+    stats_from_entry,
+)
 from daemon.runtime.pull import (
     PULL_IDLE_TIMEOUT,
     LineSplitter,
@@ -84,7 +91,6 @@ ERROR_BODY_LIMIT = 64 * 1024
 # On the container made only to read Podman's default rlimits (never started, removed at once).
 LABEL_RLIMITS_PROBE = "io.berth.rlimits-probe"
 # Extra event attributes that Podman mixes in with the container's labels.
-EVENT_ATTRIBUTES = frozenset({"containerExitCode", "image", "name", "podId"})
 # How much of an event that cannot be read is quoted in the log.
 EVENT_EXCERPT = 200
 
@@ -344,7 +350,7 @@ class PodmanRuntime:
             if _vanished(exc):  # removed while it was being read: gone all the same
                 raise ContainerNotFound(str(exc)) from exc
             raise
-        return _info_from_inspect(body)
+        return info_from_inspect(body)
 
     async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})
@@ -368,7 +374,7 @@ class PodmanRuntime:
                     raise
         infos = []
         for entry in entries:
-            info = _info_from_list(entry)
+            info = info_from_list(entry)
             if not info.running and info.status != "created":
                 # The list omits OOMKilled; inspect the few that have exited.
                 try:
@@ -423,7 +429,7 @@ class PodmanRuntime:
             # A container that is not running is reported with zeros (and no SystemNano):
             # not measured, so left out rather than shown as idle.
             if entry is not None and entry.get("SystemNano"):
-                out[container_id] = _stats(entry)
+                out[container_id] = stats_from_entry(entry)
         return out
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
@@ -565,105 +571,6 @@ def _close_leaked_sockets(exc: BaseException | None) -> None:
                 candidate.close()
             tb = tb.tb_next
         exc = exc.__cause__ or exc.__context__
-
-
-def _info_from_inspect(body: Mapping[str, Any]) -> ContainerInfo:
-    state = body.get("State") or {}
-    labels = (body.get("Config") or {}).get("Labels") or {}
-    bindings = (body.get("HostConfig") or {}).get("PortBindings") or {}
-    ports = [binding.get("HostPort") for entries in bindings.values() for binding in entries or []]
-    status = state.get("Status", "unknown")
-    return ContainerInfo(
-        container_id=body["Id"],
-        name=body.get("Name", "").lstrip("/"),
-        image=body.get("ImageName") or body.get("Image", ""),
-        labels=labels,
-        status=status,
-        exit_code=state.get("ExitCode") if status in ("exited", "stopped") else None,
-        oom_killed=bool(state.get("OOMKilled")),
-        host_port=_host_port(labels, ports),
-    )
-
-
-def _info_from_list(entry: Mapping[str, Any]) -> ContainerInfo:
-    labels = entry.get("Labels") or {}
-    status = entry.get("State", "unknown")
-    ports = [port.get("host_port") for port in entry.get("Ports") or []]
-    return ContainerInfo(
-        container_id=entry["Id"],
-        name=(entry.get("Names") or [""])[0],
-        image=entry.get("Image", ""),
-        labels=labels,
-        status=status,
-        exit_code=entry.get("ExitCode") if status in ("exited", "stopped") else None,
-        host_port=_host_port(labels, ports),
-    )
-
-
-def _stats(entry: Mapping[str, Any]) -> ContainerStats:
-    limit = int(entry.get("MemLimit") or 0)
-    return ContainerStats(
-        cpu_percent=float(entry.get("CPU") or 0.0),
-        memory_bytes=int(entry.get("MemUsage") or 0),
-        # libpod reports the host's memory as the limit when none is set
-        memory_limit_bytes=limit or None,
-        pids=int(entry.get("PIDs") or 0),
-    )
-
-
-def _host_port(labels: Mapping[str, str], bound: list[Any]) -> int | None:
-    for candidate in (labels.get(LABEL_HOST_PORT), *bound):
-        try:
-            return int(candidate)
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
-class MalformedEvent(ValueError):
-    """A line of libpod's event stream that is not a container event berthd can read."""
-
-
-def parse_event(line: bytes) -> ContainerEvent:
-    """One line of libpod's event stream (a JSON object); `MalformedEvent` says what is wrong."""
-    try:
-        body = json.loads(line)
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        raise MalformedEvent(f"not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedEvent(f"not a JSON object but {type(body).__name__}")
-    actor = _field(body, "Actor", dict, {})
-    attributes = _field(actor, "Attributes", dict, {})
-    action = _field(body, "status", str, "") or _field(body, "Action", str, "")
-    container_id = _field(body, "id", str, "") or _field(actor, "ID", str, "")
-    if not action:
-        raise MalformedEvent("no status or Action")
-    if not container_id:
-        raise MalformedEvent("no id or Actor.ID")
-    labels: dict[str, str] = {}
-    for key, value in attributes.items():
-        if not isinstance(value, str):
-            raise MalformedEvent(f"Actor.Attributes.{key} is {type(value).__name__}, not a string")
-        if key not in EVENT_ATTRIBUTES:
-            labels[key] = value
-    exit_code = None
-    code = attributes.get("containerExitCode")
-    if action == "died" and code is not None:
-        try:
-            exit_code = int(code)
-        except ValueError:
-            raise MalformedEvent(f"containerExitCode {code!r} is not a number") from None
-    return ContainerEvent(container_id, action, labels, exit_code)
-
-
-def _field(body: dict[str, Any], key: str, kind: type[T], default: T) -> T:
-    """`body[key]` when it is a `kind`; `default` when it is missing or null."""
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise MalformedEvent(f"{key} is {type(value).__name__}, not {kind.__name__}")
-    return value
 
 
 def _vanished(exc: RuntimeFailure) -> bool:

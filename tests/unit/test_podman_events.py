@@ -18,7 +18,8 @@ import trio
 from daemon.http.listeners import UnixSocketListener
 from daemon.http.server import HttpServer, Request, Response
 from daemon.runtime.interface import ContainerEvent
-from daemon.runtime.podman import MalformedEvent, PodmanRuntime, parse_event
+from daemon.runtime.libpod_json import MalformedEvent, parse_event
+from daemon.runtime.podman import PodmanRuntime
 
 CID = "ab" * 32
 
