@@ -8,13 +8,15 @@ Invariants:
 - `status()` is the pull under way now (for `berth get`), None when none is; a pull
   says so in events when it starts ("pull"), as it goes (at most once per
   PROGRESS_EVENT_INTERVAL unless it passes another PROGRESS_EVENT_STEP of its bytes), and
-  when it is done ("pulled", with its duration). A failed pull is the caller's to report
-  (create-failed, `berth pull`).
+  when it is done ("pulled", with its duration); a failed one says why ("pull-failed"),
+  once per distinct reason: its retries (a create's back-off) add no start or failure
+  event while they fail the same way, but `berth pull` always says it started.
 - The runtime's own idle timeout ends a stalled pull; nothing here sets a deadline.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +113,7 @@ class ImagePuller:
         self._events = events
         self._nursery = nursery
         self._pulls: dict[str, _Pull] = {}
+        self._failing: dict[str, str] = {}  # image -> why its last pull failed
 
     def __repr__(self) -> str:
         return f"<ImagePuller {self.deployment} pulling={sorted(self._pulls)}>"
@@ -141,7 +144,8 @@ class ImagePuller:
 
     async def _run(self, pull: _Pull, auth: RegistryAuth | None, why: str) -> None:
         try:
-            await self._say("pull", f"pulling {pull.image}{why}")
+            if why or pull.image not in self._failing:
+                await self._say("pull", f"pulling {pull.image}{why}")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report, pull)
                 try:
@@ -152,7 +156,13 @@ class ImagePuller:
                     pull.pulled = True
                 finally:
                     nursery.cancel_scope.cancel()
+            if pull.error is not None:
+                reason = str(pull.error)
+                if self._failing.get(pull.image) != reason or why:
+                    await self._say("pull-failed", reason, level=logging.WARNING)
+                self._failing[pull.image] = reason
             if pull.pulled:
+                self._failing.pop(pull.image, None)
                 pull.seconds = trio.current_time() - pull.started
                 await self._say(
                     "pulled",
@@ -180,5 +190,5 @@ class ImagePuller:
                     f"pulling {pull.image}: {describe(pull.progress)} ({seconds:.0f}s)",
                 )
 
-    async def _say(self, kind: str, message: str) -> None:
-        await self._events.emit(kind, message, deployment=self.deployment)
+    async def _say(self, kind: str, message: str, *, level: int = logging.INFO) -> None:
+        await self._events.emit(kind, message, deployment=self.deployment, level=level)

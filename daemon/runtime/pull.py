@@ -56,6 +56,11 @@ LIBPOD_PREFIX = "/v4.0.0/libpod"
 
 # Podman's messages for a registry that has no such image (pull and create).
 IMAGE_MISSING_HINTS = ("image not known", "manifest unknown", "name unknown", "not found")
+# A `localhost/` reference names no registry but this host, where none answers as a rule.
+LOCAL_IMAGE_HINT = (
+    " (a localhost/ image is one built or loaded on this host: podman build -t NAME, or "
+    "podman load; no registry serves it here)"
+)
 REGISTRY_TEMPORARY_HINTS = (
     "connection refused",
     "connection reset",
@@ -244,6 +249,8 @@ def pull_failure(image: str, error: str, *, authenticated: bool) -> RuntimeFailu
             "Podman's registries.conf)"
         )
     if any(hint in lowered for hint in REGISTRY_TEMPORARY_HINTS):
+        if image.startswith("localhost/") and "connection refused" in lowered:
+            error += LOCAL_IMAGE_HINT
         return TemporaryRuntimeError(f"pull {image}: {error}")
     return RuntimeFailure(f"pull {image}: {error}")
 

@@ -33,7 +33,7 @@ class Rig:
         self.nursery: trio.Nursery | None = None
 
     def events(self) -> list[Event]:
-        return [e for e in self.store.events() if e.kind in ("pull", "pulled")]
+        return [e for e in self.store.events() if e.kind in ("pull", "pulled", "pull-failed")]
 
 
 @pytest.fixture
@@ -138,7 +138,8 @@ async def test_a_failure_reaches_every_caller_and_the_next_pull_starts_afresh(
     rig: Rig, mock_clock: MockClock
 ) -> None:
     mock_clock.autojump_threshold = 0.05  # the store answers from its own thread
-    rig.runtime.fail("pull", TemporaryRuntimeError(f"pull {IMAGE}: no progress for 300s"))
+    stalled = TemporaryRuntimeError(f"pull {IMAGE}: no progress for 300s")
+    rig.runtime.fail("pull", stalled, times=3)  # a shared download, a retry, a berth pull
     failures: list[Exception] = []
 
     async def pull() -> None:
@@ -154,10 +155,20 @@ async def test_a_failure_reaches_every_caller_and_the_next_pull_starts_afresh(
     rig.nursery = None  # no worker now: a pull runs in its caller's task
     assert len(failures) == 2 and failures[0] is not failures[1]
     assert all("no progress for 300s" in str(f) for f in failures)
-    assert [e.kind for e in rig.events()] == ["pull"]  # a failure is the callers' to say
+    # One download, one start and one failure said, with its reason.
+    assert [e.kind for e in rig.events()] == ["pull", "pull-failed"]
+    assert "no progress for 300s" in rig.events()[-1].message
+    with pytest.raises(TemporaryRuntimeError):
+        await rig.puller.pull(IMAGE, None)  # a retry failing the same way adds nothing
+    assert [e.kind for e in rig.events()] == ["pull", "pull-failed"]
+    with pytest.raises(TemporaryRuntimeError):
+        await rig.puller.pull(IMAGE, None, why=" (berth pull)")  # asked for: said
+    assert [e.kind for e in rig.events()][2:] == ["pull", "pull-failed"]
     await rig.puller.pull(IMAGE, None)  # a fresh pull: the failed one is gone
+    assert [e.kind for e in rig.events()][4:] == ["pulled"]  # its start was the retry's
     with pytest.raises(ImageNotFound):
         await rig.puller.pull("127.0.0.1:5000/team/missing:1", None)
+    assert [e.kind for e in rig.events()][5:] == ["pull", "pull-failed"]
 
 
 async def test_a_pull_cut_short_by_its_nursery_fails_its_callers(

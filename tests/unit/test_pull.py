@@ -24,7 +24,13 @@ from daemon.runtime.interface import (
     TemporaryRuntimeError,
 )
 from daemon.runtime.podman import PodmanRuntime
-from daemon.runtime.pull import LineSplitter, PullReader, pull_target
+from daemon.runtime.pull import (
+    LOCAL_IMAGE_HINT,
+    LineSplitter,
+    PullReader,
+    pull_failure,
+    pull_target,
+)
 
 # /v1.41/images/create of a 3-layer image (3 x 20 MiB at ~5 MB/s, some lines left out).
 COMPAT_PULL = b"""\
@@ -292,3 +298,14 @@ async def test_an_unreachable_podman_is_temporary(sock_dir: Path) -> None:
             await runtime.pull(IMAGE)
     finally:
         await runtime.aclose()
+
+
+def test_a_localhost_image_no_registry_serves_says_where_such_images_come_from() -> None:
+    refused = (
+        'pinging container registry localhost: Get "https://localhost/v2/": connection refused'
+    )
+    local = pull_failure("localhost/berth-model-server:1", refused, authenticated=False)
+    assert isinstance(local, TemporaryRuntimeError)
+    assert str(local).endswith(LOCAL_IMAGE_HINT) and "podman build" in str(local)
+    remote = pull_failure("127.0.0.1:5000/team/model:1", refused, authenticated=False)
+    assert LOCAL_IMAGE_HINT not in str(remote)
