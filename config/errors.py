@@ -32,6 +32,11 @@ class Problem:
         return text
 
 
+class WithheldValueError(ValueError):
+    """A refusal whose value is not shown back (`got`): it may be a credential (a password
+    in a URL, a key written where a secret reference belongs)."""
+
+
 class SpecError(Exception):
     """A spec (or settings file) that cannot be accepted, with every problem found in it."""
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from config.errors import Problem
+from config.errors import Problem, WithheldValueError
 from config.reader import Reader, as_bool, join_path
 from config.secret_ref import SecretRef, as_secret_ref
 from config.spec import BasicUser, EndpointAuth
@@ -50,7 +50,8 @@ def _read_api_keys(r: Reader) -> tuple[SecretRef, ...]:
             named = getattr(exc, "key", None)  # a wrong name: the problem is at `.secret`
             if named is not None and isinstance(item, Mapping):
                 path, item = join_path(path, str(named)), item.get(named)
-            r.problems.append(Problem(path, str(exc), item))
+            shown = None if isinstance(exc, WithheldValueError) else item
+            r.problems.append(Problem(path, str(exc), shown))
             continue
         if ref in keys:
             r.problems.append(Problem(path, f'secret "{ref.name}" is listed twice'))

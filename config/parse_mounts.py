@@ -23,6 +23,7 @@ import posixpath
 import re
 from urllib.parse import urlsplit
 
+from config.errors import WithheldValueError
 from config.reader import Reader, as_bool, as_enum, as_str
 from config.spec import Mount, MountType, Registry
 
@@ -185,7 +186,7 @@ def _as_git_url(raw: object) -> str:
     elif not parts.hostname or parts.hostname.startswith("-"):
         raise ValueError("the URL has no host")
     if parts.password is not None:
-        raise ValueError(
+        raise WithheldValueError(
             "must not hold a password (specs are kept in history); use credentials_file"
         )
     return url

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from config.errors import Problem, show_value
+from config.errors import Problem, WithheldValueError, show_value
 from config.units import format_duration, parse_duration, parse_size
 
 T = TypeVar("T")
@@ -68,6 +68,9 @@ class Reader:
         raw = self.data[key]
         try:
             return convert(raw)
+        except WithheldValueError as exc:
+            self.problem(key, str(exc))
+            return None
         except ValueError as exc:
             self.problem(key, str(exc), raw)
             return None

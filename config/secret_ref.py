@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from config.errors import WithheldValueError
+
 SECRET_NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
 SECRET_NAME_RULE: Final = (
     'must be 1-63 characters of a-z, 0-9, ".", "_" and "-", starting and ending with a '
@@ -39,7 +41,8 @@ class SecretRef:
 def as_secret_ref(raw: object) -> SecretRef:
     """A Reader converter: `{ secret = "NAME" }` -> SecretRef, else ValueError."""
     if not isinstance(raw, Mapping) or set(raw) != {"secret"}:
-        raise ValueError('must be a reference to a secret: { secret = "NAME" }')
+        # Not echoed: a key or password written here in the clear is what this refuses.
+        raise WithheldValueError('must be a reference to a secret: { secret = "NAME" }')
     name = raw["secret"]
     if not isinstance(name, str) or not SECRET_NAME.fullmatch(name):
         raise ValueError(f"secret name {SECRET_NAME_RULE}")
