@@ -34,12 +34,15 @@ from config.reader import Reader, as_duration, as_int, as_str, as_str_list
 
 DEFAULT_STATE_DIR = Path("/var/lib/berth")
 DEFAULT_SOCKET = Path("/run/berth/berth.sock")
-DEFAULT_ALLOWED_ROOTS = (
-    Path("/srv"),
-    Path("/data"),
-    Path("/models"),
-    Path("/var/lib/berth/volumes"),
-)
+
+
+def default_allowed_roots(state_dir: Path) -> tuple[Path, ...]:
+    """Where bind sources may lie when berthd.toml says nothing: the usual data folders and
+    the state dir's own `volumes/` (wherever `--state-dir` puts it)."""
+    return (Path("/srv"), Path("/data"), Path("/models"), state_dir / "volumes")
+
+
+DEFAULT_ALLOWED_ROOTS = default_allowed_roots(DEFAULT_STATE_DIR)
 ENV_VARS = {
     "state_dir": "BERTH_STATE_DIR",
     "socket": "BERTH_SOCKET",
@@ -133,7 +136,7 @@ def load_settings(
         podman_url = None
 
     roots_value, where, base = pick("allowed_roots")
-    allowed_roots: tuple[Path, ...] = DEFAULT_ALLOWED_ROOTS
+    allowed_roots = default_allowed_roots(state_dir)
     if roots_value is not None:
         roots = _as_roots(roots_value, where, problems)
         if roots is not None:

@@ -183,3 +183,10 @@ def test_allows_bind_source(source: str, allowed: bool) -> None:
     s = load_settings(None, {}, NO_FLAGS)
     assert s.allowed_roots == DEFAULT_ALLOWED_ROOTS
     assert s.allows_bind_source(source) is allowed
+
+
+def test_the_default_allowed_roots_follow_the_state_dir(tmp_path: Path) -> None:
+    s = load_settings(None, {}, {"state_dir": tmp_path / "state"})
+    assert s.allowed_roots[-1] == tmp_path / "state" / "volumes"
+    assert s.allows_bind_source(str(tmp_path / "state" / "volumes" / "v1"))
+    assert not s.allows_bind_source("/var/lib/berth/volumes/v1")
