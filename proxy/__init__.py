@@ -9,7 +9,8 @@ Layout, each module importing only those before it: `chunk_lines` (chunk line bo
 error answers, text or JSON), `upstreams` (round robin), `stats` (counters and latency
 windows), `admission` (the connection cap and the descriptor budget all endpoints share),
 `poller` (edge-triggered epoll and timeouts; `Polled` is what it needs of a connection),
-`sockets` (the only module that touches sockets), `pool` (idle upstream connections),
+`sockets` (the module that touches sockets), `tls` (TLS on client connections: `TlsConn`,
+a `Conn` over `ssl.SSLObject`), `pool` (idle upstream connections),
 `reader` (a client's requests as events), `auth` (a protected endpoint's check of a request
 head: keys, basic users, what is stripped, and a refused request's body read away), `tunnel`
 (WebSocket), `balancer` (what an endpoint's sessions share: upstreams, pool, poller,

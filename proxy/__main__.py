@@ -1,6 +1,7 @@
 """Standalone mode, for benchmarks and debugging.
 
     python -m proxy --listen 127.0.0.1:8000 --upstream 127.0.0.1:9001 --upstream 127.0.0.1:9002
+    python -m proxy ... --tls-cert cert.pem --tls-key key.pem      # TLS to clients
 
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (up to --drain seconds), exit 0.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
 from proxy.endpoint import Endpoint, EndpointTimeouts
+from proxy.tls import server_context
 from proxy.upstreams import Upstream
 
 
@@ -34,7 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--read-timeout", type=float, default=EndpointTimeouts.read_idle)
     p.add_argument("--client-idle-timeout", type=float, default=EndpointTimeouts.client_idle)
     p.add_argument("--header-timeout", type=float, default=EndpointTimeouts.header_read)
-    return p.parse_args(argv)
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: speak TLS to clients")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    args = p.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -53,6 +61,8 @@ async def serve(args: argparse.Namespace) -> None:
     endpoint.set_upstreams(
         Upstream(f"upstream-{i}", h, p) for i, (h, p) in enumerate(args.upstream)
     )
+    if args.tls_cert is not None:
+        endpoint.set_tls(server_context(args.tls_cert.read_bytes(), args.tls_key.read_bytes()))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(endpoint.run)

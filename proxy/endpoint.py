@@ -25,6 +25,9 @@ Invariants:
 - A protected endpoint (`set_credentials`, `proxy.auth`) answers 401 to a request without
   a credential of its set before any replica is picked; a new set applies to the next
   request on every connection.
+- A TLS endpoint (`set_tls`, `proxy.tls`) speaks TLS to every client connection accepted
+  while it holds a context; a new context (a certificate reloaded) applies to connections
+  accepted from then on, with no rebind, and open ones keep the one they began with.
 - Statistics are recorded by plain counters on the hot path (`proxy.balancer`) and
   summarised on read (`statistics`).
 - Hold mode (`hold_when_empty`, scale from zero, as Knative's activator): while the set is
@@ -39,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 
 import trio
@@ -49,6 +53,7 @@ from proxy.auth import Credentials, Guard
 from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
 from proxy.stats import EndpointStatistics, ReplicaStatistics
+from proxy.tls import TlsConn
 from proxy.upstreams import Upstream
 
 # `EndpointTimeouts` lives beside the `Balancer` that holds them; callers name it from here,
@@ -85,6 +90,7 @@ class Endpoint:
         self._drain_deadline: float | None = None
         self._address: tuple[str, int] | None = None
         self._listener_closed = trio.Event()
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -125,6 +131,15 @@ class Endpoint:
             b.guard = Guard(credentials)
         else:
             b.guard.set_credentials(credentials)
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        return self._tls
+
+    def set_tls(self, context: ssl.SSLContext | None) -> None:
+        """Speak TLS with `context` (None: plain HTTP) to the connections accepted from now
+        on, with no rebind; connections already open keep what they began with."""
+        self._tls = context
 
     def continue_from(self, old: Endpoint) -> None:
         """Take over `old`'s request counters (before `run`): the same deployment's endpoint
@@ -221,7 +236,11 @@ class Endpoint:
         conn: sockets.Conn | None = None
         session: Session | None = None
         try:
-            conn = sockets.Conn(sock, peer, self._balancer.poller)
+            tls = self._tls
+            if tls is None:
+                conn = sockets.Conn(sock, peer, self._balancer.poller)
+            else:
+                conn = TlsConn(sock, peer, self._balancer.poller, tls)
             session = Session(self._balancer, conn)
             self._sessions.add(session)
             await session.serve()

@@ -87,7 +87,17 @@ LINGER_BYTES: Final = 1024 * 1024
 class Session:
     """Serves one client connection until it closes, errs or the endpoint drains."""
 
-    __slots__ = ("balancer", "conn", "reader", "peer", "trusted", "idle", "linger", "exchange")
+    __slots__ = (
+        "balancer",
+        "conn",
+        "reader",
+        "peer",
+        "trusted",
+        "proto",
+        "idle",
+        "linger",
+        "exchange",
+    )
 
     def __init__(self, balancer: Balancer, conn: Conn) -> None:
         self.balancer = balancer
@@ -95,6 +105,7 @@ class Session:
         self.reader = ClientReader(conn)
         self.peer = conn.peer.encode()
         self.trusted = balancer.is_trusted(conn.peer)  # its Forwarded etc. are kept
+        self.proto = b"https" if conn.secure else b"http"  # X-Forwarded-Proto, Forwarded
         self.idle = True  # between requests, no byte of the next one read yet
         self.linger = False  # an answer of the proxy's own closes the connection
         self.exchange = Exchange(balancer, conn, self.reader)  # the request being served
@@ -230,7 +241,12 @@ class Session:
             head.content_length = sum(len(p) for p in parts)
         request_id = b.next_request_id()
         request = request_head_bytes(
-            head, peer=self.peer, request_id=request_id, framing=framing, trusted=self.trusted
+            head,
+            peer=self.peer,
+            request_id=request_id,
+            framing=framing,
+            trusted=self.trusted,
+            proto=self.proto,
         )
         if parts:
             if framing is Framing.CHUNKED:
@@ -270,6 +286,7 @@ class Session:
                         request_id=request_id,
                         framing=framing,
                         trusted=self.trusted,
+                        proto=self.proto,
                     )
                     request += body
                 outcome, upstream = await self._attempt(

@@ -65,29 +65,33 @@ def request_head_bytes(
     request_id: bytes,
     framing: Framing,
     trusted: bool = False,
+    proto: bytes = b"http",
 ) -> bytes:
     """The request line and header section to send to a replica.
 
     `framing` is how the proxy will send the body: CHUNKED or LENGTH (using
     `head.content_length`) or NONE. `trusted`: the peer is a trusted proxy, whose
     Forwarded, X-Real-IP and X-Forwarded-* are kept (Forwarded and X-Forwarded-For gain
-    the peer); otherwise they are replaced by what the proxy saw.
+    the peer); otherwise they are replaced by what the proxy saw. `proto`: what the client
+    spoke, b"http" or b"https" (a TLS endpoint), for X-Forwarded-Proto and Forwarded.
     """
     headers = head.headers
-    return _request_head(head, headers, peer, request_id, framing, _REQUEST_DROP, True, trusted)
+    return _request_head(
+        head, headers, peer, request_id, framing, _REQUEST_DROP, True, trusted, proto
+    )
 
 
 def _quoted(value: bytes) -> bytes:
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def _forwarded_element(peer: bytes, host: bytes) -> bytes:
+def _forwarded_element(peer: bytes, host: bytes, proto: bytes) -> bytes:
     """RFC 7239's element for this hop: for (an IPv6 address bracketed and quoted), host."""
     node = _quoted(b"[" + peer + b"]") if b":" in peer else peer
     out = b"for=" + node
     if host:
         out += b";host=" + _quoted(host)
-    return out + b";proto=http"
+    return out + b";proto=" + proto
 
 
 def _request_head(
@@ -99,6 +103,7 @@ def _request_head(
     drop: frozenset[bytes],
     first_pass: bool,
     trusted: bool,
+    proto: bytes,
 ) -> bytes:
     out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     append = out.append
@@ -113,7 +118,9 @@ def _request_head(
             if first_pass and n == b"connection" and _names_other_fields(value):
                 # Rare: Connection names other fields to drop. Start again knowing them.
                 drop = drop | _connection_tokens(headers)
-                return _request_head(head, headers, peer, request_id, framing, drop, False, trusted)
+                return _request_head(
+                    head, headers, peer, request_id, framing, drop, False, trusted, proto
+                )
             if trusted and n in _CLIENT_INFO:
                 if n == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
@@ -140,7 +147,7 @@ def _request_head(
     append(peer if xff is None else xff + b", " + peer)
     append(b"\r\n")
     if b"x-forwarded-proto" not in kept:
-        append(b"X-Forwarded-Proto: http\r\n")
+        append(b"X-Forwarded-Proto: " + proto + b"\r\n")
     if host and b"x-forwarded-host" not in kept:
         append(b"X-Forwarded-Host: ")
         append(host)
@@ -150,7 +157,7 @@ def _request_head(
         append(peer)
         append(b"\r\n")
     append(b"Forwarded: ")
-    element = _forwarded_element(peer, host)
+    element = _forwarded_element(peer, host, proto)
     append(element if forwarded is None else forwarded + b", " + element)
     append(b"\r\n")
     if not has_id:

@@ -1,4 +1,5 @@
-"""The only module that touches sockets: non-blocking stdlib sockets woken by `proxy.poller`.
+"""The module that touches sockets (with `proxy.tls` for TLS clients): non-blocking stdlib
+sockets woken by `proxy.poller`.
 
 Why not `trio.SocketStream`: each of its operations costs two scheduler round trips even
 when the kernel is ready. Here an operation first tries the syscall and parks the task
@@ -29,7 +30,7 @@ import errno
 import ipaddress
 import math
 import socket
-from typing import Final
+from typing import ClassVar, Final
 
 import trio
 from trio.lowlevel import Abort, Task, current_task, wait_task_rescheduled
@@ -59,6 +60,8 @@ class PeerHangup(Exception):
 
 class Conn:
     """One TCP connection (to a client or to a replica)."""
+
+    secure: ClassVar[bool] = False  # TLS to the peer (`proxy.tls.TlsConn`)
 
     __slots__ = (
         "sock",
