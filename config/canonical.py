@@ -238,6 +238,8 @@ def _endpoint(e: Endpoint, full: bool) -> dict[str, Any]:
     _put(d, "trusted_proxies", list(e.trusted_proxies), [], full)
     if e.auth is not None:  # present, even empty: it turns authentication on
         d["auth"] = _auth(e.auth, full)
+    if e.tls is not None:
+        d["tls"] = {"cert": e.tls.cert, "key": e.tls.key}
     return d
 
 

@@ -34,6 +34,7 @@ from config.parse_metrics import read_metrics
 from config.parse_mounts import read_mounts, read_registry
 from config.parse_resources import read_resources
 from config.parse_scaling import read_autoscale, read_replicas
+from config.parse_tls import read_tls
 from config.reader import (
     Reader,
     as_bool,
@@ -217,6 +218,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
     port = r.required("port", as_int(1024, 65535))
     bind = r.optional("bind", _as_bind)
     auth = read_auth(r.table("auth"))
+    tls = read_tls(r.table("tls"))
     connect_timeout = r.get(
         "connect_timeout", as_duration(hi=3600.0, above=0), ENDPOINT_CONNECT_TIMEOUT
     )
@@ -236,6 +238,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         bind=default_bind(auth) if bind is None else bind,  # loopback unless protected
         bind_given=bind is not None,
         auth=auth,
+        tls=tls,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         client_idle_timeout=idle,

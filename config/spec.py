@@ -179,6 +179,15 @@ class EndpointAuth:
     forward_auth: bool = False  # pass Authorization / x-api-key on to the replica
 
 
+@dataclass(frozen=True)
+class EndpointTls:
+    """`[endpoint.tls]`: the endpoint speaks TLS (1.2+) with this certificate chain and key,
+    PEM files under berthd's `credentials_roots` (read through `config.credentials`)."""
+
+    cert: str
+    key: str
+
+
 # Where an endpoint listens when its spec says no `bind`: loopback, unless it is protected.
 BIND_LOOPBACK: Final = "127.0.0.1"
 BIND_ALL: Final = "0.0.0.0"
@@ -208,6 +217,7 @@ class Endpoint:
     # Peers (canonical CIDRs) whose Forwarded / X-Real-IP / X-Forwarded-* are kept.
     trusted_proxies: tuple[str, ...] = ()
     auth: EndpointAuth | None = None  # `[endpoint.auth]`; None: open (unless keys exist)
+    tls: EndpointTls | None = None  # `[endpoint.tls]`; None: plain HTTP
 
     def __post_init__(self) -> None:
         if not self.bind_given and self.bind != default_bind(self.auth):

@@ -110,6 +110,7 @@ class Berthd:
         self.state_dir = self.settings.state_dir
         self.instance = instance_id(self.state_dir)
         self.endpoints = EndpointManager()
+        self.endpoints.tls_roots = self.settings.credentials_roots  # [endpoint.tls] files
         self.ports = HostPortAllocator()
         self.workers: dict[str, DeploymentWorker] = {}
         self.apply_lock = trio.Lock()
@@ -273,6 +274,10 @@ class Berthd:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    for name, why in await self.endpoints.reload_tls():  # certificates renewed
+                        await self.events.emit(
+                            "tls-reload-failed", why, deployment=name, level=logging.ERROR
+                        )
                     if self.settings.specs is not None:
                         self.notifier.reloading()
                         log.info("SIGHUP: applying %s again", self.settings.specs)

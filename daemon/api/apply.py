@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import socket
 
 import trio
@@ -19,6 +20,7 @@ from config.spec import DeploymentSpec, UpdateStrategy
 from daemon.api.control_plane import ControlPlane
 from daemon.gpu.placement import apply_problems, surge_warnings
 from daemon.integrations.mount_checks import mount_problems, volume_problems
+from daemon.reconcile.endpoint_tls import tls_problems
 from daemon.runtime.interface import LABEL_INSTANCE
 from daemon.secrets.references import reference_problems
 from daemon.secrets.tokens import literal_token_warnings
@@ -107,6 +109,9 @@ async def apply_spec_text(daemon: ControlPlane, text: str, *, source: str) -> Ap
             deployment=spec.name,
         )
     daemon.ensure_worker(spec.name)
+    # The TLS files are read again (a renewed certificate at the same paths), in place.
+    for name, why in await daemon.endpoints.reload_tls(spec.name):
+        await daemon.events.emit("tls-reload-failed", why, deployment=name, level=logging.ERROR)
     return result
 
 
@@ -129,6 +134,8 @@ async def host_problems(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]
     problems.extend(apply_problems(spec.resources, daemon.gpus.gpus()))
     problems.extend(await trio.to_thread.run_sync(mount_problems, spec, daemon.settings))
     problems.extend(reference_problems(spec, daemon.secrets))  # each named secret exists
+    roots = daemon.settings.credentials_roots
+    problems.extend(await trio.to_thread.run_sync(tls_problems, spec.endpoint.tls, roots))
     berth_labels = {LABEL_INSTANCE: daemon.instance}
     problems.extend(await volume_problems(spec, daemon.runtime, berth_labels, daemon.settings))
     return problems

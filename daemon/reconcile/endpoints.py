@@ -27,6 +27,12 @@ rounds, so that costs a comparison); `refresh_credentials` applies a change of i
 once (the admin API's `berth keys create|revoke`), with no rebind: the next request on
 every open connection is judged by the new set.
 
+A TLS endpoint (`[endpoint.tls]`) gets its context from `daemon.reconcile.endpoint_tls`
+when it is made and when its `[endpoint.tls]` changes; `reload_tls` reads the files again
+(SIGHUP, `berth apply`) and swaps the context in place (`Endpoint.set_tls`): new
+connections get the new certificate, open ones keep theirs, the listener stays. A reload
+that fails keeps the context there was, and says why.
+
 A fault stays with its endpoint: one whose listener fails after it started (an unexpected
 error in its accept loop or poller) is logged and dropped, and the next `ensure` from its
 worker binds it again; the other endpoints, and berthd, go on.
@@ -36,13 +42,18 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from config.credentials import DEFAULT_CREDENTIALS_ROOTS
 from config.spec import Endpoint as EndpointSpec
+from config.spec import EndpointTls
 from daemon.reconcile.endpoint_auth import EndpointCredentials
+from daemon.reconcile.endpoint_tls import TlsFileError, load_tls
 from proxy.endpoint import Endpoint, EndpointTimeouts
 
 log = logging.getLogger("berthd")
@@ -69,6 +80,7 @@ class _Slot:
     drain_timeout: float  # the deployment's `[update] drain_timeout`
     on_lost: Callable[[], None]  # its listener failed: the worker binds it again
     done: trio.Event = field(default_factory=trio.Event)
+    tls: EndpointTls | None = None  # what the endpoint's TLS context was loaded from
 
 
 def _address(spec: EndpointSpec) -> tuple[str, int]:
@@ -92,6 +104,8 @@ class EndpointManager:
         self._drain_timeout = drain_timeout
         # Set by the composition root once the store is open; None: every endpoint is open.
         self.credentials: EndpointCredentials | None = None
+        # Where `[endpoint.tls]` files must lie: berthd.toml's credentials_roots.
+        self.tls_roots: Sequence[Path] = DEFAULT_CREDENTIALS_ROOTS
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -112,14 +126,17 @@ class EndpointManager:
         drain_timeout: float | None = None,
         on_lost: Callable[[], None] = lambda: None,
     ) -> Endpoint:
-        """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind.
-        `drain_timeout`: how long its in-flight requests get when it closes (the manager's
-        default when None)."""
+        """The deployment's endpoint, listening per `spec`; raises OSError if it cannot bind,
+        TlsFileError if its `[endpoint.tls]` cannot be loaded. `drain_timeout`: how long
+        its in-flight requests get when it closes (the manager's default when None)."""
         drain = self._drain_timeout if drain_timeout is None else drain_timeout
         slot = self._slots.get(name)
         if slot is not None and _address(slot.spec) == _address(spec):
             slot.endpoint.set_timeouts(timeouts_of(spec))
             slot.endpoint.set_limits(spec.max_connections, spec.trusted_proxies)
+            if spec.tls != slot.tls:
+                slot.endpoint.set_tls(await self._context(spec.tls))
+                slot.tls = spec.tls
             slot.spec, slot.drain_timeout, slot.on_lost = spec, drain, on_lost
             await self._protect(name, spec, slot.endpoint)
             return slot.endpoint
@@ -133,7 +150,8 @@ class EndpointManager:
             max_connections=spec.max_connections,
             trusted_proxies=spec.trusted_proxies,
         )
-        new = _Slot(spec, endpoint, drain, on_lost)
+        endpoint.set_tls(await self._context(spec.tls))  # before its first connection
+        new = _Slot(spec, endpoint, drain, on_lost, tls=spec.tls)
         if slot is not None:
             endpoint.continue_from(slot.endpoint)  # statistics and in-flight counts go on
         await self._protect(name, spec, endpoint)  # before it accepts its first connection
@@ -147,6 +165,27 @@ class EndpointManager:
     async def _protect(self, name: str, spec: EndpointSpec, endpoint: Endpoint) -> None:
         if self.credentials is not None:
             endpoint.set_credentials(await self.credentials.credentials(name, spec.auth))
+
+    async def _context(self, tls: EndpointTls | None) -> ssl.SSLContext | None:
+        if tls is None:
+            return None
+        return await trio.to_thread.run_sync(load_tls, tls, tuple(self.tls_roots))
+
+    async def reload_tls(self, name: str | None = None) -> list[tuple[str, str]]:
+        """Read the TLS files again for `name`'s endpoint (None: every endpoint) and swap
+        the context in place; what failed, as (deployment, `field: reason`), keeping the
+        context there was."""
+        failed: list[tuple[str, str]] = []
+        for slot_name, slot in list(self._slots.items()):
+            if (name is not None and slot_name != name) or slot.tls is None:
+                continue
+            try:
+                context = await self._context(slot.tls)
+            except TlsFileError as exc:
+                failed.append((slot_name, str(exc)))
+                continue
+            slot.endpoint.set_tls(context)
+        return failed
 
     async def refresh_credentials(self, name: str) -> None:
         """The deployment's keys changed: its endpoint takes the new set now."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import trio
 
 from daemon.reconcile.context import ActiveRevision, WorkerContext
+from daemon.reconcile.endpoint_tls import TlsFileError
 from daemon.reconcile.replica_ops import ReplicaOps
 from daemon.reconcile.replica_spec import REPLICA_HOST
 from daemon.reconcile.replicas import ReplicaMemory
@@ -66,7 +67,7 @@ class EndpointPublisher:
                 drain_timeout=active.spec.update.drain_timeout,
                 on_lost=self._on_nudge,
             )
-        except OSError as exc:
+        except (OSError, TlsFileError) as exc:
             error = f"endpoint {active.spec.endpoint.bind}:{active.spec.endpoint.port}: {exc}"
             if error != self.endpoint_error:
                 await self._ctx.events.emit(
