@@ -38,6 +38,7 @@ bench: image
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
 	bench/proxy.sh
+	bench/tls.sh
 	bench/health.sh
 	$(VENV)/python bench/autoscale.py
 	$(VENV)/python bench/idle.py --period 10s
