@@ -276,12 +276,17 @@ def _mount(m: Mount) -> dict[str, Any]:
         d["ref"] = m.ref
     if m.credentials_file is not None:
         d["credentials_file"] = m.credentials_file
+    if m.credentials is not None:
+        d["credentials"] = m.credentials.to_dict()  # the reference, never the value
     return d
 
 
 def _registry(r: Registry) -> dict[str, Any]:
     fields = {"auth_file": r.auth_file, "username": r.username, "password_file": r.password_file}
-    return {k: v for k, v in fields.items() if v is not None}
+    d: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if r.password is not None:
+        d["password"] = r.password.to_dict()  # the reference, never the value
+    return d
 
 
 def _dur(seconds: float) -> str:

@@ -3,7 +3,8 @@
 Mount sources by type: `bind` an absolute host path (berthd also checks it lies under its
 `allowed_roots`), `volume` a Podman volume name (berthd checks it is one it made for this
 deployment, or a shared one), `git` a repository URL (cloned by berthd, optionally at `ref`,
-with `credentials_file`), `model` a model name whose target defaults to `/models/<name>`.
+with `credentials_file` or `credentials`, a secret), `model` a model name whose target
+defaults to `/models/<name>`.
 
 What the parser alone can refuse, it does (what needs the host is
 `daemon.integrations.mount_checks`'s):
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 from config.errors import WithheldValueError
 from config.reader import Reader, as_bool, as_enum, as_str
+from config.secret_ref import as_secret_ref
 from config.spec import Mount, MountType, Registry
 
 MODEL_ROOT = "/models"
@@ -67,12 +69,15 @@ def _read_mount(m: Reader) -> Mount | None:
     read_only = m.get("read_only", as_bool, True)
     ref = m.optional("ref", _as_git_ref)
     credentials_file = m.optional("credentials_file", as_abs_path)
+    credentials = m.optional("credentials", as_secret_ref)
+    if m.has("credentials_file") and m.has("credentials"):
+        m.problem("credentials", "cannot be combined with credentials_file")
     if kind is None:
         m.optional("source", as_str)
         m.close()
         return None
     source = m.required("source", _SOURCE_CHECKS[kind])
-    for key in ("ref", "credentials_file"):
+    for key in ("ref", "credentials_file", "credentials"):
         if kind is not MountType.GIT and m.has(key):
             m.problem(key, "only for git mounts")
     if target is None and not m.has("target"):
@@ -90,29 +95,38 @@ def _read_mount(m: Reader) -> Mount | None:
         read_only=read_only,
         ref=ref,
         credentials_file=credentials_file,
+        credentials=credentials,
     )
 
 
 def read_registry(r: Reader | None) -> Registry | None:
+    """`auth_file`, or `username` with one of `password_file` and `password` (a secret)."""
     if r is None:
         return None
     auth_file = r.optional("auth_file", as_abs_path)
     username = r.optional("username", _as_username)
     password_file = r.optional("password_file", as_abs_path)
+    password = r.optional("password", as_secret_ref)
     r.close()
+    given = [k for k in ("password_file", "password") if r.has(k)]
     if r.has("auth_file"):
-        if r.has("username") or r.has("password_file"):
+        if r.has("username") or given:
             r.problem(
                 "auth_file",
-                "cannot be combined with registry.username and registry.password_file",
+                "cannot be combined with registry.username, registry.password_file "
+                "or registry.password",
             )
-    elif r.has("username") != r.has("password_file"):
-        missing = "password_file" if r.has("username") else "username"
-        other = "username" if missing == "password_file" else "password_file"
-        r.problem(missing, f"required with registry.{other}")
+    elif len(given) == 2:
+        r.problem("password", "cannot be combined with registry.password_file")
+    elif r.has("username") and not given:
+        r.problem("password_file", "required with registry.username (or registry.password)")
+    elif given and not r.has("username"):
+        r.problem("username", f"required with registry.{given[0]}")
     elif not r.has("username"):
         r.problem("auth_file", "required (or registry.username and registry.password_file)")
-    return Registry(auth_file=auth_file, username=username, password_file=password_file)
+    return Registry(
+        auth_file=auth_file, username=username, password_file=password_file, password=password
+    )
 
 
 def as_abs_path(raw: object) -> str:

@@ -266,6 +266,7 @@ class Mount:
     read_only: bool = True
     ref: str | None = None  # git only
     credentials_file: str | None = None  # git only
+    credentials: SecretRef | None = None  # git only; the file's contents, from a secret
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ class Registry:
     auth_file: str | None = None
     username: str | None = None
     password_file: str | None = None
+    password: SecretRef | None = None  # or the password from a secret
 
 
 @dataclass(frozen=True)

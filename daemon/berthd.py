@@ -190,7 +190,11 @@ class Berthd:
             ports=self.ports,
             probe=run_probe,
             mounts=MountPreparer(
-                self.runtime, self.settings, volume_labels={LABEL_INSTANCE: self.instance}
+                self.runtime,
+                self.settings,
+                volume_labels={LABEL_INSTANCE: self.instance},
+                read_secret=self.secrets.read,
+                read_failures=(SecretError,),
             ),
             gpus=self.gpus,
             secrets=self.secrets,

@@ -36,6 +36,7 @@ from daemon.http.server import Request, Response
 from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.worker import WorkerSnapshot
 from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, RuntimeFailure
+from daemon.secrets.references import SecretUnavailable, resolve_secret
 from daemon.store.database import Deployment, Event, Store
 from daemon.store.events import acting_as
 
@@ -225,10 +226,15 @@ class AdminApi:
         if spec is None:
             return error(404, f"no deployment named {name!r}")
         try:
+            password = None
+            if spec.registry is not None and spec.registry.password is not None:
+                password = await resolve_secret(
+                    self.d.secrets, spec.registry.password, "registry.password"
+                )
             auth = await trio.to_thread.run_sync(
-                registry_auth, spec.registry, self.d.settings.credentials_roots
+                registry_auth, spec.registry, self.d.settings.credentials_roots, password
             )
-        except RegistryCredentialsError as exc:
+        except (RegistryCredentialsError, SecretUnavailable) as exc:
             return error(409, f"registry credentials: {exc}")
         images = self.d.ensure_worker(name).images
         send, receive = trio.open_memory_channel[bytes](FOLLOW_BUFFER)

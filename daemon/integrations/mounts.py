@@ -10,7 +10,8 @@
             `shared_volumes`): `daemon.integrations.mount_checks.volume_problem`
     git     cloned once per revision into `<state_dir>/git/<deployment>/<spec_id>/<index>`,
             bound read-only; later replicas (and a restarted berthd) reuse the checkout;
-            the credentials file read through `config.credentials` just before the clone
+            the credentials file read through `config.credentials` (or the `credentials`
+            secret's value, through `read_secret`) just before the clone
     model   `<state_dir>/models/<name>`, re-checked, bound read-only by its resolved path
 
 Invariants:
@@ -24,7 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -74,10 +75,16 @@ class MountPreparer:
         settings: DaemonSettings,
         *,
         volume_labels: Mapping[str, str] | None = None,
+        read_secret: Callable[[str], Awaitable[bytes]] | None = None,
+        read_failures: tuple[type[Exception], ...] = (),
     ) -> None:
         self._runtime = runtime
         self._settings = settings
         self._volume_labels = dict(volume_labels or {})
+        # A git mount's `credentials = { secret = "NAME" }`: the secret store's `read`, and
+        # what it raises when a secret cannot be read (named in the message, never a value).
+        self._read_secret = read_secret
+        self._read_failures = read_failures
         self._locks: dict[Path, trio.Lock] = {}
         self._failures: dict[Path, _Failure] = {}
 
@@ -88,10 +95,13 @@ class MountPreparer:
     def settings(self) -> DaemonSettings:
         return self._settings
 
-    def registry_auth(self, registry: Registry | None) -> RegistryAuth | None:
+    def registry_auth(
+        self, registry: Registry | None, password: str | None = None
+    ) -> RegistryAuth | None:
         """The spec's registry credentials, read under this berthd's credentials roots
-        (blocking: run it in a thread). RegistryCredentialsError names the field."""
-        return registry_auth(registry, self._settings.credentials_roots)
+        (blocking: run it in a thread). `password`: the value of `registry.password`'s
+        secret. RegistryCredentialsError names the field."""
+        return registry_auth(registry, self._settings.credentials_roots, password)
 
     async def prepare(self, spec: DeploymentSpec, spec_id: str) -> tuple[MountSpec, ...]:
         """The mounts of `spec` (revision `spec_id`), ready for every replica to use."""
@@ -173,7 +183,7 @@ class MountPreparer:
                 reason = git_source_problem(mount.source, self._settings)
                 if reason is not None:
                     raise MountError(f"{where}.source: {reason} (got {mount.source})")
-                credentials = await trio.to_thread.run_sync(self._credentials, where, mount)
+                credentials = await self._credentials(where, mount)
                 await checkout(mount, dest, credentials)
             except MountError as exc:
                 delay = RETRY_FIRST if failure is None else min(failure.delay * 2, RETRY_MAX)
@@ -181,14 +191,29 @@ class MountPreparer:
                 raise
             self._failures.pop(dest, None)
 
-    def _credentials(self, where: str, mount: Mount) -> bytes | None:
+    async def _credentials(self, where: str, mount: Mount) -> bytes | None:
+        """The contents of the mount's `credentials_file`, or its `credentials` secret's value."""
+        if mount.credentials is not None:
+            return await self._secret_credentials(where, mount.credentials.name)
         if mount.credentials_file is None:
             return None
         try:
-            return read_credential(
-                mount.credentials_file,
-                field=f"{where}.credentials_file",
-                roots=self._settings.credentials_roots,
+            return await trio.to_thread.run_sync(
+                partial(
+                    read_credential,
+                    mount.credentials_file,
+                    field=f"{where}.credentials_file",
+                    roots=self._settings.credentials_roots,
+                )
             )
         except CredentialFileError as exc:
             raise MountError(str(exc)) from None
+
+    async def _secret_credentials(self, where: str, name: str) -> bytes:
+        field = f"{where}.credentials.secret"
+        if self._read_secret is None:
+            raise MountError(f"{field}: this berthd keeps no secrets")
+        try:
+            return await self._read_secret(name)
+        except self._read_failures as exc:  # the store's message names no value
+            raise MountError(f'{field}: secret "{name}" cannot be read: {exc}') from None

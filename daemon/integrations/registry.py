@@ -2,7 +2,10 @@
 
 Two forms (docs/integrations.md): `auth_file`, the containers-auth.json that `podman login`
 writes (the entry for the image's registry is picked when pulling), or `username` plus
-`password_file`, a file that holds only the password (one trailing newline is ignored).
+`password_file`, a file that holds only the password (one trailing newline is ignored), or
+plus `password = { secret = "NAME" }`, whose value the caller reads from the secret store
+(async, `daemon.secrets.references.resolve_secret`) and hands in as `password`; the same
+rules apply to it as to the file's contents.
 
 Invariants:
 - A secret is read only to be handed to the runtime; it never appears in a message, a log
@@ -32,9 +35,12 @@ class RegistryCredentialsError(Exception):
     """The spec's registry credentials cannot be read; the message names the field."""
 
 
-def registry_auth(registry: Registry | None, roots: Sequence[Path]) -> RegistryAuth | None:
+def registry_auth(
+    registry: Registry | None, roots: Sequence[Path], password: str | None = None
+) -> RegistryAuth | None:
     """The credentials to pull with, or None for an anonymous pull. Reads the files, which
-    must lie under berthd's `credentials_roots` (`roots`; `config.credentials`)."""
+    must lie under berthd's `credentials_roots` (`roots`; `config.credentials`). `password`
+    is the value of the secret `registry.password` names, read by the caller."""
     if registry is None:
         return None
     if registry.auth_file is not None:
@@ -43,16 +49,23 @@ def registry_auth(registry: Registry | None, roots: Sequence[Path]) -> RegistryA
         except AuthFileError as exc:
             raise RegistryCredentialsError(f"registry.auth_file: {exc}") from None
         return RegistryAuth(auth_file=registry.auth_file, auths=auths)
-    if registry.username is None or registry.password_file is None:
+    if registry.username is None:
         return None  # the parser refuses this; nothing to authenticate with
+    if registry.password is not None:
+        field = "registry.password"
+        if password is None:
+            raise RegistryCredentialsError(f"{field}: the secret's value was not read")
+        return RegistryAuth(username=registry.username, password=_password_text(password, field))
+    if registry.password_file is None:
+        return None  # the parser refuses this
     password = _read_password(registry.password_file, roots)
     return RegistryAuth(username=registry.username, password=password)
 
 
 def registry_problems(registry: Registry | None, roots: Sequence[Path]) -> list[Problem]:
     """What is wrong with the `[registry]` credential files on this host (apply-time)."""
-    if registry is None:
-        return []
+    if registry is None or registry.password is not None:
+        return []  # a secret: whether it exists is the secret references' check
     try:
         registry_auth(registry, roots)
     except RegistryCredentialsError as exc:
@@ -72,6 +85,11 @@ def _read_password(path: str, roots: Sequence[Path]) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise RegistryCredentialsError(f"{field}: is not UTF-8 text") from None
+    return _password_text(text, field)
+
+
+def _password_text(text: str, field: str) -> str:
+    """The password alone: one trailing newline dropped; never shown in a message."""
     password = text.removesuffix("\n").removesuffix("\r")
     if not password:
         raise RegistryCredentialsError(f"{field}: is empty")

@@ -53,6 +53,7 @@ from daemon.secrets.references import (
     SecretUnavailable,
     env_secret_names,
     resolve_env_secrets,
+    resolve_secret,
 )
 from daemon.store.database import ReplicaRecord, Store
 
@@ -322,11 +323,23 @@ class ReplicaOps:
             raise SecretUnavailable("env: this berthd keeps no secrets")
         return await resolve_env_secrets(spec, self.ctx.secrets)
 
+    async def _registry_password(self, spec: DeploymentSpec) -> SecretText | None:
+        """The value of `registry.password`'s secret, read now (for this pull), if any."""
+        if spec.registry is None or spec.registry.password is None:
+            return None
+        try:
+            return await resolve_secret(
+                self.ctx.secrets, spec.registry.password, "registry.password"
+            )
+        except SecretUnavailable as exc:  # names the field and the secret, never a value
+            raise RegistryCredentialsError(str(exc)) from None
+
     async def _prepare(self, active: ActiveRevision) -> tuple[MountSpec, ...]:
         """Pull the image (with the spec's credentials) and prepare its mounts."""
         ctx, spec = self.ctx, active.spec
         try:
-            auth = await trio.to_thread.run_sync(ctx.mounts.registry_auth, spec.registry)
+            password = await self._registry_password(spec)
+            auth = await trio.to_thread.run_sync(ctx.mounts.registry_auth, spec.registry, password)
             present = await ctx.runtime.image_exists(spec.image)
             if spec.pull is PullPolicy.NEVER and not present:
                 raise CreateRefused(

@@ -10,6 +10,8 @@
   that shape a replica; `secret_template_id` folds their fingerprints into the template
   id, so a new value makes the worker replace the replicas (and an old container is never
   mistaken for an up-to-date one). A spec without such references keeps its template id.
+- `resolve_secret`: one referenced value (a registry password, git credentials), read
+  where it is used, as `SecretText`.
 - `resolve_env_secrets`: the values, read when a container is made, as `SecretText`,
   whose `repr` never shows them (a ContainerSpec in a log line or a traceback).
 """
@@ -88,6 +90,21 @@ def secret_template_id(base: str, spec: DeploymentSpec, store: SecretStore) -> s
     versions = ",".join(f"{n}={store.fingerprint(n) or 'missing'}" for n in names)
     digest = hashlib.sha256(f"{base};{versions}".encode()).hexdigest()
     return digest[:TEMPLATE_ID_LENGTH]
+
+
+async def resolve_secret(store: SecretStore | None, ref: SecretRef, path: str) -> SecretText:
+    """The value of `ref`, the reference at field `path` (`registry.password`);
+    SecretUnavailable names the field and the secret, never a value."""
+    where = f"{path}.secret"
+    if store is None:
+        raise SecretUnavailable(f"{where}: this berthd keeps no secrets")
+    try:
+        raw = await store.read(ref.name)
+    except NoSuchSecret:
+        raise SecretUnavailable(f'{where}: no such secret "{ref.name}"') from None
+    except SecretError as exc:
+        raise SecretUnavailable(f'{where}: secret "{ref.name}" cannot be read: {exc}') from None
+    return SecretText(raw.decode("utf-8", "replace"))
 
 
 async def resolve_env_secrets(spec: DeploymentSpec, store: SecretStore) -> dict[str, SecretText]:

@@ -26,10 +26,13 @@ import httpx
 import pytest
 import trio
 
+from config.secret_ref import SecretRef
 from config.spec import Registry
 from daemon.integrations.registry import registry_auth
 from daemon.runtime.interface import ContainerSpec, ImageNotFound, RegistryAuth, RuntimeFailure
 from daemon.runtime.podman import PodmanRuntime
+from daemon.secrets.references import resolve_secret
+from daemon.secrets.store import SecretStore
 from tests.conftest import free_port
 from tests.local_registry import PASSWORD, USER, podman, push, start_podman, start_registry, stop
 
@@ -129,6 +132,22 @@ async def test_pull_with_an_auth_file(
         ),
     )
     auth = registry_auth(Registry(auth_file=auth_file), (tmp_path,))
+    await reg_runtime.pull(local_registry.image, auth=auth)
+    assert await reg_runtime.image_exists(local_registry.image)
+
+
+async def test_pull_with_the_password_from_a_secret(
+    local_registry: LocalRegistry, reg_runtime: PodmanRuntime, tmp_path: Path
+) -> None:
+    """`password = { secret = "NAME" }`: the value read from berthd's secret store (as
+    replica_ops and `berth pull` read it) authenticates the pull."""
+    store = SecretStore(tmp_path / "secrets")
+    await store.open()
+    await store.create("registry-password", f"{PASSWORD}\n".encode())
+    registry = Registry(username=USER, password=SecretRef("registry-password"))
+    password = await resolve_secret(store, SecretRef("registry-password"), "registry.password")
+    auth = registry_auth(registry, (), password)
+    assert auth is not None and PASSWORD not in repr(auth)
     await reg_runtime.pull(local_registry.image, auth=auth)
     assert await reg_runtime.image_exists(local_registry.image)
 
