@@ -17,3 +17,18 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
+
+wait_ports() {  # each 127.0.0.1 port in "$@" accepts a connection (10 s each at most)
+  local port
+  for port in "$@"; do
+    for _ in $(seq 100); do
+      "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2).close()" 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+}
+
+measure() {  # $1 url, $2 threads, $3 connections -> "rps p50 p99" (wrk's output in TMP/wrk.log)
+  wrk -t"$2" -c"$3" -d"${WARMUP}s" "$1" >/dev/null
+  wrk -t"$2" -c"$3" -d"${DURATION}s" --latency "$1" | tee -a "$TMP/wrk.log" | "$PY" "$ROOT/bench/parse_wrk.py"
+}

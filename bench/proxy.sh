@@ -44,17 +44,7 @@ nginx_conf rr "upstream backends { server 127.0.0.1:$B1; server 127.0.0.1:$B2; k
 (cd "$ROOT" && exec "$PY" -m proxy --listen "127.0.0.1:$BP" --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" 2>"$TMP/berth.log") &
 PIDS+=($!)
 
-for port in $B1 $B2 $NP $BP; do
-  for _ in $(seq 100); do
-    "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2).close()" 2>/dev/null && break
-    sleep 0.1
-  done
-done
-
-measure() {  # $1 url, $2 threads, $3 connections -> "rps p50 p99"
-  wrk -t"$2" -c"$3" -d"${WARMUP}s" "$1" >/dev/null
-  wrk -t"$2" -c"$3" -d"${DURATION}s" --latency "$1" | tee -a "$TMP/wrk.log" | "$PY" "$ROOT/bench/parse_wrk.py"
-}
+wait_ports $B1 $B2 $NP $BP
 
 echo "berth proxy benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr), wrk -t2 -c$CONNS -d${DURATION}s"
 read -r D_RPS D_P50 D_P99 < <(measure "http://127.0.0.1:$B1/" 2 "$CONNS")

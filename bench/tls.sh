@@ -48,17 +48,7 @@ PIDS+=($!)
   --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" 2>"$TMP/tls.log") &
 PIDS+=($!)
 
-for port in $B1 $PLAIN $TLS; do
-  for _ in $(seq 100); do
-    "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2).close()" 2>/dev/null && break
-    sleep 0.1
-  done
-done
-
-measure() {  # $1 url, $2 threads, $3 connections -> "rps p50 p99"
-  wrk -t"$2" -c"$3" -d"${WARMUP}s" "$1" >/dev/null
-  wrk -t"$2" -c"$3" -d"${DURATION}s" --latency "$1" | tee -a "$TMP/wrk.log" | "$PY" "$ROOT/bench/parse_wrk.py"
-}
+wait_ports $B1 $PLAIN $TLS
 
 echo "berth TLS benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr), $(openssl version 2>/dev/null | cut -d' ' -f1-2), wrk -d${DURATION}s"
 read -r P_RPS P_P50 P_P99 < <(measure "http://127.0.0.1:$PLAIN/" 2 "$CONNS")
