@@ -274,19 +274,26 @@ class Berthd:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
+    async def _reload(self) -> None:
+        """SIGHUP: renewed certificates, and the specs directory applied again."""
+        for name, why in await self.endpoints.reload_tls():
+            await self.events.emit("tls-reload-failed", why, deployment=name, level=logging.ERROR)
+        if self.settings.specs is not None:
+            self.notifier.reloading()
+            log.info("SIGHUP: applying %s again", self.settings.specs)
+            try:
+                await self.apply_specs_dir(self.settings.specs)
+            finally:
+                self.notifier.ready()
+
     async def _handle_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    for name, why in await self.endpoints.reload_tls():  # certificates renewed
-                        await self.events.emit(
-                            "tls-reload-failed", why, deployment=name, level=logging.ERROR
-                        )
-                    if self.settings.specs is not None:
-                        self.notifier.reloading()
-                        log.info("SIGHUP: applying %s again", self.settings.specs)
-                        await self.apply_specs_dir(self.settings.specs)
-                        self.notifier.ready()
+                    try:
+                        await self._reload()
+                    except Exception:  # a reload fails alone: berthd goes on serving
+                        log.exception("SIGHUP: the reload failed")
                 else:
                     log.info("%s: stopping (replicas keep running)", signal.Signals(signum).name)
                     self.notifier.stopping()

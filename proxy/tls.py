@@ -61,12 +61,20 @@ def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     try:
         key_fd = _memory_file("berth-tls-key", key_pem)
         try:
-            context.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
+            # An encrypted key fails (bad decrypt) instead of OpenSSL asking for a passphrase
+            # on berthd's terminal, which would hold the thread (and the apply lock) for ever.
+            context.load_cert_chain(
+                f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}", password=_no_passphrase
+            )
         finally:
             os.close(key_fd)
     finally:
         os.close(cert_fd)
     return context
+
+
+def _no_passphrase() -> bytes:
+    return b""  # no passphrase: an encrypted key fails to decrypt (OpenSSL's "bad decrypt")
 
 
 def _memory_file(name: str, data: bytes) -> int:

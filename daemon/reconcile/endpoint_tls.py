@@ -37,21 +37,33 @@ def load_tls(tls: EndpointTls, roots: Sequence[Path]) -> ssl.SSLContext:
         key = read_credential(tls.key, field=KEY_FIELD, roots=roots)
     except CredentialFileError as exc:
         raise TlsFileError(str(exc)) from None
+    except OSError as exc:  # a read that failed midway (EIO, ENFILE, ...)
+        why = exc.strerror or exc
+        raise TlsFileError(f"{CERT_FIELD}/{KEY_FIELD}: cannot be read ({why})") from None
     if b"CERTIFICATE-----" not in cert:
         raise TlsFileError(f"{CERT_FIELD}: is not a PEM certificate")
     if b"PRIVATE KEY-----" not in key:
         raise TlsFileError(f"{KEY_FIELD}: is not a PEM private key")
+    if b"ENCRYPTED PRIVATE KEY-----" in key or b"Proc-Type: 4,ENCRYPTED" in key:
+        raise TlsFileError(
+            f"{KEY_FIELD}: cannot be loaded (it is encrypted, and berth takes no passphrase: "
+            "give it unencrypted, mode 0600 under credentials_roots)"
+        )
     try:
         return server_context(cert, key)
-    except ssl.SSLError as exc:
-        reason = (exc.reason or "").lower()
+    except OSError as exc:
+        if not isinstance(exc, ssl.SSLError):  # memfd_create out of descriptors, ...
+            raise TlsFileError(f"{CERT_FIELD}: cannot be loaded ({exc.strerror or exc})") from None
+        shown = getattr(exc, "reason", None) or str(exc)
+        reason = shown.lower()
         if "mismatch" in reason:
             raise TlsFileError(
                 f"{KEY_FIELD}: is not the private key of {CERT_FIELD} (they do not match)"
             ) from None
-        if "pem" in (exc.library or "").lower() or "key" in reason:
-            raise TlsFileError(f"{KEY_FIELD}: cannot be loaded ({exc.reason})") from None
-        raise TlsFileError(f"{CERT_FIELD}: cannot be loaded ({exc.reason})") from None
+        library = (getattr(exc, "library", None) or "").lower()
+        if "pem" in library or "key" in reason or "decrypt" in reason:
+            raise TlsFileError(f"{KEY_FIELD}: cannot be loaded ({shown})") from None
+        raise TlsFileError(f"{CERT_FIELD}: cannot be loaded ({shown})") from None
 
 
 def tls_problems(tls: EndpointTls | None, roots: Sequence[Path]) -> list[str]:

@@ -133,10 +133,12 @@ class ImagePuller:
         if pull is None:
             pull = self._pulls[image] = _Pull(image, trio.current_time(), rfc3339(utc_now()))
             nursery = self._nursery()
-            if nursery is None:
-                await self._run(pull, auth, why)
-            else:
+            try:
+                if nursery is None:
+                    raise RuntimeError("no worker nursery")
                 nursery.start_soon(self._run, pull, auth, why)
+            except RuntimeError:  # none, or closed (its worker ended): run it here
+                await self._run(pull, auth, why)
         await pull.done.wait()
         if pull.error is not None:
             raise type(pull.error)(str(pull.error))

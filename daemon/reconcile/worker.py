@@ -193,6 +193,12 @@ class DeploymentWorker:
 
     async def run(self) -> None:
         """Reconcile until the deployment is gone and cleaned up; then `finished` is set."""
+        try:
+            await self._run_rounds()
+        finally:
+            self._ops.tasks = None  # a crashed worker's nursery is closed: nothing starts there
+
+    async def _run_rounds(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._prober.run)
             self._ops.tasks = nursery  # long operations run here, beside the rounds

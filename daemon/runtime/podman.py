@@ -350,7 +350,10 @@ class PodmanRuntime:
             if _vanished(exc):  # removed while it was being read: gone all the same
                 raise ContainerNotFound(str(exc)) from exc
             raise
-        return info_from_inspect(body)
+        try:
+            return info_from_inspect(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TemporaryRuntimeError(f"inspect {container_id}: odd answer ({exc!r})") from exc
 
     async def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})
@@ -374,7 +377,11 @@ class PodmanRuntime:
                     raise
         infos = []
         for entry in entries:
-            info = info_from_list(entry)
+            try:
+                info = info_from_list(entry)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # Unknown, not "no containers": the round that asked plans nothing.
+                raise TemporaryRuntimeError(f"list: odd answer from Podman ({exc!r})") from exc
             if not info.running and info.status != "created":
                 # The list omits OOMKilled; inspect the few that have exited.
                 try:

@@ -54,3 +54,30 @@ async def test_reload_swaps_the_context_in_place_and_a_failed_one_keeps_it(tmp_p
             assert await manager.ensure("a", plain) is ep and ep.tls is None
             assert await manager.reload_tls() == []
         nursery.cancel_scope.cancel()
+
+
+def test_an_encrypted_key_is_refused_naming_the_field_not_prompted_for(tmp_path: Path) -> None:
+    # OpenSSL would ask for a passphrase on berthd's terminal and hold the thread (and the
+    # apply lock) for ever; berth takes no passphrase, so it must fail at once instead.
+    from cryptography.hazmat.primitives import serialization
+
+    from daemon.reconcile.endpoint_tls import TlsFileError, load_tls
+
+    root = tmp_path / "creds"
+    root.mkdir(mode=0o700)
+    tls = install(root, trustme.CA())
+    key_file = Path(tls.key)
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"hunter2"),
+        )
+    )
+    try:
+        load_tls(tls, [root])
+    except TlsFileError as exc:
+        assert str(exc).startswith("endpoint.tls.key: cannot be loaded"), exc
+    else:
+        raise AssertionError("an encrypted key was loaded")

@@ -193,3 +193,18 @@ async def test_a_pull_cut_short_by_its_nursery_fails_its_callers(
             worker.cancel_scope.cancel()  # berthd stopping
     assert len(caught) == 1 and "cancelled" in str(caught[0])
     assert rig.puller.status() is None
+
+
+async def test_a_pull_asked_for_while_the_workers_nursery_is_closed_runs_in_its_caller(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    # A crashed worker's nursery is closed until its restart: `berth pull` then must not
+    # leave a pull entry that nothing runs (every later pull of the image would wait on it).
+    mock_clock.autojump_threshold = 0.05  # the store answers from its own thread
+    async with trio.open_nursery() as closed:
+        pass
+    rig.nursery = closed
+    status = await rig.puller.pull(IMAGE, None, why=" (berth pull)")
+    assert status.image == IMAGE and rig.puller.status(IMAGE) is None
+    with trio.fail_after(5):
+        await rig.puller.pull(IMAGE, None)  # a later pull is not stuck behind it
