@@ -18,6 +18,7 @@ import re
 from typing import Any, Final
 
 from daemon.api.control_plane import ControlPlane
+from daemon.api.replies import error
 from daemon.http.server import Request, Response
 from daemon.reconcile.endpoint_auth import new_key
 from daemon.store.database import Store, UnknownDeployment
@@ -25,10 +26,6 @@ from daemon.store.keys import add_key, list_keys, revoke_key
 
 KEY_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_KEYS: Final = 100  # per deployment
-
-
-def _error(status: int, message: str) -> Response:
-    return Response(status=status, json={"error": message})
 
 
 async def _live(daemon: ControlPlane, name: str) -> bool:
@@ -39,27 +36,27 @@ async def _live(daemon: ControlPlane, name: str) -> bool:
 async def create_key(daemon: ControlPlane, name: str, req: Request) -> Response:
     try:
         body: Any = json.loads(req.body or b"{}")
-    except ValueError:
-        return _error(400, "the body must be JSON")
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
+        return error(400, "the body must be JSON")
     label = body.get("name", "") if isinstance(body, dict) else None
     if label is None or not isinstance(label, str) or (label and not KEY_NAME.fullmatch(label)):
-        return _error(400, f'name: 1-63 characters of A-Z, a-z, 0-9, ".", "_", "-" (got {label!r})')
+        return error(400, f'name: 1-63 characters of A-Z, a-z, 0-9, ".", "_", "-" (got {label!r})')
     if not await _live(daemon, name):
-        return _error(404, f"no deployment named {name!r}")
+        return error(404, f"no deployment named {name!r}")
     spec = await daemon.active_spec(name)
     if spec is not None and spec.endpoint.auth is None:
-        return _error(
+        return error(
             409,
             f"{name}'s spec has no [endpoint.auth], so its endpoint asks for no key: add the "
             "table (empty is enough) and apply, then create keys",
         )
     if len(await daemon.store.call(list_keys, name)) >= MAX_KEYS:
-        return _error(409, f"{name} has {MAX_KEYS} keys already: revoke one first")
+        return error(409, f"{name} has {MAX_KEYS} keys already: revoke one first")
     made = new_key()
     try:
         key = await daemon.store.call(add_key, name, made.key_id, label, made.key_hash)
     except UnknownDeployment:
-        return _error(404, f"no deployment named {name!r}")
+        return error(404, f"no deployment named {name!r}")
     await daemon.endpoints.refresh_credentials(name)
     shown = f" ({label})" if label else ""
     await daemon.events.emit("key-created", f"endpoint key {key.key_id}{shown}", deployment=name)
@@ -68,7 +65,7 @@ async def create_key(daemon: ControlPlane, name: str, req: Request) -> Response:
 
 async def keys_of(daemon: ControlPlane, name: str) -> Response:
     if not await _live(daemon, name):
-        return _error(404, f"no deployment named {name!r}")
+        return error(404, f"no deployment named {name!r}")
     keys = await daemon.store.call(list_keys, name)
     endpoint = daemon.endpoints.get(name)
     counts = dict(endpoint.statistics().by_credential or ()) if endpoint else {}
@@ -79,10 +76,10 @@ async def keys_of(daemon: ControlPlane, name: str) -> Response:
 
 async def remove_key(daemon: ControlPlane, name: str, key_id: str) -> Response:
     if not await _live(daemon, name):
-        return _error(404, f"no deployment named {name!r}")
+        return error(404, f"no deployment named {name!r}")
     key = await daemon.store.call(revoke_key, name, key_id)
     if key is None:
-        return _error(404, f"{name} has no key {key_id!r} (berth keys ls {name})")
+        return error(404, f"{name} has no key {key_id!r} (berth keys ls {name})")
     await daemon.endpoints.refresh_credentials(name)
     await daemon.events.emit("key-revoked", f"endpoint key {key.key_id}", deployment=name)
     return Response(json={**key.to_json(), "deployment": name, "revoked": True})

@@ -31,6 +31,7 @@ from daemon.api.control_plane import ControlPlane
 from daemon.api.key_routes import auth_metrics, create_key, keys_of, remove_key
 from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.api.pull_stream import follow_pull
+from daemon.api.replies import error
 from daemon.api.secret_routes import create_secret, list_secrets, remove_secret
 from daemon.http.server import Request, Response
 from daemon.integrations.registry import RegistryCredentialsError, registry_auth
@@ -42,10 +43,6 @@ from daemon.store.events import acting_as
 
 RM_WAIT = 120.0
 FOLLOW_BUFFER = 64  # chunks of `berth logs -f` waiting for a slow reader
-
-
-def error(status: int, message: str, **extra: Any) -> Response:
-    return Response(status=status, json={"error": message, **extra})
 
 
 def endpoint_url(spec: DeploymentSpec) -> str:

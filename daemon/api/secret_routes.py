@@ -15,14 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.api.control_plane import ControlPlane
+from daemon.api.replies import error
 from daemon.http.server import Request, Response
 from daemon.secrets.references import env_secret_names, referenced_names
 from daemon.secrets.store import NoSuchSecret, SecretChange, SecretError, SecretRefused
 from daemon.store.database import Store
-
-
-def _error(status: int, message: str, **extra: Any) -> Response:
-    return Response(status=status, json={"error": message, **extra})
 
 
 async def users_of(daemon: ControlPlane, name: str) -> tuple[list[str], list[str]]:
@@ -48,9 +45,9 @@ async def create_secret(daemon: ControlPlane, name: str, req: Request) -> Respon
         try:
             change = await daemon.secrets.create(name, req.body)
         except SecretRefused as exc:
-            return _error(400, f"secret {name}: {exc}")
+            return error(400, f"secret {name}: {exc}")
         except SecretError as exc:
-            return _error(500, f"secret {name}: {exc}")
+            return error(500, f"secret {name}: {exc}")
         users, env_users = await users_of(daemon, name)
         rolled = await _roll(daemon, change, env_users) if change.outcome == "updated" else []
     info = change.info
@@ -95,10 +92,10 @@ async def _roll(daemon: ControlPlane, change: SecretChange, deployments: list[st
 async def remove_secret(daemon: ControlPlane, name: str) -> Response:
     async with daemon.apply_lock:
         if daemon.secrets.info(name) is None:
-            return _error(404, f'no such secret "{name}"')
+            return error(404, f'no such secret "{name}"')
         users, _ = await users_of(daemon, name)
         if users:
-            return _error(
+            return error(
                 409,
                 f'secret "{name}" is used by the active spec of {", ".join(users)}: '
                 "apply specs without it first",
@@ -107,8 +104,8 @@ async def remove_secret(daemon: ControlPlane, name: str) -> Response:
         try:
             info = await daemon.secrets.remove(name)
         except NoSuchSecret:
-            return _error(404, f'no such secret "{name}"')
+            return error(404, f'no such secret "{name}"')
         except SecretError as exc:
-            return _error(500, f"secret {name}: {exc}")
+            return error(500, f"secret {name}: {exc}")
     await daemon.events.emit("secret-removed", f"secret {name} removed")
     return Response(json={"name": info.name, "removed": True})

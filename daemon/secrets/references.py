@@ -112,16 +112,6 @@ async def resolve_env_secrets(spec: DeploymentSpec, store: SecretStore) -> dict[
     names the first field whose secret cannot be read."""
     values: dict[str, SecretText] = {}
     for key, value in spec.env.items():
-        if not isinstance(value, SecretRef) or value.name in values:
-            continue
-        path = f"{join_path('env', key)}.secret"
-        try:
-            raw = await store.read(value.name)
-        except NoSuchSecret:
-            raise SecretUnavailable(f'{path}: no such secret "{value.name}"') from None
-        except SecretError as exc:
-            raise SecretUnavailable(
-                f'{path}: secret "{value.name}" cannot be read: {exc}'
-            ) from None
-        values[value.name] = SecretText(raw.decode("utf-8", "replace"))
+        if isinstance(value, SecretRef) and value.name not in values:
+            values[value.name] = await resolve_secret(store, value, join_path("env", key))
     return values
