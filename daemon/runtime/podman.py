@@ -29,7 +29,7 @@ import secrets
 import socket
 import struct
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -501,14 +501,25 @@ class PodmanRuntime:
                 f"streaming from Podman at {self.url!r} is not supported (unix or tcp only)"
             )
         target = f"{LIBPOD_PREFIX}{path}?{urlencode(params)}"
+        head_limit = self._timeout + CALL_MARGIN
         try:
-            async with client.request(address, "GET", target, [("Host", "podman")]) as response:
+            async with AsyncExitStack() as stack:
+                # The connect and the response head are bounded like any call; the body of
+                # a stream (events, logs -f) has no deadline: it lasts as long as it lasts.
+                with trio.fail_after(head_limit):
+                    response = await stack.enter_async_context(
+                        client.request(address, "GET", target, [("Host", "podman")])
+                    )
                 if response.status >= 400:
                     error = await response.read(ERROR_BODY_LIMIT)
                 else:
                     async for chunk in response:
                         yield chunk
                     return
+        except trio.TooSlowError:
+            raise TemporaryRuntimeError(
+                f"{what}: Podman at {self.url} did not answer within {head_limit:g}s"
+            ) from None
         except client.ConnectFailed as exc:
             raise TemporaryRuntimeError(
                 f"{what}: Podman at {self.url} unreachable ({exc})"

@@ -17,7 +17,7 @@ import trio
 
 from daemon.http.listeners import UnixSocketListener
 from daemon.http.server import HttpServer, Request, Response
-from daemon.runtime.interface import ContainerEvent
+from daemon.runtime.interface import ContainerEvent, TemporaryRuntimeError
 from daemon.runtime.libpod_json import MalformedEvent, parse_event
 from daemon.runtime.podman import PodmanRuntime
 
@@ -143,3 +143,25 @@ async def test_the_stream_skips_what_it_cannot_read_and_goes_on(
     assert "(no id or Actor.ID)" in skipped[1].getMessage()
     assert "(Actor is str, not dict)" in skipped[2].getMessage()
     assert "(not a JSON object but list)" in skipped[3].getMessage()
+
+
+async def test_a_stream_whose_head_never_comes_fails_as_temporary(short_dir: Path) -> None:
+    # Podman accepts the events request and then says nothing: the connect and the head are
+    # bounded like any call (the runtime's timeout and margin), so the watcher reopens it.
+    never = trio.Event()
+
+    async def libpod(request: Request) -> Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    path = short_dir / "podman.sock"
+    runtime = PodmanRuntime(f"unix://{path}", timeout=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(HttpServer(UnixSocketListener(path), libpod, name="libpod").run)
+        with trio.fail_after(30), pytest.raises(TemporaryRuntimeError, match="did not answer"):
+            async with aclosing(runtime.events({})) as events:
+                async for _ in events:
+                    pass
+        never.set()
+        nursery.cancel_scope.cancel()
+    await runtime.aclose()
