@@ -180,7 +180,10 @@ class MountPreparer:
             if failure is not None and now < failure.retry_at:
                 raise MountError(failure.message, repeated=True)
             try:
-                reason = git_source_problem(mount.source, self._settings)
+                # file:// sources resolve paths (lstat per component): off the loop.
+                reason = await trio.to_thread.run_sync(
+                    git_source_problem, mount.source, self._settings
+                )
                 if reason is not None:
                     raise MountError(f"{where}.source: {reason} (got {mount.source})")
                 credentials = await self._credentials(where, mount)
