@@ -31,6 +31,7 @@ from proxy.protocol import RequestHead
 # The reason phrases of the statuses the proxy answers with.
 REASONS: Final = {
     400: b"Bad Request",
+    401: b"Unauthorized",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     411: b"Length Required",
@@ -45,6 +46,7 @@ REASONS: Final = {
 
 # The JSON form's `type`, by status (documented in docs/spec.md, `[endpoint]`).
 ERROR_TYPES: Final = {
+    401: "authentication_error",  # a protected endpoint's refusal (Anthropic's name)
     502: "upstream_error",  # the replica broke the exchange or could not be reached
     503: "unavailable",  # no ready replica (or too many waiting, or shutting down)
     504: "timeout",  # the replica did not answer within read_timeout
@@ -111,10 +113,12 @@ def error_response(
     retry_after: int | None = None,
     as_json: bool = False,
     head_only: bool = False,
+    headers: tuple[bytes, ...] = (),
 ) -> bytes:
     """A whole answer made by the proxy itself: status line, header section and body.
 
     `head_only` (a HEAD request) leaves the body out; Content-Length still says its length.
+    `headers` are whole field lines without CRLF (a 401's WWW-Authenticate).
     """
     body, content_type = error_body(status, message, as_json=as_json)
     out = [
@@ -123,6 +127,7 @@ def error_response(
     ]
     if retry_after is not None:
         out.append(b"Retry-After: %d\r\n" % retry_after)
+    out.extend(b"%s\r\n" % line for line in headers)
     out.append(b"Content-Length: %d\r\n" % len(body))
     if close:
         out.append(b"Connection: close\r\n")

@@ -38,7 +38,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -47,7 +46,7 @@ from typing import Final
 
 import trio
 
-from proxy.answers import wants_json
+from proxy.answers import error_response, wants_json
 from proxy.protocol import END, ProtocolError, RequestHead
 from proxy.reader import ClientGone, ClientReader
 from proxy.sockets import Timeout
@@ -60,7 +59,6 @@ SCRYPT_MAXMEM: Final = 64 * 2**20
 SCRYPT_THREADS: Final = 2
 VERIFIED_CACHE: Final = 1024
 DISCARD_LIMIT: Final = 1024 * 1024  # a refused request's body read away to keep the connection
-ERROR_TYPE: Final = "authentication_error"  # the JSON error's `type` (Anthropic's name)
 
 _AUTHORIZATION: Final = b"authorization"
 _API_KEY: Final = b"x-api-key"
@@ -309,19 +307,13 @@ def unauthorized(
         if presented
         else "authentication required: send Authorization: Bearer KEY (or x-api-key: KEY)"
     )
-    if wants_json(head):
-        error = {"message": message, "type": ERROR_TYPE, "param": None, "code": 401}
-        body, ctype = json.dumps({"error": error}).encode() + b"\n", b"application/json"
-    else:
-        body, ctype = message.encode() + b"\n", b"text/plain; charset=utf-8"
-    out = [b"HTTP/1.1 401 Unauthorized\r\nContent-Type: %s\r\n" % ctype]
-    out.extend(
-        b"WWW-Authenticate: %s\r\n" % c for c in challenges(credentials, presented=presented)
+    return error_response(
+        401,
+        message,
+        close=close,
+        as_json=wants_json(head),
+        head_only=head.method == b"HEAD",
+        headers=tuple(
+            b"WWW-Authenticate: %s" % c for c in challenges(credentials, presented=presented)
+        ),
     )
-    out.append(b"Content-Length: %d\r\n" % len(body))
-    if close:
-        out.append(b"Connection: close\r\n")
-    out.append(b"\r\n")
-    if head.method != b"HEAD":
-        out.append(body)
-    return b"".join(out)
