@@ -43,6 +43,7 @@ from config.spec import (
     MetricName,
     Metrics,
     Mount,
+    Outlier,
     Probe,
     Registry,
     Resources,
@@ -236,10 +237,33 @@ def _endpoint(e: Endpoint, full: bool) -> dict[str, Any]:
     if e.max_connections is not None:
         d["max_connections"] = e.max_connections
     _put(d, "trusted_proxies", list(e.trusted_proxies), [], full)
+    if e.max_concurrency is not None:
+        d["max_concurrency"] = e.max_concurrency
+    _put(d, "max_queue", e.max_queue, base.max_queue, full)
+    queue_timeout = format_duration(e.queue_timeout)
+    _put(d, "queue_timeout", queue_timeout, format_duration(base.queue_timeout), full)
+    _put(d, "balance", e.balance.value, base.balance.value, full)
+    _put(d, "retry", e.retry.value, base.retry.value, full)
+    _put(d, "upstream_protocol", e.upstream_protocol.value, base.upstream_protocol.value, full)
+    outlier = _outlier(e.outlier, full)
+    if outlier:
+        d["outlier"] = outlier
     if e.auth is not None:  # present, even empty: it turns authentication on
         d["auth"] = _auth(e.auth, full)
     if e.tls is not None:
         d["tls"] = {"cert": e.tls.cert, "key": e.tls.key}
+    return d
+
+
+def _outlier(o: Outlier, full: bool) -> dict[str, Any]:
+    base = Outlier()
+    d: dict[str, Any] = {}
+    _put(d, "consecutive_5xx", o.consecutive_5xx, base.consecutive_5xx, full)
+    _put(d, "failures", o.failures, base.failures, full)
+    for key in ("window", "ejection_time", "max_ejection_time"):
+        value, default = getattr(o, key), getattr(base, key)
+        _put(d, key, format_duration(value), format_duration(default), full)
+    _put(d, "max_ejected_percent", o.max_ejected_percent, base.max_ejected_percent, full)
     return d
 
 

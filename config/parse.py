@@ -11,7 +11,8 @@ The sections with more rules live next door: `config.parse_scaling` (replicas, a
 `config.parse_health` (probes), `config.parse_mounts` (mounts, registry),
 `config.parse_resources` (resources, shared memory, ulimits), `config.parse_document`
 (nesting and control bytes, checked on the whole document first), `config.parse_metrics`
-(`[[metrics.scrape]]`, the prometheus metric's query). The canonical form and the ids
+(`[[metrics.scrape]]`, the prometheus metric's query), `config.parse_traffic` (admission,
+balancing, retries, the upstream protocol, `[endpoint.outlier]`). The canonical form and the ids
 live in `config.canonical`, re-exported here.
 """
 
@@ -35,6 +36,7 @@ from config.parse_mounts import read_mounts, read_registry
 from config.parse_resources import read_resources
 from config.parse_scaling import read_autoscale, read_replicas
 from config.parse_tls import read_tls
+from config.parse_traffic import read_traffic
 from config.reader import (
     Reader,
     as_bool,
@@ -230,6 +232,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
     )
     cold_start = r.get("cold_start_timeout", as_duration(lo=1.0, hi=MAX_TIMEOUT), 600.0)
     max_connections, trusted_proxies = read_limits(r)
+    traffic = read_traffic(r)
     r.close()
     if port is None:
         return None
@@ -245,6 +248,13 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         cold_start_timeout=cold_start,
         max_connections=max_connections,
         trusted_proxies=trusted_proxies,
+        max_concurrency=traffic.max_concurrency,
+        max_queue=traffic.max_queue,
+        queue_timeout=traffic.queue_timeout,
+        balance=traffic.balance,
+        retry=traffic.retry,
+        upstream_protocol=traffic.upstream_protocol,
+        outlier=traffic.outlier,
     )
 
 

@@ -23,6 +23,7 @@ class MetricName(StrEnum):
     REQUEST_DURATION = "request_duration"
     CONCURRENCY = "concurrency"
     PROMETHEUS = "prometheus"  # a gauge scraped from the replicas ([[metrics.scrape]])
+    QUEUE = "queue"  # requests waiting at the endpoint (for a slot or a replica), per replica
 
 
 class Summary(StrEnum):
@@ -46,6 +47,21 @@ class MountType(StrEnum):
     VOLUME = "volume"
     GIT = "git"
     MODEL = "model"
+
+
+class Balance(StrEnum):
+    ROUND_ROBIN = "round_robin"  # each request to the next replica in turn
+    LEAST_REQUEST = "least_request"  # fewer requests in flight, of two picked at random
+
+
+class RetryPolicy(StrEnum):
+    IDEMPOTENT = "idempotent"  # replay only what cannot have been half-done (GET, PUT, ...)
+    ALL = "all"  # also a POST whose replica died before answering, once, within a budget
+
+
+class UpstreamProtocol(StrEnum):
+    HTTP1 = "http1"  # HTTP/1.1 to the replica (an HTTP/2 client's requests are translated)
+    H2C = "h2c"  # HTTP/2 over cleartext, by prior knowledge (gRPC servers)
 
 
 class IpcMode(StrEnum):
@@ -198,6 +214,30 @@ def default_bind(auth: EndpointAuth | None) -> str:
 
 
 @dataclass(frozen=True)
+class Outlier:
+    """`[endpoint.outlier]`: passive health, as Envoy's outlier detection. A replica that
+    answers `consecutive_5xx` 5xx in a row, or fails `failures` times (no answer in
+    `read_timeout`, a reset, a broken response) within `window`, leaves the rotation for
+    `ejection_time`, doubled on each repeat up to `max_ejection_time`; its next passing
+    readiness probe after that brings it back. Never more than `max_ejected_percent` of the
+    replicas are out at once (and never the last one). 0 turns a trigger off."""
+
+    consecutive_5xx: int = 5
+    failures: int = 3
+    window: float = 30.0
+    ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejected_percent: float = 50.0
+
+
+# `[endpoint]`'s admission defaults: a queue (of requests waiting for a free slot, or for a
+# replica that is starting) long enough for a burst, a wait short enough to fail a client
+# before its own timeout does.
+MAX_QUEUE_DEFAULT: Final = 100
+QUEUE_TIMEOUT_DEFAULT: Final = 30.0
+
+
+@dataclass(frozen=True)
 class Endpoint:
     port: int
     bind: str = BIND_LOOPBACK
@@ -211,6 +251,16 @@ class Endpoint:
     # How long a request waits at an endpoint with no ready replica while one starts (scale
     # from zero): as long as a large model takes to load.
     cold_start_timeout: float = 600.0
+    # Admission: requests in flight at once per replica (None: no cap); requests waiting
+    # for a slot (or for a starting replica) per endpoint; how long one waits for a busy
+    # replica's slot. Over the queue, or past queue_timeout: 429 with Retry-After.
+    max_concurrency: int | None = None
+    max_queue: int = MAX_QUEUE_DEFAULT
+    queue_timeout: float = QUEUE_TIMEOUT_DEFAULT
+    balance: Balance = Balance.ROUND_ROBIN
+    retry: RetryPolicy = RetryPolicy.IDEMPOTENT
+    upstream_protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
+    outlier: Outlier = Outlier()
     # Client connections held open at once; None: berthd's share of its descriptors
     # (`proxy.admission`). Over it, new connections wait in the listen backlog.
     max_connections: int | None = None

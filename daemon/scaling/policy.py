@@ -68,7 +68,7 @@ class LoadSample:
     request_duration_p95: float | None = None
     concurrency: float | None = None  # requests in flight per replica
     requests_per_second: float | None = None  # None: the endpoint has no figure yet
-    waiting_requests: int = 0  # held at the endpoint while no replica is ready
+    waiting_requests: int = 0  # queued at the endpoint (for a slot, or a starting replica)
     # A prometheus metric's query (as `str(SeriesSelector)`) -> the gauge per replica; a
     # query that is absent was not measured (no ready replica answered its scrape).
     scraped: Mapping[str, float] = field(default_factory=dict)
@@ -101,6 +101,10 @@ class LoadSample:
                 return self.concurrency
             case MetricName.PROMETHEUS:
                 return None if metric.query is None else self.scraped.get(str(metric.query))
+            case MetricName.QUEUE:
+                # Requests waiting at the endpoint, per replica of the count being decided
+                # (for a slot, or for a replica that is starting).
+                return self.waiting_requests / max(self.replicas, 1)
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,6 @@ def _format(metric: AutoscaleMetric, value: float) -> str:
     if metric.metric is MetricName.REQUEST_DURATION:
         # Milliseconds are the useful resolution for a latency in an event line.
         return format_duration(round(max(value, 0.0), 3))
-    if metric.metric in (MetricName.CONCURRENCY, MetricName.PROMETHEUS):
+    if metric.metric in (MetricName.CONCURRENCY, MetricName.PROMETHEUS, MetricName.QUEUE):
         return f"{value:g}" if value == round(value, 2) else f"{value:.2f}"
     return f"{value:.0f}%" if value == round(value) else f"{value:.1f}%"
