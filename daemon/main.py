@@ -12,6 +12,7 @@ import trio
 from config.errors import SpecError
 from config.settings import load_settings
 from daemon import __version__
+from daemon.system.fd_limit import raise_open_files_limit
 from daemon.system.logs import setup_logging
 
 
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
+    # Before any endpoint exists: their shared connection budget is sized from the soft
+    # limit when the first one is made (proxy.admission.process_budget).
+    raise_open_files_limit()
     try:
         settings = load_settings(
             args.config,
