@@ -9,6 +9,8 @@ SIGTERM or SIGINT: stop accepting, finish in-flight requests (up to --drain seco
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -76,6 +78,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # as berthd: soft to hard, before
+    with contextlib.suppress(OSError, ValueError):  # the connection budget is sized from it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         trio.run(serve, args)
     except OSError as exc:
