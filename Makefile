@@ -35,9 +35,10 @@ unit: setup
 	$(VENV)/pytest tests/unit $(PYTEST_ARGS)
 
 bench: image
-	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
-	bench/proxy.sh
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null && \
+	  command -v caddy >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy caddy >/dev/null; }
+	bench/peers.sh
 	bench/tls.sh
 	bench/health.sh
 	$(VENV)/python bench/autoscale.py

@@ -28,6 +28,32 @@ wait_ports() {  # each 127.0.0.1 port in "$@" accepts a connection (10 s each at
   done
 }
 
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+nginx_conf() {  # $1 name, $2 its http {} body (server blocks), $3 CPU list to pin it to (optional)
+  # Starts nginx (1 worker, under TMP/$1) and adds its PID to PIDS.
+  mkdir -p "$TMP/$1"
+  cat >"$TMP/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $TMP/$1/nginx.pid;
+error_log $TMP/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/$1/body;
+  proxy_temp_path $TMP/$1/proxy;
+  fastcgi_temp_path $TMP/$1/fastcgi;
+  uwsgi_temp_path $TMP/$1/uwsgi;
+  scgi_temp_path $TMP/$1/scgi;
+  keepalive_requests 1000000;
+  $2
+}
+CONF
+  ${3:+taskset -c "$3"} "$NGINX" -p "$TMP/$1" -c "$TMP/$1/nginx.conf" &
+  PIDS+=($!)
+}
+
 measure() {  # $1 url, $2 threads, $3 connections -> "rps p50 p99" (wrk's output in TMP/wrk.log)
   wrk -t"$2" -c"$3" -d"${WARMUP}s" "$1" >/dev/null
   wrk -t"$2" -c"$3" -d"${DURATION}s" --latency "$1" | tee -a "$TMP/wrk.log" | "$PY" "$ROOT/bench/parse_wrk.py"

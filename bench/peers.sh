@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# berth's proxy against its peers, in one run (issue 14, point 7): nginx, HAProxy, Caddy
+# and berth's standalone proxy as round-robin proxies over the same two nginx backends,
+# each proxy on one core, measured by wrk with 64 connections and with one.
+# Needs nginx (nginx-light), haproxy, caddy and wrk (Debian packages); Python from .venv.
+#
+#   bench/peers.sh                       # 10 s per measurement, after a 3 s warm-up
+#   DURATION=3 WARMUP=1 bench/peers.sh   # quicker
+#   PEERS="direct berth" bench/peers.sh  # a subset (while optimising)
+#
+# Knobs: DURATION, WARMUP, CONNS (64), PEERS (direct nginx haproxy caddy berth),
+# PROXY_CPU (the core every proxy is pinned to: the last one), QUIET_LOAD / QUIET_WAIT
+# (wait up to QUIET_WAIT seconds, default 300, for a 1-minute load average under
+# QUIET_LOAD, default 1.0, before measuring; 0 waits not at all).
+# Every process it starts runs under a private temp prefix and is ended by its PID.
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh" peers
+CONNS="${CONNS:-64}"
+PEERS="${PEERS:-direct nginx haproxy caddy berth}"
+PROXY_CPU="${PROXY_CPU:-$(($(nproc) - 1))}"
+QUIET_LOAD="${QUIET_LOAD:-1.0}"
+QUIET_WAIT="${QUIET_WAIT:-300}"
+wants() { [[ " $PEERS " == *" $1 "* ]]; }
+for tool in haproxy caddy; do
+  if wants "$tool" && ! command -v "$tool" >/dev/null; then
+    echo "bench: $tool not found (apt-get install $tool)" >&2
+    exit 1
+  fi
+done
+
+B1=$(free_port); B2=$(free_port)
+NP=$(free_port); HP=$(free_port); CP=$(free_port); BP=$(free_port)
+
+nginx_conf backend1 "server { listen 127.0.0.1:$B1; location / { default_type text/plain; return 200 'hello from backend 1\n'; } }"
+nginx_conf backend2 "server { listen 127.0.0.1:$B2; location / { default_type text/plain; return 200 'hello from backend 2\n'; } }"
+PORTS=("$B1" "$B2")
+
+if wants nginx; then
+  nginx_conf rr "upstream backends { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 64; }
+  server { listen 127.0.0.1:$NP; location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" "$PROXY_CPU"
+  PORTS+=("$NP")
+fi
+
+if wants haproxy; then
+  mkdir -p "$TMP/haproxy"
+  cat >"$TMP/haproxy/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  cpu-map 1/1 $PROXY_CPU
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend peers
+  bind 127.0.0.1:$HP
+  default_backend backends
+backend backends
+  balance roundrobin
+  http-reuse always
+  server b1 127.0.0.1:$B1
+  server b2 127.0.0.1:$B2
+CONF
+  taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy/haproxy.cfg" 2>"$TMP/haproxy/log" &
+  PIDS+=($!)
+  PORTS+=("$HP")
+fi
+
+if wants caddy; then
+  mkdir -p "$TMP/caddy"
+  cat >"$TMP/caddy/Caddyfile" <<CONF
+{
+  admin off
+  auto_https off
+}
+http://127.0.0.1:$CP {
+  reverse_proxy 127.0.0.1:$B1 127.0.0.1:$B2 {
+    lb_policy round_robin
+  }
+}
+CONF
+  (cd "$TMP/caddy" && HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" \
+    GOMAXPROCS=1 exec taskset -c "$PROXY_CPU" caddy run --adapter caddyfile \
+    --config "$TMP/caddy/Caddyfile" 2>"$TMP/caddy/log") &
+  PIDS+=($!)
+  PORTS+=("$CP")
+fi
+
+if wants berth; then
+  (cd "$ROOT" && exec taskset -c "$PROXY_CPU" "$PY" -m proxy --listen "127.0.0.1:$BP" \
+    --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" 2>"$TMP/berth.log") &
+  PIDS+=($!)
+  PORTS+=("$BP")
+fi
+
+wait_ports "${PORTS[@]}"
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+if [ "$QUIET_WAIT" -gt 0 ]; then
+  for _ in $(seq $((QUIET_WAIT / 10))); do
+    "$PY" -c "import sys; sys.exit(float('$(load1)') >= float('$QUIET_LOAD'))" && break
+    sleep 10
+  done
+fi
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+START="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+# name, label, url
+TARGETS=(
+  "direct|direct, one nginx backend|http://127.0.0.1:$B1/"
+  "nginx|nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') (worker_processes 1)|http://127.0.0.1:$NP/"
+  "haproxy|HAProxy $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}') (nbthread 1)|http://127.0.0.1:$HP/"
+  "caddy|Caddy $(caddy version 2>/dev/null | awk '{print $1}') (GOMAXPROCS=1)|http://127.0.0.1:$CP/"
+  "berth|berth (python -m proxy)|http://127.0.0.1:$BP/"
+)
+declare -A RESULT
+for conns in "$CONNS" 1; do
+  threads=$((conns > 1 ? 2 : 1))
+  for target in "${TARGETS[@]}"; do
+    IFS='|' read -r name label url <<<"$target"
+    wants "$name" || continue
+    RESULT[$name,$conns]="$(measure "$url" "$threads" "$conns")"
+  done
+done
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo "berth against its peers: $START, load average $LOAD_START at the start, $LOAD_END at the end"
+echo "machine: $(nproc) x $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/^Mem/{print $2}') GiB, $(uname -sr); every proxy pinned to CPU $PROXY_CPU"
+echo "wrk -t2 -c$CONNS -d${DURATION}s --latency and wrk -t1 -c1 -d${DURATION}s --latency, each after a ${WARMUP}s warm-up"
+printf '%-38s %9s %8s %8s   %9s %8s %8s\n' "target" "c$CONNS rps" "p50 us" "p99 us" "c1 rps" "p50 us" "p99 us"
+for target in "${TARGETS[@]}"; do
+  IFS='|' read -r name label url <<<"$target"
+  wants "$name" || continue
+  read -r r p q <<<"${RESULT[$name,$CONNS]}"
+  read -r r1 p1 q1 <<<"${RESULT[$name,1]}"
+  printf '%-38s %9s %8s %8s   %9s %8s %8s\n' "$label" "$r" "$p" "$q" "$r1" "$p1" "$q1"
+done
+for key in "${!RESULT[@]}"; do echo "$key ${RESULT[$key]}"; done >"$TMP/results"
+"$PY" - "$CONNS" "$TMP/results" <<'PY'
+import sys
+
+conns, path = sys.argv[1], sys.argv[2]
+res = {}
+for line in open(path):
+    key, *vals = line.split()
+    res[key] = [float(v) for v in vals]
+b, b1, d1 = res.get(f"berth,{conns}"), res.get("berth,1"), res.get("direct,1")
+goals = []
+if b is not None and (n := res.get(f"nginx,{conns}")) is not None:
+    goals.append(f"berth/nginx req/s {b[0] / n[0]:.2f} (goal >= 0.5)")
+    goals.append(f"p99 {b[2] / n[2]:.2f}x nginx's (goal <= 2)")
+if b is not None and (c := res.get(f"caddy,{conns}")) is not None:
+    goals.append(f"berth/Caddy req/s {b[0] / c[0]:.2f} (goal >= 1.3)")
+if b is not None and (h := res.get(f"haproxy,{conns}")) is not None:
+    goals.append(f"berth/HAProxy req/s {b[0] / h[0]:.2f}")
+if b1 is not None and d1 is not None:
+    goals.append(f"added p50 at one connection {b1[1] - d1[1]:.0f} us (goal <= 100)")
+if goals:
+    print(f"c={conns}: " + "; ".join(goals[:-1] if b1 is not None and d1 is not None else goals))
+    if b1 is not None and d1 is not None:
+        print("c=1: " + goals[-1])
+PY
