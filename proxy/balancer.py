@@ -14,17 +14,26 @@ Invariants:
   kept-alive one, a connect, a response read), and a wait under way keeps the value it
   began with (a response being read or streamed keeps its `read_idle`). The poller's tick
   follows the shortest timeout (`poller_tick`) and changes with it.
-- Hold mode: `hold` waits while the set is empty, at most `hold_max_queue` requests at
-  once and none longer than `hold_max_wait`; `wake_held` makes every held request look
-  again (a replica came, the settings changed, or the endpoint drains).
+- Admission (`proxy.queue`): `acquire` takes a slot on the upstream a request goes to,
+  `release` gives it back; a request finds none free (every replica at `max_concurrency`,
+  or none ready in hold mode) waits in the one FIFO queue, at most `max_queue` at once,
+  `queue_timeout` for a busy replica and `hold_max_wait` (None: hold mode off) for a
+  starting one; `wake_held` makes every queued request look again (a replica came, the
+  settings changed, or the endpoint drains).
+- Passive health (`proxy.outlier`): `release` reports each attempt's end; an ejected
+  replica is skipped while others have room, and returns at its time (or its probe).
+- Retry budget: a replay that the replica may have seen (`retry = "all"`, a POST whose
+  replica died before answering) spends a token; each request earns `RETRY_BUDGET` of
+  one, up to `RETRY_BURST`: replays stay within ~20 % of the requests.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
@@ -32,14 +41,29 @@ from config.spec import (
     ENDPOINT_CLIENT_IDLE_TIMEOUT,
     ENDPOINT_CONNECT_TIMEOUT,
     ENDPOINT_READ_TIMEOUT,
+    Outlier,
 )
 from proxy.auth import Guard
+from proxy.outlier import Outliers
 from proxy.poller import Poller
 from proxy.pool import Pool
+from proxy.queue import (
+    NO_REPLICA,
+    NO_REPLICA_IN_TIME,
+    QUEUE_FULL,
+    QUEUE_FULL_COLD,
+    QUEUE_TIMEOUT,
+    SHUTTING_DOWN,
+    Refusal,
+    Slots,
+    Waiter,
+)
 from proxy.stats import Counters
 from proxy.upstreams import RoundRobin, Upstream
 
 STATS_WINDOW_S = 60.0
+RETRY_BUDGET: Final = 0.2  # of a replay earned by each request
+RETRY_BURST: Final = 10.0  # replays allowed at once (and at the start)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -93,12 +117,16 @@ class Balancer:
         self.poller = Poller(tick=poller_tick(timeouts))
         self.draining = False
         self.on_suspect = on_suspect
-        # Hold mode (see the module docstring); max_wait None: off.
+        # Admission (see the module docstring); hold_max_wait None: hold mode off.
+        self.slots = Slots(STATS_WINDOW_S)
+        self.max_queue = 100
+        self.queue_timeout = 30.0
         self.hold_max_wait: float | None = None
-        self.hold_max_queue = 100
         self.on_wait: Callable[[], None] | None = None
-        self.waiting = 0
-        self._arrival = trio.Event()  # set (and replaced) when held requests should look again
+        self.least_request = False
+        self.outliers = Outliers()
+        self.retry_all = False  # `retry = "all"`: a POST is replayed too (within the budget)
+        self._retry_tokens = RETRY_BURST
         self.totals = Counters(STATS_WINDOW_S)
         self.replicas: dict[str, Counters] = {}
         self.guard: Guard | None = None  # a protected endpoint's credentials (`proxy.auth`)
@@ -114,6 +142,7 @@ class Balancer:
         self.upstreams.set(upstreams)
         current = self.upstreams.upstreams
         self.pool.retain(current)
+        self.outliers.retain(current)
         self.http11.intersection_update(current)
         ids = {u.replica_id for u in current}
         for rid in ids:
@@ -130,6 +159,32 @@ class Balancer:
             return
         self.timeouts = timeouts
         self.poller.retick(poller_tick(timeouts))
+
+    def set_admission(
+        self,
+        *,
+        max_concurrency: int | None,
+        max_queue: int,
+        queue_timeout: float,
+        least_request: bool,
+        retry_all: bool,
+        outlier: Outlier,
+    ) -> None:
+        """New traffic rules, for the next pick (queued requests look again at once)."""
+        self.slots.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.least_request = least_request
+        self.retry_all = retry_all
+        self.outliers.rules = outlier
+        self.wake_held()
+
+    def may_replay(self) -> bool:
+        """Spend a token of the retry budget on a replay the replica may have seen."""
+        if self._retry_tokens < 1.0:
+            return False
+        self._retry_tokens -= 1.0
+        return True
 
     def set_trusted_proxies(self, networks: Iterable[str]) -> None:
         self.trusted_proxies = tuple(ipaddress.ip_network(n) for n in networks)
@@ -153,42 +208,121 @@ class Balancer:
         self.totals = other.totals
         self.replicas = other.replicas
         self.guard = other.guard
+        self.slots.taken = other.slots.taken  # max_concurrency counts both listeners' requests
 
     def wake_held(self) -> None:
-        """Held requests look again: at the upstream set, the hold settings, draining."""
-        if self.waiting:
-            self._arrival.set()
-            self._arrival = trio.Event()
+        """Queued requests look again: at the upstream set, the settings, draining."""
+        slots = self.slots
+        if slots.waiters:
+            slots.grant(self._choose)
+            slots.wake_all()
 
-    async def hold(self) -> str | None:
-        """With no upstream: wait for one in hold mode. None once one is there; otherwise
-        why the request gets a 503 (hold mode off, queue full, waited too long, draining)."""
+    @property
+    def waiting(self) -> int:
+        """Requests queued: for a free slot, or for a replica that is starting."""
+        return len(self.slots.waiters)
+
+    def _choose(self, tried: Container[Upstream]) -> Upstream | None:
+        return self.upstreams.choose(
+            tried,
+            self.poller.now,
+            self.slots.taken,
+            self.slots.max_concurrency,
+            self.least_request,
+            self.outliers.out,
+        )
+
+    def try_take(self, tried: Container[Upstream]) -> Upstream | None:
+        """A slot on an upstream with room, taken now, or None (nothing waits)."""
+        if self.outliers.out:
+            self._returns()
+        if self.slots.waiters and not tried:
+            return None  # others wait already: they go first
+        up = self._choose(tried)
+        if up is not None:
+            self.slots.take(up)
+        return up
+
+    async def acquire(self, tried: list[Upstream]) -> Upstream | Refusal | None:
+        """A slot on the next upstream for a request (`proxy.queue`), waiting in the queue
+        when none has room; a `Refusal` to answer with; None when every upstream there is
+        has been tried (the request failed at each)."""
+        up = self.try_take(tried)
+        if up is not None:
+            return up
         if self.draining:
-            return "shutting down"
-        max_wait = self.hold_max_wait
-        if max_wait is None:
-            return "no ready replica"
-        if self.waiting >= self.hold_max_queue:
-            return "too many requests waiting for a replica"
-        self.waiting += 1
-        try:
-            if self.on_wait is not None:
-                self.on_wait()
-            with trio.move_on_after(max_wait):
-                while True:
-                    if self.draining:
-                        return "shutting down"
-                    if self.upstreams:
-                        return None
-                    if self.hold_max_wait is None:
-                        return "no ready replica"
-                    await self._arrival.wait()
-            return "no replica became ready in time"
-        finally:
-            self.waiting -= 1
+            return SHUTTING_DOWN
+        items = self.upstreams.upstreams
+        if tried and not any(u not in tried for u in items):
+            return None
+        return await self._wait(tried)
 
-    def pick(self, tried: list[Upstream]) -> Upstream | None:
-        return self.upstreams.pick(tried, self.poller.now)
+    async def _wait(self, tried: list[Upstream]) -> Upstream | Refusal:
+        slots = self.slots
+        busy = bool(self.upstreams)
+        if not busy and self.hold_max_wait is None:
+            return NO_REPLICA
+        if len(slots.waiters) >= self.max_queue:
+            return QUEUE_FULL if busy else QUEUE_FULL_COLD
+        waiter = Waiter(tried)
+        slots.waiters.append(waiter)
+        slots.queued_total += 1
+        start = since = trio.current_time()
+        if not busy and self.on_wait is not None:
+            self.on_wait()
+        handed = False
+        try:
+            while True:
+                limit = self.queue_timeout if busy else self.hold_max_wait
+                if limit is None:
+                    return NO_REPLICA
+                with trio.move_on_at(since + limit):
+                    await waiter.event.wait()
+                if waiter.granted is not None:
+                    handed = True
+                    return waiter.granted
+                if not waiter.event.is_set():
+                    return QUEUE_TIMEOUT if busy else NO_REPLICA_IN_TIME
+                if self.draining:
+                    return SHUTTING_DOWN
+                waiter.event = trio.Event()
+                now_busy = bool(self.upstreams)
+                if now_busy != busy:  # a replica came (all full), or the last one left
+                    busy, since = now_busy, trio.current_time()
+                    if not busy and self.on_wait is not None:
+                        self.on_wait()
+        finally:
+            if waiter.granted is None:
+                slots.waiters.remove(waiter)  # still queued: it leaves now
+            elif not handed:  # granted, then cancelled before it woke: not leaked
+                slots.give_back(waiter.granted)
+                slots.grant(self._choose)
+            end = trio.current_time()
+            slots.wait_times.record(end, end - start)
+
+    def _returns(self) -> None:
+        """Ejected replicas whose time is up: back now, or asked to prove it by a probe."""
+        for up in self.outliers.due_back(self.poller.now):
+            if self.outliers.by_probe:
+                self.suspect(up)
+
+    def probe_passed(self, replica_id: str) -> None:
+        """A readiness probe of this replica passed (an ejected one may return)."""
+        for up in self.upstreams.upstreams:
+            if up.replica_id == replica_id:
+                self.outliers.probe_passed(up, self.poller.now)
+                self.wake_held()
+
+    def release(self, upstream: Upstream, status: int = 0, failed: bool = False) -> None:
+        """The attempt on `upstream` ended: its slot is free (and given to the first waiter
+        with a use for it); `status` (0: none was known) and `failed` (no proper answer:
+        a reset, a broken response, a read timeout) feed passive health."""
+        slots = self.slots
+        slots.give_back(upstream)
+        if slots.waiters:
+            slots.grant(self._choose)
+        if status or failed:
+            self.outliers.record(upstream, status, failed, self.poller.now)
 
     def next_request_id(self) -> bytes:
         self._id_next += 1
@@ -206,6 +340,8 @@ class Balancer:
 
     def began(self) -> None:
         self.totals.in_flight += 1
+        if self._retry_tokens < RETRY_BURST:
+            self._retry_tokens += RETRY_BUDGET
 
     def started(self, upstream: Upstream) -> None:
         self._counters(upstream).in_flight += 1

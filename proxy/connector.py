@@ -13,7 +13,9 @@ Invariants:
   round robin for `AVOID_S` (unless nothing else is left), so the next requests do not wait
   on it again; a failure also marks it suspect, for the daemon's health checks to confirm.
 - Every socket opened here is handed to the caller or closed before `open_connection`
-  returns, cancelled or not.
+  returns, cancelled or not; so is every admission slot (`proxy.queue`) taken for an
+  upstream raced in: the winner's goes to the caller (who holds `first`'s), the others'
+  are given back.
 - The common case, a connect that completes at once, costs one cancel scope and nothing
   else (no task, no nursery).
 """
@@ -76,6 +78,7 @@ async def _race(
     async def finish(up: Upstream, conn: Conn | None, limit: float) -> None:
         nonlocal winner
         racing.add(up)
+        won = False
         try:
             if conn is None:
                 conn, done = await start_connect(up.host, up.port, b.poller)
@@ -85,12 +88,15 @@ async def _race(
                 await finish_connect(conn, limit, check=True)
             if winner is None:
                 winner = (up, conn)
+                won = True
                 b.upstreams.trust(up)
                 nursery.cancel_scope.cancel()
         except (OSError, Timeout):
             _connect_failed(b, up)
         finally:
             racing.discard(up)
+            if up is not first and not won:
+                b.release(up)  # its slot, taken to race it
             if conn is not None and (winner is None or winner[1] is not conn):
                 conn.close()
             changed.set()
@@ -98,7 +104,7 @@ async def _race(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(finish, first, pending, max(timeout - HEDGE_S, HEDGE_S))
         while True:
-            up = b.upstreams.pick(tried, b.poller.now)
+            up = b.try_take(tried)
             if up is None:
                 break  # nothing left to try: wait for the connects under way
             tried.append(up)

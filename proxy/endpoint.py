@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
+from config.spec import MAX_QUEUE_DEFAULT, QUEUE_TIMEOUT_DEFAULT, Outlier
 from proxy import sockets
 from proxy.admission import ConnectionBudget, Gate, process_budget
 from proxy.auth import Credentials, Guard
@@ -161,10 +162,54 @@ class Endpoint:
         c = self._balancer.replicas.get(replica_id)
         return c.in_flight if c is not None else 0
 
+    def set_admission(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        max_queue: int = MAX_QUEUE_DEFAULT,
+        queue_timeout: float = QUEUE_TIMEOUT_DEFAULT,
+        least_request: bool = False,
+        retry_all: bool = False,
+        outlier: Outlier = Outlier(),  # noqa: B008 - frozen
+    ) -> None:
+        """The traffic rules (`proxy.queue`, `proxy.outlier`), in place: the next request
+        sees them, and queued requests look again at once (a raised cap serves them)."""
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        self._balancer.set_admission(
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            queue_timeout=queue_timeout,
+            least_request=least_request,
+            retry_all=retry_all,
+            outlier=outlier,
+        )
+
+    def watch_outliers(
+        self,
+        on_eject: Callable[[Upstream, str, float], None] | None,
+        on_return: Callable[[Upstream], None] | None,
+        *,
+        by_probe: bool,
+    ) -> None:
+        """Be told of each ejection and return; `by_probe`: an ejected replica returns only
+        at a passing readiness probe (`probe_passed`) after its time is up."""
+        o = self._balancer.outliers
+        o.on_eject, o.on_return, o.by_probe = on_eject, on_return, by_probe
+
+    def probe_passed(self, replica_id: str) -> None:
+        """A readiness probe of this replica passed: an ejected one whose time is up is
+        back in rotation. Never blocks."""
+        self._balancer.probe_passed(replica_id)
+
+    def ejected(self) -> frozenset[str]:
+        """Replica ids out of rotation by passive health now."""
+        return frozenset(u.replica_id for u in self._balancer.outliers.out)
+
     def hold_when_empty(
         self,
         max_wait: float | None,
-        max_queue: int = 100,
+        max_queue: int | None = None,
         on_wait: Callable[[], None] | None = None,
     ) -> None:
         """Scale from zero: while no upstream is set, hold requests instead of a 503.
@@ -175,21 +220,23 @@ class Endpoint:
         start a replica at once. A request that would wait longer than `max_wait` seconds,
         or finds `max_queue` requests waiting already, gets 503 with Retry-After.
         `max_wait=None` turns hold mode off (503 at once); requests already waiting then
-        get their 503 too.
+        get their 503 too. The queue is the one of `set_admission` (`max_queue`, which
+        this sets too when given).
         """
         if max_wait is not None and max_wait <= 0:
             raise ValueError(f"max_wait must be positive or None, got {max_wait}")
-        if max_queue < 0:
+        if max_queue is not None and max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         b = self._balancer
         b.hold_max_wait = max_wait
-        b.hold_max_queue = max_queue
+        if max_queue is not None:
+            b.max_queue = max_queue
         b.on_wait = on_wait
         if max_wait is None:
             b.wake_held()
 
     def waiting(self) -> int:
-        """How many requests are held waiting for a replica (hold mode)."""
+        """How many requests are queued: for a free slot, or for a replica (hold mode)."""
         return self._balancer.waiting
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -311,6 +358,10 @@ class Endpoint:
             histogram=t.latency.histogram() if histogram else None,
             by_credential=tuple(sorted(guard.allowed.items())) if guard else None,
             unauthorized=guard.refused if guard else 0,
+            queued=b.waiting,
+            queued_total=b.slots.queued_total,
+            queue_time=b.slots.wait_times.summary(now, window),
+            ejected=tuple(sorted(u.replica_id for u in b.outliers.out)),
         )
 
     def __repr__(self) -> str:

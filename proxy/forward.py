@@ -65,6 +65,7 @@ from proxy.exchange import (
 )
 from proxy.headers import chunk, request_head_bytes
 from proxy.protocol import END, Framing, ProtocolError, RequestHead
+from proxy.queue import SHUTTING_DOWN, Refusal
 from proxy.reader import ClientGone, ClientReader
 from proxy.relay import (
     BodyPace,
@@ -77,6 +78,10 @@ from proxy.sockets import Conn, Timeout
 from proxy.upstreams import Upstream
 
 _RETRY_AFTER_S: Final = 1
+# While a request waits in the queue its client is read (so a hang-up is seen), this much
+# at most, in reads of at most this long.
+_WATCH_BYTES: Final = 256 * 1024
+_WATCH_S: Final = 3600.0
 # The most of a chunked request body read whole for an upstream that may be HTTP/1.0.
 MAX_BUFFERED_BODY: Final = 8 * 1024 * 1024
 # How long, and how much, a connection closed after an error answer is read away.
@@ -97,6 +102,8 @@ class Session:
         "idle",
         "linger",
         "exchange",
+        "slot",
+        "replayed",
     )
 
     def __init__(self, balancer: Balancer, conn: Conn) -> None:
@@ -109,6 +116,8 @@ class Session:
         self.idle = True  # between requests, no byte of the next one read yet
         self.linger = False  # an answer of the proxy's own closes the connection
         self.exchange = Exchange(balancer, conn, self.reader)  # the request being served
+        self.slot: Upstream | None = None  # the upstream whose slot the request holds
+        self.replayed = False  # the request was sent again after its replica may have read it
 
     async def serve(self) -> None:
         b = self.balancer
@@ -183,7 +192,7 @@ class Session:
                     status,
                     message,
                     close=close,
-                    retry_after=_RETRY_AFTER_S if status == 503 else None,
+                    retry_after=_RETRY_AFTER_S if status in (429, 503) else None,
                 ),
                 self.balancer.timeouts.client_idle,
             )
@@ -256,44 +265,44 @@ class Session:
         ex.close_after = not head.keep_alive or head.upgrade is not None
         ex.status = 0
         tried: list[Upstream] = []
-        upstream: Upstream | None = None
+        self.slot = None
+        self.replayed = False
+        outcome = DONE
         try:
+            if not complete and b.retry_all and _replayable(head):
+                # `retry = "all"`: a request can be replayed only while the proxy holds all
+                # of it; read the body whole first (it is bounded), before taking a slot.
+                whole = await self._whole_request(head, parts, request_id)
+                if whole is None:
+                    return False  # answered (408, 411, 400) or the client left
+                complete, framing, request = True, Framing.LENGTH, whole
             while True:
-                upstream = b.pick(tried)
-                if upstream is None:
-                    if not tried:
-                        refusal = await b.hold()
-                        if refusal is None:
-                            continue  # a replica came: serve the request now
-                        close = ex.close_after or b.draining
-                        await self._answer(head, 503, refusal, close=close)
-                        return not close
+                got: Upstream | Refusal | None = b.try_take(tried)
+                if got is None:
+                    got = await self._queued(tried)
+                if got is None:  # every upstream there is was tried: each failed
                     await self._answer(head, 502, _NO_ANSWER)
                     return False
+                if isinstance(got, Refusal):
+                    if ex.status == CLIENT_CLOSED:  # it hung up while queued
+                        return False
+                    close = ex.close_after or b.draining
+                    await self._answer(head, got.status, got.message, close=close)
+                    return not close
+                upstream = self.slot = got
                 tried.append(upstream)
                 if not complete and framing is Framing.CHUNKED and upstream not in b.http11:
                     # Maybe HTTP/1.0, which cannot read chunked: read it whole, then send it
                     # with a Content-Length, to this upstream and any other tried after it.
-                    body = await self._buffer_body(head, parts)
-                    if body is None:
-                        upstream = None  # it never saw the request: not its statistics
+                    whole = await self._whole_request(head, parts, request_id)
+                    if whole is None:
+                        self._release(failed=False)  # it never saw the request
                         return False  # answered (408, 411, 400) or the client left
-                    complete, framing = True, Framing.LENGTH
-                    head.content_length = len(body)
-                    request = request_head_bytes(
-                        head,
-                        peer=self.peer,
-                        request_id=request_id,
-                        framing=framing,
-                        trusted=self.trusted,
-                        proto=self.proto,
-                    )
-                    request += body
-                outcome, upstream = await self._attempt(
-                    upstream, tried, head, request, complete, framing
-                )
+                    complete, framing, request = True, Framing.LENGTH, whole
+                outcome = await self._attempt(tried, head, request, complete, framing)
                 if outcome is not RETRY:
                     break
+                self._release(failed=True)
             if outcome is FAILED:
                 await self._answer(head, ex.status, _MESSAGES.get(ex.status, _BAD_GATEWAY))
                 return False
@@ -303,7 +312,69 @@ class Session:
                 return False
             return outcome is DONE and not ex.close_after
         finally:
-            b.finished(upstream, ex.status or 502, start)
+            last = self.slot
+            if last is not None:
+                status = ex.status
+                failed = outcome is CUT or (outcome is FAILED and status in (502, 504))
+                self._release(failed=failed, status=status)
+            b.finished(last, ex.status or 502, start)
+
+    def _release(self, *, failed: bool, status: int = 0) -> None:
+        """Give back the slot of the upstream just tried (`proxy.queue`), reporting its
+        result for passive health (`proxy.outlier`)."""
+        upstream = self.slot
+        if upstream is not None:
+            self.slot = None
+            if status == CLIENT_CLOSED:
+                status, failed = 0, False  # the client left: says nothing of the replica
+            self.balancer.release(upstream, status, failed)
+
+    async def _queued(self, tried: list[Upstream]) -> Upstream | Refusal | None:
+        """`Balancer.acquire`, while watching the client: one that hangs up leaves the
+        queue at once (its bytes, a body or a next request, are kept for later)."""
+        b = self.balancer
+        result: Upstream | Refusal | None = None
+
+        async def wait() -> None:
+            nonlocal result
+            result = await b.acquire(tried)
+            nursery.cancel_scope.cancel()
+
+        left = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            left = await self._client_left()
+            nursery.cancel_scope.cancel()
+        if left:
+            if isinstance(result, Upstream):  # granted in the same instant: given back
+                b.release(result)
+            self.exchange.status = CLIENT_CLOSED
+            return SHUTTING_DOWN  # never sent: the status says the client left
+        return result
+
+    async def _client_left(self) -> bool:
+        """Read what the client sends while its request waits (into the reader, bounded),
+        True once it hangs up; never returns otherwise (the caller cancels it)."""
+        reader = self.reader
+        conn = self.conn
+        got = 0
+        while got < _WATCH_BYTES:
+            try:
+                data = await conn.recv(_WATCH_S)
+            except Timeout:
+                continue
+            except (OSError, trio.ClosedResourceError):
+                return True
+            if not data:
+                return True
+            got += len(data)
+            try:
+                reader.feed(data)
+            except ProtocolError:
+                self.exchange.close_after = True  # a bad next request: no more after this
+                break
+        await trio.sleep_forever()
+        return False  # pragma: no cover - sleep_forever never returns
 
     async def _unauthorized(self, head: RequestHead, refused: Refused) -> bool:
         """A 401 (`proxy.auth`), never forwarded; True when the connection goes on."""
@@ -321,6 +392,25 @@ class Session:
         b.finished(None, 401, start)
         self.exchange.status, self.exchange.close_after = 401, not keep
         return keep
+
+    async def _whole_request(
+        self, head: RequestHead, parts: list[bytes], request_id: bytes
+    ) -> bytes | None:
+        """The request with the rest of its body read (`_buffer_body`), sent with a
+        Content-Length; None once answered (408, 411, 400) or the client left."""
+        body = await self._buffer_body(head, parts)
+        if body is None:
+            return None
+        head.content_length = len(body)
+        request = request_head_bytes(
+            head,
+            peer=self.peer,
+            request_id=request_id,
+            framing=Framing.LENGTH,
+            trusted=self.trusted,
+            proto=self.proto,
+        )
+        return request + body
 
     async def _buffer_body(self, head: RequestHead, parts: list[bytes]) -> bytes | None:
         """The rest of a chunked body, read whole (at the body rate, up to
@@ -350,19 +440,19 @@ class Session:
 
     async def _attempt(
         self,
-        upstream: Upstream,
         tried: list[Upstream],
         head: RequestHead,
         request: bytes,
         complete: bool,
         framing: Framing,
-    ) -> tuple[Outcome, Upstream]:
-        """Send the request to one upstream and relay its answer; see the retry rule.
-
-        Returns the outcome and the upstream that got the request: another one when a
-        hanging connect was raced (`proxy.connector`), which is then added to `tried`.
+    ) -> Outcome:
+        """Send the request to the upstream of the slot held (`self.slot`) and relay its
+        answer; see the retry rule. A hanging connect raced to another upstream
+        (`proxy.connector`, which adds it to `tried`) moves the slot to the one that won.
         """
         b = self.balancer
+        upstream = self.slot
+        assert upstream is not None
         # A pooled connection is checked (peeked) before reuse unless it was pooled
         # moments ago and the request could go again after all (see the retry rule).
         conn = b.pool.take(upstream, b.poller.now, trust_recent=complete)
@@ -371,8 +461,11 @@ class Session:
             if conn is None:
                 opened = await open_connection(b, upstream, tried)
                 if opened is None:
-                    return RETRY, upstream
-                upstream, conn = opened
+                    return RETRY
+                winner, conn = opened
+                if winner is not upstream:  # the race's winner holds its own slot
+                    b.release(upstream)
+                    upstream = self.slot = winner
             outcome = await self._send_and_relay(
                 conn, upstream, head, request, complete, framing, reused
             )
@@ -383,14 +476,18 @@ class Session:
         if outcome is NOT_SENT:
             if not reused:
                 b.suspect(upstream)
-            return RETRY, upstream
+            return RETRY
         if outcome is RETRY:
             if not reused:
                 b.suspect(upstream)
-            if not (complete and head.idempotent):
-                self.exchange.status = 502
-                return FAILED, upstream
-        return outcome, upstream
+            if complete and head.idempotent:
+                return RETRY
+            if complete and b.retry_all and not self.replayed and b.may_replay():
+                self.replayed = True  # `retry = "all"`: once, within the budget
+                return RETRY
+            self.exchange.status = 502
+            return FAILED
+        return outcome
 
     async def _send_and_relay(
         self,
@@ -432,6 +529,14 @@ class Session:
                     conn.abort()  # the replica sees a reset at once, and stops generating
                 else:
                     conn.close()
+
+
+def _replayable(head: RequestHead) -> bool:
+    """A body small enough to hold whole for a replay: known to fit, or chunked (read up to
+    `MAX_BUFFERED_BODY`, over it 411)."""
+    if head.framing is Framing.CHUNKED:
+        return True
+    return head.framing is Framing.LENGTH and (head.content_length or 0) <= MAX_BUFFERED_BODY
 
 
 _BAD_GATEWAY: Final = "the replica sent a broken response or closed the connection"

@@ -97,6 +97,12 @@ class EndpointStatistics:
     # requests refused with 401. None: the endpoint is open.
     by_credential: tuple[tuple[str, int], ...] | None = None
     unauthorized: int = 0
+    # Admission (`proxy.queue`): requests queued now, ever, and how long those that left
+    # the queue over the window waited; replicas out of rotation by passive health.
+    queued: int = 0
+    queued_total: int = 0
+    queue_time: LatencySummary = LatencySummary(0, None, None, None)
+    ejected: tuple[str, ...] = ()
 
 
 class LatencyWindow:

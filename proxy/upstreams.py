@@ -1,4 +1,9 @@
-"""Upstreams (replicas) and the per-request round robin over the current set.
+"""Upstreams (replicas) and the per-request choice over the current set.
+
+`RoundRobin.pick` takes them in turn; `RoundRobin.choose` is what admission uses: in turn
+as well, or by least outstanding requests (the round robin's next and one other at random,
+the one with fewer requests in flight, ties to the round robin's: "power of two choices"),
+skipping replicas at their `max_concurrency` and, while others are left, ejected ones.
 
 Invariants:
 - `RoundRobin.set` replaces the whole set at once; the next `pick` sees only the new set.
@@ -11,7 +16,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+import random
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -81,6 +87,97 @@ class RoundRobin:
                     del avoid[up]
             return up
         return fallback
+
+    def choose(
+        self,
+        exclude: Container[Upstream],
+        now: float,
+        taken: Mapping[Upstream, int],
+        cap: int | None,
+        least: bool,
+        out: Container[Upstream] = (),
+    ) -> Upstream | None:
+        """The next upstream with room (fewer than `cap` of `taken`; None: no cap), not in
+        `exclude`; one `out` (ejected) or avoided only when no other has room."""
+        first, aside = self._next_with_room(exclude, now, taken, cap, out)
+        if first is None or not (least or aside) or len(self._items) < 2:
+            return first
+        other = self._random_with_room(first, exclude, now, taken, cap, out)
+        if other is not None and (aside or taken.get(other, 0) < taken.get(first, 0)):
+            return other
+        return first
+
+    def _usable(
+        self,
+        up: Upstream,
+        exclude: Container[Upstream],
+        now: float,
+        taken: Mapping[Upstream, int],
+        cap: int | None,
+    ) -> bool:
+        return up not in exclude and (cap is None or taken.get(up, 0) < cap)
+
+    def _set_aside(self, up: Upstream, now: float, out: Container[Upstream]) -> bool:
+        """Whether `up` is ejected or avoided now (dropping an avoid mark that has run out)."""
+        if up in out:
+            return True
+        avoid = self._avoid
+        if avoid:
+            until = avoid.get(up)
+            if until is not None:
+                if until > now:
+                    return True
+                del avoid[up]
+        return False
+
+    def _next_with_room(
+        self,
+        exclude: Container[Upstream],
+        now: float,
+        taken: Mapping[Upstream, int],
+        cap: int | None,
+        out: Container[Upstream],
+    ) -> tuple[Upstream | None, bool]:
+        """The round robin's next usable upstream, and whether it is one set aside (the
+        first such, returned only when every usable one is)."""
+        items = self._items
+        fallback: Upstream | None = None
+        n = len(items)
+        for _ in range(n):
+            i = self._next % n
+            self._next = i + 1
+            up = items[i]
+            if not self._usable(up, exclude, now, taken, cap):
+                continue
+            if self._set_aside(up, now, out):
+                if fallback is None:
+                    fallback = up
+                continue
+            return up, False
+        return fallback, fallback is not None
+
+    def _random_with_room(
+        self,
+        first: Upstream,
+        exclude: Container[Upstream],
+        now: float,
+        taken: Mapping[Upstream, int],
+        cap: int | None,
+        out: Container[Upstream],
+    ) -> Upstream | None:
+        """A usable upstream other than `first`, from a random place in the set on."""
+        items = self._items
+        n = len(items)
+        start = random.randrange(n)  # noqa: S311 - load spreading, not security
+        for k in range(n):
+            up = items[(start + k) % n]
+            if (
+                up is not first
+                and self._usable(up, exclude, now, taken, cap)
+                and not self._set_aside(up, now, out)
+            ):
+                return up
+        return None
 
     def __repr__(self) -> str:
         ids = ", ".join(u.replica_id for u in self._items)

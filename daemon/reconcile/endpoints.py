@@ -6,7 +6,8 @@ workers are simply cancelled, leaving every container running.
 
 An endpoint is keyed by deployment name. `ensure` applies a spec to it: everything but the
 address applies in place (the timeouts through `Endpoint.set_timeouts`, `max_connections`
-and `trusted_proxies` through `Endpoint.set_limits`, the drain timeout
+and `trusted_proxies` through `Endpoint.set_limits`, admission, balancing, retries and
+passive health through `Endpoint.set_admission` (`set_traffic`), the drain timeout
 kept here, the cold-start hold set by the worker), with no rebind; only a new `bind` or
 `port` makes a new listener, and that one is bound before the old one closes, so there is
 no moment with nobody listening. The old endpoint then stops accepting at once and drains
@@ -50,8 +51,8 @@ from pathlib import Path
 import trio
 
 from config.credentials import DEFAULT_CREDENTIALS_ROOTS
+from config.spec import Balance, EndpointTls, RetryPolicy
 from config.spec import Endpoint as EndpointSpec
-from config.spec import EndpointTls
 from daemon.reconcile.endpoint_auth import EndpointCredentials
 from daemon.reconcile.endpoint_tls import TlsFileError, load_tls
 from proxy.endpoint import Endpoint, EndpointTimeouts
@@ -134,6 +135,8 @@ class EndpointManager:
         if slot is not None and _address(slot.spec) == _address(spec):
             slot.endpoint.set_timeouts(timeouts_of(spec))
             slot.endpoint.set_limits(spec.max_connections, spec.trusted_proxies)
+            if spec != slot.spec:
+                set_traffic(slot.endpoint, spec)
             if spec.tls != slot.tls:
                 slot.endpoint.set_tls(await self._context(spec.tls))
                 slot.tls = spec.tls
@@ -151,6 +154,7 @@ class EndpointManager:
             trusted_proxies=spec.trusted_proxies,
         )
         endpoint.set_tls(await self._context(spec.tls))  # before its first connection
+        set_traffic(endpoint, spec)
         new = _Slot(spec, endpoint, drain, on_lost, tls=spec.tls)
         if slot is not None:
             endpoint.continue_from(slot.endpoint)  # statistics and in-flight counts go on
@@ -265,3 +269,15 @@ class EndpointManager:
         with trio.move_on_after(longest + 1):
             for slot in slots:
                 await slot.done.wait()
+
+
+def set_traffic(endpoint: Endpoint, spec: EndpointSpec) -> None:
+    """The spec's admission, balancing, retry and passive-health rules, in place."""
+    endpoint.set_admission(
+        max_concurrency=spec.max_concurrency,
+        max_queue=spec.max_queue,
+        queue_timeout=spec.queue_timeout,
+        least_request=spec.balance is Balance.LEAST_REQUEST,
+        retry_all=spec.retry is RetryPolicy.ALL,
+        outlier=spec.outlier,
+    )

@@ -35,6 +35,7 @@ class Prober:
         *,
         on_verdict: Callable[[], None],
         on_unready: Callable[[str], None] = lambda replica_id: None,
+        on_ready_probe: Callable[[str], None] = lambda replica_id: None,
     ) -> None:
         self._deployment = deployment
         self._memory = memory
@@ -42,6 +43,7 @@ class Prober:
         self._events = events
         self._on_verdict = on_verdict
         self._on_unready = on_unready
+        self._on_ready_probe = on_ready_probe  # each readiness probe that passes
         self._wake = trio.Event()
 
     def __repr__(self) -> str:
@@ -110,6 +112,8 @@ class Prober:
         transitions = health.record(kind, result, now)
         if not health.ready:
             self._on_unready(memory.replica_id)  # out of rotation before any await
+        elif kind is ProbeKind.READINESS and result.ok:
+            self._on_ready_probe(memory.replica_id)  # an ejected replica may return
         if transitions or health.tracks[kind].next_at <= now:
             # Which tracks run changed, or this one's next probe came due while it ran: the
             # loop (asleep until the next due time it knew) must look again.

@@ -9,6 +9,12 @@ one is on its way (a new deployment's first load, a restart, a scale from zero; 
 endpoint tells the worker of a held request, so a replica starts at once), and answers 503
 at once when none is (none can be made, or every one crash-loops or fails its probes).
 An endpoint that cannot be bound is said once per distinct error, and again when it binds.
+
+Passive health (`proxy.outlier`) is the endpoint's; the publisher tells it of each passing
+readiness probe (`probe_passed`: an ejected replica returns only at one, after its
+ejection time), asks for a probe when an ejection's time is up (the endpoint marks the
+replica suspect), and says each ejection and return as an event (`ejected`, `returned`)
+at the next round: the endpoint's callbacks run on its hot path and never block.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class EndpointPublisher:
         self._on_nudge = on_nudge
         self.endpoint_error: str | None = None  # why the endpoint cannot be bound, if so
         self._hold: tuple[Endpoint, float | None] | None = None
+        self._watched: Endpoint | None = None  # the endpoint whose ejections are watched
+        self._notices: list[tuple[str, str, str]] = []  # (kind, replica, message) to say
 
     def __repr__(self) -> str:
         return f"<EndpointPublisher {self.name} hold={self._hold and self._hold[1]}>"
@@ -75,6 +83,10 @@ class EndpointPublisher:
                 )
             self.endpoint_error = error
             return
+        if self._watched is not endpoint:
+            endpoint.watch_outliers(self._ejected, self._returned, by_probe=True)
+            self._watched = endpoint
+        await self._say_notices()
         if self.endpoint_error is not None:
             self.endpoint_error = None
             await self._ctx.events.emit(
@@ -127,6 +139,30 @@ class EndpointPublisher:
             ):
                 upstreams.append(Upstream(memory.replica_id, REPLICA_HOST, c.host_port))
         return upstreams
+
+    def _ejected(self, upstream: Upstream, why: str, seconds: float) -> None:
+        message = f"replica {upstream.replica_id} out of rotation for {seconds:g}s: {why}"
+        self._notices.append(("ejected", upstream.replica_id, message))
+        self._on_nudge()
+
+    def _returned(self, upstream: Upstream) -> None:
+        message = f"replica {upstream.replica_id} back in rotation (its probe passed)"
+        self._notices.append(("returned", upstream.replica_id, message))
+        self._on_nudge()
+
+    async def _say_notices(self) -> None:
+        notices, self._notices = self._notices, []
+        for kind, replica, message in notices:
+            level = logging.WARNING if kind == "ejected" else logging.INFO
+            await self._ctx.events.emit(
+                kind, message, deployment=self.name, replica=replica, level=level
+            )
+
+    def probe_passed(self, replica_id: str) -> None:
+        """A readiness probe of this replica passed (the prober calls it). Never blocks."""
+        endpoint = self._ctx.endpoints.get(self.name)
+        if endpoint is not None:
+            endpoint.probe_passed(replica_id)
 
     def withdraw(self, replica_id: str) -> None:
         """Out of the endpoint's rotation now, without waiting for a round (the prober calls

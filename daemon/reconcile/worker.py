@@ -137,6 +137,7 @@ class DeploymentWorker:
             ctx.events,
             on_verdict=self.nudge,
             on_unready=self._publisher.withdraw,
+            on_ready_probe=self._publisher.probe_passed,
         )
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
