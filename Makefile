@@ -44,6 +44,7 @@ bench: image
 	$(VENV)/python bench/autoscale.py
 	$(VENV)/python bench/idle.py --period 10s
 	$(VENV)/python bench/coldstart.py
+	$(VENV)/python bench/streams.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
