@@ -33,6 +33,7 @@ from daemon.api.log_stream import follow_replica_logs, replica_logs
 from daemon.api.pull_stream import follow_pull
 from daemon.api.replies import error
 from daemon.api.secret_routes import create_secret, list_secrets, remove_secret
+from daemon.api.traffic_metrics import traffic_metrics
 from daemon.http.server import Request, Response
 from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.worker import WorkerSnapshot
@@ -383,6 +384,8 @@ class AdminApi:
         body = await self.d.metrics.deployment_metrics(name, since)
         if (auth := auth_metrics(self.d, name)) is not None:
             body["auth"] = auth  # a protected endpoint's requests per credential, and 401s
+        if (traffic := traffic_metrics(self.d, name)) is not None:
+            body["traffic"] = traffic  # the queue and the ejected replicas
         return Response(json=body)
 
     async def event_list(self, req: Request) -> Response:

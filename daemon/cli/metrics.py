@@ -42,7 +42,31 @@ def cmd_metrics(client: AdminClient, args: argparse.Namespace) -> int:
     )
     _print_scraped(m.get("scraped"))
     _print_auth(m.get("auth"))
+    _print_traffic(m.get("traffic"))
     return 0
+
+
+def _print_traffic(traffic: object) -> None:
+    """The endpoint's queue (admission) and the replicas passive health took out."""
+    if not isinstance(traffic, Mapping):
+        return
+    wait = traffic.get("queue_time")
+    wait = wait if isinstance(wait, Mapping) else {}
+    line = (
+        f"queue: {fmt.cell(traffic.get('queued'))} waiting now, "
+        f"{fmt.cell(traffic.get('queued_total'))} ever; waited p50 {_seconds(wait.get('p50'))}, "
+        f"p99 {_seconds(wait.get('p99'))}"
+    )
+    ejected = traffic.get("ejected")
+    if ejected:
+        line += "; ejected: " + ", ".join(fmt.cell(e) for e in ejected)
+    print(line)
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"
 
 
 def _print_auth(auth: object) -> None:

@@ -296,6 +296,7 @@ def _request_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
                     histogram.add_metric(values, buckets, sum_value=hist.sum)
         yield from (requests, in_flight, duration, in_window, histogram)
     yield from _auth_families(deployments)
+    yield from _traffic_families(deployments)
     window = GaugeMetricFamily(
         "berth_latency_window_seconds",
         "Length of the proxy's latency window behind the duration quantiles",
@@ -329,6 +330,41 @@ def _auth_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Metri
             allowed.add_metric([d.name, credential], count)
         refused.add_metric([d.name], stats.unauthorized)
     yield from (allowed, refused)
+
+
+def _traffic_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Metric]:
+    """Admission (the endpoint's queue) and passive health (replicas ejected now)."""
+    queued = GaugeMetricFamily(
+        "berth_endpoint_queued_requests",
+        "Requests waiting at the endpoint now, for a free slot or a starting replica",
+        labels=["deployment"],
+    )
+    queued_total = CounterMetricFamily(
+        "berth_endpoint_queued",
+        "Requests that waited in the endpoint's queue",
+        labels=["deployment"],
+    )
+    wait = GaugeMetricFamily(
+        "berth_endpoint_queue_time_seconds",
+        "How long requests that left the queue waited, over the latency window",
+        labels=["deployment", "quantile"],
+    )
+    ejected = GaugeMetricFamily(
+        "berth_endpoint_ejected_replicas",
+        "Replicas out of rotation by passive health (outlier ejection) now",
+        labels=["deployment"],
+    )
+    for d in deployments:
+        stats = d.endpoint
+        if stats is None:
+            continue
+        queued.add_metric([d.name], stats.queued)
+        queued_total.add_metric([d.name], stats.queued_total)
+        for q, value in (("0.5", stats.queue_time.p50), ("0.99", stats.queue_time.p99)):
+            if value is not None:
+                wait.add_metric([d.name, q], value)
+        ejected.add_metric([d.name], len(stats.ejected))
+    yield from (queued, queued_total, wait, ejected)
 
 
 def _le(bound: float) -> str:
