@@ -12,38 +12,34 @@ Invariants:
   Forwarded, X-Real-IP and X-Forwarded-* is dropped and replaced; from a trusted proxy
   (`[endpoint] trusted_proxies`) they are kept, and X-Forwarded-For and Forwarded gain
   this hop. X-Request-Id is added when absent.
+- The hot path's shortcut gives the same bytes as the general path: the parser's one pass
+  over the fields leaves them as ready header lines on the head (`RequestHead.lines`,
+  `ResponseHead.lines`), used only while `head.headers` is still the list they came from
+  (a guard that strips credentials makes a new list) and, for a request, only for a peer
+  that is not a trusted proxy; what the proxy saw of a client is kept formatted by
+  (peer, Host, proto), bounded.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from proxy.protocol import Framing, RequestHead, ResponseHead
-
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
+from proxy.protocol import (
+    CLIENT_INFO,
+    HOP_BY_HOP,
+    REQUEST_DROP,
+    X_FORWARDED,
+    Framing,
+    RequestHead,
+    ResponseHead,
 )
-# Set by the proxy from what it saw itself: a client-sent value is replaced, unless the
-# client is a trusted proxy (`[endpoint] trusted_proxies`), whose values are kept and
-# extended. Any other `X-Forwarded-*` name from an untrusted client is dropped too.
-_CLIENT_INFO: Final = frozenset(
-    {b"forwarded", b"x-real-ip", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-)
-_REQUEST_DROP: Final = HOP_BY_HOP | _CLIENT_INFO
-_X_FORWARDED: Final = b"x-forwarded-"
+from proxy.protocol import names_other_fields as _names_other_fields
 
+__all__ = ["HOP_BY_HOP", "LAST_CHUNK", "chunk", "request_head_bytes", "response_head_bytes"]
 
-# Connection options that name no other header field: the common case, no second pass.
-_PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+_CLIENT_INFO: Final = CLIENT_INFO
+_REQUEST_DROP: Final = REQUEST_DROP
+_X_FORWARDED: Final = X_FORWARDED
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -52,10 +48,6 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens)
-
-
-def _names_other_fields(connection_value: bytes) -> bool:
-    return any(t.strip().lower() not in _PLAIN_OPTIONS for t in connection_value.split(b","))
 
 
 def request_head_bytes(
@@ -76,9 +68,55 @@ def request_head_bytes(
     spoke, b"http" or b"https" (a TLS endpoint), for X-Forwarded-Proto and Forwarded.
     """
     headers = head.headers
-    return _request_head(
-        head, headers, peer, request_id, framing, _REQUEST_DROP, True, trusted, proto
-    )
+    lines = head.lines
+    if trusted or lines is None or headers is not head.lines_of:
+        return _request_head(
+            head, headers, peer, request_id, framing, _REQUEST_DROP, True, trusted, proto
+        )
+    # The parser's one pass did the filtering (`RequestHead.lines`); the same bytes as
+    # `_request_head` for an untrusted peer.
+    key = (peer, head.host, proto)
+    seen = _SEEN_LINES.get(key)
+    if seen is None:
+        seen = _seen_lines(*key)
+    out = [head.method, b" ", head.target, b" HTTP/1.1\r\n", lines, seen]
+    append = out.append
+    if not head.has_id:
+        append(b"X-Request-Id: ")
+        append(request_id)
+        append(b"\r\n")
+    if head.upgrade is not None:
+        append(b"Connection: upgrade\r\nUpgrade: ")
+        append(head.upgrade)
+        append(b"\r\n")
+    if framing is Framing.CHUNKED:
+        append(b"Transfer-Encoding: chunked\r\n\r\n")
+    elif framing is Framing.LENGTH:
+        append(b"Content-Length: %d\r\n\r\n" % (head.content_length or 0))
+    else:
+        append(b"\r\n")
+    return b"".join(out)
+
+
+# What the proxy saw of a client, as header lines, by (peer, Host, proto): the same for
+# every request of a connection, and of most connections. Bounded: cleared when full.
+_SEEN_LINES: dict[tuple[bytes, bytes, bytes], bytes] = {}
+_SEEN_LINES_MAX: Final = 4096
+_SEEN_HOST_MAX: Final = 256
+
+
+def _seen_lines(peer: bytes, host: bytes, proto: bytes) -> bytes:
+    """X-Forwarded-For, -Proto, -Host, X-Real-IP and Forwarded for an untrusted peer."""
+    out = b"X-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"
+    if host:
+        out += b"X-Forwarded-Host: " + host + b"\r\n"
+    out += b"X-Real-IP: " + peer + b"\r\nForwarded: "
+    out += _forwarded_element(peer, host, proto) + b"\r\n"
+    if len(host) <= _SEEN_HOST_MAX:  # a long Host is computed each time, never kept
+        if len(_SEEN_LINES) >= _SEEN_LINES_MAX:
+            _SEEN_LINES.clear()
+        _SEEN_LINES[(peer, host, proto)] = out
+    return out
 
 
 def _quoted(value: bytes) -> bytes:
@@ -183,7 +221,36 @@ def response_head_bytes(head: ResponseHead, *, framing: Framing, close: bool) ->
     Content-Length, CHUNKED adds Transfer-Encoding, CLOSE/NONE add nothing (a HEAD, 204 or
     304 response keeps its Content-Length, which describes the would-be body).
     """
-    return _response_head(head, framing, close, HOP_BY_HOP, True)
+    lines = head.lines
+    if lines is None or head.headers is not head.lines_of:
+        return _response_head(head, framing, close, HOP_BY_HOP, True)
+    # The parser's one pass did the filtering (`ResponseHead.lines`).
+    status = head.status
+    line = _STATUS_LINES.get((status, head.reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, head.reason)
+    out = line + lines
+    length = head.length
+    if status == 101:
+        out += b"Connection: upgrade\r\n"
+        if head.upgrade is not None:
+            out += b"Upgrade: " + head.upgrade + b"\r\n"
+    elif head.transfer_coding is not None and status >= 200 and status != 204:
+        out += b"Transfer-Encoding: " + head.transfer_coding + b"\r\n"
+    elif framing is Framing.CHUNKED:
+        out += b"Transfer-Encoding: chunked\r\n"
+    elif length is not None and (framing is Framing.LENGTH or framing is Framing.NONE):
+        if status != 204 and status >= 200:
+            out += b"Content-Length: " + length + b"\r\n"
+    if close and status >= 200 and status != 101:
+        return out + b"Connection: close\r\n\r\n"
+    return out + b"\r\n"
+
+
+_STATUS_LINES: Final = {
+    (status, reason): b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    for status, reason in ((200, b"OK"), (204, b"No Content"), (304, b"Not Modified"))
+}
 
 
 def _response_head(

@@ -72,6 +72,10 @@ class RequestHead:
         "upgrade",
         "framing",
         "content_length",
+        "lines",
+        "lines_of",
+        "host",
+        "has_id",
     )
 
     def __init__(
@@ -93,6 +97,14 @@ class RequestHead:
         self.upgrade = upgrade  # lower-cased protocol to tunnel ("websocket"), else None
         self.framing = framing
         self.content_length = content_length
+        # Set by the parser in its one pass over the fields (`proxy.headers` uses them
+        # while `headers is lines_of`, for a peer that is not a trusted proxy): the fields
+        # that go to the replica as header lines (None when Connection names other
+        # fields, or the parser added a Host), the Host, whether X-Request-Id came.
+        self.lines: bytes | None = None
+        self.lines_of: list[tuple[bytes, bytes]] | None = None
+        self.host = b""
+        self.has_id = False
 
     @property
     def idempotent(self) -> bool:
@@ -111,6 +123,10 @@ class ResponseHead:
         "keep_alive",
         "framing",
         "transfer_coding",
+        "lines",
+        "lines_of",
+        "length",
+        "upgrade",
     )
 
     def __init__(
@@ -132,12 +148,52 @@ class ResponseHead:
         # Transfer-Encoding as sent when it is not a lone "chunked" ("gzip, chunked",
         # "gzip"): passed to the client unchanged, never re-framed away.
         self.transfer_coding = transfer_coding
+        # Set by the parser in its one pass over the fields (`proxy.headers` uses them
+        # while `headers is lines_of`): the end-to-end fields as header lines, ready to
+        # send (None when Connection names other fields: those need a second pass), and
+        # the values of Content-Length and Upgrade.
+        self.lines: bytes | None = None
+        self.lines_of: list[tuple[bytes, bytes]] | None = None
+        self.length: bytes | None = None
+        self.upgrade: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<ResponseHead {self.status} {self.framing.value}>"
 
 
 Event = RequestHead | ResponseHead | bytes | EndOfMessage
+
+# Fields that never cross the proxy (`proxy.headers`, which exports them): hop-by-hop, and
+# Content-Length, because the proxy frames every body itself.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+# What the proxy sets itself from what it saw of an untrusted client (`proxy.headers`):
+# a client-sent value is dropped, and so is any other `X-Forwarded-*`.
+CLIENT_INFO: Final = frozenset(
+    {b"forwarded", b"x-real-ip", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+REQUEST_DROP: Final = HOP_BY_HOP | CLIENT_INFO
+X_FORWARDED: Final = b"x-forwarded-"
+# Connection options that name no other header field: the common case, no second pass.
+PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+
+
+def names_other_fields(connection_value: bytes) -> bool:
+    """Whether a Connection value names fields to drop besides the hop-by-hop ones."""
+    if connection_value.lower() in PLAIN_OPTIONS:  # the common case: one plain option
+        return False
+    return any(t.strip().lower() not in PLAIN_OPTIONS for t in connection_value.split(b","))
+
 
 # Upgrades the proxy tunnels; any other (h2c above all) is stripped and the request is
 # served as plain HTTP/1.1.
@@ -223,29 +279,43 @@ class RequestParser(_Parser):
         content_length: int | None = None
         chunked = False
         upgrade: bytes | None = None
-        for name, value in self._headers:
+        lines: list[bytes] | None = []  # see RequestHead.lines
+        has_id = False
+        headers = self._headers
+        for name, value in headers:
             n = name.lower()
+            if n in REQUEST_DROP:
+                if n == b"content-length":
+                    content_length = int(value)  # llhttp has checked digits and uniqueness
+                elif n == b"transfer-encoding":
+                    # Not chunked last: no reliable length, 400 (RFC 9112 6.3); a coding
+                    # before chunked (gzip, identity) is one the proxy does not apply: 501.
+                    coding = value.strip().lower()
+                    if coding != b"chunked":
+                        if coding.rsplit(b",", 1)[-1].strip() != b"chunked":
+                            self._fail(400, "Transfer-Encoding must end with chunked")
+                        self._fail(501, "only Transfer-Encoding: chunked is supported")
+                    chunked = True
+                elif n == b"upgrade":
+                    upgrade = value.strip().lower()
+                elif n == b"connection" and lines is not None and names_other_fields(value):
+                    lines = None
+                continue
             if n == b"host":
                 hosts += 1
                 host = value
-            elif n == b"content-length":
-                content_length = int(value)  # llhttp has checked digits and uniqueness
-            elif n == b"transfer-encoding":
-                # Not chunked last: no reliable length, 400 (RFC 9112 6.3); a coding before
-                # chunked (gzip, identity) is one the proxy does not apply: 501 (6.1).
-                coding = value.strip().lower()
-                if coding != b"chunked":
-                    if coding.rsplit(b",", 1)[-1].strip() != b"chunked":
-                        self._fail(400, "Transfer-Encoding must end with chunked")
-                    self._fail(501, "only Transfer-Encoding: chunked is supported")
-                chunked = True
-            elif n == b"upgrade":
-                upgrade = value.strip().lower()
+            elif n == b"x-request-id":
+                has_id = True
+            elif n[0] == 120 and n.startswith(X_FORWARDED):  # 120: "x"
+                continue
+            if lines is not None:
+                lines.append(name + b": " + value + b"\r\n")
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             self._fail(400, "HTTP/1.1 needs exactly one Host header")
         target = self._url
         if target[:1] != b"/" and target != b"*":
             target = self._origin_form(target, host if hosts else None)
+            lines = None  # it may have added a Host
         if chunked and version == "1.0":
             self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
         if upgrade is not None and not (p.should_upgrade() and upgrade in TUNNELLED_UPGRADES):
@@ -271,6 +341,11 @@ class RequestParser(_Parser):
             framing,
             content_length,
         )
+        if lines is not None:
+            head.lines = b"".join(lines)
+            head.lines_of = headers
+            head.host = host
+            head.has_id = has_id
         self._head = head
         self._events.append(head)
 
@@ -360,7 +435,11 @@ class RequestParser(_Parser):
 class ResponseParser(_Parser):
     """Parses one replica response (and the 1xx interim ones before it).
 
-    `reusable` says, once `done`, whether the connection can carry another request.
+    `reusable` says, once `done`, whether the connection can carry another request. One
+    parser serves every response of a kept-alive connection (`next_response`), which
+    costs a quarter of making a new one: llhttp is kept when its last message ended at a
+    message boundary (`_at_boundary`), and replaced otherwise (a HEAD response, whose
+    would-be body llhttp still expects).
     """
 
     def __init__(self, *, head_request: bool = False) -> None:
@@ -371,10 +450,26 @@ class ResponseParser(_Parser):
         self._framing = Framing.NONE
         self._interim = False
         self._keep_alive = False
+        self._at_boundary = True  # llhttp waits for the start of a message
+        self.done = False
+        self.reusable = False
+
+    def next_response(self, *, head_request: bool = False) -> None:
+        """Ready for the response to the next request on the same connection, which the
+        last one left `reusable` (a complete response, nothing after it)."""
+        if not self._at_boundary:
+            self._parser = httptools.HttpResponseParser(self)
+        self._head_request = head_request
+        self._at_boundary = True
+        self._in_head = True
+        self._unparsed = 0
+        self._error = None
+        self.tunnel_data = None
         self.done = False
         self.reusable = False
 
     def on_message_begin(self) -> None:
+        self._at_boundary = False
         if self.done:
             self.reusable = False  # a replica sent more than one response
             return
@@ -397,12 +492,25 @@ class ResponseParser(_Parser):
         self._keep_alive = p.should_keep_alive()
         framing = Framing.CLOSE
         codings: bytes | None = None
-        for name, value in self._headers:
+        lines: list[bytes] | None = []
+        length: bytes | None = None
+        upgrade: bytes | None = None
+        headers = self._headers
+        for name, value in headers:
             n = name.lower()
-            if n == b"transfer-encoding":
-                codings = value if codings is None else codings + b", " + value
-            elif n == b"content-length" and codings is None:
-                framing = Framing.LENGTH
+            if n in HOP_BY_HOP:
+                if n == b"transfer-encoding":
+                    codings = value if codings is None else codings + b", " + value
+                elif n == b"content-length":
+                    length = value
+                    if codings is None:
+                        framing = Framing.LENGTH
+                elif n == b"upgrade":
+                    upgrade = value
+                elif n == b"connection" and names_other_fields(value):
+                    lines = None
+            elif lines is not None:
+                lines.append(name + b": " + value + b"\r\n")
         coding: bytes | None = None
         if codings is not None:
             last = codings.rsplit(b",", 1)[-1].strip().lower()
@@ -413,17 +521,15 @@ class ResponseParser(_Parser):
             framing = Framing.NONE
         self._framing = framing
         self._interim = 100 <= status < 200 and status != 101
-        self._events.append(
-            ResponseHead(
-                status,
-                self._reason,
-                p.get_http_version(),
-                self._headers,
-                self._keep_alive,
-                framing,
-                coding,
-            )
+        head = ResponseHead(
+            status, self._reason, p.get_http_version(), headers, self._keep_alive, framing, coding
         )
+        if lines is not None:
+            head.lines = b"".join(lines)
+            head.lines_of = headers
+        head.length = length
+        head.upgrade = upgrade
+        self._events.append(head)
         if self._head_request and not self._interim:
             # llhttp cannot be told that a HEAD response has no body: finish it here.
             self._finish()
@@ -438,6 +544,7 @@ class ResponseParser(_Parser):
         if self._interim:
             self._interim = False
             return
+        self._at_boundary = True
         if not self.done:
             self._finish()
 

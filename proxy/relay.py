@@ -22,6 +22,9 @@ response says on the client connection's `Exchange`: `status` (the response bein
 replica's connection can). While it waits on the replica, a hang-up by the client
 interrupts the wait (`sockets.PeerHangup`): the replica's connection is then cut, which is
 how a model server learns that nobody wants the rest of a generation.
+
+One `ResponseParser` serves every response of a replica connection (`Conn.response_parser`,
+re-armed by `next_response`): a connection is pooled only after a complete response.
 """
 
 from __future__ import annotations
@@ -142,7 +145,11 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
     timeouts = ex.balancer.timeouts
     read_idle = timeouts.read_idle
     client = ex.client
-    parser = ResponseParser(head_request=head.method == b"HEAD")
+    parser = conn.response_parser
+    if parser is None:
+        parser = conn.response_parser = ResponseParser(head_request=head.method == b"HEAD")
+    else:  # a pooled connection: its last response left the parser at a boundary
+        parser.next_response(head_request=head.method == b"HEAD")
     out_framing = Framing.NONE
     sent = False
     got_any = False

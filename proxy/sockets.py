@@ -30,12 +30,15 @@ import errno
 import ipaddress
 import math
 import socket
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import trio
 from trio.lowlevel import Abort, Task, current_task, wait_task_rescheduled
 
 from proxy.poller import Poller
+
+if TYPE_CHECKING:
+    from proxy.protocol import ResponseParser
 
 RECV_SIZE: Final = 65536
 _YIELD_EVERY: Final = 16
@@ -81,6 +84,7 @@ class Conn:
         "pooled_at",
         "stale",
         "hangup_watcher",
+        "response_parser",
     )
 
     def __init__(self, sock: socket.socket, peer: str, poller: Poller) -> None:
@@ -104,6 +108,9 @@ class Conn:
         self.stale = False  # pooled, and the replica closed it or sent stray bytes
         # The connection whose wait to interrupt (`PeerHangup`) when this one's peer leaves.
         self.hangup_watcher: Conn | None = None
+        # To a replica: the parser of its responses, one for the connection's life
+        # (`proxy.relay`; `ResponseParser.next_response`).
+        self.response_parser: ResponseParser | None = None
         poller.register(self)
 
     def _abort_read(self, _: object) -> Abort:
