@@ -36,6 +36,7 @@ REASONS: Final = {
     408: b"Request Timeout",
     411: b"Length Required",
     413: b"Content Too Large",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -47,6 +48,7 @@ REASONS: Final = {
 # The JSON form's `type`, by status (documented in docs/spec.md, `[endpoint]`).
 ERROR_TYPES: Final = {
     401: "authentication_error",  # a protected endpoint's refusal (Anthropic's name)
+    429: "rate_limit_error",  # every replica busy and the queue full, or waited too long
     502: "upstream_error",  # the replica broke the exchange or could not be reached
     503: "unavailable",  # no ready replica (or too many waiting, or shutting down)
     504: "timeout",  # the replica did not answer within read_timeout

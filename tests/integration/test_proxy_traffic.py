@@ -207,7 +207,10 @@ async def test_a_queued_request_is_served_when_a_slot_frees_and_times_out_with_4
                 waited = trio.current_time() - start
                 assert late.status_code == 429 and 0.45 < waited < 3.0
                 assert late.headers["Retry-After"] == "1"
-                assert "no replica had room in time" in late.json()["error"]["message"]
+                error = late.json()["error"]
+                assert "no replica had room in time" in error["message"]
+                assert (error["type"], error["code"]) == ("rate_limit_error", 429)
+                assert late.reason_phrase == "Too Many Requests"
                 # Another queues, and is served as soon as the slot frees.
                 second: list[httpx.Response] = []
 
