@@ -43,12 +43,18 @@ import trio
 from proxy.poller import Poller
 from proxy.sockets import RECV_SIZE, Conn
 
-ALPN: Final = ("http/1.1",)
+# With HTTP/2 (`proxy.h2.server`; its clients send the preface first, which the session
+# sees): h2 first, HTTP/1.1 for the rest. ALPN becomes ALPN_H2 together with the session's
+# hand-over to `serve_h2` (proxy/forward.py); until then a client that picked h2 would be
+# read as HTTP/1.1.
+ALPN_H2: Final = ("h2", "http/1.1")
+ALPN: tuple[str, ...] = ("http/1.1",)
 _YIELD_EVERY: Final = 16  # as `proxy.sockets`
 
 
 def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    """A server context: TLS 1.2+, ALPN http/1.1, the certificate chain and key given (PEM).
+    """A server context: TLS 1.2+, ALPN (`ALPN`: http/1.1, and h2 with HTTP/2), the
+    certificate chain and key given (PEM).
 
     Raises ssl.SSLError when they cannot be loaded or the key is not the certificate's.
     The PEM bytes are loaded through anonymous in-memory files, never a path on disk.
@@ -110,6 +116,11 @@ class TlsConn(Conn):
     @property
     def tls_version(self) -> str | None:
         return self._tls.version()
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """What ALPN chose ("h2", "http/1.1"), once the handshake is done; else None."""
+        return self._tls.selected_alpn_protocol()
 
     async def _handshake(self, deadline: float) -> None:
         tls = self._tls
