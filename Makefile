@@ -11,6 +11,7 @@ setup:
 image: setup
 	scripts/build-echo-image.sh
 	scripts/build-model-server-image.sh
+	scripts/build-grpc-image.sh
 
 run: image
 	scripts/run-demo.sh

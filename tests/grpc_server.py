@@ -1,5 +1,7 @@
 """The gRPC test server (config/examples/grpc-server-image/server.py), run in-process for
-the unit tests, and its raw-bytes client calls (grpcio's blocking API, in a thread).
+the unit tests or as the Podman image localhost/berth-grpc-server:1 (the session fixture
+`grpc_image`: import `grpc_image_fixture` into a test module), and its raw-bytes client
+calls (grpcio's blocking API, in a thread).
 
 The same file is the server of the Podman image (scripts/build-grpc-image.sh), so what the
 in-process tests check is what the replica runs.
@@ -8,17 +10,20 @@ in-process tests check is what the replica runs.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
 import grpc
+import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, podman_binary
 
 SERVER_PY = REPO_ROOT / "config" / "examples" / "grpc-server-image" / "server.py"
 GRPC_SERVER_IMAGE = "localhost/berth-grpc-server:1"
 TIMEOUT = 10.0  # every call's deadline
+BUILD_TIMEOUT = 1200.0  # fresh: the Debian base (the model-server script's), wheels, build
 
 
 def server_module() -> ModuleType:
@@ -65,3 +70,23 @@ def health(channel: grpc.Channel, service: str = "") -> str:
     stub = health_pb2_grpc.HealthStub(channel)
     answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+@pytest.fixture(scope="session", name="grpc_image")
+def grpc_image_fixture() -> str:
+    """Built by scripts/build-grpc-image.sh (a no-op when up to date)."""
+    podman_binary()
+    script = REPO_ROOT / "scripts" / "build-grpc-image.sh"
+    result = subprocess.run(
+        [str(script), GRPC_SERVER_IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{script.name} failed ({result.returncode}):\n{result.stdout}{result.stderr}",
+            pytrace=False,
+        )
+    return GRPC_SERVER_IMAGE
