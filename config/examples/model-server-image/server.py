@@ -21,7 +21,12 @@ It behaves as the real ones do where berth is concerned:
 - One log line per infer request and one when the model is loaded, with wall-clock times,
   so that a test can read what reached the server and when.
 
-Settings (environment): MODEL_NAME (tiny), LOAD_SECONDS (20), INFER_SECONDS (0), PORT (8000).
+- With FAULTS=1 (tests, demos), `PUT /faults/infer` with `{"hang": true}` makes this one
+  process's inference hang (and `false` ends it) while its health and readiness still
+  answer: the "half-alive" replica that passive health (`[endpoint.outlier]`) is for.
+
+Settings (environment): MODEL_NAME (tiny), LOAD_SECONDS (20), INFER_SECONDS (0), PORT (8000),
+FAULTS (off).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ MODEL_NAME = os.environ.get("MODEL_NAME", "tiny")
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "20"))
 INFER_SECONDS = float(os.environ.get("INFER_SECONDS", "0"))
 PORT = int(os.environ.get("PORT", "8000"))
+FAULTS = os.environ.get("FAULTS") == "1"
 FEATURES = 4
 
 log = logging.getLogger("model-server")
@@ -192,6 +198,7 @@ async def infer(request: Request) -> JSONResponse:
             return answer("infer", 400, {"error": str(exc)})
         if INFER_SECONDS > 0:
             await asyncio.sleep(INFER_SECONDS)
+        await INFER_FREE.wait()  # hung (FAULTS): the client or the proxy gives up first
         outputs = MODEL.predict(rows)
         log.info("infer %d rows: 200 (at %.3f)", len(rows), time.time())
         return answer(
@@ -208,6 +215,23 @@ async def infer(request: Request) -> JSONResponse:
         )
     finally:
         QUEUE.dec()
+
+
+INFER_FREE = asyncio.Event()  # clear while inference hangs (`PUT /faults/infer`)
+INFER_FREE.set()
+
+
+async def fault_infer(request: Request) -> JSONResponse:
+    if not FAULTS:
+        return JSONResponse({"error": "fault injection is off (FAULTS=1 turns it on)"}, 404)
+    body = json.loads(await request.body() or b"{}")
+    hang = bool(body.get("hang"))
+    if hang:
+        INFER_FREE.clear()
+    else:
+        INFER_FREE.set()
+    log.info("fault: infer hang %s (at %.3f)", hang, time.time())
+    return JSONResponse({"hang": hang})
 
 
 async def metrics(request: Request) -> Response:
@@ -232,6 +256,7 @@ app = Starlette(
         Route("/v2/models/{name}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/metrics", metrics),
+        Route("/faults/infer", fault_infer, methods=["PUT"]),
     ],
     lifespan=lifespan,
 )
