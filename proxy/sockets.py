@@ -213,8 +213,7 @@ class Conn:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
             self.maybe_readable = False
-            self._streak = 0
-            return await self._recv_after_wait(timeout)
+            return await Conn.recv_wait_first(self, timeout)
         n = len(data)
         # A short read drains the data, not a FIN behind it: once the peer's hang-up has
         # been reported (its edge is spent), end-of-stream stays readable.
@@ -235,12 +234,30 @@ class Conn:
         if self.maybe_readable:
             return await self.recv(timeout)
         self._streak = 0
-        return await self._recv_after_wait(timeout)
-
-    async def _recv_after_wait(self, timeout: float) -> bytes:  # noqa: ASYNC109
         sock = self.sock
+        p = self.poller
         while True:
-            await self.wait_readable(timeout)
+            # `wait_readable`, inlined: this is the wait of every request and response,
+            # and each coroutine level costs on every suspension and resumption.
+            if p.watchdog_parked:
+                p.rouse()
+            self.deadline = p.now + timeout
+            self._rwhy = _READY
+            task = self.reader = current_task()
+            p.waiting.add(self)
+            try:
+                if p.leader is None:
+                    await p.lead(self)
+                else:
+                    await wait_task_rescheduled(self._abort_read)
+            finally:
+                if self.reader is task:  # cancelled while leading
+                    self.reader = None
+                if self.writer is None:
+                    p.waiting.discard(self)
+            why = self._rwhy
+            if why:
+                self._raise(why)
             try:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
@@ -248,6 +265,15 @@ class Conn:
             n = len(data)
             self.maybe_readable = n == RECV_SIZE or n == 0 or self.peer_closed
             return data
+
+    def send_now(self, data: bytes) -> int:
+        """Send what the kernel takes at once, never waiting: how many bytes it took
+        (the rest goes with `send_all`). Plain connections only (`secure` False): a TLS
+        connection's bytes are records. Raises OSError (peer gone)."""
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
 
     async def send_all(self, data: bytes, timeout: float) -> None:  # noqa: ASYNC109
         """Send every byte. Raises OSError (peer gone), Timeout (peer not reading)."""
