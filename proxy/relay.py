@@ -205,9 +205,9 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
                             out = hb + body
                         try:
                             # At once when the kernel takes it all (no coroutine to run).
-                            sent = 0 if client.secure else client.send_now(out)
-                            if sent < len(out):
-                                await client.send_all(out[sent:], timeouts.client_idle)
+                            taken = 0 if client.secure else client.send_now(out)
+                            if taken < len(out):
+                                await client.send_all(out[taken:], timeouts.client_idle)
                         except (OSError, Timeout):
                             return _client_gone(ex)
                         ex.reusable = parser.reusable
