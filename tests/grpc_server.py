@@ -9,6 +9,7 @@ in-process tests check is what the replica runs.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 from collections.abc import Iterator
@@ -26,7 +27,9 @@ TIMEOUT = 10.0  # every call's deadline
 BUILD_TIMEOUT = 1200.0  # fresh: the Debian base (the model-server script's), wheels, build
 
 
+@functools.cache
 def server_module() -> ModuleType:
+    """server.py, loaded once per test session."""
     spec = importlib.util.spec_from_file_location("berth_grpc_test_server", SERVER_PY)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

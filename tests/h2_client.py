@@ -3,8 +3,9 @@ and an endpoint that speaks HTTP/2 (`endpoint`, with the `h2_hooks` fixture).
 
 The client keeps every event it reads, so a test can ask for a stream's response, a
 GOAWAY, a reset, or "the connection ended". Every read is bounded by the caller's
-`trio.fail_after`. The fixture adds `proxy.forward.Session`'s two hooks into
-`proxy.h2.server` (preface, h2c upgrade) while forward.py does not have them itself.
+`trio.fail_after`. The fixture adds `proxy.forward.Session`'s hooks into `proxy.h2`
+(a preface, an h2c upgrade, an HTTP/1.1 request for an h2c replica) while forward.py does
+not have them itself.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import proxy.endpoint
 import proxy.tls
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.forward import Session
+from proxy.h2.attempt import shared
 from proxy.h2.channel import allow_streams_after_goaway
+from proxy.h2.h1_to_h2c import forward_h1_to_h2c
 from proxy.h2.server import is_h2c_upgrade, is_preface_start, serve_h2
 from proxy.protocol import RequestHead
 from proxy.upstreams import Upstream
@@ -187,9 +190,20 @@ class H2Session(Session):
         await super().serve()
 
     async def forward(self, head: RequestHead) -> bool:
+        b = self.balancer
         if is_h2c_upgrade(head, self.conn):
-            await serve_h2(self.balancer, self.conn, b"", upgrade=head)
+            await serve_h2(b, self.conn, b"", upgrade=head)
             return False
+        if shared(b).upstream_protocol == "h2c":  # forward.py's: after its credential check
+            return await forward_h1_to_h2c(
+                b,
+                self.conn,
+                self.reader,
+                head,
+                peer=self.peer,
+                trusted=self.trusted,
+                proto=self.proto,
+            )
         return await super().forward(head)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import trio
 
+from proxy.balancer import Balancer
 from proxy.exchange import CLIENT_CLOSED
 from proxy.h2.attempt import Attempt, Refused, grpc_counts
 from proxy.h2.channel import END, Data, Head, StreamGone, StreamIO, Trailers
@@ -161,18 +162,19 @@ async def _relay(
             status = response_status(item.headers)
             cs.send_head(item.headers, end=item.end, status=status)
             if item.end:
-                _count(cs, item.headers)
+                count_grpc_status(b, item.headers)
                 return status
         elif isinstance(item, Trailers):
             cs.send_trailers(item.headers)
-            _count(cs, item.headers)
+            count_grpc_status(b, item.headers)
             return status
         elif item is END:
             cs.end()
             return status
 
 
-def _count(cs: ClientStream, headers: list[tuple[bytes, bytes]]) -> None:
+def count_grpc_status(balancer: Balancer, headers: list[tuple[bytes, bytes]]) -> None:
+    """Count the call's `grpc-status`, if the section has one."""
     code = grpc_status_of(headers)
     if code is not None:
-        grpc_counts(cs.balancer).add(code)
+        grpc_counts(balancer).add(code)

@@ -12,12 +12,13 @@ grpcio's blocking calls run in threads; every call has a deadline (tests/grpc_se
 from __future__ import annotations
 
 import grpc
+import httpx
 import pytest
 import trio
 
 from proxy.h2.attempt import grpc_counts, set_upstream_protocol
 from proxy.upstreams import Upstream
-from tests.grpc_server import grpc_servers, health, stream, unary
+from tests.grpc_server import grpc_servers, health, server_module, stream, unary
 from tests.h2_client import endpoint, h2_hooks_fixture  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("h2_hooks")
@@ -71,3 +72,58 @@ async def test_grpc_unary_streaming_status_and_per_call_balancing() -> None:
     stats = ep.statistics()
     assert stats.requests_total == 8
     assert {r.replica_id: r.requests_total for r in stats.replicas} == {"g1": 4, "g2": 4}
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+async def test_an_http_1_1_client_reaches_an_h2c_replica() -> None:
+    """gRPC's wire format posted over HTTP/1.1 (httpx): translated both ways; the response
+    trailers are dropped, but their grpc-status is counted."""
+    with grpc_servers("g1") as [port]:
+        async with endpoint([Upstream("g1", "127.0.0.1", port)]) as ep:
+            b = ep._balancer
+            set_upstream_protocol(b, "h2c")
+            headers = {"content-type": "application/grpc", "te": "trailers"}
+            url = f"http://127.0.0.1:{ep.address[1]}/berth.test.Echo/Unary"
+            with trio.fail_after(WAIT):
+                async with httpx.AsyncClient() as client:
+                    first = await client.post(url, content=grpc_frame(b"over 1.1"), headers=headers)
+                    second = await client.post(url, content=grpc_frame(b"again"), headers=headers)
+    assert first.status_code == 200 and first.http_version == "HTTP/1.1"
+    assert first.headers["content-type"] == "application/grpc"
+    assert first.content == grpc_frame(b"g1:over 1.1")
+    assert second.content == grpc_frame(b"g1:again")
+    assert grpc_counts(b).by_name() == {"OK": 2}
+
+
+async def test_a_cancelled_call_is_cancelled_at_the_replica() -> None:
+    """The client cancels a server-streaming call (RST_STREAM to the endpoint): the replica's
+    stream is reset too, and its handler sees the call cancelled, not finished."""
+    module = server_module()
+    module.STREAMS_ENDED.clear()
+    module.STREAM_ENDED.clear()
+    with grpc_servers("g1") as [port]:
+        async with endpoint([Upstream("g1", "127.0.0.1", port)]) as ep:
+            set_upstream_protocol(ep._balancer, "h2c")
+            target = f"127.0.0.1:{ep.address[1]}"
+
+            def cancel_after_three() -> list[bytes]:
+                with grpc.insecure_channel(target) as channel:
+                    call = channel.unary_stream(
+                        "/berth.test.Echo/Stream",
+                        request_serializer=bytes,
+                        response_deserializer=bytes,
+                    )(b"100000000", timeout=WAIT)
+                    got = [next(call) for _ in range(3)]
+                    call.cancel()
+                    assert module.STREAM_ENDED.wait(WAIT)
+                    return got
+
+            with trio.fail_after(WAIT * 2):
+                got = await trio.to_thread.run_sync(cancel_after_three)
+            stats = ep.statistics()
+    assert got == [b"g1:0", b"g1:1", b"g1:2"]
+    assert module.STREAMS_ENDED == [("g1", "cancelled")]
+    assert stats.in_flight == 0

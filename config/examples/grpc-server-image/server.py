@@ -24,6 +24,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 SERVICE = "berth.test.Echo"
+# How each `Stream` call ended, "finished" or "cancelled" (the client or a proxy reset it),
+# for the tests that run this module in-process.
+STREAMS_ENDED: list[tuple[str, str]] = []
+STREAM_ENDED = threading.Event()
 
 
 def _identity(data: bytes) -> bytes:
@@ -39,10 +43,18 @@ def handlers(name: str) -> grpc.GenericRpcHandler:
         return name.encode() + b":" + request
 
     def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        finished = False
+
+        def ended() -> None:
+            STREAMS_ENDED.append((name, "finished" if finished else "cancelled"))
+            STREAM_ENDED.set()
+
+        context.add_callback(ended)
         for i in range(int(request or b"0")):
             if not context.is_active():
                 return
             yield b"%s:%d" % (name.encode(), i)
+        finished = True
 
     return grpc.method_handlers_generic_handler(
         SERVICE,
