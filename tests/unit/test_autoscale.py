@@ -21,6 +21,7 @@ CPU50 = AutoscaleMetric(MetricName.CPU, target=50.0)
 LATENCY_200MS = AutoscaleMetric(MetricName.REQUEST_DURATION, target=0.2)
 P95_1S = AutoscaleMetric(MetricName.REQUEST_DURATION, Summary.P95, target=1.0)
 CONCURRENCY_4 = AutoscaleMetric(MetricName.CONCURRENCY, target=4.0)
+QUEUE_2 = AutoscaleMetric(MetricName.QUEUE, target=2.0)
 GPU_UTIL_80 = AutoscaleMetric(MetricName.GPU_UTILIZATION, target=80.0)
 GPU_MEM_70 = AutoscaleMetric(MetricName.GPU_MEMORY, target=70.0)
 
@@ -177,6 +178,13 @@ CASES = [
         start=2,
         steps=[(0, {**BUSY, "concurrency": 10.0}, 5)],
         reasons={0: "concurrency 10 > target 4: 2 -> 5"},
+    ),
+    Case(
+        "queue: requests waiting at the endpoint per replica",
+        (QUEUE_2,),
+        start=2,
+        steps=[(0, {**BUSY, "waiting_requests": 12}, 6)],
+        reasons={0: "queue 6 > target 2: 2 -> 6"},
     ),
     Case(
         "a missing metric is skipped, not zero",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from proxy.upstreams import RoundRobin, Upstream
 
 A, B, C = (Upstream(n, "127.0.0.1", 9000 + i) for i, n in enumerate("abc"))
@@ -58,3 +60,26 @@ def test_a_later_mark_wins() -> None:
     rr.avoid(A, until=10.0)
     rr.avoid(A, until=5.0)
     assert rr.avoided(7.0) == frozenset({A})
+
+
+def test_choose_skips_full_replicas_and_least_request_prefers_the_idle() -> None:
+    rr = RoundRobin([A, B, C])
+    taken = {A: 2}
+    picks = [rr.choose((), 0.0, taken, 2, False) for _ in range(4)]
+    assert A not in picks  # at its cap
+    two = RoundRobin([A, B])
+    assert {two.choose((), 0.0, {A: 1}, None, True) for _ in range(20)} == {B}
+    # Power of two choices over three: the idle one wins whenever it is one of the two
+    # (2 in 3 picks on average), never a busier one over it.
+    random.seed(14)
+    picks = [rr.choose((), 0.0, {A: 5, B: 0, C: 5}, None, True) for _ in range(300)]
+    assert 150 < picks.count(B) < 260
+    assert rr.choose((A, B, C), 0.0, {}, None, True) is None
+
+
+def test_choose_sets_aside_ejected_ones_while_others_have_room() -> None:
+    rr = RoundRobin([A, B])
+    assert {rr.choose((), 0.0, {}, None, False, out={A}) for _ in range(6)} == {B}
+    assert {rr.choose((), 0.0, {}, None, True, out={A}) for _ in range(6)} == {B}
+    # B full: the ejected one serves rather than nobody.
+    assert rr.choose((), 0.0, {B: 1}, 1, False, out={A}) == A
