@@ -44,6 +44,7 @@ from config.spec import (
     Outlier,
 )
 from proxy.auth import Guard
+from proxy.h2.grpc_status import GrpcStatusCounts
 from proxy.outlier import Outliers
 from proxy.poller import Poller
 from proxy.pool import Pool
@@ -137,6 +138,7 @@ class Balancer:
         self.http11: set[Upstream] = set()
         self._id_prefix = os.urandom(6).hex().encode()
         self._id_next = 0
+        self.grpc_status = GrpcStatusCounts()  # gRPC calls by status code (`proxy.h2`)
 
     def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
         self.upstreams.set(upstreams)
@@ -302,9 +304,14 @@ class Balancer:
 
     def _returns(self) -> None:
         """Ejected replicas whose time is up: back now, or asked to prove it by a probe."""
-        for up in self.outliers.due_back(self.poller.now):
-            if self.outliers.by_probe:
+        due = self.outliers.due_back(self.poller.now)
+        if not due:
+            return
+        if self.outliers.by_probe:
+            for up in due:
                 self.suspect(up)
+        else:
+            self.slots.grant(self._choose)  # back now: queued requests may go to it
 
     def probe_passed(self, replica_id: str) -> None:
         """A readiness probe of this replica passed (an ejected one may return)."""

@@ -8,8 +8,8 @@ attempt on it (and reports its result for passive health), `finish` records the 
 with the status that went to the client.
 
 Also here: what each endpoint's HTTP/2 side keeps beside its `Balancer` (`shared`): the
-upstream protocol (`set_upstream_protocol`) and the gRPC status counts, kept in a weak
-map until the `Balancer` holds them itself.
+upstream protocol (`set_upstream_protocol`), in a weak map until the `Balancer` holds it
+itself; the gRPC status counts are the Balancer's (`grpc_status`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ UPSTREAM_PROTOCOLS: Final = ("http1", "h2c")
 class Shared:
     """An endpoint's HTTP/2 state beside its balancer."""
 
-    __slots__ = ("upstream_protocol", "grpc", "__weakref__")
+    __slots__ = ("upstream_protocol", "__weakref__")
 
     def __init__(self) -> None:
         self.upstream_protocol: UpstreamProtocol = "http1"
-        self.grpc = GrpcStatusCounts()
 
 
 _SHARED: weakref.WeakKeyDictionary[Balancer, Shared] = weakref.WeakKeyDictionary()
@@ -60,8 +59,8 @@ def set_upstream_protocol(balancer: Balancer, protocol: str) -> None:
 
 
 def grpc_counts(balancer: Balancer) -> GrpcStatusCounts:
-    """The endpoint's gRPC status counts (for the statistics)."""
-    return shared(balancer).grpc
+    """The endpoint's gRPC status counts (for the statistics): `Balancer.grpc_status`."""
+    return balancer.grpc_status
 
 
 class Refused:
