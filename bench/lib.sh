@@ -55,6 +55,8 @@ CONF
 }
 
 measure() {  # $1 url, $2 threads, $3 connections -> "rps p50 p99" (wrk's output in TMP/wrk.log)
-  wrk -t"$2" -c"$3" -d"${WARMUP}s" "$1" >/dev/null
-  wrk -t"$2" -c"$3" -d"${DURATION}s" --latency "$1" | tee -a "$TMP/wrk.log" | "$PY" "$ROOT/bench/parse_wrk.py"
+  # WRK_CPUS: the CPU list wrk is pinned to (unset: not pinned).
+  ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t"$2" -c"$3" -d"${WARMUP}s" "$1" >/dev/null
+  ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t"$2" -c"$3" -d"${DURATION}s" --latency "$1" |
+    tee -a "$TMP/wrk.log" | "$PY" "$ROOT/bench/parse_wrk.py"
 }
