@@ -453,6 +453,9 @@ class ResponseParser(_Parser):
         self._at_boundary = True  # llhttp waits for the start of a message
         self.done = False
         self.reusable = False
+        # The HTTP version of the last response head on this connection, kept across
+        # `next_response` (`proxy.relay` learns an upstream's version when it changes).
+        self.version_seen: str | None = None
 
     def next_response(self, *, head_request: bool = False) -> None:
         """Ready for the response to the next request on the same connection, which the

@@ -196,7 +196,8 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
                 ):
                     body = events[1]
                     if type(body) is bytes and events[2] is END:
-                        _learn_version(ex, ev, upstream)
+                        if ev.http_version != parser.version_seen:
+                            _learn_version(ex, ev, upstream, parser)
                         out_framing = _framing_for(ex, ev, head)
                         hb = _response_head(ev, framing=out_framing, close=ex.close_after)
                         if out_framing is Framing.CHUNKED:
@@ -222,7 +223,8 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
                     if out_framing is Framing.CHUNKED:
                         parts.append(LAST_CHUNK)
                 elif isinstance(ev, ResponseHead):
-                    _learn_version(ex, ev, upstream)
+                    if ev.http_version != parser.version_seen:
+                        _learn_version(ex, ev, upstream, parser)
                     if ev.status < 200 and ev.status != 101:
                         if head.http_version == "1.1":  # HTTP/1.0 has no interim answers
                             parts.append(_response_head(ev, framing=Framing.NONE, close=False))
@@ -270,8 +272,13 @@ def _client_gone(ex: Exchange) -> Outcome:
     return CUT
 
 
-def _learn_version(ex: Exchange, ev: ResponseHead, upstream: Upstream) -> None:
-    """Which upstreams speak HTTP/1.1: only those get a request body streamed chunked."""
+def _learn_version(
+    ex: Exchange, ev: ResponseHead, upstream: Upstream, parser: ResponseParser
+) -> None:
+    """Which upstreams speak HTTP/1.1: only those get a request body streamed chunked.
+    Looked at when the version differs from the connection's last response's (a
+    connection whose upstream left the set is never pooled again)."""
+    parser.version_seen = ev.http_version
     if ev.http_version == "1.1":
         ex.balancer.http11.add(upstream)
     else:
