@@ -304,9 +304,14 @@ class Balancer:
 
     def _returns(self) -> None:
         """Ejected replicas whose time is up: back now, or asked to prove it by a probe."""
-        for up in self.outliers.due_back(self.poller.now):
-            if self.outliers.by_probe:
+        due = self.outliers.due_back(self.poller.now)
+        if not due:
+            return
+        if self.outliers.by_probe:
+            for up in due:
                 self.suspect(up)
+        else:
+            self.slots.grant(self._choose)  # back now: queued requests may go to it
 
     def probe_passed(self, replica_id: str) -> None:
         """A readiness probe of this replica passed (an ejected one may return)."""
