@@ -341,10 +341,15 @@ class Session:
             nursery.cancel_scope.cancel()
 
         left = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait)
-            left = await self._client_left()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait)
+                left = await self._client_left()
+                nursery.cancel_scope.cancel()
+        except BaseException:  # cancelled from outside (the endpoint stops) once granted
+            if isinstance(result, Upstream):
+                b.release(result)
+            raise
         if left:
             if isinstance(result, Upstream):  # granted in the same instant: given back
                 b.release(result)
