@@ -79,8 +79,11 @@ class H2Client:
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
-            await self.stream.send_all(data)
+        if data and not self.closed:
+            try:
+                await self.stream.send_all(data)
+            except trio.BrokenResourceError:
+                self.closed = True  # the server is gone; what it sent last is still read
 
     async def request(
         self,
@@ -124,7 +127,10 @@ class H2Client:
             await self.flush()
 
     async def read_some(self) -> None:
-        data = await self.stream.receive_some(65536)
+        try:
+            data = await self.stream.receive_some(65536)
+        except trio.BrokenResourceError:  # a reset after the server's last frames
+            data = b""
         if not data:
             self.closed = True
             return

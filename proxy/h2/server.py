@@ -63,6 +63,8 @@ CONNECTION_WINDOW: Final = 1024 * 1024
 DRAIN_POLL_S: Final = 0.25
 _CLOSE_FLUSH_S: Final = 1.0  # how long the last frames (a GOAWAY) may take to go out
 _REFUSED_STREAM: Final = 0x7
+_LINGER_S: Final = 2.0  # after the last GOAWAY: how long, and how much, is read away
+_LINGER_BYTES: Final = 1024 * 1024
 _SWITCHING: Final = (
     b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 )
@@ -207,6 +209,28 @@ class _Server:
                 with trio.move_on_after(_CLOSE_FLUSH_S):
                     await self.writer_done.wait()
             nursery.cancel_scope.cancel()
+        if not channel.closed:
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """After our last GOAWAY: half-close, then read away what the client still sends
+        (bounded), so that closing with unread bytes (a reset) does not destroy the GOAWAY
+        before the client read it (as `proxy.forward`'s lingering close)."""
+        conn = self.conn
+        try:
+            conn.shutdown_write()
+            end = trio.current_time() + _LINGER_S
+            got = 0
+            while got < _LINGER_BYTES:
+                left = end - trio.current_time()
+                if left <= 0:
+                    return
+                data = await conn.recv(left)
+                if not data:
+                    return
+                got += len(data)
+        except (OSError, Timeout, trio.ClosedResourceError):
+            return
 
     async def _write(self) -> None:
         try:

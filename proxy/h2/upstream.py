@@ -5,7 +5,8 @@ Theory of operation:
 - Per replica, a few HTTP/2 connections spoken with prior knowledge: a request opens a
   stream on the least loaded one that has room under the replica's
   SETTINGS_MAX_CONCURRENT_STREAMS and has not been told GOAWAY, or on a new connection
-  (connected like any, `proxy.connector`: hedged, a failure marks the replica suspect).
+  (connected like any, `proxy.connector`: hedged, a failure marks the replica suspect);
+  one connect at a time per replica, the requests that find none with room wait for it.
 - Each connection has one reading task and its channel's writer (`proxy.h2.channel`),
   run as trio system tasks: the connection outlives the client connection that opened
   it, and no nursery of the endpoint is at hand here. They end when the connection
@@ -34,7 +35,7 @@ import trio
 from proxy.balancer import Balancer
 from proxy.connector import open_connection
 from proxy.h2.attempt import Attempt
-from proxy.h2.channel import Channel, StreamIO
+from proxy.h2.channel import Channel, StreamGone, StreamIO
 from proxy.sockets import Conn, Timeout
 from proxy.upstreams import Upstream
 
@@ -79,6 +80,7 @@ class H2cPool:
         self.balancer = balancer
         self.conns: dict[Upstream, list[H2cConn]] = {}
         self._seen: tuple[Upstream, ...] = ()
+        self._connecting: dict[Upstream, trio.Event] = {}  # a connect under way
 
     def _retain(self) -> None:
         """Retire the connections of replicas that left the set."""
@@ -97,21 +99,34 @@ class H2cPool:
     ) -> tuple[H2cConn, StreamIO] | None:
         """A new stream to `up` (or to a replica raced in while its connect hung: the
         attempt is switched to it) with its request head sent; None when no connect
-        succeeded."""
+        succeeded (or the stream could not be opened: the caller tries the next one)."""
         self._retain()
-        conns = self.conns.get(up, [])
-        ready = [c for c in conns if c.has_room()]
-        c: H2cConn | None
-        if ready:
-            c = min(ready, key=lambda c: len(c.channel.streams))
-        else:  # a new connection, over MAX_CONNECTIONS too rather than refuse
-            c = await self._connect(attempt, up)
+        while True:
+            ready = [c for c in self.conns.get(up, ()) if c.has_room()]
+            if ready:
+                c: H2cConn | None = min(ready, key=lambda c: len(c.channel.streams))
+                break
+            connecting = self._connecting.get(up)
+            if connecting is not None:  # one connect at a time per replica: wait for it
+                await connecting.wait()
+                continue
+            connecting = self._connecting[up] = trio.Event()
+            try:
+                c = await self._connect(attempt, up)
+            finally:
+                del self._connecting[up]
+                connecting.set()
+            break
         if c is None:
             return None
         ch = c.channel
         sid = ch.h2.get_next_available_stream_id()
         io = ch.open(sid)
-        ch.send_headers(io, fields, end)
+        try:
+            ch.send_headers(io, fields, end)
+        except StreamGone:  # over the replica's stream limit after all, or closed meanwhile
+            ch.forget(sid)
+            return None
         return c, io
 
     async def _connect(self, attempt: Attempt, up: Upstream) -> H2cConn | None:

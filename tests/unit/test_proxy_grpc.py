@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from proxy.h2.attempt import grpc_counts, set_upstream_protocol
+from proxy.h2.upstream import pool_for
 from proxy.upstreams import Upstream
 from tests.grpc_server import grpc_servers, health, server_module, stream, unary
 from tests.h2_client import endpoint, h2_hooks_fixture  # noqa: F401 - the fixture
@@ -127,3 +128,32 @@ async def test_a_cancelled_call_is_cancelled_at_the_replica() -> None:
     assert got == [b"g1:0", b"g1:1", b"g1:2"]
     assert module.STREAMS_ENDED == [("g1", "cancelled")]
     assert stats.in_flight == 0
+
+
+async def test_many_calls_at_once_share_the_replicas_connections() -> None:
+    """50 unary calls in flight at once on one client channel: all answered, spread over
+    both servers, on a few h2c connections per replica (streams multiplexed)."""
+    with grpc_servers("g1", "g2") as ports:
+        upstreams = [Upstream(f"g{i + 1}", "127.0.0.1", p) for i, p in enumerate(ports)]
+        async with endpoint(upstreams) as ep:
+            b = ep._balancer
+            set_upstream_protocol(b, "h2c")
+            target = f"127.0.0.1:{ep.address[1]}"
+
+            def calls() -> list[bytes]:
+                with grpc.insecure_channel(target) as channel:
+                    call = channel.unary_unary(
+                        "/berth.test.Echo/Unary",
+                        request_serializer=bytes,
+                        response_deserializer=bytes,
+                    )
+                    pending = [call.future(b"n%d" % i, timeout=WAIT) for i in range(50)]
+                    return [f.result() for f in pending]
+
+            with trio.fail_after(WAIT):
+                answers = await trio.to_thread.run_sync(calls)
+            connections = {up.replica_id: len(c) for up, c in pool_for(b).conns.items()}
+    assert [a.split(b":", 1)[1] for a in answers] == [b"n%d" % i for i in range(50)]
+    by_server = [a.split(b":")[0] for a in answers]
+    assert by_server.count(b"g1") == 25 and by_server.count(b"g2") == 25
+    assert set(connections) == {"g1", "g2"} and all(1 <= n <= 2 for n in connections.values())

@@ -233,3 +233,21 @@ async def test_no_replica_is_503_with_retry_after() -> None:
         assert answer.status == 503
         assert answer.header(b"retry-after") == b"1"
         assert b'"code": 503' in answer.data
+
+
+async def test_a_header_list_over_64_kib_is_refused_and_never_forwarded() -> None:
+    async with backends("r1") as [r1], endpoint([r1.upstream]) as ep:
+        with trio.fail_after(WAIT):
+            client = await H2Client.connect(ep.address[1])
+            await client.read_some()  # the server's SETTINGS (MAX_HEADER_LIST_SIZE) first
+            client.conn.max_outbound_frame_size = 16384
+            huge = [(b"x-big-%d" % i, b"v" * 8000) for i in range(10)]
+            answer = await client.get("/big", headers=huge)
+            await client.aclose()
+        # A connection error from h2's header decoder (ENHANCE_YOUR_CALM / COMPRESSION_ERROR).
+        assert client.goaway is not None and client.goaway.error_code != 0, (answer, client.goaway)
+        assert not answer.headers and r1.requests == []
+        # Settings as advertised to the client.
+        settings = client.conn.remote_settings
+        assert settings.max_concurrent_streams == 100
+        assert settings.max_header_list_size == 64 * 1024
