@@ -22,7 +22,10 @@ berthd's RSS (psutil, by the PID benchlib started) is read before the proxied st
 open, at `start` (every stream open, none has sent yet) and every 0.5 s until the phase
 ends (the peak); growth per stream = (RSS at start - RSS before) / streams open at start.
 CPU seconds of berthd, the replica's process and the client workers over each phase show
-which side is busy. Each phase is bounded: `start + events + 60` s at most.
+which side is busy; "others" is every core's busy time over the phase less those: other
+sessions' work on a shared box, which says when a figure is not to be trusted. Before each
+phase the script waits (5 min at most) for the 1-minute load to fall under --quiet-load.
+Each phase is bounded: `start + events + 70` s at most.
 
 It removes the deployment's containers and ends berthd and its workers by PID. Usage:
   .venv/bin/python bench/streams.py [--streams 9000] [--events 20] [--ws 1000] [--workers 4]
@@ -318,6 +321,23 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (anyone's)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+
+
+def wait_for_quiet(threshold: float, limit: float = 300.0) -> None:
+    """Until the 1-minute load average is under `threshold` (other sessions' runs on a
+    shared box), at most `limit` seconds; then on regardless, saying so."""
+    deadline = time.monotonic() + limit
+    while os.getloadavg()[0] >= threshold:
+        if time.monotonic() > deadline:
+            print(f"(load {os.getloadavg()[0]:.2f} after {limit:.0f} s: measuring anyway)")
+            return
+        time.sleep(5)
+
+
 def cpu_seconds(proc: psutil.Process | None) -> float:
     if proc is None:
         return float("nan")
@@ -349,8 +369,10 @@ class RssSampler:
 
 def run_phase(
     kind: str, port: int, streams: int, events: int, workers: int, root: Path,
-    berthd: psutil.Process | None, backend: psutil.Process | None,
+    berthd: psutil.Process | None, backend: psutil.Process | None, quiet_load: float,
 ) -> dict[str, object]:  # fmt: skip
+    wait_for_quiet(quiet_load)
+    load = os.getloadavg()[0]
     ramp = 3.0 + streams / 800  # time to open every stream before any sends
     start = time.time() + ramp
     share = [streams // workers + (1 if w < streams % workers else 0) for w in range(workers)]
@@ -366,7 +388,7 @@ def run_phase(
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
         first += count
     rss_before = berthd.memory_info().rss if berthd else 0
-    cpu_before = (cpu_seconds(berthd), cpu_seconds(backend))
+    cpu_before = (cpu_seconds(berthd), cpu_seconds(backend), busy_seconds())
     sampler = RssSampler(berthd) if berthd else None
     opened_at_start = 0
     for p in procs:  # each prints one line at `start` (or exits)
@@ -382,7 +404,7 @@ def run_phase(
             p.kill()
             p.wait(timeout=10)
     rss_peak = sampler.stop() if sampler else 0
-    cpu_after = (cpu_seconds(berthd), cpu_seconds(backend))
+    cpu_after = (cpu_seconds(berthd), cpu_seconds(backend), busy_seconds())
     totals: dict[str, object] = {"opened": 0, "opened_late": 0, "complete": 0, "events": 0}
     errors: dict[str, int] = {}
     delays: list[float] = []
@@ -409,6 +431,13 @@ def run_phase(
         "client_cpu_s": client_cpu,
         "berthd_cpu_s": cpu_after[0] - cpu_before[0],
         "backend_cpu_s": cpu_after[1] - cpu_before[1],
+        # every core's busy time less this bench's processes (berthd idles in direct)
+        "other_cpu_s": cpu_after[2]
+        - cpu_before[2]
+        - client_cpu
+        - (cpu_after[1] - cpu_before[1])
+        - (0.0 if berthd is None else cpu_after[0] - cpu_before[0]),
+        "load": load,
         "rss_before": rss_before,
         "rss_at_start": rss_at_start,
         "rss_peak": rss_peak,
@@ -449,13 +478,14 @@ def show(
     print(
         f"{'path':<8} {'open@start':>10} {'late':>5} {'complete':>9} {'events':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'client s':>8} {'berthd s':>8} {'backend s':>9}"
+        f"{'client s':>8} {'berthd s':>8} {'backend s':>9} {'others s':>8} {'load':>5}"
     )
     for label, r in (("direct", direct), ("berth", berth)):
         print(
             f"{label:<8} {r['opened_at_start']:>10} {r['opened_late']:>5} {r['complete']:>9} "
             f"{r['events']:>9} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['max_ms']:>7.1f} "
-            f"{r['client_cpu_s']:>8.1f} {r['berthd_cpu_s']:>8.1f} {r['backend_cpu_s']:>9.1f}"
+            f"{r['client_cpu_s']:>8.1f} {r['berthd_cpu_s']:>8.1f} {r['backend_cpu_s']:>9.1f} "
+            f"{r['other_cpu_s']:>8.1f} {r['load']:>5.2f}"
             + (f"  errors {r['errors']}" if r["errors"] else "")
         )
     added50 = float(berth["p50_ms"]) - float(direct["p50_ms"])  # type: ignore[arg-type]
@@ -503,7 +533,7 @@ class CheckoutDaemon(Daemon):
         return result
 
 
-def measure(root: Path, kind: str, n: int, events: int, workers: int) -> None:
+def measure(root: Path, kind: str, n: int, events: int, workers: int, quiet: float) -> None:
     """One kind through its own berthd and replica: direct, then through the endpoint."""
     root.mkdir()
     d = CheckoutDaemon(root)
@@ -530,9 +560,8 @@ def measure(root: Path, kind: str, n: int, events: int, workers: int) -> None:
         wait(lambda: answers(port), 120, "the endpoint to answer /health", every=0.2)
         host_port, backend_pid = replica_port(d.instance)
         backend = psutil.Process(backend_pid)
-        direct = run_phase(kind, host_port, n, events, workers, root, None, backend)
-        time.sleep(2)
-        berth = run_phase(kind, port, n, events, workers, root, berthd, backend)
+        direct = run_phase(kind, host_port, n, events, workers, root, None, backend, quiet)
+        berth = run_phase(kind, port, n, events, workers, root, berthd, backend, quiet)
         show(kind, n, events, direct, berth)
     finally:
         d.stop()
@@ -545,6 +574,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20, help="events per stream (20)")
     parser.add_argument("--workers", type=int, default=4, help="client processes (4)")
     parser.add_argument("--only", choices=["sse", "ws"], help="one kind only")
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=1.0,
+        help="before each phase, wait (5 min at most) for a 1-minute load under this (1.0)",
+    )
     # a worker (this script, started by the coordinator)
     parser.add_argument("--worker", choices=["sse", "ws"], help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -571,7 +606,7 @@ def main() -> None:
     )
     try:
         for kind, n in kinds:  # a fresh berthd each: RSS freed by one kind hides the next's
-            measure(root / kind, kind, n, args.events, args.workers)
+            measure(root / kind, kind, n, args.events, args.workers, args.quiet_load)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
