@@ -9,7 +9,8 @@
 #   PEERS="direct berth" bench/peers.sh  # a subset (while optimising)
 #
 # Knobs: DURATION, WARMUP, CONNS (64), PEERS (direct nginx haproxy caddy berth),
-# PROXY_CPU (the core every proxy is pinned to: the last one), LOAD_CPUS, QUIET_LOAD / QUIET_WAIT
+# ROUNDS (1: each cell the median of that many rounds, taken in turn), PROXY_CPU (the core
+# every proxy is pinned to: the last one), LOAD_CPUS, QUIET_LOAD / QUIET_WAIT
 # (wait up to QUIET_WAIT seconds, default 300, for a 1-minute load average under
 # QUIET_LOAD, default 1.0, before measuring; 0 waits not at all).
 # Every process it starts runs under a private temp prefix and is ended by its PID.
@@ -26,6 +27,7 @@ LOAD_CPUS="${LOAD_CPUS:-}"
 export WRK_CPUS="$LOAD_CPUS"
 QUIET_LOAD="${QUIET_LOAD:-1.0}"
 QUIET_WAIT="${QUIET_WAIT:-300}"
+ROUNDS="${ROUNDS:-1}"
 wants() { [[ " $PEERS " == *" $1 "* ]]; }
 for tool in haproxy caddy; do
   if wants "$tool" && ! command -v "$tool" >/dev/null; then
@@ -120,37 +122,48 @@ TARGETS=(
   "caddy|Caddy $(caddy version 2>/dev/null | awk '{print $1}') (GOMAXPROCS=1)|http://127.0.0.1:$CP/"
   "berth|berth (python -m proxy)|http://127.0.0.1:$BP/"
 )
-declare -A RESULT
-for conns in "$CONNS" 1; do
-  threads=$((conns > 1 ? 2 : 1))
-  for target in "${TARGETS[@]}"; do
-    IFS='|' read -r name label url <<<"$target"
-    wants "$name" || continue
-    RESULT[$name,$conns]="$(measure "$url" "$threads" "$conns")"
+: >"$TMP/results"
+for round in $(seq "$ROUNDS"); do
+  for conns in "$CONNS" 1; do
+    threads=$((conns > 1 ? 2 : 1))
+    for target in "${TARGETS[@]}"; do
+      IFS='|' read -r name label url <<<"$target"
+      wants "$name" || continue
+      echo "$name $conns $round $(measure "$url" "$threads" "$conns") $(cut -d' ' -f1 /proc/loadavg)" >>"$TMP/results"
+    done
   done
 done
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "berth against its peers: $START, load average $LOAD_START at the start, $LOAD_END at the end"
 echo "machine: $(nproc) x $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/^Mem/{print $2}') GiB, $(uname -sr); every proxy pinned to CPU $PROXY_CPU, wrk and the backends ${LOAD_CPUS:+on CPUs $LOAD_CPUS}${LOAD_CPUS:-not pinned}"
-echo "wrk -t2 -c$CONNS -d${DURATION}s --latency and wrk -t1 -c1 -d${DURATION}s --latency, each after a ${WARMUP}s warm-up"
-printf '%-38s %9s %8s %8s   %9s %8s %8s\n' "target" "c$CONNS rps" "p50 us" "p99 us" "c1 rps" "p50 us" "p99 us"
+echo "wrk -t2 -c$CONNS -d${DURATION}s --latency and wrk -t1 -c1 -d${DURATION}s --latency, each after a ${WARMUP}s warm-up; $ROUNDS round(s), each cell the median"
 for target in "${TARGETS[@]}"; do
   IFS='|' read -r name label url <<<"$target"
-  wants "$name" || continue
-  read -r r p q <<<"${RESULT[$name,$CONNS]}"
-  read -r r1 p1 q1 <<<"${RESULT[$name,1]}"
-  printf '%-38s %9s %8s %8s   %9s %8s %8s\n' "$label" "$r" "$p" "$q" "$r1" "$p1" "$q1"
-done
-for key in "${!RESULT[@]}"; do echo "$key ${RESULT[$key]}"; done >"$TMP/results"
-"$PY" - "$CONNS" "$TMP/results" <<'PY'
+  wants "$name" && echo "$name|$label"
+done >"$TMP/labels"
+"$PY" - "$CONNS" "$TMP/results" "$TMP/labels" <<'PY'
+import statistics
 import sys
 
-conns, path = sys.argv[1], sys.argv[2]
-res = {}
+conns, path, labels = sys.argv[1], sys.argv[2], sys.argv[3]
+rounds: dict[str, list[list[float]]] = {}
+loads = []
 for line in open(path):
-    key, *vals = line.split()
-    res[key] = [float(v) for v in vals]
+    name, c, _, *vals, load = line.split()
+    rounds.setdefault(f"{name},{c}", []).append([float(v) for v in vals])
+    loads.append(float(load))
+res = {k: [statistics.median(col) for col in zip(*v)] for k, v in rounds.items()}
+row = "{:<38} {:>9} {:>8} {:>8}   {:>9} {:>8} {:>8}"
+print(row.format("target", f"c{conns} rps", "p50 us", "p99 us", "c1 rps", "p50 us", "p99 us"))
+for line in open(labels):
+    name, _, label = line.rstrip("\n").partition("|")
+    cells = res.get(f"{name},{conns}", [0, 0, 0]) + res.get(f"{name},1", [0, 0, 0])
+    print(row.format(label, *(f"{v:.0f}" for v in cells)))
+if len(next(iter(rounds.values()), [])) > 1:
+    for key, vals in sorted(rounds.items()):
+        print(f"  rounds {key}: req/s " + " ".join(f"{v[0]:.0f}" for v in vals))
+print(f"1-minute load average before each measurement: {min(loads):.2f}-{max(loads):.2f}")
 b, b1, d1 = res.get(f"berth,{conns}"), res.get("berth,1"), res.get("direct,1")
 goals = []
 if b is not None and (n := res.get(f"nginx,{conns}")) is not None:
