@@ -139,6 +139,8 @@ class Balancer:
         self._id_prefix = os.urandom(6).hex().encode()
         self._id_next = 0
         self.grpc_status = GrpcStatusCounts()  # gRPC calls by status code (`proxy.h2`)
+        # `upstream_protocol = "h2c"`: replicas are spoken to in HTTP/2 (`proxy.h2`).
+        self.upstream_h2c = False
 
     def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
         self.upstreams.set(upstreams)
@@ -211,6 +213,7 @@ class Balancer:
         self.replicas = other.replicas
         self.guard = other.guard
         self.slots.taken = other.slots.taken  # max_concurrency counts both listeners' requests
+        self.grpc_status = other.grpc_status
 
     def wake_held(self) -> None:
         """Queued requests look again: at the upstream set, the settings, draining."""

@@ -53,6 +53,7 @@ from proxy.admission import ConnectionBudget, Gate, process_budget
 from proxy.auth import Credentials, Guard
 from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
+from proxy.h2.attempt import set_upstream_protocol
 from proxy.stats import EndpointStatistics, ReplicaStatistics
 from proxy.tls import TlsConn
 from proxy.upstreams import Upstream
@@ -184,6 +185,10 @@ class Endpoint:
             retry_all=retry_all,
             outlier=outlier,
         )
+
+    def set_upstream_protocol(self, protocol: str) -> None:
+        """`upstream_protocol` ("http1" or "h2c"), for the next request (`proxy.h2`)."""
+        set_upstream_protocol(self._balancer, protocol)
 
     def watch_outliers(
         self,
@@ -362,6 +367,7 @@ class Endpoint:
             queued_total=b.slots.queued_total,
             queue_time=b.slots.wait_times.summary(now, window),
             ejected=tuple(sorted(u.replica_id for u in b.outliers.out)),
+            grpc_status=tuple(b.grpc_status.by_name().items()),
         )
 
     def __repr__(self) -> str:

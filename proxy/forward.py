@@ -63,6 +63,8 @@ from proxy.exchange import (
     Exchange,
     Outcome,
 )
+from proxy.h2.h1_to_h2c import forward_h1_to_h2c
+from proxy.h2.server import is_h2c_upgrade, is_preface_start, serve_h2
 from proxy.headers import chunk, request_head_bytes
 from proxy.protocol import END, Framing, ProtocolError, RequestHead
 from proxy.queue import SHUTTING_DOWN, Refusal
@@ -140,6 +142,10 @@ class Session:
                         wait = deadline - trio.current_time() if first else timeouts.client_idle
                         data = await conn.recv_wait_first(wait if wait > 0 else 0.0)
                         if not data:
+                            return
+                        if first and is_preface_start(data):  # HTTP/2: prior knowledge, ALPN
+                            self.idle = False  # a drain sends its GOAWAY, not a close
+                            await serve_h2(b, conn, data)
                             return
                         if not first:
                             deadline = poller.now + timeouts.header_read
@@ -226,8 +232,21 @@ class Session:
         """Forward one request; True when the client connection may carry another."""
         b = self.balancer
         ex = self.exchange
+        if head.asks_h2c and is_h2c_upgrade(head, self.conn):
+            await serve_h2(b, self.conn, b"", upgrade=head)  # each stream checked there
+            return False
         if b.guard is not None and (refused := await b.guard.admit(head)) is not None:
             return await self._unauthorized(head, refused)
+        if b.upstream_h2c:  # an HTTP/1.1 client to an h2c replica (`proxy.h2.h1_to_h2c`)
+            return await forward_h1_to_h2c(
+                b,
+                self.conn,
+                self.reader,
+                head,
+                peer=self.peer,
+                trusted=self.trusted,
+                proto=self.proto,
+            )
         start = trio.current_time()
         b.began()
         # The body that has already arrived goes out with the head.

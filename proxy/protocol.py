@@ -76,6 +76,7 @@ class RequestHead:
         "lines_of",
         "host",
         "has_id",
+        "asks_h2c",
     )
 
     def __init__(
@@ -105,6 +106,9 @@ class RequestHead:
         self.lines_of: list[tuple[bytes, bytes]] | None = None
         self.host = b""
         self.has_id = False
+        # `Upgrade: h2c` with a Connection: upgrade (the h2c upgrade, not tunnelled: handed
+        # to `proxy.h2.server`, which checks the rest), set by the parser.
+        self.asks_h2c = False
 
     @property
     def idempotent(self) -> bool:
@@ -318,7 +322,9 @@ class RequestParser(_Parser):
             lines = None  # it may have added a Host
         if chunked and version == "1.0":
             self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
+        asks_h2c = False
         if upgrade is not None and not (p.should_upgrade() and upgrade in TUNNELLED_UPGRADES):
+            asks_h2c = upgrade == b"h2c" and p.should_upgrade()
             upgrade = None
         if chunked:
             framing = Framing.CHUNKED
@@ -341,6 +347,7 @@ class RequestParser(_Parser):
             framing,
             content_length,
         )
+        head.asks_h2c = asks_h2c
         if lines is not None:
             head.lines = b"".join(lines)
             head.lines_of = headers

@@ -103,6 +103,8 @@ class EndpointStatistics:
     queued_total: int = 0
     queue_time: LatencySummary = LatencySummary(0, None, None, None)
     ejected: tuple[str, ...] = ()
+    # gRPC calls finished, by status name ("OK", "NOT_FOUND"; `proxy.h2.grpc_status`).
+    grpc_status: tuple[tuple[str, int], ...] = ()
 
 
 class LatencyWindow:

@@ -43,12 +43,10 @@ import trio
 from proxy.poller import Poller
 from proxy.sockets import RECV_SIZE, Conn
 
-# With HTTP/2 (`proxy.h2.server`; its clients send the preface first, which the session
-# sees): h2 first, HTTP/1.1 for the rest. ALPN becomes ALPN_H2 together with the session's
-# hand-over to `serve_h2` (proxy/forward.py); until then a client that picked h2 would be
-# read as HTTP/1.1.
+# h2 first, HTTP/1.1 for the rest: a client that picks h2 sends the preface first, which
+# the session (proxy/forward.py) hands over to `proxy.h2.server.serve_h2`.
 ALPN_H2: Final = ("h2", "http/1.1")
-ALPN: tuple[str, ...] = ("http/1.1",)
+ALPN: tuple[str, ...] = ALPN_H2
 _YIELD_EVERY: Final = 16  # as `proxy.sockets`
 
 

@@ -1,36 +1,25 @@
 """HTTP/2 for the tests: a small client (the `h2` library over a trio stream, TCP or TLS)
-and an endpoint that speaks HTTP/2 (`endpoint`, with the `h2_hooks` fixture).
+and an endpoint that speaks HTTP/2 (`endpoint`).
 
 The client keeps every event it reads, so a test can ask for a stream's response, a
 GOAWAY, a reset, or "the connection ended". Every read is bounded by the caller's
-`trio.fail_after`. The fixture adds `proxy.forward.Session`'s hooks into `proxy.h2`
-(a preface, an h2c upgrade, an HTTP/1.1 request for an h2c replica) while forward.py does
-not have them itself.
+`trio.fail_after`.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
-import pytest
 import trio
 
-import proxy.endpoint
-import proxy.tls
 from proxy.endpoint import Endpoint, EndpointTimeouts
-from proxy.forward import Session
-from proxy.h2.attempt import shared
 from proxy.h2.channel import allow_streams_after_goaway
-from proxy.h2.h1_to_h2c import forward_h1_to_h2c
-from proxy.h2.server import is_h2c_upgrade, is_preface_start, serve_h2
-from proxy.protocol import RequestHead
 from proxy.upstreams import Upstream
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -171,55 +160,6 @@ class H2Client:
 
 
 # --- the endpoint side ------------------------------------------------------------------------
-
-
-class H2Session(Session):
-    """The two hooks `proxy.forward.Session` gets (see proxy.h2.server), added here so that
-    these tests do not depend on forward.py's version of them."""
-
-    async def serve(self) -> None:
-        b = self.balancer
-        try:
-            data = await self.conn.recv(b.timeouts.header_read)
-        except Exception:
-            self.conn.close()
-            return
-        if is_preface_start(data):
-            self.idle = False  # as Session.serve after a first read: drain leaves it be
-            try:
-                await serve_h2(b, self.conn, data)
-            finally:
-                self.conn.close()
-            return
-        if data:
-            self.reader.feed(data)
-        await super().serve()
-
-    async def forward(self, head: RequestHead) -> bool:
-        b = self.balancer
-        if is_h2c_upgrade(head, self.conn):
-            await serve_h2(b, self.conn, b"", upgrade=head)
-            return False
-        if shared(b).upstream_protocol == "h2c":  # forward.py's: after its credential check
-            return await forward_h1_to_h2c(
-                b,
-                self.conn,
-                self.reader,
-                head,
-                peer=self.peer,
-                trusted=self.trusted,
-                proto=self.proto,
-            )
-        return await super().forward(head)
-
-
-@pytest.fixture(name="h2_hooks")
-def h2_hooks_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    forward_py = Path(proxy.endpoint.__file__).with_name("forward.py")
-    if "serve_h2" not in forward_py.read_text():  # forward.py has no hooks yet
-        monkeypatch.setattr(proxy.endpoint, "Session", H2Session)
-        monkeypatch.setattr(proxy.tls, "ALPN", proxy.tls.ALPN_H2)
-    yield
 
 
 @asynccontextmanager

@@ -19,4 +19,5 @@ def traffic_metrics(daemon: ControlPlane, name: str) -> dict[str, object] | None
         "queued_total": stats.queued_total,
         "queue_time": {"count": wait.count, "p50": wait.p50, "p99": wait.p99, "mean": wait.mean},
         "ejected": list(stats.ejected),
+        "grpc_status": dict(stats.grpc_status),
     }

@@ -61,6 +61,9 @@ def _print_traffic(traffic: object) -> None:
     if ejected:
         line += "; ejected: " + ", ".join(fmt.cell(e) for e in ejected)
     print(line)
+    grpc = traffic.get("grpc_status")
+    if isinstance(grpc, Mapping) and grpc:
+        print("grpc: " + ", ".join(f"{fmt.cell(k)} {fmt.cell(v)}" for k, v in grpc.items()))
 
 
 def _seconds(value: object) -> str:

@@ -349,6 +349,11 @@ def _traffic_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
         "How long requests that left the queue waited, over the latency window",
         labels=["deployment", "quantile"],
     )
+    grpc = CounterMetricFamily(
+        "berth_endpoint_grpc_calls",
+        "gRPC calls through the endpoint, by the grpc-status they ended with",
+        labels=["deployment", "grpc_status"],
+    )
     ejected = GaugeMetricFamily(
         "berth_endpoint_ejected_replicas",
         "Replicas out of rotation by passive health (outlier ejection) now",
@@ -364,7 +369,9 @@ def _traffic_families(deployments: tuple[DeploymentMetrics, ...]) -> Iterator[Me
             if value is not None:
                 wait.add_metric([d.name, q], value)
         ejected.add_metric([d.name], len(stats.ejected))
-    yield from (queued, queued_total, wait, ejected)
+        for status, count in stats.grpc_status:
+            grpc.add_metric([d.name, status], count)
+    yield from (queued, queued_total, wait, ejected, grpc)
 
 
 def _le(bound: float) -> str:

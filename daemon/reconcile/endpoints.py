@@ -281,3 +281,4 @@ def set_traffic(endpoint: Endpoint, spec: EndpointSpec) -> None:
         retry_all=spec.retry is RetryPolicy.ALL,
         outlier=spec.outlier,
     )
+    endpoint.set_upstream_protocol(spec.upstream_protocol.value)

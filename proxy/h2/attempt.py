@@ -7,14 +7,13 @@ the endpoint's admission queue while none has room, `proxy.queue`), `release` en
 attempt on it (and reports its result for passive health), `finish` records the request once
 with the status that went to the client.
 
-Also here: what each endpoint's HTTP/2 side keeps beside its `Balancer` (`shared`): the
-upstream protocol (`set_upstream_protocol`), in a weak map until the `Balancer` holds it
-itself; the gRPC status counts are the Balancer's (`grpc_status`).
+Also here: `set_upstream_protocol`, which sets `Balancer.upstream_h2c` (read per request
+by `proxy.forward` and `serve_h2`); the gRPC status counts are the Balancer's
+(`grpc_status`).
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Final, Literal
 
 import trio
@@ -29,31 +28,10 @@ UpstreamProtocol = Literal["http1", "h2c"]
 UPSTREAM_PROTOCOLS: Final = ("http1", "h2c")
 
 
-class Shared:
-    """An endpoint's HTTP/2 state beside its balancer."""
-
-    __slots__ = ("upstream_protocol", "__weakref__")
-
-    def __init__(self) -> None:
-        self.upstream_protocol: UpstreamProtocol = "http1"
-
-
-_SHARED: weakref.WeakKeyDictionary[Balancer, Shared] = weakref.WeakKeyDictionary()
-
-
-def shared(balancer: Balancer) -> Shared:
-    s = _SHARED.get(balancer)
-    if s is None:
-        s = _SHARED[balancer] = Shared()
-    return s
-
-
 def set_upstream_protocol(balancer: Balancer, protocol: str) -> None:
     """`[endpoint] upstream_protocol`: how the replicas are spoken to from the next request."""
-    if protocol == "http1":
-        shared(balancer).upstream_protocol = "http1"
-    elif protocol == "h2c":
-        shared(balancer).upstream_protocol = "h2c"
+    if protocol in UPSTREAM_PROTOCOLS:
+        balancer.upstream_h2c = protocol == "h2c"
     else:
         raise ValueError(f"upstream_protocol must be one of {UPSTREAM_PROTOCOLS}, got {protocol!r}")
 

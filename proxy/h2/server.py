@@ -45,7 +45,6 @@ import trio
 from proxy.auth import Refused as AuthRefused
 from proxy.balancer import Balancer
 from proxy.exchange import CLIENT_CLOSED
-from proxy.h2.attempt import shared
 from proxy.h2.channel import END, Channel, Head, StreamGone, StreamIO
 from proxy.h2.client_stream import ClientStream
 from proxy.h2.messages import request_head
@@ -361,7 +360,7 @@ class _Server:
             if refused is not None:
                 await self._unauthorized(cs, head, refused)
                 return
-        if shared(b).upstream_protocol == "h2c":
+        if b.upstream_h2c:
             await forward_h2c(cs, head, item.headers)
         else:
             await forward_http1(cs, head)

@@ -22,9 +22,9 @@ from daemon.runtime.podman import PodmanRuntime
 from proxy.h2.attempt import grpc_counts, set_upstream_protocol
 from proxy.upstreams import Upstream
 from tests.grpc_server import grpc_image_fixture, health, stream, unary  # noqa: F401
-from tests.h2_client import endpoint, h2_hooks_fixture  # noqa: F401 - the fixtures
+from tests.h2_client import endpoint
 
-pytestmark = [pytest.mark.podman, pytest.mark.usefixtures("h2_hooks")]
+pytestmark = pytest.mark.podman
 
 WAIT = 60.0  # containers start, then every call has its own deadline
 

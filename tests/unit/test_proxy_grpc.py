@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import grpc
 import httpx
-import pytest
 import trio
 
 from proxy.h2.attempt import grpc_counts, set_upstream_protocol
 from proxy.h2.upstream import pool_for
 from proxy.upstreams import Upstream
 from tests.grpc_server import grpc_servers, health, server_module, stream, unary
-from tests.h2_client import endpoint, h2_hooks_fixture  # noqa: F401 - the fixture
-
-pytestmark = pytest.mark.usefixtures("h2_hooks")
+from tests.h2_client import endpoint
 
 WAIT = 20.0
 

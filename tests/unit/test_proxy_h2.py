@@ -12,17 +12,14 @@ from __future__ import annotations
 import ssl
 
 import h2.errors
-import pytest
 import trio
 import trustme
 
 from proxy.endpoint import EndpointTimeouts
 from proxy.h2.server import PREFACE, is_preface_start
 from proxy.tls import server_context
-from tests.h2_client import H2Client, Response, endpoint, h2_hooks_fixture  # noqa: F401
+from tests.h2_client import H2Client, Response, endpoint
 from tests.integration.test_proxy_endpoint import WAIT, backends
-
-pytestmark = pytest.mark.usefixtures("h2_hooks")
 
 
 def test_preface_detection() -> None:

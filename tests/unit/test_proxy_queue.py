@@ -40,11 +40,11 @@ async def test_a_freed_slot_goes_to_the_first_waiter_not_a_newcomer(
             await trio.testing.wait_all_tasks_blocked()
         assert b.waiting == 3
         assert b.try_take([]) is None  # a newcomer: the queue goes first
-        for _ in range(3):
-            b.release(A)
+        for i in range(3):
+            b.release(A)  # the holder's request ends: its slot goes to the next waiter
             await trio.testing.wait_all_tasks_blocked()
-            b.release(A)  # each one served gives its slot back at once
-        assert got == [0, 1, 2]
+            assert got == list(range(i + 1))
+    b.release(A)  # the last one's request ends
     assert b.slots.taken == {}
 
 

@@ -19,6 +19,7 @@ BUSY = dataclasses.replace(
     queued_total=120,
     queue_time=LatencySummary(100, 0.25, 0.5, 1.9, 0.4),
     ejected=("r1",),
+    grpc_status=(("OK", 40), ("NOT_FOUND", 2)),
 )
 SNAPSHOT = MetricsSnapshot("0.1.0", (DeploymentMetrics("echo", 2, 2, endpoint=BUSY),))
 
@@ -33,6 +34,9 @@ def test_queue_and_ejections_in_both_formats() -> None:
         assert value(t, seconds, deployment="echo", quantile="0.5") == 0.25
         assert value(t, seconds, deployment="echo", quantile="0.99") == 1.9
         assert value(t, "berth_endpoint_ejected_replicas", deployment="echo") == 1
+        calls = "berth_endpoint_grpc_calls_total"
+        assert value(t, calls, deployment="echo", grpc_status="OK") == 40
+        assert value(t, calls, deployment="echo", grpc_status="NOT_FOUND") == 2
 
 
 def test_berth_metrics_prints_the_queue(capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,7 +46,11 @@ def test_berth_metrics_prints_the_queue(capsys: pytest.CaptureFixture[str]) -> N
             "queued_total": 120,
             "queue_time": {"count": 100, "p50": 0.25, "p99": 1.9, "mean": 0.4},
             "ejected": ["r1"],
+            "grpc_status": {"OK": 40, "NOT_FOUND": 2},
         }
     )
     out = capsys.readouterr().out
-    assert out == "queue: 7 waiting now, 120 ever; waited p50 250ms, p99 1.9s; ejected: r1\n"
+    assert out == (
+        "queue: 7 waiting now, 120 ever; waited p50 250ms, p99 1.9s; ejected: r1\n"
+        "grpc: OK 40, NOT_FOUND 2\n"
+    )
