@@ -117,6 +117,7 @@ class Balancer:
         self.pool = Pool()
         self.poller = Poller(tick=poller_tick(timeouts))
         self.draining = False
+        self.drain_started = trio.Event()  # set with `draining` (`begin_drain`)
         self.on_suspect = on_suspect
         # Admission (see the module docstring); hold_max_wait None: hold mode off.
         self.slots = Slots(STATS_WINDOW_S)
@@ -214,6 +215,12 @@ class Balancer:
         self.guard = other.guard
         self.slots.taken = other.slots.taken  # max_concurrency counts both listeners' requests
         self.grpc_status = other.grpc_status
+
+    def begin_drain(self) -> None:
+        """Stop taking requests: queued ones are refused, HTTP/2 connections say GOAWAY."""
+        self.draining = True
+        self.drain_started.set()
+        self.wake_held()
 
     def wake_held(self) -> None:
         """Queued requests look again: at the upstream set, the settings, draining."""

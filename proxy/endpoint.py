@@ -311,8 +311,7 @@ class Endpoint:
 
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Stop accepting; in-flight requests get `drain_timeout` seconds to finish."""
-        self._balancer.draining = True
-        self._balancer.wake_held()  # each held request gets its 503 now
+        self._balancer.begin_drain()  # each queued request gets its 503 now
         self._drain_deadline = trio.current_time() + drain_timeout
         if self._accept_scope is not None:
             self._accept_scope.cancel()

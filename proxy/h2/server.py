@@ -23,7 +23,7 @@ Theory of operation:
   ENHANCE_YOUR_CALM ...); nothing of it reaches a replica.
 - A client RST_STREAM cancels that stream's task at once (`StreamIO.scope`), which cuts
   the replica's request; the client's connection closing cancels them all.
-- Draining (`Balancer.draining`, looked at every `DRAIN_POLL_S`) or a client's GOAWAY:
+- Draining (`Balancer.drain_started`) or a client's GOAWAY:
   a GOAWAY(NO_ERROR) naming the last stream taken, the open streams run to their end
   (within the endpoint's drain deadline, which cancels this whole task), streams opened
   after it are refused (REFUSED_STREAM, safe for the client to retry elsewhere), then a
@@ -59,7 +59,6 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS: Final = 100
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 1024 * 1024
-DRAIN_POLL_S: Final = 0.25
 _CLOSE_FLUSH_S: Final = 1.0  # how long the last frames (a GOAWAY) may take to go out
 _REFUSED_STREAM: Final = 0x7
 _LINGER_S: Final = 2.0  # after the last GOAWAY: how long, and how much, is read away
@@ -239,9 +238,7 @@ class _Server:
             self.done.set()
 
     async def _watch_drain(self) -> None:
-        b = self.b
-        while not b.draining:  # noqa: ASYNC110 - the balancer has no event for it (yet)
-            await trio.sleep(DRAIN_POLL_S)
+        await self.b.drain_started.wait()
         self._go_away()
 
     def _go_away(self) -> None:

@@ -131,8 +131,7 @@ async def test_draining_refuses_every_waiter_and_retries_do_not_queue_behind_oth
         nursery.start_soon(lambda: _retry(b, results, [B]))
         await trio.testing.wait_all_tasks_blocked()
         assert b.waiting == 1
-        b.draining = True
-        b.wake_held()
+        b.begin_drain()
     assert results[1] == Refusal(503, "shutting down")
 
 
