@@ -15,6 +15,7 @@ import h2.errors
 import trio
 import trustme
 
+from proxy.auth import Credentials, hash_key
 from proxy.endpoint import EndpointTimeouts
 from proxy.h2.server import PREFACE, is_preface_start
 from proxy.tls import server_context
@@ -248,3 +249,25 @@ async def test_a_header_list_over_64_kib_is_refused_and_never_forwarded() -> Non
         settings = client.conn.remote_settings
         assert settings.max_concurrent_streams == 100
         assert settings.max_header_list_size == 64 * 1024
+
+
+async def test_a_protected_endpoint_answers_401_per_stream_and_lets_a_key_through() -> None:
+    """[endpoint.auth] over HTTP/2: each stream is judged on its own; the refused one never
+    reaches a replica, the one with a key does, and the key is not passed on."""
+    async with backends("r1") as [r1], endpoint([r1.upstream]) as ep:
+        ep.set_credentials(Credentials(keys={"key:k1": hash_key(b"sk-good")}))
+        with trio.fail_after(WAIT):
+            client = await H2Client.connect(ep.address[1])
+            refused = await client.get("/secret", headers=[(b"accept", b"application/json")])
+            good = await client.get("/secret", headers=[(b"authorization", b"Bearer sk-good")])
+            wrong = await client.get("/secret", headers=[(b"authorization", b"Bearer sk-bad")])
+            await client.aclose()
+        assert refused.status == 401 and b"authentication_error" in bytes(refused.data)
+        assert refused.header(b"www-authenticate") is not None
+        assert wrong.status == 401
+        assert good.status == 200 and bytes(good.data) == b"r1"
+        assert len(r1.requests) == 1
+        _, _, fields = r1.requests[0]
+        assert b"authorization" not in {n.lower() for n, _ in fields}
+        stats = ep.statistics()
+        assert stats.unauthorized == 2 and dict(stats.by_credential or ()) == {"key:k1": 1}
