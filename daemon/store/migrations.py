@@ -110,6 +110,33 @@ _M006_EVENT_UID = """
 ALTER TABLE events ADD COLUMN uid INTEGER;
 """
 
+# Restarts (issue 15). `replica_readiness`: each replica's last readiness verdict, written
+# only when it changes, with the container and template it was judged for, so a restarted
+# berthd puts a replica that was ready back into rotation at once (daemon/store/readiness.py).
+# `berthd_runs`: one row per berthd start, `alive_at` fed every 30 s, `ended` set on a clean
+# stop; a row still 'running' whose process is gone was an unclean stop (daemon/store/runs.py).
+_M007_RESTARTS = """
+CREATE TABLE replica_readiness (
+    replica_id TEXT PRIMARY KEY,
+    deployment_id TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    ready INTEGER NOT NULL,
+    since TEXT NOT NULL
+);
+CREATE INDEX replica_readiness_by_deployment ON replica_readiness (deployment_id);
+CREATE TABLE berthd_runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pid INTEGER NOT NULL,
+    pid_started REAL,
+    version TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    alive_at TEXT NOT NULL,
+    ended TEXT NOT NULL DEFAULT 'running',
+    ended_at TEXT
+);
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _M001_DEPLOYMENTS_AND_REVISIONS,
     _M002_REPLICAS,
@@ -117,5 +144,6 @@ MIGRATIONS: tuple[str, ...] = (
     _M004_METRICS,
     _M005_ENDPOINT_KEYS,
     _M006_EVENT_UID,
+    _M007_RESTARTS,
 )
 LATEST_VERSION = len(MIGRATIONS)
