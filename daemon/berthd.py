@@ -72,6 +72,7 @@ from daemon.store.access import StoreAccess
 from daemon.store.database import Store
 from daemon.store.events import EventLog
 from daemon.store.permissions import secure_state_dir
+from daemon.system.fdstore import FdStore
 from daemon.system.notify import Notifier
 
 log = logging.getLogger("berthd")
@@ -105,12 +106,15 @@ def instance_id(state_dir: Path) -> str:
 class Berthd:
     settings: DaemonSettings
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    # Listening sockets kept across restarts (systemd's fd store, `berthd --supervise`).
+    fd_store: FdStore = field(default_factory=lambda: FdStore(None))
 
     def __post_init__(self) -> None:
         self.state_dir = self.settings.state_dir
         self.instance = instance_id(self.state_dir)
         self.endpoints = EndpointManager()
         self.endpoints.tls_roots = self.settings.credentials_roots  # [endpoint.tls] files
+        self.endpoints.sockets = self.fd_store
         self.ports = HostPortAllocator()
         self.workers: dict[str, DeploymentWorker] = {}
         self.apply_lock = trio.Lock()
@@ -232,7 +236,9 @@ class Berthd:
             if self.settings.specs is not None:
                 await self.apply_specs_dir(self.settings.specs)
             server = HttpServer(
-                UnixSocketListener(self.settings.socket), AdminApi(self).handle, name="admin"
+                UnixSocketListener(self.settings.socket, self.fd_store),
+                AdminApi(self).handle,
+                name="admin",
             )
             try:
                 await control.start(server.run)
@@ -249,6 +255,7 @@ class Berthd:
             )
             task_status.started()
             await self._first_rounds()
+            self.fd_store.release_unclaimed()  # sockets passed at start that nobody took
             self.notifier.ready(f"serving {len(self.workers)} deployments")
             await self._shutdown.wait()
             control.cancel_scope.cancel()

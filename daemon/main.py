@@ -60,13 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from daemon.berthd import Berthd
+    from daemon.system.fdstore import FdStore
     from daemon.system.notify import Notifier
 
     # Before anything starts a child (the embedded Podman service, conmon): it takes
-    # NOTIFY_SOCKET out of the environment so that only berthd talks to systemd.
+    # NOTIFY_SOCKET out of the environment so that only berthd talks to systemd, and the
+    # fd store the LISTEN_* variables (its sockets get FD_CLOEXEC).
     notifier = Notifier.from_environment()
+    fd_store = FdStore.from_environment(notifier.address)
     try:
-        trio.run(Berthd(settings, notifier).run)
+        trio.run(Berthd(settings, notifier, fd_store).run)
     except BaseException as exc:
         startup = _startup_error(exc)
         if startup is None:

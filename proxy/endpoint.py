@@ -18,7 +18,10 @@ Invariants:
   in-flight counts span the move while the old one drains.
 - `wait_listener_closed` returns once the listening socket is closed (after
   `begin_shutdown`, or when `run` ends), while in-flight requests may still drain: the
-  port is free for another listener from then on.
+  port is free for another listener from then on, unless another process holds a copy of
+  the socket (a listener given to the constructor, kept in systemd's fd store): closing
+  is `close()` on this process's descriptor, never `shutdown()`, so such a copy keeps
+  the socket listening and its backlog accepting for the next process.
 - At most `max_connections` client connections are open at once (None: berthd's budget,
   shared by every endpoint, `proxy.admission`); over it the accept loop waits and new
   connections queue in the listen backlog; an open connection is never closed for it.
@@ -79,7 +82,10 @@ class Endpoint:
         max_connections: int | None = None,
         trusted_proxies: Iterable[str] = (),
         budget: ConnectionBudget | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
+        """`listener`: a socket already listening on bind:port (bound by the caller, or
+        passed from systemd's fd store) that `run` serves instead of binding one."""
         self.name = name
         self.bind = bind
         self.port = port
@@ -93,6 +99,7 @@ class Endpoint:
         self._address: tuple[str, int] | None = None
         self._listener_closed = trio.Event()
         self._tls: ssl.SSLContext | None = None
+        self._given_listener = listener
 
     @property
     def address(self) -> tuple[str, int]:
@@ -148,6 +155,11 @@ class Endpoint:
         moved to a new address. Statistics go on, and `in_flight` counts the requests `old`
         still drains, so a replica's drain waits for those too."""
         self._balancer.share_counters(old._balancer)
+
+    def use_listener(self, listener: socket.socket) -> None:
+        """Serve `listener` (listening on bind:port already) rather than bind one; before
+        `run`, which then owns it."""
+        self._given_listener = listener
 
     async def wait_listener_closed(self) -> None:
         """Until the listening socket is closed (see the module docstring)."""
@@ -245,11 +257,15 @@ class Endpoint:
         return self._balancer.waiting
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            listener = sockets.listen(self.bind, self.port)
-        except OSError:
-            self._listener_closed.set()  # there is none
-            raise
+        listener, self._given_listener = self._given_listener, None
+        if listener is not None:
+            listener.setblocking(False)
+        else:
+            try:
+                listener = sockets.listen(self.bind, self.port)
+            except OSError:
+                self._listener_closed.set()  # there is none
+                raise
         name = listener.getsockname()
         self._address = (str(name[0]), int(name[1]))
         closed = False

@@ -368,6 +368,25 @@ def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+def is_listener_on(sock: socket.socket, host: str, port: int) -> bool:
+    """Whether `sock` is a listening TCP socket bound to host:port: a socket passed from
+    outside (systemd's fd store, `LISTEN_FDS`) is used instead of binding only if so."""
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family != _family(host):
+            return False
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return False
+        bound_host, bound_port = sock.getsockname()[:2]
+    except OSError:
+        return False
+    if bound_port != port:
+        return False
+    try:
+        return ipaddress.ip_address(bound_host) == ipaddress.ip_address(host)
+    except ValueError:
+        return False  # `host` is a name: it cannot be compared, so bind it as before
+
+
 async def accept(listener: socket.socket) -> tuple[socket.socket, str]:
     """The next client connection and its peer address; waits on resource exhaustion."""
     while True:

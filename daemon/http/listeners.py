@@ -16,6 +16,13 @@ Invariants of the Unix socket file (`UnixSocketListener`):
 - A socket file left behind by a dead berthd is replaced; one that still answers is not:
   entering raises `SocketFileError("another berthd is serving SOCKET")`. On the way out only
   our own file (same inode) is removed: if someone replaced it, it is theirs.
+- With a socket keeper (`keeper`: systemd's fd store, `daemon.system.fdstore`) the socket
+  outlives berthd: a socket passed at start under `name` that listens on this path (and
+  the file is there) is used as it is, with no stale check (it would answer: it is ours)
+  and no bind; one that does not is closed and forgotten, and the file bound as above,
+  then handed to the keeper. A kept socket's file stays on the way out (the socket still
+  listens in the keeper, and the next berthd takes it back); a later berthd that is passed
+  nothing finds it dead and replaces it.
 """
 
 from __future__ import annotations
@@ -53,12 +60,25 @@ class SocketFileError(Exception):
     """The Unix socket cannot be set up; the message says why, naming the path."""
 
 
+class SocketKeeper(Protocol):
+    """Holds listening sockets across berthd's restarts (`daemon.system.fdstore.FdStore`)."""
+
+    def take(self, name: str) -> socket.socket | None: ...
+    def keep(self, name: str, fileno: int) -> bool: ...
+    def forget(self, name: str) -> bool: ...
+
+
 class UnixSocketListener:
     """A Unix socket file with the modes and the stale-file rule of the module docstring."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self, path: Path | str, keeper: SocketKeeper | None = None, name: str = "admin"
+    ) -> None:
         self.path = Path(path)
         self._inode: tuple[int, int] | None = None
+        self._keeper = keeper
+        self._name = name
+        self._kept = False
 
     def __repr__(self) -> str:
         state = "bound" if self._inode is not None else "unbound"
@@ -67,13 +87,50 @@ class UnixSocketListener:
     @asynccontextmanager
     async def listen(self) -> AsyncIterator[tuple[list[trio.SocketListener], Path]]:
         self._prepare_directory()
-        await self._clear_stale_socket()
-        sock = await self._bind()
+        sock = self._take_back()
+        if sock is None:
+            await self._clear_stale_socket()
+            sock = await self._bind()
+            if self._keeper is not None:
+                self._kept = self._keeper.keep(self._name, sock.fileno())
         try:
             yield [trio.SocketListener(sock)], self.path
         finally:
             sock.close()
-            self._remove_socket_file()
+            if self._kept:
+                self._inode = None  # the file goes on with the kept socket
+            else:
+                self._remove_socket_file()
+
+    def _take_back(self) -> trio.socket.SocketType | None:
+        """The socket passed at start for this path, if it is one (module docstring)."""
+        if self._keeper is None:
+            return None
+        passed = self._keeper.take(self._name)
+        if passed is None:
+            return None
+        try:
+            listening = (
+                passed.family == socket.AF_UNIX
+                and passed.type == socket.SOCK_STREAM
+                and passed.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 0
+                and passed.getsockname() == str(self.path)
+            )
+            st = self.path.lstat()
+        except OSError:
+            listening = False
+        if not listening or not stat.S_ISSOCK(st.st_mode):
+            logger.warning(
+                "the passed %s socket does not listen on %s; binding", self._name, self.path
+            )
+            passed.close()
+            self._keeper.forget(self._name)
+            return None
+        logger.info("admin socket %s taken back from the fd store", self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        self._kept = True
+        passed.setblocking(False)
+        return trio.socket.from_stdlib_socket(passed)
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent

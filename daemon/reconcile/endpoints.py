@@ -34,6 +34,18 @@ when it is made and when its `[endpoint.tls]` changes; `reload_tls` reads the fi
 connections get the new certificate, open ones keep theirs, the listener stays. A reload
 that fails keeps the context there was, and says why.
 
+Listening sockets outlive berthd when a socket keeper is set (`sockets`: systemd's file
+descriptor store, or `berthd --supervise`; `daemon.system.fdstore` speaks the protocol):
+a new listener is first looked for among the sockets passed at start, by its address's
+name (`endpoint_fd_name`), and used if it really listens there (`proxy.sockets.is_listener_on`);
+otherwise it is bound here and a copy handed to the keeper. The copy is forgotten
+(FDSTOREREMOVE) only when the listener is gone for good: `close` (the deployment removed
+or disabled), a move to a new address (after the old listener closed), a listener that
+failed; never by `drain_all`, which is a stop or a restart, so the kept copy stays
+listening and connections that arrive meanwhile wait in its backlog for the next berthd.
+A bind right after a forget retries EADDRINUSE for a moment: the keeper closes its copy
+when it reads the message.
+
 A fault stays with its endpoint: one whose listener fails after it started (an unexpected
 error in its accept loop or poller) is logged and dropped, and the next `ensure` from its
 worker binds it again; the other endpoints, and berthd, go on.
@@ -43,10 +55,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -55,6 +69,7 @@ from config.spec import Balance, EndpointTls, RetryPolicy
 from config.spec import Endpoint as EndpointSpec
 from daemon.reconcile.endpoint_auth import EndpointCredentials
 from daemon.reconcile.endpoint_tls import TlsFileError, load_tls
+from proxy import sockets
 from proxy.endpoint import Endpoint, EndpointTimeouts
 
 log = logging.getLogger("berthd")
@@ -62,6 +77,23 @@ log = logging.getLogger("berthd")
 # How long a moved endpoint's old listener may take to close (its accept loop ends at its
 # next checkpoint: in practice at once; the bound is for a wedged one).
 LISTENER_CLOSE_WAIT = 5.0
+# A bind of an address whose kept copy was just forgotten: the keeper closes it when it
+# reads the message, so EADDRINUSE is retried this long.
+REBIND_WAIT = 2.0
+_REBIND_STEP = 0.02
+
+
+class SocketKeeper(Protocol):
+    """Holds listening sockets across berthd's restarts (`daemon.system.fdstore.FdStore`)."""
+
+    def take(self, name: str) -> socket.socket | None: ...
+    def keep(self, name: str, fileno: int) -> bool: ...
+    def forget(self, name: str) -> bool: ...
+
+
+def endpoint_fd_name(bind: str, port: int) -> str:
+    """The keeper's name for a listener on bind:port (FDNAME=: no ':', printable ASCII)."""
+    return f"ep-{bind.replace(':', '_')}-{port}"
 
 
 class _Started:
@@ -107,6 +139,9 @@ class EndpointManager:
         self.credentials: EndpointCredentials | None = None
         # Where `[endpoint.tls]` files must lie: berthd.toml's credentials_roots.
         self.tls_roots: Sequence[Path] = DEFAULT_CREDENTIALS_ROOTS
+        # Set by the composition root: keeps the listeners across restarts (module doc).
+        self.sockets: SocketKeeper | None = None
+        self._forgotten: dict[str, float] = {}  # name -> when its kept copy was forgotten
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -144,7 +179,25 @@ class EndpointManager:
             await self._protect(name, spec, slot.endpoint)
             return slot.endpoint
         assert self._nursery is not None, "EndpointManager.run has not started"
-        endpoint = Endpoint(
+        context = await self._context(spec.tls)
+        new = _Slot(spec, self._endpoint(name, spec, on_suspect), drain, on_lost, tls=spec.tls)
+        endpoint = new.endpoint
+        endpoint.set_tls(context)  # before its first connection
+        set_traffic(endpoint, spec)
+        if slot is not None:
+            endpoint.continue_from(slot.endpoint)  # statistics and in-flight counts go on
+        await self._protect(name, spec, endpoint)  # before it accepts its first connection
+        if slot is None:
+            await self._start(new)
+        else:
+            await self._move(name, slot, new)
+        self._slots[name] = new
+        return endpoint
+
+    def _endpoint(
+        self, name: str, spec: EndpointSpec, on_suspect: Callable[[str], None] | None
+    ) -> Endpoint:
+        return Endpoint(
             name,
             bind=spec.bind,
             port=spec.port,
@@ -153,18 +206,55 @@ class EndpointManager:
             max_connections=spec.max_connections,
             trusted_proxies=spec.trusted_proxies,
         )
-        endpoint.set_tls(await self._context(spec.tls))  # before its first connection
-        set_traffic(endpoint, spec)
-        new = _Slot(spec, endpoint, drain, on_lost, tls=spec.tls)
-        if slot is not None:
-            endpoint.continue_from(slot.endpoint)  # statistics and in-flight counts go on
-        await self._protect(name, spec, endpoint)  # before it accepts its first connection
-        if slot is None:
-            await self._nursery.start(self._serve, new)
-        else:
-            await self._move(name, slot, new)
-        self._slots[name] = new
-        return endpoint
+
+    async def _start(self, slot: _Slot, *, rebind: bool = False) -> None:
+        """Give `slot` its listener (passed at start, or bound and kept) and start it.
+        `rebind`: `slot`'s address was just released here (see `_listener`)."""
+        assert self._nursery is not None
+        spec = slot.spec
+        if self.sockets is not None:
+            slot.endpoint.use_listener(await self._listener(spec, rebind))
+        try:
+            await self._nursery.start(self._serve, slot)
+        except Exception:
+            # It never served: no copy may keep the port. (A cancellation, berthd stopping
+            # meanwhile, leaves the copy to the next berthd.)
+            self._forget(spec)
+            raise
+
+    async def _listener(self, spec: EndpointSpec, rebind: bool) -> socket.socket:
+        """The listening socket for `spec`'s address: the keeper's, or a new one (kept)."""
+        assert self.sockets is not None
+        name = endpoint_fd_name(spec.bind, spec.port)
+        passed = self.sockets.take(name)
+        if passed is not None:
+            if sockets.is_listener_on(passed, spec.bind, spec.port):
+                log.info("endpoint %s:%d: listener taken back from the fd store", *_address(spec))
+                return passed
+            log.warning("fd store: %s is not a listener on %s:%d; binding", name, *_address(spec))
+            passed.close()
+            self.sockets.forget(name)
+            rebind = True
+        forgotten = self._forgotten.pop(name, None)
+        patience = REBIND_WAIT if rebind or forgotten is not None else 0.0
+        deadline = trio.current_time() + patience
+        while True:
+            try:
+                listener = sockets.listen(spec.bind, spec.port)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(_REBIND_STEP)
+        self.sockets.keep(name, listener.fileno())
+        return listener
+
+    def _forget(self, spec: EndpointSpec) -> None:
+        """The listener on `spec`'s address is gone for good: the keeper drops its copy."""
+        if self.sockets is not None:
+            name = endpoint_fd_name(spec.bind, spec.port)
+            if self.sockets.forget(name):
+                self._forgotten[name] = trio.current_time()
 
     async def _protect(self, name: str, spec: EndpointSpec, endpoint: Endpoint) -> None:
         if self.credentials is not None:
@@ -203,15 +293,14 @@ class EndpointManager:
     async def _move(self, name: str, old: _Slot, new: _Slot) -> None:
         """A new address: bind `new` first, then retire `old` (see the module docstring).
         A bind that fails leaves `old` serving, and raises."""
-        assert self._nursery is not None
         try:
-            await self._nursery.start(self._serve, new)
+            await self._start(new)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or old.spec.port != new.spec.port:
                 raise
             # The same port on an overlapping address: one listener at a time.
             await self._retire(name, old)
-            await self._nursery.start(self._serve, new)
+            await self._start(new, rebind=True)
         else:
             await self._retire(name, old)
 
@@ -224,6 +313,7 @@ class EndpointManager:
         slot.endpoint.begin_shutdown(slot.drain_timeout)
         with trio.move_on_after(LISTENER_CLOSE_WAIT):
             await slot.endpoint.wait_listener_closed()
+        self._forget(slot.spec)
 
     async def _serve(
         self, slot: _Slot, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -247,6 +337,7 @@ class EndpointManager:
             for name, held in list(self._slots.items()):
                 if held is slot:
                     del self._slots[name]
+            self._forget(slot.spec)  # the next bind makes a new socket (and keeps that)
             slot.on_lost()
         finally:
             self._retiring.discard(slot)
@@ -257,11 +348,15 @@ class EndpointManager:
         if slot is None:
             return
         slot.endpoint.begin_shutdown(slot.drain_timeout)
+        with trio.move_on_after(LISTENER_CLOSE_WAIT):
+            await slot.endpoint.wait_listener_closed()
+        self._forget(slot.spec)  # gone for good: no copy keeps the port
         with trio.move_on_after(slot.drain_timeout + 1):
             await slot.done.wait()
 
     async def drain_all(self) -> None:
-        """SIGTERM: stop accepting everywhere, let in-flight requests finish (bounded)."""
+        """SIGTERM: stop accepting everywhere, let in-flight requests finish (bounded). The
+        kept copies of the listeners stay with their keeper: the next berthd serves them."""
         slots = [*self._slots.values(), *self._retiring]
         for slot in slots:
             slot.endpoint.begin_shutdown(slot.drain_timeout)
