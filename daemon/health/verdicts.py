@@ -14,7 +14,10 @@ listens: it is ready), checked every second.
 One `ReplicaHealth` lives for one run of a container: a restart makes a new one, so nothing
 from before a restart is trusted. An adopted replica (found running by a restarted berthd)
 starts from fresh probes too, but without waiting out `initial_delay` and with one readiness
-pass enough: it was serving a moment ago.
+pass enough: it was serving a moment ago. One whose last verdict (kept in the store) was
+ready for this very container begins ready (`was_ready`): back in rotation at once, its
+startup probe taken as passed, every other probe due at once to confirm it, and taken out
+as any ready replica is (`failure_threshold` failures in a row).
 
 Time is explicit (`now`, trio's clock in seconds): the table tests drive it with numbers.
 """
@@ -69,7 +72,13 @@ class ReplicaHealth:
 
     @classmethod
     def begin(
-        cls, health: Health, app_port: int, started_at: float, *, adopted: bool = False
+        cls,
+        health: Health,
+        app_port: int,
+        started_at: float,
+        *,
+        adopted: bool = False,
+        was_ready: bool = False,
     ) -> ReplicaHealth:
         probes = {
             ProbeKind.STARTUP: health.startup,
@@ -83,6 +92,11 @@ class ReplicaHealth:
         }
         startup = health.startup
         give_up_at = started_at + startup.budget if startup is not None else None
+        if adopted and was_ready:
+            # Ready when the berthd before this one stopped: in rotation now, its startup
+            # long passed; every track probes at once and failures count as for any ready
+            # replica (failure_threshold in a row takes it out).
+            return cls(tracks, started=True, adopted=True, ready=True, ever_ready=True)
         return cls(
             tracks, started=ProbeKind.STARTUP not in tracks, adopted=adopted, give_up_at=give_up_at
         )

@@ -3,14 +3,16 @@
 It runs beside the worker's rounds and shares the worker's replica memory: it probes the
 replicas whose container runs (each probe in its own task, bounded by its timeout, against
 the replica's port on 127.0.0.1), records the results in their `ReplicaHealth`, says each
-verdict (ready, not ready, restart) as an event, and calls `on_verdict` so that the worker
-acts at once. A result for a container that was restarted meanwhile is dropped.
+verdict (ready, not ready, restart) as an event, hands each readiness verdict to
+`on_readiness` (the worker keeps it in the store: only changes reach it, never every probe)
+and calls `on_verdict` so that the worker acts at once. A result for a container that was
+restarted meanwhile is dropped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -36,6 +38,7 @@ class Prober:
         on_verdict: Callable[[], None],
         on_unready: Callable[[str], None] = lambda replica_id: None,
         on_ready_probe: Callable[[str], None] = lambda replica_id: None,
+        on_readiness: Callable[[ReplicaMemory, bool], Awaitable[None]] | None = None,
     ) -> None:
         self._deployment = deployment
         self._memory = memory
@@ -44,6 +47,7 @@ class Prober:
         self._on_verdict = on_verdict
         self._on_unready = on_unready
         self._on_ready_probe = on_ready_probe  # each readiness probe that passes
+        self._on_readiness = on_readiness  # each readiness verdict (kept in the store)
         self._wake = trio.Event()
 
     def __repr__(self) -> str:
@@ -146,3 +150,5 @@ class Prober:
         await self._events.emit(
             str(transition), message, deployment=self._deployment, replica=rid, level=level
         )
+        if self._on_readiness is not None and transition in (Transition.READY, Transition.UNREADY):
+            await self._on_readiness(memory, transition is Transition.READY)

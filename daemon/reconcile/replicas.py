@@ -3,7 +3,8 @@
 Containers are the source of truth for what exists and runs; this memory holds what Podman
 does not know: the replica's health for the current run of its container, its restart
 count and last exit reason (also kept in the store, so they survive a berthd restart), its
-back-off, and whether it is being drained.
+last readiness verdict (in the store too: a restarted berthd serves a replica that was
+ready at once), its back-off, and whether it is being drained.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ class ReplicaMemory:
     draining: bool = False
     down_recorded: bool = False  # this stop was counted (reason, back-off) already
     started_here: bool = False  # this berthd started the current run (else: adopted)
+    container_id: str = ""  # its container, and the template it was made from
+    template_id: str = ""
+    # The readiness verdict the store holds for this container (None: none, or one about
+    # another container); written only when it changes (DeploymentWorker._keep_verdict).
+    verdict: bool | None = None
+    # Found running and ready by the store's verdict when this worker first saw it (a
+    # restarted berthd): its first health begins ready, confirmed by a probe at once.
+    restorable: bool = False
 
     def __repr__(self) -> str:
         return (

@@ -412,8 +412,11 @@ class Store:
         return [ReplicaRecord(**row) for row in rows]
 
     def delete_replica(self, replica_id: str) -> None:
-        """Forget a replica; forgetting one that is not known is not an error."""
-        self._db.execute("DELETE FROM replicas WHERE replica_id = ?", [replica_id])
+        """Forget a replica (and its last readiness verdict); forgetting one that is not
+        known is not an error."""
+        with self._write():
+            self._db.execute("DELETE FROM replicas WHERE replica_id = ?", [replica_id])
+            self._db.execute("DELETE FROM replica_readiness WHERE replica_id = ?", [replica_id])
 
     # -- events -------------------------------------------------------------------------
 
