@@ -7,12 +7,15 @@
 #   bench/peers.sh                       # 10 s per measurement, after a 3 s warm-up
 #   DURATION=3 WARMUP=1 bench/peers.sh   # quicker
 #   PEERS="direct berth" bench/peers.sh  # a subset (while optimising)
+#   BERTH_B_ARGS="--max-concurrency 1000 --balance least_request" PEERS=berth bench/peers.sh
 #
 # Knobs: DURATION, WARMUP, CONNS (64), PEERS (direct nginx haproxy caddy berth),
 # ROUNDS (1: each cell the median of that many rounds, taken in turn), PROXY_CPU (the core
 # every proxy is pinned to: the last one), LOAD_CPUS, QUIET_LOAD / QUIET_WAIT
 # (wait up to QUIET_WAIT seconds, default 300, for a 1-minute load average under
-# QUIET_LOAD, default 1.0, before measuring; 0 waits not at all).
+# QUIET_LOAD, default 1.0, before measuring; 0 waits not at all), BERTH_ARGS (more options
+# for berth's proxy), BERTH_B_ARGS (set: a second berth proxy with these options, "berth B",
+# measured right after berth in every round, for an A/B in the same run).
 # Every process it starts runs under a private temp prefix and is ended by its PID.
 set -euo pipefail
 
@@ -37,7 +40,10 @@ for tool in haproxy caddy; do
 done
 
 B1=$(free_port); B2=$(free_port)
-NP=$(free_port); HP=$(free_port); CP=$(free_port); BP=$(free_port)
+NP=$(free_port); HP=$(free_port); CP=$(free_port); BP=$(free_port); BBP=$(free_port)
+BERTH_ARGS="${BERTH_ARGS:-}"
+BERTH_B_ARGS="${BERTH_B_ARGS:-}"
+if [ -n "$BERTH_B_ARGS" ] && wants berth && ! wants berth_b; then PEERS="$PEERS berth_b"; fi
 
 nginx_conf backend1 "server { listen 127.0.0.1:$B1; location / { default_type text/plain; return 200 'hello from backend 1\n'; } }" ${LOAD_CPUS:+"$LOAD_CPUS"}
 nginx_conf backend2 "server { listen 127.0.0.1:$B2; location / { default_type text/plain; return 200 'hello from backend 2\n'; } }" ${LOAD_CPUS:+"$LOAD_CPUS"}
@@ -96,10 +102,18 @@ CONF
 fi
 
 if wants berth; then
+  # shellcheck disable=SC2086 # BERTH_ARGS: options, split on purpose
   (cd "$ROOT" && exec taskset -c "$PROXY_CPU" "$PY" -m proxy --listen "127.0.0.1:$BP" \
-    --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" 2>"$TMP/berth.log") &
+    --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" $BERTH_ARGS 2>"$TMP/berth.log") &
   PIDS+=($!)
   PORTS+=("$BP")
+fi
+if wants berth_b; then
+  # shellcheck disable=SC2086
+  (cd "$ROOT" && exec taskset -c "$PROXY_CPU" "$PY" -m proxy --listen "127.0.0.1:$BBP" \
+    --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" $BERTH_B_ARGS 2>"$TMP/berth_b.log") &
+  PIDS+=($!)
+  PORTS+=("$BBP")
 fi
 
 wait_ports "${PORTS[@]}"
@@ -120,7 +134,8 @@ TARGETS=(
   "nginx|nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') (worker_processes 1)|http://127.0.0.1:$NP/"
   "haproxy|HAProxy $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}') (nbthread 1)|http://127.0.0.1:$HP/"
   "caddy|Caddy $(caddy version 2>/dev/null | awk '{print $1}') (GOMAXPROCS=1)|http://127.0.0.1:$CP/"
-  "berth|berth (python -m proxy)|http://127.0.0.1:$BP/"
+  "berth|berth (python -m proxy${BERTH_ARGS:+ $BERTH_ARGS})|http://127.0.0.1:$BP/"
+  "berth_b|berth B (python -m proxy $BERTH_B_ARGS)|http://127.0.0.1:$BBP/"
 )
 : >"$TMP/results"
 for round in $(seq "$ROUNDS"); do
@@ -154,7 +169,8 @@ for line in open(path):
     rounds.setdefault(f"{name},{c}", []).append([float(v) for v in vals])
     loads.append(float(load))
 res = {k: [statistics.median(col) for col in zip(*v)] for k, v in rounds.items()}
-row = "{:<38} {:>9} {:>8} {:>8}   {:>9} {:>8} {:>8}"
+width = max([38] + [len(line.rstrip("\n").partition("|")[2]) for line in open(labels)])
+row = "{:<%d} {:>9} {:>8} {:>8}   {:>9} {:>8} {:>8}" % width
 print(row.format("target", f"c{conns} rps", "p50 us", "p99 us", "c1 rps", "p50 us", "p99 us"))
 for line in open(labels):
     name, _, label = line.rstrip("\n").partition("|")
@@ -173,6 +189,8 @@ if b is not None and (c := res.get(f"caddy,{conns}")) is not None:
     goals.append(f"berth/Caddy req/s {b[0] / c[0]:.2f} (goal >= 1.3)")
 if b is not None and (h := res.get(f"haproxy,{conns}")) is not None:
     goals.append(f"berth/HAProxy req/s {b[0] / h[0]:.2f}")
+if b is not None and (bb := res.get(f"berth_b,{conns}")) is not None:
+    goals.append(f"berth B/berth req/s {bb[0] / b[0]:.3f}")
 if b1 is not None and d1 is not None:
     goals.append(f"added p50 at one connection {b1[1] - d1[1]:.0f} us (goal <= 100)")
 if goals:

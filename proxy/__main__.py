@@ -2,6 +2,7 @@
 
     python -m proxy --listen 127.0.0.1:8000 --upstream 127.0.0.1:9001 --upstream 127.0.0.1:9002
     python -m proxy ... --tls-cert cert.pem --tls-key key.pem      # TLS to clients
+    python -m proxy ... --max-concurrency 8 --max-queue 100 --balance least_request
 
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (up to --drain seconds), exit 0.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from config.spec import MAX_QUEUE_DEFAULT, QUEUE_TIMEOUT_DEFAULT
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.tls import server_context
 from proxy.upstreams import Upstream
@@ -41,9 +43,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--header-timeout", type=float, default=EndpointTimeouts.header_read)
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: speak TLS to clients")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--max-concurrency", type=int, metavar="N", help="requests in flight per upstream"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=MAX_QUEUE_DEFAULT, metavar="N", help="requests queued"
+    )
+    p.add_argument("--queue-timeout", type=float, default=QUEUE_TIMEOUT_DEFAULT, metavar="S")
+    p.add_argument("--balance", choices=("round_robin", "least_request"), default="round_robin")
     args = p.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        p.error("--max-concurrency must be at least 1")
+    if args.max_queue < 0:
+        p.error("--max-queue must be at least 0")
     return args
 
 
@@ -62,6 +76,12 @@ async def serve(args: argparse.Namespace) -> None:
     )
     endpoint.set_upstreams(
         Upstream(f"upstream-{i}", h, p) for i, (h, p) in enumerate(args.upstream)
+    )
+    endpoint.set_admission(
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout,
+        least_request=args.balance == "least_request",
     )
     if args.tls_cert is not None:
         endpoint.set_tls(server_context(args.tls_cert.read_bytes(), args.tls_key.read_bytes()))
