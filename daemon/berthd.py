@@ -72,6 +72,7 @@ from daemon.store.access import StoreAccess
 from daemon.store.database import Store
 from daemon.store.events import EventLog
 from daemon.store.permissions import secure_state_dir
+from daemon.store.runs import RunMarker
 from daemon.system.fdstore import FdStore
 from daemon.system.notify import Notifier
 
@@ -148,6 +149,10 @@ class Berthd:
         except SecretError as exc:
             store.close()
             raise StartupError(f"secrets: {exc}") from exc
+        # This run's row (store/runs.py): how the one before it stopped is the `started` event.
+        self.run_marker = RunMarker(self.store, __version__)
+        start = await self.run_marker.begin()
+        await self.events.emit("started", start.message(self.run_marker.pid, __version__))
         try:
             async with trio.open_nursery() as root:
                 # After it has started, the service never raises: it restarts the Podman it
@@ -180,6 +185,10 @@ class Berthd:
                 await self.endpoints.drain_all()
                 await self.runtime.aclose()
                 root.cancel_scope.cancel()
+            await self.run_marker.end()  # a clean stop, the Podman service it owned ended
+        except StartupError:
+            await self.run_marker.end()
+            raise
         finally:
             store.close()
         log.info("berthd stopped; replicas left running")
@@ -208,6 +217,7 @@ class Berthd:
             self._control = control
             control.start_soon(self._handle_signals)
             control.start_soon(self.notifier.watchdog_loop, self._stalled)
+            control.start_soon(self.run_marker.heartbeat_forever)
             control.start_soon(
                 partial(
                     self.events.prune_forever,
