@@ -29,6 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--podman-url", help="Podman API URL (env BERTH_PODMAN_URL)")
     parser.add_argument("--specs", type=Path, help="apply every *.toml here at start and on SIGHUP")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--supervise",
+        action="store_true",
+        help="run berthd as a child that keeps its listening sockets across crashes and "
+        "restarts (SIGUSR2: a planned restart); for hosts without systemd",
+    )
     parser.add_argument("--version", action="version", version=f"berthd {__version__}")
     return parser.parse_args(argv)
 
@@ -58,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"berthd: {exc}", file=sys.stderr)
         return 2
+
+    if args.supervise:
+        from daemon.system.supervise import supervise
+
+        # The same command line for the child, less --supervise; it reads its settings again.
+        return supervise(sys.argv[1:] if argv is None else argv, settings.state_dir)
 
     from daemon.berthd import Berthd
     from daemon.system.fdstore import FdStore
