@@ -23,6 +23,7 @@ from daemon.runtime.interface import ContainerRuntime
 from daemon.secrets.store import SecretStore
 from daemon.store.access import StoreAccess
 from daemon.store.events import EventLog
+from daemon.store.runs import RunMarker
 
 
 class ControlPlane(Protocol):
@@ -40,6 +41,7 @@ class ControlPlane(Protocol):
     apply_lock: trio.Lock  # held while a spec is checked and recorded: one apply at a time
     # `{ secret = "NAME" }` values: `await secrets.read(name)` is how a part gets one.
     secrets: SecretStore
+    run_marker: RunMarker  # this run of berthd: when it started (`berth status`'s uptime)
 
     def ensure_worker(self, name: str) -> DeploymentWorker:
         """The deployment's worker, started if it has none, and nudged."""

@@ -41,6 +41,7 @@ from daemon.runtime.interface import LABEL_DEPLOYMENT, LABEL_INSTANCE, RuntimeFa
 from daemon.secrets.references import SecretUnavailable, resolve_secret
 from daemon.store.database import Deployment, Event, Store
 from daemon.store.events import acting_as
+from daemon.store.runs import last_unclean_stop
 
 RM_WAIT = 120.0
 FOLLOW_BUFFER = 64  # chunks of `berth logs -f` waiting for a slow reader
@@ -157,6 +158,9 @@ class AdminApi:
 
     async def status(self) -> Response:
         deployments = await self.d.store.call(Store.list_deployments)
+        run = self.d.run_marker
+        unclean = await self.d.store.call(last_unclean_stop)
+        uptime = run.uptime()
         return Response(
             json={
                 "version": __version__,
@@ -167,6 +171,10 @@ class AdminApi:
                 "state_dir": str(self.d.state_dir),
                 "socket": str(self.d.settings.socket),
                 "instance": self.d.instance,
+                "pid": run.pid,
+                "started_at": run.start.started_at if run.start else None,
+                "uptime_s": None if uptime is None else round(uptime, 1),
+                "last_unclean_stop": unclean.to_json() if unclean else None,
             }
         )
 

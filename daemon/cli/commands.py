@@ -369,6 +369,15 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
         ("deployments", _summarise(s.get("deployments"))),
         ("gpus", len(gpus) if gpus else "none found"),
     ]
+    if "uptime_s" in s:  # a berthd older than issue 15 says nothing of its runs
+        pairs[2:2] = [
+            (
+                "uptime",
+                f"{fmt.duration(s.get('uptime_s'))} (since "
+                f"{fmt.timestamp(s.get('started_at'))}, pid {fmt.cell(s.get('pid'))})",
+            ),
+            ("last unclean stop", _unclean_stop(s.get("last_unclean_stop"))),
+        ]
     print(fmt.key_values(pairs))
     for index, gpu in enumerate(gpus):
         print(f"  {fmt.gpu_line(index, gpu)}")
@@ -383,6 +392,16 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
 def _reason_suffix(deployment: Mapping[str, Any], *, sep: str = ", ") -> str:
     reason = deployment.get("reason") or deployment.get("error")
     return f"{sep}{fmt.cell(reason)}" if reason else ""
+
+
+def _unclean_stop(stop: object) -> str:
+    """When berthd last died without a clean stop (kill -9, a crash), and how long it was down."""
+    if not isinstance(stop, dict):
+        return "none"
+    return (
+        f"last alive {fmt.timestamp(stop.get('at'))} (pid {fmt.cell(stop.get('pid'))}), "
+        f"down {fmt.duration(stop.get('down_s'))} at most"
+    )
 
 
 def _summarise(value: object) -> object:

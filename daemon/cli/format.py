@@ -57,6 +57,23 @@ def timestamp(value: object) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def duration(value: object) -> str:
+    """Seconds as `42.0s`, `5m07s`, `2h03m` or `3d04h`: the two largest units that matter."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return cell(value)
+    seconds = int(value)
+    if seconds < 60:
+        return f"{float(value):.1f}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
 def size(value: object) -> str:
     """Bytes in binary units: 536870912 -> "512Mi"."""
     if not isinstance(value, int | float) or isinstance(value, bool):

@@ -216,6 +216,10 @@ STATUS = {
     "deployments": 1,
     "state_dir": "/var/lib/berth",
     "instance": "b3f1",
+    "pid": 4242,
+    "started_at": "2024-05-01T12:00:00.250Z",
+    "uptime_s": 7384.2,
+    "last_unclean_stop": {"at": "2024-05-01T11:59:31.000Z", "down_s": 29.3, "pid": 4100},
 }
 
 
@@ -536,7 +540,18 @@ async def test_logs_events_metrics_status(
         assert "endpoint: 10.0 req/s, p50 12.3ms, p95 250ms, 1 in flight (over the last 60s)" in out
         assert await berth(path, "status") == 0
         out = capsys.readouterr().out
-        assert "podman:       podman 4.3.1 (API 4.3.1)\n" in out
+        assert "podman:             podman 4.3.1 (API 4.3.1)\n" in out
+        assert "uptime:             2h03m (since 2024-05-01T12:00:00Z, pid 4242)\n" in out
+        assert (
+            "last unclean stop:  last alive 2024-05-01T11:59:31Z (pid 4100), down 29.3s at most\n"
+        ) in out
+        unclean = STATUS["last_unclean_stop"]
+        STATUS["last_unclean_stop"] = None
+        try:
+            assert await berth(path, "status") == 0
+        finally:
+            STATUS["last_unclean_stop"] = unclean
+        assert "last unclean stop:  none\n" in capsys.readouterr().out
         assert "  0: NVIDIA H100 (80Gi)\n" in out
 
 
