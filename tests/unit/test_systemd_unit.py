@@ -168,3 +168,10 @@ def test_berthd_writes_privately_its_children_as_before() -> None:
     assert service["StateDirectoryMode"] == "0700"
     for child in ("daemon/runtime/service.py", "daemon/integrations/git.py"):
         assert "umask=0o022" in (REPO_ROOT / child).read_text(), child
+
+
+def test_listening_sockets_are_kept_in_the_fd_store() -> None:
+    """Issue 15: endpoints and the admin socket outlive berthd in systemd's fd store."""
+    service = {k: v[-1] for k, v in parse_unit(UNIT.read_text())["Service"].items()}
+    assert int(service["FileDescriptorStoreMax"]) >= 512
+    assert service["NotifyAccess"] == "main"  # FDSTORE=1 is sent by berthd's main process
