@@ -5,7 +5,9 @@ to use (DESIGN.md, "berthd — contract") and then runs until cancelled:
 1. an explicit `podman_url` is used as is; if it does not answer, `run` fails at once;
 2. otherwise the system socket (`unix:///run/podman/podman.sock`) if it answers;
 3. otherwise `unix://{state_dir}/podman.sock`: reused if something already answers there (a
-   service left by a berthd that was `kill -9`ed), else started as a child process.
+   service left by a berthd that was `kill -9`ed), else started as a child process. A
+   reused service that the state dir's record (`service_record`) names is taken over: this
+   berthd ends it when it stops, and starts its own in its place if it ends before.
 
 Invariants:
 - Before `started`, failing is a startup error (`PodmanUnavailable`, one line saying why):
@@ -19,8 +21,10 @@ Invariants:
   restart delay, and each child answering again, is said (`on_event`, else the log).
 - A service berthd did not start (explicit, system, reused) is only watched: that it stops
   answering is said once, and that it answers again.
-- Only a child that this object started is ever ended (SIGTERM, then SIGKILL after a bound),
-  and always when `run` is cancelled. A reused or system service is left alone.
+- Only a child that this object started, or the service it took over (a process the record
+  names, checked by pid, start time and command line), is ever ended (SIGTERM, then SIGKILL
+  after a bound), and always when `run` is cancelled. Any other reused service, and the
+  system one, is left alone. Each start, takeover and end is said, with the pid.
 - Containers do not depend on the service (conmon is their parent), so stopping and starting
   the service, or berthd, leaves them running.
 - The child runs in its own session, so a Ctrl-C meant for berthd does not reach it. It writes
@@ -46,6 +50,8 @@ from typing import Protocol
 import trio
 
 from daemon.http import client
+from daemon.runtime import service_record
+from daemon.runtime.service_record import ServiceProcess
 
 log = logging.getLogger("berthd.podman")
 
@@ -120,10 +126,12 @@ class PodmanService:
         self.on_event = on_event
         self.socket_path = state_dir / "podman.sock"
         self.log_path = state_dir / "podman-service.log"
+        self.record_path = state_dir / service_record.RECORD_NAME
         self.url: str | None = None
         # "explicit" | "system" | "reused" | "embedded": where `url` came from.
         self.source: str | None = None
         self._process: trio.Process | None = None
+        self.taken_over: ServiceProcess | None = None  # a crashed berthd's, now ours to end
 
     def __repr__(self) -> str:
         return f"<PodmanService url={self.url!r} source={self.source} child_pid={self.child_pid}>"
@@ -145,7 +153,18 @@ class PodmanService:
             if not await podman_answers(own_url):
                 await self._supervise(own_url, task_status)
                 return
+            left = await trio.to_thread.run_sync(
+                service_record.left_running, self.record_path, own_url
+            )
             self._ready(own_url, "reused", task_status)
+            if left is not None:
+                await self._take_over(own_url, left)
+                return
+            await self._say(
+                f"podman service at {own_url} reused; no record names its process, so it is "
+                "left running when berthd stops",
+                logging.INFO,
+            )
         await self._watch_theirs()
 
     def _ready(self, url: str, source: str, task_status: trio.TaskStatus[str]) -> None:
@@ -183,10 +202,54 @@ class PodmanService:
                     logging.WARNING,
                 )
 
+    # -- a service a crashed berthd left ---------------------------------------------------
+
+    async def _take_over(self, url: str, left: ServiceProcess) -> None:
+        """Watch the service a crashed berthd left as if this one had started it: end it when
+        berthd stops, and start an embedded one in its place if it ends or stops answering."""
+        self.taken_over = left
+        await self._say(
+            f"podman service (pid {left.pid}) left by an earlier berthd reused on {url}; "
+            "taken over: this berthd ends it when it stops",
+            logging.INFO,
+        )
+        try:
+            why = await self._watch_taken_over(url, left)
+        finally:
+            with trio.CancelScope(shield=True):
+                how = await trio.to_thread.run_sync(
+                    service_record.end_process, left, self.stop_timeout
+                )
+                await trio.to_thread.run_sync(service_record.forget, self.record_path, left.pid)
+                self.taken_over = None
+                if how != "already gone":
+                    await self._say(f"podman service (pid {left.pid}) {how}", logging.INFO)
+        await self._say(
+            f"podman service (pid {left.pid}) {why}; restarting in {BACKOFF_FIRST:g}s",
+            logging.WARNING,
+        )
+        await trio.sleep(BACKOFF_FIRST)
+        await self._supervise(url, None)
+
+    async def _watch_taken_over(self, url: str, left: ServiceProcess) -> str:
+        misses = 0
+        while True:
+            await trio.sleep(self.watch_period)
+            await self._rotate_log()
+            if not await trio.to_thread.run_sync(service_record.running, left):
+                return "exited"
+            if await podman_answers(url):
+                misses = 0
+                continue
+            misses += 1
+            if misses >= WATCH_MISSES:
+                return f"stopped answering ({misses} pings in a row)"
+
     # -- the embedded service --------------------------------------------------------------
 
-    async def _supervise(self, url: str, task_status: trio.TaskStatus[str]) -> None:
-        """Run the child for good: started once (or raise), then restarted whenever it ends."""
+    async def _supervise(self, url: str, task_status: trio.TaskStatus[str] | None) -> None:
+        """Run the child for good: started once (or raise), then restarted whenever it ends.
+        Without `task_status` (a taken-over service ended) the first child is a restart."""
         delay = BACKOFF_FIRST
         starting: trio.TaskStatus[str] | None = task_status
         while True:
@@ -212,6 +275,8 @@ class PodmanService:
                 raise PodmanUnavailable(f"cannot start `{self.podman_binary}`: {exc}") from exc
             return None, f"cannot be started ({exc})", 0.0
         self._process = process
+        stopping = False
+        await trio.to_thread.run_sync(service_record.record, self.record_path, process.pid, url)
         try:
             why_not = await self._wait_answering(url, process)
             if why_not is not None:
@@ -223,14 +288,23 @@ class PodmanService:
                 return process.pid, why_not, 0.0
             if starting is not None:
                 self._ready(url, "embedded", starting)
+                await self._say(
+                    f"podman service (pid {process.pid}) started on {url}", logging.INFO
+                )
             else:
                 await self._say(f"podman service (pid {process.pid}) answering again", logging.INFO)
             since = trio.current_time()
             why = await self._watch_child(url, process)
             return process.pid, why, trio.current_time() - since
+        except trio.Cancelled:
+            stopping = True  # berthd stops: the service ends with it
+            raise
         finally:
             with trio.CancelScope(shield=True):
-                await self._end(process)
+                how = await self._end(process)
+                await trio.to_thread.run_sync(service_record.forget, self.record_path, process.pid)
+                if stopping and how is not None:
+                    await self._say(f"podman service (pid {process.pid}) {how}", logging.INFO)
             self._process = None
 
     async def _spawn(self, url: str) -> trio.Process:
@@ -277,16 +351,18 @@ class PodmanService:
             if misses >= WATCH_MISSES and process.returncode is None:
                 return f"stopped answering ({misses} pings in a row)"
 
-    async def _end(self, process: trio.Process) -> None:
+    async def _end(self, process: trio.Process) -> str | None:
+        """End the child; how ("ended", "killed"), or None when it had ended already."""
         if process.returncode is not None:
-            return
+            return None
         process.terminate()
         with trio.move_on_after(self.stop_timeout):
             await process.wait()
-            return
+            return "ended"
         log.warning("podman: service pid %d ignored SIGTERM; killing it", process.pid)
         process.kill()
         await process.wait()
+        return "killed"
 
     # -- its log ---------------------------------------------------------------------------
 

@@ -255,12 +255,14 @@ async def test_events_go_to_the_callback(state_dir: Path) -> None:
         with trio.fail_after(15):
             await answering.wait()
         nursery.cancel_scope.cancel()
-    assert seen[0] == (
+    assert seen[0][0] == f"podman service (pid {first}) started on unix://{state_dir}/podman.sock"
+    assert seen[1] == (
         # Podman ends cleanly on SIGTERM: any exit is restarted, not only a crash.
         f"podman service (pid {first}) exited with status 0; restarting in 0.5s",
         logging.WARNING,
     )
-    assert seen[1][0].endswith("answering again") and seen[1][1] == logging.INFO
+    assert seen[2][0].endswith("answering again") and seen[2][1] == logging.INFO
+    assert seen[3][0].endswith(") ended")  # berthd stopping ends the service it started
 
 
 async def test_service_it_did_not_start_that_stops_answering_is_said_once(
