@@ -13,9 +13,11 @@ mkdir -p "$state"
 if [ -f "$state/berthd.pid" ] && kill -0 "$(cat "$state/berthd.pid")" 2>/dev/null; then
   echo "run: berthd already running (pid $(cat "$state/berthd.pid"))"
 else
-  "$venv/berthd" --state-dir "$state" --socket "$sock" >>"$state/berthd.log" 2>&1 &
+  # --supervise: a small supervisor keeps the endpoints' sockets and restarts berthd if it
+  # dies (docs/operations.md, "Restarts without refused connections"); its PID is the one kept.
+  "$venv/berthd" --supervise --state-dir "$state" --socket "$sock" >>"$state/berthd.log" 2>&1 &
   echo $! >"$state/berthd.pid"
-  echo "run: started berthd (pid $!), log in .berth/berthd.log"
+  echo "run: started berthd --supervise (pid $!), log in .berth/berthd.log"
 fi
 for _ in $(seq 1 300); do
   "$venv/berth" status >/dev/null 2>&1 && break

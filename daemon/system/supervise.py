@@ -334,7 +334,7 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the child: nothing here may raise into the supervisor's code
             try:
-                _exec_child(list(self.argv), env, kept)
+                exec_with_fds(list(self.argv), env, kept)
             finally:
                 os._exit(127)
         self.child = pid
@@ -342,8 +342,10 @@ class Supervisor:
         log.info("supervise: started berthd %d with %d sockets", pid, len(kept))
 
 
-def _exec_child(argv: list[str], env: dict[str, str], kept: list[int]) -> None:
-    """In the forked child: the kept sockets at 3.., LISTEN_PID, every other fd closed."""
+def exec_with_fds(argv: list[str], env: dict[str, str], kept: list[int]) -> None:
+    """Exec `argv` with `kept` at descriptors 3.. (every other one above 2 closed) and
+    LISTEN_PID set to this process: in a forked child, as systemd does, or in a wrapper
+    process that execs berthd (the tests that play systemd)."""
     first = 3
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
