@@ -32,7 +32,7 @@ CHILD = textwrap.dedent(
     from proxy.endpoint import Endpoint
 
     class StandIn:
-        def __init__(self, settings, notifier):
+        def __init__(self, *args, **kwargs):
             pass
 
         async def run(self):
