@@ -43,6 +43,7 @@ from config.spec import DeploymentSpec, UpdateStrategy
 from daemon.gpu.ledger import LABEL_GPUS, parse_gpus_label, replica_key
 from daemon.gpu.placement import Assignment
 from daemon.health.verdicts import ReplicaHealth
+from daemon.reconcile.adoption import Adoption
 from daemon.reconcile.context import ActiveRevision, WorkerContext
 from daemon.reconcile.image_pull import ImagePuller
 from daemon.reconcile.plan import (
@@ -85,7 +86,6 @@ from daemon.scaling.driver import ROUND as SCALING_ROUND
 from daemon.scaling.policy import Autoscaler
 from daemon.secrets.references import secret_template_id
 from daemon.store.database import RevisionChanged, Store
-from daemon.store.readiness import Verdict, list_verdicts, save_verdict
 
 log = logging.getLogger("berthd")
 
@@ -127,6 +127,7 @@ class DeploymentWorker:
         self._wake = trio.Event()
         self._active: ActiveRevision | None = None
         self._memory: dict[str, ReplicaMemory] = {}
+        self._adoption = Adoption(name, ctx)  # verdicts kept across restarts, `adopted`
         self._ops = ReplicaOps(name, ctx, self._memory, lambda: self._active, on_done=self.nudge)
         self._publisher = EndpointPublisher(
             name, ctx, self._memory, self._ops, on_suspect=self.suspect, on_nudge=self.nudge
@@ -139,7 +140,7 @@ class DeploymentWorker:
             on_verdict=self.nudge,
             on_unready=self._publisher.withdraw,
             on_ready_probe=self._publisher.probe_passed,
-            on_readiness=self._keep_verdict,
+            on_readiness=lambda memory, ready: self._adoption.keep(self._active, memory, ready),
         )
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
@@ -155,10 +156,6 @@ class DeploymentWorker:
         self._unobserved: str | None = None  # why the last list failed, until one works
         self._round_since: float | None = None  # when the round under way began
         self._replace_revision: int | None = None  # its rollout replaces in place
-        # The replicas' last readiness verdicts as the store held them when this worker
-        # began (read once): what a restarted berthd trusts for the containers it adopts.
-        self._verdicts: dict[str, Verdict] | None = None
-        self._adoption_said = False  # the first observation's containers were said (adopted)
 
     def __repr__(self) -> str:
         s = self._snapshot
@@ -395,8 +392,7 @@ class DeploymentWorker:
             spec = parse_spec(revision.spec_text, source=source)
             self._parsed = {revision.spec_id: spec}
         await self._ops.load_records(deployment.deployment_id)
-        if self._verdicts is None:
-            self._verdicts = await store.call(list_verdicts, deployment.deployment_id)
+        await self._adoption.load(deployment.deployment_id)
         scaled = await self._autoscale(spec, deployment.pinned_replicas)
         self._active = ActiveRevision(
             deployment_id=deployment.deployment_id,
@@ -469,7 +465,7 @@ class DeploymentWorker:
             memory = self._memory.get(rid)
             if memory is None:
                 memory = self._memory[rid] = self._ops.remember(rid, now)
-                self._recall_verdict(memory, c)
+                self._adoption.recall(memory, c)
             memory.gpus = parse_gpus_label(c.labels.get(LABEL_GPUS, ""))
             if c.running or c.status == "created":  # a dead container frees its GPUs
                 held_gpus.append(Assignment(replica_key(self.name, rid), memory.gpus, shared))
@@ -479,63 +475,12 @@ class DeploymentWorker:
             await self._track_run(memory, c, active, now)
         self._ctx.gpus.observed(self.name, held_gpus, stamp=gpu_stamp)
         self._ctx.ports.observed(self.name, held_ports, stamp=port_stamp)
-        if not self._adoption_said:
-            self._adoption_said = True
-            await self._say_adopted(containers)
+        await self._adoption.say_once(active, containers, self._memory)
         seen = {c.labels[LABEL_REPLICA] for c in containers} | self._ops.creating_ids
         for rid in list(self._memory):
             if rid not in seen:
                 del self._memory[rid]
         return containers
-
-    def _recall_verdict(self, memory: ReplicaMemory, c: ContainerInfo) -> None:
-        """A replica first seen by this worker: the store's last verdict about its container."""
-        verdict = (self._verdicts or {}).get(memory.replica_id)
-        if verdict is None or not verdict.holds_for(
-            c.container_id, c.labels.get(LABEL_TEMPLATE, "")
-        ):
-            return
-        memory.container_id, memory.verdict = c.container_id, verdict.ready
-        memory.restorable = verdict.ready and c.running and not memory.started_here
-
-    async def _say_adopted(self, containers: list[ContainerInfo]) -> None:
-        """This worker's first observation found containers: it adopted them (the event)."""
-        running = [c for c in containers if c.running]
-        if not containers:
-            return
-        ids = [c.labels[LABEL_REPLICA] for c in running]
-        back = [rid for rid in ids if (h := self._memory[rid].health) is not None and h.ready]
-        parts = [
-            f"adopted {len(running)} running replica{'s' if len(running) != 1 else ''}"
-            + (f" ({', '.join(ids)})" if ids else "")
-        ]
-        if back:
-            parts.append(
-                f"{len(back)} back in rotation at once, ready when berthd stopped "
-                f"({', '.join(back)}), confirmed by a probe now"
-            )
-        if len(back) < len(ids):
-            parts.append(f"{len(ids) - len(back)} in rotation once a probe passes")
-        stopped = len(containers) - len(running)
-        if stopped:
-            parts.append(f"{stopped} stopped (started again after their back-off)")
-        parts.append("no container started or stopped for it")
-        await self._ctx.events.emit("adopted", "; ".join(parts), deployment=self.name)
-
-    async def _keep_verdict(self, memory: ReplicaMemory, ready: bool) -> None:
-        """Keep the replica's readiness verdict in the store, when it changed (not per probe)."""
-        active = self._active
-        if memory.verdict is ready or active is None or not memory.container_id:
-            return
-        memory.verdict = ready
-        await self._ctx.store.call(
-            save_verdict,
-            active.deployment_id,
-            memory.replica_id,
-            memory.container_id,
-            memory.template_id,
-            ready=ready,
-        )
 
     async def _observation_failed(self, reason: str) -> None:
         log.warning("cannot list containers: %s", reason, extra={"deployment": self.name})
@@ -579,7 +524,7 @@ class DeploymentWorker:
         memory.healthy_since = None
         memory.restorable = False
         if memory.verdict:
-            await self._keep_verdict(memory, False)  # a ready replica's container stopped
+            await self._adoption.keep(active, memory, False)  # a ready one's container stopped
         if self._ops.acting_on(memory.replica_id):
             return  # being created, stopped or removed: not running is its operation's doing
         if not memory.down_recorded:

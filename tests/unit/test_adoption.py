@@ -15,9 +15,10 @@ from trio.testing import MockClock
 from config.spec import Health, Probe
 from daemon.health.probes import ProbeResult
 from daemon.health.verdicts import ProbeKind, ReplicaHealth, Transition
-from daemon.reconcile import worker as worker_module
+from daemon.reconcile import adoption as adoption_module
+from daemon.reconcile.adoption import adopted_message
 from daemon.reconcile.worker import DeploymentWorker
-from daemon.runtime.interface import LABEL_REPLICA
+from daemon.runtime.interface import LABEL_REPLICA, ContainerInfo
 from daemon.store.readiness import Verdict, list_verdicts, save_verdict
 from tests.unit.test_worker import Rig, published, rig, running_and_ready, spec_text, view
 
@@ -156,7 +157,7 @@ async def test_verdicts_are_written_when_they_change_never_per_probe(
             store, deployment_id, replica_id, container_id, template_id, ready=ready
         )
 
-    monkeypatch.setattr(worker_module, "save_verdict", counting)
+    monkeypatch.setattr(adoption_module, "save_verdict", counting)
     await running_and_ready(rig, spec_text(rig.port, count=1))
     (rid,) = ids(rig)
     assert writes == [(rid, True)]
@@ -190,3 +191,11 @@ def test_a_replica_that_was_ready_begins_ready_with_every_probe_due_now() -> Non
     ]
     fresh = ReplicaHealth.begin(health, 8080, 100.0, adopted=True)
     assert not fresh.ready and {t.kind for t in fresh.due(100.0)} == {ProbeKind.STARTUP}
+
+
+def test_the_adopted_message_of_a_removed_deployment_and_of_none() -> None:
+    c = ContainerInfo("c1", "n", "img", {LABEL_REPLICA: "r1"}, "running")
+    assert adopted_message(None, [], {}) is None
+    assert adopted_message(None, [c], {}) == (
+        "adopted 1 replicas of a removed deployment; removing them"
+    )
