@@ -6,13 +6,16 @@ RLIMIT_NOFILE as every endpoint's client and replica connections. An endpoint fl
 with connections must not starve those, so the endpoints together get a budget sized
 from the soft limit with a reserve kept back for the control plane:
 
-    reserve = max(CONTROL_PLANE_RESERVE, limit // 8)
+    reserve = max(CONTROL_PLANE_RESERVE, min(limit // 8, CONTROL_PLANE_RESERVE_MAX))
     budget  = max(MIN_BUDGET, (limit - reserve) // 2)
 
 halved because each proxied client connection may hold a replica connection as well
 (idle pooled replica connections come out of the reserve's slack). Under berthd's
-systemd unit (LimitNOFILE=65536): reserve 8,192, budget 28,672 client connections; at
-the common shell default of 1,024: reserve 256, budget 384.
+systemd unit (LimitNOFILE=65536): reserve 1,024, budget 32,256 client connections; at
+these machines' hard limit of 20,000: reserve 1,024, budget 9,488 (9,000 long streams fit);
+at the common shell default of 1,024: reserve 256, budget 384. The reserve stops growing at
+1,024: the control plane's descriptors grow with the replicas (a probe, a scrape, a log
+stream each), not with the limit, and 1,024 covers hundreds of replicas.
 
 Over a cap (the endpoint's own `max_connections`, or the shared budget) an endpoint stops
 accepting: new connections wait in the kernel's listen backlog (1,024 long) until one
@@ -40,6 +43,7 @@ from typing import Final
 from trio.lowlevel import ParkingLot
 
 CONTROL_PLANE_RESERVE: Final = 256
+CONTROL_PLANE_RESERVE_MAX: Final = 1024
 MIN_BUDGET: Final = 16
 _UNLIMITED: Final = 1 << 20  # what an RLIM_INFINITY soft limit is taken as
 
@@ -51,7 +55,7 @@ def fd_limit() -> int:
 
 
 def control_plane_reserve(limit: int) -> int:
-    return max(CONTROL_PLANE_RESERVE, limit // 8)
+    return max(CONTROL_PLANE_RESERVE, min(limit // 8, CONTROL_PLANE_RESERVE_MAX))
 
 
 def default_budget(limit: int | None = None) -> int:
