@@ -6,7 +6,9 @@ Invariants:
   connections are closed rather than pooled.
 - `run` owns every client session in one nursery. `begin_shutdown(t)` stops accepting,
   closes the listener and idle keep-alive connections, and gives in-flight requests until
-  now + t; `run` returns when the last session ends.
+  now + t; `run` returns when the last session ends. A connection accepted before the
+  drain that has not sent its first request yet is not idle: that request is answered
+  (a planned restart cuts nothing that was accepted), within `header_read`.
 - A fault in one client connection stays in it: each session runs behind a barrier that
   takes any `Exception` (never a cancellation), logs it once with the endpoint and the
   peer, and closes that connection; the listener and every other session go on. The
@@ -337,8 +339,12 @@ class Endpoint:
         if self._handlers_scope is not None and self._drain_deadline is not None:
             self._handlers_scope.deadline = min(self._handlers_scope.deadline, self._drain_deadline)
         for session in list(self._sessions):
-            if session.idle:
-                session.conn.shutdown()  # its wait for a request ends with end-of-stream
+            # Idle between requests: its wait for the next one ends with end-of-stream. A
+            # connection that has had no answer yet is not idle but new: accepted before
+            # the drain, its first request is on its way (or in the socket already) and
+            # is answered (Connection: close), within `header_read` of its accept.
+            if session.idle and session.exchange.status != 0:
+                session.conn.shutdown()
 
     def statistics(
         self, window: float = STATS_WINDOW_S, *, histogram: bool = False

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from config.spec import Endpoint as EndpointSpec
 from daemon.http.listeners import UnixSocketListener
@@ -184,3 +185,24 @@ async def test_the_admin_socket_is_taken_back_with_no_stale_check(keeper: Keeper
             await nursery.start(server.run)
             nursery.cancel_scope.cancel()
         assert not path.exists()
+
+
+async def test_a_drain_answers_a_connection_accepted_before_it() -> None:
+    """A planned restart cuts nothing accepted: the old process's drain answers a
+    connection it accepted whose request had not arrived yet (not idle: new)."""
+    from proxy.endpoint import Endpoint
+
+    endpoint = Endpoint("a", bind="127.0.0.1", port=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.run)
+        with trio.fail_after(10):
+            client = trio.socket.socket()
+            await client.connect(endpoint.address)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert endpoint.connections() == 1  # accepted; its session waits for a request
+            endpoint.begin_shutdown(5.0)
+            await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await client.recv(64)
+            client.close()
+        assert answer.startswith(b"HTTP/1.1 503 ")  # answered (nothing to forward to), not cut
+        nursery.cancel_scope.cancel()
