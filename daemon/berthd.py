@@ -75,6 +75,7 @@ from daemon.store.permissions import secure_state_dir
 from daemon.store.runs import RunMarker
 from daemon.system.fdstore import FdStore
 from daemon.system.notify import Notifier
+from proxy import gc_policy
 
 log = logging.getLogger("berthd")
 
@@ -218,6 +219,7 @@ class Berthd:
             control.start_soon(self._handle_signals)
             control.start_soon(self.notifier.watchdog_loop, self._stalled)
             control.start_soon(self.run_marker.heartbeat_forever)
+            control.start_soon(gc_policy.collect_forever)  # full collections on a clock
             control.start_soon(
                 partial(
                     self.events.prune_forever,

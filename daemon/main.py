@@ -14,6 +14,7 @@ from config.settings import load_settings
 from daemon import __version__
 from daemon.system.fd_limit import raise_open_files_limit
 from daemon.system.logs import setup_logging
+from proxy import gc_policy
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any endpoint exists: their shared connection budget is sized from the soft
     # limit when the first one is made (proxy.admission.process_budget).
     raise_open_files_limit()
+    gc_policy.configure()  # full collections on berthd's clock (proxy.gc_policy)
     try:
         settings = load_settings(
             args.config,

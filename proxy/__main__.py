@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from config.spec import MAX_QUEUE_DEFAULT, QUEUE_TIMEOUT_DEFAULT
+from proxy import gc_policy
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.tls import server_context
 from proxy.upstreams import Upstream
@@ -88,6 +89,7 @@ async def serve(args: argparse.Namespace) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(endpoint.run)
+            nursery.start_soon(gc_policy.collect_forever)
             bound = endpoint.address
             print(f"proxy listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
             async for _ in signals:
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # as berthd: soft to hard, before
     with contextlib.suppress(OSError, ValueError):  # the connection budget is sized from it
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    gc_policy.configure()
     try:
         trio.run(serve, args)
     except OSError as exc:
