@@ -114,6 +114,7 @@ class PodmanService:
         watch_period: float = WATCH_PERIOD,
         log_max_bytes: int = LOG_MAX_BYTES,
         on_event: ServiceEvents | None = None,
+        berthd_pid: int | None = None,
     ) -> None:
         self.explicit_url = podman_url
         self.state_dir = state_dir
@@ -124,6 +125,7 @@ class PodmanService:
         self.watch_period = watch_period
         self.log_max_bytes = log_max_bytes
         self.on_event = on_event
+        self.berthd_pid = os.getpid() if berthd_pid is None else berthd_pid  # the record's owner
         self.socket_path = state_dir / "podman.sock"
         self.log_path = state_dir / "podman-service.log"
         self.record_path = state_dir / service_record.RECORD_NAME
@@ -132,6 +134,9 @@ class PodmanService:
         self.source: str | None = None
         self._process: trio.Process | None = None
         self.taken_over: ServiceProcess | None = None  # a crashed berthd's, now ours to end
+        # Children left running for a berthd that took them over (a planned restart): held
+        # here so that they are not collected as garbage while they run.
+        self.left_running: list[trio.Process] = []
 
     def __repr__(self) -> str:
         return f"<PodmanService url={self.url!r} source={self.source} child_pid={self.child_pid}>"
@@ -156,6 +161,10 @@ class PodmanService:
             left = await trio.to_thread.run_sync(
                 service_record.left_running, self.record_path, own_url
             )
+            if left is not None:  # ours from now on, before anyone is told of the URL
+                left = self.taken_over = await trio.to_thread.run_sync(
+                    service_record.take_over, self.record_path, left, self.berthd_pid
+                )
             self._ready(own_url, "reused", task_status)
             if left is not None:
                 await self._take_over(own_url, left)
@@ -207,7 +216,6 @@ class PodmanService:
     async def _take_over(self, url: str, left: ServiceProcess) -> None:
         """Watch the service a crashed berthd left as if this one had started it: end it when
         berthd stops, and start an embedded one in its place if it ends or stops answering."""
-        self.taken_over = left
         await self._say(
             f"podman service (pid {left.pid}) left by an earlier berthd reused on {url}; "
             "taken over: this berthd ends it when it stops",
@@ -220,7 +228,9 @@ class PodmanService:
                 how = await trio.to_thread.run_sync(
                     service_record.end_process, left, self.stop_timeout
                 )
-                await trio.to_thread.run_sync(service_record.forget, self.record_path, left.pid)
+                await trio.to_thread.run_sync(
+                    service_record.forget, self.record_path, left.pid, self.berthd_pid
+                )
                 self.taken_over = None
                 if how != "already gone":
                     await self._say(f"podman service (pid {left.pid}) {how}", logging.INFO)
@@ -276,7 +286,9 @@ class PodmanService:
             return None, f"cannot be started ({exc})", 0.0
         self._process = process
         stopping = False
-        await trio.to_thread.run_sync(service_record.record, self.record_path, process.pid, url)
+        await trio.to_thread.run_sync(
+            service_record.record, self.record_path, process.pid, url, self.berthd_pid
+        )
         try:
             why_not = await self._wait_answering(url, process)
             if why_not is not None:
@@ -301,10 +313,7 @@ class PodmanService:
             raise
         finally:
             with trio.CancelScope(shield=True):
-                how = await self._end(process)
-                await trio.to_thread.run_sync(service_record.forget, self.record_path, process.pid)
-                if stopping and how is not None:
-                    await self._say(f"podman service (pid {process.pid}) {how}", logging.INFO)
+                await self._end_own(process, stopping)
             self._process = None
 
     async def _spawn(self, url: str) -> trio.Process:
@@ -350,6 +359,27 @@ class PodmanService:
             misses += 1
             if misses >= WATCH_MISSES and process.returncode is None:
                 return f"stopped answering ({misses} pings in a row)"
+
+    async def _end_own(self, process: trio.Process, stopping: bool) -> None:
+        """End the child this object started, unless berthd stops and another berthd has
+        taken the service over meanwhile (a planned restart): that one ends it."""
+        record, me = self.record_path, self.berthd_pid
+        if stopping:
+            other = await trio.to_thread.run_sync(
+                service_record.owned_elsewhere, record, process.pid, me
+            )
+            if other is not None:
+                self.left_running.append(process)
+                await self._say(
+                    f"podman service (pid {process.pid}) left running: berthd (pid {other}) "
+                    "took it over",
+                    logging.INFO,
+                )
+                return
+        how = await self._end(process)
+        await trio.to_thread.run_sync(service_record.forget, record, process.pid, me)
+        if stopping and how is not None:
+            await self._say(f"podman service (pid {process.pid}) {how}", logging.INFO)
 
     async def _end(self, process: trio.Process) -> str | None:
         """End the child; how ("ended", "killed"), or None when it had ended already."""

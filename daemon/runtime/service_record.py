@@ -1,13 +1,16 @@
 """Which process is the embedded `podman system service`: a record in the state dir.
 
 berthd writes `STATE/podman-service.pid` (JSON: pid, its start time as psutil's
-`create_time`, the URL it serves) each time it starts the embedded service, and removes it
-once it has ended that service. A berthd killed with `-9` leaves both the service and the
-record; the next berthd finds the service answering on the socket and takes it over only if
-the record still names it: that pid is alive, started at the recorded time (so a reused pid
-never passes), and its command line is `podman ... system service ... URL`. Only such a
-process is ever signalled (`end_process`, which checks again first). Blocking by contract
-(psutil reads /proc, the record is a file): called through `trio.to_thread`.
+`create_time`, the URL it serves, and the owner: the pid of the berthd that ends it) each
+time it starts the embedded service, and removes it once it has ended that service. A
+berthd killed with `-9` leaves both the service and the record; the next berthd finds the
+service answering on the socket and takes it over only if the record still names it: that
+pid is alive, started at the recorded time (so a reused pid never passes), and its command
+line is `podman ... system service ... URL`; it then writes itself in as the owner. A
+berthd that stops while another (live) one owns the service it started (the two overlap in
+a planned restart) leaves it running for that one. Only such a process is ever signalled
+(`end_process`, which checks again first). Blocking by contract (psutil reads /proc, the
+record is a file): called through `trio.to_thread`.
 """
 
 from __future__ import annotations
@@ -33,37 +36,69 @@ class ServiceProcess:
     pid: int
     started: float  # psutil create_time
     url: str
+    owner: int | None = None  # the berthd that ends it when it stops
 
 
-def record(path: Path, pid: int, url: str) -> ServiceProcess | None:
+def _write(path: Path, found: ServiceProcess) -> bool:
+    temporary = path.with_name(path.name + ".tmp")
+    raw = {"pid": found.pid, "started": found.started, "url": found.url, "owner": found.owner}
+    try:
+        temporary.write_text(json.dumps(raw))
+        os.replace(temporary, path)
+    except OSError as exc:  # a full disk must not stop Podman: only the takeover is lost
+        log.warning("podman: cannot record the service's pid in %s: %s", path, exc)
+        return False
+    return True
+
+
+def record(path: Path, pid: int, url: str, owner: int) -> ServiceProcess | None:
     """Write the record for the service just started; None when the process is already gone."""
     try:
         started = float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
-    found = ServiceProcess(pid, started, url)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_text(json.dumps({"pid": pid, "started": started, "url": url}))
-        os.replace(temporary, path)
-    except OSError as exc:  # a full disk must not stop Podman: only the takeover is lost
-        log.warning("podman: cannot record the service's pid in %s: %s", path, exc)
-        return None
-    return found
+    found = ServiceProcess(pid, started, url, owner)
+    return found if _write(path, found) else None
 
 
-def forget(path: Path, pid: int) -> None:
-    """Remove the record if it still names `pid` (a newer child may have replaced it)."""
+def take_over(path: Path, found: ServiceProcess, owner: int) -> ServiceProcess:
+    """Write `owner` in as the berthd that ends the service from now on."""
+    mine = ServiceProcess(found.pid, found.started, found.url, owner)
+    _write(path, mine)
+    return mine
+
+
+def owned_elsewhere(path: Path, pid: int, owner: int) -> int | None:
+    """The pid of another live berthd that took service `pid` over from `owner`, if one did."""
     found = _read(path)
-    if found is None or found.pid == pid:
+    if found is None or found.pid != pid or found.owner in (None, owner):
+        return None
+    try:
+        alive = psutil.Process(found.owner).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return None
+    return found.owner if alive else None
+
+
+def forget(path: Path, pid: int, owner: int) -> None:
+    """Remove the record if it still names service `pid` owned by `owner` (a newer child may
+    have replaced it, another berthd may own it now)."""
+    found = _read(path)
+    if found is None or (found.pid == pid and found.owner in (None, owner)):
         path.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> ServiceProcess | None:
     try:
         raw = json.loads(path.read_text())
-        return ServiceProcess(int(raw["pid"]), float(raw["started"]), str(raw["url"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        owner = raw.get("owner")
+        return ServiceProcess(
+            int(raw["pid"]),
+            float(raw["started"]),
+            str(raw["url"]),
+            None if owner is None else int(owner),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

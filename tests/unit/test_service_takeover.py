@@ -38,6 +38,9 @@ while True:
 """
 
 
+DEAD = 4_999_999  # above Linux's largest pid_max (2**22): the pid of a berthd that is gone
+
+
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="berth-tk-", dir="/tmp"))  # a short socket path
@@ -103,7 +106,9 @@ class Said:
         self.messages.append(message)
 
 
-def service(state_dir: Path, fake_podman: Path, said: Said) -> PodmanService:
+def service(
+    state_dir: Path, fake_podman: Path, said: Said, berthd_pid: int | None = None
+) -> PodmanService:
     return PodmanService(
         None,
         state_dir,
@@ -112,6 +117,7 @@ def service(state_dir: Path, fake_podman: Path, said: Said) -> PodmanService:
         watch_period=0.05,
         stop_timeout=2.0,
         on_event=said,
+        berthd_pid=berthd_pid,
     )
 
 
@@ -158,7 +164,7 @@ async def test_a_service_a_crashed_berthd_left_is_taken_over_and_ended(
 ) -> None:
     left = await orphan(fake_podman, state_dir, started)
     record = state_dir / service_record.RECORD_NAME
-    service_record.record(record, left.pid, url_of(state_dir))  # what that berthd wrote
+    service_record.record(record, left.pid, url_of(state_dir), DEAD)  # what it wrote
     said = Said()
     svc = service(state_dir, fake_podman, said)
     async with trio.open_nursery() as nursery:
@@ -181,7 +187,7 @@ async def test_a_taken_over_service_that_dies_is_replaced_by_an_embedded_one(
     state_dir: Path, fake_podman: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     left = await orphan(fake_podman, state_dir, started)
-    service_record.record(state_dir / service_record.RECORD_NAME, left.pid, url_of(state_dir))
+    service_record.record(state_dir / service_record.RECORD_NAME, left.pid, url_of(state_dir), DEAD)
     said = Said()
     svc = service(state_dir, fake_podman, said)
     async with trio.open_nursery() as nursery:
@@ -202,7 +208,7 @@ async def test_a_record_that_names_another_process_is_not_trusted(
     left = await orphan(fake_podman, state_dir, started)
     bystander = spawn(started, "sleep", "30")
     record = state_dir / service_record.RECORD_NAME
-    service_record.record(record, bystander.pid, url_of(state_dir))
+    service_record.record(record, bystander.pid, url_of(state_dir), DEAD)
     said = Said()
     svc = service(state_dir, fake_podman, said)
     async with trio.open_nursery() as nursery:
@@ -219,7 +225,7 @@ async def test_a_record_with_another_start_time_is_a_reused_pid(
 ) -> None:
     left = await orphan(fake_podman, state_dir, started)
     record = state_dir / service_record.RECORD_NAME
-    found = service_record.record(record, left.pid, url_of(state_dir))
+    found = service_record.record(record, left.pid, url_of(state_dir), DEAD)
     assert found is not None
     raw = json.loads(record.read_text())
     record.write_text(json.dumps({**raw, "started": found.started - 3600.0}))
@@ -237,6 +243,39 @@ async def test_a_record_with_another_start_time_is_a_reused_pid(
         == "already gone"
     )
     assert left.poll() is None
+
+
+async def test_two_berthds_overlapping_leave_the_service_to_the_one_that_took_it_over(
+    state_dir: Path, fake_podman: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A planned restart: the new berthd takes the old one's service over while the old one
+    drains; the old one, stopping, leaves it running; the new one ends it when it stops."""
+    new_berthd = spawn(started, "sleep", "30")  # stands for the new berthd's (live) pid
+    old_said, new_said = Said(), Said()
+    old = service(state_dir, fake_podman, old_said)
+    new = service(state_dir, fake_podman, new_said, berthd_pid=new_berthd.pid)
+    async with trio.open_nursery() as both:
+        async with trio.open_nursery() as old_one:
+            with trio.fail_after(10):
+                await old_one.start(old.run)
+            pid = old.child_pid
+            assert pid is not None
+            with trio.fail_after(10):
+                await both.start(new.run)
+            assert new.taken_over is not None and new.taken_over.pid == pid
+            old_one.cancel_scope.cancel()
+        assert old_said.messages[-1] == (
+            f"podman service (pid {pid}) left running: berthd (pid {new_berthd.pid}) took it over"
+        )
+        await trio.sleep(0.2)  # watched by the new one: still there, still answering
+        assert service_record.running(new.taken_over)
+        assert await podman_answers(url_of(state_dir))
+        both.cancel_scope.cancel()
+    assert new_said.messages[-1] == f"podman service (pid {pid}) ended"
+    assert not (state_dir / service_record.RECORD_NAME).exists()
+    (left,) = old.left_running
+    with trio.fail_after(5):
+        await left.wait()  # ended by the new one; this process started it, so it reaps it
 
 
 def test_logging_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
