@@ -1,4 +1,7 @@
 """berthd as a system service: systemd's notify protocol (`notify`: READY, STOPPING,
-WATCHDOG), the key=value log lines (`logs`) and the open-files limit raised at start
-(`fd_limit`). May import nothing of berth's.
+WATCHDOG), its file descriptor store (`fdstore`: the listening sockets kept across
+restarts, FDSTORE=1 / FDNAME= and LISTEN_FDS / LISTEN_FDNAMES), the same protocols' other
+side for a berthd without systemd (`supervise`: `berthd --supervise`), the key=value log
+lines (`logs`) and the open-files limit raised at start (`fd_limit`). May import nothing of
+berth's.
 """

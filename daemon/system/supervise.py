@@ -24,8 +24,9 @@ Restarts:
   closing its copies of the listeners, and drains in-flight requests up to its drain
   timeout); once it said STOPPING=1 (or `STOPPING_WAIT` passed, or it exited) the new
   child starts with the sockets and accepts the new connections while the old one drains.
-  Waiting for STOPPING=1 keeps the two from reconciling at once: the old one stops its
-  reconcile rounds before it says so.
+  Waiting for STOPPING=1 keeps the two from reconciling side by side: berthd says it as
+  it begins to stop, right before its reconcile rounds are cancelled, and a new berthd
+  takes a second or more before its first round.
 - SIGTERM / SIGINT: forwarded to the child, which drains and exits; the supervisor then
   exits with the child's status (and its sockets close). SIGHUP: forwarded.
 
