@@ -206,3 +206,33 @@ async def test_a_drain_answers_a_connection_accepted_before_it() -> None:
             client.close()
         assert answer.startswith(b"HTTP/1.1 503 ")  # answered (nothing to forward to), not cut
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_listener_is_forgotten_so_the_next_round_binds_again(
+    keeper: Keeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy import endpoint as proxy_endpoint
+
+    real_accept = proxy_endpoint.sockets.accept
+    broken = [True]
+
+    async def accept(listener: socket.socket) -> tuple[socket.socket, str]:
+        if broken:
+            broken.clear()
+            raise RuntimeError("a bug in the accept loop")
+        return await real_accept(listener)
+
+    monkeypatch.setattr(proxy_endpoint.sockets, "accept", accept)
+    port = free_port()
+    name = endpoint_fd_name("127.0.0.1", port)
+    manager = EndpointManager(drain_timeout=0.5)
+    manager.sockets = keeper
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        with trio.fail_after(10):
+            await manager.ensure("a", spec_on(port))
+            await trio.testing.wait_all_tasks_blocked()  # its accept loop has failed
+            assert manager.get("a") is None and name not in keeper.fds  # no copy holds it
+            again = await manager.ensure("a", spec_on(port))  # bound anew, and kept
+            assert again.address == ("127.0.0.1", port) and name in keeper.fds
+        nursery.cancel_scope.cancel()
