@@ -161,13 +161,14 @@ class PodmanService:
             left = await trio.to_thread.run_sync(
                 service_record.left_running, self.record_path, own_url
             )
+            previous = left.owner if left is not None else None
             if left is not None:  # ours from now on, before anyone is told of the URL
                 left = self.taken_over = await trio.to_thread.run_sync(
                     service_record.take_over, self.record_path, left, self.berthd_pid
                 )
             self._ready(own_url, "reused", task_status)
             if left is not None:
-                await self._take_over(own_url, left)
+                await self._take_over(own_url, left, previous)
                 return
             await self._say(
                 f"podman service at {own_url} reused; no record names its process, so it is "
@@ -213,33 +214,49 @@ class PodmanService:
 
     # -- a service a crashed berthd left ---------------------------------------------------
 
-    async def _take_over(self, url: str, left: ServiceProcess) -> None:
+    async def _take_over(self, url: str, left: ServiceProcess, previous: int | None) -> None:
         """Watch the service a crashed berthd left as if this one had started it: end it when
-        berthd stops, and start an embedded one in its place if it ends or stops answering."""
+        berthd stops, and start an embedded one in its place if it ends or stops answering.
+        If the berthd that owned it (`previous`) still lives when this one stops (it is the
+        old one of a planned restart, or this one is a second berthd that could not start),
+        the service is handed back to it instead."""
         await self._say(
             f"podman service (pid {left.pid}) left by an earlier berthd reused on {url}; "
             "taken over: this berthd ends it when it stops",
             logging.INFO,
         )
+        stopping = False
         try:
             why = await self._watch_taken_over(url, left)
+        except trio.Cancelled:
+            stopping = True
+            raise
         finally:
             with trio.CancelScope(shield=True):
-                how = await trio.to_thread.run_sync(
-                    service_record.end_process, left, self.stop_timeout
-                )
-                await trio.to_thread.run_sync(
-                    service_record.forget, self.record_path, left.pid, self.berthd_pid
-                )
                 self.taken_over = None
-                if how != "already gone":
-                    await self._say(f"podman service (pid {left.pid}) {how}", logging.INFO)
+                await self._end_taken_over(left, previous if stopping else None)
         await self._say(
             f"podman service (pid {left.pid}) {why}; restarting in {BACKOFF_FIRST:g}s",
             logging.WARNING,
         )
         await trio.sleep(BACKOFF_FIRST)
         await self._supervise(url, None)
+
+    async def _end_taken_over(self, left: ServiceProcess, previous: int | None) -> None:
+        record = self.record_path
+        if previous is not None and await trio.to_thread.run_sync(
+            service_record.hand_back, record, left, previous, self.berthd_pid
+        ):
+            await self._say(
+                f"podman service (pid {left.pid}) left running: handed back to berthd "
+                f"(pid {previous})",
+                logging.INFO,
+            )
+            return
+        how = await trio.to_thread.run_sync(service_record.end_process, left, self.stop_timeout)
+        await trio.to_thread.run_sync(service_record.forget, record, left.pid, self.berthd_pid)
+        if how != "already gone":
+            await self._say(f"podman service (pid {left.pid}) {how}", logging.INFO)
 
     async def _watch_taken_over(self, url: str, left: ServiceProcess) -> str:
         misses = 0

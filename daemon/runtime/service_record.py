@@ -68,16 +68,30 @@ def take_over(path: Path, found: ServiceProcess, owner: int) -> ServiceProcess:
     return mine
 
 
+def hand_back(path: Path, found: ServiceProcess, previous: int, owner: int) -> bool:
+    """If berthd `previous` still lives and the record is still `owner`'s, write `previous`
+    back in as the owner; whether it was handed back."""
+    current = _read(path)
+    if current is None or current.pid != found.pid or current.owner != owner:
+        return False
+    if not _alive(previous):
+        return False
+    return _write(path, ServiceProcess(found.pid, found.started, found.url, previous))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 def owned_elsewhere(path: Path, pid: int, owner: int) -> int | None:
     """The pid of another live berthd that took service `pid` over from `owner`, if one did."""
     found = _read(path)
     if found is None or found.pid != pid or found.owner in (None, owner):
         return None
-    try:
-        alive = psutil.Process(found.owner).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return None
-    return found.owner if alive else None
+    return found.owner if _alive(found.owner) else None
 
 
 def forget(path: Path, pid: int, owner: int) -> None:

@@ -250,9 +250,10 @@ async def test_two_berthds_overlapping_leave_the_service_to_the_one_that_took_it
 ) -> None:
     """A planned restart: the new berthd takes the old one's service over while the old one
     drains; the old one, stopping, leaves it running; the new one ends it when it stops."""
-    new_berthd = spawn(started, "sleep", "30")  # stands for the new berthd's (live) pid
+    old_berthd = spawn(started, "sleep", "30")  # stand for the two berthds' pids
+    new_berthd = spawn(started, "sleep", "30")
     old_said, new_said = Said(), Said()
-    old = service(state_dir, fake_podman, old_said)
+    old = service(state_dir, fake_podman, old_said, berthd_pid=old_berthd.pid)
     new = service(state_dir, fake_podman, new_said, berthd_pid=new_berthd.pid)
     async with trio.open_nursery() as both:
         async with trio.open_nursery() as old_one:
@@ -267,6 +268,8 @@ async def test_two_berthds_overlapping_leave_the_service_to_the_one_that_took_it
         assert old_said.messages[-1] == (
             f"podman service (pid {pid}) left running: berthd (pid {new_berthd.pid}) took it over"
         )
+        old_berthd.kill()  # the old berthd exits once it has stopped
+        old_berthd.wait(timeout=5)
         await trio.sleep(0.2)  # watched by the new one: still there, still answering
         assert service_record.running(new.taken_over)
         assert await podman_answers(url_of(state_dir))
@@ -276,6 +279,34 @@ async def test_two_berthds_overlapping_leave_the_service_to_the_one_that_took_it
     (left,) = old.left_running
     with trio.fail_after(5):
         await left.wait()  # ended by the new one; this process started it, so it reaps it
+
+
+async def test_a_second_berthd_that_stops_hands_the_service_back_to_the_first(
+    state_dir: Path, fake_podman: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A second berthd on the same state dir (it will refuse to start: the admin socket is
+    taken) must not end the service of the first, which still runs."""
+    first_said, second_said = Said(), Said()
+    first = service(state_dir, fake_podman, first_said)  # this process: alive throughout
+    second_berthd = spawn(started, "sleep", "30")
+    second = service(state_dir, fake_podman, second_said, berthd_pid=second_berthd.pid)
+    async with trio.open_nursery() as outer:
+        with trio.fail_after(10):
+            await outer.start(first.run)
+        pid = first.child_pid
+        async with trio.open_nursery() as inner:
+            with trio.fail_after(10):
+                await inner.start(second.run)
+            assert second.taken_over is not None
+            inner.cancel_scope.cancel()
+        assert second_said.messages[-1] == (
+            f"podman service (pid {pid}) left running: handed back to berthd "
+            f"(pid {first.berthd_pid})"
+        )
+        assert first.child_pid == pid and await podman_answers(url_of(state_dir))
+        outer.cancel_scope.cancel()
+    assert first_said.messages[-1] == f"podman service (pid {pid}) ended"
+    assert not (state_dir / service_record.RECORD_NAME).exists()
 
 
 def test_logging_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
