@@ -1,4 +1,5 @@
-"""Host-wide CPU and memory, from psutil: the only module that imports it.
+"""Host-wide CPU and memory, from psutil (which also tells berthd its own processes apart:
+`daemon.store.runs`, `daemon.runtime.service_record`).
 
 Blocking by contract (psutil reads /proc): the sampler calls `PsutilHost()` in a thread.
 """

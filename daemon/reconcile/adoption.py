@@ -91,13 +91,12 @@ def adopted_message(
     if not containers:
         return None
     if active is None:
-        return f"adopted {len(containers)} replicas of a removed deployment; removing them"
+        return f"adopted {_replicas(len(containers))} of a removed deployment; removing them"
     running = [c for c in containers if c.running]
     ids = [c.labels[LABEL_REPLICA] for c in running]
     back = [rid for rid in ids if (h := memory[rid].health) is not None and h.ready]
     parts = [
-        f"adopted {len(running)} running replica{'s' if len(running) != 1 else ''}"
-        + (f" ({', '.join(ids)})" if ids else "")
+        f"adopted {_replicas(len(running), 'running ')}" + (f" ({', '.join(ids)})" if ids else "")
     ]
     if back:
         parts.append(
@@ -111,3 +110,7 @@ def adopted_message(
         parts.append(f"{stopped} stopped (started again after their back-off)")
     parts.append("no container started or stopped for it")
     return "; ".join(parts)
+
+
+def _replicas(count: int, adjective: str = "") -> str:
+    return f"{count} {adjective}replica{'' if count == 1 else 's'}"

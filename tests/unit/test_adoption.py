@@ -197,5 +197,5 @@ def test_the_adopted_message_of_a_removed_deployment_and_of_none() -> None:
     c = ContainerInfo("c1", "n", "img", {LABEL_REPLICA: "r1"}, "running")
     assert adopted_message(None, [], {}) is None
     assert adopted_message(None, [c], {}) == (
-        "adopted 1 replicas of a removed deployment; removing them"
+        "adopted 1 replica of a removed deployment; removing them"
     )
