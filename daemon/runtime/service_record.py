@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,12 +167,26 @@ def end_process(found: ServiceProcess, timeout: float) -> str:
         return "already gone"
     try:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
+        if _gone_within(process, timeout):
             return "ended"
-        except psutil.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-            return "killed"
+        process.kill()
     except psutil.NoSuchProcess:
         return "ended"
+    _gone_within(process, timeout)
+    return "killed"
+
+
+def _gone_within(process: psutil.Process, timeout: float) -> bool:
+    """Whether the process ends within `timeout`. Not psutil's `wait`: the service is not
+    berthd's child once a crashed berthd left it, and a zombie nobody reaps (a PID 1 that
+    reaps nothing, in a container) has ended all the same."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
