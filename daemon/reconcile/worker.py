@@ -2,7 +2,8 @@
 
 Theory of operation. Each round reads the desired state from the store (the active revision,
 or nothing once the deployment is removed), observes the deployment's containers in Podman
-(by label: the source of truth, so adoption after a berthd restart needs no special case),
+(by label: the source of truth, so adoption after a berthd restart is observation, plus
+the readiness verdicts kept in the store: `daemon.reconcile.adoption`),
 asks the pure `plan` for actions and executes them. Rounds run on a timer and at once when
 nudged (an apply, an rm, a Podman event, a readiness change, a back-off running out).
 Beside the rounds, the worker's prober task runs each replica's probes on their own periods
