@@ -115,3 +115,51 @@ def test_min_zero_idles_to_zero_and_serves_the_next_request(
     assert "request waiting with 0 replicas: 0 -> 1" in berthd.berth("events", "zero").stdout
     # and back to zero, freeing the replica, once idle again
     wait_until("zero again", lambda: berthd.json("get", "zero")["replicas"] == [], timeout=60)
+
+
+QUEUED = """
+name = "queued"
+image = "{image}"
+port = 8080
+stop_timeout = "1s"
+[replicas]
+min = 1
+max = 3
+[[autoscale.metrics]]
+metric = "queue"
+target = 1
+[autoscale]
+scale_down_delay = "6s"
+[health.readiness]
+path = "/health"
+period = "1s"
+[endpoint]
+port = {port}
+bind = "127.0.0.1"
+max_concurrency = 1
+queue_timeout = "30s"
+"""
+
+
+def test_a_queue_at_the_endpoint_scales_up_before_it_times_out(
+    berthd: Berthd, tmp_path: Path, echo_image: str, free_port: Callable[[], int]
+) -> None:
+    """max_concurrency = 1 and 4 clients of 0.5 s requests: 3 wait at the endpoint per
+    replica, over the target of 1, so berth scales up, and none times out meanwhile."""
+    port = free_port()
+    spec = tmp_path / "queued.toml"
+    spec.write_text(QUEUED.format(image=echo_image, port=port))
+    berthd.start()
+    berthd.berth("apply", str(spec), "--wait")
+    with Load(f"http://127.0.0.1:{port}/cgi-bin/sleep?0.5", threads=4, max_seconds=40) as load:
+        wait_until("a scale-up", lambda: berthd.json("get", "queued")["desired"] > 1, timeout=30)
+        wait_until(
+            "the new replicas to serve",
+            lambda: berthd.json("get", "queued")["ready"] > 1,
+            timeout=30,
+        )
+        metrics = berthd.berth("metrics", "queued").stdout
+    assert load.failures == [], load.failures[:5]  # queued, never refused
+    events = berthd.berth("events", "queued").stdout
+    assert "queue " in events and "> target 1: 1 ->" in events, events
+    assert "queue:" in metrics and "ever" in metrics, metrics
