@@ -88,7 +88,12 @@ async def serve(args: argparse.Namespace) -> None:
         endpoint.set_tls(server_context(args.tls_cert.read_bytes(), args.tls_key.read_bytes()))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(endpoint.run)
+
+            async def run_endpoint(*, task_status: trio.TaskStatus[None]) -> None:
+                await endpoint.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # stopped: the collector ends with it
+
+            await nursery.start(run_endpoint)
             nursery.start_soon(gc_policy.collect_forever)
             bound = endpoint.address
             print(f"proxy listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
