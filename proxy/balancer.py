@@ -142,6 +142,7 @@ class Balancer:
         self.grpc_status = GrpcStatusCounts()  # gRPC calls by status code (`proxy.h2`)
         # `upstream_protocol = "h2c"`: replicas are spoken to in HTTP/2 (`proxy.h2`).
         self.upstream_h2c = False
+        self.fast_served = 0  # exchanges served whole by the fast path (`proxy.fastpath`)
 
     def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
         self.upstreams.set(upstreams)

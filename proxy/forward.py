@@ -63,6 +63,7 @@ from proxy.exchange import (
     Exchange,
     Outcome,
 )
+from proxy.fastpath import AGAIN, ATTEMPT, CLOSE, READ, FastPath, Pending
 from proxy.h2.h1_to_h2c import forward_h1_to_h2c
 from proxy.h2.server import is_h2c_upgrade, is_preface_start, serve_h2
 from proxy.headers import chunk, request_head_bytes
@@ -72,6 +73,7 @@ from proxy.reader import ClientGone, ClientReader
 from proxy.relay import (
     BodyPace,
     BodyTooSlow,
+    client_gone,
     next_body_event,
     relay,
     relay_while_sending,
@@ -106,6 +108,7 @@ class Session:
         "exchange",
         "slot",
         "replayed",
+        "fast",
     )
 
     def __init__(self, balancer: Balancer, conn: Conn) -> None:
@@ -120,6 +123,8 @@ class Session:
         self.exchange = Exchange(balancer, conn, self.reader)  # the request being served
         self.slot: Upstream | None = None  # the upstream whose slot the request holds
         self.replayed = False  # the request was sent again after its replica may have read it
+        # Kept-alive plain requests served from the poller's callbacks (`proxy.fastpath`).
+        self.fast = None if conn.secure else FastPath(self)
 
     async def serve(self) -> None:
         b = self.balancer
@@ -131,33 +136,56 @@ class Session:
         # or trickles, holds its slot no longer than that (not `client_idle`).
         deadline = trio.current_time() + b.timeouts.header_read
         first = True
+        fast = self.fast
         try:
             # Draining ends the loop before another request is read, but not before the
             # first: a connection accepted before the drain began gets its answer.
             while first or not b.draining:
                 self.idle = True
                 timeouts = b.timeouts  # per request: a change applies to the next one
+                resume = False
                 try:
                     if not reader.has_events():
-                        # The first byte of the request: on a kept-alive connection, within
-                        # client idle time, and then the head within header_read of it.
-                        wait = deadline - trio.current_time() if first else timeouts.client_idle
-                        data = await conn.recv_wait_first(wait if wait > 0 else 0.0)
-                        if not data:
-                            return
-                        if first and is_preface_start(data):  # HTTP/2: prior knowledge, ALPN
-                            self.idle = False  # a drain sends its GOAWAY, not a close
-                            await serve_h2(b, conn, data)
-                            return
-                        if not first:
+                        data: bytes | None
+                        if fast is not None and not first:
+                            kind = await fast.run()  # `proxy.fastpath`: back with its handover
+                            if kind is AGAIN:
+                                await trio.lowlevel.checkpoint()
+                                continue
+                            if kind is CLOSE:
+                                return
+                            value = fast.value
+                            if isinstance(value, BaseException):
+                                raise value
+                            resume = kind is ATTEMPT
+                            data = value if kind is READ else None
+                        else:
+                            # The first byte of the request: on a kept-alive connection,
+                            # within client idle time, and the head within header_read of it.
+                            wait = deadline - trio.current_time() if first else timeouts.client_idle
+                            data = await conn.recv_wait_first(wait if wait > 0 else 0.0)
+                        if resume:
+                            pass
+                        elif data is None:  # the fast path fed the reader
                             deadline = poller.now + timeouts.header_read
-                        reader.feed(data)
+                        else:
+                            if not data:
+                                return
+                            if first and is_preface_start(data):  # HTTP/2: prior knowledge
+                                self.idle = False  # a drain sends its GOAWAY, not a close
+                                await serve_h2(b, conn, data)
+                                return
+                            if not first:
+                                deadline = poller.now + timeouts.header_read
+                            reader.feed(data)
                     elif not first:
                         deadline = poller.now + timeouts.header_read
                     first = False
                     self.idle = False
-                    event = reader.pop_ready()
-                    while event is None:  # each read waits only what is left of the deadline
+                    event = None if resume else reader.pop_ready()
+                    while (
+                        event is None and not resume
+                    ):  # each read waits only what is left of the deadline
                         left = deadline - trio.current_time()
                         if left <= 0:
                             raise Timeout
@@ -175,6 +203,11 @@ class Session:
                     if not self.idle:  # a head was under way: slowloris, or just slow
                         await self._answer(None, 408, "request header timeout")
                     return
+                if resume:
+                    assert fast is not None
+                    if not await self._resume(fast) or ex.close_after:
+                        return
+                    continue
                 if not isinstance(event, RequestHead):  # pragma: no cover - parser invariant
                     return
                 if not await self.forward(event) or ex.close_after:
@@ -285,9 +318,35 @@ class Session:
                 request += b"".join(parts)
         ex.close_after = not head.keep_alive or head.upgrade is not None
         ex.status = 0
-        tried: list[Upstream] = []
         self.slot = None
         self.replayed = False
+        return await self._exchange(head, request, parts, complete, framing, request_id, start)
+
+    async def _resume(self, fast: FastPath) -> bool:
+        """Go on with the attempt the fast path began (`proxy.fastpath.Pending`)."""
+        head, pending = fast.head, fast.pending
+        assert head is not None and pending is not None
+        fast.head = fast.pending = None
+        return await self._exchange(
+            head, fast.request, [], True, fast.framing, b"", fast.start, pending
+        )
+
+    async def _exchange(
+        self,
+        head: RequestHead,
+        request: bytes,
+        parts: list[bytes],
+        complete: bool,
+        framing: Framing,
+        request_id: bytes,
+        start: float,
+        pending: Pending | None = None,
+    ) -> bool:
+        """The attempts at upstreams, by the retry rule (`pending`: the first one, begun
+        by the fast path, which took its slot); True when the connection goes on."""
+        b = self.balancer
+        ex = self.exchange
+        tried: list[Upstream] = [] if pending is None else [pending.upstream]
         outcome = DONE
         try:
             if not complete and b.retry_all and _replayable(head):
@@ -298,6 +357,12 @@ class Session:
                     return False  # answered (408, 411, 400) or the client left
                 complete, framing, request = True, Framing.LENGTH, whole
             while True:
+                if pending is not None:
+                    outcome = await self._attempt(tried, head, request, complete, framing, pending)
+                    pending = None
+                    if outcome is not RETRY:
+                        break
+                    self._release(failed=True)
                 got: Upstream | Refusal | None = b.try_take(tried)
                 if got is None:
                     got = await self._queued(tried)
@@ -471,18 +536,27 @@ class Session:
         request: bytes,
         complete: bool,
         framing: Framing,
+        pending: Pending | None = None,
     ) -> Outcome:
         """Send the request to the upstream of the slot held (`self.slot`) and relay its
         answer; see the retry rule. A hanging connect raced to another upstream
         (`proxy.connector`, which adds it to `tried`) moves the slot to the one that won.
+        `pending`: the fast path began it on a pooled connection (None there: its send
+        failed at once, the stale case).
         """
         b = self.balancer
         upstream = self.slot
         assert upstream is not None
-        # A pooled connection is checked (peeked) before reuse unless it was pooled
-        # moments ago and the request could go again after all (see the retry rule).
-        conn = b.pool.take(upstream, b.poller.now, trust_recent=complete)
-        reused = conn is not None
+        if pending is not None:
+            conn = pending.conn
+            reused = conn is not None  # None: its send failed at once (stale): a fresh one
+            if conn is None:
+                pending = None
+        else:
+            # A pooled connection is checked (peeked) before reuse unless it was pooled
+            # moments ago and the request could go again after all (see the retry rule).
+            conn = b.pool.take(upstream, b.poller.now, trust_recent=complete)
+            reused = conn is not None
         while True:
             if conn is None:
                 opened = await open_connection(b, upstream, tried)
@@ -493,8 +567,9 @@ class Session:
                     b.release(upstream)
                     upstream = self.slot = winner
             outcome = await self._send_and_relay(
-                conn, upstream, head, request, complete, framing, reused
+                conn, upstream, head, request, complete, framing, reused, pending
             )
+            pending = None
             if outcome is not STALE:
                 break
             conn = None  # once more, on a fresh connection (`reused` only now and then)
@@ -524,14 +599,19 @@ class Session:
         complete: bool,
         framing: Framing,
         reused: bool,
+        pending: Pending | None,
     ) -> Outcome:
         b = self.balancer
         ex = self.exchange
-        b.started(upstream)
-        ex.reusable = False
+        if pending is None:
+            b.started(upstream)
+            ex.reusable = False
+        else:  # begun by the fast path (`started` counted there)
+            request = pending.unsent
         try:
             try:
-                await conn.send_all(request, b.timeouts.read_idle)
+                if request:
+                    await conn.send_all(request, b.timeouts.read_idle)
             except (OSError, Timeout):
                 conn.abort()
                 if not complete:
@@ -539,8 +619,11 @@ class Session:
                     return FAILED
                 # The replica had reset the connection: it cannot have read the request.
                 return STALE if reused else NOT_SENT
-            if complete:
-                outcome = await relay(ex, conn, head, upstream)
+            if pending is not None and pending.reply_rest is not None:
+                outcome = await self._send_rest(conn, pending.reply_rest)
+            elif complete:
+                first = None if pending is None else pending.first
+                outcome = await relay(ex, conn, head, upstream, first)
             else:
                 outcome = await relay_while_sending(ex, conn, head, framing, upstream)
             if outcome is STALE and not (reused and complete):
@@ -555,6 +638,16 @@ class Session:
                     conn.abort()  # the replica sees a reset at once, and stops generating
                 else:
                     conn.close()
+
+    async def _send_rest(self, conn: Conn, rest: bytes) -> Outcome:
+        """The rest of a whole response the fast path sent in part."""
+        try:
+            await self.conn.send_all(rest, self.balancer.timeouts.client_idle)
+        except (OSError, Timeout):
+            return client_gone(self.exchange)
+        parser = conn.response_parser
+        self.exchange.reusable = parser is not None and parser.reusable
+        return DONE
 
 
 def _replayable(head: RequestHead) -> bool:

@@ -27,11 +27,18 @@ Invariants:
 - `retick` (the endpoint's timeouts changed) takes effect at once: `now` is brought up to
   date and a watchdog sleep under way ends by the new tick, so a shorter tick never waits
   out the rest of a longer one.
+- A callback wait (`watch`: the fast path of `proxy.fastpath`, no task parked) fires at
+  most once per `watch`, with why it fired: `READY` (a read edge), `EXPIRED` (its
+  deadline passed, from the watchdog), `INTERRUPTED` (the peer of a connection whose
+  `hangup_watcher` it is hung up) or `CLOSED` (the connection closes); it is dropped
+  before it runs, so it may `watch` again. While one is armed, somebody leads (the
+  standby task when no session does), and the connection is in `waiting`.
 """
 
 from __future__ import annotations
 
 import select
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import trio
@@ -41,6 +48,12 @@ EPOLL_MASK: Final = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | selec
 _HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _READ_READY: Final = select.EPOLLIN | _HANGUP
 _WRITE_READY: Final = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+
+# Why a callback wait (`Poller.watch`) fired.
+READY: Final = 0
+EXPIRED: Final = 1
+CLOSED: Final = 2
+INTERRUPTED: Final = 3
 
 
 class Polled(Protocol):
@@ -56,11 +69,10 @@ class Polled(Protocol):
     writer: Task | None
     maybe_readable: bool
     peer_closed: bool
+    deadline: float
 
     @property
     def fd(self) -> int: ...
-    @property
-    def deadline(self) -> float: ...
     @property
     def pooled(self) -> bool: ...
     @property
@@ -100,6 +112,7 @@ class Poller:
         "_standby",
         "_watchdog",
         "_tick_scope",
+        "_callbacks",
     )
 
     def __init__(self, tick: float) -> None:
@@ -114,6 +127,8 @@ class Poller:
         self._watchdog: Task | None = None  # the watchdog task, while parked
         self._tick_scope: trio.CancelScope | None = None  # the watchdog's sleep, while asleep
         self.watchdog_parked = False  # read by every wait: a plain attribute is cheapest
+        # Callback waits (`watch`): run by whoever polls, with no task switch.
+        self._callbacks: dict[Polled, Callable[[int], None]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.now = trio.current_time()
@@ -142,9 +157,44 @@ class Poller:
         self._conns[conn.fd] = conn
 
     def forget(self, conn: Polled) -> None:
-        """Before `conn` closes (closing drops it from the epoll set)."""
+        """Before `conn` closes (closing drops it from the epoll set); a callback armed on
+        it fires with `CLOSED`."""
         if self._conns.get(conn.fd) is conn:
             del self._conns[conn.fd]
+        if self._callbacks:
+            self._fire(conn, CLOSED)
+
+    def watch(self, conn: Polled, callback: Callable[[int], None], timeout: float | None) -> None:
+        """Call `callback(why)` once, on the next read edge of `conn` or when `timeout`
+        seconds have passed (None: the deadline `conn` has already). `conn` must have no
+        task parked on it, and the caller must have seen EAGAIN (as for a parked wait)."""
+        if self.watchdog_parked:
+            self.rouse()
+        if timeout is not None:
+            conn.deadline = self.now + timeout
+        self._callbacks[conn] = callback
+        self.waiting.add(conn)
+        if self.leader is None:
+            standby = self._standby
+            if standby is not None:
+                self._standby = None
+                reschedule(standby)
+
+    def unwatch(self, conn: Polled) -> None:
+        """Drop the callback armed on `conn`, if any, without calling it."""
+        if self._callbacks.pop(conn, None) is not None:
+            if conn.reader is None and conn.writer is None:
+                self.waiting.discard(conn)
+
+    def _fire(self, conn: Polled, why: int) -> bool:
+        """Run the callback armed on `conn` (dropped first); False when there was none."""
+        callback = self._callbacks.pop(conn, None)
+        if callback is None:
+            return False
+        if conn.reader is None and conn.writer is None:
+            self.waiting.discard(conn)
+        callback(why)
+        return True
 
     def wake(self, task: Task) -> None:
         """Wake a task parked on a connection; the caller has unset its `reader`/`writer`."""
@@ -176,6 +226,8 @@ class Poller:
                 reschedule(standby)
 
     def _has_followers(self) -> bool:
+        if self._callbacks:
+            return True
         return any(c.reader is not None or c.writer is not None for c in self.waiting)
 
     def _abort_standby(self, _: object) -> Abort:
@@ -206,16 +258,21 @@ class Poller:
         """Take the ready connections off the set; wake the tasks parked on them."""
         assert self._epoll is not None
         conns = self._conns
+        callbacks = self._callbacks
         for fd, mask in self._epoll.poll(0):
             conn = conns.get(fd)
             if conn is None:
                 continue
+            if mask & _HANGUP:  # first: a callback below reads it (`maybe_readable`)
+                conn.peer_closed = True
             if mask & _READ_READY:
                 task = conn.reader
                 if task is not None:
                     conn.reader = None
                     if task is not leader:
                         reschedule(task)
+                elif callbacks and self._fire(conn, READY):
+                    pass
                 else:
                     conn.maybe_readable = True
                     if conn.pooled:
@@ -227,10 +284,11 @@ class Poller:
                     if task is not leader:
                         reschedule(task)
             if mask & _HANGUP:
-                conn.peer_closed = True
                 watcher = conn.hangup_watcher
                 if watcher is not None:
                     watcher.interrupt()
+                    if callbacks:
+                        self._fire(watcher, INTERRUPTED)
 
     def rouse(self) -> None:
         """A wait begins while the watchdog is parked: bring `now` up to date, wake it."""
@@ -268,4 +326,5 @@ class Poller:
             now = self.now = trio.current_time()
             overdue = [c for c in self.waiting if c.deadline <= now]
             for conn in overdue:
-                conn.expire()
+                if not (self._callbacks and self._fire(conn, EXPIRED)):
+                    conn.expire()

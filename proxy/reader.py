@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from proxy.protocol import Event, RequestParser
+from proxy.protocol import END, Event, RequestHead, RequestParser
 from proxy.sockets import Conn
 
 
@@ -27,6 +27,24 @@ class ClientReader:
 
     def feed(self, data: bytes) -> None:
         self._events.extend(self.parser.feed(data))
+
+    def whole_request(self) -> tuple[RequestHead, bytes | None] | None:
+        """The events held, when they are exactly one request with all of its body (at most
+        one piece: None when it has none): the fast path's case (`proxy.fastpath`)."""
+        events = self._events
+        n = len(events)
+        if n == 2:
+            head = events[0]
+            if events[1] is END and type(head) is RequestHead:
+                return head, None
+        elif n == 3:
+            head, body = events[0], events[1]
+            if events[2] is END and type(head) is RequestHead and type(body) is bytes:
+                return head, body
+        return None
+
+    def clear(self) -> None:
+        self._events.clear()
 
     def pop_ready(self) -> Event | None:
         return self._events.popleft() if self._events else None

@@ -134,30 +134,92 @@ async def next_body_event(reader: ClientReader, pace: BodyPace) -> Event:
     return ev
 
 
-async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream) -> Outcome:
-    """Read the response from the replica on `conn` and send it on as it arrives.
+# What the fast path (`proxy.fastpath`) already read of a response when it hands the rest
+# to `relay`: the first read's bytes (b"": end-of-stream), its error, or the events it
+# parsed from them (nothing of which reached the client).
+FirstRead = (
+    bytes | OSError | Timeout | PeerHangup | trio.ClosedResourceError | ProtocolError | list[Event]
+)
 
-    A response cut short once bytes reached the client (a reset, an early end, a broken
-    chunk, the read-idle timeout) returns CUT with a 5xx status recorded, and the caller
-    aborts the client connection: never a clean end, never counted as the replica's 2xx.
-    """
-    ex.reusable = False
-    timeouts = ex.balancer.timeouts
-    read_idle = timeouts.read_idle
-    client = ex.client
+
+def arm_parser(conn: Conn, head: RequestHead) -> ResponseParser:
+    """The replica connection's response parser, ready for the response to `head`."""
     parser = conn.response_parser
     if parser is None:
         parser = conn.response_parser = ResponseParser(head_request=head.method == b"HEAD")
     else:  # a pooled connection: its last response left the parser at a boundary
         parser.next_response(head_request=head.method == b"HEAD")
+    return parser
+
+
+def whole_response(
+    ex: Exchange, events: list[Event], head: RequestHead, upstream: Upstream, parser: ResponseParser
+) -> bytes | None:
+    """The common case, a whole small final response in one read: the bytes for the
+    client (its status recorded on `ex`), or None when `events` are anything else."""
+    if len(events) != 3:
+        return None
+    ev = events[0]
+    if not (
+        type(ev) is ResponseHead
+        and ev.status >= 200
+        and ev.status != 101
+        and ev.transfer_coding is None
+    ):
+        return None
+    body = events[1]
+    if type(body) is not bytes or events[2] is not END:
+        return None
+    if ev.http_version != parser.version_seen:
+        _learn_version(ex, ev, upstream, parser)
+    out_framing = _framing_for(ex, ev, head)
+    hb = _response_head(ev, framing=out_framing, close=ex.close_after)
+    if out_framing is Framing.CHUNKED:
+        return hb + chunk(body) + LAST_CHUNK if body else hb + LAST_CHUNK
+    return hb + body
+
+
+async def relay(
+    ex: Exchange,
+    conn: Conn,
+    head: RequestHead,
+    upstream: Upstream,
+    first: FirstRead | None = None,
+) -> Outcome:
+    """Read the response from the replica on `conn` and send it on as it arrives.
+
+    A response cut short once bytes reached the client (a reset, an early end, a broken
+    chunk, the read-idle timeout) returns CUT with a 5xx status recorded, and the caller
+    aborts the client connection: never a clean end, never counted as the replica's 2xx.
+    `first`: what the fast path read already (its parser is armed then).
+    """
+    ex.reusable = False
+    timeouts = ex.balancer.timeouts
+    read_idle = timeouts.read_idle
+    client = ex.client
+    parser = arm_parser(conn, head) if first is None else conn.response_parser
+    assert parser is not None
     out_framing = Framing.NONE
     sent = False
     got_any = False
     client.hangup_watcher = conn
     try:
         while True:
+            events: list[Event] | None = None
             try:
-                data = await conn.recv_wait_first(read_idle)
+                if first is None:
+                    data = await conn.recv_wait_first(read_idle)
+                else:
+                    pre, first = first, None
+                    if isinstance(pre, ProtocolError):
+                        ex.status = 502
+                        return FAILED
+                    if isinstance(pre, BaseException):
+                        raise pre
+                    if isinstance(pre, list):
+                        events, data, got_any = pre, b"", True
+                    else:
+                        data = pre
             except Timeout:
                 ex.status = 504
                 return CUT if sent else FAILED
@@ -170,49 +232,35 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
                     return RETRY  # nothing reached the client (a head cut short)
                 ex.status = 502  # reset mid-body: even a close-delimited one is cut
                 return CUT
-            try:
-                if data:
-                    got_any = True
-                    events = parser.feed(data)
-                elif not got_any:
-                    return _eof_outcome(conn)
-                elif not sent:
-                    # Cut short inside the head (a replica killed between two writes of
-                    # it): nothing reached the client, so this is as good as no answer.
-                    return RETRY
-                else:
-                    events = parser.feed_eof()
-            except ProtocolError:
-                ex.status = 502
-                return CUT if sent else FAILED
+            if events is None:
+                try:
+                    if data:
+                        got_any = True
+                        events = parser.feed(data)
+                    elif not got_any:
+                        return _eof_outcome(conn)
+                    elif not sent:
+                        # Cut short inside the head (a replica killed between two writes of
+                        # it): nothing reached the client, so this is as good as no answer.
+                        return RETRY
+                    else:
+                        events = parser.feed_eof()
+                except ProtocolError:
+                    ex.status = 502
+                    return CUT if sent else FAILED
             if len(events) == 3 and out_framing is Framing.NONE:
                 # The common case: a whole small response in one read.
-                ev = events[0]
-                if (
-                    type(ev) is ResponseHead
-                    and ev.status >= 200
-                    and ev.status != 101
-                    and ev.transfer_coding is None
-                ):
-                    body = events[1]
-                    if type(body) is bytes and events[2] is END:
-                        if ev.http_version != parser.version_seen:
-                            _learn_version(ex, ev, upstream, parser)
-                        out_framing = _framing_for(ex, ev, head)
-                        hb = _response_head(ev, framing=out_framing, close=ex.close_after)
-                        if out_framing is Framing.CHUNKED:
-                            out = hb + chunk(body) + LAST_CHUNK if body else hb + LAST_CHUNK
-                        else:
-                            out = hb + body
-                        try:
-                            # At once when the kernel takes it all (no coroutine to run).
-                            taken = 0 if client.secure else client.send_now(out)
-                            if taken < len(out):
-                                await client.send_all(out[taken:], timeouts.client_idle)
-                        except (OSError, Timeout):
-                            return _client_gone(ex)
-                        ex.reusable = parser.reusable
-                        return DONE
+                out = whole_response(ex, events, head, upstream, parser)
+                if out is not None:
+                    try:
+                        # At once when the kernel takes it all (no coroutine to run).
+                        taken = 0 if client.secure else client.send_now(out)
+                        if taken < len(out):
+                            await client.send_all(out[taken:], timeouts.client_idle)
+                    except (OSError, Timeout):
+                        return client_gone(ex)
+                    ex.reusable = parser.reusable
+                    return DONE
             parts: list[bytes] = []
             tunnelling = False
             for ev in events:
@@ -245,7 +293,7 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
                 try:
                     await client.send_all(b"".join(parts), timeouts.client_idle)
                 except (OSError, Timeout):
-                    return _client_gone(ex)
+                    return client_gone(ex)
                 sent = True
             if tunnelling:
                 client.hangup_watcher = None
@@ -265,7 +313,7 @@ async def relay(ex: Exchange, conn: Conn, head: RequestHead, upstream: Upstream)
         client.hangup_watcher = None
 
 
-def _client_gone(ex: Exchange) -> Outcome:
+def client_gone(ex: Exchange) -> Outcome:
     """The client stopped reading or left while the response was sent."""
     ex.status = CLIENT_CLOSED
     ex.close_after = True
