@@ -15,7 +15,9 @@
 # (wait up to QUIET_WAIT seconds, default 300, for a 1-minute load average under
 # QUIET_LOAD, default 1.0, before measuring; 0 waits not at all), BERTH_ARGS (more options
 # for berth's proxy), BERTH_B_ARGS (set: a second berth proxy with these options, "berth B",
-# measured right after berth in every round, for an A/B in the same run).
+# measured right after berth in every round, for an A/B in the same run), BERTH_B_TREE (a
+# checkout whose proxy berth B runs instead, e.g. a `git worktree` of the commit before a
+# change; setting it alone starts berth B with no extra options).
 # Every process it starts runs under a private temp prefix and is ended by its PID.
 set -euo pipefail
 
@@ -43,7 +45,8 @@ B1=$(free_port); B2=$(free_port)
 NP=$(free_port); HP=$(free_port); CP=$(free_port); BP=$(free_port); BBP=$(free_port)
 BERTH_ARGS="${BERTH_ARGS:-}"
 BERTH_B_ARGS="${BERTH_B_ARGS:-}"
-if [ -n "$BERTH_B_ARGS" ] && wants berth && ! wants berth_b; then PEERS="$PEERS berth_b"; fi
+BERTH_B_TREE="${BERTH_B_TREE:-}"
+if [ -n "$BERTH_B_ARGS$BERTH_B_TREE" ] && wants berth && ! wants berth_b; then PEERS="$PEERS berth_b"; fi
 
 nginx_conf backend1 "server { listen 127.0.0.1:$B1; location / { default_type text/plain; return 200 'hello from backend 1\n'; } }" ${LOAD_CPUS:+"$LOAD_CPUS"}
 nginx_conf backend2 "server { listen 127.0.0.1:$B2; location / { default_type text/plain; return 200 'hello from backend 2\n'; } }" ${LOAD_CPUS:+"$LOAD_CPUS"}
@@ -110,7 +113,7 @@ if wants berth; then
 fi
 if wants berth_b; then
   # shellcheck disable=SC2086
-  (cd "$ROOT" && exec taskset -c "$PROXY_CPU" "$PY" -m proxy --listen "127.0.0.1:$BBP" \
+  (cd "${BERTH_B_TREE:-$ROOT}" && exec taskset -c "$PROXY_CPU" "$PY" -m proxy --listen "127.0.0.1:$BBP" \
     --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" $BERTH_B_ARGS 2>"$TMP/berth_b.log") &
   PIDS+=($!)
   PORTS+=("$BBP")
@@ -135,7 +138,7 @@ TARGETS=(
   "haproxy|HAProxy $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}') (nbthread 1)|http://127.0.0.1:$HP/"
   "caddy|Caddy $(caddy version 2>/dev/null | awk '{print $1}') (GOMAXPROCS=1)|http://127.0.0.1:$CP/"
   "berth|berth (python -m proxy${BERTH_ARGS:+ $BERTH_ARGS})|http://127.0.0.1:$BP/"
-  "berth_b|berth B (python -m proxy $BERTH_B_ARGS)|http://127.0.0.1:$BBP/"
+  "berth_b|berth B (${BERTH_B_TREE:+$BERTH_B_TREE: }python -m proxy${BERTH_B_ARGS:+ $BERTH_B_ARGS})|http://127.0.0.1:$BBP/"
 )
 : >"$TMP/results"
 for round in $(seq "$ROUNDS"); do
