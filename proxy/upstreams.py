@@ -18,16 +18,27 @@ from __future__ import annotations
 
 import random
 from collections.abc import Container, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """One replica, reachable at host:port (a 127.0.0.1 port published by Podman)."""
+    """One replica, reachable at host:port (a 127.0.0.1 port published by Podman).
+
+    Its hash is computed once: a request looks it up a few times (slots, pool, counters),
+    and the dataclass's own hash is a Python function over the three fields each time.
+    """
 
     replica_id: str
     host: str
     port: int
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.replica_id, self.host, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class RoundRobin:
@@ -107,16 +118,6 @@ class RoundRobin:
             return other
         return first
 
-    def _usable(
-        self,
-        up: Upstream,
-        exclude: Container[Upstream],
-        now: float,
-        taken: Mapping[Upstream, int],
-        cap: int | None,
-    ) -> bool:
-        return up not in exclude and (cap is None or taken.get(up, 0) < cap)
-
     def _set_aside(self, up: Upstream, now: float, out: Container[Upstream]) -> bool:
         """Whether `up` is ejected or avoided now (dropping an avoid mark that has run out)."""
         if up in out:
@@ -141,15 +142,16 @@ class RoundRobin:
         """The round robin's next usable upstream, and whether it is one set aside (the
         first such, returned only when every usable one is)."""
         items = self._items
+        avoid = self._avoid
         fallback: Upstream | None = None
         n = len(items)
-        for _ in range(n):
+        for _ in range(n):  # checks inlined: this runs for every request
             i = self._next % n
             self._next = i + 1
             up = items[i]
-            if not self._usable(up, exclude, now, taken, cap):
+            if up in exclude or (cap is not None and taken.get(up, 0) >= cap):
                 continue
-            if self._set_aside(up, now, out):
+            if (out and up in out) or (avoid and self._set_aside(up, now, out)):
                 if fallback is None:
                     fallback = up
                 continue
@@ -167,14 +169,17 @@ class RoundRobin:
     ) -> Upstream | None:
         """A usable upstream other than `first`, from a random place in the set on."""
         items = self._items
+        avoid = self._avoid
         n = len(items)
-        start = random.randrange(n)  # noqa: S311 - load spreading, not security
+        start = int(random.random() * n)  # noqa: S311 - load spreading, not security
         for k in range(n):
             up = items[(start + k) % n]
             if (
                 up is not first
-                and self._usable(up, exclude, now, taken, cap)
-                and not self._set_aside(up, now, out)
+                and up not in exclude
+                and (cap is None or taken.get(up, 0) < cap)
+                and not (out and up in out)
+                and not (avoid and self._set_aside(up, now, out))
             ):
                 return up
         return None
