@@ -44,20 +44,36 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
+from proxy.balancer import Balancer
+from proxy.exchange import Exchange
 from proxy.headers import request_head_bytes
 from proxy.poller import CLOSED, EXPIRED, INTERRUPTED
 from proxy.protocol import Event, Framing, ProtocolError, RequestHead
+from proxy.reader import ClientReader
 from proxy.relay import FirstRead, arm_parser, whole_response
 from proxy.sockets import RECV_SIZE, Conn, PeerHangup, Timeout
 from proxy.upstreams import Upstream
 
-if TYPE_CHECKING:
-    from proxy.forward import Session
+
+class Session(Protocol):
+    """What the fast path uses of its session (`proxy.forward.Session`)."""
+
+    balancer: Balancer
+    conn: Conn
+    reader: ClientReader
+    peer: bytes
+    trusted: bool
+    proto: bytes
+    idle: bool
+    exchange: Exchange
+    slot: Upstream | None
+    replayed: bool
+
 
 # How the fast path hands a session back to its task (see the module docstring).
 READ: Final = 1
