@@ -166,6 +166,10 @@ class FastPath:
     def _abort(self, _: object) -> Abort:
         """The session is cancelled (the endpoint stops): give back what is held."""
         self.parked = False
+        self._give_back()
+        return Abort.SUCCEEDED
+
+    def _give_back(self) -> None:
         s = self.session
         b = s.balancer
         b.poller.unwatch(s.conn)
@@ -175,12 +179,12 @@ class FastPath:
             s.conn.hangup_watcher = None
             rconn.close()
         if up is not None:
-            b.stopped(up)
+            if rconn is not None:  # set once `started` counted it
+                b.stopped(up)
             s.slot = None
             b.release(up)
             b.finished(up, s.exchange.status or 502, self.start)
         self.upstream = self.rconn = None
-        return Abort.SUCCEEDED
 
     def _next_request(self) -> None:
         s = self.session
@@ -204,6 +208,26 @@ class FastPath:
 
     def _on_client(self, why: int) -> None:
         """A read edge (or the deadline) on the client's connection, between requests."""
+        try:
+            self._client_edge(why)
+        except Exception as exc:  # a bug: this session ends (`Endpoint._serve` logs it)
+            self._failed(exc)
+
+    def _on_replica(self, why: int) -> None:
+        """A read edge (the deadline, the client's hang-up) on the replica's connection."""
+        try:
+            self._replica_edge(why)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """An error in a callback, which runs in whichever task polls: it must not reach
+        the poller. What is held is given back and the session's task raises `exc`."""
+        self._give_back()
+        self.kind = 0
+        self._hand(READ, exc)
+
+    def _client_edge(self, why: int) -> None:
         s = self.session
         client = s.conn
         if why:
@@ -258,6 +282,7 @@ class FastPath:
         # From here on, what `forward` does before its first attempt.
         self.start = trio.current_time()
         b.began()
+        s.slot = self.upstream = up
         framing = head.framing
         if framing is Framing.CHUNKED:  # whole: sent with a Content-Length
             framing = Framing.LENGTH
@@ -277,7 +302,6 @@ class FastPath:
         ex.status = 0
         ex.reusable = False
         s.replayed = False
-        s.slot = self.upstream = up
         self.head, self.request, self.framing = head, request, framing
         if rconn is None:  # none pooled: `forward` connects (with the slot taken here)
             self._attempt(Pending(up, None))
@@ -308,8 +332,7 @@ class FastPath:
             b.poller.watch(rconn, self._on_replica, b.timeouts.read_idle)
         return True
 
-    def _on_replica(self, why: int) -> None:
-        """A read edge (the deadline, the client's hang-up) on the replica's connection."""
+    def _replica_edge(self, why: int) -> None:
         rconn = self.rconn
         assert rconn is not None
         if why:

@@ -18,8 +18,10 @@ from functools import partial
 
 import h11
 import trio
+from pytest import MonkeyPatch
 
 from config.spec import Outlier
+from proxy import fastpath
 from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.upstreams import Upstream
 from tests.integration.test_proxy_endpoint import WAIT, Client
@@ -336,3 +338,23 @@ async def test_admission_slots_hold_through_the_fast_path() -> None:
         assert stats.requests_total == 86 and stats.status.s2xx == 86
         assert stats.queued_total > 0  # the others waited their turn, in the general path
         assert slots_free(ep)
+
+
+async def test_an_error_in_a_callback_ends_that_connection_only(monkeypatch: MonkeyPatch) -> None:
+    # A bug in the fast path runs inside the poller's callback: it must end that session
+    # (logged by the endpoint), give back its slot, and leave the poller serving others.
+    async with replicas(("a", ok)) as rs, proxy(rs) as ep:
+        async with Client.open(ep.address[1]) as c:
+            await warm(ep, c)
+
+            def broken(*args: object) -> bytes:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(fastpath, "whole_response", broken)
+            with trio.fail_after(WAIT):
+                await c.send_request("GET", "/boom")
+                assert await c.stream.receive_some(65536) == b""  # closed, nothing sent
+            monkeypatch.undo()
+        assert slots_free(ep)
+        async with Client.open(ep.address[1]) as c:
+            await warm(ep, c)  # the endpoint and its poller go on
