@@ -118,10 +118,12 @@ class Prober:
             self._on_unready(memory.replica_id)  # out of rotation before any await
         elif kind is ProbeKind.READINESS and result.ok:
             self._on_ready_probe(memory.replica_id)  # an ejected replica may return
-        if transitions or health.tracks[kind].next_at <= now:
-            # Which tracks run changed, or this one's next probe came due while it ran: the
-            # loop (asleep until the next due time it knew) must look again.
-            self._wake.set()
+        # The loop sleeps until the next due time it knew, and a track in flight has none
+        # there (it would come due again and again while it runs): now that this one is
+        # back, its next time counts, so the loop must look again. Without this a lone
+        # track waited for the backstop or the worker's next round (up to 30 s), not its
+        # period.
+        self._wake.set()
         for transition in transitions:
             await self._tell(memory, health, transition, result, now)
         if transitions:
