@@ -267,17 +267,28 @@ class Berthd:
             )
             task_status.started()
             await self._first_rounds()
-            self.fd_store.release_unclaimed()  # sockets passed at start that nobody took
-            self.notifier.ready(f"serving {len(self.workers)} deployments")
+            if not self._shutdown.is_set():  # stopping already: the next berthd takes them
+                self.fd_store.release_unclaimed()  # sockets passed at start nobody took
+                self.notifier.ready(f"serving {len(self.workers)} deployments")
             await self._shutdown.wait()
             control.cancel_scope.cancel()
 
     async def _first_rounds(self) -> None:
-        """Until every worker has observed and probed its replicas once (bounded)."""
-        with trio.move_on_after(READY_WAIT):
-            for worker in list(self.workers.values()):
-                for _ in range(2):  # a round to observe, another after the first probes
-                    await worker.wait_round()
+        """Until every worker has observed and probed its replicas once (bounded), or a stop
+        is asked: a SIGTERM during the start stops accepting at once, not after them."""
+
+        async with trio.open_nursery() as nursery:
+
+            async def until_stop() -> None:
+                await self._shutdown.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_stop)
+            with trio.move_on_after(READY_WAIT):
+                for worker in list(self.workers.values()):
+                    for _ in range(2):  # a round to observe, another after the first probes
+                        await worker.wait_round()
+            nursery.cancel_scope.cancel()
 
     def _stalled(self) -> str | None:
         """Why the watchdog must not be fed now: a part that makes no progress."""
