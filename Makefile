@@ -46,6 +46,7 @@ bench: image
 	$(VENV)/python bench/idle.py --period 10s
 	$(VENV)/python bench/coldstart.py
 	$(VENV)/python bench/streams.py
+	$(VENV)/python bench/restarts.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

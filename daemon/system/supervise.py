@@ -16,8 +16,9 @@ systemd's side, so that berthd itself does the same under both:
 Restarts:
 - The child exits while nobody asked (a crash, `kill -9`, the OOM killer): it is started
   again with the sockets, which kept listening, so clients wait in the backlog rather than
-  being refused. A child that had said READY=1 is restarted at once; one that died before
-  it is started after a back-off that doubles (to `MAX_BACKOFF`). More than
+  being refused. A child that had said READY=1, or was killed by a signal, is restarted at
+  once; one that exited with a status before READY=1 (a start that fails) is started again
+  after a back-off that doubles (to `MAX_BACKOFF`). More than
   `MAX_RESTARTS` restarts within `RESTART_WINDOW` seconds: the supervisor gives up and
   exits 1 (systemd's StartLimitBurst).
 - SIGUSR2 (a planned restart, an upgrade): the child gets SIGTERM (it stops accepting,
@@ -315,9 +316,12 @@ class Supervisor:
             self.stopping = True
             return
         self.restarts.append(now)
-        delay = 0.0 if self.child_ready else self.backoff
-        if not self.child_ready:
-            self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+        # A start that fails (an exit status before READY=1: bad settings, no Podman) is
+        # tried again after a back-off; a berthd that was serving, or that something
+        # killed (kill -9, the OOM killer), at once.
+        failed_start = not self.child_ready and code > 0
+        delay = self.backoff if failed_start else 0.0
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF) if failed_start else FIRST_BACKOFF
         how = f"signal {-code}" if code < 0 else f"status {code}"
         log.warning("supervise: berthd %d exited (%s); starting it again in %.1fs", pid, how, delay)
         self._start_at = now + delay
