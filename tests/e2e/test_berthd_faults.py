@@ -176,6 +176,7 @@ def test_podman_service_killed_twice_under_load(
     assert load.messages_since(done_at + 0.5).keys() == {"v3"}
     said = events(berthd, "podman-service")
     assert said == [
+        f"podman service (pid {first}) started on unix://{berthd.state_dir}/podman.sock",
         f"podman service (pid {first}) killed by SIGKILL; restarting in 0.5s",
         f"podman service (pid {second}) killed by SIGKILL before answering; restarting in 1s",
         f"podman service (pid {third}) answering again",
