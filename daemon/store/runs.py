@@ -47,16 +47,20 @@ class RunStart:
 
     run_id: int
     started_at: str
-    previous: str | None  # None (the first start), "clean" or "unclean"
+    previous: str | None  # None (the first start), "clean", "unclean" or "running"
     previous_ended_at: str | None
     down_s: float | None  # since the previous run ended (unclean: its last heartbeat)
+    previous_pid: int | None = None
 
     def message(self, pid: int, version: str) -> str:
         head = f"berthd {version} started (pid {pid})"
         if self.previous is None:
             return f"{head}; first start on this state dir"
         if self.previous == "running":
-            return f"{head}; the berthd before it on this state dir is still running"
+            return (
+                f"{head} while the berthd before it (pid {self.previous_pid}) still runs "
+                "(a planned restart, or a second berthd on this state dir)"
+            )
         down = f"down {self.down_s:.1f}s" if self.down_s is not None else "down for a while"
         if self.previous == "clean":
             return f"{head} after a clean stop at {self.previous_ended_at}; {down}"
@@ -106,10 +110,13 @@ def begin_run(store: Store, pid: int, pid_started: float | None, version: str) -
         )
         assert cursor.lastrowid is not None
         store._db.execute("DELETE FROM berthd_runs WHERE run_id <= ?", [cursor.lastrowid - KEEP])
-    if last is None or last["ended"] == "running":
-        return RunStart(cursor.lastrowid, now, None if last is None else "running", None, None)
+    if last is None:
+        return RunStart(cursor.lastrowid, now, None, None, None)
+    if last["ended"] == "running":
+        return RunStart(cursor.lastrowid, now, "running", None, None, last["pid"])
     ended_at = last["ended_at"] or last["alive_at"]
-    return RunStart(cursor.lastrowid, now, last["ended"], ended_at, _seconds_between(ended_at, now))
+    down = _seconds_between(ended_at, now)
+    return RunStart(cursor.lastrowid, now, last["ended"], ended_at, down, last["pid"])
 
 
 def heartbeat(store: Store, run_id: int) -> None:

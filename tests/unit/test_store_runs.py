@@ -101,7 +101,9 @@ def test_a_run_whose_process_still_lives_is_left_alone(store: Store, clock: Cloc
             clock.advance(5)
             start = begin_run(store, 5555, None, "1.0")
             assert start.previous == "running"
-            assert "still running" in start.message(5555, "1.0")
+            assert f"while the berthd before it (pid {live.pid}) still runs" in start.message(
+                5555, "1.0"
+            )
             assert last_unclean_stop(store) is None
             begin_run(store, 6666, None, "1.0")  # and again: still running
             row = store._first("SELECT ended FROM berthd_runs WHERE run_id = ?", [other.run_id])
