@@ -3,13 +3,15 @@
 - Replicas that were ready at the kill serve at once from their stored verdict: the
   deployment's readiness probe takes 5 s to answer (`/cgi-bin/sleep?5`, every 30 s, after a
   quick startup probe), yet the restarted berthd's endpoint answers 200 well before a probe
-  could have passed; a replica
-  that was not ready at the kill (its `/cgi-bin/health` answered 503; healthy again while
-  berthd was down) is served only once its first probe after the restart has passed.
+  could have passed; a replica that was not ready at the kill (its `/cgi-bin/health`
+  answered 503; healthy again while berthd was down) is served only once its first probe
+  after the restart has passed.
 - Restarts are visible: `started` (first start, after an unclean stop with how long berthd
   was down, after a clean stop), `adopted`, `podman-service` (started, taken over, ended);
   `berth status` shows the uptime and the last unclean stop; the embedded Podman service the
   killed berthd left is taken over and ended when the berthd that took it over stops.
+- A planned restart (`berthd --supervise`, SIGUSR2, a request in flight) leaves the embedded
+  Podman service to the new berthd, which ends it when it stops.
 
 berthd and the Podman services are processes these tests started; each is ended by PID.
 """
@@ -23,6 +25,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +260,48 @@ def test_a_kill_and_a_clean_stop_are_said_and_the_left_podman_service_is_ended(
     assert berthd.json("status")["last_unclean_stop"]["pid"] == killed_pid  # still the last
     # The replica lived through it all.
     assert [r["container_id"] for r in replicas(berthd, "vis")] == [replica["container_id"]]
+
+
+def test_a_planned_restart_leaves_the_embedded_podman_service_to_the_new_berthd(
+    berthd_factory: Callable[..., Berthd], echo_image: str, free_port: Callable[[], int]
+) -> None:
+    """`berthd --supervise`, SIGUSR2 while a request is in flight: the new berthd starts while
+    the old one drains and takes the service over; the old one leaves it running; the
+    service keeps its pid and is ended when the supervisor is stopped."""
+    if socket_answers(Path(SYSTEM_URL.removeprefix("unix://"))):
+        pytest.skip(f"a system Podman answers at {SYSTEM_URL}: berthd would not start its own")
+    berthd = berthd_factory(extra_args=["--supervise"])
+    berthd.podman_url = None
+    port = free_port()
+    spec = berthd.state_dir.parent / "echo.toml"
+    spec.write_text(TOGGLED.format(image=echo_image, port=port).replace("adopt-unready", "plan"))
+    service = 0
+    try:
+        berthd.start()
+        berthd.berth("apply", str(spec), "--wait")
+        service = service_pid(events(berthd, "podman-service")[0]["message"])
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.get, f"http://127.0.0.1:{port}/cgi-bin/sleep?8", timeout=30)
+            time.sleep(1.0)  # in flight
+            berthd.send(signal.SIGUSR2)
+            assert slow.result().status_code == 200  # drained by the old berthd
+        wait_until(
+            "the old berthd to leave the service to the new one",
+            lambda: any(
+                "left running: berthd" in e["message"] for e in events(berthd, "podman-service")
+            ),
+            timeout=20,
+        )
+        said = [e["message"] for e in events(berthd, "podman-service")]
+        assert f"podman service (pid {service}) left by an earlier berthd reused" in said[-2]
+        assert said[-1].startswith(f"podman service (pid {service}) left running: berthd")
+        assert "still runs" in events(berthd, "started")[-1]["message"]
+        assert pid_alive(service)
+        assert httpx.get(f"http://127.0.0.1:{port}/cgi-bin/echo", timeout=10).status_code == 200
+        assert berthd.signal(signal.SIGTERM) == 0
+        wait_until("the Podman service to end", lambda: not pid_alive(service), 10)
+    finally:
+        if berthd.proc is not None and berthd.proc.poll() is None:
+            berthd.signal(signal.SIGTERM)
+        if service and pid_alive(service):
+            os.kill(service, signal.SIGKILL)
