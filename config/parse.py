@@ -248,13 +248,7 @@ def _read_endpoint(r: Reader | None) -> Endpoint | None:
         cold_start_timeout=cold_start,
         max_connections=max_connections,
         trusted_proxies=trusted_proxies,
-        max_concurrency=traffic.max_concurrency,
-        max_queue=traffic.max_queue,
-        queue_timeout=traffic.queue_timeout,
-        balance=traffic.balance,
-        retry=traffic.retry,
-        upstream_protocol=traffic.upstream_protocol,
-        outlier=traffic.outlier,
+        **traffic,
     )
 
 

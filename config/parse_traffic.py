@@ -4,45 +4,27 @@
 Admission: `max_concurrency` requests in flight per replica (absent: no cap), `max_queue`
 requests waiting per endpoint (for a slot, or for a replica that is starting; 0: none
 wait), `queue_timeout` the longest wait for a busy replica's slot (`cold_start_timeout`
-bounds the wait for a starting one). The defaults are `config.spec`'s.
+bounds the wait for a starting one). The defaults are `config.spec.Endpoint`'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, Final
 
 from config.reader import Reader, as_duration, as_enum, as_int, as_number
-from config.spec import (
-    MAX_QUEUE_DEFAULT,
-    QUEUE_TIMEOUT_DEFAULT,
-    Balance,
-    Outlier,
-    RetryPolicy,
-    UpstreamProtocol,
-)
+from config.spec import Balance, Endpoint, Outlier, RetryPolicy, UpstreamProtocol
 
 MAX_CONCURRENCY_LIMIT = 100_000
 MAX_QUEUE_LIMIT = 100_000
 MAX_QUEUE_TIMEOUT = 86400.0  # a day, as every other endpoint timeout
+_DEFAULTS: Final = Endpoint(port=0)  # the spec's defaults live in config.spec, once
 
 
-@dataclass(frozen=True)
-class Traffic:
-    """What `read_traffic` read, for `config.parse` to put into the `Endpoint`."""
-
-    max_concurrency: int | None = None
-    max_queue: int = MAX_QUEUE_DEFAULT
-    queue_timeout: float = QUEUE_TIMEOUT_DEFAULT
-    balance: Balance = Balance.ROUND_ROBIN
-    retry: RetryPolicy = RetryPolicy.IDEMPOTENT
-    upstream_protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
-    outlier: Outlier = Outlier()
-
-
-def read_traffic(r: Reader) -> Traffic:
-    """The traffic keys of `[endpoint]` and its `[endpoint.outlier]` table."""
-    base = Traffic()
-    return Traffic(
+def read_traffic(r: Reader) -> dict[str, Any]:
+    """The traffic keys of `[endpoint]` and its `[endpoint.outlier]` table, as the
+    `Endpoint` keyword arguments they are (defaults: `Endpoint`'s own)."""
+    base = _DEFAULTS
+    return dict(
         max_concurrency=r.optional("max_concurrency", as_int(1, MAX_CONCURRENCY_LIMIT)),
         max_queue=r.get("max_queue", as_int(0, MAX_QUEUE_LIMIT), base.max_queue),
         queue_timeout=r.get(

@@ -41,6 +41,8 @@ from config.spec import (
     ENDPOINT_CLIENT_IDLE_TIMEOUT,
     ENDPOINT_CONNECT_TIMEOUT,
     ENDPOINT_READ_TIMEOUT,
+    MAX_QUEUE_DEFAULT,
+    QUEUE_TIMEOUT_DEFAULT,
     Outlier,
 )
 from proxy.auth import Guard
@@ -121,8 +123,8 @@ class Balancer:
         self.on_suspect = on_suspect
         # Admission (see the module docstring); hold_max_wait None: hold mode off.
         self.slots = Slots(STATS_WINDOW_S)
-        self.max_queue = 100
-        self.queue_timeout = 30.0
+        self.max_queue = MAX_QUEUE_DEFAULT
+        self.queue_timeout = QUEUE_TIMEOUT_DEFAULT
         self.hold_max_wait: float | None = None
         self.on_wait: Callable[[], None] | None = None
         self.least_request = False
