@@ -144,6 +144,9 @@ class Balancer:
         self.grpc_status = GrpcStatusCounts()  # gRPC calls by status code (`proxy.h2`)
         # `upstream_protocol = "h2c"`: replicas are spoken to in HTTP/2 (`proxy.h2`).
         self.upstream_h2c = False
+        # The endpoint's nursery for tasks that outlive a client connection but not the
+        # endpoint (h2c connections to replicas); set while `Endpoint.run` runs.
+        self.background: trio.Nursery | None = None
         self.fast_served = 0  # exchanges served whole by the fast path (`proxy.fastpath`)
 
     def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:

@@ -274,6 +274,7 @@ class Endpoint:
         try:
             async with trio.open_nursery() as poller:
                 await poller.start(self._balancer.poller.run)
+                self._balancer.background = poller  # ends with the poller, after the sessions
                 async with trio.open_nursery() as handlers:
                     self._handlers_scope = handlers.cancel_scope
                     with trio.CancelScope() as accept_scope:
@@ -295,6 +296,7 @@ class Endpoint:
                 self._balancer.pool.close_all()
                 poller.cancel_scope.cancel()
         finally:
+            self._balancer.background = None
             if not closed:
                 sockets.close_listener(listener)
             self._listener_closed.set()

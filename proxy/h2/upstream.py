@@ -8,11 +8,11 @@ Theory of operation:
   (connected like any, `proxy.connector`: hedged, a failure marks the replica suspect);
   one connect at a time per replica, the requests that find none with room wait for it.
 - Each connection has one reading task and its channel's writer (`proxy.h2.channel`),
-  run as trio system tasks: the connection outlives the client connection that opened
-  it, and no nursery of the endpoint is at hand here. They end when the connection
-  does: the replica closes it or breaks HTTP/2, it idles `client_idle` with no stream
-  (GOAWAY, close), its replica left the set and its last stream ended, or the endpoint
-  stops (its poller closes every connection it registered, which ends their waits).
+  run in the endpoint's background nursery (`Balancer.background`, the one its poller
+  runs in): the connection outlives the client connection that opened it, never the
+  endpoint. They end when the connection does: the replica closes it or breaks HTTP/2,
+  it idles `client_idle` with no stream (GOAWAY, close), its replica left the set and
+  its last stream ended, or the endpoint stops (that nursery is cancelled).
   An unexpected error in them is logged and ends that connection only.
 - A replica's GOAWAY keeps the streams it names as taken running; a stream above its
   last stream id was never processed (`StreamIO.reset` CONNECTION_GONE with the id above
@@ -151,7 +151,10 @@ class H2cPool:
         c = H2cConn(got, conn, Channel(conn, h, b.timeouts.read_idle))
         c.channel.flush()
         self.conns.setdefault(got, []).append(c)
-        trio.lowlevel.spawn_system_task(self._run, c, name=f"h2c {got.host}:{got.port}")
+        background = b.background
+        if background is None:
+            raise RuntimeError(f"endpoint {b.name!r} is not running")  # `Endpoint.run` sets it
+        background.start_soon(self._run, c, name=f"h2c {got.host}:{got.port}")
         return c
 
     async def _run(self, c: H2cConn) -> None:
