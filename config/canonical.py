@@ -19,7 +19,7 @@ does not; an unwritten one is left out, so the ids of specs without a bind stay 
   needs published besides the app port). A change to replicas, autoscale, health, endpoint,
   update, enabled or a scrape's path, period or timeout keeps it, so berthd need not replace
   any replica for those; a scrape on a port not published yet replaces them (Podman cannot
-  publish a port on a running container).
+  publish a port on a running container). `[gateway]` is routing only: it keeps it too.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from config.spec import (
     DeploymentSpec,
     Endpoint,
     EndpointAuth,
+    Gateway,
     IpcMode,
     MetricName,
     Metrics,
@@ -46,6 +47,7 @@ from config.spec import (
     Outlier,
     Probe,
     Registry,
+    Replicas,
     Resources,
     Ulimit,
     Update,
@@ -81,7 +83,7 @@ def spec_to_dict(spec: DeploymentSpec, *, defaults: bool = True) -> dict[str, An
     env = {k: v if isinstance(v, str) else v.to_dict() for k, v in sorted(spec.env.items())}
     _put(d, "env", env, {}, full)  # a secret as its reference, never its value
     _put(d, "resources", _resources(spec.resources, full), {}, full)
-    _put(d, "replicas", {"min": spec.replicas.min, "max": spec.replicas.max}, _ONE, full)
+    _put(d, "replicas", _replicas(spec.replicas), _ONE, full)
     _put(d, "autoscale", _autoscale(spec.autoscale, full), {}, full)
     health = {
         kind: _probe(probe, spec.port, full)
@@ -99,6 +101,8 @@ def spec_to_dict(spec: DeploymentSpec, *, defaults: bool = True) -> dict[str, An
     if spec.registry is not None:
         d["registry"] = _registry(spec.registry)
     _put(d, "metrics", _metrics(spec.metrics, spec.port, full), {}, full)
+    if spec.gateway is not None:
+        d["gateway"] = _gateway(spec.gateway, full)
     return d
 
 
@@ -142,6 +146,24 @@ _ONE = {"min": 1, "max": 1}
 def _put(d: dict[str, Any], key: str, value: object, default: object, full: bool) -> None:
     if full or value != default:
         d[key] = value
+
+
+def _replicas(r: Replicas) -> dict[str, Any]:
+    d: dict[str, Any] = {"min": r.min, "max": r.max}
+    if r.scale_to_zero_after is not None:  # only when set: older ids stay
+        d["scale_to_zero_after"] = format_duration(r.scale_to_zero_after)
+    return d
+
+
+def _gateway(g: Gateway, full: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {"models": list(g.models)}
+    if g.rewrite_model is not None:
+        d["rewrite_model"] = g.rewrite_model
+    _put(d, "priority", g.priority, 0, full)
+    if g.group is not None:
+        d["group"] = g.group
+    _put(d, "min_idle", format_duration(g.min_idle), _dur(0.0), full)
+    return d
 
 
 def _resources(r: Resources, full: bool) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from config.errors import Problem, SpecError
 from config.image_ref import parse_image_ref
 from config.parse_auth import read_auth
 from config.parse_document import document_problems, nesting_problem
+from config.parse_gateway import read_gateway
 from config.parse_health import read_health
 from config.parse_limits import read_limits
 from config.parse_metrics import read_metrics
@@ -133,6 +134,7 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
     update = _read_update(r.table("update"))
     mounts = read_mounts(r.tables("mounts"))
     registry = read_registry(r.table("registry"))
+    gateway = read_gateway(r.table("gateway"))
     r.close()
     if r.problems or name is None or image is None or port is None or endpoint is None:
         return None
@@ -154,6 +156,7 @@ def _read_spec(r: Reader) -> DeploymentSpec | None:
         mounts=mounts,
         registry=registry,
         metrics=metrics,
+        gateway=gateway,
     )
 
 

@@ -2,6 +2,7 @@
 
 `count = N` is shorthand for `min = max = N` and excludes both. With only `min`, `max`
 defaults to `max(min, 1)` (a fixed count); with only `max`, `min` defaults to 1.
+`scale_to_zero_after` (a TTL from the last request) is only for `min = 0`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from config.spec import (
 
 MAX_REPLICAS = 100
 MAX_SCALE_DOWN_DELAY = 86400.0
+MAX_SCALE_TO_ZERO_AFTER = 30 * 86400.0
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 _PERCENT_METRICS = frozenset(
     {MetricName.CPU, MetricName.MEMORY, MetricName.GPU_UTILIZATION, MetricName.GPU_MEMORY}
@@ -35,7 +37,21 @@ def read_replicas(r: Reader | None) -> Replicas:
     count = r.optional("count", as_int(1, MAX_REPLICAS))
     lo = r.optional("min", as_int(0, MAX_REPLICAS))
     hi = r.optional("max", as_int(1, MAX_REPLICAS))
+    ttl = r.optional("scale_to_zero_after", as_duration(hi=MAX_SCALE_TO_ZERO_AFTER, above=0))
     r.close()
+    replicas = _min_max(r, count, lo, hi)
+    if ttl is None or not r.ok("count", "min", "max"):
+        return replicas
+    if replicas.min != 0:
+        r.problem(
+            "scale_to_zero_after",
+            f"only with replicas.min = 0 (min is {replicas.min}): it scales to zero",
+        )
+        return replicas
+    return Replicas(min=replicas.min, max=replicas.max, scale_to_zero_after=ttl)
+
+
+def _min_max(r: Reader, count: int | None, lo: int | None, hi: int | None) -> Replicas:
     if r.has("count"):
         if r.has("min") or r.has("max"):
             r.problem(

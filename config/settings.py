@@ -11,6 +11,8 @@
     metrics_listen                                  [metrics] listen   None (off)
     events_keep                                     [events] keep      "168h" (7 days)
     events_max_rows                                 [events] max_rows  100000
+    gateway                                         [gateway] listen, max_body, auth, tls
+                                                                       None (no gateway)
 
 An empty environment variable counts as unset. Relative paths from flags and environment
 are taken from the working directory; relative paths in berthd.toml from the file's own
@@ -30,6 +32,7 @@ from config.credentials import DEFAULT_CREDENTIALS_ROOTS
 from config.errors import Problem, SpecError
 from config.parse import syntax_problem
 from config.parse_document import nesting_problem
+from config.parse_gateway import GatewaySettings, read_gateway_settings
 from config.reader import Reader, as_duration, as_int, as_str, as_str_list
 
 DEFAULT_STATE_DIR = Path("/var/lib/berth")
@@ -81,6 +84,8 @@ class DaemonSettings:
     credentials_roots: tuple[Path, ...] = DEFAULT_CREDENTIALS_ROOTS
     # Podman volumes any deployment may mount, though berth did not make them for it.
     shared_volumes: tuple[str, ...] = ()
+    # `[gateway]`: the model gateway's listener and protection; None: no gateway.
+    gateway: GatewaySettings | None = None
 
     def allows_bind_source(self, source: str | Path) -> bool:
         """Whether a bind mount's (absolute, normalised) source lies under an allowed root."""
@@ -165,6 +170,7 @@ def load_settings(
             listen = None
 
     keep, rows = file_values.get("events_keep"), file_values.get("events_max_rows")
+    gateway = file_values.get("gateway")
     if problems:
         raise SpecError(problems, source=source)
     return DaemonSettings(
@@ -178,6 +184,7 @@ def load_settings(
         events_max_rows=rows if isinstance(rows, int) else DEFAULT_EVENTS_MAX_ROWS,
         credentials_roots=credentials_roots,
         shared_volumes=shared_volumes,
+        gateway=gateway if isinstance(gateway, GatewaySettings) else None,
     )
 
 
@@ -234,6 +241,9 @@ def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
         if rows is not None:
             out["events_max_rows"] = rows
         events.close()
+    gateway = read_gateway_settings(r.table("gateway"), _listen_problem)
+    if gateway is not None:
+        out["gateway"] = gateway
     r.close()
     return out
 

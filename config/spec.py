@@ -97,6 +97,9 @@ class Resources:
 class Replicas:
     min: int = 1
     max: int = 1
+    # Seconds from the last request after which a `min = 0` deployment is scaled to zero
+    # (a TTL from the last request, not from the load); None: the autoscaler alone decides.
+    scale_to_zero_after: float | None = None
 
     @property
     def fixed(self) -> bool:
@@ -328,6 +331,21 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """`[gateway]`: the deployment serves these models (names and aliases, unique on the box)
+    through berthd's model gateway. `rewrite_model`: the name the server expects, written
+    into the request's `model` on the way; `priority` (higher is kept longer), `group`
+    (models that may share the box) and `min_idle` (seconds idle before a swap may evict it)
+    are the swap's inputs."""
+
+    models: tuple[str, ...]
+    rewrite_model: str | None = None
+    priority: int = 0
+    group: str | None = None
+    min_idle: float = 0.0
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     name: str
     image: str
@@ -346,3 +364,4 @@ class DeploymentSpec:
     mounts: tuple[Mount, ...] = ()
     registry: Registry | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    gateway: Gateway | None = None  # `[gateway]`; None: not served by the model gateway
