@@ -104,6 +104,16 @@ def poller_tick(timeouts: EndpointTimeouts) -> float:
     return min(0.5, max(0.01, shortest / 4))
 
 
+class LastRequest:
+    """When the last request that reached a replica ended (trio time; None: none yet).
+    Shared by the balancers of a moved endpoint, as its counters are."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+
 class Balancer:
     """What every session of an endpoint shares: upstreams, pool, counters, policy."""
 
@@ -148,6 +158,8 @@ class Balancer:
         # endpoint (h2c connections to replicas); set while `Endpoint.run` runs.
         self.background: trio.Nursery | None = None
         self.fast_served = 0  # exchanges served whole by the fast path (`proxy.fastpath`)
+        # When a request that reached a replica last ended (idle unload, swap's LRU).
+        self.last_request = LastRequest()
 
     def set_upstreams(self, upstreams: Iterable[Upstream]) -> None:
         self.upstreams.set(upstreams)
@@ -221,6 +233,7 @@ class Balancer:
         self.guard = other.guard
         self.slots.taken = other.slots.taken  # max_concurrency counts both listeners' requests
         self.grpc_status = other.grpc_status
+        self.last_request = other.last_request
 
     def begin_drain(self) -> None:
         """Stop taking requests: queued ones are refused, HTTP/2 connections say GOAWAY."""
@@ -379,6 +392,7 @@ class Balancer:
         self.totals.finish(status, now, latency)
         if upstream is not None:
             self._counters(upstream).finish(status, now, latency)
+            self.last_request.at = now
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"

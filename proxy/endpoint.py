@@ -258,6 +258,14 @@ class Endpoint:
         """How many requests are queued: for a free slot, or for a replica (hold mode)."""
         return self._balancer.waiting
 
+    def requests_in_flight(self) -> int:
+        """Requests under way now (read, queued or at a replica), on every listener."""
+        return self._balancer.totals.in_flight
+
+    def last_request_at(self) -> float | None:
+        """When the last request that reached a replica ended (trio time); None: none yet."""
+        return self._balancer.last_request.at
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listener, self._given_listener = self._given_listener, None
         if listener is not None:
