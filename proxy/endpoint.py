@@ -59,6 +59,7 @@ from proxy.auth import Credentials, Guard
 from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
 from proxy.h2.attempt import set_upstream_protocol
+from proxy.reader import ClientReader
 from proxy.stats import EndpointStatistics, ReplicaStatistics
 from proxy.tls import TlsConn
 from proxy.upstreams import Upstream
@@ -253,6 +254,15 @@ class Endpoint:
         b.on_wait = on_wait
         if max_wait is None:
             b.wake_held()
+
+    def session_on(self, conn: sockets.Conn, reader: ClientReader) -> Session:
+        """A session of this endpoint for one request on a client connection accepted
+        elsewhere (the model gateway's, `proxy.gateway`, which read its head and body into
+        `reader`): the request goes through this endpoint's balancing, queue, hold mode,
+        retries and statistics as its own requests do."""
+        session = Session(self._balancer, conn, reader)
+        session.fast = None  # the fast path polls this endpoint's poller, not conn's
+        return session
 
     def waiting(self) -> int:
         """How many requests are queued: for a free slot, or for a replica (hold mode)."""

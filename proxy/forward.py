@@ -111,10 +111,12 @@ class Session:
         "fast",
     )
 
-    def __init__(self, balancer: Balancer, conn: Conn) -> None:
+    def __init__(self, balancer: Balancer, conn: Conn, reader: ClientReader | None = None) -> None:
+        """`reader`: the connection's own, when another owner read requests from it before
+        (the model gateway's, `proxy.gateway`: a session per request, on this balancer)."""
         self.balancer = balancer
         self.conn = conn
-        self.reader = ClientReader(conn)
+        self.reader = ClientReader(conn) if reader is None else reader
         self.peer = conn.peer.encode()
         self.trusted = balancer.is_trusted(conn.peer)  # its Forwarded etc. are kept
         self.proto = b"https" if conn.secure else b"http"  # X-Forwarded-Proto, Forwarded
@@ -263,14 +265,17 @@ class Session:
         except (OSError, Timeout, trio.ClosedResourceError):
             return
 
-    async def forward(self, head: RequestHead) -> bool:
-        """Forward one request; True when the client connection may carry another."""
+    async def forward(self, head: RequestHead, *, admitted: bool = False) -> bool:
+        """Forward one request; True when the client connection may carry another.
+        `admitted`: its credential was checked already (the gateway's own, `proxy.gateway`),
+        so this endpoint's guard does not judge it."""
         b = self.balancer
         ex = self.exchange
         if head.asks_h2c and is_h2c_upgrade(head, self.conn):
             await serve_h2(b, self.conn, b"", upgrade=head)  # each stream checked there
             return False
-        if b.guard is not None and (refused := await b.guard.admit(head)) is not None:
+        guard = None if admitted else b.guard
+        if guard is not None and (refused := await guard.admit(head)) is not None:
             return await self._unauthorized(head, refused)
         if b.upstream_h2c:  # an HTTP/1.1 client to an h2c replica (`proxy.h2.h1_to_h2c`)
             return await forward_h1_to_h2c(
