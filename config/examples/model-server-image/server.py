@@ -21,12 +21,20 @@ It behaves as the real ones do where berth is concerned:
 - One log line per infer request and one when the model is loaded, with wall-clock times,
   so that a test can read what reached the server and when.
 
+- OpenAI-compatible routes (openai_api.py): `/v1/chat/completions` and `/v1/completions`
+  (JSON or an SSE stream, `max_tokens` tokens, each `berth_token_delay` or TOKEN_DELAY
+  seconds apart), `/v1/embeddings` (a deterministic vector), `/v1/models` (SERVED_MODEL_NAME,
+  MODEL_NAME by default), and `GET /health` (200 once loaded, 503 before, as vLLM's): what
+  berth's gateway routes to, in the shapes the `openai` SDK reads. They are counted in
+  `model_server_requests_total` and `model_queue_size` as infer is.
+
 - With FAULTS=1 (tests, demos), `PUT /faults/infer` with `{"hang": true}` makes this one
   process's inference hang (and `false` ends it) while its health and readiness still
   answer: the "half-alive" replica that passive health (`[endpoint.outlier]`) is for.
 
 Settings (environment): MODEL_NAME (tiny), LOAD_SECONDS (20), INFER_SECONDS (0), PORT (8000),
-FAULTS (off).
+FAULTS (off); for the OpenAI routes SERVED_MODEL_NAME (MODEL_NAME), TOKEN_DELAY (0),
+EMBEDDING_DIM (8), STRICT_MODEL (off: any `model` is answered; 1: only the served name).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from openai_api import Hooks, OpenAiApi, Settings
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -234,6 +243,23 @@ async def fault_infer(request: Request) -> JSONResponse:
     return JSONResponse({"hang": hang})
 
 
+async def health(request: Request) -> JSONResponse:
+    if not MODEL.loaded.is_set():
+        return answer("health", 503, NOT_READY)
+    return answer("health", 200, {"status": "ok"})
+
+
+OPENAI = OpenAiApi(
+    Settings.from_env(MODEL_NAME),
+    Hooks(
+        loaded=MODEL.loaded,
+        count=lambda route, status: REQUESTS.labels(route, str(status)).inc(),
+        enter=QUEUE.inc,
+        leave=QUEUE.dec,
+    ),
+)
+
+
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -257,6 +283,8 @@ app = Starlette(
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/metrics", metrics),
         Route("/faults/infer", fault_infer, methods=["PUT"]),
+        Route("/health", health),
+        *OPENAI.routes(),
     ],
     lifespan=lifespan,
 )
