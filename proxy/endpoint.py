@@ -259,9 +259,12 @@ class Endpoint:
         """A session of this endpoint for one request on a client connection accepted
         elsewhere (the model gateway's, `proxy.gateway`, which read its head and body into
         `reader`): the request goes through this endpoint's balancing, queue, hold mode,
-        retries and statistics as its own requests do."""
+        retries and statistics as its own requests do. `conn` moves to this endpoint's
+        poller (`Conn.move_to`), so that a hang-up is seen while a replica works, as on the
+        endpoint's own connections; the caller moves it back after the request."""
         session = Session(self._balancer, conn, reader)
-        session.fast = None  # the fast path polls this endpoint's poller, not conn's
+        session.fast = None  # `Session.serve` alone uses it; the caller calls `forward`
+        conn.move_to(self._balancer.poller)
         return session
 
     def waiting(self) -> int:

@@ -43,6 +43,11 @@ class ClientReader:
                 return head, body
         return None
 
+    def put_back(self, events: list[Event]) -> None:
+        """Events taken out to be looked at, handed out again ahead of the rest (the model
+        gateway reads a body whole to find its model, `proxy.gateway`)."""
+        self._events.extendleft(reversed(events))
+
     def clear(self) -> None:
         self._events.clear()
 

@@ -312,6 +312,15 @@ class Conn:
         del data
         return False
 
+    def move_to(self, poller: Poller) -> None:
+        """Be watched by `poller` from now on (a gateway connection whose request another
+        endpoint serves, `proxy.gateway`); only while no task waits on this connection.
+        Its descriptor joins that epoll set, which reports what is ready at once."""
+        if poller is not self.poller and not self.closed:
+            self.poller.forget(self)
+            poller.register(self)
+            self.poller = poller
+
     def shutdown_write(self) -> None:
         """Half-close: the peer reads end-of-stream; reading goes on."""
         if not self.closed:
