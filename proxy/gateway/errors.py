@@ -1,0 +1,91 @@
+"""The gateway's own answers, always in OpenAI's error shape (its clients are OpenAI SDKs):
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "model",
+               "code": "model_not_found"}}
+
+Answers that come from the deployment's endpoint once a request is routed (429, 502, 503,
+504: `proxy.answers`) keep that endpoint's form: JSON to a client that asks for it (the
+OpenAI SDKs do), with `code` the status. A 401 is the gateway guard's (`proxy.auth`),
+in the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from proxy.answers import REASONS
+
+INVALID_REQUEST: Final = "invalid_request_error"
+_REASONS: Final = {**REASONS, 404: b"Not Found"}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    param: str | None = None,
+    kind: str = INVALID_REQUEST,
+    close: bool,
+    head_only: bool = False,
+    headers: tuple[bytes, ...] = (),
+) -> bytes:
+    """A whole answer: status line, header section and the JSON error body."""
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    body = json.dumps({"error": error}).encode() + b"\n"
+    out = [
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+        % (status, _REASONS.get(status, b"Error"))
+    ]
+    out.extend(b"%s\r\n" % line for line in headers)
+    out.append(b"Content-Length: %d\r\n" % len(body))
+    if close:
+        out.append(b"Connection: close\r\n")
+    out.append(b"\r\n")
+    if not head_only:
+        out.append(body)
+    return b"".join(out)
+
+
+def model_not_found(model: str, close_names: list[str], *, close: bool) -> bytes:
+    message = f"The model '{model}' does not exist"
+    if close_names:
+        message += "; close names: " + ", ".join(close_names)
+    return error_response(404, message, code="model_not_found", param="model", close=close)
+
+
+def model_missing(why: str, *, close: bool) -> bytes:
+    """400: no `model` in the body, or a body it cannot be read from (`why` says which)."""
+    return error_response(400, why, code="model_required", param="model", close=close)
+
+
+def too_large(max_body: int) -> bytes:
+    message = f"request body over the gateway's max_body ({max_body} bytes)"
+    return error_response(413, message, code="request_too_large", close=True)
+
+
+def unknown_url(method: bytes, path: bytes, *, close: bool) -> bytes:
+    message = f"Unknown request URL: {_text(method)} {_text(path)}"
+    return error_response(404, message, code="unknown_url", close=close)
+
+
+def method_not_allowed(method: bytes, path: bytes, allow: bytes, *, close: bool) -> bytes:
+    message = f"{_text(method)} is not allowed on {_text(path)} (use {_text(allow)})"
+    headers = (b"Allow: " + allow,)
+    return error_response(405, message, code="method_not_allowed", close=close, headers=headers)
+
+
+def failed(status: int, message: str) -> bytes:
+    """An error that ends the connection (408, a malformed request's 400/431/501/505, ...)."""
+    return error_response(status, message, code=None, close=True)
+
+
+def not_serving(deployment: str) -> bytes:
+    message = f"the deployment {deployment!r} of this model is not serving"
+    return error_response(503, message, code="unavailable", kind="unavailable", close=False)
+
+
+def _text(raw: bytes) -> str:
+    """Bytes from the client in a message, bounded."""
+    return raw[:200].decode("latin-1")
