@@ -1,0 +1,73 @@
+"""docs/gateway.md's TOML is real: each full spec in it parses (and its `[gateway]` and
+`[replicas]` say what the text around it claims), its berthd.toml loads, and the full
+example's three deployments claim no model name twice. A doc that drifts from the parser
+fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from config.parse import parse_spec
+from config.settings import load_settings
+from config.spec import DeploymentSpec
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
+GIB = 1024**3
+
+
+def toml_blocks() -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def specs() -> dict[str, DeploymentSpec]:
+    found = {}
+    for block in toml_blocks():
+        if block.startswith("name = "):
+            spec = parse_spec(block, source="docs/gateway.md")
+            found[spec.name] = spec
+    return found
+
+
+def test_the_full_example_parses_and_packs_as_the_text_says() -> None:
+    example = specs()
+    assert sorted(example) == ["chat", "coder", "embed"]
+    names = [n for s in example.values() for n in (s.gateway.models if s.gateway else ())]
+    assert len(names) == len(set(names)) == 6
+    memory = {name: s.resources.gpu_memory for name, s in example.items()}
+    assert memory == {"chat": 16 * GIB, "coder": 9 * GIB, "embed": 2 * GIB}
+    assert memory["chat"] + memory["coder"] > 24 * GIB  # the two LLMs never fit together
+    assert memory["chat"] + memory["embed"] <= 24 * GIB
+    assert memory["coder"] + memory["embed"] <= 24 * GIB
+    for spec in example.values():
+        assert spec.gateway is not None and spec.replicas.min == 0
+        assert spec.replicas.scale_to_zero_after is not None
+    chat, embed = example["chat"].gateway, example["embed"].gateway
+    assert chat is not None and embed is not None
+    assert chat.rewrite_model == "Qwen/Qwen2.5-7B-Instruct" and chat.min_idle == 30
+    assert embed.priority > chat.priority and embed.group == chat.group == "rag"
+
+
+@pytest.mark.parametrize("which", ["reference", "example"])
+def test_the_berthd_toml_blocks_load(which: str, tmp_path: Path) -> None:
+    blocks = [b for b in toml_blocks() if b.startswith("[gateway]\nlisten")]
+    assert len(blocks) == 2, "the reference table and the example's berthd.toml"
+    text = blocks[0] if which == "reference" else blocks[1]
+    config = tmp_path / "berthd.toml"
+    config.write_text(text)
+    settings = load_settings(config, {}, {})
+    assert settings.gateway is not None
+    assert (settings.gateway.host, settings.gateway.port) == ("127.0.0.1", 8000)
+    assert settings.gateway.max_body == 32 * 1024 * 1024
+    assert (settings.gateway.auth is not None) == (which == "reference")
+
+
+def test_the_spec_fragment_parses_inside_a_spec() -> None:
+    (fragment,) = [b for b in toml_blocks() if b.startswith("[gateway]\nmodels")]
+    spec = parse_spec(
+        'name = "x"\nimage = "localhost/x:1"\nport = 8000\n[endpoint]\nport = 18000\n' + fragment
+    )
+    assert spec.gateway is not None and spec.gateway.models == ("qwen2.5-7b", "qwen")
+    assert spec.replicas.scale_to_zero_after == 600
