@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from config.spec import DeploymentSpec
+from config.spec import DeploymentSpec, Replicas
 from daemon.metrics.model import DeploymentLoad
 from daemon.scaling.policy import Autoscaler, Decision, LoadSample
 from proxy.stats import EndpointStatistics
@@ -88,6 +88,16 @@ def with_live_requests(
 
 def scales_to_zero(spec: DeploymentSpec) -> bool:
     return autoscaled(spec) and spec.replicas.min == 0
+
+
+def bounds(spec: DeploymentSpec, current: int) -> Replicas:
+    """The autoscaler's bounds now: the spec's, except that with `scale_to_zero_after` a
+    loaded deployment is kept at one replica at least (its TTL alone takes it to zero,
+    `daemon.scaling.idle`), while one at zero may stay there."""
+    replicas = spec.replicas
+    if replicas.scale_to_zero_after is not None and current > 0 and replicas.min == 0:
+        return dataclasses.replace(replicas, min=1)
+    return replicas
 
 
 def decide(

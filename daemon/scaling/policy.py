@@ -150,6 +150,12 @@ class Autoscaler:
         self.replicas = replicas
         self.autoscale = autoscale
 
+    def reset(self, now: float, count: int) -> None:
+        """The count was set outside the policy (to zero: an idle unload, a swap, a cancelled
+        cold start): the window starts afresh there, so no earlier proposal brings it back."""
+        self._history.clear()
+        self._history.append((now, count))
+
     def observe(self, now: float, sample: LoadSample) -> Decision:
         current = max(sample.replicas, 0)
         if not self._history:

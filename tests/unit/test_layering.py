@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"http"},
     "integrations": {"runtime"},
     "metrics": {"proxy", "runtime", "store", "gpu", "http"},
-    "scaling": {"proxy", "metrics"},
+    "scaling": {"proxy", "metrics", "gpu"},
     "reconcile": {
         "proxy",
         "runtime",
