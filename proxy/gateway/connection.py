@@ -303,7 +303,8 @@ class GatewayConnection:
         try:
             route.endpoint.address  # noqa: B018 - raises once the endpoint has stopped
         except RuntimeError:
-            return await self._send(errors.not_serving(route.deployment), close=not head.keep_alive)
+            close = not head.keep_alive
+            return await self._send(errors.not_serving(route.deployment, close=close), close=close)
         reader.put_back([body, END] if body else [END])
         head.framing = Framing.LENGTH
         head.content_length = len(body)
@@ -315,6 +316,11 @@ class GatewayConnection:
         counters.began()
         try:
             keep = await session.forward(head, admitted=True)
+        except trio.ClosedResourceError:
+            # The endpoint stopped under the request: its poller closed what it watched,
+            # this connection (moved there) and the replica's.
+            session.exchange.status = session.exchange.status or 502
+            return False
         finally:
             conn.move_to(state.poller)
             counters.finished(session.exchange.status or 502, start, conn.first_byte_at)

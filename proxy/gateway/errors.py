@@ -81,9 +81,16 @@ def failed(status: int, message: str) -> bytes:
     return error_response(status, message, code=None, close=True)
 
 
-def not_serving(deployment: str) -> bytes:
+def not_serving(deployment: str, *, close: bool) -> bytes:
     message = f"the deployment {deployment!r} of this model is not serving"
-    return error_response(503, message, code="unavailable", kind="unavailable", close=False)
+    return error_response(
+        503,
+        message,
+        code="unavailable",
+        kind="unavailable",
+        close=close,
+        headers=(b"Retry-After: 1",),
+    )
 
 
 def _text(raw: bytes) -> str:

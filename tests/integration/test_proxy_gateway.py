@@ -19,6 +19,7 @@ from functools import partial
 
 import h11
 import httpx
+import pytest
 import trio
 import trustme
 
@@ -551,3 +552,108 @@ async def test_begin_shutdown_finishes_the_request_under_way_and_stops_accepting
                 await g.wait_listener_closed()
             # run returned: after the request under way was answered
         assert got == [200]
+
+
+# --- edges ----------------------------------------------------------------------------------
+
+
+async def test_expect_100_continue_is_answered_by_the_gateway_and_not_forwarded() -> None:
+    async with servers("a", "b") as (a, b), endpoints([a.upstream], [b.upstream]) as (ea, eb):
+        async with gateway(two_models(ea, eb)) as g:
+            body = chat("llama")
+            with trio.fail_after(WAIT):
+                stream = await trio.open_tcp_stream("127.0.0.1", g.address[1])
+                async with stream:
+                    await stream.send_all(
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+                        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    )
+                    interim = await stream.receive_some(65536)
+                    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body byte
+                    await stream.send_all(body)
+                    out = b""
+                    while b'"server"' not in out:
+                        out += await stream.receive_some(65536)
+        assert out.startswith(b"HTTP/1.1 200 ")
+        assert b"100 Continue" not in out  # the server was not asked for another
+        assert b"expect" not in a.seen[0].headers
+
+
+async def test_pipelined_requests_for_two_models_are_answered_in_order() -> None:
+    async with servers("a", "b") as (a, b), endpoints([a.upstream], [b.upstream]) as (ea, eb):
+        async with gateway(two_models(ea, eb)) as g:
+            one, two = chat("qwen"), chat("llama")
+            raw = b"".join(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+                for body in (one, two)
+            )
+            with trio.fail_after(WAIT):
+                stream = await trio.open_tcp_stream("127.0.0.1", g.address[1])
+                async with stream:
+                    await stream.send_all(raw)
+                    out = b""
+                    while out.count(b'"server"') < 2:
+                        out += await stream.receive_some(65536)
+        assert out.index(b'"server": "b"') < out.index(b'"server": "a"')
+        assert (
+            b.seen[0].body
+            == json.dumps(
+                {**json.loads(one), "model": "Qwen/Qwen2.5-7B"}, separators=(",", ":")
+            ).encode()
+        )
+        assert a.seen[0].body == two
+
+
+async def test_a_stopped_endpoint_is_503_and_one_stopping_under_a_request_ends_it_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with servers("a", "b") as (a, b), endpoints([b.upstream]) as (eb,):
+        ea = Endpoint("a", bind="127.0.0.1", port=0)
+        ea.set_upstreams([a.upstream])
+        async with gateway(two_models(ea, eb)) as g, http(g) as client:
+            stopped = await client.post("/v1/chat/completions", content=chat("llama"))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ea.run)
+
+                async def generate() -> None:
+                    with trio.fail_after(WAIT):
+                        stream = await trio.open_tcp_stream("127.0.0.1", g.address[1])
+                        async with stream:
+                            body = chat("llama", do="generate")
+                            await stream.send_all(
+                                b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                            )
+                            assert await stream.receive_some(65536) == b""  # closed
+
+                nursery.start_soon(generate)
+                await a.arrived.wait()
+                nursery.cancel_scope.cancel()  # the endpoint stops (the deployment deleted)
+            other = await client.post("/v1/chat/completions", content=chat("qwen"))
+        assert stopped.status_code == 503 and error_of(stopped)["code"] == "unavailable"
+        assert stopped.headers["retry-after"] == "1"
+        assert other.status_code == 200
+        assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.records
+
+
+async def test_slow_heads_and_bodies_are_408() -> None:
+    timeouts = EndpointTimeouts(header_read=0.3, body_min_rate=1000.0, body_rate_window=0.3)
+    async with servers("a", "b") as (a, b), endpoints([a.upstream], [b.upstream]) as (ea, eb):
+        async with gateway(two_models(ea, eb), timeouts=timeouts) as g:
+            port = g.address[1]
+            with trio.fail_after(WAIT):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost:")
+                    head_out = await stream.receive_some(65536)
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    await stream.send_all(
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+                        b'Content-Length: 1000\r\n\r\n{"model": "llama"'
+                    )
+                    body_out = await stream.receive_some(65536)
+        assert head_out.startswith(b"HTTP/1.1 408 ")
+        assert body_out.startswith(b"HTTP/1.1 408 ") and b'"error"' in body_out
+        assert not a.seen
