@@ -2,10 +2,10 @@
 
 Lifetimes, outermost first (STYLE.md #2): the Podman service (watched, and restarted with a
 back-off when berthd started it: after start it never ends berthd, and the endpoints keep
-serving while Podman is away), the endpoints (their own nursery, so they can drain after
-everything else stopped), then the control nursery: the container cache (Podman's event
-stream and resyncs: `runtime/cache.py`; rounds read it), the admin API, the signal handler
-and one reconcile worker per deployment.
+serving while Podman is away), the endpoints and the model gateway (their own nurseries, so
+they can drain after everything else stopped), then the control nursery: the container
+cache (Podman's event stream and resyncs: `runtime/cache.py`; rounds read it), the admin
+API, the signal handler and one reconcile worker per deployment.
 
 Shutdown (SIGTERM/SIGINT): the control nursery is cancelled (no new API calls, no more
 reconcile rounds: nothing stops a container), then every endpoint stops accepting and its
@@ -34,10 +34,12 @@ import trio
 from config.errors import SpecError
 from config.parse import parse_spec
 from config.settings import DaemonSettings
-from config.spec import DeploymentSpec
+from config.spec import DeploymentSpec, Gateway
 from daemon import __version__
 from daemon.api.apply import ApplyRefused, apply_spec_text
 from daemon.api.routes import AdminApi
+from daemon.gateway import event_counts
+from daemon.gateway.manager import GatewayManager
 from daemon.gpu.inventory import load_inventory
 from daemon.gpu.ledger import GpuLedger
 from daemon.health.probes import run_probe
@@ -55,6 +57,7 @@ from daemon.observability import (
 )
 from daemon.reconcile.context import WorkerContext
 from daemon.reconcile.endpoint_auth import EndpointCredentials
+from daemon.reconcile.endpoint_tls import TlsFileError
 from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.ports import HostPortAllocator
 from daemon.reconcile.worker import DeploymentWorker
@@ -117,6 +120,16 @@ class Berthd:
         self.endpoints = EndpointManager()
         self.endpoints.tls_roots = self.settings.credentials_roots  # [endpoint.tls] files
         self.endpoints.sockets = self.fd_store
+        # The model gateway ([gateway] listen): its table follows the specs and endpoints.
+        self.gateway = GatewayManager(
+            settings=self.settings.gateway,
+            sections=self._gateway_sections,
+            endpoint_of=self.endpoints.get,
+            replica_counts=self._replica_counts,
+            sockets=self.fd_store,
+            tls_roots=self.settings.credentials_roots,
+        )
+        self.endpoints.on_change = self.gateway.nudge
         self.ports = HostPortAllocator()
         self.workers: dict[str, DeploymentWorker] = {}
         self.apply_lock = trio.Lock()
@@ -144,6 +157,7 @@ class Berthd:
         self.endpoints.credentials = EndpointCredentials(
             self.store, self.secrets, read_failures=(SecretError,)
         )
+        self.gateway.credentials = self.endpoints.credentials  # [gateway.auth]'s secrets
         try:
             for note in await self.secrets.open():
                 log.warning("secrets: %s", note)
@@ -179,11 +193,14 @@ class Berthd:
                 self.gpus = GpuLedger(inventory)
                 log.info("GPUs: %s", inventory.describe())
                 await root.start(self.endpoints.run)
+                await self._start_gateway(root)
                 try:
                     await self._run_control(task_status)
                 finally:
                     inventory.close()
-                await self.endpoints.drain_all()
+                async with trio.open_nursery() as draining:  # both stop accepting at once
+                    draining.start_soon(self.endpoints.drain_all)
+                    draining.start_soon(self.gateway.drain)
                 await self.runtime.aclose()
                 root.cancel_scope.cancel()
             await self.run_marker.end()  # a clean stop, the Podman service it owned ended
@@ -193,6 +210,35 @@ class Berthd:
         finally:
             store.close()
         log.info("berthd stopped; replicas left running")
+
+    async def _start_gateway(self, root: trio.Nursery) -> None:
+        """The model gateway, listening before the first rounds (its fd store copy is taken
+        back before the unclaimed ones are released); a gateway that cannot listen stops
+        the start, as a bad `[metrics] listen` does."""
+        try:
+            await root.start(self.gateway.run)
+        except (OSError, TlsFileError) as exc:
+            listen = self.settings.gateway.listen if self.settings.gateway else "?"
+            raise StartupError(f"gateway {listen}: {exc}") from exc
+
+    async def _gateway_sections(self) -> dict[str, Gateway]:
+        """Every active spec's `[gateway]`, by deployment (the gateway's route table)."""
+        sections: dict[str, Gateway] = {}
+        for deployment in await self.store.call(Store.list_deployments):
+            spec = await self.active_spec(deployment.name)
+            if spec is not None and spec.gateway is not None:
+                sections[deployment.name] = spec.gateway
+        return sections
+
+    def _replica_counts(self, name: str) -> tuple[int, int]:
+        """The deployment's (ready, starting) replicas, as its worker last saw them."""
+        worker = self.workers.get(name)
+        if worker is None:
+            return (0, 0)
+        replicas = worker.snapshot().replicas
+        ready = sum(1 for r in replicas if r.ready)
+        starting = sum(1 for r in replicas if not r.ready and r.state in ("starting", "loading"))
+        return (ready, starting)
 
     async def _run_control(self, task_status: trio.TaskStatus[None]) -> None:
         ctx = WorkerContext(
@@ -220,6 +266,8 @@ class Berthd:
             control.start_soon(self.notifier.watchdog_loop, self._stalled)
             control.start_soon(self.run_marker.heartbeat_forever)
             control.start_soon(gc_policy.collect_forever)  # full collections on a clock
+            # Swaps and cold starts per deployment, from the event log (berth gateway, /metrics)
+            control.start_soon(event_counts.follow, self.events, self.store, self.gateway.counts)
             control.start_soon(
                 partial(
                     self.events.prune_forever,
@@ -308,6 +356,8 @@ class Berthd:
         """SIGHUP: renewed certificates, and the specs directory applied again."""
         for name, why in await self.endpoints.reload_tls():
             await self.events.emit("tls-reload-failed", why, deployment=name, level=logging.ERROR)
+        for why in await self.gateway.reload():  # [gateway.tls] and [gateway.auth]'s secrets
+            await self.events.emit("tls-reload-failed", why, level=logging.ERROR)
         if self.settings.specs is not None:
             self.notifier.reloading()
             log.info("SIGHUP: applying %s again", self.settings.specs)

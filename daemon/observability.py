@@ -20,6 +20,7 @@ from daemon.metrics.exposition import (
     MetricsSnapshot,
     ReplicaMetrics,
 )
+from daemon.metrics.gateway_families import GatewayModelMetrics
 from daemon.metrics.model import DeploymentLoad, ReplicaTarget
 from daemon.metrics.rollups import StoreRollups
 from daemon.metrics.sampler import MetricsSampler
@@ -161,4 +162,28 @@ async def metrics_snapshot(daemon: ControlPlane, scraper: Scraper | None = None)
         tuple(samples),
         scraped=tuple(scraper.exported()) if scraper else (),
         scrapes=tuple(scraper.target_states()) if scraper else (),
+        gateway=gateway_metrics(daemon, {d.name: d.endpoint for d in deployments}),
     )
+
+
+def gateway_metrics(
+    daemon: ControlPlane, endpoints: dict[str, EndpointStatistics | None]
+) -> tuple[GatewayModelMetrics, ...]:
+    """Per model of the gateway: its statistics there, its endpoint's queue time (`endpoints`:
+    the snapshot's endpoint statistics by deployment) and its swap and cold-start counts."""
+    manager = daemon.gateway
+    stats = manager.gateway.statistics() if manager.gateway is not None else {}
+    out = []
+    for deployment, section in sorted(manager.known.items()):
+        model = section.models[0]
+        served, endpoint = stats.get(model), endpoints.get(deployment)
+        counts = manager.counts.get(deployment)
+        extra: dict[str, Any] = {}
+        if served is not None:
+            extra.update(status=served.status, ttft=served.ttft)
+        if endpoint is not None:
+            extra["queue_time"] = endpoint.queue_time
+        if counts is not None:
+            extra.update(swaps=counts.swaps, cold_starts=counts.cold_starts)
+        out.append(GatewayModelMetrics(model, deployment, manager.loaded(deployment), **extra))
+    return tuple(out)

@@ -5,6 +5,7 @@ host and the other deployments and records it; `log_stream` reads and follows re
 They see berthd only through the `ControlPlane` protocol (`control_plane`), which
 `daemon.berthd.Berthd` implements. May import `config`, `daemon.http` (the server's request
 and response types), `daemon.reconcile`, `daemon.store`, `daemon.runtime`, `daemon.gpu`,
-`daemon.integrations`, `daemon.metrics` and `daemon.secrets`; never `daemon.berthd`.
+`daemon.integrations`, `daemon.metrics`, `daemon.secrets` and `daemon.gateway` (the model
+gateway's table and status, `GET /v1/gateway`); never `daemon.berthd`.
 `secret_routes` serves `berth secret` (create, ls, rm; a new value rolls its users).
 """

@@ -16,8 +16,9 @@ import trio
 from config.canonical import spec_id, spec_to_dict
 from config.errors import SpecError
 from config.parse import parse_spec
-from config.spec import DeploymentSpec, UpdateStrategy
+from config.spec import DeploymentSpec, Gateway, UpdateStrategy
 from daemon.api.control_plane import ControlPlane
+from daemon.gateway.routes import claim_problems
 from daemon.gpu.placement import apply_problems, surge_warnings
 from daemon.integrations.mount_checks import mount_problems, volume_problems
 from daemon.reconcile.endpoint_tls import tls_problems
@@ -109,6 +110,7 @@ async def apply_spec_text(daemon: ControlPlane, text: str, *, source: str) -> Ap
             deployment=spec.name,
         )
     daemon.ensure_worker(spec.name)
+    await daemon.gateway.sync()  # its models routed (once its endpoint listens), or no more
     # The TLS files are read again (a renewed certificate at the same paths), in place.
     for name, why in await daemon.endpoints.reload_tls(spec.name):
         await daemon.events.emit("tls-reload-failed", why, deployment=name, level=logging.ERROR)
@@ -119,6 +121,7 @@ async def host_problems(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]
     """What the spec asks of this host that it cannot have; every problem names its field."""
     problems: list[str] = []
     port = spec.endpoint.port
+    served: dict[str, Gateway] = {}  # the other deployments' [gateway] sections
     for deployment in await daemon.store.call(Store.list_deployments):
         if deployment.name == spec.name:
             continue
@@ -128,6 +131,9 @@ async def host_problems(daemon: ControlPlane, spec: DeploymentSpec) -> list[str]
                 f'endpoint.port: already the endpoint of deployment "{deployment.name}" '
                 f"(got {port})"
             )
+        if other is not None and other.gateway is not None:
+            served[deployment.name] = other.gateway
+    problems.extend(claim_problems(spec.name, spec.gateway, served))  # model names unique
     own = daemon.endpoints.get(spec.name)
     if not problems and (own is None or own.port != port) and port_in_use(spec.endpoint.bind, port):
         problems.append(f"endpoint.port: in use by another program on this host (got {port})")

@@ -15,6 +15,7 @@ import trio
 
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec
+from daemon.gateway.manager import GatewayManager
 from daemon.gpu.ledger import GpuLedger
 from daemon.metrics.sampler import MetricsSampler
 from daemon.reconcile.endpoints import EndpointManager
@@ -36,6 +37,7 @@ class ControlPlane(Protocol):
     runtime: ContainerRuntime
     gpus: GpuLedger
     endpoints: EndpointManager
+    gateway: GatewayManager  # the model gateway's route table (and listener, when set)
     metrics: MetricsSampler
     workers: dict[str, DeploymentWorker]
     apply_lock: trio.Lock  # held while a spec is checked and recorded: one apply at a time

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from config.parse import parse_spec
+from config.parse_gateway import GatewaySettings
 from config.spec import DeploymentSpec
 from config.units import parse_duration
 from daemon import __version__
@@ -34,6 +35,7 @@ from daemon.api.pull_stream import follow_pull
 from daemon.api.replies import error
 from daemon.api.secret_routes import create_secret, list_secrets, remove_secret
 from daemon.api.traffic_metrics import traffic_metrics
+from daemon.gateway.status import gateway_status
 from daemon.http.server import Request, Response
 from daemon.integrations.registry import RegistryCredentialsError, registry_auth
 from daemon.reconcile.worker import WorkerSnapshot
@@ -54,6 +56,13 @@ def endpoint_url(spec: DeploymentSpec) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{spec.endpoint.port}"
+
+
+def gateway_url(gateway: GatewaySettings | None) -> str | None:
+    """The model gateway's base URL (`berth status`); None: no gateway."""
+    if gateway is None:
+        return None
+    return f"{'https' if gateway.tls else 'http'}://{gateway.listen}/v1"
 
 
 def event_json(e: Event) -> dict[str, Any]:
@@ -108,6 +117,8 @@ class AdminApi:
                 return await remove_key(self.d, name, key_id)
             case ["events"] if m == "GET":
                 return await self.event_list(req)
+            case ["gateway"] if m == "GET":
+                return Response(json=gateway_status(self.d.gateway))
             case ["secrets"] if m == "GET":
                 return await list_secrets(self.d)
             case ["secrets", name] if m == "POST":
@@ -175,6 +186,7 @@ class AdminApi:
                 "started_at": run.start.started_at if run.start else None,
                 "uptime_s": None if uptime is None else round(uptime, 1),
                 "last_unclean_stop": unclean.to_json() if unclean else None,
+                "gateway": gateway_url(self.d.settings.gateway),
             }
         )
 
@@ -252,6 +264,7 @@ class AdminApi:
         if deployment is None:
             return error(404, f"no deployment named {name!r}")
         await self.d.events.emit("removed", "deployment removed (history kept)", deployment=name)
+        await self.d.gateway.sync()  # its models are no longer routed
         worker = self.d.ensure_worker(name)
         # Answer once the replicas are gone (bounded: a stubborn container may take a while).
         with trio.move_on_after(RM_WAIT):

@@ -369,6 +369,8 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
         ("deployments", _summarise(s.get("deployments"))),
         ("gpus", len(gpus) if gpus else "none found"),
     ]
+    if "gateway" in s:  # a berthd older than issue 16 says nothing of it
+        pairs.append(("gateway", s.get("gateway") or "off"))
     if "uptime_s" in s:  # a berthd older than issue 15 says nothing of its runs
         pairs[2:2] = [
             (

@@ -31,6 +31,7 @@ from daemon.cli.commands import (
     cmd_scale,
     cmd_status,
 )
+from daemon.cli.gateway import cmd_gateway
 from daemon.cli.keys import add_keys_parser
 from daemon.cli.metrics import cmd_metrics
 from daemon.cli.pull import cmd_pull
@@ -141,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("rm", cmd_rm, "stop and remove a deployment's replicas (history is kept)")
     p.add_argument("name", metavar="NAME")
     command("status", cmd_status, "berthd's version, Podman, GPUs, deployments")
+    command(
+        "gateway",
+        cmd_gateway,
+        "the model gateway: its address; per model its deployment, replicas, queue, last swap",
+    )
     add_keys_parser(sub, common)
     add_secret_parser(sub, common)
     return parser

@@ -64,6 +64,7 @@ from prometheus_client.utils import floatToGoString
 from daemon.gpu.model import GpuSample
 from daemon.http.listeners import TcpListener
 from daemon.http.server import Handler, HttpServer, Request, Response, text_error
+from daemon.metrics.gateway_families import GatewayModelMetrics, gateway_families
 from daemon.metrics.scrape import ScrapedFamilies, ScrapeTarget
 from proxy.stats import EndpointStatistics, LatencySummary, StatusCounts
 
@@ -100,6 +101,7 @@ class MetricsSnapshot:
     gpus: tuple[GpuSample, ...] = ()
     scraped: tuple[ScrapedFamilies, ...] = ()  # the replicas' own series
     scrapes: tuple[tuple[ScrapeTarget, bool], ...] = ()  # each scrape, and whether it worked
+    gateway: tuple[GatewayModelMetrics, ...] = ()  # the model gateway's, per model
 
 
 MetricsSource = Callable[[], Awaitable[MetricsSnapshot]]
@@ -123,6 +125,7 @@ class SnapshotCollector:
         yield info
         yield from _deployment_families(snap.deployments)
         yield from _request_families(snap.deployments)
+        yield from gateway_families(snap.gateway)
         yield from _gpu_families(snap.gpus)
         yield from _scrape_families(snap.scrapes)
         yield from scraped_families(

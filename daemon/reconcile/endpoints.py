@@ -142,6 +142,9 @@ class EndpointManager:
         # Set by the composition root: keeps the listeners across restarts (module doc).
         self.sockets: SocketKeeper | None = None
         self._forgotten: dict[str, float] = {}  # name -> when its kept copy was forgotten
+        # Called when a deployment's endpoint comes, is replaced or goes (the model
+        # gateway's route table holds the endpoints: `daemon.gateway.manager`).
+        self.on_change: Callable[[], None] = lambda: None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -192,6 +195,7 @@ class EndpointManager:
         else:
             await self._move(name, slot, new)
         self._slots[name] = new
+        self.on_change()
         return endpoint
 
     def _endpoint(
@@ -337,6 +341,7 @@ class EndpointManager:
             for name, held in list(self._slots.items()):
                 if held is slot:
                     del self._slots[name]
+            self.on_change()
             self._forget(slot.spec)  # the next bind makes a new socket (and keeps that)
             slot.on_lost()
         finally:
@@ -347,6 +352,7 @@ class EndpointManager:
         slot = self._slots.pop(name, None)
         if slot is None:
             return
+        self.on_change()
         slot.endpoint.begin_shutdown(slot.drain_timeout)
         with trio.move_on_after(LISTENER_CLOSE_WAIT):
             await slot.endpoint.wait_listener_closed()

@@ -52,7 +52,18 @@ ALLOWED: dict[str, set[str]] = {
         "integrations",
         "secrets",
     },
-    "api": {"http", "reconcile", "store", "runtime", "gpu", "integrations", "metrics", "secrets"},
+    "gateway": {"proxy", "reconcile", "store"},
+    "api": {
+        "http",
+        "reconcile",
+        "store",
+        "runtime",
+        "gpu",
+        "integrations",
+        "metrics",
+        "secrets",
+        "gateway",
+    },
 }
 MAX_ROOT_MODULES = 6
 

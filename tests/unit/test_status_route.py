@@ -47,7 +47,7 @@ async def test_status_shows_uptime_and_the_last_unclean_stop(
                 podman_version="podman 4.3.1",
                 gpus=GpuLedger(FakeGpuInventory()),
                 state_dir=tmp_path,
-                settings=SimpleNamespace(socket=tmp_path / "berth.sock"),
+                settings=SimpleNamespace(socket=tmp_path / "berth.sock", gateway=None),
                 instance="inst",
             )
         )

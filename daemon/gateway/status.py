@@ -1,0 +1,66 @@
+"""What `GET /gateway` (and so `berth gateway`) shows: the gateway's address and, per model,
+where it is served and how it is doing.
+
+One entry per deployment with a `[gateway]` section in its active spec (its first name is
+the model's `name`, the rest its `aliases`), routed or not: a deployment whose endpoint is
+not listening yet is shown with `routed: false` (the gateway answers 404 for it meanwhile).
+Times are wall-clock ISO 8601 (UTC); `idle_s` is seconds since its last request ended.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from daemon.gateway.event_counts import ModelCounts
+from daemon.gateway.manager import GatewayManager
+
+
+def gateway_status(manager: GatewayManager) -> dict[str, Any]:
+    settings = manager.settings
+    models = [_model(manager, d) for d in sorted(manager.known)]
+    return {
+        "listen": settings.listen if settings is not None else None,
+        "tls": settings is not None and settings.tls is not None,
+        "auth": settings is not None and settings.auth is not None,
+        "max_body": settings.max_body if settings is not None else None,
+        "models": models,
+    }
+
+
+def _model(manager: GatewayManager, deployment: str) -> dict[str, Any]:
+    section = manager.known[deployment]
+    name = section.models[0]
+    route = manager.table.routes.get(name)
+    routed = route is not None and route.deployment == deployment
+    endpoint = route.endpoint if route is not None and routed else manager.endpoint_of(deployment)
+    ready, starting = manager.replica_counts(deployment)
+    counts = manager.counts.get(deployment, ModelCounts())
+    last_request = endpoint.last_request_at() if endpoint is not None else None
+    idle = None if last_request is None else max(0.0, trio.current_time() - last_request)
+    return {
+        "name": name,
+        "aliases": list(section.models[1:]),
+        "deployment": deployment,
+        "rewrite_model": section.rewrite_model,
+        "priority": section.priority,
+        "group": section.group,
+        "routed": routed,
+        "loaded": ready > 0,
+        "ready": ready,
+        "starting": starting,
+        "waiting": endpoint.waiting() if endpoint is not None else 0,
+        "in_flight": endpoint.requests_in_flight() if endpoint is not None else 0,
+        "last_request_at": None if idle is None else _iso(time.time() - idle),
+        "idle_s": None if idle is None else round(idle, 1),
+        "swaps": counts.swaps,
+        "cold_starts": counts.cold_starts,
+        "last_swap": counts.last_swap,
+    }
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")

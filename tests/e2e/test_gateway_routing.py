@@ -1,0 +1,117 @@
+"""End to end, the gateway's routes follow the deployments: a real berthd whose berthd.toml
+sets `[gateway] listen` on a free 127.0.0.1 port, real Podman, the echo image (busybox
+httpd: it has no OpenAI routes, so a POST that reaches it gets busybox's own 501 page, not
+the gateway's JSON `model_not_found`, and its access log shows the request).
+
+One deployment with `[gateway] models`: a POST /v1/chat/completions for its alias through
+the gateway reaches its replica; `berth gateway --json` lists it (name, alias, loaded, a
+ready replica); `berth status` shows the gateway's URL; a second deployment claiming the
+same model is refused at apply (and at `--dry-run`) naming `gateway.models[1]` and the
+first deployment; an update that drops the alias unroutes it at once; a delete removes the
+route (404 in OpenAI's shape). The openai SDK's acceptance: tests/e2e/test_berthd_gateway.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.berthd_process import Berthd, wait_until
+from tests.specs import echo_spec
+
+pytestmark = pytest.mark.podman
+
+READY_TIMEOUT = 60.0
+
+
+def routed_spec(image: str, port: int, models: list[str], name: str = "echo") -> str:
+    gateway = f"[gateway]\nmodels = {json.dumps(models)}\n"
+    return echo_spec(name, image, port, count=1, extra=gateway)
+
+
+def chat(base: str, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=10.0)
+
+
+def model_not_found(response: httpx.Response) -> bool:
+    if response.status_code != 404 or "json" not in response.headers.get("content-type", ""):
+        return False
+    return bool(response.json().get("error", {}).get("code") == "model_not_found")
+
+
+def test_routes_follow_apply_update_and_delete(
+    berthd_factory: Callable[..., Berthd],
+    echo_image: str,
+    tmp_path: Path,
+    free_port: Callable[[], int],
+) -> None:
+    port = free_port()
+    config = tmp_path / "berthd.toml"
+    config.write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\nmax_body = "1Mi"\n')
+    daemon = berthd_factory(extra_args=["--config", str(config)])
+    daemon.start()
+    base = f"http://127.0.0.1:{port}"
+    assert daemon.json("status")["gateway"] == f"{base}/v1"
+    assert model_not_found(chat(base, "echo-model"))  # nothing routed yet
+
+    spec = tmp_path / "echo.toml"
+    spec.write_text(routed_spec(echo_image, free_port(), ["echo-model", "echo-alias"]))
+    daemon.berth("apply", str(spec), "--wait", "--timeout", str(READY_TIMEOUT))
+
+    def listed() -> dict[str, object]:
+        models: list[dict[str, object]] = daemon.json("gateway")["models"]
+        assert [m["deployment"] for m in models] == ["echo"], models
+        return models[0]
+
+    wait_until("echo to be routed and loaded", lambda: bool(listed()["loaded"]), READY_TIMEOUT)
+    model = listed()
+    assert (model["name"], model["aliases"], model["routed"], model["ready"]) == (
+        "echo-model",
+        ["echo-alias"],
+        True,
+        1,
+    )
+
+    # Through the gateway to the replica: busybox's own answer to a POST outside its
+    # cgi-bin (501, an HTML page), and its access log.
+    answer = chat(base, "echo-alias")
+    assert answer.status_code == 501 and "501 Not Implemented" in answer.text, answer.text
+    wait_until(
+        "the replica's log to show the request",
+        lambda: "/v1/chat/completions" in daemon.berth("logs", "echo").stdout,
+        10.0,
+    )
+    assert listed()["idle_s"] is not None  # a request reached a replica
+    shown = daemon.berth("gateway").stdout
+    assert "echo-model" in shown and "echo-alias" in shown and f"{base}/v1" in shown, shown
+
+    # A second deployment claiming a name the first serves: refused, the store untouched.
+    other = tmp_path / "other.toml"
+    other.write_text(routed_spec(echo_image, free_port(), ["mine", "echo-alias"], "other"))
+    for args in (("apply", "--dry-run", str(other)), ("apply", str(other))):
+        refused = daemon.berth(*args, check=False)
+        assert refused.returncode != 0, refused.stdout
+        said = refused.stdout + refused.stderr
+        assert 'gateway.models[1]: "echo-alias" is served by deployment "echo"' in said, said
+    assert [d["name"] for d in daemon.json("ls")] == ["echo"]
+
+    # An update that drops the alias: it is no longer routed once apply has answered.
+    spec.write_text(routed_spec(echo_image, free_port(), ["echo-model"]))
+    daemon.berth("apply", str(spec))
+    assert model_not_found(chat(base, "echo-alias"))
+    wait_until(
+        "echo-model to be routed on the new endpoint",
+        lambda: not model_not_found(chat(base, "echo-model")),
+        READY_TIMEOUT,
+    )
+
+    # A delete removes the route.
+    daemon.berth("rm", "echo")
+    gone = chat(base, "echo-model")
+    assert model_not_found(gone), gone.text
+    assert daemon.json("gateway")["models"] == []
