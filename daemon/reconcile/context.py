@@ -9,7 +9,7 @@ replica operations, so that neither has to import the other for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from config.spec import DeploymentSpec
 from daemon.gpu.ledger import GpuLedger
@@ -18,6 +18,7 @@ from daemon.integrations.mounts import MountPreparer
 from daemon.reconcile.endpoints import EndpointManager
 from daemon.reconcile.ports import HostPortAllocator
 from daemon.runtime.interface import ContainerRuntime
+from daemon.scaling.board import SwapBoard
 from daemon.scaling.driver import LoadSource
 from daemon.secrets.store import SecretStore
 from daemon.store.access import StoreAccess
@@ -37,6 +38,7 @@ class WorkerContext:
     gpus: GpuLedger
     load: LoadSource | None = None  # the metrics sampler's windows, for the autoscaler
     secrets: SecretStore | None = None  # `{ secret = "NAME" }` values; None: none kept
+    swaps: SwapBoard = field(default_factory=SwapBoard)  # host-wide: the swap's asks
 
 
 @dataclass

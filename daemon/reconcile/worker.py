@@ -64,6 +64,7 @@ from daemon.reconcile.replica_spec import (
 )
 from daemon.reconcile.replicas import ReplicaMemory, ReplicaView, exit_reason
 from daemon.reconcile.rollout import Rollout
+from daemon.reconcile.zero import ZeroScaling
 from daemon.runtime.interface import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -78,6 +79,7 @@ from daemon.scaling.driver import (
     LOAD_WINDOW,
     ScaleState,
     autoscaled,
+    bounds,
     decide,
     initial_count,
     scales_to_zero,
@@ -109,6 +111,7 @@ class WorkerSnapshot:
     pending: int = 0  # desired replicas that have no container yet
     updated: int = 0  # replicas of the active revision's container template
     revision: int | None = None  # the revision this snapshot was taken against
+    unloaded_at: str | None = None  # when an idle deployment last went to zero (RFC 3339)
 
 
 def desired_count(spec: DeploymentSpec, pinned: int | None, scaled: int | None = None) -> int:
@@ -143,6 +146,8 @@ class DeploymentWorker:
             on_ready_probe=self._publisher.probe_passed,
             on_readiness=lambda memory, ready: self._adoption.keep(self._active, memory, ready),
         )
+        # Scale to zero and back: idle unload, cold starts and their cancel, the swap.
+        self._zero = ZeroScaling(name, ctx, self._memory, self._ops, nudge=self.nudge)
         self._snapshot = WorkerSnapshot(0, 0, (), "progressing")
         self.scale_ups = 0  # autoscaler decisions since this worker started (Prometheus)
         self.scale_downs = 0
@@ -202,6 +207,7 @@ class DeploymentWorker:
             await self._run_rounds()
         finally:
             self._ops.tasks = None  # a crashed worker's nursery is closed: nothing starts there
+            self._zero.close()
 
     async def _run_rounds(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -264,6 +270,7 @@ class DeploymentWorker:
             desired = Desired(
                 active.spec_id, active.template_id, active.desired_replicas, surge, unavailable
             )
+        await self._zero.swap_round(active, now)  # a woken deployment with no GPU free
         actions = plan(desired, observed, creating=self._ops.creating)
         if replacing and self._ops.leaving:
             # In place: the replacement is made once the replica it replaces is gone (its
@@ -274,6 +281,7 @@ class DeploymentWorker:
         await self._publisher.publish(active, containers, leaving)
         await self._ops.execute(active, actions)
         self._snapshot = self._make_snapshot(active, containers, leaving)
+        await self._zero.recall(self._snapshot.status == "idle")
         self._prober.wake()
         if active is None and not containers and self._ops.idle:
             await self._ctx.endpoints.close(self.name)
@@ -414,29 +422,33 @@ class DeploymentWorker:
 
     async def _autoscale(self, spec: DeploymentSpec, pinned: int | None) -> int | None:
         """The autoscaler's count for this round, or None when the count is not its to set."""
+        now = trio.current_time()
         if pinned is not None or not autoscaled(spec) or self._ctx.load is None:
             self._scale = None  # a pin or a fixed count: a later hand-back starts afresh
+            self._zero.track(spec, None, now)
             return None
         if self._scale is None:
             running = len(self._memory) or spec.replicas.min
-            self._scale = ScaleState(
-                Autoscaler(spec.replicas, spec.autoscale), initial_count(spec, running)
-            )
+            count = initial_count(spec, running)
+            self._scale = ScaleState(Autoscaler(bounds(spec, count), spec.autoscale), count)
         else:
-            self._scale.autoscaler.reconfigure(spec.replicas, spec.autoscale)
+            self._scale.autoscaler.reconfigure(bounds(spec, self._scale.count), spec.autoscale)
+        self._zero.track(spec, self._scale, now)
+        current = self._scale.count
         endpoint = self._ctx.endpoints.get(self.name)
         live = endpoint.statistics(window=LIVE_LATENCY_WINDOW) if endpoint else None
         load = with_live_requests(
             self._ctx.load(self.name, LOAD_WINDOW), live, self._snapshot.ready
         )
         waiting = endpoint.waiting() if endpoint else 0
-        decision = decide(self._scale, load, trio.current_time(), waiting)
+        decision = decide(self._scale, load, now, waiting)
         if decision.changed:
             if decision.desired > decision.current:
                 self.scale_ups += 1
             else:
                 self.scale_downs += 1
             await self._ctx.events.emit("scaled", decision.reason, deployment=self.name)
+        await self._zero.steer(spec, self._scale, current, waiting, now)
         return self._scale.count
 
     async def _observe(self, active: ActiveRevision | None) -> list[ContainerInfo] | None:
@@ -596,6 +608,8 @@ class DeploymentWorker:
             status = "progressing"
         pending = max(0, desired - len(current)) if active else 0
         error = self._ops.create_error if pending else None
+        if error is not None and self._zero.no_swap is not None:
+            error += f"; nothing to swap out: {self._zero.no_swap}"
         if error is None and ready < desired:
             crashing = [v for v in views if v.id in current and v.state == "crashloop"]
             if crashing:
@@ -615,4 +629,5 @@ class DeploymentWorker:
             pending,
             len(current),
             active.revision if active else None,
+            self._zero.unloaded_at if status == "idle" else None,
         )
