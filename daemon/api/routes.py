@@ -161,6 +161,7 @@ class AdminApi:
             "status": snap.status if snap else "progressing",
             "updated": snap.updated if snap else 0,
             "reason": snap.error if snap else None,
+            "unloaded_at": snap.unloaded_at if snap else None,  # idle: when it went to zero
             "pinned": deployment.pinned_replicas,
             "image": spec.image,
         }

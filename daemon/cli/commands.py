@@ -132,7 +132,7 @@ def cmd_ls(client: AdminClient, args: argparse.Namespace) -> int:
             f"{fmt.cell(d.get('ready'))}/{fmt.cell(d.get('desired'))}",
             d.get("revision"),
             d.get("endpoint"),
-            d.get("status"),
+            fmt.deployment_status(d),
         )
         for d in deployments
     ]

@@ -145,3 +145,29 @@ def print_json(value: object) -> int:
     """`--json`: berthd's answer as it came, indented; exit status 0."""
     print(json.dumps(value, indent=2))
     return 0
+
+
+def ago(seconds: float) -> str:
+    """How long ago, in its largest unit: `12s ago`, `4m ago`, `3h ago`, `2d ago`."""
+    s = max(int(seconds), 0)
+    for unit, size_s in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size_s:
+            return f"{s // size_s}{unit} ago"
+    return f"{s}s ago"
+
+
+def deployment_status(d: Mapping[str, object], now: datetime | None = None) -> str:
+    """`berth ls`'s STATUS: the status, and for an idle one when it went to zero, as
+    `idle (unloaded 4m ago)`."""
+    status = cell(d.get("status"))
+    when = d.get("unloaded_at")
+    if status != "idle" or not isinstance(when, str) or not when:
+        return status
+    try:
+        moment = datetime.fromisoformat(when)
+    except ValueError:
+        return status
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    elapsed = ((now or datetime.now(UTC)) - moment).total_seconds()
+    return f"idle (unloaded {ago(elapsed)})"

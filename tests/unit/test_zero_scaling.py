@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from config.canonical import spec_id
 from config.parse import parse_spec
 from config.settings import load_settings
 from config.spec import Probe
+from daemon.cli.format import deployment_status
 from daemon.gpu.fake import FakeGpuInventory, fake_gpus
 from daemon.gpu.ledger import GpuLedger
 from daemon.health.probes import ProbeResult
@@ -293,3 +295,20 @@ async def test_scale_to_zero_after_unloads_from_the_last_request(
     assert rig.containers("a") == []
     snap = rig.workers["a"].snapshot()
     assert snap.status == "idle" and snap.unloaded_at is not None
+
+
+def test_berth_ls_shows_when_an_idle_deployment_was_unloaded() -> None:
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    idle = {"status": "idle", "unloaded_at": "2026-12-01T11:55:30.250Z"}
+    assert deployment_status(idle, now) == "idle (unloaded 4m ago)"
+    assert deployment_status({**idle, "unloaded_at": "2026-12-01T11:59:48Z"}, now) == (
+        "idle (unloaded 12s ago)"
+    )
+    assert deployment_status({**idle, "unloaded_at": "2026-11-29T11:00:00Z"}, now) == (
+        "idle (unloaded 2d ago)"
+    )
+    assert deployment_status({"status": "idle", "unloaded_at": None}, now) == "idle"
+    assert deployment_status({"status": "running", "unloaded_at": idle["unloaded_at"]}) == (
+        "running"
+    )
+    assert deployment_status({}) == "-"
