@@ -4,11 +4,14 @@ where it is served and how it is doing.
 One entry per deployment with a `[gateway]` section in its active spec (its first name is
 the model's `name`, the rest its `aliases`), routed or not: a deployment whose endpoint is
 not listening yet is shown with `routed: false` (the gateway answers 404 for it meanwhile).
-Times are wall-clock ISO 8601 (UTC); `idle_s` is seconds since its last request ended.
+Times are wall-clock ISO 8601 (UTC); `idle_s` is seconds since its last request ended (at
+its endpoint, through the gateway or not); `requests`, `status` and `ttft` are the
+gateway's own figures for it (`proxy.gateway.stats`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +20,15 @@ import trio
 
 from daemon.gateway.event_counts import ModelCounts
 from daemon.gateway.manager import GatewayManager
+from proxy.gateway.stats import ModelStats
 
 
 def gateway_status(manager: GatewayManager) -> dict[str, Any]:
     settings = manager.settings
-    models = [_model(manager, d) for d in sorted(manager.known)]
+    stats = manager.gateway.statistics() if manager.gateway is not None else {}
+    models = [
+        _model(manager, d, stats.get(manager.known[d].models[0])) for d in sorted(manager.known)
+    ]
     return {
         "listen": settings.listen if settings is not None else None,
         "tls": settings is not None and settings.tls is not None,
@@ -31,7 +38,7 @@ def gateway_status(manager: GatewayManager) -> dict[str, Any]:
     }
 
 
-def _model(manager: GatewayManager, deployment: str) -> dict[str, Any]:
+def _model(manager: GatewayManager, deployment: str, served: ModelStats | None) -> dict[str, Any]:
     section = manager.known[deployment]
     name = section.models[0]
     route = manager.table.routes.get(name)
@@ -59,6 +66,10 @@ def _model(manager: GatewayManager, deployment: str) -> dict[str, Any]:
         "swaps": counts.swaps,
         "cold_starts": counts.cold_starts,
         "last_swap": counts.last_swap,
+        # Through the gateway, since it started (the window's for ttft): None before any.
+        "requests": served.requests_total if served is not None else 0,
+        "status": dataclasses.asdict(served.status) if served is not None else None,
+        "ttft": dataclasses.asdict(served.ttft) if served is not None else None,
     }
 
 

@@ -86,7 +86,9 @@ def test_routes_follow_apply_update_and_delete(
         lambda: "/v1/chat/completions" in daemon.berth("logs", "echo").stdout,
         10.0,
     )
-    assert listed()["idle_s"] is not None  # a request reached a replica
+    model = listed()
+    assert model["idle_s"] is not None  # a request reached a replica
+    assert model["requests"] == 1 and model["status"]["s5xx"] == 1, model  # its 501
     shown = daemon.berth("gateway").stdout
     assert "echo-model" in shown and "echo-alias" in shown and f"{base}/v1" in shown, shown
 

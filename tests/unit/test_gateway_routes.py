@@ -141,6 +141,7 @@ async def test_status_shows_every_model_routed_or_not() -> None:
         1,
     )
     assert (qwen["in_flight"], qwen["last_request_at"], qwen["idle_s"]) == (0, None, None)
+    assert (qwen["requests"], qwen["status"], qwen["ttft"]) == (0, None, None)  # no listener
     assert (qwen["swaps"], qwen["cold_starts"], qwen["last_swap"]) == (
         2,
         3,
