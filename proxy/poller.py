@@ -37,6 +37,11 @@ Invariants:
   `hangup_watcher` it is hung up) or `CLOSED` (the connection closes); it is dropped
   before it runs, so it may `watch` again. While one is armed, somebody leads (the
   standby task when no session does), and the connection is in `waiting`.
+- A write callback (`watch_writable`: the stream relay of `proxy.stream_relay`, waiting
+  for a slow client to take more) is the same on a write edge, kept apart from the read
+  callbacks (a connection may hold one of each); it fires `READY`, `EXPIRED` or `CLOSED`.
+- `closes` counts the connections forgotten (closed) by every poller of the process, for
+  the garbage-collection policy (`proxy.gc_policy`).
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ READY: Final = 0
 EXPIRED: Final = 1
 CLOSED: Final = 2
 INTERRUPTED: Final = 3
+
+
+# Connections closed (`Poller.forget`) by every poller of the process: what the full
+# garbage collection's schedule looks at (`proxy.gc_policy`). A one-item list, so that
+# the hot path adds to it without a `global` statement.
+closes: list[int] = [0]
 
 
 class Polled(Protocol):
@@ -124,6 +135,7 @@ class Poller:
         "_watchdog",
         "_tick_scope",
         "_callbacks",
+        "_wcallbacks",
     )
 
     def __init__(self, tick: float) -> None:
@@ -140,6 +152,7 @@ class Poller:
         self.watchdog_parked = False  # read by every wait: a plain attribute is cheapest
         # Callback waits (`watch`): run by whoever polls, with no task switch.
         self._callbacks: dict[Polled, Callable[[int], None]] = {}
+        self._wcallbacks: dict[Polled, Callable[[int], None]] = {}  # on write edges
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.now = trio.current_time()
@@ -172,8 +185,11 @@ class Poller:
         it fires with `CLOSED`."""
         if self._conns.get(conn.fd) is conn:
             del self._conns[conn.fd]
+        closes[0] += 1
         if self._callbacks:
             self._fire(conn, CLOSED)
+        if self._wcallbacks:
+            self._fire_write(conn, CLOSED)
 
     def watch(self, conn: Polled, callback: Callable[[int], None], timeout: float | None) -> None:
         """Call `callback(why)` once, on the next read edge of `conn` or when `timeout`
@@ -191,19 +207,56 @@ class Poller:
                 self._standby = None
                 reschedule(standby)
 
+    def watch_writable(
+        self, conn: Polled, callback: Callable[[int], None], timeout: float | None
+    ) -> None:
+        """As `watch`, on the next write edge of `conn`: the caller's last send on it was
+        short (the kernel's buffer is full), and no task waits to write on it."""
+        if self.watchdog_parked:
+            self.rouse()
+        if timeout is not None:
+            conn.deadline = self.now + timeout
+        self._wcallbacks[conn] = callback
+        self.waiting.add(conn)
+        if self.leader is None:
+            standby = self._standby
+            if standby is not None:
+                self._standby = None
+                reschedule(standby)
+
     def unwatch(self, conn: Polled) -> None:
-        """Drop the callback armed on `conn`, if any, without calling it."""
-        if self._callbacks.pop(conn, None) is not None:
-            if conn.reader is None and conn.writer is None:
-                self.waiting.discard(conn)
+        """Drop the callbacks armed on `conn` (read and write), if any, without calling them."""
+        dropped = self._callbacks.pop(conn, None) is not None
+        if self._wcallbacks and self._wcallbacks.pop(conn, None) is not None:
+            dropped = True
+        if dropped:
+            self._settle(conn)
+
+    def _settle(self, conn: Polled) -> None:
+        """`conn` leaves `waiting` once nothing waits on it any more."""
+        if (
+            conn.reader is None
+            and conn.writer is None
+            and conn not in self._callbacks
+            and conn not in self._wcallbacks
+        ):
+            self.waiting.discard(conn)
 
     def _fire(self, conn: Polled, why: int) -> bool:
-        """Run the callback armed on `conn` (dropped first); False when there was none."""
+        """Run the read callback armed on `conn` (dropped first); False when there was none."""
         callback = self._callbacks.pop(conn, None)
         if callback is None:
             return False
-        if conn.reader is None and conn.writer is None:
-            self.waiting.discard(conn)
+        self._settle(conn)
+        callback(why)
+        return True
+
+    def _fire_write(self, conn: Polled, why: int) -> bool:
+        """Run the write callback armed on `conn` (dropped first); False when there was none."""
+        callback = self._wcallbacks.pop(conn, None)
+        if callback is None:
+            return False
+        self._settle(conn)
         callback(why)
         return True
 
@@ -237,7 +290,7 @@ class Poller:
                 reschedule(standby)
 
     def _has_followers(self) -> bool:
-        if self._callbacks:
+        if self._callbacks or self._wcallbacks:
             return True
         return any(c.reader is not None or c.writer is not None for c in self.waiting)
 
@@ -299,6 +352,7 @@ class Poller:
     def _dispatch(self, leader: Task, events: list[tuple[int, int]]) -> None:
         conns = self._conns
         callbacks = self._callbacks
+        wcallbacks = self._wcallbacks
         for fd, mask in events:
             conn = conns.get(fd)
             if conn is None:
@@ -323,6 +377,8 @@ class Poller:
                     conn.writer = None
                     if task is not leader:
                         reschedule(task)
+                elif wcallbacks:
+                    self._fire_write(conn, READY)
             if mask & _HANGUP:
                 watcher = conn.hangup_watcher
                 if watcher is not None:
@@ -366,5 +422,8 @@ class Poller:
             now = self.now = trio.current_time()
             overdue = [c for c in self.waiting if c.deadline <= now]
             for conn in overdue:
-                if not (self._callbacks and self._fire(conn, EXPIRED)):
+                fired = self._callbacks and self._fire(conn, EXPIRED)
+                if self._wcallbacks and self._fire_write(conn, EXPIRED):
+                    fired = True
+                if not fired:
                     conn.expire()

@@ -59,6 +59,7 @@ from proxy.protocol import (
 )
 from proxy.reader import ClientGone, ClientReader
 from proxy.sockets import Conn, PeerHangup, Timeout
+from proxy.stream_relay import StreamRelay
 from proxy.tunnel import tunnel
 from proxy.upstreams import Upstream
 
@@ -185,13 +186,17 @@ async def relay(
     head: RequestHead,
     upstream: Upstream,
     first: FirstRead | None = None,
+    *,
+    stream: bool = True,
 ) -> Outcome:
     """Read the response from the replica on `conn` and send it on as it arrives.
 
     A response cut short once bytes reached the client (a reset, an early end, a broken
     chunk, the read-idle timeout) returns CUT with a 5xx status recorded, and the caller
     aborts the client connection: never a clean end, never counted as the replica's 2xx.
-    `first`: what the fast path read already (its parser is armed then).
+    `first`: what the fast path read already (its parser is armed then). `stream`: a
+    body still arriving once its head went out goes on from the poller's callbacks
+    (`proxy.stream_relay`) when both connections are plain.
     """
     ex.reusable = False
     timeouts = ex.balancer.timeouts
@@ -202,6 +207,8 @@ async def relay(
     out_framing = Framing.NONE
     sent = False
     got_any = False
+    final = False  # the final response head is among what went to the client
+    stream = stream and not client.secure and not conn.secure
     client.hangup_watcher = conn
     try:
         while True:
@@ -289,6 +296,7 @@ async def relay(
                         return CUT if sent else FAILED
                     out_framing = _framing_for(ex, ev, head)
                     parts.append(_response_head(ev, framing=out_framing, close=ex.close_after))
+                    final = True
             if parts:
                 try:
                     await client.send_all(b"".join(parts), timeouts.client_idle)
@@ -309,6 +317,10 @@ async def relay(
             if parser.done:
                 ex.reusable = parser.reusable
                 return DONE
+            if final and stream and sent:
+                # The body is still arriving: one wait for all of it (`proxy.stream_relay`).
+                chunked = out_framing is Framing.CHUNKED
+                return await StreamRelay(ex, conn, parser, chunked).run()
     finally:
         client.hangup_watcher = None
 
@@ -385,7 +397,8 @@ async def relay_while_sending(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, nursery.cancel_scope)
-        outcome = await relay(ex, conn, head, upstream)
+        # The task relay: the pump task writes to `conn` while the response is read.
+        outcome = await relay(ex, conn, head, upstream, stream=False)
         nursery.cancel_scope.cancel()
     if body_error is not None:
         ex.reusable = False
