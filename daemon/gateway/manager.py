@@ -123,18 +123,19 @@ class GatewayManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve (when `[gateway] listen` is set) and keep the table in step; started in
         berthd's root nursery. Raises OSError / TlsFileError through `nursery.start` when
-        the gateway cannot listen."""
+        the gateway cannot listen (made before this task's nursery opens: not in a group)."""
+        settings = self.settings
+        if settings is not None:
+            self.gateway = await self._make(settings)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._sync_when_nudged)
-            if self.settings is None:
+            await self.sync()
+            if settings is None or self.gateway is None:
                 self._served.set()
-                await self.sync()
             else:
-                self.gateway = await self._make(self.settings)
-                await self.sync()
                 await nursery.start(self._serve, self.gateway)
-                log.info("gateway listening on %s", self.settings.listen)
+                log.info("gateway listening on %s", settings.listen)
             task_status.started()
 
     async def _serve(
@@ -180,7 +181,10 @@ class GatewayManager:
         if settings.tls is None:
             return None
         roots = tuple(self.tls_roots)
-        return await trio.to_thread.run_sync(load_tls, settings.tls, roots)
+        try:
+            return await trio.to_thread.run_sync(load_tls, settings.tls, roots)
+        except TlsFileError as exc:  # named as berthd.toml's fields, not a spec's
+            raise TlsFileError(str(exc).replace("endpoint.tls.", "gateway.tls.")) from None
 
     async def reload(self) -> list[str]:
         """SIGHUP: the TLS files and the credentials' secrets read again, in place; what
