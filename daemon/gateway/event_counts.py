@@ -1,7 +1,8 @@
 """Swaps and cold starts per deployment, counted from the event log since berthd started.
 
-The swap logic (`daemon.scaling`) says what it does as events, `swap` and `cold-start`,
-each with the `deployment` it concerns; `follow` reads every event after the newest one at
+The swap logic (`daemon.reconcile.zero`) says what it does as events, `swap` and
+`cold-start`, each naming the woken deployment (a swap made room for it: its victims are in
+the message); `follow` reads every event after the newest one at
 its start and counts those two kinds by that deployment, keeping the latest `swap` whole (as
 `GET /gateway` shows it). Counters start at 0 with each berthd, as Prometheus expects of a
 `_total` after a restart. The log is read when it changes (and every `BACKSTOP` seconds,

@@ -6,7 +6,7 @@
                                                     over the proxy's window (0.5, 0.95, 0.99)
     berth_gateway_queue_time_seconds{model, quantile}  how long requests waited in its
                                                     deployment's endpoint queue, same window
-    berth_gateway_swaps_total{model}                `swap` events of its deployment
+    berth_gateway_swaps_total{model}                swaps made to start it (its `swap` events)
     berth_gateway_cold_starts_total{model}          `cold-start` events of its deployment
     berth_gateway_model_loaded{model}               1 while it has a ready replica
 
@@ -54,7 +54,9 @@ def gateway_families(models: tuple[GatewayModelMetrics, ...]) -> Iterator[Metric
         labels=["model", "quantile"],
     )
     swaps = CounterMetricFamily(
-        "berth_gateway_swaps", "Swap events of the model's deployment", labels=["model"]
+        "berth_gateway_swaps",
+        "Swaps made to start the model (others scaled to zero)",
+        labels=["model"],
     )
     cold = CounterMetricFamily(
         "berth_gateway_cold_starts", "Cold starts of the model's deployment", labels=["model"]
