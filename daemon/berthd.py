@@ -212,9 +212,9 @@ class Berthd:
         log.info("berthd stopped; replicas left running")
 
     async def _start_gateway(self, root: trio.Nursery) -> None:
-        """The model gateway, listening before the first rounds (its fd store copy is taken
-        back before the unclaimed ones are released); a gateway that cannot listen stops
-        the start, as a bad `[metrics] listen` does."""
+        """The model gateway, bound before the first rounds (its fd store copy is taken back
+        before the unclaimed ones are released), serving after them (`GatewayManager.open`);
+        a gateway that cannot listen stops the start, as a bad `[metrics] listen` does."""
         try:
             await root.start(self.gateway.run)
         except (OSError, TlsFileError) as exc:
@@ -316,6 +316,7 @@ class Berthd:
             task_status.started()
             await self._first_rounds()
             if not self._shutdown.is_set():  # stopping already: the next berthd takes them
+                await self.gateway.open()  # the endpoints exist: its table finds them
                 self.fd_store.release_unclaimed()  # sockets passed at start nobody took
                 self.notifier.ready(f"serving {len(self.workers)} deployments")
             await self._shutdown.wait()

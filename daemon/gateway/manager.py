@@ -16,7 +16,10 @@ Invariants:
 - The listener is kept across restarts as the endpoints' are, under the fd store name
   `gateway`: taken back at start if it still listens at `listen`, else bound and a copy
   kept. A stop never forgets the copy (the next berthd serves from its backlog); a gateway
-  that fails to bind is a start error, as a bad `[metrics] listen` is.
+  that fails to bind is a start error, as a bad `[metrics] listen` is. It is bound (or
+  taken back) early, before the unclaimed passed sockets are let go, but serves only from
+  `open`, once the endpoints exist: until then connections wait in the backlog rather than
+  find an empty table (a 404 for every model during a restart).
 - Credentials (`[gateway.auth]`'s secrets, as an endpoint's, built by the endpoint
   manager's `EndpointCredentials` under the name `:gateway`, which no deployment can have)
   and the TLS context (`[gateway.tls]`) are set before the first connection, and again by
@@ -78,7 +81,9 @@ class GatewayManager:
         self._lock = trio.Lock()
         self._wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._served = trio.Event()  # the gateway's run has returned (or never began)
+        self._served = trio.Event()  # the gateway's run has returned
+        self._opened = False  # `open` has been called: the gateway serves (or has)
+        self._listener: socket.socket | None = None
         self._warned: set[tuple[str, str, str]] = set()
 
     def loaded(self, deployment: str) -> bool:
@@ -121,9 +126,11 @@ class GatewayManager:
     # -- the listener ----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve (when `[gateway] listen` is set) and keep the table in step; started in
-        berthd's root nursery. Raises OSError / TlsFileError through `nursery.start` when
-        the gateway cannot listen (made before this task's nursery opens: not in a group)."""
+        """Make the gateway (when `[gateway] listen` is set: its listener bound or taken
+        back, so connections wait in its backlog from now on) and keep the table in step;
+        started in berthd's root nursery. It serves from `open`. Raises OSError /
+        TlsFileError through `nursery.start` when the gateway cannot be made (before this
+        task's nursery opens: not inside an exception group)."""
         settings = self.settings
         if settings is not None:
             self.gateway = await self._make(settings)
@@ -131,12 +138,19 @@ class GatewayManager:
             self._nursery = nursery
             nursery.start_soon(self._sync_when_nudged)
             await self.sync()
-            if settings is None or self.gateway is None:
-                self._served.set()
-            else:
-                await nursery.start(self._serve, self.gateway)
-                log.info("gateway listening on %s", settings.listen)
             task_status.started()
+
+    async def open(self) -> None:
+        """Start serving: berthd calls it once the first rounds have made the endpoints, so
+        that a connection that waited in the backlog across a restart finds its model (the
+        table is synced first). Once only; nothing without a gateway."""
+        gateway, nursery, settings = self.gateway, self._nursery, self.settings
+        if gateway is None or nursery is None or settings is None or self._opened:
+            return
+        self._opened = True
+        await self.sync()
+        await nursery.start(self._serve, gateway)
+        log.info("gateway listening on %s", settings.listen)
 
     async def _serve(
         self, gateway: Gateway, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -158,23 +172,25 @@ class GatewayManager:
             gateway.set_credentials(
                 await self.credentials.credentials(CREDENTIALS_NAME, settings.auth)
             )
-        if self.sockets is not None:
-            gateway.use_listener(await trio.to_thread.run_sync(self._listener, settings))
+        self._listener = await trio.to_thread.run_sync(self._listen, settings)
+        gateway.use_listener(self._listener)
         return gateway
 
-    def _listener(self, settings: GatewaySettings) -> socket.socket:
-        assert self.sockets is not None
+    def _listen(self, settings: GatewaySettings) -> socket.socket:
+        """The keeper's listener if it still listens at `listen`, else a new one (kept)."""
         host, port = settings.host, settings.port
-        passed = self.sockets.take(FD_NAME)
-        if passed is not None:
+        keeper = self.sockets
+        passed = keeper.take(FD_NAME) if keeper is not None else None
+        if keeper is not None and passed is not None:
             if sockets.is_listener_on(passed, host, port):
                 log.info("gateway %s: listener taken back from the fd store", settings.listen)
                 return passed
             log.warning("fd store: %s is not a listener on %s; binding", FD_NAME, settings.listen)
             passed.close()
-            self.sockets.forget(FD_NAME)
+            keeper.forget(FD_NAME)
         listener = sockets.listen(host, port)
-        self.sockets.keep(FD_NAME, listener.fileno())
+        if keeper is not None:
+            keeper.keep(FD_NAME, listener.fileno())
         return listener
 
     async def _tls_context(self, settings: GatewaySettings) -> ssl.SSLContext | None:
@@ -196,7 +212,7 @@ class GatewayManager:
         try:
             gateway.set_tls(await self._tls_context(settings))
         except TlsFileError as exc:
-            failed.append(f"gateway: {exc}")
+            failed.append(str(exc))
         if self.credentials is not None:
             gateway.set_credentials(
                 await self.credentials.credentials(CREDENTIALS_NAME, settings.auth)
@@ -206,9 +222,11 @@ class GatewayManager:
     async def drain(self, drain_timeout: float = DEFAULT_DRAIN) -> None:
         """A stop: stop accepting, let the requests in flight finish (bounded). The fd
         store's copy of the listener stays for the next berthd."""
-        if self.gateway is not None:
+        if self.gateway is not None and self._opened:
             self.gateway.begin_shutdown(drain_timeout)
-        with trio.move_on_after(drain_timeout + 1):
-            await self._served.wait()
+            with trio.move_on_after(drain_timeout + 1):
+                await self._served.wait()
+        elif self._listener is not None:  # made, never served: our copy only
+            self._listener.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()

@@ -72,6 +72,7 @@ async def test_the_listener_is_kept_and_served_by_the_next_manager(keeper: Keepe
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
         assert ("keep", FD_NAME) in keeper.calls
+        await first.open()
         status, body = await trio.to_thread.run_sync(
             read_answer, await trio.to_thread.run_sync(send_models_request, port)
         )
@@ -90,6 +91,7 @@ async def test_the_listener_is_kept_and_served_by_the_next_manager(keeper: Keepe
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         assert ("take", FD_NAME) in keeper.calls[-2:]
+        await second.open()
         with trio.fail_after(10):
             status, _ = await trio.to_thread.run_sync(read_answer, waiting)
         assert status == b"HTTP/1.1 200 OK"
@@ -108,6 +110,7 @@ async def test_a_kept_socket_that_is_not_the_listener_is_replaced(keeper: Keeper
     async with trio.open_nursery() as nursery:
         await nursery.start(m.run)
         assert keeper.calls[-3:] == [("take", FD_NAME), ("forget", FD_NAME), ("keep", FD_NAME)]
+        await m.open()
         status, _ = await trio.to_thread.run_sync(
             read_answer, await trio.to_thread.run_sync(send_models_request, port)
         )
