@@ -281,6 +281,10 @@ class Poller:
                     if self._epoll is None:
                         raise
                     continue  # woken by `wake`: the loop's condition says whether to go
+                if self._epoll is None:
+                    # Stopped while the set was readable, under a leader of another owner
+                    # (a gateway request, `proxy.gateway`): its connection was closed.
+                    break
                 self._poll(task)
         finally:
             self.leader = None

@@ -40,6 +40,7 @@ from typing import Final
 import trio
 
 from proxy.auth import discard_body
+from proxy.forward import Session
 from proxy.gateway import errors
 from proxy.gateway.model_field import Found, find_model, rewrite
 from proxy.gateway.routes import Route
@@ -113,7 +114,7 @@ ClientConn = TimedConn | TimedTlsConn
 class GatewayConnection:
     """Serves one client connection until it closes, errs or the gateway drains."""
 
-    __slots__ = ("state", "conn", "reader", "idle", "answered", "linger")
+    __slots__ = ("state", "conn", "reader", "idle", "answered", "linger", "session")
 
     def __init__(self, state: GatewayState, conn: ClientConn) -> None:
         self.state = state
@@ -122,6 +123,7 @@ class GatewayConnection:
         self.idle = True  # between requests, no byte of the next one read yet
         self.answered = False  # a response was sent on it (a drain closes it when idle)
         self.linger = False  # an answer that closes the connection was sent
+        self.session: Session | None = None  # the endpoint's, while it serves a request
 
     async def serve(self) -> None:
         state, conn, reader = self.state, self.conn, self.reader
@@ -197,6 +199,8 @@ class GatewayConnection:
     async def _request(self, head: RequestHead) -> bool:
         """Serve one request; True when the connection may carry another."""
         state = self.state
+        if state.draining:
+            head.keep_alive = False  # its answer says Connection: close
         guard = state.guard
         if guard is not None and (refused := await guard.admit(head)) is not None:
             keep = head.keep_alive and head.upgrade is None
@@ -314,6 +318,7 @@ class GatewayConnection:
         self.answered = True
         conn.first_byte_at = None
         counters.began()
+        self.session = session
         try:
             keep = await session.forward(head, admitted=True)
         except trio.ClosedResourceError:
@@ -322,6 +327,7 @@ class GatewayConnection:
             session.exchange.status = session.exchange.status or 502
             return False
         finally:
+            self.session = None
             conn.move_to(state.poller)
             counters.finished(session.exchange.status or 502, start, conn.first_byte_at)
         if session.linger:

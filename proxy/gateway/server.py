@@ -230,9 +230,13 @@ class Gateway:
             self._handlers_scope.deadline = min(self._handlers_scope.deadline, self._drain_deadline)
         for connection in list(self._connections):
             # Idle between requests: its wait for the next one ends with end-of-stream. One
-            # that has had no answer yet is new: its first request is answered.
+            # that has had no answer yet is new: its first request is answered. One whose
+            # request an endpoint serves says Connection: close in its response (unless
+            # its head went out already); the connection ends after it.
             if connection.idle and connection.answered:
                 connection.conn.shutdown()
+            elif connection.session is not None:
+                connection.session.exchange.close_after = True
 
     def __repr__(self) -> str:
         state = "draining" if self._state.draining else "serving"

@@ -534,6 +534,7 @@ async def test_begin_shutdown_finishes_the_request_under_way_and_stops_accepting
         g = Gateway(max_body=1 << 20, timeouts=EndpointTimeouts(), listen=("127.0.0.1", 0))
         g.set_routes(two_models(ea, eb))
         got: list[int] = []
+        closes: list[str] = []
         with trio.fail_after(WAIT):
             async with trio.open_nursery() as nursery:
                 await nursery.start(g.run)
@@ -545,13 +546,14 @@ async def test_begin_shutdown_finishes_the_request_under_way_and_stops_accepting
                             f"http://127.0.0.1:{port}/v1/chat/completions", content=chat("llama")
                         )
                         got.append(r.status_code)
+                        closes.append(r.headers.get("connection", ""))
 
                 nursery.start_soon(ask)
                 await a.arrived.wait()
                 g.begin_shutdown(WAIT)
                 await g.wait_listener_closed()
             # run returned: after the request under way was answered
-        assert got == [200]
+        assert got == [200] and closes == ["close"]
 
 
 # --- edges ----------------------------------------------------------------------------------
@@ -605,32 +607,52 @@ async def test_pipelined_requests_for_two_models_are_answered_in_order() -> None
         assert a.seen[0].body == two
 
 
+@pytest.mark.parametrize("do", ["generate", "sse"])
 async def test_a_stopped_endpoint_is_503_and_one_stopping_under_a_request_ends_it_cleanly(
-    caplog: pytest.LogCaptureFixture,
+    do: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with servers("a", "b") as (a, b), endpoints([b.upstream]) as (eb,):
         ea = Endpoint("a", bind="127.0.0.1", port=0)
         ea.set_upstreams([a.upstream])
         async with gateway(two_models(ea, eb)) as g, http(g) as client:
             stopped = await client.post("/v1/chat/completions", content=chat("llama"))
+            underway, done = trio.Event(), trio.Event()
+            got = b""
             async with trio.open_nursery() as nursery:
                 await nursery.start(ea.run)
 
-                async def generate() -> None:
+                async def ask() -> None:
+                    nonlocal got
                     with trio.fail_after(WAIT):
                         stream = await trio.open_tcp_stream("127.0.0.1", g.address[1])
                         async with stream:
-                            body = chat("llama", do="generate")
+                            body = chat("llama", do=do)
                             await stream.send_all(
                                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                             )
-                            assert await stream.receive_some(65536) == b""  # closed
+                            if do == "sse":
+                                while b"data: first" not in got:
+                                    got += await stream.receive_some(65536)
+                            else:
+                                await a.arrived.wait()
+                            underway.set()
+                            try:
+                                while data := await stream.receive_some(65536):
+                                    got += data
+                            except trio.BrokenResourceError:
+                                pass  # cut with a reset: mid-body
+                    done.set()
 
-                nursery.start_soon(generate)
-                await a.arrived.wait()
-                nursery.cancel_scope.cancel()  # the endpoint stops (the deployment deleted)
+                nursery.start_soon(ask)
+                with trio.fail_after(WAIT):
+                    await underway.wait()
+                ea.begin_shutdown(0.0)  # the endpoint stops (the deployment deleted)
+                with trio.fail_after(WAIT):
+                    await done.wait()  # the client saw its connection end
+                nursery.cancel_scope.cancel()
             other = await client.post("/v1/chat/completions", content=chat("qwen"))
+        assert b"[DONE]" not in got
         assert stopped.status_code == 503 and error_of(stopped)["code"] == "unavailable"
         assert stopped.headers["retry-after"] == "1"
         assert other.status_code == 200
