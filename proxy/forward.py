@@ -220,6 +220,7 @@ class Session:
                     await self._linger()
             finally:
                 conn.close()
+                self.fast = None  # its cycle with the session: refcounting frees both now
 
     async def _answer(
         self, head: RequestHead | None, status: int, message: str, *, close: bool = True

@@ -1,19 +1,40 @@
-"""The process's garbage-collection policy while it proxies: full collections on a clock.
+"""The process's garbage-collection policy while it proxies: full collections when closed
+connections have left garbage worth the pause, not on CPython's trigger or a fixed clock.
 
 CPython 3.11 runs a full (generation-2) collection once the objects promoted since the last
-one pass 25 % of the long-lived ones. A proxy holding thousands of long streams keeps ~90
-GC-tracked objects per stream (coroutines, parsers, bound methods: ~500,000 at 9,000
-streams), and every event re-parks a relay task whose wait objects live about a second,
-long enough to be promoted: a full collection came every 12-15 s, took 150-640 ms, and
-relayed nothing meanwhile (measured by bench/streams.py: the SSE p99 added delay was +22
-to +470 ms with CPython's policy, +8.8 ms with full collections held off).
+one pass 25 % of the long-lived ones, and a full collection scans everything the process
+holds. A proxy holding thousands of long streams keeps ~50-90 GC-tracked objects per stream
+(its task's coroutines, parsers, connections: ~500,000 at 9,000 streams), so one full
+collection took 150-220 ms here (up to 640 ms on a busy box) and relayed nothing meanwhile.
+With the task relay each event re-parked the stream's task, and its wait objects lived
+about a second, long enough to be promoted: a full collection came every 12-15 s
+(bench/streams.py: SSE p99 added +22 to +470 ms). Once a minute on a clock (this module's
+first policy) still landed in the measured window (+139 ms).
 
-So: what exists once the process has started (modules, settings) is frozen out of every
-scan (`gc.freeze`), the automatic full collection is as good as off (a generation-2
-threshold no run reaches), and `collect_forever` runs one every `FULL_COLLECTION_S`: what
-only a full collection frees (reference cycles among a closed connection's objects, ~21 a
-stream) waits at most that long, one pause a minute instead of four or five. Young
-collections (generations 0 and 1) run as before.
+The stream relay (`proxy.stream_relay`) now parks a stream's task once per body, and an
+event makes nothing that outlives it, so a held stream promotes nothing: the measured
+young collections over a 20 s window of 2,000 streams were three generation-0 ones
+(under 1 ms) and no older one (docs/benchmarks.md, "Streams at scale"). What a full
+collection can free is then what only it frees, reference cycles: those that closed
+connections leave (about 20 objects a connection: a parser and its llhttp object hold each
+other) and the control plane's own. What it costs is what is held open. So a full
+collection runs when
+
+- at least `MIN_CLOSES` connections have closed since the last one and those are at
+  least a quarter of the connections open now (the garbage is worth a scan of the live
+  set: a busy proxy of short connections collects about every `CHECK_S`, cheaply, as its
+  live set is small; 9,000 held streams with a trickle of short requests collect every
+  ~2,250 closes), or
+- `MAX_PERIOD_S` has passed since the last one (the control plane's cycles, and a bound on
+  the garbage that accrues without closes). A proxy that only holds streams pauses once
+  per period, no more: the stall stays (~100-200 ms at 9,000 streams), its frequency goes
+  from once a minute to once in ten.
+
+What exists once the process has started (modules, settings) is frozen out of every scan
+(`gc.freeze`), and the automatic full collection is as good as off (a generation-2
+threshold no run reaches). Young collections (generations 0 and 1) run as CPython runs
+them. Collections slower than `SLOW_COLLECTION_S` (any generation) are logged, by the
+policy's loop rather than inside the collector's callback.
 """
 
 from __future__ import annotations
@@ -21,16 +42,35 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import deque
 from typing import Final
 
 import trio
 
+from proxy import poller
+
 log = logging.getLogger("proxy")
 
-FULL_COLLECTION_S: Final = 60.0
+CHECK_S: Final = 1.0  # how often the policy looks
+MIN_CLOSES: Final = 2000  # closed connections since the last full collection, at least
+MAX_PERIOD_S: Final = 600.0  # a full collection at least this often
 _YOUNG: Final = (700, 10)  # CPython's own thresholds for generations 0 and 1
 _FULL_NEVER: Final = 1_000_000  # generation-1 collections between automatic full ones
-SLOW_COLLECTION_S: Final = 0.1  # a full collection longer than this is logged
+SLOW_COLLECTION_S: Final = 0.02  # a collection longer than this is logged
+
+# (generation, seconds, objects freed) of each slow collection not logged yet.
+_slow: deque[tuple[int, float, int]] = deque(maxlen=64)
+_began = [0.0]
+
+
+def _timed(phase: str, info: dict[str, int]) -> None:
+    """gc.callbacks: note the slow collections (logged later: never log in here)."""
+    if phase == "start":
+        _began[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _began[0]
+    if took > SLOW_COLLECTION_S:
+        _slow.append((info["generation"], took, info["collected"]))
 
 
 def configure() -> None:
@@ -38,15 +78,35 @@ def configure() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_YOUNG, _FULL_NEVER)
+    if _timed not in gc.callbacks:
+        gc.callbacks.append(_timed)
 
 
-async def collect_forever(period: float = FULL_COLLECTION_S) -> None:
-    """A full collection every `period` seconds (on the trio thread: it has to stop the
-    world anyway); never returns."""
+def due(closed: int, open_now: int, since_last: float) -> bool:
+    """Whether a full collection is worth its pause now (see the module docstring)."""
+    if since_last >= MAX_PERIOD_S:
+        return True
+    return closed >= MIN_CLOSES and closed * 4 >= open_now
+
+
+async def collect_forever(check: float = CHECK_S) -> None:
+    """Look every `check` seconds; a full collection when `due` (on the trio thread: it
+    has to stop the world anyway); never returns."""
+    last_at = trio.current_time()
+    last_closes = poller.closes[0]
     while True:
-        await trio.sleep(period)
-        started = time.perf_counter()
-        found = gc.collect()
-        took = time.perf_counter() - started
-        if took > SLOW_COLLECTION_S:
-            log.info("full garbage collection: %.0f ms, %d objects freed", took * 1000, found)
+        await trio.sleep(check)
+        while _slow:
+            generation, took, found = _slow.popleft()
+            log.info(
+                "garbage collection (generation %d): %.0f ms, %d objects freed",
+                generation,
+                took * 1000,
+                found,
+            )
+        closes = poller.closes[0]
+        open_now = poller.opens[0] - closes
+        now = trio.current_time()
+        if due(closes - last_closes, open_now, now - last_at):
+            gc.collect()
+            last_at, last_closes = trio.current_time(), poller.closes[0]

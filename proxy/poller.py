@@ -40,8 +40,8 @@ Invariants:
 - A write callback (`watch_writable`: the stream relay of `proxy.stream_relay`, waiting
   for a slow client to take more) is the same on a write edge, kept apart from the read
   callbacks (a connection may hold one of each); it fires `READY`, `EXPIRED` or `CLOSED`.
-- `closes` counts the connections forgotten (closed) by every poller of the process, for
-  the garbage-collection policy (`proxy.gc_policy`).
+- `opens` and `closes` count the connections registered and forgotten (closed) by every
+  poller of the process, for the garbage-collection policy (`proxy.gc_policy`).
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ CLOSED: Final = 2
 INTERRUPTED: Final = 3
 
 
-# Connections closed (`Poller.forget`) by every poller of the process: what the full
-# garbage collection's schedule looks at (`proxy.gc_policy`). A one-item list, so that
-# the hot path adds to it without a `global` statement.
+# Connections registered and closed (`Poller.forget`) by every poller of the process: what
+# the full garbage collection's schedule looks at (`proxy.gc_policy`). One-item lists, so
+# that the hot path adds to them without a `global` statement.
+opens: list[int] = [0]
 closes: list[int] = [0]
 
 
@@ -179,6 +180,7 @@ class Poller:
         except FileExistsError:  # a descriptor number reused behind a dup: re-arm it
             self._epoll.modify(conn.fd, EPOLL_MASK)
         self._conns[conn.fd] = conn
+        opens[0] += 1
 
     def forget(self, conn: Polled) -> None:
         """Before `conn` closes (closing drops it from the epoll set); a callback armed on
