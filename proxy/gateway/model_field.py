@@ -5,7 +5,8 @@ Three bodies are understood, by their Content-Type:
   found by a bounded scan for the boundary (bytes.find over the body, at most
   `MAX_PARTS` parts, each part's header section at most `MAX_PART_HEAD` bytes; the
   Content-Disposition's `name` parameter read by the stdlib `email` parser);
-- `application/x-www-form-urlencoded`: the `model` pair (at most `MAX_FORM_FIELDS`);
+- `application/x-www-form-urlencoded`: the `model` pair (at most `MAX_FORM_FIELDS`); a
+  body that has none and begins with `{` is read as JSON (`curl -d '{...}'` labels JSON so);
 - anything else, or none: a JSON object with a string `model` (OpenAI's every JSON route).
 
 Invariants:
@@ -65,7 +66,10 @@ def find_model(content_type: bytes | None, body: bytes) -> Found | Missing:
             return Missing("a multipart/form-data body needs a boundary")
         return _multipart(body, boundary.encode("latin-1"))
     if kind == "application/x-www-form-urlencoded":
-        return _form(body)
+        found = _form(body)
+        if isinstance(found, Missing) and body.lstrip()[:1] == b"{":
+            return _json(body)  # `curl -d '{...}'` says urlencoded and sends JSON
+        return found
     return _json(body)
 
 

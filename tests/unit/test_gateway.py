@@ -154,6 +154,8 @@ def test_urlencoded_model_and_its_rewrite() -> None:
         ("n", "2"),
     ]
     assert isinstance(find_model(ct, b"prompt=x"), Missing)
+    curl = find_model(ct, b'{"model": "m", "prompt": "a=b&c"}')  # curl -d: JSON labelled so
+    assert isinstance(curl, Found) and curl.model == "m" and curl.kind == JSON
     assert isinstance(find_model(ct, b"model=\xff"), Missing)
 
 
