@@ -1,8 +1,8 @@
 """GatewayManager with a real proxy `Gateway` on 127.0.0.1 and an in-process socket keeper
 (real descriptor copies, as systemd's fd store holds them): the listener is kept under
 `gateway`, a stop leaves the copy, the next manager serves it (a connection made while none
-ran is answered), the route table it was given is what `/v1/models` lists, and a bad
-`[gateway.tls]` refuses the start."""
+ran is answered), the route table it was given is what `/v1/models` lists, a bad
+`[gateway.tls]` refuses the start, and `[gateway.auth]` protects it (again after a reload)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 import trio
 
 from config.parse_gateway import GatewaySettings
-from config.spec import EndpointTls, Gateway
-from daemon.gateway.manager import FD_NAME, GatewayManager
+from config.secret_ref import SecretRef
+from config.spec import EndpointAuth, EndpointTls, Gateway
+from daemon.gateway.manager import CREDENTIALS_NAME, FD_NAME, GatewayManager
 from daemon.reconcile.endpoint_tls import TlsFileError
+from proxy.auth import Credentials, hash_key
 from proxy.balancer import EndpointTimeouts
 from proxy.endpoint import Endpoint
 from tests.conftest import free_port
@@ -127,3 +129,46 @@ async def test_a_bad_tls_file_refuses_the_start(tmp_path: Path) -> None:
         with pytest.raises(TlsFileError) as info:  # not in an exception group: berthd names it
             await nursery.start(m.run)
     assert str(info.value).startswith("gateway.tls.cert: "), info.value
+
+
+class StubCredentials:
+    """What GatewayManager asks of EndpointCredentials: the set for a name and an auth."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, EndpointAuth | None]] = []
+        self.token = b"first"
+
+    async def credentials(self, name: str, auth: EndpointAuth | None) -> Credentials | None:
+        self.asked.append((name, auth))
+        return Credentials(keys={"secret:gw": hash_key(self.token)})
+
+
+def get_models(port: int, token: str | None) -> bytes:
+    head = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall((head + "\r\n").encode())
+    return read_answer(client)[0]
+
+
+async def test_gateway_auth_from_settings_and_again_on_reload() -> None:
+    port = free_port()
+    endpoint = Endpoint("llama", bind="127.0.0.1", port=free_port(), timeouts=EndpointTimeouts())
+    auth = EndpointAuth(api_keys=(SecretRef("gw"),))
+    m = manager(port, None, endpoint, auth=auth)
+    stub = StubCredentials()
+    m.credentials = stub  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        await m.open()
+        assert stub.asked == [(CREDENTIALS_NAME, auth)]  # no deployment can be named so
+        assert await trio.to_thread.run_sync(get_models, port, None) == b"HTTP/1.1 401 Unauthorized"
+        assert await trio.to_thread.run_sync(get_models, port, "first") == b"HTTP/1.1 200 OK"
+        stub.token = b"second"  # the secret has a new value: SIGHUP
+        assert await m.reload() == []
+        assert (
+            await trio.to_thread.run_sync(get_models, port, "first") == b"HTTP/1.1 401 Unauthorized"
+        )
+        assert await trio.to_thread.run_sync(get_models, port, "second") == b"HTTP/1.1 200 OK"
+        await m.drain(0.5)
