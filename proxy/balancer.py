@@ -137,6 +137,9 @@ class Balancer:
         self.queue_timeout = QUEUE_TIMEOUT_DEFAULT
         self.hold_max_wait: float | None = None
         self.on_wait: Callable[[], None] | None = None
+        # Why no replica is on its way yet (no GPU free, nothing to swap out), told to a held
+        # request that waited out hold_max_wait; None: nothing to add.
+        self.hold_note: str | None = None
         self.least_request = False
         self.outliers = Outliers()
         self.retry_all = False  # `retry = "all"`: a POST is replayed too (within the budget)
@@ -313,7 +316,7 @@ class Balancer:
                     handed = True
                     return waiter.granted
                 if not waiter.event.is_set():
-                    return QUEUE_TIMEOUT if busy else NO_REPLICA_IN_TIME
+                    return QUEUE_TIMEOUT if busy else self._cold_refusal()
                 if self.draining:
                     return SHUTTING_DOWN
                 waiter.event = trio.Event()
@@ -330,6 +333,13 @@ class Balancer:
                 slots.grant(self._choose)
             end = trio.current_time()
             slots.wait_times.record(end, end - start)
+
+    def _cold_refusal(self) -> Refusal:
+        """No replica in time; with why none came, when the daemon said (`hold_note`)."""
+        note = self.hold_note
+        if note is None:
+            return NO_REPLICA_IN_TIME
+        return Refusal(NO_REPLICA_IN_TIME.status, f"{NO_REPLICA_IN_TIME.message}: {note}")
 
     def _returns(self) -> None:
         """Ejected replicas whose time is up: back now, or asked to prove it by a probe."""

@@ -267,6 +267,11 @@ class Endpoint:
         conn.move_to(self._balancer.poller)
         return session
 
+    def set_hold_note(self, note: str | None) -> None:
+        """Why no replica is on its way yet (e.g. no GPU free and nothing to swap out): a held
+        request that waits out its time is told it in its 503. None: nothing to add."""
+        self._balancer.hold_note = note
+
     def waiting(self) -> int:
         """How many requests are queued: for a free slot, or for a replica (hold mode)."""
         return self._balancer.waiting

@@ -217,7 +217,7 @@ class ZeroScaling:
         """Ask for a swap when this deployment's waiting requests have no GPU; create at once
         once the victims' GPUs are free (see the module docstring)."""
         if active is None or not self._woken():
-            self.no_swap = None
+            self._no_swap(None)
             if self.swapping is not None:
                 self.ctx.swaps.finish(self.swapping.victims, self.name)
                 self.swapping = None
@@ -241,9 +241,9 @@ class ZeroScaling:
         candidates = self.ctx.swaps.candidates(others, now)
         choice = choose_victims(woken, candidates, ledger.gpus(), list(others.values()))
         if isinstance(choice, NoVictim):
-            self.no_swap = choice.reason
+            self._no_swap(choice.reason)
             return
-        self.no_swap = None
+        self._no_swap(None)
         pending = (self.ops.create_error or "is pending").removeprefix("a new replica ")
         reason = choice.describe(woken, pending)
         names = tuple(v.deployment for v in choice.victims)
@@ -251,6 +251,19 @@ class ZeroScaling:
         self.swapping = Swapping(names, devices, now)
         self.ctx.swaps.evict(names, self.name, reason, now)
         await self.ctx.events.emit("swap", reason, deployment=self.name)
+
+    def _no_swap(self, reason: str | None) -> None:
+        """Why nothing can be swapped out for our waiters: in the deployment's error, and in
+        the 503 of a held request that waits out `cold_start_timeout`."""
+        if reason == self.no_swap:
+            return
+        self.no_swap = reason
+        endpoint = self.ctx.endpoints.get(self.name)
+        if endpoint is not None:
+            pending = self.ops.create_error or "no GPU free"
+            endpoint.set_hold_note(
+                None if reason is None else f"{pending}; nothing to swap out: {reason}"
+            )
 
     def _woken(self) -> bool:
         """Requests wait here, and no replica is ready to serve them."""

@@ -246,11 +246,18 @@ async def test_a_deployment_with_a_request_in_flight_is_never_swapped_out(
     assert rig.events("swap") == [] and rig.containers("a") == ["a"]
     error = rig.workers["b"].snapshot().error or ""
     assert "nothing to swap out: a has 1 request in flight" in error
+    # A held request that waits out cold_start_timeout is told why in its 503.
+    refusal = rig.endpoint("b")._balancer._cold_refusal()
+    assert refusal.status == 503 and refusal.message.startswith(
+        "no replica became ready in time: a new replica is pending: needs 1 GPU"
+    )
+    assert refusal.message.endswith("; nothing to swap out: a has 1 request in flight")
     rig.endpoint("a")._balancer.totals.in_flight = 0  # its stream ended: idle
     rig.endpoint("a")._balancer.last_request.at = trio.current_time()
     mock_clock.jump(0.5)
     await rig.rounds("b", "a", "a", "b")
     assert len(rig.events("swap", "b")) == 1 and rig.containers("b") == ["b"]
+    assert rig.endpoint("b")._balancer.hold_note is None
 
 
 async def test_min_idle_and_priority_keep_a_deployment(rig: Rig, mock_clock: MockClock) -> None:
