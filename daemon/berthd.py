@@ -39,7 +39,7 @@ from daemon import __version__
 from daemon.api.apply import ApplyRefused, apply_spec_text
 from daemon.api.routes import AdminApi
 from daemon.gateway import event_counts
-from daemon.gateway.manager import GatewayManager
+from daemon.gateway.manager import GatewayManager, Placed
 from daemon.gpu.inventory import load_inventory
 from daemon.gpu.ledger import GpuLedger
 from daemon.health.probes import run_probe
@@ -125,7 +125,7 @@ class Berthd:
             settings=self.settings.gateway,
             sections=self._gateway_sections,
             endpoint_of=self.endpoints.get,
-            replica_counts=self._replica_counts,
+            replicas=self._placed,
             sockets=self.fd_store,
             tls_roots=self.settings.credentials_roots,
         )
@@ -230,15 +230,23 @@ class Berthd:
                 sections[deployment.name] = spec.gateway
         return sections
 
-    def _replica_counts(self, name: str) -> tuple[int, int]:
-        """The deployment's (ready, starting) replicas, as its worker last saw them."""
+    def _placed(self, name: str) -> Placed:
+        """The deployment's ready and starting replicas and their GPUs, as its worker last
+        saw them (the gateway's `loaded`, `berth gateway`)."""
         worker = self.workers.get(name)
         if worker is None:
-            return (0, 0)
-        replicas = worker.snapshot().replicas
-        ready = sum(1 for r in replicas if r.ready)
-        starting = sum(1 for r in replicas if not r.ready and r.state in ("starting", "loading"))
-        return (ready, starting)
+            return Placed()
+        ready = starting = 0
+        gpus: list[str] = []
+        for r in worker.snapshot().replicas:
+            if r.ready:
+                ready += 1
+            elif r.state in ("starting", "loading"):
+                starting += 1
+            else:
+                continue
+            gpus.extend(g for g in r.gpus if g not in gpus)
+        return Placed(ready, starting, tuple(gpus))
 
     async def _run_control(self, task_status: trio.TaskStatus[None]) -> None:
         ctx = WorkerContext(

@@ -1,5 +1,6 @@
 """`berth gateway`: the model gateway's address and, per model, where it is served, whether
-it is loaded, its queue and its last swap (`GET /v1/gateway`)."""
+it is loaded and on which GPUs (their CDI names' last part: `nvidia.com/gpu=0` is 0), its
+queue and its last swap (`GET /v1/gateway`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ HEADERS = (
     "LOADED",
     "READY",
     "STARTING",
+    "GPUS",
     "WAITING",
     "IN_FLIGHT",
     "IDLE",
@@ -69,6 +71,7 @@ def model_row(m: Mapping[str, Any]) -> tuple[object, ...]:
         loaded,
         m.get("ready"),
         m.get("starting"),
+        ",".join(g.rsplit("=", 1)[-1] for g in m.get("gpus") or []) or "-",
         m.get("waiting"),
         m.get("in_flight"),
         fmt.duration(idle) if idle is not None else "-",

@@ -25,7 +25,7 @@ Invariants:
   and the TLS context (`[gateway.tls]`) are set before the first connection, and again by
   `reload` (SIGHUP): a reload that fails keeps what there was, and says why.
 - `loaded(deployment)`: whether it has a ready replica (the `Gateway` asks it for
-  `/v1/models`), from `replica_counts`, the workers' view that the root passes in.
+  `/v1/models`), from `replicas`, the workers' view that the root passes in.
 """
 
 from __future__ import annotations
@@ -61,13 +61,23 @@ DEFAULT_DRAIN = 30.0
 Sections = Callable[[], Awaitable[Mapping[str, GatewaySection]]]
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A deployment's replicas as its worker last saw them: how many are ready, how many
+    are starting (or loading), and the GPUs (CDI names) those hold: where it is loaded."""
+
+    ready: int = 0
+    starting: int = 0
+    gpus: tuple[str, ...] = ()
+
+
 @dataclass
 class GatewayManager:
     settings: GatewaySettings | None
     sections: Sections
     endpoint_of: Callable[[str], Endpoint | None]
-    # deployment -> (ready, starting) replicas: the workers' view, passed in by the root
-    replica_counts: Callable[[str], tuple[int, int]]
+    # deployment -> its ready and starting replicas: the workers' view, passed by the root
+    replicas: Callable[[str], Placed]
     sockets: SocketKeeper | None = None
     credentials: EndpointCredentials | None = None
     tls_roots: Sequence[Path] = ()
@@ -88,7 +98,7 @@ class GatewayManager:
 
     def loaded(self, deployment: str) -> bool:
         """Whether the deployment has a ready replica (what `/v1/models` says)."""
-        return self.replica_counts(deployment)[0] > 0
+        return self.replicas(deployment).ready > 0
 
     # -- the table -------------------------------------------------------------------------
 

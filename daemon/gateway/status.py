@@ -44,7 +44,7 @@ def _model(manager: GatewayManager, deployment: str, served: ModelStats | None) 
     route = manager.table.routes.get(name)
     routed = route is not None and route.deployment == deployment
     endpoint = route.endpoint if route is not None and routed else manager.endpoint_of(deployment)
-    ready, starting = manager.replica_counts(deployment)
+    placed = manager.replicas(deployment)
     counts = manager.counts.get(deployment, ModelCounts())
     last_request = endpoint.last_request_at() if endpoint is not None else None
     idle = None if last_request is None else max(0.0, trio.current_time() - last_request)
@@ -56,9 +56,10 @@ def _model(manager: GatewayManager, deployment: str, served: ModelStats | None) 
         "priority": section.priority,
         "group": section.group,
         "routed": routed,
-        "loaded": ready > 0,
-        "ready": ready,
-        "starting": starting,
+        "loaded": placed.ready > 0,
+        "ready": placed.ready,
+        "starting": placed.starting,
+        "gpus": list(placed.gpus),
         "waiting": endpoint.waiting() if endpoint is not None else 0,
         "in_flight": endpoint.requests_in_flight() if endpoint is not None else 0,
         "last_request_at": None if idle is None else _iso(time.time() - idle),

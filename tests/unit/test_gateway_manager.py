@@ -17,7 +17,7 @@ import trio
 from config.parse_gateway import GatewaySettings
 from config.secret_ref import SecretRef
 from config.spec import EndpointAuth, EndpointTls, Gateway
-from daemon.gateway.manager import CREDENTIALS_NAME, FD_NAME, GatewayManager
+from daemon.gateway.manager import CREDENTIALS_NAME, FD_NAME, GatewayManager, Placed
 from daemon.reconcile.endpoint_tls import TlsFileError
 from proxy.auth import Credentials, hash_key
 from proxy.balancer import EndpointTimeouts
@@ -46,7 +46,7 @@ def manager(port: int, keeper: Keeper | None, endpoint: Endpoint, **kw: object) 
         settings=settings,
         sections=sections,
         endpoint_of={"llama": endpoint}.get,
-        replica_counts=lambda d: (1, 0) if d == "llama" else (0, 0),
+        replicas=lambda d: Placed(ready=1) if d == "llama" else Placed(),
         sockets=keeper,
     )
 

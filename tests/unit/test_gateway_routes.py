@@ -15,7 +15,7 @@ from config.spec import Gateway
 from daemon.cli.gateway import address_line
 from daemon.cli.gateway import model_row as gateway_row
 from daemon.gateway.event_counts import ModelCounts, count
-from daemon.gateway.manager import GatewayManager
+from daemon.gateway.manager import GatewayManager, Placed
 from daemon.gateway.routes import build_routes, claim_problems, claims
 from daemon.gateway.status import gateway_status
 from daemon.metrics.exposition import MetricsSnapshot, render
@@ -94,7 +94,7 @@ def manager(
         settings=None,
         sections=read_sections,
         endpoint_of=eps.get,
-        replica_counts=lambda d: (ready.get(d, 0), 0),
+        replicas=lambda d: Placed(ready.get(d, 0), 0, ("nvidia.com/gpu=0",) if d in ready else ()),
     )
 
 
@@ -140,6 +140,7 @@ async def test_status_shows_every_model_routed_or_not() -> None:
         True,
         1,
     )
+    assert (qwen["gpus"], llama["gpus"]) == (["nvidia.com/gpu=0"], [])
     assert (qwen["in_flight"], qwen["last_request_at"], qwen["idle_s"]) == (0, None, None)
     assert (qwen["requests"], qwen["status"], qwen["ttft"]) == (0, None, None)  # no listener
     assert (qwen["swaps"], qwen["cold_starts"], qwen["last_swap"]) == (
