@@ -317,8 +317,8 @@ class Conn:
         endpoint serves, `proxy.gateway`); only while no task waits on this connection.
         Its descriptor joins that epoll set, which reports what is ready at once."""
         if poller is not self.poller and not self.closed:
+            poller.register(self)  # first: a poller that is not running raises, nothing moved
             self.poller.forget(self)
-            poller.register(self)
             self.poller = poller
 
     def shutdown_write(self) -> None:

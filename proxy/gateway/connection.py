@@ -306,6 +306,7 @@ class GatewayConnection:
         state, conn, reader = self.state, self.conn, self.reader
         try:
             route.endpoint.address  # noqa: B018 - raises once the endpoint has stopped
+            session = route.endpoint.session_on(conn, reader)  # raises if its poller is not up
         except RuntimeError:
             close = not head.keep_alive
             return await self._send(errors.not_serving(route.deployment, close=close), close=close)
@@ -314,7 +315,6 @@ class GatewayConnection:
         head.content_length = len(body)
         head.asks_h2c = False  # an h2c upgrade is the gateway's to refuse: plain HTTP/1.1
         counters = state.counters_for(route)
-        session = route.endpoint.session_on(conn, reader)
         self.answered = True
         conn.first_byte_at = None
         counters.began()
