@@ -610,6 +610,8 @@ class DeploymentWorker:
         error = self._ops.create_error if pending else None
         if error is not None and self._zero.no_swap is not None:
             error += f"; nothing to swap out: {self._zero.no_swap}"
+        elif error is not None and self._zero.swapping is not None:
+            error += f"; swapping out {', '.join(self._zero.swapping.victims)}"
         if error is None and ready < desired:
             crashing = [v for v in views if v.id in current and v.state == "crashloop"]
             if crashing:

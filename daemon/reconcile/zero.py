@@ -185,14 +185,18 @@ class ZeroScaling:
         scale.count = 0
         scale.autoscaler.reset(now, 0)
         self.cold = None
-        self.swapping = None
+        if self.swapping is not None:  # a cancelled cold start's swap: its asks are void
+            self.ctx.swaps.finish(self.swapping.victims, self.name)
+            self.swapping = None
         message = why if plain or kind == "unloaded" else f"{why}: {current} -> 0"
         event = await self.ctx.events.emit(kind, message, deployment=self.name)
         self.unloaded_at = event.time
 
     async def _gone_to_zero(self) -> None:
         """The autoscaler's own scale-down reached zero (its `scaled` event said why)."""
-        self.swapping = None
+        if self.swapping is not None:
+            self.ctx.swaps.finish(self.swapping.victims, self.name)
+            self.swapping = None
         events = await self.ctx.store.call(Store.events, deployment=self.name, limit=1)
         if events:
             self.unloaded_at = events[-1].time

@@ -319,3 +319,24 @@ def test_berth_ls_shows_when_an_idle_deployment_was_unloaded() -> None:
         "running"
     )
     assert deployment_status({}) == "-"
+
+
+async def test_a_cold_start_cancelled_during_its_swap_leaves_the_victim_loaded(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    rig.apply(spec_text("a", free_port()))
+    rig.apply(spec_text("b", free_port()))
+    await rig.rounds("a", "b")
+    rig.hold("a")
+    await rig.rounds("a")
+    await rig.ready("a")
+    rig.release("a")
+    rig.hold("b")
+    await rig.rounds("b", n=2)
+    assert len(rig.events("swap", "b")) == 1
+    assert "; swapping out a" in (rig.workers["b"].snapshot().error or "")
+    rig.release("b")  # b's only client hung up before a went
+    await rig.rounds("b", "a", "a")
+    assert len(rig.events("start-cancelled", "b")) == 1
+    assert rig.containers("a") == ["a"] and rig.workers["a"].snapshot().desired == 1
+    assert "swapped out for b: 1 -> 0" not in rig.events("scaled", "a")
