@@ -179,6 +179,10 @@ class GatewayConnection:
     async def _send(self, answer: bytes, *, close: bool) -> bool:
         """Send one of the gateway's own answers; True when the connection goes on."""
         self.answered = True
+        status = int(answer[9:12])
+        if status >= 400:
+            refused = self.state.refused
+            refused[status] = refused.get(status, 0) + 1
         try:
             await self.conn.send_all(answer, self.state.timeouts.client_idle)
         except (OSError, Timeout, trio.ClosedResourceError):

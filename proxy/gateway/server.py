@@ -133,6 +133,12 @@ class Gateway:
         guard = self._state.guard
         return guard.refused if guard is not None else 0
 
+    def refused(self) -> dict[int, int]:
+        """Errors the gateway answered itself since start, by status: a request it could
+        not route (400 no model, 404 unknown model or path, 405, 408, 413, 501, ...) or
+        refused (401). Those a routed request got are its model's (`statistics`)."""
+        return dict(sorted(self._state.refused.items()))
+
     def statistics(
         self, window: float = STATS_WINDOW_S, *, histogram: bool = False
     ) -> dict[str, ModelStats]:

@@ -17,7 +17,17 @@ from proxy.poller import Poller
 
 
 class GatewayState:
-    __slots__ = ("max_body", "timeouts", "poller", "table", "loaded", "guard", "draining", "models")
+    __slots__ = (
+        "max_body",
+        "timeouts",
+        "poller",
+        "table",
+        "loaded",
+        "guard",
+        "draining",
+        "models",
+        "refused",
+    )
 
     def __init__(self, max_body: int, timeouts: EndpointTimeouts) -> None:
         if max_body < 0:
@@ -30,6 +40,7 @@ class GatewayState:
         self.guard: Guard | None = None
         self.draining = False
         self.models: dict[str, ModelCounters] = {}  # canonical name -> its counters
+        self.refused: dict[int, int] = {}  # status -> errors the gateway answered itself
 
     def set_routes(self, table: RouteTable) -> None:
         self.table = table

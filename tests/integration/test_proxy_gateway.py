@@ -328,6 +328,7 @@ async def test_unknown_model_404_with_close_names_missing_model_400_over_max_bod
         assert too_big.status == 413 and too_big.headers["connection"] == "close"
         assert error_of(too_big.body)["code"] == "request_too_large"
         assert len(a.seen) == 1 and not b.seen  # nothing else reached a server
+        assert g.refused() == {400: 5, 404: 1, 413: 1}
 
 
 async def test_a_chunked_body_over_max_body_is_413_and_nothing_forwarded() -> None:
