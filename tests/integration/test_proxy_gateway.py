@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import h11
 import httpx
+import openai
 import pytest
 import trio
 import trustme
@@ -52,6 +54,7 @@ class ModelServer:
     arrived: trio.Event = field(default_factory=trio.Event)
     cut: trio.Event = field(default_factory=trio.Event)
     hold: float = 0.0  # each echo waits this long (a generation's time)
+    openai: bool = False  # chat requests get OpenAI's shapes (streamed: two chunks)
 
     @property
     def upstream(self) -> Upstream:
@@ -105,9 +108,12 @@ class ModelServer:
                     await stream.send_all(data)
 
         try:
-            do = json.loads(body).get("do", "echo")
+            request = json.loads(body)
+            do = request.get("do", "openai" if "messages" in request and self.openai else "echo")
         except ValueError:
             do = "echo"  # multipart, form
+        if do == "openai":
+            return await self._openai(send, request)
         if do == "sse":
             await send(
                 h11.Response(status_code=200, headers=[("Content-Type", "text/event-stream")])
@@ -140,6 +146,36 @@ class ModelServer:
             h11.Data(data=payload),
             h11.EndOfMessage(),
         )
+        return True
+
+    async def _openai(self, send: Callable[..., Awaitable[None]], request: dict[str, Any]) -> bool:
+        """OpenAI's chat completion, as a model server answers it: whole, or streamed as two
+        chunks (the second once the test releases it) and [DONE]."""
+        model = request["model"]
+        if not request.get("stream"):
+            message = {"role": "assistant", "content": f"{self.name} says hi"}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            payload = json.dumps(
+                {"id": "c1", "object": "chat.completion", "created": 0, "model": model,
+                 "choices": [choice]}
+            ).encode()  # fmt: skip
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+            await send(h11.Response(status_code=200, headers=headers), h11.Data(data=payload))
+            await send(h11.EndOfMessage())
+            return True
+
+        def event(content: str) -> bytes:
+            choice = {"index": 0, "delta": {"content": content}, "finish_reason": None}
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0,
+                     "model": model, "choices": [choice]}  # fmt: skip
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        await send(h11.Response(status_code=200, headers=[("Content-Type", "text/event-stream")]))
+        await send(h11.Data(data=event("one ")))
+        with trio.fail_after(WAIT):
+            await self.release.wait()
+        await send(h11.Data(data=event("two")), h11.Data(data=b"data: [DONE]\n\n"))
+        await send(h11.EndOfMessage())
         return True
 
 
@@ -680,3 +716,39 @@ async def test_slow_heads_and_bodies_are_408() -> None:
         assert head_out.startswith(b"HTTP/1.1 408 ")
         assert body_out.startswith(b"HTTP/1.1 408 ") and b'"error"' in body_out
         assert not a.seen
+
+
+# --- the OpenAI SDK ----------------------------------------------------------------------------
+
+
+async def test_the_openai_sdk_lists_chats_streams_and_gets_not_found() -> None:
+    async with servers("a", "b") as (a, b), endpoints([a.upstream], [b.upstream]) as (ea, eb):
+        a.openai = b.openai = True
+        async with gateway(two_models(ea, eb)) as g:
+            base = f"http://127.0.0.1:{g.address[1]}/v1"
+
+            def use_the_sdk() -> dict[str, object]:
+                sdk = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=WAIT)
+                out: dict[str, object] = {}
+                out["models"] = [m.id for m in sdk.models.list()]
+                hi = [{"role": "user", "content": "hi"}]
+                whole = sdk.chat.completions.create(model="llama3", messages=hi)
+                out["whole"] = whole.choices[0].message.content
+                stream = sdk.chat.completions.create(model="qwen", messages=hi, stream=True)
+                chunks = iter(stream)
+                first = next(chunks).choices[0].delta.content
+                trio.from_thread.run_sync(b.release.set)  # the server sends the rest only now
+                out["streamed"] = [first, *(c.choices[0].delta.content for c in chunks)]
+                try:
+                    sdk.chat.completions.create(model="llama-3", messages=hi)
+                except openai.NotFoundError as exc:
+                    out["not_found"] = (exc.status_code, exc.code, exc.param)
+                return out
+
+            with trio.fail_after(WAIT):
+                got = await trio.to_thread.run_sync(use_the_sdk)
+        assert got["models"] == ["llama", "llama3", "qwen"]
+        assert got["whole"] == "a says hi"
+        assert got["streamed"] == ["one ", "two"]
+        assert got["not_found"] == (404, "model_not_found", "model")
+        assert json.loads(b.seen[0].body)["model"] == "Qwen/Qwen2.5-7B"
