@@ -8,12 +8,18 @@ the gateway reaches its replica; `berth gateway --json` lists it (name, alias, l
 ready replica); `berth status` shows the gateway's URL; a second deployment claiming the
 same model is refused at apply (and at `--dry-run`) naming `gateway.models[1]` and the
 first deployment; an update that drops the alias unroutes it at once; a delete removes the
-route (404 in OpenAI's shape). The openai SDK's acceptance: tests/e2e/test_berthd_gateway.py.
+route (404 in OpenAI's shape). And under `berthd --supervise`, the gateway's listener kept
+in the fd store (`gateway`) across kill -9: a request sent right after a kill waits in its
+backlog and is answered by the replica. The openai SDK's acceptance:
+tests/e2e/test_berthd_gateway.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import httpx
 import pytest
 
 from tests.e2e.berthd_process import Berthd, wait_until
+from tests.e2e.restarts import children_running, kill_now, supervised_child
 from tests.specs import echo_spec
 
 pytestmark = pytest.mark.podman
@@ -117,3 +124,47 @@ def test_routes_follow_apply_update_and_delete(
     gone = chat(base, "echo-model")
     assert model_not_found(gone), gone.text
     assert daemon.json("gateway")["models"] == []
+
+
+@pytest.mark.slow
+def test_the_gateway_listener_outlives_a_killed_berthd(
+    berthd_factory: Callable[..., Berthd],
+    echo_image: str,
+    tmp_path: Path,
+    free_port: Callable[[], int],
+) -> None:
+    """`berthd --supervise`, 3 x kill -9 of its child: a request sent through the gateway
+    right after each kill waits in the kept listener's backlog and is answered by the
+    replica (busybox's 501), never refused and never the empty table's 404."""
+    port = free_port()
+    config = tmp_path / "berthd.toml"
+    config.write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\n')
+    daemon = berthd_factory(extra_args=["--config", str(config), "--supervise"])
+    try:
+        daemon.start()
+        spec = tmp_path / "echo.toml"
+        spec.write_text(routed_spec(echo_image, free_port(), ["echo-model"]))
+        daemon.berth("apply", str(spec), "--wait", "--timeout", str(READY_TIMEOUT))
+        base = f"http://127.0.0.1:{port}"
+        wait_until(
+            "echo-model to be answered by its replica",
+            lambda: chat(base, "echo-model").status_code == 501,
+            READY_TIMEOUT,
+        )
+        for _ in range(3):
+            child = supervised_child(daemon)
+            kill_now(child)
+            body = {"model": "echo-model", "messages": []}
+            answer = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60.0)
+            assert answer.status_code == 501, answer.text  # the replica's, not a 404
+            supervised_child(daemon, other_than=child)
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            children = children_running(daemon.proc.pid, b"daemon.main")
+            daemon.send(signal.SIGTERM)
+            try:
+                daemon.proc.wait(timeout=60)
+            finally:
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
