@@ -5,8 +5,12 @@ request, and its metrics.
 
 The server is a KServe V2 model server whose model loads for LOAD_SECONDS from the process
 start; until then its ready paths and infer answer 503 {"error": "model not ready yet"}.
+It also serves OpenAI-compatible routes (openai_api.py in the image's directory:
+/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health) with knobs for
+tests: SERVED_MODEL_NAME, TOKEN_DELAY or a request's `berth_token_delay`, STRICT_MODEL.
 Its /metrics counts every request it answered by route and code
-(`model_server_requests_total`), so a test can tell what reached it.
+(`model_server_requests_total`: infer, v1_chat, v1_completions, v1_embeddings, ...), so a
+test can tell what reached it.
 """
 
 from __future__ import annotations
