@@ -34,7 +34,7 @@ import trio
 from config.errors import SpecError
 from config.parse import parse_spec
 from config.settings import DaemonSettings
-from config.spec import DeploymentSpec, Gateway
+from config.spec import DeploymentSpec
 from daemon import __version__
 from daemon.api.apply import ApplyRefused, apply_spec_text
 from daemon.api.routes import AdminApi
@@ -221,14 +221,14 @@ class Berthd:
             listen = self.settings.gateway.listen if self.settings.gateway else "?"
             raise StartupError(f"gateway {listen}: {exc}") from exc
 
-    async def _gateway_sections(self) -> dict[str, Gateway]:
-        """Every active spec's `[gateway]`, by deployment (the gateway's route table)."""
-        sections: dict[str, Gateway] = {}
+    async def _gateway_sections(self) -> dict[str, DeploymentSpec]:
+        """Every active spec with a `[gateway]`, by deployment (the gateway's route table)."""
+        specs: dict[str, DeploymentSpec] = {}
         for deployment in await self.store.call(Store.list_deployments):
             spec = await self.active_spec(deployment.name)
             if spec is not None and spec.gateway is not None:
-                sections[deployment.name] = spec.gateway
-        return sections
+                specs[deployment.name] = spec
+        return specs
 
     def _placed(self, name: str) -> Placed:
         """The deployment's ready and starting replicas and their GPUs, as its worker last

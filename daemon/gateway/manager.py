@@ -40,6 +40,7 @@ from pathlib import Path
 import trio
 
 from config.parse_gateway import GatewaySettings
+from config.spec import DeploymentSpec
 from config.spec import Gateway as GatewaySection
 from daemon.gateway.event_counts import ModelCounts
 from daemon.gateway.routes import RouteTable, build_routes
@@ -55,10 +56,10 @@ log = logging.getLogger("berthd")
 
 FD_NAME = "gateway"  # the fd store's name of the gateway's listener (DESIGN.md)
 CREDENTIALS_NAME = ":gateway"  # EndpointCredentials' key: no deployment name has a colon
-DEFAULT_DRAIN = 30.0
+DEFAULT_DRAIN = 30.0  # `[update] drain_timeout`'s default, while no spec says more
 
-# deployment -> its `[gateway]` section, for every active spec that has one
-Sections = Callable[[], Awaitable[Mapping[str, GatewaySection]]]
+# deployment -> its active spec, for every one that has a `[gateway]` section
+Sections = Callable[[], Awaitable[Mapping[str, DeploymentSpec]]]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class GatewayManager:
     # deployment -> its section, as of the last sync (GET /gateway, the metrics)
     known: dict[str, GatewaySection] = field(default_factory=dict)
     counts: dict[str, ModelCounts] = field(default_factory=dict)
+    drain_timeout: float = DEFAULT_DRAIN  # the routed specs' longest, as of the last sync
 
     def __post_init__(self) -> None:
         self._lock = trio.Lock()
@@ -105,7 +107,10 @@ class GatewayManager:
     async def sync(self) -> RouteTable:
         """Rebuild the table from the active specs and the endpoints now (module doc)."""
         async with self._lock:
-            sections = dict(await self.sections())
+            specs = await self.sections()
+            sections = {d: s.gateway for d, s in specs.items() if s.gateway is not None}
+            drains = [specs[d].update.drain_timeout for d in sections]
+            self.drain_timeout = max(drains, default=DEFAULT_DRAIN)
             table = build_routes(sections, self.endpoint_of)
             for conflict in table.conflicts:
                 if conflict not in self._warned:
@@ -229,9 +234,13 @@ class GatewayManager:
             )
         return failed
 
-    async def drain(self, drain_timeout: float = DEFAULT_DRAIN) -> None:
-        """A stop: stop accepting, let the requests in flight finish (bounded). The fd
-        store's copy of the listener stays for the next berthd."""
+    async def drain(self, drain_timeout: float | None = None) -> None:
+        """A stop: stop accepting, let the requests in flight finish, within the longest
+        `[update] drain_timeout` of the routed deployments (a long generation through the
+        gateway gets what it would at its own endpoint) or `drain_timeout`. The fd store's
+        copy of the listener stays for the next berthd."""
+        if drain_timeout is None:
+            drain_timeout = self.drain_timeout
         if self.gateway is not None and self._opened:
             self.gateway.begin_shutdown(drain_timeout)
             with trio.move_on_after(drain_timeout + 1):

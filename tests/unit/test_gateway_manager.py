@@ -16,7 +16,8 @@ import trio
 
 from config.parse_gateway import GatewaySettings
 from config.secret_ref import SecretRef
-from config.spec import EndpointAuth, EndpointTls, Gateway
+from config.spec import DeploymentSpec, EndpointAuth, EndpointTls, Gateway
+from config.spec import Endpoint as EndpointSpec
 from daemon.gateway.manager import CREDENTIALS_NAME, FD_NAME, GatewayManager, Placed
 from daemon.reconcile.endpoint_tls import TlsFileError
 from proxy.auth import Credentials, hash_key
@@ -38,8 +39,11 @@ def keeper() -> Iterator[Keeper]:
 
 
 def manager(port: int, keeper: Keeper | None, endpoint: Endpoint, **kw: object) -> GatewayManager:
-    async def sections() -> dict[str, Gateway]:
-        return dict(SECTIONS)
+    async def sections() -> dict[str, DeploymentSpec]:
+        return {
+            d: DeploymentSpec(d, "localhost/x:1", 8080, EndpointSpec(port=18000), gateway=g)
+            for d, g in SECTIONS.items()
+        }
 
     settings = GatewaySettings(host="127.0.0.1", port=port, **kw)  # type: ignore[arg-type]
     return GatewayManager(

@@ -11,7 +11,8 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.spec import Gateway
+from config.spec import DeploymentSpec, Gateway, Update
+from config.spec import Endpoint as EndpointSpec
 from daemon.cli.gateway import address_line
 from daemon.cli.gateway import model_row as gateway_row
 from daemon.gateway.event_counts import ModelCounts, count
@@ -83,12 +84,28 @@ def test_a_deployment_may_claim_its_own_names_again() -> None:
     assert claim_problems("other", Gateway(("Qwen",)), others) == []  # names are exact
 
 
+def spec_with(name: str, gateway: Gateway, drain: float = 30.0) -> DeploymentSpec:
+    return DeploymentSpec(
+        name=name,
+        image="localhost/x:1",
+        port=8080,
+        endpoint=EndpointSpec(port=18000),
+        update=Update(drain_timeout=drain),
+        gateway=gateway,
+    )
+
+
 def manager(
-    sections: dict[str, Gateway], eps: dict[str, Endpoint], ready: dict[str, int]
+    sections: dict[str, Gateway],
+    eps: dict[str, Endpoint],
+    ready: dict[str, int],
+    drains: dict[str, float] | None = None,
 ) -> GatewayManager:
-    async def read_sections() -> dict[str, Gateway]:
+    drains = drains or {}
+
+    async def read_sections() -> dict[str, DeploymentSpec]:
         await trio.lowlevel.checkpoint()
-        return dict(sections)
+        return {d: spec_with(d, g, drains.get(d, 30.0)) for d, g in sections.items()}
 
     return GatewayManager(
         settings=None,
@@ -117,6 +134,16 @@ async def test_manager_keeps_the_table_in_step_when_nudged() -> None:
         await m.sync()  # a delete
         assert sorted(m.table.routes) == ["qwen", "qwen2.5"]
         await m.drain(0.1)
+
+
+async def test_the_gateway_drains_as_long_as_its_longest_deployment() -> None:
+    m = manager({"llama": LLAMA, "qwen": QWEN}, {}, {}, {"llama": 300.0, "qwen": 5.0})
+    assert m.drain_timeout == 30.0  # before the first sync: the default
+    await m.sync()
+    assert m.drain_timeout == 300.0
+    m = manager({}, {}, {})
+    await m.sync()
+    assert m.drain_timeout == 30.0
 
 
 async def test_status_shows_every_model_routed_or_not() -> None:
