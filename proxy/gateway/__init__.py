@@ -10,8 +10,8 @@ builds the routes and runs the `Gateway`.
 
 Modules: `routes` (Route, the route table, the /v1/models listing), `model_field` (the
 `model` of a JSON, multipart or urlencoded body, and its rewrite), `errors` (OpenAI's
-error shape), `stats` (per-model counters), `connection` (one client connection),
-`server` (the listener: `Gateway`).
+error shape), `stats` (per-model counters), `state` (what the connections share),
+`connection` (one client connection), `server` (the listener: `Gateway`).
 """
 
 from proxy.gateway.routes import Route
