@@ -5,7 +5,8 @@ the gateway's JSON `model_not_found`, and its access log shows the request).
 
 One deployment with `[gateway] models`: a POST /v1/chat/completions for its alias through
 the gateway reaches its replica; `berth gateway --json` lists it (name, alias, loaded, a
-ready replica); `berth status` shows the gateway's URL; a second deployment claiming the
+ready replica, the request counted) as /metrics does (berth_gateway_requests_total);
+`berth status` shows the gateway's URL; a second deployment claiming the
 same model is refused at apply (and at `--dry-run`) naming `gateway.models[1]` and the
 first deployment; an update that drops the alias unroutes it at once; a delete removes the
 route (404 in OpenAI's shape). And under `berthd --supervise`, the gateway's listener kept
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.berthd_process import Berthd, wait_until
 from tests.e2e.restarts import children_running, kill_now, supervised_child
@@ -45,6 +47,17 @@ def chat(base: str, model: str) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=10.0)
 
 
+def gateway_samples(url: str) -> dict[tuple[str, str, str], float]:
+    """berthd's /metrics, the berth_gateway_* samples by (name, model, code)."""
+    text = httpx.get(url, timeout=10.0).text
+    return {
+        (s.name, s.labels.get("model", ""), s.labels.get("code", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("berth_gateway_") and "quantile" not in s.labels
+    }
+
+
 def model_not_found(response: httpx.Response) -> bool:
     if response.status_code != 404 or "json" not in response.headers.get("content-type", ""):
         return False
@@ -57,9 +70,12 @@ def test_routes_follow_apply_update_and_delete(
     tmp_path: Path,
     free_port: Callable[[], int],
 ) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     config = tmp_path / "berthd.toml"
-    config.write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\nmax_body = "1Mi"\n')
+    config.write_text(
+        f'[gateway]\nlisten = "127.0.0.1:{port}"\nmax_body = "1Mi"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+    )
     daemon = berthd_factory(extra_args=["--config", str(config)])
     daemon.start()
     base = f"http://127.0.0.1:{port}"
@@ -96,6 +112,11 @@ def test_routes_follow_apply_update_and_delete(
     model = listed()
     assert model["idle_s"] is not None  # a request reached a replica
     assert model["requests"] == 1 and model["status"]["s5xx"] == 1, model  # its 501
+    samples = gateway_samples(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert samples[("berth_gateway_requests_total", "echo-model", "5xx")] == 1, samples
+    assert samples[("berth_gateway_requests_total", "echo-model", "2xx")] == 0, samples
+    assert samples[("berth_gateway_model_loaded", "echo-model", "")] == 1, samples
+    assert samples[("berth_gateway_cold_starts_total", "echo-model", "")] == 0, samples
     shown = daemon.berth("gateway").stdout
     assert "echo-model" in shown and "echo-alias" in shown and f"{base}/v1" in shown, shown
 
