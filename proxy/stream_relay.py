@@ -33,11 +33,14 @@ Invariants:
   `_write_cb`) and dropped when the body ends, which also breaks the reference cycle they
   make with the relay; the task is woken once, at the end.
 - A body ends as `relay` would end it: DONE once all of it went to the client
-  (`Exchange.reusable` from the parser); CUT with 502 (the replica reset, closed early, or
-  broke the framing), 504 (read-idle timeout), or the client gone (`CLIENT_CLOSED`, its
-  hang-up seen on the replica's read callback as `PeerHangup` is, or a failed send, or no
-  progress for `client_idle`); or an error the task raises (a connection closed under it:
-  the endpoint stops; a bug in a callback, which must not reach the poller).
+  (`Exchange.reusable` from the parser; the read that holds the body's end is sent by the
+  task, which records the exchange in the same step, so that no client has the whole
+  response before the endpoint's statistics count it); CUT with 502 (the replica reset,
+  closed early, or broke the framing), 504 (read-idle timeout), or the client gone
+  (`CLIENT_CLOSED`: its hang-up seen on the replica's read callback as `PeerHangup` is, a
+  failed send, or no progress for `client_idle`); or an error the task raises (a
+  connection closed under it: the endpoint stops; a bug in a callback, which must not
+  reach the poller).
 - A burst of reads in one callback is bounded (`_READS_PER_CALLBACK`): past it the task is
   woken to checkpoint and go on, so that a fast bulk body cannot hold the poller.
 - Cancelled (the endpoint stops): the callbacks are dropped and the task raises; `forward`
@@ -55,7 +58,7 @@ from proxy.exchange import CLIENT_CLOSED, CUT, DONE, Exchange, Outcome
 from proxy.headers import LAST_CHUNK, chunk
 from proxy.poller import EXPIRED, INTERRUPTED, Poller
 from proxy.protocol import END, Event, ProtocolError, ResponseParser
-from proxy.sockets import RECV_SIZE, Conn
+from proxy.sockets import RECV_SIZE, Conn, Timeout
 
 # Reads of the replica in one callback before the task is woken to checkpoint (1 MiB).
 _READS_PER_CALLBACK: Final = 16
@@ -127,12 +130,27 @@ class StreamRelay:
                 if self.state == _ERROR:
                     assert self.error is not None
                     raise self.error
+                if self.outcome is DONE and self.pending:
+                    return await self._send_last(self.pending)
                 return self.outcome
         finally:
             # Break the cycles (the relay and its bound callbacks, the error's traceback).
             self._read_cb = self._write_cb = None  # type: ignore[assignment]
             self.task = None
             self.error = None
+
+    async def _send_last(self, out: bytes) -> Outcome:
+        """The body's last bytes, from the task (see `_pump`)."""
+        self.pending = b""
+        client = self.client
+        try:
+            taken = client.send_now(out)
+            if taken < len(out):
+                await client.send_all(out[taken:], self.client_idle)
+        except (OSError, Timeout):
+            self._client_gone()
+            return CUT
+        return DONE
 
     def _abort(self, _: object) -> Abort:
         """Cancelled while parked: drop what is armed."""
@@ -198,10 +216,6 @@ class StreamRelay:
             if not self._send(self.pending):
                 return
             self.pending = b""
-            if self.parser.done:
-                self.ex.reusable = self.parser.reusable
-                self._end(DONE)
-                return
             self.reads = 0
             self._pump()
         except Exception as exc:
@@ -256,12 +270,15 @@ class StreamRelay:
                 out = (chunk(body) if self.chunked else body) if body else b""
             else:
                 out = self._frame(events)
-            if out and not self._send(out):
-                return  # pending (the client is watched), or the client is gone
             if parser.done:
+                # The last bytes go from the task, which then records the exchange in the
+                # same step: nobody sees the whole response before its statistics.
                 self.ex.reusable = parser.reusable
+                self.pending = out
                 self._end(DONE)
                 return
+            if out and not self._send(out):
+                return  # pending (the client is watched), or the client is gone
 
     def _frame(self, events: list[Event]) -> bytes:
         """The client's bytes for a read's events (body pieces and the end)."""
