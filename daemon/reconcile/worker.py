@@ -428,7 +428,7 @@ class DeploymentWorker:
             self._zero.track(spec, None, now)
             return None
         if self._scale is None:
-            running = len(self._memory) or spec.replicas.min
+            running = len(self._memory) or await self._listed_replicas() or spec.replicas.min
             count = initial_count(spec, running)
             self._scale = ScaleState(Autoscaler(bounds(spec, count), spec.autoscale), count)
         else:
@@ -450,6 +450,17 @@ class DeploymentWorker:
             await self._ctx.events.emit("scaled", decision.reason, deployment=self.name)
         await self._zero.steer(spec, self._scale, current, waiting, now)
         return self._scale.count
+
+    async def _listed_replicas(self) -> int:
+        """How many replicas the deployment has in Podman now (0 when they cannot be
+        listed): where a fresh autoscaler begins before this worker's first observation (a
+        berthd restart), so a `min = 0` deployment's running replicas are not removed."""
+        labels = {LABEL_INSTANCE: self._ctx.instance, LABEL_DEPLOYMENT: self.name}
+        try:
+            listed = await self._ctx.runtime.list(labels)
+        except RuntimeFailure:
+            return 0
+        return sum(1 for c in listed if c.labels.get(LABEL_REPLICA))
 
     async def _observe(self, active: ActiveRevision | None) -> list[ContainerInfo] | None:
         """The deployment's containers; None when they could not be listed (unknown).

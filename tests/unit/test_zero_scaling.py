@@ -340,3 +340,19 @@ async def test_a_cold_start_cancelled_during_its_swap_leaves_the_victim_loaded(
     assert len(rig.events("start-cancelled", "b")) == 1
     assert rig.containers("a") == ["a"] and rig.workers["a"].snapshot().desired == 1
     assert "swapped out for b: 1 -> 0" not in rig.events("scaled", "a")
+
+
+async def test_a_restarted_berthd_keeps_a_loaded_min_zero_deployment(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    rig.apply(spec_text("a", free_port()))
+    await rig.rounds("a")
+    rig.hold("a")
+    await rig.rounds("a")
+    await rig.ready("a")
+    rig.release("a")
+    fresh = DeploymentWorker("a", rig.ctx)  # as a restarted berthd's first worker
+    await fresh.reconcile_once()
+    await fresh.reconcile_once()
+    assert fresh.snapshot().desired == 1 and rig.containers("a") == ["a"]
+    assert rig.events("removed") == []
