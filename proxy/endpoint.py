@@ -8,7 +8,9 @@ Invariants:
   closes the listener and idle keep-alive connections, and gives in-flight requests until
   now + t; `run` returns when the last session ends. A connection accepted before the
   drain that has not sent its first request yet is not idle: that request is answered
-  (a planned restart cuts nothing that was accepted), within `header_read`.
+  (a planned restart cuts nothing that was accepted), within `header_read`. A request
+  this endpoint serves for another listener (`session_on`: the model gateway's) gets the
+  same deadline before the poller, which watches its connections, stops.
 - A fault in one client connection stays in it: each session runs behind a barrier that
   takes any `Exception` (never a cancellation), logs it once with the endpoint and the
   peer, and closes that connection; the listener and every other session go on. The
@@ -103,6 +105,9 @@ class Endpoint:
         self._listener_closed = trio.Event()
         self._tls: ssl.SSLContext | None = None
         self._given_listener = listener
+        # Sessions of requests accepted elsewhere (`session_on`: the gateway's) under way.
+        self._guests: set[Session] = set()
+        self._guests_changed = trio.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -261,11 +266,29 @@ class Endpoint:
         `reader`): the request goes through this endpoint's balancing, queue, hold mode,
         retries and statistics as its own requests do. `conn` moves to this endpoint's
         poller (`Conn.move_to`), so that a hang-up is seen while a replica works, as on the
-        endpoint's own connections; the caller moves it back after the request."""
+        endpoint's own connections; the caller moves it back after the request, and calls
+        `session_done` (a drain waits for it as for its own, up to the same deadline)."""
         session = Session(self._balancer, conn, reader)
         session.fast = None  # `Session.serve` alone uses it; the caller calls `forward`
         conn.move_to(self._balancer.poller)
+        self._guests.add(session)
         return session
+
+    def session_done(self, session: Session) -> None:
+        """The request of a `session_on` session ended: a drain no longer waits for it."""
+        self._guests.discard(session)
+        self._guests_changed.set()
+        self._guests_changed = trio.Event()
+
+    async def _wait_for_guests(self) -> None:
+        """A drain gives the requests of `session_on` sessions (the gateway's) the same
+        deadline as its own before the poller, which watches their connections, stops."""
+        deadline = self._drain_deadline
+        if deadline is None:
+            return
+        with trio.move_on_at(deadline):
+            while self._guests:
+                await self._guests_changed.wait()
 
     def set_hold_note(self, note: str | None) -> None:
         """Why no replica is on its way yet (e.g. no GPU free and nothing to swap out): a held
@@ -319,6 +342,7 @@ class Endpoint:
                     sockets.close_listener(listener)
                     closed = True
                     self._listener_closed.set()
+                await self._wait_for_guests()
                 self._balancer.pool.close_all()
                 poller.cancel_scope.cancel()
         finally:

@@ -333,6 +333,7 @@ class GatewayConnection:
         finally:
             self.session = None
             conn.move_to(state.poller)
+            route.endpoint.session_done(session)
             counters.finished(session.exchange.status or 502, start, conn.first_byte_at)
         if session.linger:
             self.linger = True

@@ -696,6 +696,40 @@ async def test_a_stopped_endpoint_is_503_and_one_stopping_under_a_request_ends_i
         assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.records
 
 
+async def test_an_endpoint_that_drains_finishes_a_gateway_stream_before_it_stops() -> None:
+    async with servers("a", "b") as (a, b), endpoints([b.upstream]) as (eb,):
+        ea = Endpoint("a", bind="127.0.0.1", port=0)
+        ea.set_upstreams([a.upstream])
+        stopped = trio.Event()
+
+        async def run_a(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            await ea.run(task_status=task_status)
+            stopped.set()
+
+        async with gateway(two_models(ea, eb)) as g, trio.open_nursery() as nursery:
+            await nursery.start(run_a)
+            with trio.fail_after(WAIT):
+                stream = await trio.open_tcp_stream("127.0.0.1", g.address[1])
+                async with stream:
+                    body = chat("llama", do="sse")
+                    await stream.send_all(
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                    got = b""
+                    while b"data: first" not in got:
+                        got += await stream.receive_some(65536)
+                    ea.begin_shutdown(WAIT)  # a planned restart: its own sessions are none
+                    await ea.wait_listener_closed()
+                    await trio.sleep(0.2)  # what the endpoint would need to stop, were it to
+                    assert not stopped.is_set()  # it waits for the gateway's stream
+                    a.release.set()
+                    while b"[DONE]" not in got:
+                        got += await stream.receive_some(65536)
+                    await stopped.wait()  # and stops once that ended
+        assert got.startswith(b"HTTP/1.1 200 ")
+
+
 async def test_slow_heads_and_bodies_are_408() -> None:
     timeouts = EndpointTimeouts(header_read=0.3, body_min_rate=1000.0, body_rate_window=0.3)
     async with servers("a", "b") as (a, b), endpoints([a.upstream], [b.upstream]) as (ea, eb):
