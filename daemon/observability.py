@@ -156,6 +156,7 @@ async def metrics_snapshot(daemon: ControlPlane, scraper: Scraper | None = None)
             )
         )
     samples = await daemon.gpus.reader.sample()
+    gateway = daemon.gateway.gateway
     return MetricsSnapshot(
         __version__,
         tuple(deployments),
@@ -163,6 +164,7 @@ async def metrics_snapshot(daemon: ControlPlane, scraper: Scraper | None = None)
         scraped=tuple(scraper.exported()) if scraper else (),
         scrapes=tuple(scraper.target_states()) if scraper else (),
         gateway=gateway_metrics(daemon, {d.name: d.endpoint for d in deployments}),
+        gateway_refused=tuple(gateway.refused().items()) if gateway else (),
     )
 
 

@@ -102,6 +102,7 @@ class MetricsSnapshot:
     scraped: tuple[ScrapedFamilies, ...] = ()  # the replicas' own series
     scrapes: tuple[tuple[ScrapeTarget, bool], ...] = ()  # each scrape, and whether it worked
     gateway: tuple[GatewayModelMetrics, ...] = ()  # the model gateway's, per model
+    gateway_refused: tuple[tuple[int, int], ...] = ()  # (status, count) it answered itself
 
 
 MetricsSource = Callable[[], Awaitable[MetricsSnapshot]]
@@ -125,7 +126,7 @@ class SnapshotCollector:
         yield info
         yield from _deployment_families(snap.deployments)
         yield from _request_families(snap.deployments)
-        yield from gateway_families(snap.gateway)
+        yield from gateway_families(snap.gateway, snap.gateway_refused)
         yield from _gpu_families(snap.gpus)
         yield from _scrape_families(snap.scrapes)
         yield from scraped_families(

@@ -9,6 +9,9 @@
     berth_gateway_swaps_total{model}                swaps made to start it (its `swap` events)
     berth_gateway_cold_starts_total{model}          `cold-start` events of its deployment
     berth_gateway_model_loaded{model}               1 while it has a ready replica
+    berth_gateway_refused_total{code}               what the gateway answered itself, for
+                                                    no model (400 no model, 404 unknown,
+                                                    413 too large, 401, ...), by status
 
 A quantile the window cannot give (no request in it) is left out, as the endpoints' are.
 """
@@ -37,7 +40,9 @@ class GatewayModelMetrics:
     cold_starts: int = 0
 
 
-def gateway_families(models: tuple[GatewayModelMetrics, ...]) -> Iterator[Metric]:
+def gateway_families(
+    models: tuple[GatewayModelMetrics, ...], refused: tuple[tuple[int, int], ...] = ()
+) -> Iterator[Metric]:
     requests = CounterMetricFamily(
         "berth_gateway_requests",
         "Responses of the model gateway, by model and status class",
@@ -78,3 +83,12 @@ def gateway_families(models: tuple[GatewayModelMetrics, ...]) -> Iterator[Metric
         loaded.add_metric([m.model], 1.0 if m.loaded else 0.0)
     if models:
         yield from (requests, ttft, queue, swaps, cold, loaded)
+    if refused:
+        by_code = CounterMetricFamily(
+            "berth_gateway_refused",
+            "Requests the gateway answered itself, routed to no model, by status",
+            labels=["code"],
+        )
+        for status, n in refused:
+            by_code.add_metric([str(status)], n)
+        yield by_code

@@ -117,6 +117,7 @@ def test_routes_follow_apply_update_and_delete(
     assert samples[("berth_gateway_requests_total", "echo-model", "2xx")] == 0, samples
     assert samples[("berth_gateway_model_loaded", "echo-model", "")] == 1, samples
     assert samples[("berth_gateway_cold_starts_total", "echo-model", "")] == 0, samples
+    assert samples[("berth_gateway_refused_total", "", "404")] == 1, samples  # before routed
     shown = daemon.berth("gateway").stdout
     assert "echo-model" in shown and "echo-alias" in shown and f"{base}/v1" in shown, shown
 

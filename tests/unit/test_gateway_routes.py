@@ -218,7 +218,7 @@ def test_prometheus_families_per_model() -> None:
         ),
         GatewayModelMetrics("qwen", "qwen", False),
     )
-    text, _ = render(MetricsSnapshot("0", gateway=models))
+    text, _ = render(MetricsSnapshot("0", gateway=models, gateway_refused=((404, 3), (413, 1))))
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text.decode())
@@ -240,6 +240,8 @@ def test_prometheus_families_per_model() -> None:
     assert value("berth_gateway_cold_starts_total", model="llama-3.1-8b") == 4
     assert value("berth_gateway_model_loaded", model="llama-3.1-8b") == 1
     assert value("berth_gateway_model_loaded", model="qwen") == 0
+    assert value("berth_gateway_refused_total", code="404") == 3
+    assert value("berth_gateway_refused_total", code="413") == 1
     assert not any(math.isnan(v) for v in samples.values())
     empty, _ = render(MetricsSnapshot("0"))
     assert b"berth_gateway" not in empty  # no gateway model: no family
