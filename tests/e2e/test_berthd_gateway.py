@@ -19,9 +19,13 @@ client asks for the alias "alias-a", the answer's `model` is what reached the se
 A second test: GET /v1/models (client.models.list()) lists every model of the box, an
 unknown model is openai.NotFoundError in OpenAI's error shape with close names, and a 6-way
 burst to `c` (no GPU, one replica, `max_concurrency = 2`, each request ~1 s) queues and
-answers all six, no more than two at the server at once.
+answers all six, no more than two at the server at once (three waves); embeddings and a
+streamed text completion go through as well.
 
-Every wait is bounded: the SDK's timeout, the futures' result(timeout=), wait_until.
+Every wait is bounded: the SDK's timeout, the futures' result(timeout=), wait_until. Two
+CDI files declaring nvidia.com/gpu=0 make Podman refuse both ("unresolvable CDI devices"):
+the fixture first waits for another test's (test_berthd_gpus.py, test_berthd_swap.py run at
+the same time on this box) to go.
 """
 
 from __future__ import annotations
@@ -435,3 +439,9 @@ def test_models_unknown_model_and_a_queued_burst(
     # (all six at once would take one); the first two about one request-time in
     assert took[-1] >= 2.7, f"answered after {took}: not two at a time"
     assert took[0] < took[-1] - 1.5, f"answered after {took}: not in waves"
+
+    # The other routes go the same way: embeddings, and a streamed text completion.
+    vectors = client.embeddings.create(model="model-c", input=["alpha", "beta"])
+    assert [len(d.embedding) for d in vectors.data] == [8, 8] and vectors.model == "model-c"
+    streamed = client.completions.create(model="model-c", prompt="a", max_tokens=3, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == "model-c 1 2"
