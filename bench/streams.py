@@ -18,7 +18,9 @@ twice: direct to the replica's published port (127.0.0.1:HOSTPORT), then through
 endpoint (client -> berthd -> the same published port); what berth adds is the difference
 of the two distributions (p50, p99). Both paths cross the same Podman port mapping.
 
-berthd's RSS (psutil, by the PID benchlib started) is read before the proxied streams
+berthd's garbage collections over 20 ms (proxy/gc_policy.py logs each) from `start` to the
+phase's end are counted from its log and shown. berthd's RSS (psutil, by the PID benchlib
+started) is read before the proxied streams
 open, at `start` (every stream open, none has sent yet) and every 0.5 s until the phase
 ends (the peak); growth per stream = (RSS at start - RSS before) / streams open at start.
 CPU seconds of berthd, the replica's process and the client workers over each phase show
@@ -370,9 +372,25 @@ class RssSampler:
         return self.peak
 
 
+def slow_collections(log: Path | None, begin: int, end: int) -> list[str]:
+    """berthd's log lines (between two offsets) of its garbage collections over 20 ms
+    (proxy/gc_policy.py logs each, from its loop, within a second of it)."""
+    if log is None:
+        return []
+    with log.open("rb") as f:
+        f.seek(begin)
+        text = f.read(max(0, end - begin)).decode(errors="replace")
+    return [line for line in text.splitlines() if "garbage collection" in line]
+
+
+def log_size(log: Path | None) -> int:
+    return log.stat().st_size if log is not None and log.exists() else 0
+
+
 def run_phase(
     kind: str, port: int, streams: int, events: int, workers: int, root: Path,
     berthd: psutil.Process | None, backend: psutil.Process | None, quiet_load: float,
+    log: Path | None = None,
 ) -> dict[str, object]:  # fmt: skip
     wait_for_quiet(quiet_load)
     load = os.getloadavg()[0]
@@ -399,6 +417,7 @@ def run_phase(
         line = p.stdout.readline()
         opened_at_start += json.loads(line)["opened_at_start"] if line else 0
     rss_at_start = berthd.memory_info().rss if berthd else 0
+    log_at_start = log_size(log)
     deadline = start + events + 70
     for p in procs:
         try:
@@ -407,6 +426,8 @@ def run_phase(
             p.kill()
             p.wait(timeout=10)
     rss_peak = sampler.stop() if sampler else 0
+    time.sleep(1.5 if log is not None else 0)  # the policy logs within a second
+    collections = slow_collections(log, log_at_start, log_size(log))
     cpu_after = (cpu_seconds(berthd), cpu_seconds(backend), busy_seconds())
     totals: dict[str, object] = {"opened": 0, "opened_late": 0, "complete": 0, "events": 0}
     errors: dict[str, int] = {}
@@ -444,6 +465,7 @@ def run_phase(
         "rss_before": rss_before,
         "rss_at_start": rss_at_start,
         "rss_peak": rss_peak,
+        "slow_collections": collections,
     }
 
 
@@ -502,6 +524,11 @@ def show(
         f"added by berth: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms (goal p99 <= 5 ms: "
         f"{'met' if added99 <= 5 else 'MISSED'}); every event delivered: {delivered}"
     )
+    slow = berth["slow_collections"]
+    assert isinstance(slow, list)
+    print(f"berthd's garbage collections over 20 ms from `start` to the end: {len(slow)}")
+    for line in slow:
+        print(f"  {line}")
     print(
         f"berthd RSS {before / 2**20:.1f} MiB before, {at / 2**20:.1f} MiB with {held} held "
         f"(+{per / 1024:.1f} KiB a stream; goal <= 20 KB: "
@@ -574,7 +601,9 @@ def measure(
         host_port, backend_pid = replica_port(d.instance)
         backend = psutil.Process(backend_pid)
         direct = run_phase(kind, host_port, n, events, workers, root, None, backend, quiet)
-        berth = run_phase(kind, port, n, events, workers, root, berthd, backend, quiet)
+        berth = run_phase(
+            kind, port, n, events, workers, root, berthd, backend, quiet, root / "berthd.log"
+        )
         show(kind, n, events, direct, berth)
         return direct, berth
     finally:
