@@ -60,12 +60,13 @@ def media_type(content_type: bytes) -> tuple[str, str]:
 
 def find_model(content_type: bytes | None, body: bytes) -> Found | Missing:
     """The request's model (see the module docstring)."""
-    kind, boundary = media_type(content_type) if content_type else ("", "")
-    if kind == "multipart/form-data":
+    kind = content_type.partition(b";")[0].strip().lower() if content_type else b""
+    if kind == b"multipart/form-data":
+        _, boundary = media_type(content_type or b"")  # the email parser: quoting, RFC 2231
         if not boundary:
             return Missing("a multipart/form-data body needs a boundary")
         return _multipart(body, boundary.encode("latin-1"))
-    if kind == "application/x-www-form-urlencoded":
+    if kind == b"application/x-www-form-urlencoded":
         found = _form(body)
         if isinstance(found, Missing) and body.lstrip()[:1] == b"{":
             return _json(body)  # `curl -d '{...}'` says urlencoded and sends JSON
