@@ -49,7 +49,8 @@ def error_response(
 
 
 def model_not_found(model: str, close_names: list[str], *, close: bool) -> bytes:
-    message = f"The model '{model}' does not exist"
+    shown = model if len(model) <= 200 else model[:200] + "..."
+    message = f"The model '{shown}' does not exist"
     if close_names:
         message += "; close names: " + ", ".join(close_names)
     return error_response(404, message, code="model_not_found", param="model", close=close)

@@ -23,6 +23,7 @@ from typing import Final
 from proxy.endpoint import Endpoint
 
 CLOSE_NAMES: Final = 3
+MAX_NAME: Final = 256  # longer asked-for names get no close names
 OWNED_BY: Final = "berth"
 
 
@@ -68,6 +69,8 @@ class RouteTable:
         return list(seen.values())
 
     def close_names(self, model: str) -> list[str]:
+        if len(model) > MAX_NAME:  # no name is close to it, and difflib is quadratic
+            return []
         return difflib.get_close_matches(model, list(self._routes), n=CLOSE_NAMES, cutoff=0.5)
 
     def model_object(self, name: str, loaded: Callable[[str], bool]) -> dict[str, object]:

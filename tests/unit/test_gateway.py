@@ -184,6 +184,8 @@ def test_error_shapes() -> None:
     }
     _, _, e = split(errors.model_not_found("zzz", [], close=False))
     assert e["message"] == "The model 'zzz' does not exist"
+    _, _, e = split(errors.model_not_found("m" * 100_000, [], close=False))
+    assert len(str(e["message"])) < 250  # bounded
     status, fields, e = split(errors.too_large(1024))
     assert status == b"HTTP/1.1 413 Content Too Large" and fields[b"connection"] == b"close"
     assert e["code"] == "request_too_large" and "1024 bytes" in str(e["message"])
@@ -218,6 +220,7 @@ def test_canonical_names_close_names_and_the_listing() -> None:
     assert t.close_names("llama3") == ["llama3.1", "llama-3.1-8b"]
     assert t.close_names("qwen-2")[0] == "qwen2"
     assert t.close_names("gpt-4o") == []
+    assert t.close_names("llama3" * 1000) == []
     listing = json.loads(t.listing(lambda deployment: deployment == "qwen-dep"))
     assert listing["object"] == "list"
     assert [(m["id"], m["canonical"], m["loaded"]) for m in listing["data"]] == [
