@@ -19,7 +19,7 @@ workers nudged); once their holdings are gone from the ledger (their containers 
 and NVML, where present, shows the memory free (`swap.settled`, at most `SETTLE_TIMEOUT`),
 the create back-off is cleared so this very round creates the replica. Nothing evictable:
 the requests wait in the queue up to `cold_start_timeout` (then 503), and the reason is in
-the deployment's error (`berth get`).
+the deployment's error (`berth get`) and in that 503 (`Endpoint.set_hold_note`).
 
 `unloaded_at` (an RFC 3339 time) is when the deployment last went to zero, for `berth ls`
 (`idle (unloaded 4m ago)`); after a berthd restart it is read back from the events.
@@ -27,7 +27,6 @@ the deployment's error (`berth get`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,8 +50,6 @@ from daemon.scaling.idle import (
 )
 from daemon.scaling.swap import NoVictim, Woken, choose_victims, settled
 from daemon.store.database import Store
-
-log = logging.getLogger("berthd")
 
 SETTLE_TIMEOUT = 30.0  # seconds, after the holdings are gone, to wait for NVML's free memory
 ZERO_KINDS = ("unloaded", "start-cancelled", "scaled")  # events that may say "-> 0"
