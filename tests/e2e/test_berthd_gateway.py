@@ -20,7 +20,8 @@ A second test: GET /v1/models (client.models.list()) lists every model of the bo
 unknown model is openai.NotFoundError in OpenAI's error shape with close names, and a 6-way
 burst to `c` (no GPU, one replica, `max_concurrency = 2`, each request ~1 s) queues and
 answers all six, no more than two at the server at once (three waves); embeddings and a
-streamed text completion go through as well.
+streamed text completion go through as well. A third: the only waiter of a cold start hangs
+up (the SDK's timeout) while its model loads: the start is cancelled (issue 16, point 3).
 
 Every wait is bounded: the SDK's timeout, the futures' result(timeout=), wait_until. Two
 CDI files declaring nvidia.com/gpu=0 make Podman refuse both ("unresolvable CDI devices"):
@@ -218,13 +219,21 @@ def box(
         print("--- berthd's events ---\n" + "\n".join(kept[-80:]))
 
 
-def gpu_spec(name: str, image: str, port: int, *, models: list[str], rewrite: str = "") -> str:
+def gpu_spec(
+    name: str,
+    image: str,
+    port: int,
+    *,
+    models: list[str],
+    rewrite: str = "",
+    load: float = LOAD_SECONDS,
+) -> str:
     served = rewrite or models[0]
     return GPU_SPEC.format(
         name=name,
         image=image,
         port=port,
-        load=LOAD_SECONDS,
+        load=load,
         served=served,
         models=json.dumps(models),
         rewrite=f'rewrite_model = "{rewrite}"' if rewrite else "",
@@ -445,3 +454,33 @@ def test_models_unknown_model_and_a_queued_burst(
     assert [len(d.embedding) for d in vectors.data] == [8, 8] and vectors.model == "model-c"
     streamed = client.completions.create(model="model-c", prompt="a", max_tokens=3, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == "model-c 1 2"
+
+
+def test_a_client_that_hangs_up_during_a_cold_start_cancels_it(
+    box: Box, model_server_image: str, free_port: Callable[[], int]
+) -> None:
+    """Issue 16, point 3: the only waiter of a cold start gives up (the SDK's timeout) while
+    the model still loads: the gateway sees the hang-up, the request leaves the queue, and
+    the start is cancelled (start-cancelled, the container removed, the GPU free again)."""
+    slow = gpu_spec("slow", model_server_image, free_port(), models=["model-slow"], load=60)
+    box.apply("slow", slow)
+    wait_until("slow idle at zero replicas", lambda: box.get("slow")["replicas"] == [], 60)
+    impatient = openai.OpenAI(
+        base_url=f"{box.gateway}/v1", api_key="unused", max_retries=0, timeout=3.0
+    )
+    box.clients.append(impatient)
+    with pytest.raises(openai.APITimeoutError):
+        ask(impatient, "model-slow")
+    gave_up = time.time()
+    wait_until(
+        "the cold start cancelled",
+        lambda: bool(of_kind(box.events(), "start-cancelled")),
+        timeout=30,
+    )
+    wait_until("its container removed", lambda: box.get("slow")["replicas"] == [], 30)
+    cancelled = of_kind(box.events(), "start-cancelled")
+    print(f"\ncancelled {at(cancelled[0]) - gave_up:.2f}s after the client gave up: {cancelled}")
+    assert [e["deployment"] for e in cancelled] == ["slow"], cancelled
+    assert [e["deployment"] for e in of_kind(box.events(), "cold-start")] == ["slow"]
+    assert [e["deployment"] for e in of_kind(box.events(), "created")] == ["slow"]  # it began
+    assert box.models()["model-slow"]["waiting"] == 0
