@@ -180,12 +180,16 @@ def test_cold_start_then_swap_and_never_while_a_request_is_in_flight(
     wait_until("a and b idle at zero", lambda: _idle(berthd, "a") and _idle(berthd, "b"), 30)
 
     # A request to a: a cold start, answered.
+    started = time.monotonic()
     first = httpx.get(f"http://127.0.0.1:{port_a}/cgi-bin/echo", timeout=60)
+    cold = time.monotonic() - started
     assert first.status_code == 200 and "replica=" in first.text
     assert kinds(berthd, "a", "cold-start") == ["woken by 1 waiting request: 0 -> 1"]
 
     # a idle: a request to b swaps a out, and b answers.
+    started = time.monotonic()
     second = httpx.get(f"http://127.0.0.1:{port_b}/cgi-bin/echo", timeout=60)
+    swapped_in = time.monotonic() - started
     assert second.status_code == 200 and "replica=" in second.text
     (swap,) = kinds(berthd, "b", "swap")
     assert swap.startswith("swapping out a for b: its new replica is pending: needs 1 GPU")
@@ -224,6 +228,10 @@ def test_cold_start_then_swap_and_never_while_a_request_is_in_flight(
         events(berthd, "b"),
     )
     assert long.ended is not None and waiting.ended is not None and waiting.ended > long.ended
+    print(
+        f"\ncold start {cold:.2f}s; swap a -> b answered in {swapped_in:.2f}s; a answered "
+        f"{waiting.ended - long.ended:.2f}s after b's long request ended"
+    )
     (swap_back,) = kinds(berthd, "a", "swap")
     assert swap_back.startswith("swapping out b for a:")
     assert replicas(berthd, "b") == []
