@@ -334,6 +334,12 @@ def test_cold_start_swap_and_no_eviction_under_a_stream(
             ),
             timeout=15,
         )
+        wait_until(  # and why it waits: b is busy, so nothing can be swapped out
+            "a's error to say b cannot be swapped out",
+            lambda: "b has 1 request in flight" in (box.get("a").get("error") or ""),
+            timeout=15,
+        )
+        print(f"3. a waits: {box.get('a')['error']}")
         while not streaming.done():  # until the stream ends: b keeps its replica, a waits
             assert box.containers("b") == b_container, box.get("b")
             assert not waiting.done() or waiting.exception() is not None, "a answered early"
