@@ -2,7 +2,7 @@
 openai_api.py), against a real container and the real `openai` SDK: what the gateway's
 end-to-end test (tests/e2e/test_berthd_gateway.py) relies on, checked here on its own.
 
-One container (Podman CLI, port published on 127.0.0.1), LOAD_SECONDS=2, STRICT_MODEL=1,
+One container (Podman CLI, port published on 127.0.0.1), LOAD_SECONDS=3, STRICT_MODEL=1,
 SERVED_MODEL_NAME=org/tiny-chat: 503 in OpenAI's shape before the load, then chat and
 completions (JSON and SSE, the token count and the per-token delay), embeddings (float and
 base64, deterministic, unit length), /v1/models, a 404 for another model name, and the
@@ -32,7 +32,7 @@ from tests.model_server import (
 pytestmark = pytest.mark.podman
 
 SERVED = "org/tiny-chat"
-LOAD_SECONDS = 2
+LOAD_SECONDS = 3
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_openai_routes_answer_in_openai_shapes(server: str) -> None:
     took = time.monotonic() - started
     assert pieces == [SERVED, " 1", " 2", " 3", " 4"]
     assert usage is not None and usage.completion_tokens == 5
-    assert 1.0 <= took < 10, took  # 5 tokens 0.2 s apart
+    assert 0.9 <= took < 10, took  # 5 tokens 0.2 s apart
 
     text = api.completions.create(model=SERVED, prompt="a b", max_tokens=2)
     assert text.object == "text_completion" and text.choices[0].text == f"{SERVED} 1"
