@@ -84,6 +84,7 @@ class ZeroScaling:
         self.swapping: Swapping | None = None
         self.no_swap: str | None = None  # why nothing can be swapped out for our waiters
         self.unloaded_at: str | None = None  # when it last went to zero (RFC 3339)
+        self._freeing_for: str | None = None  # swapped out for it: nudge it once our GPUs free
         self._recalled = False
         self._spec: DeploymentSpec | None = None
         self._scale: ScaleState | None = None
@@ -151,6 +152,7 @@ class ZeroScaling:
             else:
                 await self._to_zero(scale, now, "scaled", f"swapped out for {ask.for_whom}")
                 swaps.answer(self.name, acted=True)
+                self._freeing_for = ask.for_whom
                 return
         if scale.count == 0:
             self.cold = None
@@ -217,6 +219,9 @@ class ZeroScaling:
     async def swap_round(self, active: ActiveRevision | None, now: float) -> None:
         """Ask for a swap when this deployment's waiting requests have no GPU; create at once
         once the victims' GPUs are free (see the module docstring)."""
+        if self._freeing_for is not None and not self._holds_gpus():
+            self.ctx.swaps.nudge(self._freeing_for)  # swapped out, GPUs free: it creates now
+            self._freeing_for = None
         if active is None or not self._woken():
             self._no_swap(None)
             if self.swapping is not None:
@@ -252,6 +257,9 @@ class ZeroScaling:
         self.swapping = Swapping(names, devices, now)
         self.ctx.swaps.evict(names, self.name, reason, now)
         await self.ctx.events.emit("swap", reason, deployment=self.name)
+
+    def _holds_gpus(self) -> bool:
+        return any(deployment_of(k) == self.name for k in self.ctx.gpus.holdings())
 
     def _no_swap(self, reason: str | None) -> None:
         """Why nothing can be swapped out for our waiters: in the deployment's error, and in
