@@ -34,7 +34,8 @@ import trio
 
 from config.spec import DeploymentSpec
 from daemon.gpu.ledger import deployment_of
-from daemon.gpu.placement import GpuRequest
+from daemon.gpu.model import free_memory
+from daemon.gpu.placement import GpuRequest, Placed, place
 from daemon.reconcile.context import ActiveRevision, WorkerContext
 from daemon.reconcile.replica_ops import ReplicaOps
 from daemon.reconcile.replicas import ReplicaMemory
@@ -117,7 +118,7 @@ class ZeroScaling:
         return Tenant(
             min_replicas=spec.replicas.min,
             autoscaled=scale is not None,
-            target=scale.count if scale is not None else spec.replicas.min,
+            target=scale.count if scale is not None else None,
             priority=gateway.priority if gateway else 0,
             group=gateway.group if gateway else None,
             min_idle=gateway.min_idle if gateway else 0.0,
@@ -244,8 +245,18 @@ class ZeroScaling:
         ledger = self.ctx.gpus
         holdings = ledger.holdings()
         others = {k: a for k, a in holdings.items() if deployment_of(k) != self.name}
+        free = None
+        if woken.request.gpu_memory is not None:  # as the create's placement asks
+            free = free_memory(await ledger.reader.sample())
+        held = list(others.values())
+        if isinstance(place(woken.request, ledger.gpus(), held, free_memory=free), Placed):
+            # Room came by other means (a scale-down, a removal): create now rather than
+            # at the end of a create back-off that may have grown to minutes.
+            self._no_swap(None)
+            self.ops.reset_create()
+            return
         candidates = self.ctx.swaps.candidates(others, now)
-        choice = choose_victims(woken, candidates, ledger.gpus(), list(others.values()))
+        choice = choose_victims(woken, candidates, ledger.gpus(), held)
         if isinstance(choice, NoVictim):
             self._no_swap(choice.reason)
             return

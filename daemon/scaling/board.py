@@ -37,7 +37,7 @@ class Tenant:
 
     min_replicas: int
     autoscaled: bool  # the autoscaler sets the count (not pinned, not fixed)
-    target: int  # the count it works towards now (0: going to zero already)
+    target: int | None  # the autoscaler's count now (0: going to zero); None: not its own
     priority: int
     group: str | None
     min_idle: float

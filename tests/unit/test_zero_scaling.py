@@ -356,3 +356,25 @@ async def test_a_restarted_berthd_keeps_a_loaded_min_zero_deployment(
     await fresh.reconcile_once()
     assert fresh.snapshot().desired == 1 and rig.containers("a") == ["a"]
     assert rig.events("removed") == []
+
+
+async def test_room_that_comes_by_other_means_is_used_at_once(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    rig.apply(spec_text("a", free_port()))
+    rig.apply(spec_text("b", free_port()))
+    await rig.rounds("a", "b")
+    rig.store.set_pinned_replicas("a", 1)  # a pinned: no candidate for a swap
+    await rig.ready("a")
+    rig.hold("b")
+    for _ in range(5):  # b's create back-off grows meanwhile: 1.5 s, 3 s, 6 s, ...
+        mock_clock.jump(12)
+        await rig.rounds("b")
+    assert rig.containers("b") == [] and rig.events("swap") == []
+    assert "a has its count pinned" in (rig.workers["b"].snapshot().error or "")
+    rig.store.set_pinned_replicas("a", 0)  # berth scale a 0: its GPU frees
+    await rig.rounds("a", "a")
+    assert rig.containers("a") == []
+    mock_clock.jump(0.5)
+    await rig.rounds("b", "b")  # not at the end of the back-off: now
+    assert rig.containers("b") == ["b"] and rig.events("swap") == []
