@@ -220,7 +220,11 @@ class Session:
                     await self._linger()
             finally:
                 conn.close()
-                self.fast = None  # its cycle with the session: refcounting frees both now
+                # Their cycles (the fast path with the session, the parser with llhttp),
+                # broken: refcounting frees the connection's objects now, not a full
+                # garbage collection later (`proxy.gc_policy`).
+                self.fast = None
+                reader.parser.close()
 
     async def _answer(
         self, head: RequestHead | None, status: int, message: str, *, close: bool = True

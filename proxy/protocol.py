@@ -240,6 +240,12 @@ class _Parser:
         self._error = ProtocolError(status, reason)
         raise self._error
 
+    def close(self) -> None:
+        """Its connection is gone: drop llhttp, which holds this parser's callbacks (bound
+        methods) and so makes a reference cycle that only a full garbage collection would
+        free (`proxy.gc_policy`). Nothing may be fed after this."""
+        self.__dict__.pop("_parser", None)
+
 
 class RequestParser(_Parser):
     """Parses a client's byte stream into requests; one per client connection."""

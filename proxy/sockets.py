@@ -341,6 +341,10 @@ class Conn:
             self.poller.forget(self)
             self._wake(_CLOSED)
             self.sock.close()
+            parser = self.response_parser
+            if parser is not None:  # its cycle with llhttp, broken (`ResponseParser.close`)
+                self.response_parser = None
+                parser.close()
 
     def abort(self) -> None:
         """Close with a reset, so the peer sees that the message was cut short."""

@@ -1,5 +1,5 @@
-"""proxy/gc_policy.py: full collections off CPython's trigger, run when closed connections
-have left garbage worth the pause, or after a long maximum period."""
+"""proxy/gc_policy.py: full collections off CPython's trigger, run after a long period, or
+after many closes beside few open connections."""
 
 from __future__ import annotations
 
@@ -31,13 +31,14 @@ def test_configure_freezes_and_turns_automatic_full_collections_off() -> None:
 
 
 def test_due_counts_closes_against_what_is_open_and_bounds_the_period() -> None:
-    due = gc_policy.due
+    due, least = gc_policy.due, gc_policy.MIN_CLOSES
     assert not due(0, 0, 0.0)
-    assert not due(gc_policy.MIN_CLOSES - 1, 0, 60.0)  # too little garbage yet
-    assert due(gc_policy.MIN_CLOSES, 0, 0.0)
-    # 9,000 streams held: their closes must be a quarter of them before a pause is worth it.
-    assert not due(2000, 9000, 60.0)
-    assert due(2250, 9000, 60.0)
+    assert not due(least - 1, 0, 60.0)  # too few closes yet
+    assert due(least, 0, 0.0)
+    # 9,000 streams ending (or held beside closes): no pause while many are open.
+    assert not due(9000, 0, 60.0)
+    assert not due(least, 9000, 60.0)
+    assert due(least * 2, least // 2, 60.0)
     assert due(0, 9000, gc_policy.MAX_PERIOD_S)  # nothing closed: once per period
 
 
