@@ -174,6 +174,9 @@ class Tally:
     events: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     delays: array.array[float] = field(default_factory=lambda: array.array("d"))
+    # Each delay's event number in its stream (same order): which second a slow one was in
+    # (the last: the second in which every stream ends and the proxy tears it down).
+    index: array.array[int] = field(default_factory=lambda: array.array("B"))
 
     before_head: int = 0  # streams that failed before their response head
 
@@ -261,6 +264,7 @@ async def _stream(
         tally.opened_late += 1
     parse = _sse_events if kind == "sse" else _ws_messages
     buf, got = parse(buf, time.time(), tally.delays)
+    _mark(tally, 0, got, events)
     tally.events += got
     while got < events:
         data = await sock.recv(65536)
@@ -269,10 +273,17 @@ async def _stream(
             tally.error("closed before the last event")
             break
         buf, n = parse(buf + data, now, tally.delays)
+        _mark(tally, got, n, events)
         got += n
         tally.events += n
     if got >= events:
         tally.complete += 1
+
+
+def _mark(tally: Tally, before: int, n: int, events: int) -> None:
+    """The `n` delays just added to `tally` are events `before` to `before + n - 1` of
+    their stream (numbers past 255 are kept as 255)."""
+    tally.index.extend(min(255, before + j) for j in range(n))
 
 
 async def _worker(args: argparse.Namespace) -> None:
@@ -298,6 +309,7 @@ async def _worker(args: argparse.Namespace) -> None:
         tally.error("no response head by the deadline", unopened)
     usage = psutil.Process().cpu_times()
     _write(args.out + ".delays", tally.delays.tobytes())
+    _write(args.out + ".index", tally.index.tobytes())
     _write(
         args.out,
         json.dumps(
@@ -432,6 +444,7 @@ def run_phase(
     totals: dict[str, object] = {"opened": 0, "opened_late": 0, "complete": 0, "events": 0}
     errors: dict[str, int] = {}
     delays: list[float] = []
+    by_event: dict[int, list[float]] = {}  # by event number in its stream
     client_cpu = 0.0
     for out in outs:
         r = json.loads(Path(out).read_text())
@@ -443,13 +456,21 @@ def run_phase(
         d = array.array("d")
         d.frombytes(Path(out + ".delays").read_bytes())
         delays.extend(d)
+        index = array.array("B")
+        index.frombytes(Path(out + ".index").read_bytes())
+        for x, k in zip(d, index, strict=True):
+            by_event.setdefault(k, []).append(x)
     delays.sort()
+    but_last = sorted(x for k, xs in by_event.items() if k < events - 1 for x in xs)
+    p99_by_event = [percentile(sorted(by_event.get(k, [])), 0.99) * 1e3 for k in range(events)]
     return {
         **totals,
         "errors": errors,
         "opened_at_start": opened_at_start,
         "p50_ms": percentile(delays, 0.50) * 1e3,
         "p99_ms": percentile(delays, 0.99) * 1e3,
+        "p99_but_last_ms": percentile(but_last, 0.99) * 1e3,
+        "p99_by_event_ms": p99_by_event,
         "max_ms": (delays[-1] if delays else float("nan")) * 1e3,
         "seconds": time.time() - (start - ramp),
         "client_cpu_s": client_cpu,
@@ -524,6 +545,15 @@ def show(
         f"added by berth: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms (goal p99 <= 5 ms: "
         f"{'met' if added99 <= 5 else 'MISSED'}); every event delivered: {delivered}"
     )
+    b99, d99 = float(berth["p99_but_last_ms"]), float(direct["p99_but_last_ms"])  # type: ignore[arg-type]
+    print(
+        f"without each stream's last event (the second in which they all end): p99 "
+        f"{d99:.2f} direct, {b99:.2f} berth, added {b99 - d99:+.2f} ms"
+    )
+    for label, r in (("direct", direct), ("berth", berth)):
+        by = r["p99_by_event_ms"]
+        assert isinstance(by, list)
+        print(f"p99 by event number, {label}: " + " ".join(f"{x:.1f}" for x in by))
     slow = berth["slow_collections"]
     assert isinstance(slow, list)
     print(f"berthd's garbage collections over 20 ms from `start` to the end: {len(slow)}")
