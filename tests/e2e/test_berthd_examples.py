@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import httpx
 import pytest
 
 from tests.e2e.berthd_process import Berthd, wait_until
+from tests.e2e.fake_gpus import fake_nvidia_gpus
 from tests.model_server import (
     INFER_ANSWER,
     INFER_BODY,
@@ -37,7 +37,6 @@ from tests.model_server import (
 pytestmark = pytest.mark.podman
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
-CDI_DIR = Path("/var/run/cdi")
 RUN_HERE = {"echo", "model-server"}  # no GPU, images built by `make image`
 BINDS_A_MODEL_DIR = {"llama-cpp", "triton"}  # /srv/models/...: not on this machine
 
@@ -64,18 +63,8 @@ def dry_run(daemon: Berthd, path: Path) -> tuple[int, str, list[str]]:
 
 @pytest.fixture
 def two_fake_gpus() -> Iterator[None]:
-    devices = "".join(
-        f'- name: "{n}"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia{n}\n'
-        "      hostPath: /dev/null\n"
-        for n in (0, 1)
-    )
-    CDI_DIR.mkdir(parents=True, exist_ok=True)
-    path = CDI_DIR / f"berth-e2e-examples-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(f"cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n{devices}")
-    try:
+    with fake_nvidia_gpus(2, "examples"):
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def test_every_example_passes_a_dry_run_but_for_the_host_checks_it_cannot_pass_here(

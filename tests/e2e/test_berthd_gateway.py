@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,13 +47,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.berthd_process import Berthd, wait_until
+from tests.e2e.fake_gpus import fake_nvidia_gpus
 from tests.model_server import (
     model_server_image_fixture,  # noqa: F401 (the model_server_image fixture)
 )
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
-CDI_DIR = Path("/var/run/cdi")
 LOAD_SECONDS = 2  # each model's load, from its process start
 STREAM_TOKENS = 12
 TOKEN_SECONDS = 1.0  # b's long stream: 12 s
@@ -105,38 +104,10 @@ models = ["model-c"]
 """
 
 
-def other_gpu_specs() -> list[Path]:
-    """CDI files of another test (run at the same time on this box) declaring nvidia.com/gpu:
-    two files naming nvidia.com/gpu=0 make Podman refuse both ("unresolvable CDI devices")."""
-    found = []
-    for path in CDI_DIR.glob("*.yaml"):
-        try:
-            if "kind: nvidia.com/gpu\n" in path.read_text():
-                found.append(path)
-        except FileNotFoundError:  # removed by its test meanwhile
-            pass
-    return found
-
-
 @pytest.fixture
 def one_fake_gpu() -> Iterator[Path]:
-    CDI_DIR.mkdir(parents=True, exist_ok=True)
-    wait_until(
-        f"no other test's nvidia.com/gpu CDI spec in {CDI_DIR} (found {other_gpu_specs()})",
-        lambda: not other_gpu_specs(),
-        timeout=300,
-        interval=1.0,
-    )
-    path = CDI_DIR / f"berth-e2e-gateway-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(
-        "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n"
-        '- name: "0"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia0\n'
-        "      hostPath: /dev/null\n    env:\n    - BERTH_FAKE_GPU=0\n"
-    )
-    try:
+    with fake_nvidia_gpus(1, "gateway") as path:
         yield path
-    finally:
-        path.unlink(missing_ok=True)
 
 
 @dataclass

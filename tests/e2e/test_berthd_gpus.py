@@ -9,7 +9,6 @@ stays pending with the reason, and a spec asking 3 GPUs per replica is refused a
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import pytest
 
 from tests.conftest import podman_binary
 from tests.e2e.berthd_process import Berthd, wait_until
+from tests.e2e.fake_gpus import fake_nvidia_gpus
 
 pytestmark = pytest.mark.podman
 
-CDI_DIR = Path("/var/run/cdi")
 SPEC = """
 name = "gpu"
 image = "{image}"
@@ -38,18 +37,8 @@ bind = "127.0.0.1"
 
 @pytest.fixture
 def fake_gpus() -> Iterator[Path]:
-    devices = "".join(
-        f'- name: "{n}"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia{n}\n'
-        f"      hostPath: /dev/null\n    env:\n    - BERTH_FAKE_GPU={n}\n"
-        for n in (0, 1)
-    )
-    CDI_DIR.mkdir(parents=True, exist_ok=True)
-    path = CDI_DIR / f"berth-e2e-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(f"cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n{devices}")
-    try:
+    with fake_nvidia_gpus(2, "gpus") as path:
         yield path
-    finally:
-        path.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ whose only client hung up is cancelled.
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,10 @@ import httpx
 import pytest
 
 from tests.e2e.berthd_process import Berthd, wait_until
+from tests.e2e.fake_gpus import fake_nvidia_gpus
 
 pytestmark = pytest.mark.podman
 
-CDI_DIR = Path("/var/run/cdi")
 SPEC = """
 name = "{name}"
 image = "{image}"
@@ -57,48 +55,10 @@ bind = "127.0.0.1"
 """
 
 
-def other_gpu_specs(mine: Path | None = None) -> list[Path]:
-    """CDI files of another test (run at the same time on this box) declaring nvidia.com/gpu:
-    two files naming nvidia.com/gpu=0 make Podman refuse both ("unresolvable CDI devices")."""
-    found = []
-    for path in CDI_DIR.glob("*.yaml"):
-        try:
-            if path != mine and "kind: nvidia.com/gpu\n" in path.read_text():
-                found.append(path)
-        except FileNotFoundError:  # removed by its test meanwhile
-            pass
-    return found
-
-
 @pytest.fixture
 def one_fake_gpu() -> Iterator[Path]:
-    """A CDI file declaring nvidia.com/gpu "0", the only one of its kind while the test runs:
-    it waits for another test's to go (up to 5 minutes), and backs off when two were
-    written at once."""
-    device = (
-        '- name: "0"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia0\n'
-        "      hostPath: /dev/null\n"
-    )
-    CDI_DIR.mkdir(parents=True, exist_ok=True)
-    path = CDI_DIR / f"berth-e2e-swap-{uuid.uuid4().hex[:8]}.yaml"
-    deadline = time.monotonic() + 300
-    while True:
-        left = max(deadline - time.monotonic(), 1.0)
-        wait_until(
-            f"no other test's nvidia.com/gpu CDI spec in {CDI_DIR} (found {other_gpu_specs()})",
-            lambda: not other_gpu_specs(),
-            timeout=left,
-            interval=1.0,
-        )
-        path.write_text(f"cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n{device}")
-        if not other_gpu_specs(mine=path):
-            break
-        path.unlink()  # written at the same moment as another: both back off, at random
-        time.sleep(random.uniform(0.5, 3.0))
-    try:
+    with fake_nvidia_gpus(1, "swap") as path:
         yield path
-    finally:
-        path.unlink(missing_ok=True)
 
 
 @pytest.fixture
