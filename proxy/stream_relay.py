@@ -33,9 +33,10 @@ Invariants:
   `_write_cb`) and dropped when the body ends, which also breaks the reference cycle they
   make with the relay; the task is woken once, at the end.
 - A body ends as `relay` would end it: DONE once all of it went to the client
-  (`Exchange.reusable` from the parser; the read that holds the body's end is sent by the
-  task, which records the exchange in the same step, so that no client has the whole
-  response before the endpoint's statistics count it); CUT with 502 (the replica reset,
+  (`Exchange.reusable` from the parser; a body whose end comes in the first read after
+  its head is sent by the task, which records the exchange in the same step, so that no
+  client has such a response before the endpoint's statistics count it; a stream's end
+  is sent from the callback, at once); CUT with 502 (the replica reset,
   closed early, or broke the framing), 504 (read-idle timeout), or the client gone
   (`CLIENT_CLOSED`: its hang-up seen on the replica's read callback as `PeerHangup` is, a
   failed send, or no progress for `client_idle`); or an error the task raises (a
@@ -89,6 +90,7 @@ class StreamRelay:
         "error",
         "pending",
         "reads",
+        "streamed",
         "_read_cb",
         "_write_cb",
     )
@@ -110,6 +112,7 @@ class StreamRelay:
         self.error: BaseException | None = None
         self.pending = b""  # re-framed bytes the client has not taken yet
         self.reads = 0  # reads in the current callback
+        self.streamed = False  # body bytes went to the client from here
         self._read_cb = self._on_readable  # bound once: nothing is made per event
         self._write_cb = self._on_writable
 
@@ -216,6 +219,9 @@ class StreamRelay:
             if not self._send(self.pending):
                 return
             self.pending = b""
+            if self.parser.done:  # that was the body's end
+                self._end(DONE)
+                return
             self.reads = 0
             self._pump()
         except Exception as exc:
@@ -271,14 +277,23 @@ class StreamRelay:
             else:
                 out = self._frame(events)
             if parser.done:
-                # The last bytes go from the task, which then records the exchange in the
-                # same step: nobody sees the whole response before its statistics.
                 self.ex.reusable = parser.reusable
-                self.pending = out
+                if not self.streamed:
+                    # A body that ends in the first read after its head: the task sends
+                    # it and records the exchange in the same step, as for a whole
+                    # response (no client has it before the statistics count it).
+                    self.pending = out
+                elif out and not self._send(out):
+                    return  # the rest pending: `_on_writable` ends it once drained
+                # A stream's end goes at once, not after its task is scheduled: when
+                # thousands of streams end in one second, their tasks queue behind each
+                # other's teardown (bench/streams.py: the last event's p99 was 737 ms).
                 self._end(DONE)
                 return
-            if out and not self._send(out):
-                return  # pending (the client is watched), or the client is gone
+            if out:
+                self.streamed = True
+                if not self._send(out):
+                    return  # pending (the client is watched), or the client is gone
 
     def _frame(self, events: list[Event]) -> bytes:
         """The client's bytes for a read's events (body pieces and the end)."""
