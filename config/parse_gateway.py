@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from config.errors import Problem
+from config.errors import Problem, WithheldValueError
 from config.parse_auth import read_auth
 from config.parse_tls import read_tls
 from config.reader import Reader, as_duration, as_int, as_size, join_path
@@ -44,6 +44,10 @@ MAX_MAX_BODY: Final = 1024 * 1024 * 1024
 _MODEL: Final = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
 _REWRITE: Final = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 _GROUP: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")
+# The two `[gateway]` tables' keys: one written in the other is named as such, not just
+# "unknown key" (a newcomer puts `models` in berthd.toml, or `listen` in a spec).
+SPEC_KEYS: Final = ("models", "rewrite_model", "priority", "group", "min_idle")
+SETTINGS_KEYS: Final = ("listen", "max_body", "auth", "tls")
 
 
 def read_gateway(r: Reader | None) -> Gateway | None:
@@ -55,6 +59,12 @@ def read_gateway(r: Reader | None) -> Gateway | None:
     priority = r.get("priority", as_int(-MAX_PRIORITY, MAX_PRIORITY), 0)
     group = r.optional("group", _as_group)
     min_idle = r.get("min_idle", as_duration(0.0, MAX_MIN_IDLE), 0.0)
+    _refuse_keys_of_the_other(
+        r,
+        SETTINGS_KEYS,
+        "berthd.toml's [gateway] key, not a spec's: where the gateway listens and how it is "
+        "protected is berthd's, for every model (docs/gateway.md)",
+    )
     r.close()
     if models is None:
         return None
@@ -152,6 +162,12 @@ def read_gateway_settings(
     )
     auth = read_auth(r.table("auth"))
     tls = read_tls(r.table("tls"))
+    _refuse_keys_of_the_other(
+        r,
+        SPEC_KEYS,
+        "a deployment spec's [gateway] key, not berthd.toml's: put it in the spec of the "
+        "deployment that serves the models (docs/gateway.md)",
+    )
     r.close()
     if listen is None:
         return None
@@ -164,8 +180,8 @@ def _listen_converter(
 ) -> Callable[[object], tuple[str, int]]:
     def convert(raw: object) -> tuple[str, int]:
         reason = listen_problem(raw)
-        if reason is not None:
-            raise ValueError(reason)
+        if reason is not None:  # berthd.toml's shared check gives [metrics]' example port
+            raise ValueError(reason.replace(":9464", ":8000"))
         assert isinstance(raw, str)
         host, _, port = raw.rpartition(":")
         host = host[1:-1] if host.startswith("[") else host
@@ -176,5 +192,20 @@ def _listen_converter(
                 'must name an IP address and a port, such as "127.0.0.1:8000" or "[::1]:8000"'
             ) from None
         return address.compressed, int(port)
+
+    return convert
+
+
+def _refuse_keys_of_the_other(r: Reader, keys: tuple[str, ...], message: str) -> None:
+    """Each of `keys` present in `r` is a problem saying where it belongs (then no longer an
+    unknown key for `close`); its value is not shown back (an auth table may hold a key)."""
+    for key in keys:
+        if r.has(key):
+            r.optional(key, _refused(message))
+
+
+def _refused(message: str) -> Callable[[object], object]:
+    def convert(raw: object) -> object:
+        raise WithheldValueError(message)
 
     return convert

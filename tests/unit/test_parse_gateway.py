@@ -207,3 +207,53 @@ def test_settings_gateway_listen_required(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_settings(write(tmp_path, '[gateway]\nmax_body = "1Mi"\n'), {}, {})
     assert info.value.messages() == ["gateway.listen: required"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("8000", 'gateway.listen: must be a string such as "127.0.0.1:8000" (got 8000)'),
+        (
+            '"127.0.0.1"',
+            'gateway.listen: must be "host:port" with a port from 1 to 65535, such as '
+            '"127.0.0.1:8000" (got "127.0.0.1")',
+        ),
+        ('"::1:8000"', 'gateway.listen: write an IPv6 host in brackets: "[::1]:8000"'),
+    ],
+)
+def test_settings_gateway_listen_examples_are_the_gateways(
+    tmp_path: Path, listen: str, message: str
+) -> None:
+    """The shared host:port check's example is [metrics]' port 9464: the gateway's is 8000."""
+    with pytest.raises(SpecError) as info:
+        load_settings(write(tmp_path, f"[gateway]\nlisten = {listen}\n"), {}, {})
+    assert info.value.messages()[0].startswith(message), info.value.messages()
+
+
+def test_settings_gateway_names_a_spec_key_as_a_specs(tmp_path: Path) -> None:
+    """`models` (and the rest of a spec's [gateway]) written in berthd.toml is told where it
+    belongs, not just "unknown key"."""
+    text = '[gateway]\nlisten = "127.0.0.1:8000"\nmodels = ["m"]\nmin_idle = "1s"\nbogus = 1\n'
+    with pytest.raises(SpecError) as info:
+        load_settings(write(tmp_path, text), {}, {})
+    assert info.value.messages() == [
+        "gateway.models: a deployment spec's [gateway] key, not berthd.toml's: put it in the "
+        "spec of the deployment that serves the models (docs/gateway.md)",
+        "gateway.min_idle: a deployment spec's [gateway] key, not berthd.toml's: put it in "
+        "the spec of the deployment that serves the models (docs/gateway.md)",
+        "gateway.bogus: unknown key",
+    ]
+
+
+def test_spec_gateway_names_a_settings_key_as_berthds() -> None:
+    got = problems(
+        BASE + '[gateway]\nmodels = ["m"]\nlisten = "127.0.0.1:8000"\n'
+        '[gateway.auth]\napi_keys = ["sk-literal"]\n'
+    )
+    assert got == [
+        "gateway.listen: berthd.toml's [gateway] key, not a spec's: where the gateway "
+        "listens and how it is protected is berthd's, for every model (docs/gateway.md)",
+        "gateway.auth: berthd.toml's [gateway] key, not a spec's: where the gateway "
+        "listens and how it is protected is berthd's, for every model (docs/gateway.md)",
+    ]
+    assert not any("sk-literal" in m for m in got)  # an auth table is not shown back
