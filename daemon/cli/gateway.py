@@ -1,6 +1,10 @@
 """`berth gateway`: the model gateway's address and, per model, where it is served, whether
 it is loaded and on which GPUs (their CDI names' last part: `nvidia.com/gpu=0` is 0), its
-queue and its last swap (`GET /v1/gateway`)."""
+queue and its last swap (`GET /v1/gateway`).
+
+IDLE is the time since its last request ended, or `busy` while one is under way (waiting
+or at a replica): a model with a request in flight is no idle one, whenever the last ended.
+ALIASES and GPUS are joined by commas without spaces, so each row splits on whitespace."""
 
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ def cmd_gateway(client: AdminClient, args: argparse.Namespace) -> int:
     print(f"gateway: {address_line(g)}")
     models = g.get("models") or []
     if not models:
-        print("no deployment has a [gateway] section")
+        print(
+            'no deployment has a [gateway] section: add `[gateway] models = ["NAME"]` to '
+            "the spec of a deployment to serve it here (docs/gateway.md)"
+        )
         return 0
     print(fmt.table(HEADERS, [model_row(m) for m in models]))
     swaps = [m for m in models if m.get("last_swap")]
@@ -64,9 +71,13 @@ def model_row(m: Mapping[str, Any]) -> tuple[object, ...]:
     else:
         loaded = "no"
     idle = m.get("idle_s")
+    if m.get("in_flight") or m.get("waiting"):
+        shown_idle = "busy"
+    else:
+        shown_idle = fmt.duration(idle) if idle is not None else "-"
     return (
         m.get("name"),
-        ", ".join(m.get("aliases") or []) or "-",
+        ",".join(m.get("aliases") or []) or "-",
         m.get("deployment"),
         loaded,
         m.get("ready"),
@@ -74,7 +85,7 @@ def model_row(m: Mapping[str, Any]) -> tuple[object, ...]:
         ",".join(g.rsplit("=", 1)[-1] for g in m.get("gpus") or []) or "-",
         m.get("waiting"),
         m.get("in_flight"),
-        fmt.duration(idle) if idle is not None else "-",
+        shown_idle,
         m.get("swaps"),
         m.get("cold_starts"),
     )
