@@ -4,7 +4,7 @@ The swap logic (`daemon.reconcile.zero`) says what it does as events, `swap` and
 `cold-start`, each naming the woken deployment (a swap made room for it: its victims are in
 the message); `follow` reads every event after the newest one at
 its start and counts those two kinds by that deployment, keeping the latest `swap` whole (as
-`GET /gateway` shows it). Counters start at 0 with each berthd, as Prometheus expects of a
+`GET /v1/gateway` shows it). Counters start at 0 with each berthd, as Prometheus expects of a
 `_total` after a restart. The log is read when it changes (and every `BACKSTOP` seconds,
 for an emit that fell between a read and the next wait), one query a batch.
 """

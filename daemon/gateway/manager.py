@@ -2,7 +2,7 @@
 
 With berthd.toml's `[gateway] listen`, `run` makes the proxy `Gateway` (proxy/gateway) and
 serves it in berthd's root nursery, beside the endpoints, so that it drains with them at a
-stop; without it, there is no listener, but the table is still kept (`GET /gateway` shows
+stop; without it, there is no listener, but the table is still kept (`GET /v1/gateway` shows
 which deployment serves which model).
 
 Invariants:

@@ -1,4 +1,4 @@
-"""What `GET /gateway` (and so `berth gateway`) shows: the gateway's address and, per model,
+"""What `GET /v1/gateway` (and so `berth gateway`) shows: the gateway's address and, per model,
 where it is served and how it is doing.
 
 One entry per deployment with a `[gateway]` section in its active spec (its first name is
