@@ -18,17 +18,31 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
 GIB = 1024**3
 
 
-def toml_blocks() -> list[str]:
-    return re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.S)
+FULL_EXAMPLE = "## A full example"
 
 
-def specs() -> dict[str, DeploymentSpec]:
+def toml_blocks(text: str | None = None) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", DOC.read_text() if text is None else text, flags=re.S)
+
+
+def specs(full_example: bool = True) -> dict[str, DeploymentSpec]:
+    """The full example's specs, or (`full_example=False`) those before it."""
+    before, _, after = DOC.read_text().partition(FULL_EXAMPLE)
     found = {}
-    for block in toml_blocks():
+    for block in toml_blocks(after if full_example else before):
         if block.startswith("name = "):
             spec = parse_spec(block, source="docs/gateway.md")
             found[spec.name] = spec
     return found
+
+
+def test_the_try_it_spec_parses_and_needs_no_gpu() -> None:
+    """The spec that tries the gateway from `make run`: berth's model server, no GPU."""
+    (spec,) = specs(full_example=False).values()
+    assert spec.image == "localhost/berth-model-server:1" and spec.resources.gpus == 0
+    assert spec.resources.gpu_memory is None
+    assert spec.gateway is not None and spec.gateway.models == ("tiny-chat", "tiny")
+    assert spec.replicas.min == 0 and spec.replicas.scale_to_zero_after == 30
 
 
 def test_the_full_example_parses_and_packs_as_the_text_says() -> None:
