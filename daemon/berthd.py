@@ -102,6 +102,14 @@ def _innermost(exc: BaseException) -> BaseException:
     return exc
 
 
+def _has_startup_error(exc: BaseException) -> bool:
+    if isinstance(exc, StartupError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_has_startup_error(inner) for inner in exc.exceptions)
+    return False
+
+
 def instance_id(state_dir: Path) -> str:
     """The instance label: derived from the state dir, so two berthd never share containers."""
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
@@ -204,8 +212,12 @@ class Berthd:
                 await self.runtime.aclose()
                 root.cancel_scope.cancel()
             await self.run_marker.end()  # a clean stop, the Podman service it owned ended
-        except StartupError:
-            await self.run_marker.end()
+        except BaseException as exc:
+            # A start refused before serving (a port in use, Podman unreachable) is no
+            # unclean stop: its run ends clean. It comes wrapped in the root nursery's
+            # exception group, so it is looked for inside (`except StartupError` missed it).
+            if _has_startup_error(exc):
+                await self.run_marker.end()
             raise
         finally:
             store.close()
