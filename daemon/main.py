@@ -40,6 +40,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def settings_refused(exc: SpecError) -> str:
+    """What berthd prints for refused settings, each problem once: one problem on the line
+    with its file, several under a header line, one indented line each."""
+    if len(exc.problems) == 1:
+        return f"berthd: {exc.source}: {exc.problems[0]}"
+    lines = [f"berthd: {exc.source}: {len(exc.problems)} problems:"]
+    lines += [f"  {problem}" for problem in exc.problems]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
@@ -59,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     except SpecError as exc:
-        print(f"berthd: {exc}", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(settings_refused(exc), file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"berthd: {exc}", file=sys.stderr)
