@@ -85,3 +85,11 @@ def test_the_spec_fragment_parses_inside_a_spec() -> None:
     )
     assert spec.gateway is not None and spec.gateway.models == ("qwen2.5-7b", "qwen")
     assert spec.replicas.scale_to_zero_after == 600
+
+
+def test_the_admin_routes_named_in_operations_md_are_the_admin_apis() -> None:
+    """operations.md names admin routes as admin-api.md does: every one under /v1/."""
+    text = (DOC.parent / "operations.md").read_text()
+    named = re.findall(r"`(?:GET|POST|DELETE) (/[^`?]*)", text)
+    assert "/v1/gateway" in named
+    assert [route for route in named if not route.startswith("/v1/")] == []
