@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -78,6 +78,7 @@ from daemon.store.permissions import secure_state_dir
 from daemon.store.runs import RunMarker
 from daemon.system.fdstore import FdStore
 from daemon.system.notify import Notifier
+from daemon.system.settings_changes import restart_needed, start_only_changes
 from proxy import gc_policy
 
 log = logging.getLogger("berthd")
@@ -121,6 +122,9 @@ class Berthd:
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
     # Listening sockets kept across restarts (systemd's fd store, `berthd --supervise`).
     fd_store: FdStore = field(default_factory=lambda: FdStore(None))
+    # berthd.toml read again as at start (flags and environment the same): on SIGHUP, to say
+    # which start-only settings changed and wait for a restart (daemon/system/settings_changes).
+    reread_settings: Callable[[], DaemonSettings] | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = self.settings.state_dir
@@ -374,7 +378,9 @@ class Berthd:
         self._shutdown.set()
 
     async def _reload(self) -> None:
-        """SIGHUP: renewed certificates, and the specs directory applied again."""
+        """SIGHUP: renewed certificates, and the specs directory applied again; a changed
+        berthd.toml setting is not applied (all are start-only), but said."""
+        await self._say_start_only_changes()
         for name, why in await self.endpoints.reload_tls():
             await self.events.emit("tls-reload-failed", why, deployment=name, level=logging.ERROR)
         for why in await self.gateway.reload():  # [gateway.tls] and [gateway.auth]'s secrets
@@ -386,6 +392,26 @@ class Berthd:
                 await self.apply_specs_dir(self.settings.specs)
             finally:
                 self.notifier.ready()
+
+    async def _say_start_only_changes(self) -> None:
+        """Each berthd.toml setting that differs from the one berthd started with: a warning
+        and an event (`settings-need-restart`) naming it, since SIGHUP does not apply it."""
+        if self.reread_settings is None:
+            return
+        try:
+            now = await trio.to_thread.run_sync(self.reread_settings)
+        except (SpecError, OSError) as exc:
+            await self.events.emit(
+                "settings-need-restart",
+                f"SIGHUP: berthd's settings read again are refused ({exc}): a restart would "
+                "fail; berthd goes on with those it started with",
+                level=logging.WARNING,
+            )
+            return
+        for name in start_only_changes(self.settings, now):
+            await self.events.emit(
+                "settings-need-restart", restart_needed(name), level=logging.WARNING
+            )
 
     async def _handle_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

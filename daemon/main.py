@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -57,17 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     # limit when the first one is made (proxy.admission.process_budget).
     raise_open_files_limit()
     gc_policy.configure()  # full collections on berthd's clock (proxy.gc_policy)
+    # The same file, environment and flags on SIGHUP: which start-only settings changed.
+    read_settings = partial(
+        load_settings,
+        args.config,
+        dict(os.environ),
+        {
+            "state_dir": args.state_dir,
+            "socket": args.socket,
+            "podman_url": args.podman_url,
+            "specs": args.specs,
+        },
+    )
     try:
-        settings = load_settings(
-            args.config,
-            os.environ,
-            {
-                "state_dir": args.state_dir,
-                "socket": args.socket,
-                "podman_url": args.podman_url,
-                "specs": args.specs,
-            },
-        )
+        settings = read_settings()
     except SpecError as exc:
         print(settings_refused(exc), file=sys.stderr)
         return 2
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     notifier = Notifier.from_environment()
     fd_store = FdStore.from_environment(notifier.address)
     try:
-        trio.run(Berthd(settings, notifier, fd_store).run)
+        trio.run(Berthd(settings, notifier, fd_store, read_settings).run)
     except BaseException as exc:
         startup = _startup_error(exc)
         if startup is None:
