@@ -200,7 +200,19 @@ class GatewayManager:
             if sockets.is_listener_on(passed, host, port):
                 log.info("gateway %s: listener taken back from the fd store", settings.listen)
                 return passed
-            log.warning("fd store: %s is not a listener on %s; binding", FD_NAME, settings.listen)
+            was = _listening_at(passed)
+            if was is not None:  # berthd.toml's listen changed across the restart
+                log.warning(
+                    "gateway listen changed (%s -> %s): the listener kept from before the "
+                    "restart is closed; binding %s",
+                    was,
+                    settings.listen,
+                    settings.listen,
+                )
+            else:
+                log.warning(
+                    "fd store: %s is not a listener on %s; binding", FD_NAME, settings.listen
+                )
             passed.close()
             keeper.forget(FD_NAME)
         listener = sockets.listen(host, port)
@@ -249,3 +261,16 @@ class GatewayManager:
             self._listener.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+
+def _listening_at(sock: socket.socket) -> str | None:
+    """`IP:PORT` (`[IP]:PORT` for IPv6) where `sock` listens, None if it is no TCP listener."""
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return None
+        host, port = sock.getsockname()[:2]
+    except OSError:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

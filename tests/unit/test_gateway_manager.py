@@ -104,7 +104,11 @@ async def test_the_listener_is_kept_and_served_by_the_next_manager(keeper: Keepe
         await second.drain(0.5)
 
 
-async def test_a_kept_socket_that_is_not_the_listener_is_replaced(keeper: Keeper) -> None:
+async def test_a_kept_socket_that_is_not_the_listener_is_replaced(
+    keeper: Keeper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kept listener is on another address: `[gateway] listen` changed across a restart,
+    and the log says so, old -> new; the old address no longer listens."""
     port, elsewhere = free_port(), free_port()
     stray = socket.socket()
     stray.bind(("127.0.0.1", elsewhere))
@@ -116,6 +120,12 @@ async def test_a_kept_socket_that_is_not_the_listener_is_replaced(keeper: Keeper
     async with trio.open_nursery() as nursery:
         await nursery.start(m.run)
         assert keeper.calls[-3:] == [("take", FD_NAME), ("forget", FD_NAME), ("keep", FD_NAME)]
+        assert (
+            f"gateway listen changed (127.0.0.1:{elsewhere} -> 127.0.0.1:{port}): the listener "
+            f"kept from before the restart is closed; binding 127.0.0.1:{port}"
+        ) in caplog.messages
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", elsewhere), timeout=5).close()
         await m.open()
         status, _ = await trio.to_thread.run_sync(
             read_answer, await trio.to_thread.run_sync(send_models_request, port)
