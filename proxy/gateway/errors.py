@@ -53,6 +53,7 @@ def model_not_found(model: str, close_names: list[str], *, close: bool) -> bytes
     message = f"The model '{shown}' does not exist"
     if close_names:
         message += "; close names: " + ", ".join(close_names)
+    message += "; GET /v1/models lists the models served here"
     return error_response(404, message, code="model_not_found", param="model", close=close)
 
 

@@ -69,9 +69,18 @@ class RouteTable:
         return list(seen.values())
 
     def close_names(self, model: str) -> list[str]:
+        """Up to CLOSE_NAMES served names like `model`, compared without case: one that
+        differs only in case (`Model-A` for `model-a`) first, then difflib's closest."""
         if len(model) > MAX_NAME:  # no name is close to it, and difflib is quadratic
             return []
-        return difflib.get_close_matches(model, list(self._routes), n=CLOSE_NAMES, cutoff=0.5)
+        folded: dict[str, list[str]] = {}
+        for name in self._routes:
+            folded.setdefault(name.casefold(), []).append(name)
+        wanted = model.casefold()
+        found = list(folded.get(wanted, []))
+        for near in difflib.get_close_matches(wanted, list(folded), n=CLOSE_NAMES, cutoff=0.5):
+            found.extend(name for name in folded[near] if name not in found)
+        return found[:CLOSE_NAMES]
 
     def model_object(self, name: str, loaded: Callable[[str], bool]) -> dict[str, object]:
         """One entry of the listing (OpenAI's model object, with berth's fields)."""

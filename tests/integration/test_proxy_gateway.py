@@ -217,6 +217,9 @@ async def gateway(
         nursery.cancel_scope.cancel()
 
 
+POINTER = "; GET /v1/models lists the models served here"
+
+
 def two_models(a: Endpoint, b: Endpoint) -> dict[str, Route]:
     """llama (alias llama3) on a; qwen on b, whose server expects another name."""
     llama = Route("llama-dep", a, canonical="llama")
@@ -355,7 +358,9 @@ async def test_unknown_model_404_with_close_names_missing_model_400_over_max_bod
         e = error_of(unknown.body)
         assert e["code"] == "model_not_found" and e["param"] == "model"
         assert e["type"] == "invalid_request_error"
-        assert e["message"] == "The model 'llama-3' does not exist; close names: llama3, llama"
+        assert e["message"] == (
+            "The model 'llama-3' does not exist; close names: llama3, llama" + POINTER
+        )
         for r in (no_model, not_json, not_object, bad_type, no_body):
             assert r.status == 400, r
             assert error_of(r.body)["param"] == "model"
@@ -404,6 +409,8 @@ async def test_models_listing_with_loaded_and_deployment() -> None:
             told = (await client.get("/v1/models")).json()
             one = await client.get("/v1/models/llama3")
             missing = await client.get("/v1/models/llama-4")
+            far = await client.get("/v1/models/gpt-4o")
+            cased = await client.post("/v1/chat/completions", content=chat("LLAMA3"))
         assert default["object"] == "list"
         assert [m["id"] for m in default["data"]] == ["llama", "llama3", "qwen"]
         first = default["data"][0]
@@ -421,6 +428,16 @@ async def test_models_listing_with_loaded_and_deployment() -> None:
         assert [m["canonical"] for m in told["data"]] == ["llama", "llama", "qwen"]
         assert one.status_code == 200 and one.json()["deployment"] == "llama-dep"
         assert missing.status_code == 404 and error_of(missing)["code"] == "model_not_found"
+        # models.retrieve gets the close names a POST gets, and the pointer to the listing
+        assert error_of(missing)["message"] == (
+            "The model 'llama-4' does not exist; close names: llama, llama3" + POINTER
+        )
+        assert far.status_code == 404
+        assert error_of(far)["message"] == "The model 'gpt-4o' does not exist" + POINTER
+        assert cased.status_code == 404  # names are matched as written, but told without case
+        assert str(error_of(cased)["message"]).startswith(
+            "The model 'LLAMA3' does not exist; close names: llama3, "
+        )
 
 
 async def test_new_routes_apply_to_the_next_request_on_an_open_connection() -> None:

@@ -177,15 +177,19 @@ def test_error_shapes() -> None:
     status, fields, e = split(errors.model_not_found("llama-4", ["llama3", "llama"], close=False))
     assert status == b"HTTP/1.1 404 Not Found" and b"connection" not in fields
     assert e == {
-        "message": "The model 'llama-4' does not exist; close names: llama3, llama",
+        "message": "The model 'llama-4' does not exist; close names: llama3, llama; "
+        "GET /v1/models lists the models served here",
         "type": "invalid_request_error",
         "param": "model",
         "code": "model_not_found",
     }
     _, _, e = split(errors.model_not_found("zzz", [], close=False))
-    assert e["message"] == "The model 'zzz' does not exist"
+    assert (
+        e["message"]
+        == "The model 'zzz' does not exist; GET /v1/models lists the models served here"
+    )
     _, _, e = split(errors.model_not_found("m" * 100_000, [], close=False))
-    assert len(str(e["message"])) < 250  # bounded
+    assert len(str(e["message"])) < 300  # bounded
     status, fields, e = split(errors.too_large(1024))
     assert status == b"HTTP/1.1 413 Content Too Large" and fields[b"connection"] == b"close"
     assert e["code"] == "request_too_large" and "1024 bytes" in str(e["message"])
@@ -220,6 +224,10 @@ def test_canonical_names_close_names_and_the_listing() -> None:
     assert t.close_names("llama3") == ["llama3.1", "llama-3.1-8b"]
     assert t.close_names("qwen-2")[0] == "qwen2"
     assert t.close_names("gpt-4o") == []
+    # without case: the name that differs only in case first
+    assert t.close_names("QWEN")[0] == "qwen"
+    assert t.close_names("Llama-3.1-8B")[0] == "llama-3.1-8b"
+    assert t.close_names("LLAMA3") == ["llama3.1", "llama-3.1-8b"]
     assert t.close_names("llama3" * 1000) == []
     listing = json.loads(t.listing(lambda deployment: deployment == "qwen-dep"))
     assert listing["object"] == "list"
