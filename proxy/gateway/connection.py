@@ -209,7 +209,10 @@ class GatewayConnection:
         if guard is not None and (refused := await guard.admit(head)) is not None:
             keep = head.keep_alive and head.upgrade is None
             keep = keep and await discard_body(self.reader, head, state.timeouts.header_read)
-            return await self._send(guard.answer(head, refused, close=not keep), close=not keep)
+            answer = errors.unauthorized(
+                head, guard.credentials, presented=refused.presented, close=not keep
+            )
+            return await self._send(answer, close=not keep)
         method = head.method
         path = head.target.partition(b"?")[0]
         if head.upgrade is not None:  # the parser stops after it: nothing more to read

@@ -5,8 +5,9 @@
 
 Answers that come from the deployment's endpoint once a request is routed (429, 502, 503,
 504: `proxy.answers`) keep that endpoint's form: JSON to a client that asks for it (the
-OpenAI SDKs do), with `code` the status. A 401 is the gateway guard's (`proxy.auth`),
-in the same way.
+OpenAI SDKs do), with `code` the status. The gateway's own 401 (`[gateway.auth]`, checked by
+`proxy.auth`'s guard) is in OpenAI's shape, JSON whatever the client asks, as OpenAI answers
+a bad key (`code` "invalid_api_key"), with the guard's `WWW-Authenticate`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 from typing import Final
 
 from proxy.answers import REASONS
+from proxy.auth import Credentials, challenges
+from proxy.protocol import RequestHead
 
 INVALID_REQUEST: Final = "invalid_request_error"
 _REASONS: Final = {**REASONS, 404: b"Not Found"}
@@ -55,6 +58,27 @@ def model_not_found(model: str, close_names: list[str], *, close: bool) -> bytes
         message += "; close names: " + ", ".join(close_names)
     message += "; GET /v1/models lists the models served here"
     return error_response(404, message, code="model_not_found", param="model", close=close)
+
+
+def unauthorized(
+    head: RequestHead, credentials: Credentials, *, presented: bool, close: bool
+) -> bytes:
+    """401 for a request without a valid `[gateway.auth]` credential: OpenAI's shape."""
+    message = (
+        "invalid credentials"
+        if presented
+        else "authentication required: send Authorization: Bearer KEY (or x-api-key: KEY)"
+    )
+    return error_response(
+        401,
+        message,
+        code="invalid_api_key",
+        close=close,
+        head_only=head.method == b"HEAD",
+        headers=tuple(
+            b"WWW-Authenticate: %s" % c for c in challenges(credentials, presented=presented)
+        ),
+    )
 
 
 def model_missing(why: str, *, close: bool) -> bytes:

@@ -550,16 +550,37 @@ async def test_the_gateways_credentials_401_in_openai_shape_and_the_key_is_not_f
             wrong = await c.request(
                 "GET", "/v1/models", headers=[*js, ("Authorization", "Bearer nope")]
             )
+            plain = await c.request("POST", "/v1/chat/completions", chat("llama"))
+            head = await c.request("HEAD", "/v1/models")
             right = await c.request(
                 "POST", "/v1/chat/completions", chat("llama"),
                 headers=[*js, ("Authorization", f"Bearer {KEY}")],
             )  # fmt: skip
-        assert missing.status == wrong.status == 401
-        assert error_of(missing.body)["type"] == "authentication_error"
-        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert missing.status == wrong.status == plain.status == head.status == 401
+        # OpenAI's shape and code, JSON to a client that did not ask for it too
+        for answer, message in (
+            (
+                missing,
+                "authentication required: send Authorization: Bearer KEY (or x-api-key: KEY)",
+            ),
+            (wrong, "invalid credentials"),
+            (plain, "authentication required: send Authorization: Bearer KEY (or x-api-key: KEY)"),
+        ):
+            assert answer.headers["content-type"] == "application/json"
+            assert json.loads(answer.body) == {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
+        assert head.body == b""
+        assert missing.headers["www-authenticate"] == 'Bearer realm="berth"'
+        assert wrong.headers["www-authenticate"] == 'Bearer realm="berth", error="invalid_token"'
         assert right.status == 200 and len(a.seen) == 1
         assert b"authorization" not in a.seen[0].headers
-        assert g.unauthorized() == 2
+        assert g.unauthorized() == 4
 
 
 async def test_tls_clients_are_routed_too() -> None:
