@@ -47,7 +47,7 @@ from __future__ import annotations
 from typing import Final, Protocol
 
 import trio
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import Abort, Task, current_task, wait_task_rescheduled
 
 from proxy.balancer import Balancer
 from proxy.exchange import Exchange
@@ -161,10 +161,14 @@ class FastPath:
         if self.parked:
             self.parked = False
             assert self.task is not None
-            reschedule(self.task)
+            self.session.balancer.poller.wake_soon(self.task)
 
     def _abort(self, _: object) -> Abort:
-        """The session is cancelled (the endpoint stops): give back what is held."""
+        """The session is cancelled (the endpoint stops): give back what is held. Once
+        handed back (its wake-up may be queued, `Poller.wake_soon`) the task goes on as
+        handed, and the cancellation reaches it at its next checkpoint."""
+        if not self.parked:
+            return Abort.FAILED
         self.parked = False
         self._give_back()
         return Abort.SUCCEEDED

@@ -53,7 +53,7 @@ from __future__ import annotations
 from typing import Final
 
 import trio
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import Abort, Task, current_task, wait_task_rescheduled
 
 from proxy.exchange import CLIENT_CLOSED, CUT, DONE, Exchange, Outcome
 from proxy.headers import LAST_CHUNK, chunk
@@ -156,7 +156,10 @@ class StreamRelay:
         return DONE
 
     def _abort(self, _: object) -> Abort:
-        """Cancelled while parked: drop what is armed."""
+        """Cancelled while parked: drop what is armed. Once woken (the wake-up may be
+        queued, `Poller.wake_soon`), the task goes on and meets the cancellation later."""
+        if not self.parked:
+            return Abort.FAILED
         self.parked = False
         self.poller.unwatch(self.rconn)
         self.poller.unwatch(self.client)
@@ -167,7 +170,7 @@ class StreamRelay:
         if self.parked:
             self.parked = False
             assert self.task is not None
-            reschedule(self.task)
+            self.poller.wake_soon(self.task)
 
     def _end(self, outcome: Outcome, status: int = 0) -> None:
         if status:

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from proxy.poller import Poller
+from proxy.poller import WAKES_PER_POLL, Poller
 from proxy.sockets import Conn, Timeout
 
 
@@ -115,3 +115,76 @@ async def test_a_shorter_tick_applies_at_once_not_after_the_longer_one(
     finally:
         theirs.close()
         other_peer.close()
+
+
+class Parked:
+    """A task parked as a callback's session is (`wait_task_rescheduled`), woken through
+    `Poller.wake_soon`; its abort answers FAILED once a wake-up was asked for."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.parked = False
+        self.woken = False
+        self.scope = trio.CancelScope()
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        if not self.parked:
+            return trio.lowlevel.Abort.FAILED
+        self.parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def park(self) -> None:
+        with self.scope:
+            self.task = trio.lowlevel.current_task()
+            self.parked = True
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+            self.woken = True
+            await trio.sleep_forever()  # a cancellation lands here, after the wake-up
+
+    def wake(self, poller: Poller) -> None:
+        self.parked = False
+        assert self.task is not None
+        poller.wake_soon(self.task)
+
+
+class Batches(trio.abc.Instrument):
+    """The most task steps between two looks at I/O (one scheduler batch)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.most = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        self.most = max(self.most, self.steps)
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.steps = 0
+
+
+async def test_a_burst_of_wake_ups_is_spread_over_polls_and_every_one_is_made(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    poller = Poller(tick=0.5)
+    sessions = [Parked() for _ in range(WAKES_PER_POLL * 10)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        for s in sessions:
+            nursery.start_soon(s.park)
+        await trio.testing.wait_all_tasks_blocked()
+        batches = Batches()
+        trio.lowlevel.add_instrument(batches)
+        for s in sessions:  # as callbacks would, all in one step
+            s.wake(poller)
+        # One cancelled while its wake-up is queued: it is woken all the same (FAILED).
+        sessions[-1].scope.cancel()
+        for _ in range(1000):  # bounded: a few polls' worth of checkpoints at most
+            if all(s.woken for s in sessions):
+                break
+            await trio.lowlevel.checkpoint()
+        assert all(s.woken for s in sessions)
+        trio.lowlevel.remove_instrument(batches)
+        # Never more than a poll's share of them (and a few other tasks) in one batch:
+        # 320 woken at once would make one batch of 320 steps.
+        assert batches.most <= WAKES_PER_POLL + 8, batches.most
+        nursery.cancel_scope.cancel()
