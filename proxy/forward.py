@@ -67,6 +67,7 @@ from proxy.fastpath import AGAIN, ATTEMPT, CLOSE, READ, FastPath, Pending
 from proxy.h2.h1_to_h2c import forward_h1_to_h2c
 from proxy.h2.server import is_h2c_upgrade, is_preface_start, serve_h2
 from proxy.headers import chunk, request_head_bytes
+from proxy.linger import linger
 from proxy.protocol import END, Framing, ProtocolError, RequestHead
 from proxy.queue import SHUTTING_DOWN, Refusal
 from proxy.reader import ClientGone, ClientReader
@@ -88,9 +89,6 @@ _WATCH_BYTES: Final = 256 * 1024
 _WATCH_S: Final = 3600.0
 # The most of a chunked request body read whole for an upstream that may be HTTP/1.0.
 MAX_BUFFERED_BODY: Final = 8 * 1024 * 1024
-# How long, and how much, a connection closed after an error answer is read away.
-LINGER_S: Final = 2.0
-LINGER_BYTES: Final = 1024 * 1024
 
 
 class Session:
@@ -217,7 +215,7 @@ class Session:
         finally:
             try:
                 if self.linger:
-                    await self._linger()
+                    await linger(self.conn)
             finally:
                 conn.close()
                 # Their cycles (the fast path with the session, the parser with llhttp),
@@ -249,26 +247,6 @@ class Session:
             return
         if close:
             self.linger = True  # after the request is recorded: see `serve`
-
-    async def _linger(self) -> None:
-        """After an answer that ends the connection: half-close, then read away what the
-        client still sends (bounded), so that closing with unread bytes (a reset) does
-        not destroy the answer before the client read it (nginx's lingering close)."""
-        conn = self.conn
-        try:
-            conn.shutdown_write()
-            end = trio.current_time() + LINGER_S
-            got = 0
-            while got < LINGER_BYTES:
-                left = end - trio.current_time()
-                if left <= 0:
-                    return
-                data = await conn.recv(left)
-                if not data:
-                    return
-                got += len(data)
-        except (OSError, Timeout, trio.ClosedResourceError):
-            return
 
     async def forward(self, head: RequestHead, *, admitted: bool = False) -> bool:
         """Forward one request; True when the client connection may carry another.

@@ -45,6 +45,7 @@ from proxy.gateway import errors
 from proxy.gateway.model_field import Found, find_model, rewrite
 from proxy.gateway.routes import Route
 from proxy.gateway.state import GatewayState
+from proxy.linger import linger
 from proxy.poller import Poller
 from proxy.protocol import END, Framing, ProtocolError, RequestHead
 from proxy.reader import ClientGone, ClientReader
@@ -67,8 +68,6 @@ POST_PATHS: Final = frozenset(
 )
 POST_PREFIXES: Final = (b"/v1/audio/", b"/v1/images/")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-LINGER_S: Final = 2.0
-LINGER_BYTES: Final = 1024 * 1024
 
 
 class TimedConn(Conn):
@@ -172,7 +171,7 @@ class GatewayConnection:
         finally:
             try:
                 if self.linger and not conn.closed:
-                    await _linger(conn)
+                    await linger(conn)
             finally:
                 conn.close()
 
@@ -353,22 +352,3 @@ def _header(head: RequestHead, name: bytes) -> bytes | None:
 def _expects_continue(head: RequestHead) -> bool:
     value = _header(head, b"expect")
     return value is not None and value.strip().lower() == b"100-continue"
-
-
-async def _linger(conn: Conn) -> None:
-    """After an answer that ends the connection: half-close, then read away what the client
-    still sends (bounded), so that its unread bytes do not reset the answer away."""
-    try:
-        conn.shutdown_write()
-        end = trio.current_time() + LINGER_S
-        got = 0
-        while got < LINGER_BYTES:
-            left = end - trio.current_time()
-            if left <= 0:
-                return
-            data = await conn.recv(left)
-            if not data:
-                return
-            got += len(data)
-    except (OSError, Timeout, trio.ClosedResourceError):
-        return

@@ -50,6 +50,7 @@ from proxy.h2.client_stream import ClientStream
 from proxy.h2.messages import request_head
 from proxy.h2.to_h2c import forward_h2c
 from proxy.h2.to_http1 import forward_http1
+from proxy.linger import linger
 from proxy.protocol import MAX_HEAD_BYTES, Framing, ProtocolError, RequestHead
 from proxy.sockets import Conn, Timeout
 
@@ -61,8 +62,6 @@ STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 1024 * 1024
 _CLOSE_FLUSH_S: Final = 1.0  # how long the last frames (a GOAWAY) may take to go out
 _REFUSED_STREAM: Final = 0x7
-_LINGER_S: Final = 2.0  # after the last GOAWAY: how long, and how much, is read away
-_LINGER_BYTES: Final = 1024 * 1024
 _SWITCHING: Final = (
     b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 )
@@ -208,27 +207,7 @@ class _Server:
                     await self.writer_done.wait()
             nursery.cancel_scope.cancel()
         if not channel.closed:
-            await self._linger()
-
-    async def _linger(self) -> None:
-        """After our last GOAWAY: half-close, then read away what the client still sends
-        (bounded), so that closing with unread bytes (a reset) does not destroy the GOAWAY
-        before the client read it (as `proxy.forward`'s lingering close)."""
-        conn = self.conn
-        try:
-            conn.shutdown_write()
-            end = trio.current_time() + _LINGER_S
-            got = 0
-            while got < _LINGER_BYTES:
-                left = end - trio.current_time()
-                if left <= 0:
-                    return
-                data = await conn.recv(left)
-                if not data:
-                    return
-                got += len(data)
-        except (OSError, Timeout, trio.ClosedResourceError):
-            return
+            await linger(self.conn)  # the GOAWAY is not reset away
 
     async def _write(self) -> None:
         try:
