@@ -32,6 +32,7 @@ from proxy.protocol import RequestHead
 REASONS: Final = {
     400: b"Bad Request",
     401: b"Unauthorized",
+    404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     411: b"Length Required",
@@ -123,12 +124,28 @@ def error_response(
     `headers` are whole field lines without CRLF (a 401's WWW-Authenticate).
     """
     body, content_type = error_body(status, message, as_json=as_json)
+    if retry_after is not None:
+        headers = (b"Retry-After: %d" % retry_after, *headers)
+    return response_bytes(
+        status, content_type, body, close=close, head_only=head_only, headers=headers
+    )
+
+
+def response_bytes(
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    *,
+    close: bool,
+    head_only: bool = False,
+    headers: tuple[bytes, ...] = (),
+) -> bytes:
+    """Status line, Content-Type, `headers` (whole field lines without CRLF),
+    Content-Length, Connection: close if `close`, and the body unless `head_only`."""
     out = [
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
         % (status, REASONS.get(status, b"Error"), content_type)
     ]
-    if retry_after is not None:
-        out.append(b"Retry-After: %d\r\n" % retry_after)
     out.extend(b"%s\r\n" % line for line in headers)
     out.append(b"Content-Length: %d\r\n" % len(body))
     if close:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from proxy.answers import REASONS
+from proxy.answers import response_bytes
 from proxy.auth import Credentials, challenges
 from proxy.protocol import RequestHead
 
 INVALID_REQUEST: Final = "invalid_request_error"
-_REASONS: Final = {**REASONS, 404: b"Not Found"}
 
 
 def error_response(
@@ -37,18 +36,9 @@ def error_response(
     """A whole answer: status line, header section and the JSON error body."""
     error = {"message": message, "type": kind, "param": param, "code": code}
     body = json.dumps({"error": error}).encode() + b"\n"
-    out = [
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-        % (status, _REASONS.get(status, b"Error"))
-    ]
-    out.extend(b"%s\r\n" % line for line in headers)
-    out.append(b"Content-Length: %d\r\n" % len(body))
-    if close:
-        out.append(b"Connection: close\r\n")
-    out.append(b"\r\n")
-    if not head_only:
-        out.append(body)
-    return b"".join(out)
+    return response_bytes(
+        status, b"application/json", body, close=close, head_only=head_only, headers=headers
+    )
 
 
 def model_not_found(model: str, close_names: list[str], *, close: bool) -> bytes:
