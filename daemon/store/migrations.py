@@ -137,6 +137,16 @@ CREATE TABLE berthd_runs (
 );
 """
 
+# The web console's users (issue 17; daemon/console/users.py): a name and its salted scrypt
+# hash ("scrypt$n$r$p$salt_hex$hash_hex"); never the password.
+_M008_CONSOLE_USERS = """
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _M001_DEPLOYMENTS_AND_REVISIONS,
     _M002_REPLICAS,
@@ -145,5 +155,6 @@ MIGRATIONS: tuple[str, ...] = (
     _M005_ENDPOINT_KEYS,
     _M006_EVENT_UID,
     _M007_RESTARTS,
+    _M008_CONSOLE_USERS,
 )
 LATEST_VERSION = len(MIGRATIONS)
