@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up this host for berth: Podman + runc + busybox-static from Debian, the containers.conf
-# drop-in only where this host needs it, and the project venv. Safe to run again.
+# Sets up this host for berth: Podman + runc + busybox-static (and chromium for the browser
+# tests) from Debian, the containers.conf drop-in only where this host needs it, and the project
+# venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ command -v git >/dev/null || need_apt+=(git)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The console's browser tests (tests/browser): Playwright (a test extra) drives Debian's chromium
+# by path; it never downloads a browser of its own.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: need root to install ${need_apt[*]} (run as root, or install them yourself)" >&2
