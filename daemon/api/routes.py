@@ -73,9 +73,10 @@ class AdminApi:
     def __init__(self, daemon: ControlPlane) -> None:
         self.d = daemon
 
-    async def handle(self, req: Request) -> Response:
-        # The events this request causes record who asked (the socket peer's uid).
-        with acting_as(req.peer_uid):
+    async def handle(self, req: Request, *, console_user: str | None = None) -> Response:
+        # The events this request causes record who asked (the socket peer's uid, or the
+        # web console's user: daemon/console calls this in-process).
+        with acting_as(req.peer_uid, console_user=console_user):
             return await self._route(req)
 
     async def _route(self, req: Request) -> Response:

@@ -82,6 +82,8 @@ class Request:
     body: bytes = b""
     # The caller's uid on a Unix socket (SO_PEERCRED); None on TCP.
     peer_uid: int | None = None
+    # The caller's IP address on TCP (the web console's sign-in limit); None on a Unix socket.
+    peer_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,11 +179,11 @@ class HttpServer(Generic[AddressT]):
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         request: Request | _Refusal | None = None
-        peer_uid = _peer_uid(stream)
+        peer_uid, peer_host = _peer_uid(stream), _peer_host(stream)
         async with stream:
             try:
                 while True:
-                    request = await self._read_request(conn, stream, peer_uid)
+                    request = await self._read_request(conn, stream, peer_uid, peer_host)
                     if request is None:
                         return  # closed, or too slow to ask
                     if isinstance(request, _Refusal):
@@ -205,7 +207,11 @@ class HttpServer(Generic[AddressT]):
                 logger.exception("%s connection failed%s; closed it", self.name, during)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.SocketStream, peer_uid: int | None = None
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        peer_uid: int | None = None,
+        peer_host: str | None = None,
     ) -> Request | _Refusal | None:
         try:
             head: h11.Event | type[h11.PAUSED] | None = None
@@ -245,6 +251,7 @@ class HttpServer(Generic[AddressT]):
             headers=MappingProxyType(headers),
             body=bytes(body),
             peer_uid=peer_uid,
+            peer_host=peer_host,
         )
 
     async def _call_handler(self, request: Request) -> Response:
@@ -365,6 +372,17 @@ def _peer_uid(stream: trio.SocketStream) -> int | None:
         return None
     _pid, uid, _gid = _PEERCRED.unpack(raw)
     return int(uid)
+
+
+def _peer_host(stream: trio.SocketStream) -> str | None:
+    """The IP address of the other end on TCP; None otherwise."""
+    sock = stream.socket
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return None
 
 
 async def _next_event(

@@ -12,7 +12,9 @@ uid from SO_PEERCRED), and every event the handler emits records that uid (`Even
 (a deployment's worker, started by its first apply, lives on for good) inherits the context
 but not the caller. Events berthd emits of its own accord (a reconcile round, a probe, a
 specs directory read at start) have none; what a worker does later because of an apply is
-berthd's doing, and the apply's own event says who asked for it.
+berthd's doing, and the apply's own event says who asked for it. A web console action
+(daemon/console) runs inside `acting_as(None, console_user=NAME)`: its events' messages end
+with "(by console user NAME)".
 """
 
 from __future__ import annotations
@@ -30,14 +32,18 @@ from daemon.store.database import Event, Store, utc_now
 
 log = logging.getLogger("berthd")
 
-# The task handling an admin request, and its caller's uid.
-_ACTOR: ContextVar[tuple[trio.lowlevel.Task, int] | None] = ContextVar("berth_actor", default=None)
+# The task handling an admin request, its caller's uid, and the console user who asked.
+_Actor = tuple[trio.lowlevel.Task, int | None, str | None]
+_ACTOR: ContextVar[_Actor | None] = ContextVar("berth_actor", default=None)
 
 
 @contextmanager
-def acting_as(uid: int | None) -> Iterator[None]:
-    """Within this block, events this task emits record `uid` as their cause."""
-    actor = None if uid is None else (trio.lowlevel.current_task(), uid)
+def acting_as(uid: int | None, *, console_user: str | None = None) -> Iterator[None]:
+    """Within this block, events this task emits record `uid` (and the console user) as
+    their cause."""
+    actor = None
+    if uid is not None or console_user is not None:
+        actor = (trio.lowlevel.current_task(), uid, console_user)
     token = _ACTOR.set(actor)
     try:
         yield
@@ -45,11 +51,11 @@ def acting_as(uid: int | None) -> Iterator[None]:
         _ACTOR.reset(token)
 
 
-def _current_uid() -> int | None:
+def _current_actor() -> tuple[int | None, str | None]:
     actor = _ACTOR.get()
     if actor is None or actor[0] is not trio.lowlevel.current_task():
-        return None
-    return actor[1]
+        return None, None
+    return actor[1], actor[2]
 
 
 class EventLog:
@@ -66,7 +72,9 @@ class EventLog:
         replica: str | None = None,
         level: int = logging.INFO,
     ) -> Event:
-        uid = _current_uid()
+        uid, console_user = _current_actor()
+        if console_user is not None:
+            message = f"{message} (by console user {console_user})"
         event = await self._store.call(
             Store.add_event, kind, message, deployment=deployment, replica=replica, uid=uid
         )

@@ -64,6 +64,7 @@ ALLOWED: dict[str, set[str]] = {
         "secrets",
         "gateway",
     },
+    "console": {"proxy", "http", "api", "store", "secrets", "metrics", "reconcile", "system"},
 }
 MAX_ROOT_MODULES = 6
 
