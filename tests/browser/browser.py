@@ -77,13 +77,12 @@ class PageWatch:
 
 
 def sign_in(page: Page, base: str, user: str, password: str) -> None:
-    """Open the console signed out, fill the sign-in form and send it."""
+    """Open the console signed out, fill the sign-in form and send it. berthd allows 5
+    sign-in tries a minute from one address: tests sign in once and share the cookie."""
     page.goto(f"{base}/console/")
     form = page.get_by_test_id("signin-form")
     form.wait_for()
-    form.locator("input[type=password]").fill(password)
-    form.locator("input:not([type=hidden]):not([type=password]):not([type=submit])").first.fill(
-        user
-    )
+    form.get_by_test_id("signin-name").fill(user)
+    form.get_by_test_id("signin-password").fill(password)
     with page.expect_navigation():
-        form.locator("button[type=submit], input[type=submit]").first.click()
+        form.get_by_test_id("signin-submit").click()

@@ -10,11 +10,13 @@ its instance. Nothing here imports Playwright: `browser.py` drives the pages.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -87,6 +89,11 @@ class ConsoleBox:
         spec = self.workdir / f"{name}.toml"
         spec.write_text(echo_spec(name, image, port, count=count, message=message))
         self.berthd.berth("apply", str(spec), "--wait", "--timeout", str(READY_TIMEOUT))
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """`berth events [NAME] --json`: one JSON object a line, oldest first."""
+        out = self.berthd.berth("events", *([name] if name else []), "--json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def ready(self, name: str) -> int:
         shown = self.berthd.json("get", name)
