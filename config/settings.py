@@ -13,6 +13,7 @@
     events_max_rows                                 [events] max_rows  100000
     gateway                                         [gateway] listen, max_body, auth, tls
                                                                        None (no gateway)
+    console                                         [console] listen, tls  None (no console)
 
 An empty environment variable counts as unset. Relative paths from flags and environment
 are taken from the working directory; relative paths in berthd.toml from the file's own
@@ -31,6 +32,7 @@ import tomli
 from config.credentials import DEFAULT_CREDENTIALS_ROOTS
 from config.errors import Problem, SpecError
 from config.parse import syntax_problem
+from config.parse_console import ConsoleSettings, read_console_settings
 from config.parse_document import nesting_problem
 from config.parse_gateway import GatewaySettings, read_gateway_settings
 from config.reader import Reader, as_duration, as_int, as_str, as_str_list
@@ -86,6 +88,8 @@ class DaemonSettings:
     shared_volumes: tuple[str, ...] = ()
     # `[gateway]`: the model gateway's listener and protection; None: no gateway.
     gateway: GatewaySettings | None = None
+    # `[console]`: the web console's listener (daemon/console); None: no console.
+    console: ConsoleSettings | None = None
 
     def allows_bind_source(self, source: str | Path) -> bool:
         """Whether a bind mount's (absolute, normalised) source lies under an allowed root."""
@@ -171,6 +175,7 @@ def load_settings(
 
     keep, rows = file_values.get("events_keep"), file_values.get("events_max_rows")
     gateway = file_values.get("gateway")
+    console = file_values.get("console")
     if problems:
         raise SpecError(problems, source=source)
     return DaemonSettings(
@@ -185,6 +190,7 @@ def load_settings(
         credentials_roots=credentials_roots,
         shared_volumes=shared_volumes,
         gateway=gateway if isinstance(gateway, GatewaySettings) else None,
+        console=console if isinstance(console, ConsoleSettings) else None,
     )
 
 
@@ -244,6 +250,9 @@ def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
     gateway = read_gateway_settings(r.table("gateway"), _listen_problem)
     if gateway is not None:
         out["gateway"] = gateway
+    console = read_console_settings(r.table("console"), _listen_problem)
+    if console is not None:
+        out["console"] = console
     r.close()
     return out
 
