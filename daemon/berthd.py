@@ -33,6 +33,7 @@ import trio
 
 from config.errors import SpecError
 from config.parse import parse_spec
+from config.parse_console import ConsoleSettings
 from config.settings import DaemonSettings
 from config.spec import DeploymentSpec
 from daemon import __version__
@@ -237,6 +238,19 @@ class Berthd:
             listen = self.settings.gateway.listen if self.settings.gateway else "?"
             raise StartupError(f"gateway {listen}: {exc}") from exc
 
+    async def _start_console(self, control: trio.Nursery, settings: ConsoleSettings) -> None:
+        """The web console ([console] listen); imported only when configured, so without it
+        berthd loads and runs none of it. Failing to listen stops the start."""
+        from daemon.console.server import ConsoleServer
+
+        console = ConsoleServer(
+            settings, self, keeper=self.fd_store, tls_roots=self.settings.credentials_roots
+        )
+        try:
+            await control.start(console.run)
+        except (OSError, TlsFileError) as exc:
+            raise StartupError(f"console {settings.listen}: {exc}") from exc
+
     async def _gateway_sections(self) -> dict[str, DeploymentSpec]:
         """Every active spec with a `[gateway]`, by deployment (the gateway's route table)."""
         specs: dict[str, DeploymentSpec] = {}
@@ -317,6 +331,8 @@ class Berthd:
                     await control.start(exporter.run)
                 except OSError as exc:
                     raise StartupError(f"metrics {self.settings.metrics_listen}: {exc}") from exc
+            if self.settings.console is not None:
+                await self._start_console(control, self.settings.console)
             if self.settings.specs is not None:
                 await self.apply_specs_dir(self.settings.specs)
             server = HttpServer(

@@ -21,6 +21,7 @@ from config.parse_gateway import GatewaySettings
 from config.spec import DeploymentSpec
 from config.units import parse_duration
 from daemon import __version__
+from daemon.api import console_routes
 from daemon.api.apply import (
     ApplyRefused,
     apply_notes,
@@ -116,6 +117,14 @@ class AdminApi:
                 return await create_key(self.d, name, req)
             case ["deployments", name, "keys", key_id] if m == "DELETE":
                 return await remove_key(self.d, name, key_id)
+            case ["deployments", name, "replicas", replica, "restart"] if m == "POST":
+                return await console_routes.restart_replica(self.d, name, replica)
+            case ["console", "users"] if m == "GET":
+                return await console_routes.list_users(self.d)
+            case ["console", "users", name] if m == "PUT":
+                return await console_routes.set_user(self.d, name, req)
+            case ["console", "users", name] if m == "DELETE":
+                return await console_routes.remove_user(self.d, name)
             case ["events"] if m == "GET":
                 return await self.event_list(req)
             case ["gateway"] if m == "GET":
@@ -127,7 +136,7 @@ class AdminApi:
             case ["secrets", name] if m == "DELETE":
                 return await remove_secret(self.d, name)
         return error(
-            404 if m in ("GET", "POST", "DELETE") else 405, f"no such route: {m} {req.path}"
+            404 if m in ("GET", "POST", "PUT", "DELETE") else 405, f"no such route: {m} {req.path}"
         )
 
     # -- helpers ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from daemon.cli.commands import (
     cmd_scale,
     cmd_status,
 )
+from daemon.cli.console import add_console_parser
 from daemon.cli.gateway import cmd_gateway
 from daemon.cli.keys import add_keys_parser
 from daemon.cli.metrics import cmd_metrics
@@ -149,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_keys_parser(sub, common)
     add_secret_parser(sub, common)
+    add_console_parser(sub, common)
     return parser
 
 

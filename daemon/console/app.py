@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from types import MappingProxyType, ModuleType
 from urllib.parse import quote
 
@@ -115,7 +116,7 @@ class ConsoleApp:
             if m == "POST":
                 return await self._sign_in(req)
             return html_response(signin.page(error=None, next_path=req.query.get("next", "")))
-        session = self.sessions.get(security.cookie_value(req.headers))
+        session = await self.live_session(security.cookie_value(req.headers))
         form = parse_form(req.headers, req.body) if m == "POST" else {}
         if session is None:
             if m in ("GET", "HEAD") and "/fragment/" not in path and path != "/console/stream":
@@ -141,8 +142,19 @@ class ConsoleApp:
             cookie = security.session_cookie("", secure=self.secure, max_age=0)
             return redirect("/console/signin", headers=(("Set-Cookie", cookie),))
         if path == "/console/stream":
-            return stream.event_stream(self.d, lambda: self.sessions.get(session.session_id))
+            return stream.event_stream(self.d, partial(self.live_session, session.session_id))
         return await self._page(request, session)
+
+    async def live_session(self, session_id: str | None) -> Session | None:
+        """The session, if it is live and its user still has the password it signed in with."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        stored = await self.d.store.call(console_password_hash, session.user)
+        if stored != session.stamp:
+            self.sessions.drop(session.session_id)
+            return None
+        return session
 
     async def _page(self, request: ConsoleRequest, session: Session) -> Response:
         parts = [p for p in request.path.split("/") if p][1:]  # past "console"
@@ -200,7 +212,7 @@ class ConsoleApp:
         if not ok:
             page = signin.page(error=signin.WRONG, next_path=next_path)
             return html_response(page, 401)
-        session = self.sessions.create(name)
+        session = self.sessions.create(name, stored or "")
         cookie = security.session_cookie(session.session_id, secure=self.secure)
         target = next_path if _safe_next(next_path) else "/console/"
         return redirect(target, headers=(("Set-Cookie", cookie),))

@@ -6,7 +6,8 @@ Invariants:
   signs everyone out. A session unused for `idle` seconds (12 h) is gone; each use renews
   it. At most `max_sessions` are kept (the oldest-used goes first), so a flood of
   sign-ins cannot grow memory without bound.
-- Removing a console user ends that user's sessions (`drop_user`).
+- Removing a console user, or giving it a new password, ends that user's sessions: each
+  session keeps the password hash it signed in with (`stamp`), compared on every request.
 - The sign-in limit allows `attempts` tries per `window` seconds per source address
   (5 a minute); past it a try is refused (429) before the password is checked, so
   guessing costs a minute per five guesses. The table of sources is bounded too.
@@ -35,6 +36,9 @@ class Session:
     user: str
     csrf: str
     last_used: float
+    # The user's password hash when they signed in: a request whose user now has another
+    # (a new password) or none (removed) ends the session (daemon.console.app).
+    stamp: str = ""
 
 
 class Sessions:
@@ -56,8 +60,9 @@ class Sessions:
     def __repr__(self) -> str:
         return f"<Sessions {len(self._by_id)} signed in>"
 
-    def create(self, user: str) -> Session:
-        session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), self._clock())
+    def create(self, user: str, stamp: str = "") -> Session:
+        token = secrets.token_urlsafe
+        session = Session(token(32), user, token(32), self._clock(), stamp)
         self._by_id[session.session_id] = session
         while len(self._by_id) > self._max:
             self._by_id.popitem(last=False)

@@ -19,7 +19,7 @@ and the page's script re-fetches the fragments it shows (static/console.js). Inv
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -39,7 +39,10 @@ def change_message(kind: str, deployment: str | None) -> bytes:
 
 
 def event_stream(
-    daemon: ControlPlane, session: Callable[[], Session | None], *, keepalive: float = KEEPALIVE
+    daemon: ControlPlane,
+    session: Callable[[], Awaitable[Session | None]],
+    *,
+    keepalive: float = KEEPALIVE,
 ) -> Response:
     return Response(
         stream=_changes(daemon, session, keepalive),
@@ -49,7 +52,7 @@ def event_stream(
 
 
 async def _changes(
-    daemon: ControlPlane, session: Callable[[], Session | None], keepalive: float
+    daemon: ControlPlane, session: Callable[[], Awaitable[Session | None]], keepalive: float
 ) -> AsyncIterator[bytes]:
     recent = await daemon.store.call(Store.events, limit=1)
     last = recent[-1].id if recent else 0
@@ -57,7 +60,7 @@ async def _changes(
     while True:
         with trio.move_on_after(keepalive) as quiet:
             await daemon.events.wait_changed()
-        if session() is None:
+        if await session() is None:
             return
         if quiet.cancelled_caught:
             yield b": keep-alive\n\n"

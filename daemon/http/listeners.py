@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -48,12 +48,14 @@ _BACKLOG = 64
 _PROBE_TIMEOUT = 2.0
 
 AddressT_co = TypeVar("AddressT_co", covariant=True)
+# What an `HttpServer` accepts from: TCP or Unix, or TLS over TCP (trio wraps each stream).
+AnyListener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
 
 
 class Listener(Protocol[AddressT_co]):
     def listen(
         self,
-    ) -> AbstractAsyncContextManager[tuple[list[trio.SocketListener], AddressT_co]]: ...
+    ) -> AbstractAsyncContextManager[tuple[Sequence[AnyListener], AddressT_co]]: ...
 
 
 class SocketFileError(Exception):

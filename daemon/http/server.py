@@ -68,6 +68,8 @@ _LINGER_BYTES = 64 * 1024 * 1024
 _ACLOSE_TIMEOUT = 5.0
 
 AddressT = TypeVar("AddressT")
+# A connection: plain TCP or Unix, or TLS over TCP (the web console's `[console.tls]`).
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 @dataclass(frozen=True)
@@ -170,13 +172,13 @@ class HttpServer(Generic[AddressT]):
             try:
                 logger.info("%s: listening on %s", self.name, _show(address))
                 task_status.started(address)
-                await trio.serve_listeners(self._serve_connection, listeners)
+                await trio.serve_listeners(self._serve_connection, list(listeners))
             finally:
                 self.address = None
 
     # -- one connection --------------------------------------------------------------------
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, stream: Stream) -> None:
         conn = h11.Connection(h11.SERVER)
         request: Request | _Refusal | None = None
         peer_uid, peer_host = _peer_uid(stream), _peer_host(stream)
@@ -209,7 +211,7 @@ class HttpServer(Generic[AddressT]):
     async def _read_request(
         self,
         conn: h11.Connection,
-        stream: trio.SocketStream,
+        stream: Stream,
         peer_uid: int | None = None,
         peer_host: str | None = None,
     ) -> Request | _Refusal | None:
@@ -263,9 +265,7 @@ class HttpServer(Generic[AddressT]):
             logger.exception("%s handler failed on %s %s", self.name, request.method, request.path)
             return self._errors(500, _internal_error(exc))
 
-    async def _refuse(
-        self, conn: h11.Connection, stream: trio.SocketStream, refusal: _Refusal
-    ) -> None:
+    async def _refuse(self, conn: h11.Connection, stream: Stream, refusal: _Refusal) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # too broken to answer
         body, content_type = _render(self._errors(refusal.status, refusal.message))
@@ -276,14 +276,15 @@ class HttpServer(Generic[AddressT]):
             await _send(conn, stream, _head(refusal.status, headers))
             await _send(conn, stream, h11.Data(data=body))
             await _send(conn, stream, h11.EndOfMessage())
-            await stream.send_eof()
+            if isinstance(stream, trio.SocketStream):  # TLS has no half-close
+                await stream.send_eof()
         if not scope.cancelled_caught:
             await _linger(stream)
 
     async def _send_response(
         self,
         conn: h11.Connection,
-        stream: trio.SocketStream,
+        stream: Stream,
         method: str,
         response: Response,
     ) -> None:
@@ -313,7 +314,7 @@ class HttpServer(Generic[AddressT]):
     async def _send_stream(
         self,
         conn: h11.Connection,
-        stream: trio.SocketStream,
+        stream: Stream,
         body: AsyncIterator[bytes],
         producer: Callable[[], Awaitable[None]] | None,
     ) -> None:
@@ -361,9 +362,9 @@ class HttpServer(Generic[AddressT]):
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-def _peer_uid(stream: trio.SocketStream) -> int | None:
+def _peer_uid(stream: Stream) -> int | None:
     """The uid of the process that connected, on a Unix socket; None otherwise."""
-    sock = stream.socket
+    sock = _socket_of(stream)
     if sock.family != socket.AF_UNIX:
         return None
     try:
@@ -374,9 +375,15 @@ def _peer_uid(stream: trio.SocketStream) -> int | None:
     return int(uid)
 
 
-def _peer_host(stream: trio.SocketStream) -> str | None:
+def _socket_of(stream: Stream) -> trio.socket.SocketType:
+    return (
+        stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket
+    )
+
+
+def _peer_host(stream: Stream) -> str | None:
     """The IP address of the other end on TCP; None otherwise."""
-    sock = stream.socket
+    sock = _socket_of(stream)
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:
@@ -385,9 +392,7 @@ def _peer_host(stream: trio.SocketStream) -> str | None:
         return None
 
 
-async def _next_event(
-    conn: h11.Connection, stream: trio.SocketStream
-) -> h11.Event | type[h11.PAUSED]:
+async def _next_event(conn: h11.Connection, stream: Stream) -> h11.Event | type[h11.PAUSED]:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -396,10 +401,10 @@ async def _next_event(
             return event
         if conn.they_are_waiting_for_100_continue:
             await _send(conn, stream, h11.InformationalResponse(status_code=100, headers=[]))
-        conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+        conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
 
 
-async def _send(conn: h11.Connection, stream: trio.SocketStream, event: h11.Event) -> None:
+async def _send(conn: h11.Connection, stream: Stream, event: h11.Event) -> None:
     data = conn.send(event)
     if data:
         await stream.send_all(data)
@@ -410,7 +415,7 @@ def _head(status: int, headers: list[tuple[str, str]]) -> h11.Response:
 
 
 async def _cancel_on_disconnect(
-    conn: h11.Connection, stream: trio.SocketStream, scope: trio.CancelScope
+    conn: h11.Connection, stream: Stream, scope: trio.CancelScope
 ) -> None:
     """Cancel `scope` when the client closes its end while a stream is being sent."""
     try:
@@ -420,12 +425,12 @@ async def _cancel_on_disconnect(
     if data:
         # A pipelined next request: h11 keeps it for the next cycle. We stop watching (rather
         # than buffer without bound); a later disconnect still shows up as a failed send.
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
         return
     scope.cancel()
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+async def _linger(stream: Stream) -> None:
     received = 0
     with trio.move_on_after(_LINGER_SECONDS):
         while received < _LINGER_BYTES:

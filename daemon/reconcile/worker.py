@@ -174,6 +174,17 @@ class DeploymentWorker:
         """The proxy failed to reach this replica (called on its hot path: never blocks)."""
         self._prober.suspect(replica_id)
 
+    def restart_replica(self, replica_id: str, reason: str) -> bool:
+        """Restart this running replica (drained, stopped, started again: what a failed
+        liveness probe does) from the next round, which this nudges; False when there is
+        no such replica running (or not yet observed)."""
+        memory = self._memory.get(replica_id)
+        if memory is None or memory.health is None or memory.draining:
+            return False
+        memory.health.restart_reason = reason
+        self.nudge()
+        return True
+
     async def probe_once(self) -> None:
         """Run the probes that are due now and wait for their results (for tests)."""
         await self._prober.probe_once()

@@ -50,6 +50,8 @@ def _gateway_changes(old: GatewaySettings | None, new: GatewaySettings | None) -
 def start_only_changes(old: DaemonSettings, new: DaemonSettings) -> list[str]:
     """The settings that differ in `new` (berthd.toml read again), by their berthd.toml names."""
     changed = [name for field, name in _NAMES.items() if getattr(old, field) != getattr(new, field)]
+    if old.console != new.console:
+        changed.append("[console]")
     return changed + _gateway_changes(old.gateway, new.gateway)
 
 
