@@ -268,10 +268,12 @@ class HttpServer(Generic[AddressT]):
     async def _refuse(self, conn: h11.Connection, stream: Stream, refusal: _Refusal) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # too broken to answer
-        body, content_type = _render(self._errors(refusal.status, refusal.message))
+        answer = self._errors(refusal.status, refusal.message)
+        body, content_type = _render(answer)
         headers = [("content-length", str(len(body))), ("connection", "close")]
         if content_type is not None:
             headers.insert(0, ("content-type", content_type))
+        headers.extend(answer.headers)  # the listener's own (the console's CSP, ...)
         with trio.move_on_after(self._request_timeout) as scope:
             await _send(conn, stream, _head(refusal.status, headers))
             await _send(conn, stream, h11.Data(data=body))
