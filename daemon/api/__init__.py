@@ -7,5 +7,6 @@ They see berthd only through the `ControlPlane` protocol (`control_plane`), whic
 and response types), `daemon.reconcile`, `daemon.store`, `daemon.runtime`, `daemon.gpu`,
 `daemon.integrations`, `daemon.metrics`, `daemon.secrets` and `daemon.gateway` (the model
 gateway's table and status, `GET /v1/gateway`); never `daemon.berthd`.
-`secret_routes` serves `berth secret` (create, ls, rm; a new value rolls its users).
+`secret_routes` serves `berth secret` (create, ls, rm; a new value rolls its users);
+`console_routes` the web console's users (`berth console user`) and a replica's restart.
 """

@@ -6,5 +6,6 @@ travel); `SecretStore.read(name)` is how every part that needs a value gets it.
 `references` is what a spec asks of the store: every reference with its field path, the
 apply-time check that each exists, the values a container's environment gets, and the
 template id that changes when one of them does. `tokens` warns about a literal `[env]`
-value that looks like a credential. May import nothing of berth's but `config`.
+value that looks like a credential; `passwords` hashes and checks the web console's
+passwords (salted scrypt). May import nothing of berth's but `config`.
 """
