@@ -112,7 +112,8 @@ def test_console_sign_in_pages_csrf_stream_actions(
         token = csrf_of(page)
 
         # No CSRF token, or a wrong one: 403, nothing done.
-        apply_form = {"spec": echo_spec("web", echo_image, free_port(), count=1), "confirm": "yes"}
+        port = free_port()
+        apply_form = {"spec": echo_spec("web", echo_image, port, count=1), "confirm": "yes"}
         assert client.post("/console/apply", data=apply_form).status_code == 403
         bad = client.post("/console/apply", data={**apply_form, "csrf": "x" * 43})
         assert bad.status_code == 403
@@ -180,6 +181,37 @@ def test_console_sign_in_pages_csrf_stream_actions(
         assert (
             "pinned at 2 replicas (by console user alice)" in daemon.berth("events", "web").stdout
         )
+        # Restart one replica, confirmed: the worker drains, stops and starts it again.
+        replica = daemon.json("get", "web")["replicas"][0]["id"]
+        confirm = client.get("/console/d/web/restart/confirm", params={"replica": replica})
+        assert f"Restart replica {replica} of web" in confirm.text
+        restarted = client.post(
+            "/console/d/web/restart",
+            data={"replica": replica, "confirm": "yes", "csrf": token},
+        )
+        assert restarted.status_code == 303, restarted.text
+        wait_until(
+            f"replica {replica} to restart",
+            lambda: f"replica {replica} restarted" in daemon.berth("events", "web").stdout,
+            timeout=60,
+        )
+        assert (
+            f"replica {replica} restart asked (by console user alice)"
+            in daemon.berth("events", "web").stdout
+        )
+        # Roll back to revision 1 after a second revision, confirmed.
+        v2 = daemon.socket.parent / "web-v2.toml"
+        v2.write_text(echo_spec("web", echo_image, port, count=1, message="v2"))
+        daemon.berth("apply", str(v2))
+        assert daemon.json("get", "web")["revision"] == 2
+        confirm = client.get("/console/d/web/rollback/confirm", params={"to": "1"})
+        assert "Roll web back to revision 1" in confirm.text
+        rolled = client.post(
+            "/console/d/web/rollback", data={"to": "1", "confirm": "yes", "csrf": token}
+        )
+        assert rolled.status_code == 303, rolled.text
+        history = daemon.json("history", "web")
+        assert [h["revision"] for h in history if h["active"]] == [3]
         rows = client.get("/console/fragment/deployments")
         assert rows.status_code == 200 and 'data-testid="deployment-row-web"' in rows.text
 
