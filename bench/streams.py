@@ -29,7 +29,10 @@ sessions' work on a shared box, which says when a figure is not to be trusted. B
 phase the script waits (5 min at most) for the 1-minute load to fall under --quiet-load,
 and a pair (direct, berth) during which others used over half a core on average is measured
 again with a fresh berthd (--retries, 2), every attempt shown.
-Each phase is bounded: `start + events + 70` s at most.
+Each phase is bounded: `start + events + 70` s at most. With --slow-step-ms N, berthd runs
+with BERTH_SLOW_STEP_MS=N (daemon/system/slow_steps.py): its trio steps over N ms from
+`start` to the phase's end are shown with their task and where they ran, and its summary of
+every step (bins) once it has stopped.
 
 It removes the deployment's containers and ends berthd and its workers by PID. Usage:
   .venv/bin/python bench/streams.py [--streams 9000] [--events 20] [--ws 1000] [--workers 4]
@@ -384,15 +387,17 @@ class RssSampler:
         return self.peak
 
 
-def slow_collections(log: Path | None, begin: int, end: int) -> list[str]:
-    """berthd's log lines (between two offsets) of its garbage collections over 20 ms
-    (proxy/gc_policy.py logs each, from its loop, within a second of it)."""
+def log_lines(log: Path | None, begin: int, end: int, needle: str) -> list[str]:
+    """berthd's log lines between two offsets that contain `needle`: its garbage collections
+    over 20 ms ("garbage collection": proxy/gc_policy.py logs each, from its loop, within a
+    second of it) or its slow trio steps ("slow trio step": daemon/system/slow_steps.py,
+    with --slow-step-ms)."""
     if log is None:
         return []
     with log.open("rb") as f:
         f.seek(begin)
         text = f.read(max(0, end - begin)).decode(errors="replace")
-    return [line for line in text.splitlines() if "garbage collection" in line]
+    return [line for line in text.splitlines() if needle in line]
 
 
 def log_size(log: Path | None) -> int:
@@ -439,7 +444,8 @@ def run_phase(
             p.wait(timeout=10)
     rss_peak = sampler.stop() if sampler else 0
     time.sleep(1.5 if log is not None else 0)  # the policy logs within a second
-    collections = slow_collections(log, log_at_start, log_size(log))
+    collections = log_lines(log, log_at_start, log_size(log), "garbage collection")
+    slow_steps = log_lines(log, log_at_start, log_size(log), "slow trio step")
     cpu_after = (cpu_seconds(berthd), cpu_seconds(backend), busy_seconds())
     totals: dict[str, object] = {"opened": 0, "opened_late": 0, "complete": 0, "events": 0}
     errors: dict[str, int] = {}
@@ -487,6 +493,7 @@ def run_phase(
         "rss_at_start": rss_at_start,
         "rss_peak": rss_peak,
         "slow_collections": collections,
+        "slow_steps": slow_steps,
     }
 
 
@@ -559,6 +566,14 @@ def show(
     print(f"berthd's garbage collections over 20 ms from `start` to the end: {len(slow)}")
     for line in slow:
         print(f"  {line}")
+    steps = berth["slow_steps"]
+    assert isinstance(steps, list)
+    if SLOW_STEP_MS[0]:
+        print(
+            f"berthd's trio steps over {SLOW_STEP_MS[0]:g} ms from `start` to the end: {len(steps)}"
+        )
+        for line in steps[:SLOW_STEPS_SHOWN]:
+            print(f"  {line}")
     print(
         f"berthd RSS {before / 2**20:.1f} MiB before, {at / 2**20:.1f} MiB with {held} held "
         f"(+{per / 1024:.1f} KiB a stream; goal <= 20 KB: "
@@ -574,10 +589,11 @@ class CheckoutDaemon(Daemon):
         self.root = root
         self.sock = root / "berth.sock"
         self.log = (root / "berthd.log").open("wb")
+        env = {**ENV, "BERTH_SLOW_STEP_MS": f"{SLOW_STEP_MS[0]:g}"} if SLOW_STEP_MS[0] else ENV
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.main", "--state-dir", str(root / "state"),
              "--socket", str(self.sock)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=ENV,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
         )  # fmt: skip
         self.instance = ""
         wait(lambda: self.berth("status", check=False).returncode == 0, 60, "berthd", every=0.1)
@@ -592,6 +608,9 @@ class CheckoutDaemon(Daemon):
             raise SystemExit(f"berth {' '.join(args)}: {result.stderr}")
         return result
 
+
+SLOW_STEP_MS = [0.0]  # --slow-step-ms: berthd's BERTH_SLOW_STEP_MS (0: off)
+SLOW_STEPS_SHOWN: Final = 40
 
 BUSY_BOX: Final = 0.5  # others' CPU, in cores on average over a phase, that spoils it
 
@@ -638,6 +657,8 @@ def measure(
         return direct, berth
     finally:
         d.stop()
+        for line in log_lines(root / "berthd.log", 0, log_size(root / "berthd.log"), "trio steps:"):
+            print(f"berthd's trio steps over its life: {line}")
 
 
 def main() -> None:
@@ -656,6 +677,12 @@ def main() -> None:
         default=1.0,
         help="before each phase, wait (5 min at most) for a 1-minute load under this (1.0)",
     )
+    parser.add_argument(
+        "--slow-step-ms",
+        type=float,
+        default=0.0,
+        help="berthd logs each trio step over this (BERTH_SLOW_STEP_MS; shown per phase; 0: off)",
+    )
     # a worker (this script, started by the coordinator)
     parser.add_argument("--worker", choices=["sse", "ws"], help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -672,6 +699,7 @@ def main() -> None:
         return
     if subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode != 0:
         raise SystemExit(f"{IMAGE} is missing: run `make image`")
+    SLOW_STEP_MS[0] = args.slow_step_ms
     kinds = [(k, n) for k, n in (("sse", args.streams), ("ws", args.ws)) if args.only in (None, k)]
     root = Path(tempfile.mkdtemp(prefix="berth-bench-streams-"))
     load = os.getloadavg()

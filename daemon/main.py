@@ -88,14 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.berthd import Berthd
     from daemon.system.fdstore import FdStore
     from daemon.system.notify import Notifier
+    from daemon.system.slow_steps import SlowSteps, threshold_from
 
     # Before anything starts a child (the embedded Podman service, conmon): it takes
     # NOTIFY_SOCKET out of the environment so that only berthd talks to systemd, and the
     # fd store the LISTEN_* variables (its sockets get FD_CLOEXEC).
     notifier = Notifier.from_environment()
     fd_store = FdStore.from_environment(notifier.address)
+    instruments: list[trio.abc.Instrument] = []
     try:
-        trio.run(Berthd(settings, notifier, fd_store, read_settings).run)
+        slow_step = threshold_from(dict(os.environ))
+    except ValueError as exc:
+        print(f"berthd: {exc}", file=sys.stderr)
+        return 2
+    if slow_step is not None:  # a diagnostic: steps of the trio thread over N ms logged
+        instruments.append(SlowSteps(slow_step))
+    try:
+        trio.run(Berthd(settings, notifier, fd_store, read_settings).run, instruments=instruments)
     except BaseException as exc:
         startup = _startup_error(exc)
         if startup is None:
