@@ -390,8 +390,8 @@ class RssSampler:
 def log_lines(log: Path | None, begin: int, end: int, needle: str) -> list[str]:
     """berthd's log lines between two offsets that contain `needle`: its garbage collections
     over 20 ms ("garbage collection": proxy/gc_policy.py logs each, from its loop, within a
-    second of it) or its slow trio steps ("slow trio step": daemon/system/slow_steps.py,
-    with --slow-step-ms)."""
+    second of it) or its slow trio steps and scheduler batches ("slow trio ":
+    daemon/system/slow_steps.py, with --slow-step-ms)."""
     if log is None:
         return []
     with log.open("rb") as f:
@@ -445,7 +445,7 @@ def run_phase(
     rss_peak = sampler.stop() if sampler else 0
     time.sleep(1.5 if log is not None else 0)  # the policy logs within a second
     collections = log_lines(log, log_at_start, log_size(log), "garbage collection")
-    slow_steps = log_lines(log, log_at_start, log_size(log), "slow trio step")
+    slow_steps = log_lines(log, log_at_start, log_size(log), "slow trio ")
     cpu_after = (cpu_seconds(berthd), cpu_seconds(backend), busy_seconds())
     totals: dict[str, object] = {"opened": 0, "opened_late": 0, "complete": 0, "events": 0}
     errors: dict[str, int] = {}
@@ -570,7 +570,8 @@ def show(
     assert isinstance(steps, list)
     if SLOW_STEP_MS[0]:
         print(
-            f"berthd's trio steps over {SLOW_STEP_MS[0]:g} ms from `start` to the end: {len(steps)}"
+            f"berthd's trio steps and batches over {SLOW_STEP_MS[0]:g} ms from `start` to the "
+            f"end: {len(steps)}"
         )
         for line in steps[:SLOW_STEPS_SHOWN]:
             print(f"  {line}")

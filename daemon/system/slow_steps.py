@@ -106,6 +106,11 @@ class SlowSteps(trio.abc.Instrument):
         self._sampled: tuple[int, str] | None = None  # (step, frames) the watcher took
         self._thread_id = threading.get_ident()
         self._watch = watch
+        self.slow_batches = 0  # scheduler batches over the threshold
+        self._batch_began = 0.0  # wall and this thread's CPU clock at the batch's start
+        self._batch_cpu = 0.0
+        self._batch_steps = 0
+        self._batch_by_task: dict[str, list[float]] = {}  # name -> [steps, seconds]
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -132,6 +137,26 @@ class SlowSteps(trio.abc.Instrument):
         self.bins[bisect.bisect_left(self._bounds, took)] += 1
         if took > self.threshold:
             self._slow(task, took, step)
+        self._batch_steps += 1
+        spent = self._batch_by_task.get(task.name)
+        if spent is None:
+            self._batch_by_task[task.name] = [1, took]
+        else:
+            spent[0] += 1
+            spent[1] += took
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._batch_began = time.perf_counter()
+        self._batch_cpu = time.thread_time()
+        self._batch_steps = 0
+        self._batch_by_task.clear()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if not self._batch_began:
+            return
+        took = time.perf_counter() - self._batch_began
+        if took > self.threshold:
+            self._slow_batch(took, time.thread_time() - self._batch_cpu)
 
     def after_run(self) -> None:
         self._stop.set()
@@ -157,6 +182,19 @@ class SlowSteps(trio.abc.Instrument):
         self.longest.sort(reverse=True)
         del self.longest[LONGEST_KEPT:]
 
+    def _slow_batch(self, took: float, cpu: float) -> None:
+        self.slow_batches += 1
+        busiest = sorted(self._batch_by_task.items(), key=lambda kv: -kv[1][1])[:5]
+        log.warning(
+            "slow trio batch: %.1f ms from one I/O check to the next (this thread's CPU "
+            "%.1f ms), %d steps in %.1f ms; busiest: %s",
+            took * 1000,
+            cpu * 1000,
+            self._batch_steps,
+            sum(seconds for _, seconds in self._batch_by_task.values()) * 1000,
+            ", ".join(f"{name} x{n:.0f} {sec * 1000:.1f} ms" for name, (n, sec) in busiest),
+        )
+
     def _watch_steps(self) -> None:
         """The watcher thread: once a step has run past the threshold, the trio thread's
         frames, once for that step."""
@@ -181,6 +219,6 @@ class SlowSteps(trio.abc.Instrument):
         )
         return (
             f"trio steps: {self.steps} in {self.total:.1f} s; {bins}; "
-            f"over {self.threshold * 1000:g} ms: {self.slow}"
+            f"over {self.threshold * 1000:g} ms: {self.slow} steps, {self.slow_batches} batches"
             + (f"; longest: {longest}" if longest else "")
         )

@@ -59,18 +59,22 @@ def test_a_busy_step_is_logged_with_its_task_and_where(caplog: pytest.LogCapture
     assert instrument.bins[4] == 1  # 20-50 ms (bins: <=1, <=5, <=10, <=20, <=50, <=100, >100)
     assert instrument.steps == sum(instrument.bins) > 20
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "the-busy-one" in warnings[0] and "hold_the_thread" in warnings[0]
+    (step,) = [w for w in warnings if w.startswith("slow trio step")]
+    assert "the-busy-one" in step and "hold_the_thread" in step
+    # the scheduler's batch that held the step: over the threshold, the task named busiest
+    (batch,) = [w for w in warnings if w.startswith("slow trio batch")]
+    assert "busiest: the-busy-one x1" in batch
+    assert len(warnings) == 2 and instrument.slow_batches == 1
     summary = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(summary) == 1 and summary[0].startswith("trio steps: ")
-    assert "over 10 ms: 1" in summary[0] and "<=50ms:1" in summary[0]
+    assert "over 10 ms: 1 steps, 1 batches" in summary[0] and "<=50ms:1" in summary[0]
 
 
 def test_short_steps_are_only_counted(caplog: pytest.LogCaptureFixture) -> None:
     instrument = SlowSteps(1.0)  # nothing here takes a second
     with caplog.at_level(logging.INFO, logger="berthd.slow_steps"):
         run_with(instrument)
-    assert instrument.slow == 0 and instrument.longest == []
+    assert instrument.slow == 0 and instrument.longest == [] and instrument.slow_batches == 0
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     assert instrument.steps == sum(instrument.bins) > 20
 
