@@ -61,12 +61,28 @@ class PageWatch:
         page.set_default_navigation_timeout(TIMEOUT_MS)
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-        page.expose_function("__berthCspViolation", self.csp_violations.append)
+        page.expose_function("__berthCspViolation", self._csp_violation)
         page.add_init_script(CSP_LISTENER)
+
+    def _csp_violation(self, what: str) -> None:
+        self.csp_violations.append(what)
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
             self.console_errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    def expect_refused_load(self, url: str, status: int) -> None:
+        """A document load this test expects to be refused (the wrong password's 401 page):
+        chromium logs every 4xx document as "Failed to load resource"; exactly that entry is
+        taken off (it must be there), any other stays."""
+        entry = f"the server responded with a status of {status}"
+        found = [m for m in self.console_errors if entry in m and m.endswith(f"({url})")]
+        assert found, f"no refused load of {url} ({status}) in {self.console_errors}"
+        self.console_errors.remove(found[0])
+
+    def assert_clean(self) -> None:
+        problems = self.problems()
+        assert not problems, "the page showed:\n" + "\n".join(problems)
 
     def problems(self) -> list[str]:
         return (

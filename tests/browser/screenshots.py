@@ -4,11 +4,11 @@ box, and the events.
 
 It starts its own berthd with the console (console_env.ConsoleBox: the echo deployments
 `alpha` and `beta`; berthd finds Podman itself, as `make run` does), sends a little traffic,
-waits (bounded) for the first per-minute rollup so the charts have points, scales `alpha`
+waits (bounded) for a few per-minute rollups so the charts have lines, scales `alpha`
 to 2 (an event, a second replica), and writes PNGs of a 1280x900 viewport (full pages).
 Only 127.0.0.1; berthd is killed by PID and its containers removed at the end.
 
-    .venv/bin/python -m tests.browser.screenshots [--out docs/console] [--no-wait]
+    .venv/bin/python -m tests.browser.screenshots [--out docs/console] [--minutes N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.browser.browser import PageWatch, launch, sign_in
@@ -24,18 +25,22 @@ from tests.browser.console_env import PASSWORD, USER, ConsoleBox
 from tests.conftest import ECHO_IMAGE, REPO_ROOT
 
 ROLLUP_TIMEOUT = 90.0
+MINUTES = 4  # rolled-up minutes before the shots: a line needs two points to show
+# (file, path, the element to wait for, the height kept: None for the full page)
 PAGES = (
-    ("deployments.png", "/console/", "deployments-table"),
-    ("deployment.png", "/console/d/alpha", "replicas-table"),
-    ("box.png", "/console/box", None),
-    ("events.png", "/console/events", "events-table"),
+    ("deployments.png", "/console/", "deployments-table", 400),
+    ("deployment.png", "/console/d/alpha", "chart-requests", 1900),
+    ("box.png", "/console/box", None, None),
+    ("events.png", "/console/events", "events-table", 1400),
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "console")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for rollups")
+    parser.add_argument(
+        "--minutes", type=int, default=MINUTES, help="rolled-up minutes to wait for (0: none)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(REPO_ROOT / "scripts" / "build-echo-image.sh"), ECHO_IMAGE], check=True)
@@ -46,16 +51,31 @@ def main(argv: list[str] | None = None) -> int:
             box.wait_ready("alpha", 2)
             box.traffic("alpha", 40)
             box.traffic("beta", 10)
-            if not args.no_wait:
-                waited = box.wait_rollups("alpha", ROLLUP_TIMEOUT)
-                print(f"screenshots: first rollup after {waited:.0f}s")
-                box.traffic("alpha", 40)
+            if args.minutes > 0:
+                wait_minutes(box, args.minutes)
             problems = shoot(box, args.out)
         finally:
             box.stop()
     for problem in problems:
         print(f"screenshots: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def wait_minutes(box: ConsoleBox, minutes: int) -> None:
+    """Some traffic every few seconds (bounded: 60 * `minutes` + 90 s) until alpha has
+    `minutes` rolled-up minutes."""
+    deadline = time.monotonic() + 60.0 * minutes + ROLLUP_TIMEOUT
+    while True:
+        series = box.berthd.json("metrics", "alpha").get("series") or []
+        have = len({row["minute"] for row in series})
+        if have >= minutes:
+            print(f"screenshots: {have} rolled-up minutes")
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"screenshots: only {have} rolled-up minutes of alpha")
+        box.traffic("alpha", 30)
+        box.traffic("beta", 5)
+        time.sleep(3.0)
 
 
 def shoot(box: ConsoleBox, out: Path) -> list[str]:
@@ -68,12 +88,15 @@ def shoot(box: ConsoleBox, out: Path) -> list[str]:
         page.get_by_test_id("signin-form").wait_for()
         page.screenshot(path=str(out / "signin.png"))
         sign_in(page, box.base, USER, PASSWORD)
-        for filename, path, testid in PAGES:
+        for filename, path, testid, height in PAGES:
             page.goto(f"{box.base}{path}")
             if testid:
                 page.get_by_test_id(testid).wait_for()
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(out / filename), full_page=True)
+            if path.startswith("/console/d/"):
+                page.locator("[data-testid=chart-requests][data-points]").wait_for()
+            page.wait_for_load_state("load")
+            clip = None if height is None else {"x": 0, "y": 0, "width": 1280, "height": height}
+            page.screenshot(path=str(out / filename), full_page=True, clip=clip)
             print(f"screenshots: {out / filename}")
         context.close()
     return watch.problems()
