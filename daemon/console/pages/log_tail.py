@@ -45,16 +45,18 @@ def cut_lines(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:
     return lines, rest
 
 
-async def log_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def log_events(chunks: trio.abc.ReceiveChannel[bytes]) -> AsyncIterator[bytes]:
+    """The SSE body for a channel of log chunks. A channel, not any async iterator: the
+    keep-alive cancels a wait for the next chunk, which a channel's `receive` survives and
+    an async generator's `__anext__` would not (it would end the generator)."""
     yield b": log tail\n\n"
     pending = b""
-    iterator = chunks.__aiter__()
     while True:
         chunk: bytes | None = None
         with trio.move_on_after(KEEPALIVE):
             try:
-                chunk = await iterator.__anext__()
-            except StopAsyncIteration:
+                chunk = await chunks.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
                 break
         if chunk is None:
             yield b": keepalive\n\n"
@@ -76,7 +78,7 @@ async def logs(request: ConsoleRequest) -> Response:
         body = answer.json if isinstance(answer.json, dict) else {}
         message = str(body.get("error") or f"no logs for {name}")
         return Response(status=answer.status, text=message + "\n", headers=headers)
-    if answer.stream is None:  # no replica: nothing to follow yet
+    if not isinstance(answer.stream, trio.abc.ReceiveChannel):  # no replica to follow yet
         return Response(stream=_once(b"event: end\ndata: no replicas\n\n"), content_type=SSE,
                         headers=headers)  # fmt: skip
     return Response(
