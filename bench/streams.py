@@ -400,6 +400,23 @@ def log_lines(log: Path | None, begin: int, end: int, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
 
 
+def thread_cpu(proc: psutil.Process | None) -> dict[str, float]:
+    """CPU seconds of each of `proc`'s threads, by 'name/tid' (/proc's comm)."""
+    if proc is None:
+        return {}
+    found: dict[str, float] = {}
+    try:
+        for t in proc.threads():
+            try:
+                comm = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            found[f"{comm}/{t.id}"] = t.user_time + t.system_time
+    except psutil.Error:
+        pass
+    return found
+
+
 def log_size(log: Path | None) -> int:
     return log.stat().st_size if log is not None and log.exists() else 0
 
@@ -435,6 +452,7 @@ def run_phase(
         opened_at_start += json.loads(line)["opened_at_start"] if line else 0
     rss_at_start = berthd.memory_info().rss if berthd else 0
     log_at_start = log_size(log)
+    threads_at_start = thread_cpu(berthd)
     deadline = start + events + 70
     for p in procs:
         try:
@@ -447,6 +465,8 @@ def run_phase(
     collections = log_lines(log, log_at_start, log_size(log), "garbage collection")
     slow_steps = log_lines(log, log_at_start, log_size(log), "slow trio ")
     cpu_after = (cpu_seconds(berthd), cpu_seconds(backend), busy_seconds())
+    threads = thread_cpu(berthd)
+    by_thread = {name: cpu - threads_at_start.get(name, 0.0) for name, cpu in threads.items()}
     totals: dict[str, object] = {"opened": 0, "opened_late": 0, "complete": 0, "events": 0}
     errors: dict[str, int] = {}
     delays: list[float] = []
@@ -494,6 +514,7 @@ def run_phase(
         "rss_peak": rss_peak,
         "slow_collections": collections,
         "slow_steps": slow_steps,
+        "berthd_threads_s": by_thread,
     }
 
 
@@ -566,6 +587,13 @@ def show(
     print(f"berthd's garbage collections over 20 ms from `start` to the end: {len(slow)}")
     for line in slow:
         print(f"  {line}")
+    threads = berth["berthd_threads_s"]
+    assert isinstance(threads, dict)
+    busy = sorted(((s, name) for name, s in threads.items() if s >= 0.05), reverse=True)
+    print(
+        "berthd's threads' CPU from `start` to the end: "
+        + (", ".join(f"{name} {s:.2f} s" for s, name in busy) or "none over 0.05 s")
+    )
     steps = berth["slow_steps"]
     assert isinstance(steps, list)
     if SLOW_STEP_MS[0]:

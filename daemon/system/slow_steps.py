@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import resource
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ ENV: Final = "BERTH_SLOW_STEP_MS"
 BINS_MS: Final = (1.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # upper bounds; the last bin is over 100
 LONGEST_KEPT: Final = 10
 FRAMES_SHOWN: Final = 6
+RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # Linux has it
 
 
 def threshold_from(environ: dict[str, str]) -> float | None:
@@ -109,6 +111,8 @@ class SlowSteps(trio.abc.Instrument):
         self.slow_batches = 0  # scheduler batches over the threshold
         self._batch_began = 0.0  # wall and this thread's CPU clock at the batch's start
         self._batch_cpu = 0.0
+        self._batch_process_cpu = 0.0
+        self._batch_switches = (0, 0)  # this thread's voluntary, involuntary context switches
         self._batch_steps = 0
         self._batch_by_task: dict[str, list[float]] = {}  # name -> [steps, seconds]
         self._stop = threading.Event()
@@ -148,6 +152,9 @@ class SlowSteps(trio.abc.Instrument):
     def after_io_wait(self, timeout: float) -> None:
         self._batch_began = time.perf_counter()
         self._batch_cpu = time.thread_time()
+        self._batch_process_cpu = time.process_time()
+        usage = resource.getrusage(RUSAGE_THREAD)
+        self._batch_switches = (usage.ru_nvcsw, usage.ru_nivcsw)
         self._batch_steps = 0
         self._batch_by_task.clear()
 
@@ -156,7 +163,14 @@ class SlowSteps(trio.abc.Instrument):
             return
         took = time.perf_counter() - self._batch_began
         if took > self.threshold:
-            self._slow_batch(took, time.thread_time() - self._batch_cpu)
+            cpu = time.thread_time() - self._batch_cpu
+            others = time.process_time() - self._batch_process_cpu - cpu
+            usage = resource.getrusage(RUSAGE_THREAD)
+            switches = (
+                usage.ru_nvcsw - self._batch_switches[0],
+                usage.ru_nivcsw - self._batch_switches[1],
+            )
+            self._slow_batch(took, cpu, others, switches)
 
     def after_run(self) -> None:
         self._stop.set()
@@ -182,14 +196,19 @@ class SlowSteps(trio.abc.Instrument):
         self.longest.sort(reverse=True)
         del self.longest[LONGEST_KEPT:]
 
-    def _slow_batch(self, took: float, cpu: float) -> None:
+    def _slow_batch(
+        self, took: float, cpu: float, others: float, switches: tuple[int, int]
+    ) -> None:
         self.slow_batches += 1
         busiest = sorted(self._batch_by_task.items(), key=lambda kv: -kv[1][1])[:5]
         log.warning(
             "slow trio batch: %.1f ms from one I/O check to the next (this thread's CPU "
-            "%.1f ms), %d steps in %.1f ms; busiest: %s",
+            "%.1f ms, the process's other threads' %.1f ms, this thread's context switches "
+            "%d voluntary, %d involuntary), %d steps in %.1f ms; busiest: %s",
             took * 1000,
             cpu * 1000,
+            others * 1000,
+            *switches,
             self._batch_steps,
             sum(seconds for _, seconds in self._batch_by_task.values()) * 1000,
             ", ".join(f"{name} x{n:.0f} {sec * 1000:.1f} ms" for name, (n, sec) in busiest),
