@@ -119,6 +119,12 @@ def any_autoscaled(daemon: ControlPlane) -> bool:
     )
 
 
+def desired_replicas(daemon: ControlPlane, name: str) -> int | None:
+    """The replica count `name`'s worker wants now (the console's replicas chart)."""
+    worker = daemon.workers.get(name)
+    return worker.snapshot().desired if worker else None
+
+
 def metrics_sampler(daemon: ControlPlane, scraper: Scraper | None = None) -> MetricsSampler:
     def statistics(name: str) -> EndpointStatistics | None:
         endpoint = daemon.endpoints.get(name)
@@ -136,6 +142,7 @@ def metrics_sampler(daemon: ControlPlane, scraper: Scraper | None = None) -> Met
         fast=partial(any_autoscaled, daemon),
         stats_interval=STATS_INTERVAL,
         scraped=None if scraper is None else partial(scraped_json, daemon, scraper),
+        desired=partial(desired_replicas, daemon),
     )
 
 

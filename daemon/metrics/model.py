@@ -111,6 +111,8 @@ class DeploymentSample:
     latency_p50: float | None
     latency_p95: float | None
     latency_mean: float | None = None
+    queued: int | None = None  # requests waiting in the endpoint's queue (`proxy.queue`)
+    desired: int | None = None  # the replicas its worker wanted this round
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ class MetricsSampler:
         now: Callable[[], datetime] = utc_now,
         run_blocking: BlockingRunner = in_thread,
         scraped: Callable[[str], dict[str, Any]] | None = None,
+        desired: Callable[[str], int | None] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, not {interval}")
@@ -125,6 +126,7 @@ class MetricsSampler:
         self._now = now
         self._run_blocking = run_blocking
         self._scraped = scraped  # the replicas' own gauges for the API (`daemon.metrics.scrape`)
+        self._desired = desired  # a deployment's wanted replica count (its worker's)
         self._counters: dict[tuple[str, str], tuple[float, int]] = {}
         # (deployment, replica) -> the container last asked about and what was measured
         # (None: not measured), carried into the rounds until it is due again.
@@ -388,6 +390,8 @@ class MetricsSampler:
             latency_p50=None if endpoint is None else endpoint.latency.p50,
             latency_p95=None if endpoint is None else endpoint.latency.p95,
             latency_mean=None if endpoint is None else endpoint.latency.mean,
+            queued=None if endpoint is None else endpoint.queued,
+            desired=None if self._desired is None else self._desired(name),
         )
 
     # -- rollups ------------------------------------------------------------------------

@@ -143,6 +143,8 @@ def _deployment_rollup(name: str, minute: str, samples: list[DeploymentSample]) 
         in_flight=mean(s.in_flight for s in samples),
         latency_p50=mean(s.latency_p50 for s in samples),
         latency_p95=mean(s.latency_p95 for s in samples),
+        queued=mean(s.queued for s in samples),
+        desired_replicas=mean(s.desired for s in samples),
     )
 
 

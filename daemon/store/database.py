@@ -156,6 +156,10 @@ class MetricRollup:
     in_flight: float | None = None
     latency_p50: float | None = None
     latency_p95: float | None = None
+    # A deployment's own row only: requests in the endpoint's queue, and the replica count
+    # its worker wanted (pinned, autoscaled or the spec's).
+    queued: float | None = None
+    desired_replicas: float | None = None
 
 
 class Store:

@@ -147,6 +147,13 @@ CREATE TABLE console_users (
 );
 """
 
+# The console's charts (issue 17): each deployment minute's requests waiting in the endpoint's
+# queue and the replica count its worker wanted (the autoscaler's or the pinned count).
+_M009_METRICS_QUEUE_DESIRED = """
+ALTER TABLE metrics ADD COLUMN queued REAL;
+ALTER TABLE metrics ADD COLUMN desired_replicas REAL;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _M001_DEPLOYMENTS_AND_REVISIONS,
     _M002_REPLICAS,
@@ -156,5 +163,6 @@ MIGRATIONS: tuple[str, ...] = (
     _M006_EVENT_UID,
     _M007_RESTARTS,
     _M008_CONSOLE_USERS,
+    _M009_METRICS_QUEUE_DESIRED,
 )
 LATEST_VERSION = len(MIGRATIONS)

@@ -69,6 +69,7 @@ class FakeProxy:
     """What `Endpoint.statistics()` answers, per deployment, steered by the test."""
 
     endpoints: dict[str, dict[str, FakeReplica]] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)  # requests in each endpoint's queue
 
     def __call__(self, name: str) -> EndpointStatistics | None:
         replicas = self.endpoints.get(name)
@@ -99,6 +100,7 @@ class FakeProxy:
             ),
             window=60.0,
             replicas=rs,
+            queued=self.queued.get(name, 0),
         )
 
 
@@ -575,6 +577,31 @@ async def test_each_minute_is_rolled_up_once_it_is_over(
     ]
     minute1 = {(r.deployment, r.replica): r for r in rig.rollups.written[1]}
     assert minute1[("echo", "a")].cpu_percent == pytest.approx(100.0)
+
+
+async def test_a_deployment_minute_has_its_queue_and_desired_replicas(
+    autojump_clock: MockClock,
+) -> None:
+    desired = {"echo": 1}
+    rig = make_rig(desired=desired.get)
+    async with trio.open_nursery() as nursery:
+        rig.nursery = nursery  # type: ignore[attr-defined]
+        await rig.replica("echo", "a")
+        rig.proxy.endpoints["echo"] = {"a": FakeReplica()}
+        await start(rig)
+        # Minute 0's 12 rounds: at 0 s (nothing queued, 1 desired), 5..25 s (4 queued, 1
+        # desired), 30..55 s (none queued, 3 desired).
+        for n in range(12):
+            rig.proxy.queued["echo"] = 4 if n < 5 else 0
+            desired["echo"] = 1 if n < 5 else 3
+            await trio.sleep(5)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    rows = {(r.deployment, r.replica): r for r in rig.rollups.written[0]}
+    whole, replica = rows[("echo", "")], rows[("echo", "a")]
+    assert whole.queued == pytest.approx(5 * 4 / 12)
+    assert whole.desired_replicas == pytest.approx((6 * 1 + 6 * 3) / 12)
+    assert replica.queued is None and replica.desired_replicas is None  # the deployment's own
 
 
 async def test_old_rollups_are_pruned_at_start_and_hourly(
