@@ -49,14 +49,15 @@
   function draw(root, chart) {
     var id = root.getAttribute("data-metric");
     var width = Math.max(root.clientWidth || 400, 300);
+    root.setAttribute("data-points", String(chart.points));
+    // Nothing measured in the window (no GPU, a new deployment): say so, draw no empty axes.
+    root.classList.toggle("no-data", chart.points === 0 && !plots[id]);
     if (plots[id]) {
       plots[id].setData(chart.data);
-    } else {
+    } else if (chart.points > 0) {
       root.textContent = "";
       plots[id] = new uPlot(options(chart, width), chart.data, root);
     }
-    root.setAttribute("data-points", String(chart.points));
-    root.classList.toggle("no-data", chart.points === 0);
   }
 
   function load(container) {
