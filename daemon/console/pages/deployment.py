@@ -84,7 +84,8 @@ def diff_html(name: str, a: dict[str, Any], b: dict[str, Any]) -> str:
     for line in lines:
         cls = _line_class(line)
         out.append(f'<span class="{cls}">{h(line)}</span>')
-    return f'<pre class="diff" data-testid="spec-diff">{chr(10).join(out)}</pre>'
+    # Each line is a block span: no newline between them (a pre would show it twice).
+    return f'<pre class="diff" data-testid="spec-diff">{"".join(out)}</pre>'
 
 
 def _line_class(line: str) -> str:
@@ -163,7 +164,9 @@ async def data(request: ConsoleRequest) -> Response:
         return Response(status=400, json={"error": str(exc)})
     q = quote(name, safe="")
     try:
-        metrics = await request.admin.get(f"/v1/deployments/{q}/metrics", since=window.name)
+        # In seconds: the admin API's durations have no days ("1d" is refused).
+        since = f"{window.seconds}s"
+        metrics = await request.admin.get(f"/v1/deployments/{q}/metrics", since=since)
     except AdminError as exc:
         return Response(status=exc.status, json={"error": exc.message})
     series = shape(metrics.get("series") or [], window, datetime.now(UTC))
