@@ -440,6 +440,8 @@ def run_phase(
             "--first", str(first), "--count", str(count), "--total", str(streams),
             "--events", str(events), "--start", f"{start:.6f}", "--out", out,
         ]  # fmt: skip
+        if CLIENT_NICE[0]:
+            cmd = ["nice", "-n", str(CLIENT_NICE[0]), *cmd]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
         first += count
     rss_before = berthd.memory_info().rss if berthd else 0
@@ -640,6 +642,7 @@ class CheckoutDaemon(Daemon):
 
 SLOW_STEP_MS = [0.0]  # --slow-step-ms: berthd's BERTH_SLOW_STEP_MS (0: off)
 SLOW_STEPS_SHOWN: Final = 40
+CLIENT_NICE = [0]  # --client-nice: the client workers' nice value, both phases
 
 BUSY_BOX: Final = 0.5  # others' CPU, in cores on average over a phase, that spoils it
 
@@ -712,6 +715,12 @@ def main() -> None:
         default=0.0,
         help="berthd logs each trio step over this (BERTH_SLOW_STEP_MS; shown per phase; 0: off)",
     )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run the client workers under `nice -n N`, both phases (0)",
+    )
     # a worker (this script, started by the coordinator)
     parser.add_argument("--worker", choices=["sse", "ws"], help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -729,6 +738,7 @@ def main() -> None:
     if subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode != 0:
         raise SystemExit(f"{IMAGE} is missing: run `make image`")
     SLOW_STEP_MS[0] = args.slow_step_ms
+    CLIENT_NICE[0] = args.client_nice
     kinds = [(k, n) for k, n in (("sse", args.streams), ("ws", args.ws)) if args.only in (None, k)]
     root = Path(tempfile.mkdtemp(prefix="berth-bench-streams-"))
     load = os.getloadavg()
@@ -736,6 +746,7 @@ def main() -> None:
         f"berth streams benchmark: {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
         f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
         f"real berthd + one Podman replica, {args.workers} client processes"
+        + (f" at nice {args.client_nice}" if args.client_nice else "")
     )
     try:
         for kind, n in kinds:  # a fresh berthd each: RSS freed by one kind hides the next's

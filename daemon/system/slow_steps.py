@@ -1,24 +1,29 @@
-"""A diagnostic: every trio task step longer than a threshold, logged with where it was.
+"""A diagnostic: every trio task step, and every scheduler batch, longer than a threshold,
+logged with where it was.
 
 berthd runs its control plane (reconcile rounds, Podman list resyncs, probes, the metrics
-sampler, the admin API) and every endpoint's proxy on one trio thread, so a step that holds
+sampler, the admin API) and every endpoint's proxy on one trio thread, so whatever holds
 the thread for 40 ms delays every stream's next event by as much. `BERTH_SLOW_STEP_MS=N`
 (read by `daemon.main`; off when unset or 0) adds `SlowSteps` to `trio.run`'s instruments:
 
-- `before_task_step` notes the clock; `after_task_step` bins the step's length (`BINS_MS`)
-  and, over the threshold, logs the task's name, the length and two places: `during`, the
-  innermost frames of the trio thread while the step was running (sampled once per slow
-  step by a watcher thread as the step passes the threshold: the line that holds the
-  thread, e.g. a JSON parse or an SQLite call), and `ended at`, the coroutine chain
-  (`cr_await` from `task.coro`) where the step gave the thread back. Only a step over the
-  threshold reads any frame; an ordinary step costs two clock reads and a bisect.
-- `after_run` logs the summary: steps, total time in steps, the count in each bin, and the
-  longest steps (task, ms, where).
+- A step (`before_task_step` to `after_task_step`) over N ms is logged with the task's
+  name, its length and two places: `during`, the innermost frames of the trio thread while
+  the step ran (sampled once per slow step by a watcher thread as the step passes N: the
+  line that holds the thread, e.g. a JSON parse or an SQLite call), and `ended at`, the
+  coroutine chain (`cr_await` from `task.coro`) where the step gave the thread back.
+- A batch (`after_io_wait` to the next `before_io_wait`: every task trio ran between two
+  looks at I/O) over N ms is logged with its steps, its busiest tasks, the trio thread's
+  CPU time in it, the other threads' CPU time and the trio thread's context switches.
+  Wall time well over the thread's CPU time with involuntary switches means the kernel ran
+  something else (another process: on a small box, the clients or the replica); with
+  voluntary ones and the other threads busy, a thread of berthd held the GIL.
+- `after_run` logs the summary: steps, total time in steps, the count in each bin
+  (`BINS_MS`), how many steps and batches passed N, and the longest steps.
 
-The watcher wakes every `threshold / 4` and takes the GIL for a few microseconds when it
-does; with the threshold at 20 ms that is 200 wake-ups a second: cheap, but not free, hence
-off by default. A garbage collection inside a step shows up as that step (proxy.gc_policy
-logs collections over 20 ms on their own).
+An ordinary step costs two clock reads, a bisect and a dict update; a batch two CPU clocks
+and a getrusage. Only a slow step reads any frame. The watcher wakes every N / 4 and takes
+the GIL for microseconds when it does. Cheap, not free: off by default. A garbage
+collection inside a step shows up as that step (proxy.gc_policy logs those over 20 ms).
 """
 
 from __future__ import annotations
