@@ -130,6 +130,8 @@ async def test_deployment_page_shows_replicas_charts_spec_revisions_events_and_a
     assert 'data-log-src="/console/d/web/logs"' in page
     assert 'href="/console/d/web/rollback/confirm?to=1"' in page
     assert 'href="/console/d/web/restart/confirm?replica=web-b2"' in page
+    assert 'data-testid="revision-compare"' in page
+    assert '<option value="1" selected>1</option>' in page  # from: the newest older one
     assert "failing (2 in a row)" in page and "exit 137" in page and "nvidia.com/gpu=0" in page
     assert 'data-fragment="/console/d/web/fragment/replicas"' in page
     assert "[replicas]" in page and "min = 1" in page  # the canonical form, not the text

@@ -145,7 +145,31 @@ def revisions_html(name: str, history: list[dict[str, Any]]) -> str:
             )
         )
     headers = ["Revision", "", "Status", "Reason", "Spec id", "Created", ""]
-    return table("revisions-table", headers, rows, empty="no revisions")
+    return table("revisions-table", headers, rows, empty="no revisions") + compare_form(
+        name, [r.get("revision") for r in history], active
+    )
+
+
+def compare_form(name: str, revisions: list[Any], active: Any) -> str:
+    """Diff any two revisions: a GET form for the page's `?from=A&to=B`."""
+    if len(revisions) < 2:
+        return ""
+
+    def select(field: str, chosen: Any) -> str:
+        options = "".join(
+            f'<option value="{h(r)}"{" selected" if r == chosen else ""}>{h(r)}</option>'
+            for r in reversed(revisions)
+        )
+        return f'<select name="{field}" data-testid="diff-{field}">{options}</select>'
+
+    older = [r for r in revisions if r != active]
+    return (
+        f'<form method="get" action="{h(base(name))}#diff" class="filters" '
+        'data-testid="revision-compare">'
+        f"<label>Diff revision {select('from', older[-1] if older else revisions[0])}</label>"
+        f"<label>with {select('to', active if active is not None else revisions[-1])}</label>"
+        '<button type="submit">Show diff</button></form>'
+    )
 
 
 def events_html(events: list[dict[str, Any]]) -> str:
