@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from playwright.sync_api import FloatRect
+
 from tests.browser.browser import PageWatch, launch, sign_in
 from tests.browser.console_env import PASSWORD, USER, ConsoleBox
 from tests.conftest import ECHO_IMAGE, REPO_ROOT
@@ -95,7 +97,9 @@ def shoot(box: ConsoleBox, out: Path) -> list[str]:
             if path.startswith("/console/d/"):
                 page.locator("[data-testid=chart-requests][data-points]").wait_for()
             page.wait_for_load_state("load")
-            clip = None if height is None else {"x": 0, "y": 0, "width": 1280, "height": height}
+            clip: FloatRect | None = None
+            if height is not None:
+                clip = {"x": 0, "y": 0, "width": 1280, "height": height}
             page.screenshot(path=str(out / filename), full_page=True, clip=clip)
             print(f"screenshots: {out / filename}")
         context.close()
