@@ -12,25 +12,26 @@ the thread for 40 ms delays every stream's next event by as much. `BERTH_SLOW_ST
   line that holds the thread, e.g. a JSON parse or an SQLite call), and `ended at`, the
   coroutine chain (`cr_await` from `task.coro`) where the step gave the thread back.
 - A batch (`after_io_wait` to the next `before_io_wait`: every task trio ran between two
-  looks at I/O) over N ms is logged with its steps, its busiest tasks, the trio thread's
-  CPU time in it, the other threads' CPU time and the trio thread's context switches.
-  Wall time well over the thread's CPU time with involuntary switches means the kernel ran
-  something else (another process: on a small box, the clients or the replica); with
-  voluntary ones and the other threads busy, a thread of berthd held the GIL.
+  looks at I/O) over N ms is logged with its steps, its busiest tasks and the trio
+  thread's CPU time in it. Wall time well over that CPU time means the thread was not
+  running: the kernel ran another process (on a small box, the replicas or clients on the
+  same host), or another thread of berthd held the GIL (`top -H` / per-thread CPU tell
+  which). An earlier version also read the context switches and the other threads' CPU
+  each batch: ~10 % of berthd's busy time under 9,000 streams (py-spy), so not kept.
 - `after_run` logs the summary: steps, total time in steps, the count in each bin
   (`BINS_MS`), how many steps and batches passed N, and the longest steps.
 
-An ordinary step costs two clock reads, a bisect and a dict update; a batch two CPU clocks
-and a getrusage. Only a slow step reads any frame. The watcher wakes every N / 4 and takes
-the GIL for microseconds when it does. Cheap, not free: off by default. A garbage
-collection inside a step shows up as that step (proxy.gc_policy logs those over 20 ms).
+An ordinary step costs two clock reads, a bisect and a dict update; a batch one more
+clock (the thread's CPU time, ~0.6 us). Only a slow step reads any frame. The watcher
+wakes every N / 4 and takes the GIL for microseconds when it does. Cheap, not free: off by
+default. A garbage collection inside a step shows up as that step (proxy.gc_policy logs
+those over 20 ms).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import resource
 import sys
 import threading
 import time
@@ -46,7 +47,6 @@ ENV: Final = "BERTH_SLOW_STEP_MS"
 BINS_MS: Final = (1.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # upper bounds; the last bin is over 100
 LONGEST_KEPT: Final = 10
 FRAMES_SHOWN: Final = 6
-RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # Linux has it
 
 
 def threshold_from(environ: dict[str, str]) -> float | None:
@@ -116,8 +116,6 @@ class SlowSteps(trio.abc.Instrument):
         self.slow_batches = 0  # scheduler batches over the threshold
         self._batch_began = 0.0  # wall and this thread's CPU clock at the batch's start
         self._batch_cpu = 0.0
-        self._batch_process_cpu = 0.0
-        self._batch_switches = (0, 0)  # this thread's voluntary, involuntary context switches
         self._batch_steps = 0
         self._batch_by_task: dict[str, list[float]] = {}  # name -> [steps, seconds]
         self._stop = threading.Event()
@@ -157,9 +155,6 @@ class SlowSteps(trio.abc.Instrument):
     def after_io_wait(self, timeout: float) -> None:
         self._batch_began = time.perf_counter()
         self._batch_cpu = time.thread_time()
-        self._batch_process_cpu = time.process_time()
-        usage = resource.getrusage(RUSAGE_THREAD)
-        self._batch_switches = (usage.ru_nvcsw, usage.ru_nivcsw)
         self._batch_steps = 0
         self._batch_by_task.clear()
 
@@ -168,14 +163,7 @@ class SlowSteps(trio.abc.Instrument):
             return
         took = time.perf_counter() - self._batch_began
         if took > self.threshold:
-            cpu = time.thread_time() - self._batch_cpu
-            others = time.process_time() - self._batch_process_cpu - cpu
-            usage = resource.getrusage(RUSAGE_THREAD)
-            switches = (
-                usage.ru_nvcsw - self._batch_switches[0],
-                usage.ru_nivcsw - self._batch_switches[1],
-            )
-            self._slow_batch(took, cpu, others, switches)
+            self._slow_batch(took, time.thread_time() - self._batch_cpu)
 
     def after_run(self) -> None:
         self._stop.set()
@@ -201,19 +189,14 @@ class SlowSteps(trio.abc.Instrument):
         self.longest.sort(reverse=True)
         del self.longest[LONGEST_KEPT:]
 
-    def _slow_batch(
-        self, took: float, cpu: float, others: float, switches: tuple[int, int]
-    ) -> None:
+    def _slow_batch(self, took: float, cpu: float) -> None:
         self.slow_batches += 1
         busiest = sorted(self._batch_by_task.items(), key=lambda kv: -kv[1][1])[:5]
         log.warning(
             "slow trio batch: %.1f ms from one I/O check to the next (this thread's CPU "
-            "%.1f ms, the process's other threads' %.1f ms, this thread's context switches "
-            "%d voluntary, %d involuntary), %d steps in %.1f ms; busiest: %s",
+            "%.1f ms), %d steps in %.1f ms; busiest: %s",
             took * 1000,
             cpu * 1000,
-            others * 1000,
-            *switches,
             self._batch_steps,
             sum(seconds for _, seconds in self._batch_by_task.values()) * 1000,
             ", ".join(f"{name} x{n:.0f} {sec * 1000:.1f} ms" for name, (n, sec) in busiest),
