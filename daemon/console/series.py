@@ -110,8 +110,10 @@ def minute_rows(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float 
     replica rows that minute has. Keyed by the minute's Unix second."""
     out: dict[int, dict[str, float | None]] = {}
     counts: dict[int, int] = {}
+    epochs: dict[object, int | None] = {}  # a minute's replica rows repeat its text: parse once
     for row in rows:
-        t = _epoch(row.get("minute"))
+        minute = row.get("minute")
+        t = epochs[minute] if minute in epochs else epochs.setdefault(minute, _epoch(minute))
         if t is None:
             continue
         if row.get("replica"):
@@ -119,7 +121,7 @@ def minute_rows(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float 
             out.setdefault(t, {})
         else:
             figures = out.setdefault(t, {})
-            figures.update({k: _number(v) for k, v in row.items() if k not in _KEYS})
+            figures.update({f: _number(row.get(f)) for f in _FIELDS})
     for t, figures in out.items():
         figures["replicas"] = float(counts.get(t, 0))
     return out
@@ -169,7 +171,7 @@ def shape(rows: Iterable[Mapping[str, Any]], window: Window, now: datetime) -> d
     }
 
 
-_KEYS = frozenset({"deployment", "replica", "minute", "samples"})
+_FIELDS = tuple(dict.fromkeys(f for c in CHARTS for _, f in c.lines if f != "replicas"))
 
 
 def _epoch(minute: object) -> int | None:

@@ -5,18 +5,22 @@ answers here (the pages' logic is what is tested); tests/browser drive the real 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from config.units import parse_duration
 from daemon.console.pages import box, deployment, events
 from daemon.console.request import AdminError, ConsoleRequest
 from daemon.console.series import CHART_IDS
 from daemon.http.server import Response
+from daemon.store.access import StoreAccess
+from daemon.store.database import MetricRollup, Store, rfc3339
 
 EVIL = "<script>alert(1)</script>"
 ECHO = """name = "web"
@@ -186,26 +190,43 @@ async def test_unknown_fragment_is_404() -> None:
     assert isinstance(answer, Response) and answer.status == 404
 
 
-async def test_series_json_is_shaped_from_the_metrics_route() -> None:
-    admin = admin_for()
-    rows = [{"deployment": "web", "replica": "", "minute": "2020-01-01T00:00:00Z",
-             "samples": 12, "requests_per_s": 3.0}]  # fmt: skip
-    admin.answers["/v1/deployments/web/metrics"] = {"series": rows}
-    answer = await deployment.data(
-        request("/s", admin, query={"window": "1d"}, name="web", part="series")
-    )
-    assert isinstance(answer, Response) and answer.status == 200
-    body = json.loads(json.dumps(answer.json))
-    assert body["window"] == "1d" and body["deployment"] == "web"
-    assert set(body["charts"]) == set(CHART_IDS)
-    assert body["charts"]["requests"]["points"] == 0  # 2020 is outside the day
-    assert admin.calls[-1] == ("/v1/deployments/web/metrics", {"since": "86400s"})
-    parse_duration("86400s")  # what the metrics route reads it with (it refuses "1d")
-    bad = await deployment.data(request("/s", admin, query={"window": "1y"}, name="web",
-                                        part="series"))  # fmt: skip
-    assert bad.status == 400 and "window: must be one of 1h, 1d" in str(bad.json)
-    gone = await deployment.data(request("/s", FakeAdmin({}), name="x", part="series"))
-    assert gone.status == 404
+async def test_series_json_is_shaped_from_the_stores_rollups(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    with Store(tmp_path / "berth.db") as store:
+        access = StoreAccess(store)
+        store.apply("web", "a" * 12, ECHO, "{}")
+        minute = rfc3339(now - timedelta(minutes=2))
+        old = rfc3339(now - timedelta(days=2))
+        store.add_metric_rollups(
+            [
+                MetricRollup("web", "", minute, 12, requests_per_s=3.0, desired_replicas=2.0),
+                MetricRollup("web", "web-a1", minute, 12, requests_per_s=3.0),
+                MetricRollup("web", "", old, 12, requests_per_s=9.0),
+                MetricRollup("", "", minute, 12, cpu_percent=50.0),  # the host's: not web's
+            ]
+        )
+
+        async def series(name: str, window: str) -> Response:
+            req = request("/s", FakeAdmin({}), query={"window": window}, name=name, part="series")
+            req = dataclasses.replace(req, daemon=cast(Any, SimpleNamespace(store=access)))
+            return await deployment.data(req)
+
+        answer = await series("web", "1h")
+        assert answer.status == 200
+        body = json.loads(json.dumps(answer.json))
+        assert body["window"] == "1h" and body["deployment"] == "web"
+        assert set(body["charts"]) == set(CHART_IDS)
+        requests, replicas = body["charts"]["requests"], body["charts"]["replicas"]
+        assert requests["points"] == 1 and requests["data"][1][-3] == 3.0
+        assert replicas["data"][1][-3] == 1.0 and replicas["data"][2][-3] == 2.0
+        assert body["charts"]["cpu"]["points"] == 0
+        day = json.loads(json.dumps((await series("web", "1d")).json))
+        assert day["charts"]["requests"]["points"] == 1  # two days ago is outside it
+        bad = await series("web", "1y")
+        assert bad.status == 400 and "window: must be one of 1h, 1d" in str(bad.json)
+        assert (await series("nope", "1h")).status == 404
+        store.mark_removed("web")
+        assert (await series("web", "1h")).status == 404
 
 
 async def test_events_page_filters_by_kind_and_level_newest_first() -> None:

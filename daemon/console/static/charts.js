@@ -2,14 +2,15 @@
 // (vendor/uplot/). The container [data-series-src] names the JSON
 // (/console/d/NAME/data/series?window=1h|1d: uPlot's columns, one block per chart);
 // each [data-metric] root inside it becomes one chart and gets data-points="N" (the
-// buckets with a value) once drawn. The rollups behind the charts are per minute, so the
-// data is fetched again once a minute, just after the minute turns, while the tab is
-// visible (one small request; no fetch at all while it is hidden).
+// buckets with a value) once drawn. The data is fetched again once a bucket (the JSON's
+// `step`: a minute for the hour, five for the day), just after it turns and its rollup is
+// in, and only while the tab is visible (no fetch at all while it is hidden).
 (function () {
   "use strict";
   var COLORS = ["#2e5bff", "#e8590c", "#2f9e44", "#ae3ec9"];
   var HEIGHT = 200;
   var plots = {};
+  var step = 60; // seconds per point, from the last answer
 
   function bytes(v) {
     if (v === null || v === undefined) { return ""; }
@@ -66,6 +67,7 @@
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (body) {
         if (!body || !body.charts) { return; }
+        if (body.step > 0) { step = body.step; }
         container.querySelectorAll("[data-metric]").forEach(function (root) {
           var chart = body.charts[root.getAttribute("data-metric")];
           if (chart) { draw(root, chart); }
@@ -78,12 +80,12 @@
     document.querySelectorAll("[data-series-src]").forEach(load);
   }
 
-  function scheduleNextMinute() {
-    var now = Date.now();
-    var wait = 60000 - (now % 60000) + 5000; // the rollup of the minute just ended is in
+  function scheduleNextBucket() {
+    var period = step * 1000;
+    var wait = period - (Date.now() % period) + 5000; // the minute just ended is rolled up
     setTimeout(function () {
       if (document.visibilityState !== "hidden") { loadAll(); }
-      scheduleNextMinute();
+      scheduleNextBucket();
     }, wait);
   }
 
@@ -97,7 +99,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     if (!window.uPlot || !document.querySelector("[data-series-src]")) { return; }
     loadAll();
-    scheduleNextMinute();
+    scheduleNextBucket();
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "visible") { loadAll(); }
     });
