@@ -2,8 +2,9 @@
 
 uPlot draws aligned columns: `[[t0, t1, ...], [a0, a1, ...], [b0, b1, ...]]`, timestamps in
 Unix seconds, `null` where a value is missing. `shape` turns the rows the sampler rolled up
-(`daemon.metrics.windows`, as `GET /v1/deployments/NAME/metrics?since=...` answers them in
-`series`) into one such block per chart, over a fixed grid.
+(`daemon.metrics.windows`; `Store.metric_rollups` rows as dicts, the shape `GET
+/v1/deployments/NAME/metrics` answers in `series`) into one such block per chart, over a
+fixed grid.
 
 Invariants:
 - The grid is fixed by the window and the clock alone: `window.seconds // window.step`
