@@ -132,8 +132,11 @@ async def test_deployment_page_shows_replicas_charts_spec_revisions_events_and_a
         assert f'data-testid="chart-{chart}"' in page
     assert 'data-series-src="/console/d/web/data/series?window=1h"' in page
     assert 'data-log-src="/console/d/web/logs"' in page
-    assert 'href="/console/d/web/rollback/confirm?to=1"' in page
-    assert 'href="/console/d/web/restart/confirm?replica=web-b2"' in page
+    # K1's action forms (daemon.console.actions): GETs to the confirm pages.
+    assert 'action="/console/d/web/rollback/confirm"' in page
+    assert '<input type="hidden" name="to" value="1">' in page
+    assert '<input type="hidden" name="replica" value="web-b2">' in page
+    assert 'action="/console/d/web/scale/confirm"' in page and 'name="auto"' in page
     assert 'data-testid="revision-compare"' in page
     assert '<option value="1" selected>1</option>' in page  # from: the newest older one
     assert "failing (2 in a row)" in page and "exit 137" in page and "nvidia.com/gpu=0" in page

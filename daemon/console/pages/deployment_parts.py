@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from daemon.console import actions
 from daemon.console.html import h
 from daemon.console.pages.cells import Raw, duration, link, table, when
 from daemon.console.pages.events import event_rows
@@ -19,11 +20,6 @@ PARTS = ("summary", "replicas", "revisions", "events")
 
 def base(name: str) -> str:
     return f"/console/d/{quote(name, safe='')}"
-
-
-def action_href(name: str, action: str, **params: str) -> str:
-    query = f"?{urlencode(params)}" if params else ""
-    return f"{base(name)}/{action}/confirm{query}"
 
 
 async def deployment_json(request: ConsoleRequest, name: str) -> dict[str, Any]:
@@ -55,21 +51,9 @@ def summary_html(d: dict[str, Any]) -> str:
         for k, v in facts
     )
     current = d.get("desired", 0) if pinned is None else pinned
-    scale = (
-        f'<form method="get" action="{h(base(name))}/scale/confirm" class="inline">'
-        f'<label>Replicas <input type="number" name="replicas" min="0" max="100" '
-        f'value="{h(current)}" data-testid="scale-replicas"></label>'
-        '<button type="submit" data-testid="action-scale">Scale…</button></form>'
-        + link(
-            action_href(name, "scale", replicas="auto"),
-            "Hand back to autoscaling",
-            testid="action-scale-auto",
-            css="button",
-        )  # fmt: skip
-    )
-    remove = link(
-        action_href(name, "remove"), "Remove…", testid="action-remove", css="button danger"
-    )
+    # The action buttons are K1's (`daemon.console.actions`): GETs to their confirm pages.
+    scale = actions.scale_form(name, int(current) if isinstance(current, int) else None)
+    remove = actions.remove_form(name)
     return (
         f'<dl class="facts" data-testid="deployment-summary">{rows}</dl>'
         f'<div class="actions">{scale}{remove}</div>'
@@ -90,8 +74,7 @@ def replicas_html(d: dict[str, Any]) -> str:
     rows = []
     for r in d.get("replicas", []):
         rid = str(r.get("id", ""))
-        restart = link(action_href(name, "restart", replica=rid), "Restart…",
-                       testid="action-restart", css="button")  # fmt: skip
+        restart = Raw(actions.restart_form(name, rid))
         rows.append(
             (
                 f"replica-row-{rid}",
@@ -124,12 +107,11 @@ def revisions_html(name: str, history: list[dict[str, Any]]) -> str:
     rows = []
     for r in reversed(history):
         rev = r.get("revision")
-        actions: list[str] = []
+        links: list[str] = []
         if active is not None and rev != active:
             diff = f"{base(name)}?{urlencode({'from': rev, 'to': active})}#diff"
-            actions.append(link(diff, f"diff with {active}", testid="revision-diff"))
-            actions.append(link(action_href(name, "rollback", to=str(rev)), "Roll back…",
-                                testid="action-rollback", css="button"))  # fmt: skip
+            links.append(link(diff, f"diff with {active}", testid="revision-diff"))
+            links.append(actions.rollback_form(name, int(rev)))
         rows.append(
             (
                 f"revision-row-{rev}",
@@ -140,7 +122,7 @@ def revisions_html(name: str, history: list[dict[str, Any]]) -> str:
                     r.get("reason"),
                     r.get("spec_id"),
                     when(r.get("created_at")),
-                    Raw(" ".join(actions)),
+                    Raw(" ".join(links)),
                 ],
             )
         )
