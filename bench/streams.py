@@ -442,6 +442,8 @@ def run_phase(
         ]  # fmt: skip
         if CLIENT_NICE[0]:
             cmd = ["nice", "-n", str(CLIENT_NICE[0]), *cmd]
+        if CLIENT_BATCH[0]:  # SCHED_BATCH: a woken client does not preempt berthd
+            cmd = ["chrt", "--batch", "0", *cmd]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
         first += count
     rss_before = berthd.memory_info().rss if berthd else 0
@@ -643,6 +645,7 @@ class CheckoutDaemon(Daemon):
 SLOW_STEP_MS = [0.0]  # --slow-step-ms: berthd's BERTH_SLOW_STEP_MS (0: off)
 SLOW_STEPS_SHOWN: Final = 40
 CLIENT_NICE = [0]  # --client-nice: the client workers' nice value, both phases
+CLIENT_BATCH = [False]  # --client-batch: the client workers under SCHED_BATCH, both phases
 
 BUSY_BOX: Final = 0.5  # others' CPU, in cores on average over a phase, that spoils it
 
@@ -721,6 +724,13 @@ def main() -> None:
         default=0,
         help="run the client workers under `nice -n N`, both phases (0)",
     )
+    parser.add_argument(
+        "--client-batch",
+        action="store_true",
+        help="run the client workers under SCHED_BATCH (`chrt --batch 0`), both phases: "
+        "the same share of the cores, but a client woken by an event does not preempt "
+        "the process that sent it",
+    )
     # a worker (this script, started by the coordinator)
     parser.add_argument("--worker", choices=["sse", "ws"], help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -739,6 +749,7 @@ def main() -> None:
         raise SystemExit(f"{IMAGE} is missing: run `make image`")
     SLOW_STEP_MS[0] = args.slow_step_ms
     CLIENT_NICE[0] = args.client_nice
+    CLIENT_BATCH[0] = args.client_batch
     kinds = [(k, n) for k, n in (("sse", args.streams), ("ws", args.ws)) if args.only in (None, k)]
     root = Path(tempfile.mkdtemp(prefix="berth-bench-streams-"))
     load = os.getloadavg()
@@ -747,6 +758,7 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
         f"real berthd + one Podman replica, {args.workers} client processes"
         + (f" at nice {args.client_nice}" if args.client_nice else "")
+        + (" under SCHED_BATCH" if args.client_batch else "")
     )
     try:
         for kind, n in kinds:  # a fresh berthd each: RSS freed by one kind hides the next's
