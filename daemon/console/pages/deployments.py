@@ -1,7 +1,8 @@
 """The deployments page: `berth ls`'s table (status, ready/desired, revision, endpoint),
-with each endpoint's requests/s and p95 latency, kept current by console.js (it re-fetches
-`/console/fragment/deployments` on a `change`; the figures also on the page's own slow
-refresh of the request rates, see static/console.js)."""
+with each endpoint's requests/s (the sampler's last interval) and p95 latency (the proxy's
+window), kept current by console.js: it re-fetches `/console/fragment/deployments` on each
+`change` from /console/stream, with no timer of its own, so the request figures are as of
+the last change (or the page's load)."""
 
 from __future__ import annotations
 
