@@ -27,6 +27,7 @@ _NAMES = {
     "metrics_listen": "[metrics] listen",
     "events_keep": "[events] keep",
     "events_max_rows": "[events] max_rows",
+    "console": "[console]",  # listen and tls: the console's listener is made at start
 }
 
 
@@ -50,8 +51,6 @@ def _gateway_changes(old: GatewaySettings | None, new: GatewaySettings | None) -
 def start_only_changes(old: DaemonSettings, new: DaemonSettings) -> list[str]:
     """The settings that differ in `new` (berthd.toml read again), by their berthd.toml names."""
     changed = [name for field, name in _NAMES.items() if getattr(old, field) != getattr(new, field)]
-    if old.console != new.console:
-        changed.append("[console]")
     return changed + _gateway_changes(old.gateway, new.gateway)
 
 

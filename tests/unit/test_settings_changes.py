@@ -85,3 +85,17 @@ def test_gateway_added_removed_and_its_keys(tmp_path: Path) -> None:
     assert start_only_changes(gateway, none) == ["[gateway] (removed)"]
     assert start_only_changes(gateway, bigger) == ["[gateway] max_body"]
     assert start_only_changes(gateway, gateway) == []
+
+
+def test_a_changed_console_is_named(tmp_path: Path) -> None:
+    def settings(text: str) -> DaemonSettings:
+        config = tmp_path / "berthd.toml"
+        config.write_text(text)
+        return load_settings(config, {}, {"state_dir": tmp_path})
+
+    none = settings("")
+    one = settings('[console]\nlisten = "127.0.0.1:9470"\n')
+    other = settings('[console]\nlisten = "127.0.0.1:9471"\n')
+    assert start_only_changes(none, one) == ["[console]"]
+    assert start_only_changes(one, other) == ["[console]"]
+    assert start_only_changes(one, one) == []
