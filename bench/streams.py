@@ -32,7 +32,10 @@ again with a fresh berthd (--retries, 2), every attempt shown.
 Each phase is bounded: `start + events + 70` s at most. With --slow-step-ms N, berthd runs
 with BERTH_SLOW_STEP_MS=N (daemon/system/slow_steps.py): its trio steps over N ms from
 `start` to the phase's end are shown with their task and where they ran, and its summary of
-every step (bins) once it has stopped.
+every step (bins) once it has stopped. --client-batch runs the client workers under
+SCHED_BATCH (--client-nice N: under nice), in both phases: on a 2-core box the client shares
+the cores with berthd, and a client woken by berthd's send otherwise preempts it
+(docs/benchmarks.md, 18:55-19:13Z).
 
 It removes the deployment's containers and ends berthd and its workers by PID. Usage:
   .venv/bin/python bench/streams.py [--streams 9000] [--events 20] [--ws 1000] [--workers 4]
