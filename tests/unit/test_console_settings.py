@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,16 @@ def test_off_loopback_with_tls(tmp_path: Path) -> None:
 )
 def test_refused(tmp_path: Path, text: str, said: str) -> None:
     assert said in refusal(tmp_path, text)
+
+
+def test_berthd_loads_no_console_code_unless_configured() -> None:
+    # `[console]` absent: berthd imports none of daemon.console (the server is imported
+    # only by Berthd._start_console), and the proxy never does.
+    script = (
+        "import sys, daemon.main, daemon.berthd, proxy.endpoint\n"
+        "print(sorted(m for m in sys.modules if m.startswith('daemon.console')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
