@@ -86,6 +86,8 @@ def layout(
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # No favicon: a browser would ask /favicon.ico (outside /console) and log a 404.
+        '<link rel="icon" href="data:,">'
         f"{head_meta}<title>{h(title)} · berth</title>{css}{js}</head>"
         f"<body>{nav}<main><h1>{h(title)}</h1>{body_html}</main></body></html>\n"
     )
