@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 15_000
@@ -102,3 +102,13 @@ def sign_in(page: Page, base: str, user: str, password: str) -> None:
     form.get_by_test_id("signin-password").fill(password)
     with page.expect_navigation():
         form.get_by_test_id("signin-submit").click()
+
+
+def scale_through_console(page: Page, count: int) -> None:
+    """The deployment page's scale form, its confirmation page, then the confirm button."""
+    page.get_by_test_id("scale-replicas").fill(str(count))
+    with page.expect_navigation():
+        page.get_by_test_id("action-scale").click()
+    expect(page.get_by_test_id("confirm-what")).to_contain_text(f"at {count} replicas")
+    with page.expect_navigation():
+        page.get_by_test_id("confirm-button").click()

@@ -3,9 +3,10 @@ scripts/console-screenshots.sh): sign-in, deployments, one deployment with its c
 box, and the events.
 
 It starts its own berthd with the console (console_env.ConsoleBox: the echo deployments
-`alpha` and `beta`; berthd finds Podman itself, as `make run` does), sends a little traffic,
-waits (bounded) for a few per-minute rollups so the charts have lines, scales `alpha`
-to 2 (an event, a second replica), and writes PNGs of a 1280x900 viewport (full pages).
+`alpha` and `beta`; berthd finds Podman itself, as `make run` does), signs in, scales `alpha`
+to 2 through the console (an event naming the console user, a second replica), sends a
+little traffic and waits (bounded) for a few per-minute rollups so the charts have lines,
+then writes PNGs at a 1280-pixel width (tall pages clipped).
 Only 127.0.0.1; berthd is killed by PID and its containers removed at the end.
 
     .venv/bin/python -m tests.browser.screenshots [--out docs/console] [--minutes N]
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from playwright.sync_api import FloatRect
 
-from tests.browser.browser import PageWatch, launch, sign_in
+from tests.browser.browser import PageWatch, launch, scale_through_console, sign_in
 from tests.browser.console_env import PASSWORD, USER, ConsoleBox
 from tests.conftest import ECHO_IMAGE, REPO_ROOT
 
@@ -49,13 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="berth-console-shots-") as tmp:
         box = ConsoleBox.start(Path(tmp), None, ECHO_IMAGE)
         try:
-            box.berthd.berth("scale", "alpha", "2")
-            box.wait_ready("alpha", 2)
-            box.traffic("alpha", 40)
-            box.traffic("beta", 10)
-            if args.minutes > 0:
-                wait_minutes(box, args.minutes)
-            problems = shoot(box, args.out)
+            problems = shoot(box, args.out, args.minutes)
         finally:
             box.stop()
     for problem in problems:
@@ -80,7 +75,7 @@ def wait_minutes(box: ConsoleBox, minutes: int) -> None:
         time.sleep(3.0)
 
 
-def shoot(box: ConsoleBox, out: Path) -> list[str]:
+def shoot(box: ConsoleBox, out: Path, minutes: int) -> list[str]:
     with launch() as browser:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
@@ -90,6 +85,14 @@ def shoot(box: ConsoleBox, out: Path) -> list[str]:
         page.get_by_test_id("signin-form").wait_for()
         page.screenshot(path=str(out / "signin.png"))
         sign_in(page, box.base, USER, PASSWORD)
+        # alpha to 2 replicas through the console (its event names the console user).
+        page.goto(f"{box.base}/console/d/alpha")
+        scale_through_console(page, 2)
+        box.wait_ready("alpha", 2)
+        box.traffic("alpha", 40)
+        box.traffic("beta", 10)
+        if minutes > 0:
+            wait_minutes(box, minutes)
         for filename, path, testid, height in PAGES:
             page.goto(f"{box.base}{path}")
             if testid:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
-from tests.browser.browser import PageWatch, sign_in
+from tests.browser.browser import PageWatch, scale_through_console, sign_in
 from tests.browser.console_env import PASSWORD, USER, ConsoleBox
 
 pytestmark = [pytest.mark.browser, pytest.mark.podman]
@@ -115,16 +115,6 @@ def test_pages_render_with_the_csp(
         # The console's own script ran under that CSP (from /console/static/, not inline).
         assert page.evaluate("typeof window.berthConsole") == "object", path
     page_watch.assert_clean()
-
-
-def scale_through_console(page: Page, count: int) -> None:
-    """The deployment page's scale form, its confirmation page, then the confirm button."""
-    page.get_by_test_id("scale-replicas").fill(str(count))
-    with page.expect_navigation():
-        page.get_by_test_id("action-scale").click()
-    expect(page.get_by_test_id("confirm-what")).to_contain_text(f"at {count} replicas")
-    with page.expect_navigation():
-        page.get_by_test_id("confirm-button").click()
 
 
 def test_scale_from_one_to_two_appears_without_a_reload(
