@@ -11,9 +11,11 @@ and the page's script re-fetches the fragments it shows (static/console.js). Inv
   generator in its own connection, woken by the event log's `wait_changed` (no polling of
   Podman or of the store on a timer), reading the store only after something changed.
 - No event is missed between two waits: each read takes the events after the last id sent.
-- A comment line (`: keep-alive`) every `KEEPALIVE` seconds of quiet keeps proxies and the
-  browser from dropping the connection; the stream ends when the session does (signed
-  out or expired), checked at each wake-up.
+- After `KEEPALIVE` seconds of quiet it sends a `tick` change (`{"kind": "tick",
+  "deployment": null}`): it keeps proxies and the browser from dropping the connection, and
+  the page re-fetches its fragments, so figures that change with no event (requests/s, p95,
+  a GPU's memory) stay current on a page left open, at one fragment fetch per 20 s. The
+  stream ends when the session does (signed out or expired), checked at each wake-up.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ async def _changes(
         if await session() is None:
             return
         if quiet.cancelled_caught:
-            yield b": keep-alive\n\n"
+            yield change_message("tick", None)
             continue
         for event in await daemon.store.call(Store.events, after_id=last, limit=MAX_BATCH):
             last = max(last, event.id)

@@ -1,8 +1,8 @@
 """The deployments page: `berth ls`'s table (status, ready/desired, revision, endpoint),
 with each endpoint's requests/s (the sampler's last interval) and p95 latency (the proxy's
 window), kept current by console.js: it re-fetches `/console/fragment/deployments` on each
-`change` from /console/stream, with no timer of its own, so the request figures are as of
-the last change (or the page's load)."""
+`change` from /console/stream, with no timer of its own; the stream's `tick` after 20 s of
+quiet is such a change, so the request figures are at most ~20 s old."""
 
 from __future__ import annotations
 
