@@ -110,14 +110,22 @@ class ConsoleBox:
                 client.get(url)
 
     def wait_rollups(self, name: str, timeout: float) -> float:
-        """Wait (bounded) until berthd has written a per-minute rollup of `name`: the
-        sampler rolls a minute up in its first round of the next wall-clock minute (rounds
-        every 10 s while nothing autoscales), so up to ~70 s after the first sample.
+        """Wait (bounded) until berthd has written a per-minute rollup of `name` that has its
+        request rate: the sampler rolls a minute up in its first round of the next wall-clock
+        minute (rounds every 10 s while nothing autoscales), so up to ~80 s after the first
+        request.
         Returns the seconds waited."""
         started = time.monotonic()
+
+        def measured() -> bool:
+            # The deployment's own row (replica "") with a request rate: a minute rolled up
+            # before its endpoint had counted a request has none (that chart has no point).
+            rows = self.berthd.json("metrics", name).get("series") or []
+            return any(r["replica"] == "" and r["requests_per_s"] is not None for r in rows)
+
         wait_until(
-            f"a per-minute rollup of {name} (berth metrics {name} --json: series)",
-            lambda: bool(self.berthd.json("metrics", name).get("series")),
+            f"a per-minute rollup of {name} with its request rate (berth metrics {name} --json)",
+            measured,
             timeout,
             interval=1.0,
         )

@@ -28,7 +28,7 @@ from tests.browser.console_env import PASSWORD, USER, ConsoleBox
 pytestmark = [pytest.mark.browser, pytest.mark.podman]
 
 LIVE_TIMEOUT_MS = 30_000  # a replica started, probed ready, and the page told by SSE
-ROLLUP_TIMEOUT = 90.0
+ROLLUP_TIMEOUT = 150.0
 CSP_NEEDS = (
     "default-src 'self'",
     "script-src 'self'",
