@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -132,6 +133,15 @@ class ConsoleBox:
         return time.monotonic() - started
 
     def stop(self) -> None:
+        # SIGTERM first: a berthd that stops ends the `podman system service` it started
+        # (the scripts run without the tests' private service; a SIGKILL left it running).
+        proc = self.berthd.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass  # stop() below kills it
         self.berthd.stop()
         remove_labelled_containers(
             podman_binary(), {LABEL_INSTANCE: instance_id(self.berthd.state_dir)}
