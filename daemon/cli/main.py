@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from daemon import __version__
 from daemon.cli.client import DEFAULT_SOCKET, AdminClient, CliError
@@ -49,11 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.command
     try:
         with AdminClient(socket_path) as client:
-            return command(client, args)
+            try:
+                return command(client, args)
+            except KeyboardInterrupt:
+                _interrupted()
     except CliError as exc:
         print(f"berth: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before or after the command (connecting, closing)
         return 130
     except BrokenPipeError:
         # `berth logs x | head`: the reader left. Point stdout at /dev/null so the final
@@ -64,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 1
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C: what was printed is flushed, and the process ends at once with 130, without
+    closing the admin connection in order (a `berth logs -f` interrupted inside the HTTP
+    client's code could wait there; berthd sees the connection close either way)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(130)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -555,6 +555,11 @@ async def test_logs_events_metrics_status(
         assert "  0: NVIDIA H100 (80Gi)\n" in out
 
 
+def _interactive_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 async def test_logs_follow_stops_on_ctrl_c(short_dir: Path) -> None:
     """`berth logs -f` as a real process: output streams, Ctrl-C exits 130 without a word."""
     path = short_dir / "b.sock"
@@ -568,6 +573,9 @@ async def test_logs_follow_stops_on_ctrl_c(short_dir: Path) -> None:
             stderr=-1,
             cwd=str(REPO),
             env=env,
+            # As from a shell: SIGINT handled and not blocked, whatever this test process's
+            # threads (trio's spawn runs in one) inherited from libraries loaded before.
+            preexec_fn=_interactive_signals,
         )
         assert process.stdout is not None and process.stderr is not None
         try:
