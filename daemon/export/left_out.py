@@ -1,0 +1,113 @@
+"""What no export target has: berth's own endpoint (the load balancer in front of the
+replicas) and its model gateway. Each target module adds its own misses to these.
+
+`endpoint_features(spec, carried=...)` names every such field the spec sets to something
+other than its default (a default needs no word: the target's own default behaves alike,
+or the README's general note covers it), minus the fields the target does express
+(`carried`, e.g. KServe's `containerConcurrency` for `endpoint.max_concurrency`). The order
+is the spec's own (docs/spec.md), so the README and comments list them alike every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from config.spec import (
+    ENDPOINT_CLIENT_IDLE_TIMEOUT,
+    ENDPOINT_CONNECT_TIMEOUT,
+    ENDPOINT_READ_TIMEOUT,
+    MAX_QUEUE_DEFAULT,
+    QUEUE_TIMEOUT_DEFAULT,
+    Balance,
+    DeploymentSpec,
+    Endpoint,
+    Outlier,
+    RetryPolicy,
+)
+from daemon.export.bundle import LeftOut
+
+_INGRESS = "set it on your ingress / gateway in front of the Service"
+
+
+def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) -> list[LeftOut]:
+    """The `[endpoint]`, `[gateway]` and VRAM-packing fields the spec uses that a target
+    without berth's proxy cannot express, less those in `carried`."""
+    e = spec.endpoint
+    found: list[LeftOut] = []
+
+    def miss(field: str, reason: str) -> None:
+        if field not in carried:
+            found.append(LeftOut(field, reason))
+
+    if e.auth is not None:
+        if e.auth.api_keys:
+            miss(
+                "endpoint.auth.api_keys",
+                "berth's endpoint checks bearer keys; nothing here does: put an "
+                f"authenticating proxy or ingress in front ({_INGRESS})",
+            )
+        if e.auth.basic:
+            miss(
+                "endpoint.auth.basic",
+                f"berth's endpoint checks basic auth; nothing here does ({_INGRESS})",
+            )
+    if e.tls is not None:
+        miss("endpoint.tls", f"berth's endpoint serves HTTPS; terminate TLS there ({_INGRESS})")
+    if e.max_concurrency is not None:
+        miss(
+            "endpoint.max_concurrency",
+            f"no per-replica cap on requests in flight at {e.max_concurrency}: the replica "
+            "takes all it is sent",
+        )
+    if e.max_queue != MAX_QUEUE_DEFAULT or e.queue_timeout != QUEUE_TIMEOUT_DEFAULT:
+        miss(
+            "endpoint.max_queue",
+            "no admission queue (max_queue, queue_timeout): an excess request reaches a "
+            "replica instead of waiting or getting 429",
+        )
+    if e.balance != Balance.ROUND_ROBIN:
+        miss(
+            "endpoint.balance",
+            f"{e.balance.value}: a Service spreads connections, not requests by load",
+        )
+    if e.retry != RetryPolicy.IDEMPOTENT:
+        miss("endpoint.retry", "no retry of a request whose replica failed before answering")
+    if e.outlier != Outlier():
+        miss(
+            "endpoint.outlier",
+            "no passive health (ejection of a replica answering 5xx); the readiness probe "
+            "alone takes a replica out",
+        )
+    if _timeouts_set(e):
+        miss(
+            "endpoint.read_timeout",
+            f"connect_timeout / read_timeout / client_idle_timeout are berth's proxy's; {_INGRESS}",
+        )
+    if e.max_connections is not None:
+        miss("endpoint.max_connections", "no cap on client connections held open")
+    if e.trusted_proxies:
+        miss(
+            "endpoint.trusted_proxies",
+            "berth's proxy rewrites forwarding headers; nothing here does",
+        )
+    if spec.gateway is not None:
+        miss(
+            "gateway",
+            "berth's model gateway (routing by the request's model, cold starts, swaps) has "
+            "no equivalent here; a client names this deployment's Service directly",
+        )
+    if spec.resources.gpu_memory is not None:
+        miss(
+            "resources.gpu_memory",
+            "VRAM packing (several replicas sharing a GPU by memory) cannot be expressed: "
+            "each replica gets whole GPUs (use time-slicing or MIG on the cluster)",
+        )
+    return found
+
+
+def _timeouts_set(e: Endpoint) -> bool:
+    return (
+        e.connect_timeout != ENDPOINT_CONNECT_TIMEOUT
+        or e.read_timeout != ENDPOINT_READ_TIMEOUT
+        or e.client_idle_timeout != ENDPOINT_CLIENT_IDLE_TIMEOUT
+    )
