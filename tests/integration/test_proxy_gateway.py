@@ -4,7 +4,8 @@ real Endpoints, a `Gateway` in front routing by `model`.
 Each backend is a small HTTP/1.1 server (h11) that records every request (path, header
 fields, body) and answers by the body's `do`: echo (the default; its name and what it
 got), `sse` (one event, then the next only once the test releases it), `generate` (a long
-generation with nothing sent: it notes when the proxy cuts it). Every wait is bounded
+generation with nothing sent: it notes when the proxy cuts it), `stall` (a stream that
+stops after its first event: it notes the cut too). Every wait is bounded
 (WAIT); the tests synchronise on events and on what the endpoints report.
 """
 
@@ -54,6 +55,7 @@ class ModelServer:
     arrived: trio.Event = field(default_factory=trio.Event)
     cut: trio.Event = field(default_factory=trio.Event)
     hold: float = 0.0  # each echo waits this long (a generation's time)
+    stall_all: bool = False  # every request is a `generate` (nothing sent until cut)
     openai: bool = False  # chat requests get OpenAI's shapes (streamed: two chunks)
 
     @property
@@ -112,8 +114,16 @@ class ModelServer:
             do = request.get("do", "openai" if "messages" in request and self.openai else "echo")
         except ValueError:
             do = "echo"  # multipart, form
+        if self.stall_all:
+            do = "generate"
         if do == "openai":
             return await self._openai(send, request)
+        if do == "stall":
+            await send(
+                h11.Response(status_code=200, headers=[("Content-Type", "text/event-stream")])
+            )
+            await send(h11.Data(data=b"data: first\n\n"))
+            do = "generate"  # and then nothing, until the proxy cuts it
         if do == "sse":
             await send(
                 h11.Response(status_code=200, headers=[("Content-Type", "text/event-stream")])
@@ -193,11 +203,15 @@ async def servers(*names: str) -> AsyncIterator[list[ModelServer]]:
 
 
 @asynccontextmanager
-async def endpoints(*upstreams: list[Upstream]) -> AsyncIterator[list[Endpoint]]:
+async def endpoints(
+    *upstreams: list[Upstream], timeouts: EndpointTimeouts | None = None
+) -> AsyncIterator[list[Endpoint]]:
     async with trio.open_nursery() as nursery:
         out = []
         for i, ups in enumerate(upstreams):
-            ep = Endpoint(f"dep{i}", bind="127.0.0.1", port=0)
+            ep = Endpoint(
+                f"dep{i}", bind="127.0.0.1", port=0, timeouts=timeouts or EndpointTimeouts()
+            )
             ep.set_upstreams(ups)
             await nursery.start(ep.run)
             out.append(ep)
@@ -511,6 +525,60 @@ async def test_a_client_that_hangs_up_while_the_replica_works_cuts_the_replica()
             with trio.fail_after(2.0):
                 await a.cut.wait()  # seen at once, though the replica sent nothing
             await until(lambda: ea.statistics().in_flight == 0)
+
+
+# --- faults at the replica, seen through the gateway ----------------------------------------
+
+
+async def test_a_stream_that_stalls_is_cut_after_read_idle_while_other_models_answer() -> None:
+    quick = EndpointTimeouts(read_idle=0.5)
+    async with servers("a", "b") as (a, b):
+        async with endpoints([a.upstream], [b.upstream], timeouts=quick) as (ea, eb):
+            async with gateway(two_models(ea, eb)) as g, Client.open(g.address[1]) as c:
+                with trio.fail_after(WAIT):
+                    await c.send_request("POST", "/v1/chat/completions", chat("qwen", do="stall"))
+                    head = await c.read_head()
+                    first = await c._next()
+                assert head.status_code == 200
+                assert isinstance(first, h11.Data) and first.data == b"data: first\n\n"
+                stalled_at = trio.current_time()
+                async with http(g) as other:  # meanwhile, the other model answers
+                    r = await other.post("/v1/chat/completions", content=chat("llama"))
+                assert r.status_code == 200 and r.json()["server"] == "a"
+                # The stream ends without its last chunk (a reset): a cut, not an end.
+                cut = (h11.RemoteProtocolError, trio.BrokenResourceError)
+                with trio.fail_after(WAIT), pytest.raises(cut):
+                    await c.read_body()
+                assert trio.current_time() - stalled_at >= quick.read_idle - 0.05
+                with trio.fail_after(2.0):
+                    await b.cut.wait()  # the replica's connection is closed too
+            await until(lambda: eb.statistics().in_flight == 0)
+            assert ea.statistics().status.s2xx == 1
+
+
+async def test_a_replica_that_never_answers_is_504_then_ejected_and_its_model_keeps_serving() -> (
+    None
+):
+    quick = EndpointTimeouts(read_idle=0.3)
+    async with servers("hung", "ok", "b") as (hung, ok, b):
+        hung.stall_all = True
+        async with endpoints([hung.upstream, ok.upstream], [b.upstream], timeouts=quick) as (
+            ea,
+            eb,
+        ):
+            async with gateway(two_models(ea, eb)) as g, http(g) as client:
+                replies = [
+                    await client.post("/v1/chat/completions", content=chat("llama"))
+                    for _ in range(12)
+                ]
+        # Round robin sends every other request to the hung replica until its third
+        # timeout (outlier.failures = 3) ejects it; the healthy one serves the rest.
+        statuses = [r.status_code for r in replies]
+        assert statuses.count(504) == 3, statuses
+        assert {r.json()["server"] for r in replies if r.status_code == 200} == {"ok"}
+        assert len(ok.seen) == 9 and len(hung.seen) == 3
+        assert ea.ejected() == frozenset({"hung"})
+        assert len(b.seen) == 0  # the other deployment never saw any of it
 
 
 async def test_a_burst_of_6_at_max_concurrency_2_queues_and_answers_all() -> None:
