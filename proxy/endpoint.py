@@ -46,11 +46,11 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 import math
 import socket
 import ssl
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import trio
 
@@ -62,6 +62,7 @@ from proxy.balancer import STATS_WINDOW_S, Balancer, EndpointTimeouts
 from proxy.forward import Session
 from proxy.h2.attempt import set_upstream_protocol
 from proxy.reader import ClientReader
+from proxy.serving import accept_under, serve_guarded
 from proxy.stats import EndpointStatistics, ReplicaStatistics
 from proxy.tls import TlsConn
 from proxy.upstreams import Upstream
@@ -69,8 +70,6 @@ from proxy.upstreams import Upstream
 # `EndpointTimeouts` lives beside the `Balancer` that holds them; callers name it from here,
 # beside the `Endpoint` it configures.
 __all__ = ["Endpoint", "EndpointTimeouts"]
-
-log = logging.getLogger("proxy")
 
 
 class Endpoint:
@@ -332,13 +331,7 @@ class Endpoint:
                         if self._balancer.draining:
                             accept_scope.cancel()
                             self._apply_drain_deadline()
-                        gate = self._gate
-                        while True:
-                            if not gate.has_room():
-                                await gate.wait_for_room()  # the rest wait in the backlog
-                            sock, peer = await sockets.accept(listener)
-                            gate.opened()
-                            handlers.start_soon(self._serve, sock, peer)
+                        await accept_under(self._gate, listener, handlers, self._serve)
                     sockets.close_listener(listener)
                     closed = True
                     self._listener_closed.set()
@@ -354,30 +347,21 @@ class Endpoint:
             self._address = None
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
-        """One client connection, behind the barrier that keeps its faults its own."""
-        conn: sockets.Conn | None = None
-        session: Session | None = None
-        try:
-            tls = self._tls
-            if tls is None:
-                conn = sockets.Conn(sock, peer, self._balancer.poller)
-            else:
-                conn = TlsConn(sock, peer, self._balancer.poller, tls)
-            session = Session(self._balancer, conn)
-            self._sessions.add(session)
-            await session.serve()
-        except Exception:
-            # A bug or an unforeseen error (a setsockopt, a parser callback): this
-            # connection ends, nothing else does. Cancellation is a BaseException and passes.
-            log.exception("endpoint %s: connection from %s failed; closed it", self.name, peer)
-        finally:
-            if session is not None:
-                self._sessions.discard(session)
-            if conn is not None:
-                conn.close()
-            else:
-                sock.close()
-            self._gate.closed()
+        await serve_guarded(
+            sock,
+            peer,
+            open_conn=self._open_conn,
+            make_handler=partial(Session, self._balancer),
+            live=self._sessions,
+            gate=self._gate,
+            what=f"endpoint {self.name}",
+        )
+
+    def _open_conn(self, sock: socket.socket, peer: str) -> sockets.Conn:
+        tls = self._tls
+        if tls is None:
+            return sockets.Conn(sock, peer, self._balancer.poller)
+        return TlsConn(sock, peer, self._balancer.poller, tls)
 
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Stop accepting; in-flight requests get `drain_timeout` seconds to finish."""

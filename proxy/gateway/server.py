@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import trio
 
@@ -34,6 +35,7 @@ from proxy.gateway.connection import ClientConn, GatewayConnection, TimedConn, T
 from proxy.gateway.routes import Route, RouteTable
 from proxy.gateway.state import GatewayState
 from proxy.gateway.stats import ModelStats, clamp_window
+from proxy.serving import accept_under, serve_guarded
 
 log = logging.getLogger("proxy")
 
@@ -183,13 +185,7 @@ class Gateway:
                         if state.draining:
                             accept_scope.cancel()
                             self._apply_drain_deadline()
-                        gate = self._gate
-                        while True:
-                            if not gate.has_room():
-                                await gate.wait_for_room()
-                            sock, peer = await sockets.accept(listener)
-                            gate.opened()
-                            handlers.start_soon(self._serve, sock, peer)
+                        await accept_under(self._gate, listener, handlers, self._serve)
                     sockets.close_listener(listener)
                     self._listener_closed.set()
                 poller.cancel_scope.cancel()
@@ -199,29 +195,21 @@ class Gateway:
             self._address = None
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
-        """One client connection, behind the barrier that keeps its faults its own."""
-        conn: ClientConn | None = None
-        connection: GatewayConnection | None = None
-        state = self._state
-        try:
-            tls = self._tls
-            if tls is None:
-                conn = TimedConn(sock, peer, state.poller)
-            else:
-                conn = TimedTlsConn(sock, peer, state.poller, tls)
-            connection = GatewayConnection(state, conn)
-            self._connections.add(connection)
-            await connection.serve()
-        except Exception:
-            log.exception("gateway: connection from %s failed; closed it", peer)
-        finally:
-            if connection is not None:
-                self._connections.discard(connection)
-            if conn is not None:
-                conn.close()
-            else:
-                sock.close()
-            self._gate.closed()
+        await serve_guarded(
+            sock,
+            peer,
+            open_conn=self._open_conn,
+            make_handler=partial(GatewayConnection, self._state),
+            live=self._connections,
+            gate=self._gate,
+            what="gateway",
+        )
+
+    def _open_conn(self, sock: socket.socket, peer: str) -> ClientConn:
+        tls = self._tls
+        if tls is None:
+            return TimedConn(sock, peer, self._state.poller)
+        return TimedTlsConn(sock, peer, self._state.poller, tls)
 
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Stop accepting; requests under way get `drain_timeout` seconds to finish."""
