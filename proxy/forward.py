@@ -183,17 +183,10 @@ class Session:
                     first = False
                     self.idle = False
                     event = None if resume else reader.pop_ready()
-                    while (
-                        event is None and not resume
-                    ):  # each read waits only what is left of the deadline
-                        left = deadline - trio.current_time()
-                        if left <= 0:
-                            raise Timeout
-                        data = await conn.recv(left)
-                        if not data:
+                    if event is None and not resume:  # a head split over reads
+                        event = await reader.rest_of_head(deadline)
+                        if event is None:
                             return
-                        reader.feed(data)
-                        event = reader.pop_ready()
                 except ProtocolError as exc:
                     await self._answer(None, exc.status, exc.reason)
                     return

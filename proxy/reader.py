@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 
+import trio
+
 from proxy.protocol import END, Event, RequestHead, RequestParser
-from proxy.sockets import Conn
+from proxy.sockets import Conn, Timeout
 
 
 class ClientGone(Exception):
@@ -53,6 +55,20 @@ class ClientReader:
 
     def pop_ready(self) -> Event | None:
         return self._events.popleft() if self._events else None
+
+    async def rest_of_head(self, deadline: float) -> Event | None:
+        """The next event once more bytes came, for a head under way: each read waits only
+        what is left until `deadline` (trio time), then Timeout; None at end of stream."""
+        conn, events = self.conn, self._events
+        while not events:
+            left = deadline - trio.current_time()
+            if left <= 0:
+                raise Timeout
+            data = await conn.recv(left)
+            if not data:
+                return None
+            events.extend(self.parser.feed(data))
+        return events.popleft()
 
     async def next_event(self, timeout: float) -> Event:  # noqa: ASYNC109 - see proxy.sockets
         """The next event; raises ClientGone at EOF, ProtocolError, Timeout."""

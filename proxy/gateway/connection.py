@@ -146,15 +146,10 @@ class GatewayConnection:
                     first = False
                     self.idle = False
                     event = reader.pop_ready()
-                    while event is None:
-                        left = deadline - trio.current_time()
-                        if left <= 0:
-                            raise Timeout
-                        data = await conn.recv(left)
-                        if not data:
+                    if event is None:
+                        event = await reader.rest_of_head(deadline)
+                        if event is None:
                             return
-                        reader.feed(data)
-                        event = reader.pop_ready()
                 except ProtocolError as exc:
                     await self._send(errors.failed(exc.status, exc.reason), close=True)
                     return
