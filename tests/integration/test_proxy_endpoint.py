@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import h11
 import pytest
@@ -59,22 +59,10 @@ class Backend:
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         while True:
-            request: h11.Request | None = None
-            body = b""
-            while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
-                if isinstance(ev, h11.Request):
-                    request = ev
-                elif isinstance(ev, h11.Data):
-                    body += ev.data
-                elif isinstance(ev, h11.EndOfMessage):
-                    break
-                else:  # ConnectionClosed
-                    return
-            assert request is not None
+            got = await read_request(conn, stream)
+            if got is None:
+                return
+            request, body = got
             path = request.target
             self.requests.append((request.method, path, list(request.headers.raw_items())))
             if not await self.respond(stream, conn, path, body, request):
@@ -173,17 +161,53 @@ class Backend:
         return True
 
 
+async def read_request(
+    conn: h11.Connection, stream: trio.SocketStream
+) -> tuple[h11.Request, bytes] | None:
+    """A test replica's next whole request (head and body); None once the client closed."""
+    request: h11.Request | None = None
+    body = b""
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        if isinstance(ev, h11.Request):
+            request = ev
+        elif isinstance(ev, h11.Data):
+            body += ev.data
+        elif isinstance(ev, h11.EndOfMessage):
+            assert request is not None
+            return request, body
+        else:  # ConnectionClosed
+            return None
+
+
+class Listening(Protocol):
+    port: int
+
+    async def handle(self, stream: trio.SocketStream) -> None: ...
+
+
+L = TypeVar("L", bound=Listening)
+
+
+@asynccontextmanager
+async def listening(servers: list[L]) -> AsyncIterator[list[L]]:
+    """Each test replica served on a port of 127.0.0.1 of its own (set as its `port`)."""
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            start = partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1")
+            listeners = await nursery.start(start)
+            server.port = listeners[0].socket.getsockname()[1]
+        yield servers
+        nursery.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def backends(*names: str) -> AsyncIterator[list[Backend]]:
-    async with trio.open_nursery() as nursery:
-        out = []
-        for name in names:
-            b = Backend(name)
-            listeners = await nursery.start(partial(trio.serve_tcp, b.handle, 0, host="127.0.0.1"))
-            b.port = listeners[0].socket.getsockname()[1]
-            out.append(b)
+    async with listening([Backend(name) for name in names]) as out:
         yield out
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

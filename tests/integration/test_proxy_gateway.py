@@ -16,7 +16,6 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import h11
@@ -31,7 +30,7 @@ from proxy.endpoint import Endpoint, EndpointTimeouts
 from proxy.gateway import Gateway, Route
 from proxy.tls import server_context
 from proxy.upstreams import Upstream
-from tests.integration.test_proxy_endpoint import Client
+from tests.integration.test_proxy_endpoint import Client, listening, read_request
 
 WAIT = 10.0
 
@@ -72,22 +71,10 @@ class ModelServer:
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         while True:
-            request: h11.Request | None = None
-            body = b""
-            while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
-                if isinstance(ev, h11.Request):
-                    request = ev
-                elif isinstance(ev, h11.Data):
-                    body += ev.data
-                elif isinstance(ev, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            assert request is not None
+            got = await read_request(conn, stream)
+            if got is None:
+                return
+            request, body = got
             headers = {n.lower(): v for n, v in request.headers.raw_items()}
             self.seen.append(Seen(request.method, request.target, headers, body))
             self.arrived.set()
@@ -191,15 +178,8 @@ class ModelServer:
 
 @asynccontextmanager
 async def servers(*names: str) -> AsyncIterator[list[ModelServer]]:
-    async with trio.open_nursery() as nursery:
-        out = []
-        for name in names:
-            s = ModelServer(name)
-            listeners = await nursery.start(partial(trio.serve_tcp, s.handle, 0, host="127.0.0.1"))
-            s.port = listeners[0].socket.getsockname()[1]
-            out.append(s)
+    async with listening([ModelServer(name) for name in names]) as out:
         yield out
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
