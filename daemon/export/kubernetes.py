@@ -1,0 +1,176 @@
+"""`berth export --to kubernetes`: a Deployment, a Service, an HPA or KEDA ScaledObject,
+and the PersistentVolumeClaims the pod mounts, one file each.
+
+`build(spec, origin)` is pure: the pod comes from `kube_pod`, the autoscaler from `keda`.
+Every file starts with `Exported by berth export from ...` and the LeftOut lines that
+concern it; deployment.yaml carries all of them. The Secrets the pod names are not
+exported (their values are not in the spec): the apply steps create them first, by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from config.spec import DeploymentSpec, UpdateStrategy, UpstreamProtocol
+from daemon.export import keda, kube_pod
+from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
+from daemon.export.left_out import endpoint_features
+from daemon.export.yaml_text import document
+
+PVC_SIZE_PLACEHOLDER = "10Gi"
+
+
+def header(origin: Origin) -> str:
+    return f"Exported by berth export from {origin.describe()}"
+
+
+def build(spec: DeploymentSpec, origin: Origin) -> Built:
+    pod = kube_pod.pod(spec, origin)
+    plan = keda.plan(spec)
+    scaler_left: list[LeftOut] = list(plan.left_out)
+    scaler = _scaler(spec, origin, plan, scaler_left)
+    update_left = _update_left_out(spec)
+    left = [*endpoint_features(spec), *pod.left_out, *update_left, *scaler_left]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": kube_pod.metadata(spec, origin),
+        "spec": deployment_spec(spec, pod, plan.min_replicas),
+    }
+    comments = [header(origin), *pod.comments, *plan.comments]
+    if scaler is not None:
+        comments.append(
+            f"replicas: {plan.min_replicas} is the autoscaler's floor: applying this file again "
+            "resets the count to it until the autoscaler acts (delete the line to avoid that)"
+        )
+    comments += _left_lines(left)
+    files = [ExportedFile("deployment.yaml", document(deployment, comments=comments))]
+    files.append(_service_file(spec, origin))
+    notes = list(pod.notes)
+    if scaler is not None:
+        name = "hpa.yaml" if plan.kind == "hpa" else "scaledobject.yaml"
+        lines = [header(origin), *_left_lines(scaler_left)]
+        if plan.kind == "keda":
+            lines += keda.QUERY_COMMENTS
+            notes.append("the ScaledObject needs KEDA (keda.sh) installed on the cluster")
+            if any(t["type"] == "prometheus" for t in scaler["spec"]["triggers"]):
+                notes.append(
+                    f"set the Prometheus address in scaledobject.yaml (a placeholder: "
+                    f"{keda.PROMETHEUS_ADDRESS})"
+                )
+        files.append(ExportedFile(name, document(scaler, comments=lines)))
+    for claim in pod.claims:
+        files.append(_claim_file(spec, origin, claim))
+    steps = [s.create for s in pod.secrets]
+    steps.append("kubectl apply -f DIR")
+    if not spec.enabled:
+        notes.append("enabled = false: the Deployment has replicas: 0 and no autoscaler")
+    return Built(
+        files=tuple(files),
+        left_out=tuple(left),
+        apply_steps=tuple(steps),
+        notes=tuple(notes),
+    )
+
+
+def _left_lines(left: list[LeftOut]) -> list[str]:
+    if not left:
+        return []
+    return ["Not carried (see README.md):", *(f"- {item.line()}" for item in left)]
+
+
+def deployment_spec(spec: DeploymentSpec, pod: kube_pod.Pod, replicas: int) -> dict[str, Any]:
+    u = spec.update
+    if u.strategy == UpdateStrategy.REPLACE:
+        rolling = {"maxSurge": 0, "maxUnavailable": 1}
+    else:
+        rolling = {"maxSurge": u.max_surge, "maxUnavailable": u.max_unavailable}
+    return {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
+        "progressDeadlineSeconds": math.ceil(u.progress_deadline - 1e-9),
+        "template": {
+            "metadata": {"labels": pod.labels, "annotations": pod.annotations},
+            "spec": pod.spec,
+        },
+    }
+
+
+def _update_left_out(spec: DeploymentSpec) -> list[LeftOut]:
+    name = spec.name
+    out = [
+        LeftOut(
+            "update.progress_deadline",
+            "Kubernetes marks a rollout that makes no progress failed but does not roll it "
+            f"back as berth does: `kubectl rollout undo deployment/{name}`",
+        )
+    ]
+    if spec.update.strategy is None and (spec.resources.gpus or spec.resources.gpu_memory):
+        out.append(
+            LeftOut(
+                "update.strategy",
+                "unset: berth surges and falls back to replacing in place when no GPU is "
+                "free; a Deployment's surge pod waits Pending instead (set strategy = "
+                '"replace" for maxSurge 0)',
+            )
+        )
+    return out
+
+
+def _scaler(
+    spec: DeploymentSpec, origin: Origin, plan: keda.Plan, left: list[LeftOut]
+) -> dict[str, Any] | None:
+    meta = kube_pod.metadata(spec, origin)
+    if plan.kind == "hpa":
+        return keda.hpa(spec, plan, meta, left)
+    if plan.kind == "keda":
+        return keda.scaled_object(spec, plan, meta, left)
+    return None
+
+
+def _service_file(spec: DeploymentSpec, origin: Origin) -> ExportedFile:
+    port: dict[str, Any] = {
+        "name": "http",
+        "port": spec.endpoint.port,
+        "targetPort": spec.port,
+        "protocol": "TCP",
+    }
+    if spec.endpoint.upstream_protocol == UpstreamProtocol.H2C:
+        port["appProtocol"] = "kubernetes.io/h2c"
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": kube_pod.metadata(spec, origin),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app.kubernetes.io/name": spec.name},
+            "ports": [port],
+        },
+    }
+    comments = [
+        header(origin),
+        f"endpoint.port {spec.endpoint.port} -> the app's port {spec.port}, inside the "
+        f"cluster only (berth bound {spec.endpoint.bind}): expose it with an Ingress, a "
+        "Gateway or a LoadBalancer Service of your own",
+    ]
+    return ExportedFile("service.yaml", document(service, comments=comments))
+
+
+def _claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_pod.Claim) -> ExportedFile:
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": kube_pod.metadata(spec, origin, claim.name),
+        "spec": {
+            "accessModes": [claim.access_mode],
+            "resources": {"requests": {"storage": PVC_SIZE_PLACEHOLDER}},
+        },
+    }
+    comments = [
+        header(origin),
+        *claim.comments,
+        f"storage {PVC_SIZE_PLACEHOLDER} is a placeholder: set the size you need",
+    ]
+    return ExportedFile(f"pvc-{claim.name}.yaml", document(pvc, comments=comments))
