@@ -1,0 +1,327 @@
+"""Podman Quadlet: a deployment as one `.container` unit per replica, for a single host.
+
+`build(spec, origin)` writes `NAME-I.container` for each replica I (the count when fixed,
+else `max(min, 1)`: nothing scales them) and a `VOL.volume` unit per named volume, in Podman
+5.4's keys (Debian 13 and RHEL 9.6 ship 5.4; `tests/data/export/quadlet-keys-podman-5.4.txt`).
+Each replica is published on its own host port, `endpoint.port + I` on the endpoint's bind
+address (replica 0 on the endpoint's port): without berth's load balancer there is no one
+address for them all. Replica I gets GPUs `I*g .. I*g+g-1` by CDI name (berthd picked free
+ones at each start; here they are fixed). The spec's probes become Podman healthchecks run
+inside the container (`daemon.export.quadlet_health`), and `Notify=healthy` makes
+`systemctl start` wait until the replica is healthy.
+
+What a single host loses (the load balancer and everything `[endpoint]` sets, autoscaling,
+rolling updates and rollback, readiness rotation, metrics scraping, git mounts) is returned
+as `LeftOut`s, which the first unit's header and the README list. Labels are never berth's
+own `io.berth.*` (berthd adopts or removes the containers that carry them).
+"""
+
+from __future__ import annotations
+
+import math
+
+from config.spec import (
+    RLIM_INFINITY,
+    DeploymentSpec,
+    IpcMode,
+    Mount,
+    MountType,
+    Ulimit,
+    UpstreamProtocol,
+)
+from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
+from daemon.export.left_out import endpoint_features
+from daemon.export.quadlet_health import health_lines, start_budget
+from daemon.export.quadlet_misses import quadlet_misses
+from daemon.export.quadlet_text import (
+    Line,
+    Section,
+    command_text,
+    comment,
+    plain_value,
+    podman_size,
+    setting,
+    specifiers_escaped,
+    unit_text,
+    word,
+)
+
+# Where berthd keeps models (`<state_dir>/models/<name>`) with the default state_dir.
+MODELS_DIR = "/var/lib/berth/models"
+START_MARGIN = 120  # seconds on top of the probes' budget: creating the container, its start
+STOP_MARGIN = 30  # seconds on top of stop_timeout: `podman rm` after the kill
+ROOTFUL_DIR = "/etc/containers/systemd"
+ROOTLESS_DIR = "~/.config/containers/systemd"
+
+
+def replica_count(spec: DeploymentSpec) -> int:
+    """Units written: the fixed count, or `max(min, 1)` (a count of 0 still writes one)."""
+    return max(spec.replicas.min, 1)
+
+
+def unit_name(spec: DeploymentSpec, index: int) -> str:
+    return f"{spec.name}-{index}"
+
+
+def build(spec: DeploymentSpec, origin: Origin) -> Built:
+    left_out = (
+        *endpoint_features(spec, carried={"resources.gpu_memory"}),
+        *quadlet_misses(spec),
+    )
+    count = replica_count(spec)
+    files = [
+        ExportedFile(f"{unit_name(spec, i)}.container", _container_unit(spec, origin, i, left_out))
+        for i in range(count)
+    ]
+    volumes = sorted({m.source for m in spec.mounts if m.type is MountType.VOLUME})
+    files.extend(ExportedFile(f"{v}.volume", _volume_unit(spec, origin, v)) for v in volumes)
+    return Built(
+        files=tuple(files),
+        left_out=left_out,
+        apply_steps=_apply_steps(spec, count),
+        notes=_notes(spec, count),
+    )
+
+
+def _installed(spec: DeploymentSpec) -> bool:
+    return spec.enabled and not (spec.replicas.fixed and spec.replicas.min == 0)
+
+
+def _header(origin: Origin) -> list[str]:
+    return [f"Exported by berth export from {origin.describe()}"]
+
+
+def _container_unit(
+    spec: DeploymentSpec, origin: Origin, index: int, left_out: tuple[LeftOut, ...]
+) -> str:
+    header = _header(origin)
+    if index == 0:
+        if left_out:
+            header.append("Not carried to Quadlet (README.md says more):")
+            header.extend(f"  {miss.line()}" for miss in left_out)
+    else:
+        header.append(f"What did not carry: see {unit_name(spec, 0)}.container and README.md")
+    sections = [
+        Section(
+            "Unit",
+            (
+                setting(
+                    "Description",
+                    specifiers_escaped(
+                        f"berth deployment {spec.name}, replica {index}, from {origin.describe()}"
+                    ),
+                ),
+            ),
+        ),
+        Section("Container", tuple(_container_lines(spec, origin, index))),
+        Section("Service", tuple(_service_lines(spec))),
+    ]
+    if _installed(spec):
+        sections.append(Section("Install", (setting("WantedBy", "default.target"),)))
+    return unit_text(header, sections)
+
+
+def _container_lines(spec: DeploymentSpec, origin: Origin, index: int) -> list[Line]:
+    lines = [
+        setting("ContainerName", unit_name(spec, index)),
+        setting("Image", plain_value(spec.image)),
+        setting("Pull", spec.pull.value),
+    ]
+    if spec.command is not None:
+        lines.append(setting("Exec", command_text(spec.command)))
+    for name, value in sorted(spec.env.items()):
+        if isinstance(value, str):
+            lines.append(setting("Environment", word(f"{name}={value}")))
+        else:
+            lines.append(setting("Secret", word(f"{value.name},type=env,target={name}")))
+    lines.extend(_publish_lines(spec, index))
+    lines.extend(_gpu_lines(spec, index))
+    lines.extend(_resource_lines(spec))
+    for i, mount in enumerate(spec.mounts):
+        lines.extend(_mount_lines(i, mount))
+    health = health_lines(spec)
+    lines.extend(health)
+    if health:
+        lines.append(setting("Notify", "healthy"))
+    lines.append(setting("StopTimeout", str(math.ceil(spec.stop_timeout))))
+    lines.append(setting("Label", word(f"app.kubernetes.io/name={spec.name}")))
+    lines.append(setting("Label", word("app.kubernetes.io/part-of=berth-export")))
+    lines.append(setting("Annotation", word(f"berth.io/spec-id={origin.spec_id}")))
+    if origin.deployment_id is not None:
+        lines.append(setting("Annotation", word(f"berth.io/deployment-id={origin.deployment_id}")))
+    if origin.revision is not None:
+        lines.append(setting("Annotation", word(f"berth.io/revision={origin.revision}")))
+    return lines
+
+
+def _host_address(bind: str) -> str:
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def _publish_lines(spec: DeploymentSpec, index: int) -> list[Line]:
+    host_port = spec.endpoint.port + index
+    if host_port > 65535:
+        return [comment(f"No host port for this replica: {spec.endpoint.port} + {index} > 65535")]
+    address = _host_address(spec.endpoint.bind)
+    return [setting("PublishPort", f"{address}:{host_port}:{spec.port}")]
+
+
+def _gpu_lines(spec: DeploymentSpec, index: int) -> list[Line]:
+    res = spec.resources
+    if res.gpus > 0:
+        first = index * res.gpus
+        gpus = range(first, first + res.gpus)
+        return [
+            comment(
+                (f"GPU {first}" if res.gpus == 1 else f"GPUs {first}-{first + res.gpus - 1}")
+                + " by CDI name (nvidia-ctk cdi generate): "
+                "berthd picked free GPUs at each start; here they are fixed"
+            ),
+            *(setting("AddDevice", f"nvidia.com/gpu={g}") for g in gpus),
+        ]
+    if res.gpu_memory is not None:
+        return [
+            comment(
+                "resources.gpu_memory: every replica shares GPU 0, with no VRAM limit "
+                "(berthd packed replicas by VRAM); choose GPUs per unit by hand"
+            ),
+            setting("AddDevice", "nvidia.com/gpu=0"),
+        ]
+    return []
+
+
+def _ulimit(name: str, limit: Ulimit) -> str:
+    def one(value: int) -> str:
+        return "-1" if value == RLIM_INFINITY else str(value)
+
+    return f"{name}={one(limit.soft)}:{one(limit.hard)}"
+
+
+def _resource_lines(spec: DeploymentSpec) -> list[Line]:
+    res = spec.resources
+    lines = []
+    if res.shm_size is not None:
+        lines.append(setting("ShmSize", podman_size(res.shm_size)))
+    for name, limit in sorted(res.ulimits.items()):
+        lines.append(setting("Ulimit", _ulimit(name, limit)))
+    args = []
+    if res.cpus is not None:
+        args.append(f"--cpus={res.cpus:g}")
+    if res.memory is not None:
+        args.append(f"--memory={podman_size(res.memory)}")
+    # berthd always sends the IPC mode (Podman's own default is shareable).
+    args.append(f"--ipc={'shareable' if res.ipc is IpcMode.SHAREABLE else 'private'}")
+    lines.append(comment("Podman 5.4's Quadlet has no key for these: passed to podman run"))
+    lines.append(setting("PodmanArgs", command_text(args)))
+    return lines
+
+
+def _volume_value(source: str, target: str, read_only: bool) -> Line:
+    if ":" in source or ":" in target:  # Volume= splits on ':'; Mount= is comma separated
+        fields = ["type=bind", f"source={source}", f"destination={target}"]
+        if read_only:
+            fields.append("ro=true")
+        return setting("Mount", word(",".join(fields)))
+    return setting("Volume", plain_value(f"{source}:{target}{':ro' if read_only else ''}"))
+
+
+def _mount_lines(index: int, mount: Mount) -> list[Line]:
+    if mount.type is MountType.VOLUME:
+        # Quadlet resolves VOL.volume to the volume its unit makes (VolumeName=VOL).
+        return [_volume_value(f"{mount.source}.volume", mount.target, mount.read_only)]
+    if mount.type is MountType.BIND:
+        return [_volume_value(mount.source, mount.target, mount.read_only)]
+    if mount.type is MountType.MODEL:
+        return [
+            comment(
+                f"mounts[{index}]: the model directory under berthd's state_dir "
+                f"({MODELS_DIR} by default): change the path if yours differs"
+            ),
+            _volume_value(f"{MODELS_DIR}/{mount.source}", mount.target, True),
+        ]
+    return [comment(f"mounts[{index}] (git {mount.source}): clone it yourself, then bind it")]
+
+
+def _service_lines(spec: DeploymentSpec) -> list[Line]:
+    start = math.ceil(start_budget(spec)) + START_MARGIN
+    return [
+        comment("Restart=always restarts a replica that exits, or that a liveness check kills"),
+        setting("Restart", "always"),
+        comment("The probes' budget, and a margin (pull the image before the first start)"),
+        setting("TimeoutStartSec", str(start)),
+        setting("TimeoutStopSec", str(math.ceil(spec.stop_timeout) + STOP_MARGIN)),
+    ]
+
+
+def _volume_unit(spec: DeploymentSpec, origin: Origin, volume: str) -> str:
+    header = [
+        *_header(origin),
+        f"The named volume {volume} (the same name as under berthd: an existing one is reused)",
+    ]
+    sections = [
+        Section(
+            "Unit",
+            (
+                setting(
+                    "Description",
+                    specifiers_escaped(f"berth deployment {spec.name}'s volume {volume}"),
+                ),
+            ),
+        ),
+        Section(
+            "Volume",
+            (
+                setting("VolumeName", volume),
+                setting("Label", word("app.kubernetes.io/part-of=berth-export")),
+            ),
+        ),
+    ]
+    return unit_text(header, sections)
+
+
+def _apply_steps(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
+    units = [unit_name(spec, i) for i in range(count)]
+    steps: list[str] = []
+    secrets = sorted({v.name for v in spec.env.values() if not isinstance(v, str)})
+    steps.extend(f"podman secret create {s} FILE  # FILE holds the secret's value" for s in secrets)
+    if spec.registry is not None:
+        if spec.registry.auth_file is not None:
+            steps.append(f"podman pull --authfile {spec.registry.auth_file} {spec.image}")
+        else:
+            steps.append(f"podman login {spec.image.split('/', 1)[0]}")
+            steps.append(f"podman pull {spec.image}")
+    elif spec.pull.value != "never":
+        steps.append(f"podman pull {spec.image}")
+    steps.append(
+        f"cp *.container *.volume {ROOTFUL_DIR}/  # as root; rootless: {ROOTLESS_DIR}/ "
+        "and systemctl --user below"
+        if any(m.type is MountType.VOLUME for m in spec.mounts)
+        else f"cp *.container {ROOTFUL_DIR}/  # as root; rootless: {ROOTLESS_DIR}/ "
+        "and systemctl --user below"
+    )
+    steps.append("systemctl daemon-reload")
+    steps.append(f"systemctl start {' '.join(units)}")
+    return tuple(steps)
+
+
+def _notes(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
+    e = spec.endpoint
+    notes = [
+        "A single host has no load balancer: each replica answers on its own port "
+        f"({_host_address(e.bind)}:{e.port}"
+        + (f" to {e.port + count - 1}" if count > 1 else "")
+        + "); put a reverse proxy (nginx, HAProxy, Caddy) in front for one address.",
+        f"No autoscaling: {count} replica unit(s), started and stopped by systemctl.",
+        "No rolling update or rollback: edit a unit, systemctl daemon-reload, then restart "
+        "the replicas one at a time (systemctl restart NAME-I).",
+        "The healthchecks run inside the container: an HTTP probe needs curl or wget in the "
+        "image, a TCP probe nc or bash.",
+    ]
+    if not _installed(spec):
+        notes.append(
+            "The units have no [Install] section (the spec is disabled or has 0 replicas): "
+            "they start only by systemctl start."
+        )
+    if spec.endpoint.upstream_protocol is UpstreamProtocol.H2C:
+        notes.append("Clients reach the replicas directly: they must speak h2c (gRPC) themselves.")
+    return tuple(notes)
