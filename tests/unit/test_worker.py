@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -93,11 +94,21 @@ class Rig:
         await self.worker.reconcile_once()
 
 
-@asynccontextmanager
-async def worker_rig(
-    tmp_path: Path, *, gpus: int = 2, secrets: SecretStore | None = None
-) -> AsyncIterator[Rig]:
-    """A worker for deployment "web" on FakeRuntime, a real store, a real endpoint."""
+@dataclass
+class FakeParts:
+    """What a worker runs on in these tests: FakeRuntime, a real store, real endpoints, a
+    prober that passes for the host ports in `answering`."""
+
+    runtime: FakeRuntime
+    store: Store
+    access: StoreAccess
+    endpoints: EndpointManager
+    answering: set[int]
+    ctx: WorkerContext
+
+
+def fake_parts(tmp_path: Path, *, gpus: int, **context: Any) -> FakeParts:
+    """`context`: more WorkerContext fields (secrets, load, ...)."""
     runtime = FakeRuntime(images={IMAGE})
     store = Store(tmp_path / "berth.db")
     access = StoreAccess(store)
@@ -117,14 +128,23 @@ async def worker_rig(
         probe=probe,
         mounts=MountPreparer(runtime, load_settings(None, {}, {"state_dir": tmp_path})),
         gpus=GpuLedger(FakeGpuInventory(fake_gpus(gpus))),
-        secrets=secrets,
+        **context,
     )
+    return FakeParts(runtime, store, access, endpoints, answering, ctx)
+
+
+@asynccontextmanager
+async def worker_rig(
+    tmp_path: Path, *, gpus: int = 2, secrets: SecretStore | None = None
+) -> AsyncIterator[Rig]:
+    """A worker for deployment "web" on FakeRuntime, a real store, a real endpoint."""
+    p = fake_parts(tmp_path, gpus=gpus, secrets=secrets)
     async with trio.open_nursery() as nursery:
-        await nursery.start(endpoints.run)
-        worker = DeploymentWorker("web", ctx)
-        yield Rig(runtime, store, access, endpoints, worker, answering, free_port())
+        await nursery.start(p.endpoints.run)
+        worker = DeploymentWorker("web", p.ctx)
+        yield Rig(p.runtime, p.store, p.access, p.endpoints, worker, p.answering, free_port())
         nursery.cancel_scope.cancel()
-    store.close()
+    p.store.close()
 
 
 @pytest.fixture

@@ -19,26 +19,18 @@ from trio.testing import MockClock
 
 from config.canonical import spec_id
 from config.parse import parse_spec
-from config.settings import load_settings
-from config.spec import Probe
 from daemon.cli.format import deployment_status
-from daemon.gpu.fake import FakeGpuInventory, fake_gpus
-from daemon.gpu.ledger import GpuLedger
-from daemon.health.probes import ProbeResult
-from daemon.integrations.mounts import MountPreparer
 from daemon.metrics.model import DeploymentLoad
 from daemon.reconcile.context import WorkerContext
 from daemon.reconcile.endpoints import EndpointManager
-from daemon.reconcile.ports import HostPortAllocator
 from daemon.reconcile.worker import DeploymentWorker
 from daemon.runtime.fake import FakeRuntime
 from daemon.runtime.interface import LABEL_DEPLOYMENT
-from daemon.store.access import StoreAccess
 from daemon.store.database import Store
-from daemon.store.events import EventLog
 from proxy.endpoint import Endpoint
 from proxy.queue import Waiter
 from tests.conftest import free_port
+from tests.unit.test_worker import fake_parts
 
 IMAGE = "localhost/berth-echo:1"
 
@@ -89,6 +81,14 @@ class Rig:
         b.totals.in_flight = 0
         b.slots.waiters.clear()
 
+    async def cold_start(self, name: str) -> None:
+        """A request for `name` held at its endpoint starts a replica; once that is ready,
+        the request is served (the deployment is loaded and idle from then on)."""
+        self.hold(name)
+        await self.rounds(name)
+        await self.ready(name)
+        self.release(name)
+
     def containers(self, name: str) -> list[str]:
         return [
             c.spec.labels[LABEL_DEPLOYMENT]
@@ -120,32 +120,12 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    runtime = FakeRuntime(images={IMAGE})
-    store = Store(tmp_path / "berth.db")
-    access = StoreAccess(store)
-    endpoints = EndpointManager(drain_timeout=1.0)
-    answering: set[int] = set()
-
-    async def probe(p: Probe, host: str, port: int) -> ProbeResult:
-        return ProbeResult(port in answering, "fake")
-
-    ctx = WorkerContext(
-        instance="inst",
-        runtime=runtime,
-        store=access,
-        events=EventLog(access),
-        endpoints=endpoints,
-        ports=HostPortAllocator(),
-        probe=probe,
-        mounts=MountPreparer(runtime, load_settings(None, {}, {"state_dir": tmp_path})),
-        gpus=GpuLedger(FakeGpuInventory(fake_gpus(1))),
-        load=idle_load,
-    )
+    p = fake_parts(tmp_path, gpus=1, load=idle_load)
     async with trio.open_nursery() as nursery:
-        await nursery.start(endpoints.run)
-        yield Rig(runtime, store, endpoints, ctx, {}, answering)
+        await nursery.start(p.endpoints.run)
+        yield Rig(p.runtime, p.store, p.endpoints, p.ctx, {}, p.answering)
         nursery.cancel_scope.cancel()
-    store.close()
+    p.store.close()
 
 
 async def test_a_held_request_cold_starts_an_idle_deployment(
@@ -185,10 +165,7 @@ async def test_a_ready_cold_start_is_not_cancelled_and_a_pinned_start_never_is(
 ) -> None:
     rig.apply(spec_text("a", free_port()))
     await rig.rounds("a")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")
+    await rig.cold_start("a")
     await rig.rounds("a", n=2)
     assert rig.events("start-cancelled") == [] and rig.containers("a") == ["a"]
     rig.apply(spec_text("b", free_port()))
@@ -208,10 +185,7 @@ async def test_an_idle_deployment_is_swapped_out_for_a_woken_one(
     rig.apply(spec_text("a", free_port()))
     rig.apply(spec_text("b", free_port()))
     await rig.rounds("a", "b")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")  # served: idle from now
+    await rig.cold_start("a")  # served: idle from now
     rig.endpoint("a")._balancer.last_request.at = trio.current_time()
     mock_clock.jump(5)
     rig.hold("b")
@@ -234,10 +208,7 @@ async def test_a_deployment_with_a_request_in_flight_is_never_swapped_out(
     rig.apply(spec_text("a", free_port()))
     rig.apply(spec_text("b", free_port(), gateway="priority = 5\n"))
     await rig.rounds("a", "b")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")
+    await rig.cold_start("a")
     rig.endpoint("a")._balancer.totals.in_flight = 1  # a long request at a
     rig.hold("b")
     for _ in range(6):
@@ -264,10 +235,7 @@ async def test_min_idle_and_priority_keep_a_deployment(rig: Rig, mock_clock: Moc
     rig.apply(spec_text("a", free_port(), gateway='min_idle = "1m"\n'))
     rig.apply(spec_text("b", free_port()))
     await rig.rounds("a", "b")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")
+    await rig.cold_start("a")
     rig.endpoint("a")._balancer.last_request.at = trio.current_time()
     rig.hold("b")
     mock_clock.jump(30)
@@ -284,10 +252,7 @@ async def test_scale_to_zero_after_unloads_from_the_last_request(
 ) -> None:
     rig.apply(spec_text("a", free_port(), extra_replicas='scale_to_zero_after = "10m"\n'))
     await rig.rounds("a")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")
+    await rig.cold_start("a")
     rig.endpoint("a")._balancer.totals.in_flight = 1  # served for 5 minutes
     mock_clock.jump(300)
     await rig.rounds("a")
@@ -327,10 +292,7 @@ async def test_a_cold_start_cancelled_during_its_swap_leaves_the_victim_loaded(
     rig.apply(spec_text("a", free_port()))
     rig.apply(spec_text("b", free_port()))
     await rig.rounds("a", "b")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")
+    await rig.cold_start("a")
     rig.hold("b")
     await rig.rounds("b", n=2)
     assert len(rig.events("swap", "b")) == 1
@@ -347,10 +309,7 @@ async def test_a_restarted_berthd_keeps_a_loaded_min_zero_deployment(
 ) -> None:
     rig.apply(spec_text("a", free_port()))
     await rig.rounds("a")
-    rig.hold("a")
-    await rig.rounds("a")
-    await rig.ready("a")
-    rig.release("a")
+    await rig.cold_start("a")
     fresh = DeploymentWorker("a", rig.ctx)  # as a restarted berthd's first worker
     await fresh.reconcile_once()
     await fresh.reconcile_once()
