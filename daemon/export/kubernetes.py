@@ -44,13 +44,13 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
             f"replicas: {plan.min_replicas} is the autoscaler's floor: applying this file again "
             "resets the count to it until the autoscaler acts (delete the line to avoid that)"
         )
-    comments += _left_lines(left)
+    comments += left_lines(left)
     files = [ExportedFile("deployment.yaml", document(deployment, comments=comments))]
     files.append(_service_file(spec, origin))
     notes = list(pod.notes)
     if scaler is not None:
         name = "hpa.yaml" if plan.kind == "hpa" else "scaledobject.yaml"
-        lines = [header(origin), *_left_lines(scaler_left)]
+        lines = [header(origin), *left_lines(scaler_left)]
         if plan.kind == "keda":
             lines += keda.QUERY_COMMENTS
             notes.append("the ScaledObject needs KEDA (keda.sh) installed on the cluster")
@@ -61,7 +61,7 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
                 )
         files.append(ExportedFile(name, document(scaler, comments=lines)))
     for claim in pod.claims:
-        files.append(_claim_file(spec, origin, claim))
+        files.append(claim_file(spec, origin, claim))
     steps = [s.create for s in pod.secrets]
     steps.append("kubectl apply -f DIR")
     if not spec.enabled:
@@ -74,7 +74,7 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     )
 
 
-def _left_lines(left: list[LeftOut]) -> list[str]:
+def left_lines(left: list[LeftOut]) -> list[str]:
     if not left:
         return []
     return ["Not carried (see README.md):", *(f"- {item.line()}" for item in left)]
@@ -158,7 +158,7 @@ def _service_file(spec: DeploymentSpec, origin: Origin) -> ExportedFile:
     return ExportedFile("service.yaml", document(service, comments=comments))
 
 
-def _claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_pod.Claim) -> ExportedFile:
+def claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_pod.Claim) -> ExportedFile:
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

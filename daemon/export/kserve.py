@@ -1,0 +1,305 @@
+"""`berth export --to kserve`: a KServe `InferenceService` (serving.kserve.io/v1beta1).
+
+`build(spec, origin)` is pure. The predictor is `kube_pod`'s pod with its container named
+`kserve-container` (KServe's name for a custom predictor's container). The mode:
+- `Standard` (KServe's name since 0.15 for RawDeployment: a Deployment, a Service, an HPA
+  or KEDA ScaledObject made by KServe) unless `replicas.min = 0`;
+- `Knative` (the 0.20 name of the deprecated `Serverless`; needs Knative Serving) for
+  `min = 0`, the only mode that scales to zero on requests.
+Scaling: Standard mode with only cpu/memory metrics uses KServe's HPA class (`scaleMetric`
+/ `scaleTarget` for one cpu utilisation, else `autoScaling.metrics`); any other metric the
+KEDA class (`autoScaling.metrics` External prometheus, the same queries as `keda`), where
+KServe passes no metricType, so KEDA averages per replica: right for a gauge or
+concurrency, wrong for request_duration and the gpu_* averages (left out). Knative mode
+scales on concurrency only (KPA); `containerConcurrency` (max_concurrency) is Knative's hard
+limit, enforced by its queue-proxy (Standard mode has no such limit). `timeout`
+(read_timeout) is carried in both (Knative's revision timeout; the HTTPRoute's).
+The PersistentVolumeClaims the pod mounts are exported beside it, as for Kubernetes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from config.spec import (
+    ENDPOINT_CLIENT_IDLE_TIMEOUT,
+    ENDPOINT_CONNECT_TIMEOUT,
+    AutoscaleMetric,
+    DeploymentSpec,
+    MetricName,
+    Update,
+    UpdateStrategy,
+    UpstreamProtocol,
+)
+from daemon.export import keda, kube_pod
+from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
+from daemon.export.kubernetes import claim_file, header, left_lines
+from daemon.export.left_out import endpoint_features
+from daemon.export.yaml_text import document
+
+CONTAINER = "kserve-container"
+MAX_KNATIVE_SCALE_DOWN_DELAY = 3600  # Knative's limit on scale-down-delay
+
+
+def build(spec: DeploymentSpec, origin: Origin) -> Built:
+    knative = spec.replicas.min == 0 and spec.enabled
+    pod = kube_pod.pod(spec, origin, container_name=CONTAINER)
+    left: list[LeftOut] = []
+    isvc_annotations = dict(kube_pod.object_annotations(origin))
+    isvc_annotations["serving.kserve.io/deploymentMode"] = "Knative" if knative else "Standard"
+    predictor: dict[str, Any] = {}
+    if not spec.enabled:
+        isvc_annotations["serving.kserve.io/stop"] = "true"
+    _replicas(spec, predictor)
+    if knative:
+        _knative_scaling(spec, predictor, isvc_annotations, left)
+        _knative_limits(spec, pod, left)
+    else:
+        _standard_scaling(spec, predictor, isvc_annotations, left)
+        _standard_update(spec, predictor, left)
+    e = spec.endpoint
+    carried: set[str] = set()
+    if knative and e.max_concurrency is not None:
+        predictor["containerConcurrency"] = e.max_concurrency
+        carried.add("endpoint.max_concurrency")
+    if (e.connect_timeout, e.client_idle_timeout) == (
+        ENDPOINT_CONNECT_TIMEOUT,
+        ENDPOINT_CLIENT_IDLE_TIMEOUT,
+    ):
+        carried.add("endpoint.read_timeout")
+    predictor["timeout"] = math.ceil(e.read_timeout - 1e-9)
+    _name_port(spec, pod)
+    predictor.update(pod.spec)
+    predictor["annotations"] = {
+        k: v for k, v in pod.annotations.items() if k.startswith("prometheus.io/")
+    }
+    if not predictor["annotations"]:
+        del predictor["annotations"]
+    left = [*endpoint_features(spec, carried=carried), *pod.left_out, *left]
+    metadata = kube_pod.metadata(spec, origin)
+    metadata["annotations"] = isvc_annotations
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": metadata,
+        "spec": {"predictor": predictor},
+    }
+    comments = [header(origin), *pod.comments]
+    comments.append(
+        f"endpoint.port {e.port}: KServe's own Service and ingress serve the predictor "
+        "(port 80 in the cluster; its URL is in `kubectl get inferenceservice "
+        f"{spec.name}`)"
+    )
+    comments += left_lines(left)
+    files = [ExportedFile("inferenceservice.yaml", document(isvc, comments=comments))]
+    files += [claim_file(spec, origin, c) for c in pod.claims]
+    notes = list(pod.notes)
+    notes.append(
+        "needs KServe 0.15 or later (Standard mode)"
+        if not knative
+        else "Knative mode needs KServe with Knative Serving installed"
+    )
+    if isvc_annotations.get("serving.kserve.io/autoscalerClass") == "keda":
+        notes.append("the KEDA autoscaler class needs KEDA installed on the cluster")
+        notes.append(
+            f"set the Prometheus address in inferenceservice.yaml (a placeholder: "
+            f"{keda.PROMETHEUS_ADDRESS})"
+        )
+    if not spec.enabled:
+        notes.append("enabled = false: the InferenceService carries serving.kserve.io/stop")
+    steps = [*(s.create for s in pod.secrets), "kubectl apply -f DIR"]
+    return Built(tuple(files), tuple(left), tuple(steps), tuple(notes))
+
+
+def _replicas(spec: DeploymentSpec, predictor: dict[str, Any]) -> None:
+    r = spec.replicas
+    predictor["minReplicas"] = r.min
+    predictor["maxReplicas"] = r.max
+
+
+def _name_port(spec: DeploymentSpec, pod: kube_pod.Pod) -> None:
+    """KServe (and Knative) tell HTTP/2 by the serving port's name: h2c, else http1."""
+    h2c = spec.endpoint.upstream_protocol == UpstreamProtocol.H2C
+    pod.spec["containers"][0]["ports"][0]["name"] = "h2c" if h2c else "http1"
+
+
+def _standard_scaling(
+    spec: DeploymentSpec,
+    predictor: dict[str, Any],
+    annotations: dict[str, str],
+    left: list[LeftOut],
+) -> None:
+    plan = keda.plan(spec)
+    left += plan.left_out
+    if plan.kind is None:
+        predictor["minReplicas"] = predictor["maxReplicas"] = plan.min_replicas
+        return
+    window = keda.stabilization(spec, left)
+    behavior = {"scaleDown": {"stabilizationWindowSeconds": window}}
+    if plan.kind == "hpa":
+        annotations["serving.kserve.io/autoscalerClass"] = "hpa"
+        (only, *more) = plan.metrics
+        i, m = only
+        if not more and m.metric == MetricName.CPU and keda.cpu_average(spec, m) is None:
+            predictor["scaleMetric"] = "cpu"
+            predictor["scaleTarget"] = keda.percent(m, f"autoscale.metrics[{i}].target", left)
+            predictor["autoScaling"] = {"behavior": behavior}
+            return
+        metrics = [_resource(spec, i, m, left) for i, m in plan.metrics]
+    else:
+        annotations["serving.kserve.io/autoscalerClass"] = "keda"
+        metrics = []
+        for i, m in plan.metrics:
+            metric = _keda_metric(spec, i, m, left)
+            if metric is not None:
+                metrics.append(metric)
+    predictor["autoScaling"] = {"metrics": metrics, "behavior": behavior}
+
+
+def _resource(
+    spec: DeploymentSpec, i: int, m: AutoscaleMetric, left: list[LeftOut]
+) -> dict[str, Any]:
+    average = keda.cpu_average(spec, m)
+    if average is not None:
+        target: dict[str, Any] = {"type": "AverageValue", "averageValue": average}
+    else:
+        value = keda.percent(m, f"autoscale.metrics[{i}].target", left)
+        target = {"type": "Utilization", "averageUtilization": value}
+    return {"type": "Resource", "resource": {"name": m.metric.value, "target": target}}
+
+
+def _keda_metric(
+    spec: DeploymentSpec, i: int, m: AutoscaleMetric, left: list[LeftOut]
+) -> dict[str, Any] | None:
+    where = f"autoscale.metrics[{i}]"
+    if m.metric in (MetricName.CPU, MetricName.MEMORY):
+        if keda.cpu_average(spec, m) is not None:
+            left.append(
+                LeftOut(
+                    where,
+                    "cpu without resources.cpus: KServe's KEDA class takes cpu as a "
+                    "utilisation of the request only; set resources.cpus",
+                )
+            )
+            return None
+        return _resource(spec, i, m, left)
+    query, metric_type = keda.prometheus_query(spec, m)
+    if metric_type != "AverageValue":
+        left.append(
+            LeftOut(
+                where,
+                f"{m.metric.value}: KServe hands KEDA no metricType, so KEDA divides the "
+                "query by the replica count (AverageValue): an average or a latency "
+                "cannot be a target here (use the Kubernetes export's ScaledObject)",
+            )
+        )
+        return None
+    metric = {
+        "backend": "prometheus",
+        "serverAddress": keda.PROMETHEUS_ADDRESS,
+        "query": query,
+    }
+    target = {"type": "Value", "value": keda.number(m.target)}
+    return {"type": "External", "external": {"metric": metric, "target": target}}
+
+
+def _standard_update(spec: DeploymentSpec, predictor: dict[str, Any], left: list[LeftOut]) -> None:
+    u = spec.update
+    if u.strategy == UpdateStrategy.REPLACE:
+        rolling = {"maxSurge": 0, "maxUnavailable": 1}
+    else:
+        rolling = {"maxSurge": u.max_surge, "maxUnavailable": u.max_unavailable}
+    predictor["deploymentStrategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
+    left.append(
+        LeftOut(
+            "update.progress_deadline",
+            "KServe's predictor has no progress deadline and nothing rolls a failed "
+            "revision back: watch `kubectl get inferenceservice` and apply the old file",
+        )
+    )
+
+
+def _knative_scaling(
+    spec: DeploymentSpec,
+    predictor: dict[str, Any],
+    annotations: dict[str, str],
+    left: list[LeftOut],
+) -> None:
+    for i, m in enumerate(spec.autoscale.metrics):
+        if m.metric == MetricName.CONCURRENCY and "scaleMetric" not in predictor:
+            predictor["scaleMetric"] = "concurrency"
+            predictor["scaleTarget"] = max(1, math.ceil(m.target - 1e-9))
+            if predictor["scaleTarget"] != m.target:
+                left.append(
+                    LeftOut(f"autoscale.metrics[{i}].target", "rounded up to a whole request")
+                )
+            continue
+        left.append(
+            LeftOut(
+                f"autoscale.metrics[{i}]",
+                f"{m.metric.value}: Knative's autoscaler (KPA, the one that scales to zero) "
+                "scales on concurrency or requests per second only",
+            )
+        )
+    delay = math.ceil(spec.autoscale.scale_down_delay - 1e-9)
+    if delay > MAX_KNATIVE_SCALE_DOWN_DELAY:
+        left.append(
+            LeftOut(
+                "autoscale.scale_down_delay",
+                f"cut to {MAX_KNATIVE_SCALE_DOWN_DELAY}s, Knative's longest scale-down-delay",
+            )
+        )
+        delay = MAX_KNATIVE_SCALE_DOWN_DELAY
+    annotations["autoscaling.knative.dev/scale-down-delay"] = f"{delay}s"
+    ttl = spec.replicas.scale_to_zero_after
+    if ttl is not None:
+        retention = f"{math.ceil(ttl - 1e-9)}s"
+        annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] = retention
+
+
+def _knative_limits(spec: DeploymentSpec, pod: kube_pod.Pod, left: list[LeftOut]) -> None:
+    """What Knative Serving refuses or needs a feature flag for."""
+    container = pod.spec["containers"][0]
+    extra = container["ports"][1:]
+    if extra:
+        container["ports"] = container["ports"][:1]
+        for port in extra:
+            left.append(
+                LeftOut(
+                    "metrics.scrape",
+                    f"port {port['containerPort']}: a Knative service exposes one container "
+                    "port; scrape it with a PodMonitor that names the port by number",
+                )
+            )
+    for kind in ("startup", "readiness", "liveness"):
+        probe = getattr(spec.health, kind)
+        if probe is not None and probe.port != spec.port:
+            left.append(
+                LeftOut(
+                    f"health.{kind}.port",
+                    f"{probe.port}: Knative probes only the serving port ({spec.port})",
+                )
+            )
+    flags = []
+    volumes = pod.spec.get("volumes", [])
+    if any("hostPath" in v for v in volumes):
+        flags.append("kubernetes.podspec-hostpath")
+    if any("persistentVolumeClaim" in v for v in volumes):
+        flags.append("kubernetes.podspec-persistent-volume-claim")
+        if any(not m.read_only for m in spec.mounts):
+            flags.append("kubernetes.podspec-persistent-volume-write")
+    if "initContainers" in pod.spec:
+        flags.append("kubernetes.podspec-init-containers")
+    if flags:
+        pod.notes.append(
+            "Knative Serving must enable these features (config-features): " + ", ".join(flags)
+        )
+    if spec.update != Update():
+        left.append(
+            LeftOut(
+                "update",
+                "Knative rolls a new revision in when it is ready and moves all traffic at "
+                "once; max_surge, max_unavailable and strategy have no equivalent",
+            )
+        )
