@@ -13,9 +13,9 @@ is set: the sign-in's password and the session cookie would cross the network in
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from config.parse_listen import ip_listen
 from config.parse_tls import read_tls
 from config.reader import Reader
 from config.spec import EndpointTls
@@ -44,12 +44,12 @@ class ConsoleSettings:
 
 
 def read_console_settings(
-    r: Reader | None, listen_problem: Callable[[object], str | None]
+    r: Reader | None,
 ) -> ConsoleSettings | None:
     """`[console]`; None when absent (or wrong: then problems are recorded)."""
     if r is None:
         return None
-    listen = r.required("listen", _listen_converter(listen_problem))
+    listen = r.required("listen", ip_listen(9470))
     tls = read_tls(r.table("tls"))
     r.close()
     if listen is None:
@@ -59,25 +59,3 @@ def read_console_settings(
         r.problem("listen", OFF_LOOPBACK, f"{host}:{port}")
         return None
     return ConsoleSettings(host=host, port=port, tls=tls)
-
-
-def _listen_converter(
-    listen_problem: Callable[[object], str | None],
-) -> Callable[[object], tuple[str, int]]:
-    def convert(raw: object) -> tuple[str, int]:
-        reason = listen_problem(raw)
-        if reason is not None:
-            raise ValueError(reason.replace(":9464", ":9470"))
-        assert isinstance(raw, str)
-        host, _, port = raw.rpartition(":")
-        host = host[1:-1] if host.startswith("[") else host
-        host = host or "0.0.0.0"  # ":9470": every IPv4 address
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                'must name an IP address and a port, such as "127.0.0.1:9470" or "[::1]:9470"'
-            ) from None
-        return address.compressed, int(port)
-
-    return convert

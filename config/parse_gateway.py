@@ -23,7 +23,6 @@ checked at apply, by berthd (`daemon.gateway.routes`): the spec alone cannot kno
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Final
 
 from config.errors import Problem, WithheldValueError
 from config.parse_auth import read_auth
+from config.parse_listen import ip_listen
 from config.parse_tls import read_tls
 from config.reader import Reader, as_duration, as_int, as_size, join_path
 from config.spec import EndpointAuth, EndpointTls, Gateway
@@ -148,13 +148,12 @@ class GatewaySettings:
 
 
 def read_gateway_settings(
-    r: Reader | None, listen_problem: Callable[[object], str | None]
+    r: Reader | None,
 ) -> GatewaySettings | None:
-    """berthd.toml's `[gateway]`; None when absent (or wrong: then problems are recorded).
-    `listen_problem` is berthd.toml's own check of a "host:port"."""
+    """berthd.toml's `[gateway]`; None when absent (or wrong: then problems are recorded)."""
     if r is None:
         return None
-    listen = r.required("listen", _listen_converter(listen_problem))
+    listen = r.required("listen", ip_listen(8000))
     max_body = r.get(
         "max_body",
         as_size(MIN_MAX_BODY, lo_text="1Ki", hi=MAX_MAX_BODY, hi_text="1Gi"),
@@ -173,27 +172,6 @@ def read_gateway_settings(
         return None
     host, port = listen
     return GatewaySettings(host=host, port=port, max_body=max_body, auth=auth, tls=tls)
-
-
-def _listen_converter(
-    listen_problem: Callable[[object], str | None],
-) -> Callable[[object], tuple[str, int]]:
-    def convert(raw: object) -> tuple[str, int]:
-        reason = listen_problem(raw)
-        if reason is not None:  # berthd.toml's shared check gives [metrics]' example port
-            raise ValueError(reason.replace(":9464", ":8000"))
-        assert isinstance(raw, str)
-        host, _, port = raw.rpartition(":")
-        host = host[1:-1] if host.startswith("[") else host
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                'must name an IP address and a port, such as "127.0.0.1:8000" or "[::1]:8000"'
-            ) from None
-        return address.compressed, int(port)
-
-    return convert
 
 
 def _refuse_keys_of_the_other(r: Reader, keys: tuple[str, ...], message: str) -> None:

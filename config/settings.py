@@ -22,7 +22,6 @@ directory. Unknown keys in berthd.toml are errors, as in specs.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from config.parse import syntax_problem
 from config.parse_console import ConsoleSettings, read_console_settings
 from config.parse_document import nesting_problem
 from config.parse_gateway import GatewaySettings, read_gateway_settings
+from config.parse_listen import listen_problem
 from config.reader import Reader, as_duration, as_int, as_str, as_str_list
 
 DEFAULT_STATE_DIR = Path("/var/lib/berth")
@@ -168,7 +168,7 @@ def load_settings(
 
     listen, where, _ = pick("metrics_listen")
     if listen is not None:
-        reason = _listen_problem(listen)
+        reason = listen_problem(listen)
         if reason is not None:
             problems.append(Problem(where, reason, listen))
             listen = None
@@ -247,10 +247,10 @@ def _read_file(path: Path, problems: list[Problem]) -> dict[str, object]:
         if rows is not None:
             out["events_max_rows"] = rows
         events.close()
-    gateway = read_gateway_settings(r.table("gateway"), _listen_problem)
+    gateway = read_gateway_settings(r.table("gateway"))
     if gateway is not None:
         out["gateway"] = gateway
-    console = read_console_settings(r.table("console"), _listen_problem)
+    console = read_console_settings(r.table("console"))
     if console is not None:
         out["console"] = console
     r.close()
@@ -268,20 +268,3 @@ def _as_roots(value: object, where: str, problems: list[Problem]) -> list[Path] 
         problems.append(Problem(where, "must be a list of paths", value))
         return None
     return [Path(v) for v in value]
-
-
-def _listen_problem(value: object) -> str | None:
-    """Why `value` is not "host:port" ("127.0.0.1:9464", "[::1]:9464", ":9464")."""
-    if not isinstance(value, str):
-        return 'must be a string such as "127.0.0.1:9464"'
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return 'must be "host:port" with a port from 1 to 65535, such as "127.0.0.1:9464"'
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return "not an IPv6 address in brackets"
-    elif ":" in host:
-        return 'write an IPv6 host in brackets: "[::1]:9464"'
-    return None

@@ -203,6 +203,17 @@ def test_settings_gateway_listen(tmp_path: Path, listen: str) -> None:
     assert len(got) == 1 and got[0].startswith("gateway.listen: "), got
 
 
+@pytest.mark.parametrize(
+    ("listen", "host"),
+    [('"[::1]:8000"', "::1"), ('":8000"', "0.0.0.0"), ('"127.0.0.1:8000"', "127.0.0.1")],
+)
+def test_settings_gateway_listen_forms(tmp_path: Path, listen: str, host: str) -> None:
+    """As [console] and [metrics] read them: ":PORT" is every IPv4 address."""
+    settings = load_settings(write(tmp_path, f"[gateway]\nlisten = {listen}\n"), {}, {})
+    assert settings.gateway is not None
+    assert (settings.gateway.host, settings.gateway.port) == (host, 8000)
+
+
 def test_settings_gateway_listen_required(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_settings(write(tmp_path, '[gateway]\nmax_body = "1Mi"\n'), {}, {})
