@@ -26,7 +26,7 @@ from config.spec import (
 )
 from daemon.export.bundle import LeftOut
 
-_INGRESS = "set it on your ingress / gateway in front of the Service"
+_FRONT = "set it on the proxy, ingress or gateway you put in front"
 
 
 def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) -> list[LeftOut]:
@@ -44,15 +44,15 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
             miss(
                 "endpoint.auth.api_keys",
                 "berth's endpoint checks bearer keys; nothing here does: put an "
-                f"authenticating proxy or ingress in front ({_INGRESS})",
+                f"authenticating proxy or ingress in front ({_FRONT})",
             )
         if e.auth.basic:
             miss(
                 "endpoint.auth.basic",
-                f"berth's endpoint checks basic auth; nothing here does ({_INGRESS})",
+                f"berth's endpoint checks basic auth; nothing here does ({_FRONT})",
             )
     if e.tls is not None:
-        miss("endpoint.tls", f"berth's endpoint serves HTTPS; terminate TLS there ({_INGRESS})")
+        miss("endpoint.tls", f"berth's endpoint serves HTTPS; nothing here does ({_FRONT})")
     if e.max_concurrency is not None:
         miss(
             "endpoint.max_concurrency",
@@ -68,7 +68,8 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
     if e.balance != Balance.ROUND_ROBIN:
         miss(
             "endpoint.balance",
-            f"{e.balance.value}: a Service spreads connections, not requests by load",
+            f"{e.balance.value}: nothing here picks a replica by its requests in flight (a "
+            "Kubernetes Service spreads connections; one host has no balancer at all)",
         )
     if e.retry != RetryPolicy.IDEMPOTENT:
         miss("endpoint.retry", "no retry of a request whose replica failed before answering")
@@ -81,7 +82,7 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
     if _timeouts_set(e):
         miss(
             "endpoint.read_timeout",
-            f"connect_timeout / read_timeout / client_idle_timeout are berth's proxy's; {_INGRESS}",
+            f"connect_timeout / read_timeout / client_idle_timeout are berth's proxy's; {_FRONT}",
         )
     if e.max_connections is not None:
         miss("endpoint.max_connections", "no cap on client connections held open")
@@ -94,7 +95,7 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
         miss(
             "gateway",
             "berth's model gateway (routing by the request's model, cold starts, swaps) has "
-            "no equivalent here; a client names this deployment's Service directly",
+            "no equivalent here; a client calls this deployment's address directly",
         )
     if spec.resources.gpu_memory is not None:
         miss(
