@@ -32,6 +32,7 @@ from daemon.cli.commands import (
     cmd_status,
 )
 from daemon.cli.console import add_console_parser
+from daemon.cli.export import add_export_parser
 from daemon.cli.gateway import cmd_gateway
 from daemon.cli.keys import add_keys_parser
 from daemon.cli.metrics import cmd_metrics
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     add_keys_parser(sub, common)
     add_secret_parser(sub, common)
     add_console_parser(sub, common)
+    add_export_parser(sub, common)
     return parser
 
 
