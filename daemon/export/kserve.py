@@ -20,6 +20,7 @@ The PersistentVolumeClaims the pod mounts are exported beside it, as for Kuberne
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from config.spec import (
@@ -43,7 +44,7 @@ MAX_KNATIVE_SCALE_DOWN_DELAY = 3600  # Knative's limit on scale-down-delay
 
 
 def build(spec: DeploymentSpec, origin: Origin) -> Built:
-    knative = spec.replicas.min == 0 and spec.enabled
+    knative = spec.replicas.min == 0
     pod = kube_pod.pod(spec, origin, container_name=CONTAINER)
     left: list[LeftOut] = []
     isvc_annotations = dict(kube_pod.object_annotations(origin))
@@ -130,7 +131,8 @@ def _standard_scaling(
     annotations: dict[str, str],
     left: list[LeftOut],
 ) -> None:
-    plan = keda.plan(spec)
+    # enabled = false is the stop annotation's: the scaling is exported as if enabled.
+    plan = keda.plan(replace(spec, enabled=True))
     left += plan.left_out
     if plan.kind is None:
         predictor["minReplicas"] = predictor["maxReplicas"] = plan.min_replicas

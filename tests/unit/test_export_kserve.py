@@ -1,0 +1,218 @@
+"""`berth export --to kserve`: the InferenceService valid against KServe v0.20.0's CRD (strict),
+its mode, scaling, concurrency, timeout and predictor as docs/export.md's table says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config.canonical import spec_id
+from config.parse import parse_spec
+from config.spec import DeploymentSpec
+from daemon.export import kserve
+from daemon.export.bundle import Built, Origin
+from tests.export_schemas import SchemaError, validate
+
+EXAMPLES = sorted(Path(__file__).parents[2].joinpath("config", "examples").glob("*.toml"))
+
+BASE = """
+name = "llm"
+image = "ghcr.io/acme/llm:1"
+port = 8080
+{top}
+[endpoint]
+port = 18000
+{endpoint}
+{tables}
+"""
+
+
+def spec_of(tables: str = "", top: str = "", endpoint: str = "") -> DeploymentSpec:
+    return parse_spec(BASE.format(top=top, endpoint=endpoint, tables=tables), source="t.toml")
+
+
+def build(spec: DeploymentSpec) -> Built:
+    return kserve.build(spec, Origin(spec_id(spec), deployment_id="d-9", revision=2))
+
+
+def objects(built: Built) -> dict[str, dict[str, Any]]:
+    out = {}
+    for f in built.files:
+        (doc,) = yaml.safe_load_all(f.text)
+        validate(doc)
+        out[f.name] = doc
+    return out
+
+
+def predictor(built: Built) -> dict[str, Any]:
+    isvc = objects(built)["inferenceservice.yaml"]
+    predictor: dict[str, Any] = isvc["spec"]["predictor"]
+    return predictor
+
+
+def isvc_annotations(built: Built) -> dict[str, str]:
+    annotations: dict[str, str] = objects(built)["inferenceservice.yaml"]["metadata"]["annotations"]
+    return annotations
+
+
+def fields(built: Built) -> list[str]:
+    return [item.field for item in built.left_out]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_exports_a_valid_inference_service(path: Path) -> None:
+    spec = parse_spec(path.read_text(), source=str(path))
+    built = build(spec)
+    objs = objects(built)
+    isvc = objs["inferenceservice.yaml"]
+    assert isvc["metadata"]["name"] == spec.name
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert isvc["metadata"]["annotations"]["berth.io/deployment-id"] == "d-9"
+    (c,) = isvc["spec"]["predictor"]["containers"]
+    assert c["name"] == "kserve-container" and c["image"] == spec.image
+    for item in built.left_out:
+        assert item.line() in built.files[0].text
+    assert build(spec) == built
+
+
+def test_an_unknown_predictor_field_is_refused() -> None:
+    isvc = objects(build(spec_of()))["inferenceservice.yaml"]
+    isvc["spec"]["predictor"]["replicas"] = 2
+    with pytest.raises(SchemaError, match="replicas"):
+        validate(isvc)
+    del isvc["spec"]["predictor"]["replicas"]
+    isvc["spec"]["predictor"]["containers"][0]["startupprobe"] = {}
+    with pytest.raises(SchemaError, match="startupprobe"):
+        validate(isvc)
+
+
+def test_standard_mode_with_one_cpu_target_uses_scale_metric() -> None:
+    built = build(
+        spec_of(
+            "[resources]\ncpus = 2\n[replicas]\nmin = 1\nmax = 4\n[autoscale]\n"
+            'scale_down_delay = "10m"\n[[autoscale.metrics]]\nmetric = "cpu"\ntarget = 60\n'
+            '[update]\nstrategy = "replace"'
+        )
+    )
+    p = predictor(built)
+    assert (p["minReplicas"], p["maxReplicas"]) == (1, 4)
+    assert (p["scaleMetric"], p["scaleTarget"]) == ("cpu", 60)
+    assert p["autoScaling"] == {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}}
+    assert p["deploymentStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    assert isvc_annotations(built)["serving.kserve.io/autoscalerClass"] == "hpa"
+
+
+def test_standard_mode_keda_class_for_a_scraped_gauge() -> None:
+    built = build(
+        spec_of(
+            "[replicas]\nmin = 1\nmax = 3\n[[metrics.scrape]]\nport = 8080\n"
+            '[[autoscale.metrics]]\nmetric = "prometheus"\nquery = "queue_size"\ntarget = 4\n'
+            '[[autoscale.metrics]]\nmetric = "request_duration"\ntarget = "1s"\n'
+            '[[autoscale.metrics]]\nmetric = "memory"\ntarget = 70\n'
+            '[resources]\nmemory = "1Gi"'
+        )
+    )
+    p = predictor(built)
+    assert "scaleMetric" not in p
+    assert p["autoScaling"]["metrics"] == [
+        {
+            "type": "External",
+            "external": {
+                "metric": {
+                    "backend": "prometheus",
+                    "serverAddress": "http://prometheus.monitoring.svc:9090",
+                    "query": 'sum(queue_size{pod=~"llm-.*"})',
+                },
+                "target": {"type": "Value", "value": "4"},
+            },
+        },
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "memory",
+                "target": {"type": "Utilization", "averageUtilization": 70},
+            },
+        },
+    ]
+    assert isvc_annotations(built)["serving.kserve.io/autoscalerClass"] == "keda"
+    assert "autoscale.metrics[1]" in fields(built)  # request_duration: no metricType
+    assert p["annotations"]["prometheus.io/port"] == "8080"
+
+
+def test_knative_mode_for_min_zero() -> None:
+    built = build(
+        spec_of(
+            '[replicas]\nmin = 0\nmax = 2\nscale_to_zero_after = "15m"\n'
+            '[autoscale]\nscale_down_delay = "2h"\n'
+            '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 3\n'
+            '[[autoscale.metrics]]\nmetric = "request_duration"\ntarget = "1s"\n'
+            "[[metrics.scrape]]\nport = 9100\n"
+            '[[mounts]]\ntype = "bind"\nsource = "/srv/m"\ntarget = "/m"\n',
+            endpoint='max_concurrency = 8\nread_timeout = "10m"\nupstream_protocol = "h2c"',
+        )
+    )
+    annotations = isvc_annotations(built)
+    assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
+    assert annotations["autoscaling.knative.dev/scale-down-delay"] == "3600s"
+    assert annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] == "900s"
+    p = predictor(built)
+    assert (p["minReplicas"], p["maxReplicas"]) == (0, 2)
+    assert (p["scaleMetric"], p["scaleTarget"]) == ("concurrency", 3)
+    assert p["containerConcurrency"] == 8
+    assert p["timeout"] == 600
+    (c,) = p["containers"]
+    assert c["ports"] == [{"name": "h2c", "containerPort": 8080, "protocol": "TCP"}]
+    f = fields(built)
+    assert "endpoint.max_concurrency" not in f  # carried
+    assert {"autoscale.metrics[1]", "autoscale.scale_down_delay", "metrics.scrape"} <= set(f)
+    assert any("kubernetes.podspec-hostpath" in n for n in built.notes)
+
+
+def test_standard_mode_leaves_max_concurrency_out_and_carries_the_timeout() -> None:
+    built = build(spec_of(endpoint='max_concurrency = 8\nread_timeout = "90s"'))
+    p = predictor(built)
+    assert "containerConcurrency" not in p
+    assert p["timeout"] == 90
+    assert "endpoint.max_concurrency" in fields(built)
+    assert "endpoint.read_timeout" not in fields(built)
+    assert p["containers"][0]["ports"][0]["name"] == "http1"
+
+
+def test_disabled_is_stopped_and_fixed_count_is_min_max() -> None:
+    built = build(spec_of("[replicas]\ncount = 2", top="enabled = false"))
+    assert isvc_annotations(built)["serving.kserve.io/stop"] == "true"
+    p = predictor(built)
+    assert (p["minReplicas"], p["maxReplicas"]) == (2, 2)
+    assert "autoScaling" not in p
+    p = predictor(build(spec_of("[replicas]\ncount = 2")))
+    assert (p["minReplicas"], p["maxReplicas"]) == (2, 2)
+
+
+def test_pod_parts_carry_to_the_predictor() -> None:
+    built = build(
+        spec_of(
+            '[env]\nK = { secret = "k" }\n[resources]\ngpus = 1\nshm_size = "1Gi"\n'
+            '[[mounts]]\ntype = "volume"\nsource = "data"\ntarget = "/data"\n'
+            '[[mounts]]\ntype = "git"\nsource = "https://example.com/r.git"\ntarget = "/r"\n'
+            '[registry]\nauth_file = "/etc/berth/credentials/a.json"\n'
+            '[health.startup]\npath = "/h"\nperiod = "5s"\ntimeout_total = "30m"'
+        )
+    )
+    objs = objects(built)
+    p = objs["inferenceservice.yaml"]["spec"]["predictor"]
+    assert p["imagePullSecrets"] == [{"name": "llm-registry"}]
+    assert [c["name"] for c in p["initContainers"]] == ["git-1"]
+    assert {v["name"] for v in p["volumes"]} == {"shm", "volume-0", "git-1"}
+    c = p["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["startupProbe"]["failureThreshold"] == 360
+    assert c["env"] == [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "k", "key": "value"}}}]
+    assert "pvc-data.yaml" in objs
+    assert built.apply_steps[-1] == "kubectl apply -f DIR"
+    assert len(built.apply_steps) == 3  # the env secret, the registry secret, then apply
