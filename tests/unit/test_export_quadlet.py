@@ -1,0 +1,525 @@
+"""`daemon.export.quadlet`: the units are checked by a reader of their format, against the
+keys Podman 5.4 documents, and through the `.service` Quadlet would generate, which
+`systemd-analyze verify` checks here; the echo example's `podman run` runs on this host's
+Podman (marked `podman`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from config.canonical import spec_id
+from config.parse import parse_spec
+from config.spec import DeploymentSpec
+from daemon.export import quadlet
+from daemon.export.bundle import Built, Origin
+from tests.conftest import REPO_ROOT, free_port, podman_binary
+from tests.quadlet_units import (
+    KEYS_FILE,
+    UnitFile,
+    UnitSyntaxError,
+    container_argv,
+    container_service,
+    escape_words,
+    exec_argv,
+    key_problems,
+    load_keys,
+    parse_unit,
+    service_file_name,
+    split_words,
+    volume_service,
+)
+
+EXAMPLES = sorted((REPO_ROOT / "config" / "examples").glob("*.toml"))
+VERIFY_TIMEOUT = 60
+PODMAN_TIMEOUT = 60
+
+ODD_VALUE = "a \"b\" 'c' \\d $HOME ${X} $$ 50% %n é\ttab\nline;"
+ODD_COMMAND = ["sh", "-c", 'echo "$MESSAGE" 100% \\ done', "two words", "'q'", "$", "%%"]
+
+TARGETED = f"""
+name = "kitchen"
+image = "registry.example:5000/team/server:1.2"
+command = {json.dumps(ODD_COMMAND)}
+port = 8000
+stop_timeout = "7.5s"
+enabled = false
+pull = "always"
+
+[env]
+PLAIN = "x"
+ODD = {json.dumps(ODD_VALUE)}
+TOKEN = {{ secret = "hf-token" }}
+TOKEN2 = {{ secret = "hf-token" }}
+
+[resources]
+gpus = 2
+cpus = 2
+memory = "3000000001"
+shm_size = "2Gi"
+ipc = "shareable"
+
+[resources.ulimits]
+memlock = "unlimited"
+nofile = 65536
+stack = {{ soft = "8Mi", hard = "unlimited" }}
+
+[replicas]
+count = 2
+
+[health.startup]
+tcp = true
+port = 8001
+initial_delay = "5s"
+period = "2s"
+failure_threshold = 10
+
+[health.readiness]
+path = "/ready?deep=1&x=%20"
+period = "3s"
+success_threshold = 2
+
+[health.liveness]
+path = "/live"
+headers = {{ Authorization = "Bearer it's", X-Odd = "50% $x" }}
+initial_delay = "1.5s"
+period = "250ms"
+timeout = "2s"
+failure_threshold = 4
+
+[endpoint]
+port = 19000
+bind = "::1"
+
+[registry]
+username = "me"
+password = {{ secret = "reg-pass" }}
+
+[[mounts]]
+type = "bind"
+source = "/srv/data"
+target = "/data"
+read_only = false
+
+[[mounts]]
+type = "volume"
+source = "cache_1"
+target = "/cache"
+read_only = false
+
+[[mounts]]
+type = "model"
+source = "org/llama-3-8b"
+
+[[mounts]]
+type = "git"
+source = "https://example.com/repo.git"
+target = "/src"
+ref = "v1"
+
+[[mounts]]
+type = "bind"
+source = "/srv/with:colon"
+target = "/colon"
+"""
+
+
+def origin_for(spec: DeploymentSpec) -> Origin:
+    return Origin(spec_id=spec_id(spec), deployment_id="dep-1", revision=4)
+
+
+def built(text: str) -> tuple[DeploymentSpec, Built]:
+    spec = parse_spec(text)
+    return spec, quadlet.build(spec, origin_for(spec))
+
+
+def units(b: Built) -> dict[str, UnitFile]:
+    return {f.name: parse_unit(f.text) for f in b.files}
+
+
+def argv_of(parsed: dict[str, UnitFile], name: str) -> list[str]:
+    """The argv systemd runs for the unit's generated ExecStart=."""
+    volumes = {n: u for n, u in parsed.items() if n.endswith(".volume")}
+    argv, _ = container_argv(parsed[name], volumes)
+    return exec_argv(escape_words(argv), {"t": "/run", "N": name.split(".")[0], "n": "x"})
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+# --- the reader and the key list ------------------------------------------------------
+
+
+def test_reader_sections_repeats_comments_and_continuations() -> None:
+    unit = parse_unit(
+        "# top\n[Unit]\nDescription = a b \n\n[Container]\n; c\nLabel=a=1\nLabel=b=2\n"
+        "Exec=one \\\n# skipped inside\n  two\nEmpty=x\nEmpty=\n"
+    )
+    assert list(unit.sections) == ["Unit", "Container"]
+    assert unit.last("Unit", "Description") == "a b"
+    assert unit.all("Container", "Label") == ["a=1", "b=2"]
+    assert unit.last("Container", "Exec") == "one two"
+    assert unit.all("Container", "Empty") == []  # an empty value clears the ones before
+    with pytest.raises(UnitSyntaxError, match="before any section"):
+        parse_unit("Key=v\n")
+    with pytest.raises(UnitSyntaxError, match="not a key"):
+        parse_unit("[Unit]\njust words\n")
+
+
+def test_words_split_and_escape_as_podman_5_4() -> None:
+    assert split_words('a "b c" \'d\' e\\x41 "\\n"') == ["a", "b c", "d", "eA", "\n"]
+    assert split_words('a "" b') == ["a"]  # Podman's port ends at an empty word
+    assert escape_words(["x", "a b", 'q"', "\\"]) == 'x "a b" "q\\"" "\\\\"'
+    assert exec_argv('/bin/echo "%%d" $$HOME "%N"', {"N": "u"}) == ["/bin/echo", "%d", "$HOME", "u"]
+    with pytest.raises(UnitSyntaxError, match="expand a variable"):
+        exec_argv("/bin/echo $HOME", {})
+
+
+def test_key_list_names_its_source_and_podman_5_4_keys() -> None:
+    header = KEYS_FILE.read_text()
+    assert "tag v5.4.0, commit f9f7d48b24b1ca4403f189caaeab1cb8ff4a9aa2" in header
+    assert "docs/source/markdown/podman-systemd.unit.5.md" in header
+    keys = load_keys()
+    container = keys["Container"]
+    assert container is not None
+    assert {"Notify", "HealthStartupCmd", "AddDevice", "ShmSize", "PodmanArgs"} <= container
+    assert "Memory" not in container and "ServiceName" not in container  # not in 5.4's docs
+    assert keys["Volume"] is not None and "VolumeName" in keys["Volume"]
+    assert keys["Install"] == {"Alias", "DefaultInstance", "RequiredBy", "WantedBy"}
+    assert keys["Service"] is None and keys["Unit"] is None
+    unit = parse_unit("[Container]\nImage=x\nMemory=1g\n[Bogus]\nA=1\n")
+    assert key_problems(unit, ".container", keys) == [
+        "[Container] Memory=: not a documented Podman 5.4 key",
+        "[Bogus]: not a section of a .container unit in Podman 5.4",
+    ]
+
+
+# --- every example, and the targeted spec: keys, translation, systemd-analyze verify --
+
+
+def verify(tmp_path: Path, b: Built) -> dict[str, str]:
+    """Write the units and the services Quadlet would make of them; systemd-analyze
+    verify the services. Returns service file name -> text."""
+    parsed = units(b)
+    volumes = {n: u for n, u in parsed.items() if n.endswith(".volume")}
+    services: dict[str, str] = {}
+    for name, unit in parsed.items():
+        source = tmp_path / name
+        source.write_text(next(f.text for f in b.files if f.name == name))
+        if name.endswith(".volume"):
+            services[service_file_name(name)] = volume_service(unit, name, source)
+        else:
+            services[service_file_name(name)] = container_service(unit, source, volumes)
+    out_dir = tmp_path / "generated"
+    out_dir.mkdir()
+    for name, text in services.items():
+        (out_dir / name).write_text(text)
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "systemd-analyze is not installed"
+    paths = [str(out_dir / name) for name in sorted(services)]
+    run = subprocess.run(
+        [analyze, "verify", "--man=no", *paths],
+        capture_output=True,
+        text=True,
+        timeout=VERIFY_TIMEOUT,
+        check=False,
+    )
+    output = (run.stdout + run.stderr).strip()
+    assert run.returncode == 0 and output == "", f"systemd-analyze verify: {output}"
+    return services
+
+
+def check_units(b: Built) -> dict[str, UnitFile]:
+    keys = load_keys()
+    parsed = units(b)
+    for name, unit in parsed.items():
+        suffix = "." + name.rsplit(".", 1)[1]
+        assert key_problems(unit, suffix, keys) == [], name
+        for section in unit.sections.values():
+            for key, value in section:
+                assert "io.berth" not in value, (name, key)
+    return parsed
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_has_podman_5_4_keys_and_verifies(example: Path, tmp_path: Path) -> None:
+    spec, b = built(example.read_text())
+    parsed = check_units(b)
+    count = quadlet.replica_count(spec)
+    names = [f"{spec.name}-{i}.container" for i in range(count)]
+    assert [f.name for f in b.files][:count] == names
+    for i, name in enumerate(names):
+        unit = parsed[name]
+        assert unit.last("Container", "ContainerName") == f"{spec.name}-{i}"
+        assert unit.last("Container", "Image") == spec.image
+        assert unit.last("Container", "PublishPort") == (
+            f"{spec.endpoint.bind}:{spec.endpoint.port + i}:{spec.port}"
+        )
+        argv = argv_of(parsed, name)
+        tail = argv[argv.index(spec.image) + 1 :]
+        assert tail == list(spec.command or ())
+        assert sorted(flag_values(argv, "--env")) == sorted(
+            f"{k}={v}" for k, v in spec.env.items() if isinstance(v, str)
+        )
+        assert unit.last("Container", "Notify") == "healthy"  # every example has a probe
+        assert unit.all("Install", "WantedBy") == ["default.target"]
+    assert b.files[0].text.startswith(
+        f"# Exported by berth export from {origin_for(spec).describe()}"
+    )
+    for miss in b.left_out:
+        assert f"#   {miss.line()}" in b.files[0].text
+    assert b.apply_steps[-1] == "systemctl start " + " ".join(n.split(".")[0] for n in names)
+    assert "systemctl daemon-reload" in b.apply_steps
+    verify(tmp_path, b)
+
+
+def test_echo_maps_each_field(tmp_path: Path) -> None:
+    spec, b = built((REPO_ROOT / "config/examples/echo.toml").read_text())
+    parsed = check_units(b)
+    assert [f.name for f in b.files] == ["echo-0.container", "echo-1.container"]
+    one = parsed["echo-1.container"]
+    assert one.last("Container", "PublishPort") == "127.0.0.1:18081:8080"
+    assert one.last("Container", "Exec") == "httpd -f -vv -p 8080 -h /www"
+    assert one.all("Container", "Environment") == ['"MESSAGE=hello from berth"']
+    assert one.last("Container", "PodmanArgs") == "--cpus=0.5 --memory=64m --ipc=private"
+    assert one.last("Container", "StopTimeout") == "2"
+    assert one.last("Container", "Pull") == "missing"
+    assert one.last("Container", "HealthInterval") == "2s"
+    assert one.last("Container", "HealthTimeout") == "1s"
+    assert one.last("Container", "HealthRetries") == "3"
+    assert one.last("Container", "HealthOnFailure") is None  # readiness: a status only
+    assert "http://127.0.0.1:8080/health" in (one.last("Container", "HealthCmd") or "")
+    assert one.all("Container", "Label") == [
+        "app.kubernetes.io/name=echo",
+        "app.kubernetes.io/part-of=berth-export",
+    ]
+    assert one.all("Container", "Annotation") == [
+        f"berth.io/spec-id={spec_id(spec)}",
+        "berth.io/deployment-id=dep-1",
+        "berth.io/revision=4",
+    ]
+    # readiness: 3 x 2 s, and the margin
+    assert one.last("Service", "TimeoutStartSec") == str(6 + quadlet.START_MARGIN)
+    assert one.last("Service", "TimeoutStopSec") == str(2 + quadlet.STOP_MARGIN)
+    assert one.last("Service", "Restart") == "always"
+    fields = [m.field for m in b.left_out]
+    assert fields == ["health.readiness", "endpoint.port"]
+    assert "18080-18081" in b.left_out[1].reason
+    assert b.apply_steps[0] == "podman pull localhost/berth-echo:1"
+    assert any("load balancer" in n for n in b.notes)
+    assert any("autoscaling" in n.lower() for n in b.notes)
+    assert any("rolling update" in n for n in b.notes)
+
+
+def test_targeted_spec_maps_each_field(tmp_path: Path) -> None:
+    spec, b = built(TARGETED)
+    parsed = check_units(b)
+    assert [f.name for f in b.files] == [
+        "kitchen-0.container",
+        "kitchen-1.container",
+        "cache_1.volume",
+    ]
+    zero, one = parsed["kitchen-0.container"], parsed["kitchen-1.container"]
+    # enabled = false: no [Install], said in the notes
+    assert "Install" not in zero.sections and "Install" not in one.sections
+    assert any("no [Install]" in n for n in b.notes)
+    # GPUs: replica I gets I*g .. I*g+g-1
+    assert zero.all("Container", "AddDevice") == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+    assert one.all("Container", "AddDevice") == ["nvidia.com/gpu=2", "nvidia.com/gpu=3"]
+    assert one.last("Container", "PublishPort") == "[::1]:19001:8000"
+    assert one.last("Container", "ShmSize") == "2g"
+    assert one.all("Container", "Ulimit") == [
+        "memlock=-1:-1",
+        "nofile=65536:65536",
+        "stack=8388608:-1",
+    ]
+    assert one.last("Container", "PodmanArgs") == ("--cpus=2 --memory=3000000001b --ipc=shareable")
+    assert one.last("Container", "Pull") == "always"
+    assert one.last("Container", "StopTimeout") == "8"
+    # secrets by name, once per variable; never a value
+    assert one.all("Container", "Secret") == [
+        "hf-token,type=env,target=TOKEN",
+        "hf-token,type=env,target=TOKEN2",
+    ]
+    assert "podman secret create hf-token FILE  # FILE holds the secret's value" in b.apply_steps
+    # mounts: bind rw, volume (its unit), model read-only, git left out, ':' through Mount=
+    assert one.all("Container", "Volume") == [
+        "/srv/data:/data",
+        "cache_1.volume:/cache",
+        "/var/lib/berth/models/org/llama-3-8b:/models/org/llama-3-8b:ro",
+    ]
+    assert one.all("Container", "Mount") == [
+        "type=bind,source=/srv/with:colon,destination=/colon,ro=true"
+    ]
+    volume = parsed["cache_1.volume"]
+    assert volume.last("Volume", "VolumeName") == "cache_1"
+    # probes: liveness is the regular check and kills; startup has its budget in tries
+    assert one.last("Container", "HealthInterval") == "250ms"
+    assert one.last("Container", "HealthTimeout") == "2s"
+    assert one.last("Container", "HealthRetries") == "4"
+    assert one.last("Container", "HealthStartPeriod") == "1500ms"
+    assert one.last("Container", "HealthOnFailure") == "kill"
+    assert one.last("Container", "HealthStartupInterval") == "2s"
+    assert one.last("Container", "HealthStartupRetries") == "13"  # (5 + 10 x 2) / 2
+    assert one.last("Container", "Notify") == "healthy"
+    # TimeoutStartSec: the startup budget 25 s + liveness 1.5 + 4 x 0.25 s, and the margin
+    assert one.last("Service", "TimeoutStartSec") == str(28 + quadlet.START_MARGIN)
+
+    argv = argv_of(parsed, "kitchen-1.container")
+    # the odd command and value reach podman exactly, through Quadlet and systemd
+    assert argv[argv.index(spec.image) + 1 :] == ODD_COMMAND
+    assert f"ODD={ODD_VALUE}" in flag_values(argv, "--env")
+    [health] = flag_values(argv, "--health-cmd")
+    assert "-H 'Authorization: Bearer it'\"'\"'s'" in health
+    assert "-H 'X-Odd: 50% $x'" in health
+    assert "http://127.0.0.1:8000/live" in health
+    [startup] = flag_values(argv, "--health-startup-cmd")
+    assert "nc -z 127.0.0.1 8001" in startup
+    assert "/dev/tcp/127.0.0.1/8001" in startup
+    fields = [m.field for m in b.left_out]
+    assert fields == [
+        "health.readiness",
+        "mounts[3]",
+        "registry",
+        "endpoint.port",
+    ]
+    assert "liveness" in b.left_out[0].reason
+    assert "git clone --depth 1 --branch v1 https://example.com/repo.git DIR" in (
+        b.left_out[1].reason
+    )
+    assert "podman login registry.example:5000" in b.apply_steps
+    verify(tmp_path, b)
+
+
+def test_readiness_only_spec_and_autoscaling_left_out() -> None:
+    spec, b = built(
+        """
+name = "auto"
+image = "localhost/x:1"
+port = 8080
+[replicas]
+min = 0
+max = 3
+[[autoscale.metrics]]
+metric = "cpu"
+target = 50
+[health.readiness]
+path = "/r"
+success_threshold = 2
+[update]
+max_surge = 2
+[endpoint]
+port = 18100
+"""
+    )
+    parsed = check_units(b)
+    assert list(parsed) == ["auto-0.container"]
+    unit = parsed["auto-0.container"]
+    assert unit.last("Container", "HealthOnFailure") is None
+    assert "Exec" not in unit.keys("Container")  # no command: the image's CMD
+    misses = {m.field: m.reason for m in b.left_out}
+    assert list(misses) == ["replicas.max", "autoscale.metrics", "health.readiness", "update"]
+    assert "none scales to zero" in misses["replicas.max"]
+    assert "cpu" in misses["autoscale.metrics"]
+    assert "success_threshold 2" in misses["health.readiness"]
+
+
+def test_no_probe_no_notify_and_deterministic() -> None:
+    text = 'name = "plain"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18200\n'
+    spec, b = built(text)
+    unit = units(b)["plain-0.container"]
+    assert unit.last("Container", "Notify") is None  # Notify=healthy needs a healthcheck
+    assert "HealthCmd" not in unit.keys("Container")
+    assert b.left_out == ()
+    assert quadlet.build(spec, origin_for(spec)) == b
+
+
+# --- this host's Podman accepts the flags ---------------------------------------------
+
+# Podman 5.4 flags this host's Podman (4.3) lacks: dropped for `podman create`, and named.
+NEWER_THAN_4_3 = ("--sdnotify=healthy",)
+
+
+@pytest.mark.podman
+def test_echo_translation_runs_on_this_podman(tmp_path: Path) -> None:
+    """The echo example's translated `podman run`, as `podman create` (no -d, no
+    --sdnotify=healthy: Podman 4.3 has no such mode; no GPU flags: the echo spec has none,
+    and this host no GPU), then started: it answers on its port and its healthcheck (busybox:
+    the wget branch) passes."""
+    podman = podman_binary()
+    port = free_port()
+    text = (REPO_ROOT / "config/examples/echo.toml").read_text()
+    text = text.replace("port = 18080", f"port = {port}").replace("count = 2", "count = 1")
+    spec, b = built(text)
+    parsed = check_units(b)
+    name = f"berth-quadlet-test-{uuid.uuid4().hex[:8]}"
+    argv = argv_of(parsed, "echo-0.container")
+    argv = [a.replace("/run/echo-0.cid", str(tmp_path / "cid")) for a in argv]
+    assert argv[:2] == ["/usr/bin/podman", "run"] and "-d" in argv
+    assert "--device" not in argv
+    argv = [a for a in argv if a != "-d" and a not in NEWER_THAN_4_3]
+    argv[argv.index("--name") + 1] = name
+    create = [podman, "create", *argv[2:]]
+    try:
+        made = subprocess.run(create, capture_output=True, text=True, timeout=PODMAN_TIMEOUT)
+        assert made.returncode == 0, f"{create}: {made.stderr}"
+        inspect = subprocess.run(
+            [podman, "inspect", name], capture_output=True, text=True, timeout=PODMAN_TIMEOUT
+        )
+        [info] = json.loads(inspect.stdout)
+        config = info["Config"]
+        assert "MESSAGE=hello from berth" in config["Env"]
+        assert config["Cmd"] == ["httpd", "-f", "-vv", "-p", "8080", "-h", "/www"]
+        assert config["Labels"]["app.kubernetes.io/name"] == "echo"
+        assert config["Annotations"]["berth.io/revision"] == "4"
+        assert config["StopTimeout"] == 2
+        assert config["Healthcheck"]["Interval"] == 2_000_000_000
+        assert info["HostConfig"]["Memory"] == 64 * 2**20
+        assert info["HostConfig"]["NanoCpus"] == 500_000_000
+        ports = info["HostConfig"]["PortBindings"]["8080/tcp"]
+        assert ports == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        # This host has no systemd as PID 1: --cgroups=split (a cgroup under the unit's)
+        # cannot start here. The same container with --cgroups=enabled runs: it answers on
+        # its port, and its healthcheck (busybox: the wget branch) passes.
+        subprocess.run([podman, "rm", "-f", "-t", "0", name], capture_output=True, timeout=60)
+        (tmp_path / "cid").unlink()  # as the unit's ExecStop (podman rm --cidfile) does
+        create[create.index("--cgroups=split")] = "--cgroups=enabled"
+        made = subprocess.run(create, capture_output=True, text=True, timeout=PODMAN_TIMEOUT)
+        assert made.returncode == 0, f"{create}: {made.stderr}"
+        started = subprocess.run(
+            [podman, "start", name], capture_output=True, text=True, timeout=PODMAN_TIMEOUT
+        )
+        assert started.returncode == 0, started.stderr
+        body = b""
+        for _ in range(50):  # bounded: 50 tries, 0.2 s apart
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/cgi-bin/echo", timeout=2
+                ) as reply:
+                    body = reply.read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert b"hello from berth" in body
+        check = subprocess.run(
+            [podman, "healthcheck", "run", name],
+            capture_output=True,
+            text=True,
+            timeout=PODMAN_TIMEOUT,
+        )
+        assert check.returncode == 0, f"healthcheck: {check.stdout} {check.stderr}"
+    finally:
+        subprocess.run(
+            [podman, "rm", "-f", "-t", "0", name],
+            capture_output=True,
+            timeout=PODMAN_TIMEOUT,
+            check=False,
+        )
