@@ -6,6 +6,7 @@ Podman (marked `podman`)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -523,3 +524,72 @@ def test_echo_translation_runs_on_this_podman(tmp_path: Path) -> None:
             timeout=PODMAN_TIMEOUT,
             check=False,
         )
+
+
+GO_DURATION = re.compile(r"\d+(ms|s)")
+PUBLISH = re.compile(r"(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]):\d{1,5}:\d{1,5}")
+DURATION_KEYS = (
+    "HealthInterval",
+    "HealthTimeout",
+    "HealthStartPeriod",
+    "HealthStartupInterval",
+    "HealthStartupTimeout",
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [TARGETED, *(p.read_text() for p in EXAMPLES)],
+    ids=["targeted", *(p.stem for p in EXAMPLES)],
+)
+def test_values_parse(text: str) -> None:
+    """Durations are Go's, ports ip:host:container, counts and seconds whole numbers."""
+    _, b = built(text)
+    for name, unit in units(b).items():
+        if not name.endswith(".container"):
+            continue
+        for key in DURATION_KEYS:
+            for value in unit.all("Container", key):
+                assert GO_DURATION.fullmatch(value), (name, key, value)
+        for value in unit.all("Container", "PublishPort"):
+            assert PUBLISH.fullmatch(value), (name, value)
+            assert all(1 <= int(p) <= 65535 for p in value.rsplit(":", 2)[1:])
+        for key in ("HealthRetries", "HealthStartupRetries", "StopTimeout"):
+            for value in unit.all("Container", key):
+                assert value.isdigit() and int(value) >= 0, (name, key, value)
+        for key in ("TimeoutStartSec", "TimeoutStopSec"):
+            assert (unit.last("Service", key) or "").isdigit(), (name, key)
+
+
+def test_gpu_memory_h2c_and_an_empty_argument(tmp_path: Path) -> None:
+    spec, b = built(
+        """
+name = "shared"
+image = "localhost/x:1"
+command = ["serve", "", "--after-empty"]
+port = 50051
+[resources]
+gpu_memory = "10Gi"
+[replicas]
+count = 2
+[endpoint]
+port = 18300
+upstream_protocol = "h2c"
+"""
+    )
+    parsed = check_units(b)
+    for name in ("shared-0.container", "shared-1.container"):
+        assert parsed[name].all("Container", "AddDevice") == ["nvidia.com/gpu=0"]
+    assert parsed["shared-0.container"].last("Container", "Exec") == 'serve "" --after-empty'
+    argv = argv_of(parsed, "shared-0.container")
+    assert argv[argv.index(spec.image) + 1 :] == ["serve"]  # Quadlet 5.4 stops at ""
+    fields = [m.field for m in b.left_out]
+    assert fields == [
+        "command",
+        "resources.gpu_memory",
+        "endpoint.port",
+        "endpoint.upstream_protocol",
+    ]
+    assert "GPU 0" in b.left_out[1].reason  # Quadlet's own reason, not the cluster one
+    assert any("h2c" in n for n in b.notes)
+    verify(tmp_path, b)
