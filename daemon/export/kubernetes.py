@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from config.spec import DeploymentSpec, UpdateStrategy, UpstreamProtocol
-from daemon.export import keda, kube_pod
+from daemon.export import keda, kube_mounts, kube_pod
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
 from daemon.export.left_out import endpoint_features
 from daemon.export.yaml_text import document
@@ -158,7 +158,7 @@ def _service_file(spec: DeploymentSpec, origin: Origin) -> ExportedFile:
     return ExportedFile("service.yaml", document(service, comments=comments))
 
 
-def claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_pod.Claim) -> ExportedFile:
+def claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_mounts.Claim) -> ExportedFile:
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
