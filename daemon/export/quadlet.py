@@ -19,7 +19,9 @@ own `io.berth.*` (berthd adopts or removes the containers that carry them).
 from __future__ import annotations
 
 import math
+import re
 
+from config.image_ref import parse_image_ref
 from config.spec import (
     RLIM_INFINITY,
     DeploymentSpec,
@@ -87,6 +89,11 @@ def _installed(spec: DeploymentSpec) -> bool:
     return spec.enabled and not (spec.replicas.fixed and spec.replicas.min == 0)
 
 
+def _description(text: str) -> str:
+    """A Description= value: one line (a file name may hold anything), `%` escaped."""
+    return specifiers_escaped(re.sub(r"[\x00-\x1f\x7f]", "?", text))
+
+
 def _header(origin: Origin) -> list[str]:
     return [f"Exported by berth export from {origin.describe()}"]
 
@@ -107,7 +114,7 @@ def _container_unit(
             (
                 setting(
                     "Description",
-                    specifiers_escaped(
+                    _description(
                         f"berth deployment {spec.name}, replica {index}, from {origin.describe()}"
                     ),
                 ),
@@ -264,7 +271,7 @@ def _volume_unit(spec: DeploymentSpec, origin: Origin, volume: str) -> str:
             (
                 setting(
                     "Description",
-                    specifiers_escaped(f"berth deployment {spec.name}'s volume {volume}"),
+                    _description(f"berth deployment {spec.name}'s volume {volume}"),
                 ),
             ),
         ),
@@ -288,7 +295,7 @@ def _apply_steps(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
         if spec.registry.auth_file is not None:
             steps.append(f"podman pull --authfile {spec.registry.auth_file} {spec.image}")
         else:
-            steps.append(f"podman login {spec.image.split('/', 1)[0]}")
+            steps.append(f"podman login {parse_image_ref(spec.image).domain or 'docker.io'}")
             steps.append(f"podman pull {spec.image}")
     elif spec.pull.value != "never":
         steps.append(f"podman pull {spec.image}")

@@ -593,3 +593,17 @@ upstream_protocol = "h2c"
     assert "GPU 0" in b.left_out[1].reason  # Quadlet's own reason, not the cluster one
     assert any("h2c" in n for n in b.notes)
     verify(tmp_path, b)
+
+
+def test_an_odd_file_name_in_the_description(tmp_path: Path) -> None:
+    spec = parse_spec('name = "f"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18400\n')
+    origin = Origin(spec_id=spec_id(spec), file="specs/50%\n$x.toml")
+    b = quadlet.build(spec, origin)
+    unit = units(b)["f-0.container"]
+    assert unit.last("Unit", "Description") == (
+        "berth deployment f, replica 0, from spec file specs/50%%?$x.toml "
+        f"(spec_id {spec_id(spec)})"
+    )
+    assert "Annotation" in unit.keys("Container")
+    assert not any("deployment-id" in a for a in unit.all("Container", "Annotation"))
+    verify(tmp_path, b)
