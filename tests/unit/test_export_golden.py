@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,36 @@ def test_the_readme_says_where_it_came_from_and_lists_every_field_left_out(
     for name in names[:-1]:
         assert f"- `{name}`" in readme
     assert exported(example, target) == bundle  # deterministic, object for object
+
+
+# Every example to every target in a fresh interpreter: a digest of all the bytes.
+_DIGEST = """
+import hashlib, pathlib
+from tests.unit.test_export_golden import EXAMPLES, exported
+from daemon.export.bundle import Target
+h = hashlib.sha256()
+for example in EXAMPLES:
+    for target in Target:
+        for f in exported(example, target).files:
+            h.update(f.name.encode() + b"\\0" + f.text.encode() + b"\\0")
+print(h.hexdigest())
+"""
+
+
+def test_the_same_bytes_under_other_hash_seeds() -> None:
+    """Set and dict order of strings changes with PYTHONHASHSEED from one process to the
+    next; nothing an export writes may depend on it."""
+    digests = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _DIGEST],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1 and len(digests.pop()) == 64
