@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from config.canonical import spec_id
+from config.errors import SpecError
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.export import kubernetes
@@ -477,3 +478,12 @@ def test_what_kubernetes_cannot_express_is_left_out() -> None:
     built = build(spec)
     assert {"resources.ipc", "resources.ulimits", "update.drain_timeout"} <= set(fields(built))
     objects(built)
+
+
+@pytest.mark.parametrize("kind", ["startup", "liveness"])
+def test_the_parser_already_holds_success_threshold_to_one_where_kubernetes_does(
+    kind: str,
+) -> None:
+    # The export writes successThreshold as given, with no LeftOut: this is why it may.
+    with pytest.raises(SpecError, match=f"health.{kind}.success_threshold"):
+        spec_of(f'[health.{kind}]\npath = "/h"\nsuccess_threshold = 2')
