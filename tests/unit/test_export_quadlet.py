@@ -447,35 +447,115 @@ def test_no_probe_no_notify_and_deterministic() -> None:
 
 # Podman 5.4 flags this host's Podman (4.3) lacks: dropped for `podman create`, and named.
 NEWER_THAN_4_3 = ("--sdnotify=healthy",)
+NEWER_THAN_4_3_WITH_VALUE = (
+    "--health-startup-cmd",
+    "--health-startup-interval",
+    "--health-startup-retries",
+    "--health-startup-timeout",
+)
+ECHO_EXTRAS = """
+[resources]
+gpus = 1
+shm_size = "32Mi"
+memory = "64Mi"
+[resources.ulimits]
+nofile = 1024
+[health.startup]
+path = "/health"
+period = "1s"
+[health.liveness]
+path = "/health"
+period = "5s"
+failure_threshold = 2
+"""
+
+
+def create_argv(text: str, tmp_path: Path, name: str) -> tuple[list[str], list[str]]:
+    """(`podman create`'s argv from the unit's translated `podman run`, what was dropped):
+    no -d (create never attaches), no Podman 5 flags (NEWER_THAN_4_3*), no --device
+    nvidia.com/gpu=N (CDI: this host has no GPU), the cid file in tmp_path."""
+    spec, b = built(text)
+    parsed = check_units(b)
+    argv = argv_of(parsed, f"{spec.name}-0.container")
+    assert argv[:2] == ["/usr/bin/podman", "run"] and "-d" in argv
+    argv = [a.replace(f"/run/{spec.name}-0.cid", str(tmp_path / "cid")) for a in argv]
+    kept, dropped, i = [], [], 2
+    while i < len(argv):
+        a = argv[i]
+        if a in NEWER_THAN_4_3 or a == "-d":
+            dropped.append(a)
+            i += 1
+        elif a in NEWER_THAN_4_3_WITH_VALUE or (
+            a == "--device" and argv[i + 1].startswith("nvidia.com/gpu=")
+        ):
+            dropped += argv[i : i + 2]
+            i += 2
+        else:
+            kept.append(a)
+            i += 1
+    kept[kept.index("--name") + 1] = name
+    return [podman_binary(), "create", *kept], dropped
+
+
+def run_podman(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [podman_binary(), *args], capture_output=True, text=True, timeout=PODMAN_TIMEOUT
+    )
+
+
+def start_and_check(
+    create: list[str], name: str, port: int, tmp_path: Path, *, ulimits: bool = True
+) -> None:
+    """This host has no systemd as PID 1: --cgroups=split (a cgroup under the unit's) cannot
+    start here. The same container with --cgroups=enabled runs: it answers on its port, and
+    its healthcheck (busybox: the wget branch) passes. `ulimits=False`: without --ulimit
+    (Podman 4.3 drops containers.conf's default_ulimits for a container that asks for one,
+    and this host cannot grant its nproc default: daemon/runtime/rlimits.py; 5.x merges)."""
+    run_podman("rm", "-f", "-t", "0", name)
+    (tmp_path / "cid").unlink()  # as the unit's ExecStop (podman rm --cidfile) does
+    create = [*create]
+    while not ulimits and "--ulimit" in create:
+        i = create.index("--ulimit")
+        del create[i : i + 2]
+    create[create.index("--cgroups=split")] = "--cgroups=enabled"
+    made = subprocess.run(create, capture_output=True, text=True, timeout=PODMAN_TIMEOUT)
+    assert made.returncode == 0, f"{create}: {made.stderr}"
+    started = run_podman("start", name)
+    assert started.returncode == 0, started.stderr
+    body = b""
+    for _ in range(50):  # bounded: 50 tries, 0.2 s apart
+        try:
+            url = f"http://127.0.0.1:{port}/cgi-bin/echo"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                body = reply.read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    assert b"hello from berth" in body
+    check = run_podman("healthcheck", "run", name)
+    assert check.returncode == 0, f"healthcheck: {check.stdout} {check.stderr}"
+
+
+def echo_text(port: int, extra: str = "") -> str:
+    text = (REPO_ROOT / "config/examples/echo.toml").read_text()
+    text = text.replace("port = 18080", f"port = {port}").replace("count = 2", "count = 1")
+    if extra:
+        text = text.replace('[resources]\ncpus = 0.5\nmemory = "64Mi"\n', "") + extra
+    return text
 
 
 @pytest.mark.podman
 def test_echo_translation_runs_on_this_podman(tmp_path: Path) -> None:
-    """The echo example's translated `podman run`, as `podman create` (no -d, no
-    --sdnotify=healthy: Podman 4.3 has no such mode; no GPU flags: the echo spec has none,
-    and this host no GPU), then started: it answers on its port and its healthcheck (busybox:
-    the wget branch) passes."""
-    podman = podman_binary()
+    """The echo example's translated `podman run` is accepted by `podman create` (less -d
+    and --sdnotify=healthy: Podman 4.3 has no such mode) and runs."""
     port = free_port()
-    text = (REPO_ROOT / "config/examples/echo.toml").read_text()
-    text = text.replace("port = 18080", f"port = {port}").replace("count = 2", "count = 1")
-    spec, b = built(text)
-    parsed = check_units(b)
     name = f"berth-quadlet-test-{uuid.uuid4().hex[:8]}"
-    argv = argv_of(parsed, "echo-0.container")
-    argv = [a.replace("/run/echo-0.cid", str(tmp_path / "cid")) for a in argv]
-    assert argv[:2] == ["/usr/bin/podman", "run"] and "-d" in argv
-    assert "--device" not in argv
-    argv = [a for a in argv if a != "-d" and a not in NEWER_THAN_4_3]
-    argv[argv.index("--name") + 1] = name
-    create = [podman, "create", *argv[2:]]
+    create, dropped = create_argv(echo_text(port), tmp_path, name)
+    assert dropped == ["--sdnotify=healthy", "-d"]
     try:
         made = subprocess.run(create, capture_output=True, text=True, timeout=PODMAN_TIMEOUT)
         assert made.returncode == 0, f"{create}: {made.stderr}"
-        inspect = subprocess.run(
-            [podman, "inspect", name], capture_output=True, text=True, timeout=PODMAN_TIMEOUT
-        )
-        [info] = json.loads(inspect.stdout)
+        [info] = json.loads(run_podman("inspect", name).stdout)
         config = info["Config"]
         assert "MESSAGE=hello from berth" in config["Env"]
         assert config["Cmd"] == ["httpd", "-f", "-vv", "-p", "8080", "-h", "/www"]
@@ -483,47 +563,43 @@ def test_echo_translation_runs_on_this_podman(tmp_path: Path) -> None:
         assert config["Annotations"]["berth.io/revision"] == "4"
         assert config["StopTimeout"] == 2
         assert config["Healthcheck"]["Interval"] == 2_000_000_000
+        assert config["Healthcheck"]["Retries"] == 3
         assert info["HostConfig"]["Memory"] == 64 * 2**20
         assert info["HostConfig"]["NanoCpus"] == 500_000_000
         ports = info["HostConfig"]["PortBindings"]["8080/tcp"]
         assert ports == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
-        # This host has no systemd as PID 1: --cgroups=split (a cgroup under the unit's)
-        # cannot start here. The same container with --cgroups=enabled runs: it answers on
-        # its port, and its healthcheck (busybox: the wget branch) passes.
-        subprocess.run([podman, "rm", "-f", "-t", "0", name], capture_output=True, timeout=60)
-        (tmp_path / "cid").unlink()  # as the unit's ExecStop (podman rm --cidfile) does
-        create[create.index("--cgroups=split")] = "--cgroups=enabled"
+        start_and_check(create, name, port, tmp_path)
+    finally:
+        run_podman("rm", "-f", "-t", "0", name)
+
+
+@pytest.mark.podman
+def test_echo_with_gpu_shm_ulimit_and_probes_runs_on_this_podman(tmp_path: Path) -> None:
+    """Echo with gpus, shm_size, a ulimit, startup and liveness probes: the same, less the
+    GPU's --device (no GPU here) and the startup healthcheck's flags (Podman 5)."""
+    port = free_port()
+    name = f"berth-quadlet-test-{uuid.uuid4().hex[:8]}"
+    create, dropped = create_argv(echo_text(port, ECHO_EXTRAS), tmp_path, name)
+    assert dropped[:2] == ["--sdnotify=healthy", "-d"]
+    assert ["--device", "nvidia.com/gpu=0"] == dropped[2:4]
+    assert {d for d in dropped if d.startswith("--health-startup")} == set(
+        NEWER_THAN_4_3_WITH_VALUE
+    )
+    try:
         made = subprocess.run(create, capture_output=True, text=True, timeout=PODMAN_TIMEOUT)
         assert made.returncode == 0, f"{create}: {made.stderr}"
-        started = subprocess.run(
-            [podman, "start", name], capture_output=True, text=True, timeout=PODMAN_TIMEOUT
-        )
-        assert started.returncode == 0, started.stderr
-        body = b""
-        for _ in range(50):  # bounded: 50 tries, 0.2 s apart
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/cgi-bin/echo", timeout=2
-                ) as reply:
-                    body = reply.read()
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert b"hello from berth" in body
-        check = subprocess.run(
-            [podman, "healthcheck", "run", name],
-            capture_output=True,
-            text=True,
-            timeout=PODMAN_TIMEOUT,
-        )
-        assert check.returncode == 0, f"healthcheck: {check.stdout} {check.stderr}"
+        [info] = json.loads(run_podman("inspect", name).stdout)
+        assert info["HostConfig"]["ShmSize"] == 32 * 2**20
+        assert {"Name": "RLIMIT_NOFILE", "Soft": 1024, "Hard": 1024} in info["HostConfig"][
+            "Ulimits"
+        ]
+        health = info["Config"]["Healthcheck"]
+        assert health["Interval"] == 5_000_000_000 and health["Retries"] == 2
+        assert "http://127.0.0.1:8080/health" in " ".join(health["Test"])
+        assert info["Config"]["HealthcheckOnFailureAction"] == "kill"
+        start_and_check(create, name, port, tmp_path, ulimits=False)
     finally:
-        subprocess.run(
-            [podman, "rm", "-f", "-t", "0", name],
-            capture_output=True,
-            timeout=PODMAN_TIMEOUT,
-            check=False,
-        )
+        run_podman("rm", "-f", "-t", "0", name)
 
 
 GO_DURATION = re.compile(r"\d+(ms|s)")
