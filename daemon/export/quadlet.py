@@ -18,6 +18,7 @@ own `io.berth.*` (berthd adopts or removes the containers that carry them).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 
@@ -106,7 +107,7 @@ def _container_unit(
         if left_out:
             header.append("Not carried to Quadlet (README.md says more):")
             header.extend(f"  {miss.line()}" for miss in left_out)
-    else:
+    elif left_out:
         header.append(f"What did not carry: see {unit_name(spec, 0)}.container and README.md")
     sections = [
         Section(
@@ -165,11 +166,21 @@ def _host_address(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
+def publish_address(spec: DeploymentSpec) -> str:
+    """Where the replicas are published: the endpoint's bind address, but loopback when that
+    is not loopback and the endpoint's auth or TLS protected it (neither is carried: an
+    unprotected model server must not land on the network unasked)."""
+    e = spec.endpoint
+    if (e.auth is not None or e.tls is not None) and not ipaddress.ip_address(e.bind).is_loopback:
+        return "::1" if ":" in e.bind else "127.0.0.1"
+    return e.bind
+
+
 def _publish_lines(spec: DeploymentSpec, index: int) -> list[Line]:
     host_port = spec.endpoint.port + index
     if host_port > 65535:
         return [comment(f"No host port for this replica: {spec.endpoint.port} + {index} > 65535")]
-    address = _host_address(spec.endpoint.bind)
+    address = _host_address(publish_address(spec))
     return [setting("PublishPort", f"{address}:{host_port}:{spec.port}")]
 
 
@@ -315,7 +326,7 @@ def _notes(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
     e = spec.endpoint
     notes = [
         "A single host has no load balancer: each replica answers on its own port "
-        f"({_host_address(e.bind)}:{e.port}"
+        f"({_host_address(publish_address(spec))}:{e.port}"
         + (f" to {e.port + count - 1}" if count > 1 else "")
         + "); put a reverse proxy (nginx, HAProxy, Caddy) in front for one address.",
         f"No autoscaling: {count} replica unit(s), started and stopped by systemctl.",

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from config.spec import DeploymentSpec, MountType, Update, UpstreamProtocol
 from daemon.export.bundle import LeftOut
 
+_COMMIT = re.compile(r"[0-9a-f]{7,40}")
 _PROXY = "put a reverse proxy (nginx, HAProxy, Caddy) in front of the replicas' ports"
 
 
@@ -82,12 +86,21 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
         )
     for i, mount in enumerate(spec.mounts):
         if mount.type is MountType.GIT:
-            ref = f" --branch {mount.ref}" if mount.ref else ""
+            clone = f"git clone --depth 1 {mount.source} DIR"
+            if mount.ref and _COMMIT.fullmatch(mount.ref):
+                clone = f"git clone {mount.source} DIR && git -C DIR checkout {mount.ref}"
+            elif mount.ref:
+                clone = f"git clone --depth 1 --branch {mount.ref} {mount.source} DIR"
+            creds = (
+                " (with the credentials the spec names)"
+                if mount.credentials is not None or mount.credentials_file is not None
+                else ""
+            )
             found.append(
                 LeftOut(
                     f"mounts[{i}]",
-                    f"git mounts have no Quadlet form: git clone --depth 1{ref} "
-                    f"{mount.source} DIR yourself, then add Volume=DIR:{mount.target}:ro",
+                    f"git mounts have no Quadlet form: {clone} yourself{creds}, then add "
+                    f"Volume=DIR:{mount.target}:ro",
                 )
             )
     if spec.registry is not None:
@@ -112,6 +125,16 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
                 "endpoint.port",
                 f"no load balancer: replica I answers on {spec.endpoint.port} + I "
                 f"({spec.endpoint.port}-{spec.endpoint.port + count - 1}); {_PROXY}",
+            )
+        )
+    e = spec.endpoint
+    if (e.auth is not None or e.tls is not None) and not ipaddress.ip_address(e.bind).is_loopback:
+        found.append(
+            LeftOut(
+                "endpoint.bind",
+                f"{e.bind}: published on loopback instead, as nothing here checks the "
+                "endpoint's auth or serves its TLS; put an authenticating TLS proxy in front "
+                "before you publish the replicas on the network (PublishPort=)",
             )
         )
     if spec.endpoint.upstream_protocol is UpstreamProtocol.H2C:

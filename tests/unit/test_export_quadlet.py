@@ -683,3 +683,33 @@ def test_an_odd_file_name_in_the_description(tmp_path: Path) -> None:
     assert "Annotation" in unit.keys("Container")
     assert not any("deployment-id" in a for a in unit.all("Container", "Annotation"))
     verify(tmp_path, b)
+
+
+def test_a_protected_endpoint_is_published_on_loopback_only(tmp_path: Path) -> None:
+    _, b = built(
+        """
+name = "guarded"
+image = "localhost/x:1"
+port = 8080
+[endpoint]
+port = 18500
+[endpoint.auth]
+api_keys = [{ secret = "key-1" }]
+[[mounts]]
+type = "git"
+source = "https://example.com/r.git"
+target = "/src"
+ref = "0123abcd"
+"""
+    )
+    unit = check_units(b)["guarded-0.container"]
+    assert unit.last("Container", "PublishPort") == "127.0.0.1:18500:8080"  # bind was 0.0.0.0
+    misses = {m.field: m.reason for m in b.left_out}
+    assert list(misses) == ["endpoint.auth.api_keys", "mounts[0]", "endpoint.bind"]
+    assert misses["endpoint.bind"].startswith("0.0.0.0: published on loopback instead")
+    assert (
+        "git clone https://example.com/r.git DIR && git -C DIR checkout 0123abcd"
+        in (misses["mounts[0]"])
+    )
+    assert any("127.0.0.1:18500" in n for n in b.notes)
+    verify(tmp_path, b)
