@@ -55,6 +55,8 @@ def plan(spec: DeploymentSpec) -> Plan:
             )
         else:
             out.metrics.append((i, m))
+    if _keda_needed(out.metrics, r.min):
+        out.metrics = [(i, m) for i, m in out.metrics if not _cpu_unrequested(spec, i, m, out)]
     if not out.metrics:
         out.min_replicas = max(r.min, 1)
         out.left_out.append(
@@ -66,7 +68,7 @@ def plan(spec: DeploymentSpec) -> Plan:
         )
         return out
     only_resources = all(m.metric in _RESOURCE for _, m in out.metrics)
-    out.kind = "hpa" if only_resources and r.min >= 1 else "keda"
+    out.kind = "keda" if _keda_needed(out.metrics, r.min) else "hpa"
     if r.min == 0:
         if only_resources:
             out.min_replicas = 1
@@ -95,6 +97,25 @@ def plan(spec: DeploymentSpec) -> Plan:
                 )
             )
     return out
+
+
+def _keda_needed(metrics: list[tuple[int, AutoscaleMetric]], least: int) -> bool:
+    return least == 0 or any(m.metric not in _RESOURCE for _, m in metrics)
+
+
+def _cpu_unrequested(spec: DeploymentSpec, i: int, m: AutoscaleMetric, out: Plan) -> bool:
+    """A cpu metric with no `resources.cpus`, which KEDA's admission webhook refuses (a cpu
+    trigger needs the container's cpu request); an HPA takes it as an AverageValue."""
+    if cpu_average(spec, m) is None:
+        return False
+    out.left_out.append(
+        LeftOut(
+            f"autoscale.metrics[{i}]",
+            "cpu with no resources.cpus: KEDA refuses a cpu trigger on a container with no "
+            "cpu request; set resources.cpus to scale on it",
+        )
+    )
+    return True
 
 
 def stabilization(spec: DeploymentSpec, left_out: list[LeftOut]) -> int:
@@ -174,20 +195,14 @@ QUERY_COMMENTS: Final = (
 def triggers(
     spec: DeploymentSpec, metrics: list[tuple[int, AutoscaleMetric]], left_out: list[LeftOut]
 ) -> list[dict[str, Any]]:
-    """KEDA triggers for `metrics` (queue already taken out)."""
+    """KEDA triggers for `metrics` (`plan` took out queue and a cpu with no request)."""
     out: list[dict[str, Any]] = []
     for i, m in metrics:
         where = f"autoscale.metrics[{i}].target"
         if m.metric in _RESOURCE:
-            average = cpu_average(spec, m)
-            if average is not None:
-                out.append(
-                    {"type": "cpu", "metricType": "AverageValue", "metadata": {"value": average}}
-                )
-            else:
-                value = str(percent(m, where, left_out))
-                trigger = {"type": m.metric.value, "metricType": "Utilization"}
-                out.append({**trigger, "metadata": {"value": value}})
+            value = str(percent(m, where, left_out))
+            trigger = {"type": m.metric.value, "metricType": "Utilization"}
+            out.append({**trigger, "metadata": {"value": value}})
             continue
         query, metric_type = prometheus_query(spec, m)
         metadata = {

@@ -176,15 +176,6 @@ def _keda_metric(
 ) -> dict[str, Any] | None:
     where = f"autoscale.metrics[{i}]"
     if m.metric in (MetricName.CPU, MetricName.MEMORY):
-        if keda.cpu_average(spec, m) is not None:
-            left.append(
-                LeftOut(
-                    where,
-                    "cpu without resources.cpus: KServe's KEDA class takes cpu as a "
-                    "utilisation of the request only; set resources.cpus",
-                )
-            )
-            return None
         return _resource(spec, i, m, left)
     query, metric_type = keda.prometheus_query(spec, m)
     if metric_type != "AverageValue":

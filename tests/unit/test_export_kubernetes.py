@@ -282,7 +282,7 @@ def _triggers(tables: str, top: str = "") -> tuple[list[dict[str, Any]], Built]:
 
 def test_each_other_metric_is_a_keda_prometheus_trigger() -> None:
     tables = (
-        "[resources]\ngpus = 1\n[replicas]\nmin = 1\nmax = 4\n"
+        "[resources]\ngpus = 1\ncpus = 2\n[replicas]\nmin = 1\nmax = 4\n"
         "[[metrics.scrape]]\nport = 8000\n"
         '[[autoscale.metrics]]\nmetric = "prometheus"\nquery = \'q{model="m"}\'\ntarget = 4\n'
         '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 2.5\n'
@@ -333,7 +333,7 @@ def test_each_other_metric_is_a_keda_prometheus_trigger() -> None:
             f"avg({used} / ({used} + {free}) * 100)",
             "90",
         ),
-        ("cpu", "AverageValue", None, "500m"),
+        ("cpu", "Utilization", None, "50"),
     ]
     for t in triggers:
         if t["type"] == "prometheus":
@@ -355,6 +355,23 @@ def test_min_zero_is_keda_with_cooldown() -> None:
     }
     assert objects(built)["deployment.yaml"]["spec"]["replicas"] == 0
     assert "replicas.min" in fields(built)
+
+
+def test_keda_leaves_out_cpu_with_no_cpu_request() -> None:
+    # KEDA's webhook refuses a cpu trigger on a container with no cpu request.
+    triggers, built = _triggers(
+        '[replicas]\nmin = 1\nmax = 3\n[[autoscale.metrics]]\nmetric = "cpu"\ntarget = 50\n'
+        '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 2'
+    )
+    assert [t["type"] for t in triggers] == ["prometheus"]
+    assert "autoscale.metrics[0]" in fields(built)
+    built = build(
+        spec_of('[replicas]\nmin = 0\nmax = 3\n[[autoscale.metrics]]\nmetric = "cpu"\ntarget = 5')
+    )
+    objs = objects(built)
+    assert set(objs) == {"deployment.yaml", "service.yaml"}
+    assert objs["deployment.yaml"]["spec"]["replicas"] == 1
+    assert {"autoscale.metrics[0]", "replicas.max"} <= set(fields(built))
 
 
 def test_min_zero_on_cpu_alone_keeps_one() -> None:
