@@ -297,6 +297,14 @@ def _volume_unit(spec: DeploymentSpec, origin: Origin, volume: str) -> str:
     return unit_text(header, sections)
 
 
+def built_here(image: str) -> bool:
+    """A `localhost/` image: built on the berth host, in no registry to pull it from."""
+    try:
+        return parse_image_ref(image).domain == "localhost"
+    except ValueError:
+        return False
+
+
 def _apply_steps(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
     units = [unit_name(spec, i) for i in range(count)]
     steps: list[str] = []
@@ -308,7 +316,7 @@ def _apply_steps(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
         else:
             steps.append(f"podman login {parse_image_ref(spec.image).domain or 'docker.io'}")
             steps.append(f"podman pull {spec.image}")
-    elif spec.pull.value != "never":
+    elif spec.pull.value != "never" and not built_here(spec.image):
         steps.append(f"podman pull {spec.image}")
     steps.append(
         f"cp *.container *.volume {ROOTFUL_DIR}/  # as root; rootless: {ROOTLESS_DIR}/ "
@@ -335,6 +343,11 @@ def _notes(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
         "The healthchecks run inside the container: an HTTP probe needs curl or wget in the "
         "image, a TCP probe nc or bash.",
     ]
+    if built_here(spec.image):
+        notes.append(
+            f"The image {spec.image} was built on the berth host and is in no registry: on "
+            f"another host, copy it first (podman save {spec.image} | ssh HOST podman load)."
+        )
     if not _installed(spec):
         notes.append(
             "The units have no [Install] section (the spec is disabled or has 0 replicas): "

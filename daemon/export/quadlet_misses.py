@@ -52,9 +52,8 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
         found.append(
             LeftOut(
                 "autoscale.metrics",
-                "no autoscaler on a single host: "
-                + ", ".join(m.metric.value for m in spec.autoscale.metrics)
-                + " are not watched",
+                "no autoscaler on a single host: nothing watches "
+                + ", ".join(m.metric.value for m in spec.autoscale.metrics),
             )
         )
     health = spec.health
