@@ -10,10 +10,13 @@ ones at each start; here they are fixed). The spec's probes become Podman health
 inside the container (`daemon.export.quadlet_health`), and `Notify=healthy` makes
 `systemctl start` wait until the replica is healthy.
 
-What a single host loses (the load balancer and everything `[endpoint]` sets, autoscaling,
-rolling updates and rollback, readiness rotation, metrics scraping, git mounts) is returned
-as `LeftOut`s, which the first unit's header and the README list. Labels are never berth's
-own `io.berth.*` (berthd adopts or removes the containers that carry them).
+A git mount is a bind of the checkout the apply steps clone (`daemon.export.quadlet_steps`:
+the steps and notes). What a single host loses (the load balancer and everything
+`[endpoint]` sets, autoscaling, rolling updates and rollback, readiness rotation, metrics
+scraping, a git checkout that follows each revision) is returned as `LeftOut`s
+(`daemon.export.quadlet_misses`), which the first unit's header and the README list.
+Labels are never berth's own `io.berth.*` (berthd adopts or removes the containers that
+carry them).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import ipaddress
 import math
 import re
 
-from config.image_ref import parse_image_ref
 from config.spec import (
     RLIM_INFINITY,
     DeploymentSpec,
@@ -30,12 +32,12 @@ from config.spec import (
     Mount,
     MountType,
     Ulimit,
-    UpstreamProtocol,
 )
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
 from daemon.export.left_out import endpoint_features
 from daemon.export.quadlet_health import health_lines, start_budget
 from daemon.export.quadlet_misses import quadlet_misses
+from daemon.export.quadlet_steps import MODELS_DIR, apply_steps, git_dir, notes, unit_name
 from daemon.export.quadlet_text import (
     Line,
     Section,
@@ -49,21 +51,14 @@ from daemon.export.quadlet_text import (
     word,
 )
 
-# Where berthd keeps models (`<state_dir>/models/<name>`) with the default state_dir.
-MODELS_DIR = "/var/lib/berth/models"
 START_MARGIN = 120  # seconds on top of the probes' budget: creating the container, its start
 STOP_MARGIN = 30  # seconds on top of stop_timeout: `podman rm` after the kill
-ROOTFUL_DIR = "/etc/containers/systemd"
-ROOTLESS_DIR = "~/.config/containers/systemd"
 
 
 def replica_count(spec: DeploymentSpec) -> int:
-    """Units written: the fixed count, or `max(min, 1)` (a count of 0 still writes one)."""
+    """Units written: the fixed count, or `max(min, 1)` when the autoscaler chose it (a
+    `min = 0` deployment still gets one; a fixed count is never 0: the parser refuses it)."""
     return max(spec.replicas.min, 1)
-
-
-def unit_name(spec: DeploymentSpec, index: int) -> str:
-    return f"{spec.name}-{index}"
 
 
 def build(spec: DeploymentSpec, origin: Origin) -> Built:
@@ -81,13 +76,9 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     return Built(
         files=tuple(files),
         left_out=left_out,
-        apply_steps=_apply_steps(spec, count),
-        notes=_notes(spec, count),
+        apply_steps=apply_steps(spec, count),
+        notes=notes(spec, count, _host_address(publish_address(spec))),
     )
-
-
-def _installed(spec: DeploymentSpec) -> bool:
-    return spec.enabled and not (spec.replicas.fixed and spec.replicas.min == 0)
 
 
 def _description(text: str) -> str:
@@ -124,7 +115,7 @@ def _container_unit(
         Section("Container", tuple(_container_lines(spec, origin, index))),
         Section("Service", tuple(_service_lines(spec))),
     ]
-    if _installed(spec):
+    if spec.enabled:  # a disabled spec's units start only by hand, never at boot
         sections.append(Section("Install", (setting("WantedBy", "default.target"),)))
     return unit_text(header, sections)
 
@@ -146,7 +137,7 @@ def _container_lines(spec: DeploymentSpec, origin: Origin, index: int) -> list[L
     lines.extend(_gpu_lines(spec, index))
     lines.extend(_resource_lines(spec))
     for i, mount in enumerate(spec.mounts):
-        lines.extend(_mount_lines(i, mount))
+        lines.extend(_mount_lines(spec, i, mount))
     health = health_lines(spec)
     lines.extend(health)
     if health:
@@ -243,7 +234,7 @@ def _volume_value(source: str, target: str, read_only: bool) -> Line:
     return setting("Volume", plain_value(f"{source}:{target}{':ro' if read_only else ''}"))
 
 
-def _mount_lines(index: int, mount: Mount) -> list[Line]:
+def _mount_lines(spec: DeploymentSpec, index: int, mount: Mount) -> list[Line]:
     if mount.type is MountType.VOLUME:
         # Quadlet resolves VOL.volume to the volume its unit makes (VolumeName=VOL).
         return [_volume_value(f"{mount.source}.volume", mount.target, mount.read_only)]
@@ -257,7 +248,13 @@ def _mount_lines(index: int, mount: Mount) -> list[Line]:
             ),
             _volume_value(f"{MODELS_DIR}/{mount.source}", mount.target, True),
         ]
-    return [comment(f"mounts[{index}] (git {mount.source}): clone it yourself, then bind it")]
+    return [
+        comment(
+            f"mounts[{index}]: the git checkout of {mount.source} that the apply steps "
+            "clone (README.md); berthd cloned it itself for each revision"
+        ),
+        _volume_value(git_dir(spec, index), mount.target, mount.read_only),
+    ]
 
 
 def _service_lines(spec: DeploymentSpec) -> list[Line]:
@@ -295,64 +292,3 @@ def _volume_unit(spec: DeploymentSpec, origin: Origin, volume: str) -> str:
         ),
     ]
     return unit_text(header, sections)
-
-
-def built_here(image: str) -> bool:
-    """A `localhost/` image: built on the berth host, in no registry to pull it from."""
-    try:
-        return parse_image_ref(image).domain == "localhost"
-    except ValueError:
-        return False
-
-
-def _apply_steps(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
-    units = [unit_name(spec, i) for i in range(count)]
-    steps: list[str] = []
-    secrets = sorted({v.name for v in spec.env.values() if not isinstance(v, str)})
-    steps.extend(f"podman secret create {s} FILE  # FILE holds the secret's value" for s in secrets)
-    if spec.registry is not None:
-        if spec.registry.auth_file is not None:
-            steps.append(f"podman pull --authfile {spec.registry.auth_file} {spec.image}")
-        else:
-            steps.append(f"podman login {parse_image_ref(spec.image).domain or 'docker.io'}")
-            steps.append(f"podman pull {spec.image}")
-    elif spec.pull.value != "never" and not built_here(spec.image):
-        steps.append(f"podman pull {spec.image}")
-    steps.append(
-        f"cp *.container *.volume {ROOTFUL_DIR}/  # as root; rootless: {ROOTLESS_DIR}/ "
-        "and systemctl --user below"
-        if any(m.type is MountType.VOLUME for m in spec.mounts)
-        else f"cp *.container {ROOTFUL_DIR}/  # as root; rootless: {ROOTLESS_DIR}/ "
-        "and systemctl --user below"
-    )
-    steps.append("systemctl daemon-reload")
-    steps.append(f"systemctl start {' '.join(units)}")
-    return tuple(steps)
-
-
-def _notes(spec: DeploymentSpec, count: int) -> tuple[str, ...]:
-    e = spec.endpoint
-    notes = [
-        "A single host has no load balancer: each replica answers on its own port "
-        f"({_host_address(publish_address(spec))}:{e.port}"
-        + (f" to {e.port + count - 1}" if count > 1 else "")
-        + "); put a reverse proxy (nginx, HAProxy, Caddy) in front for one address.",
-        f"No autoscaling: {count} replica unit(s), started and stopped by systemctl.",
-        "No rolling update or rollback: edit a unit, systemctl daemon-reload, then restart "
-        "the replicas one at a time (systemctl restart NAME-I).",
-        "The healthchecks run inside the container: an HTTP probe needs curl or wget in the "
-        "image, a TCP probe nc or bash.",
-    ]
-    if built_here(spec.image):
-        notes.append(
-            f"The image {spec.image} was built on the berth host and is in no registry: on "
-            f"another host, copy it first (podman save {spec.image} | ssh HOST podman load)."
-        )
-    if not _installed(spec):
-        notes.append(
-            "The units have no [Install] section (the spec is disabled or has 0 replicas): "
-            "they start only by systemctl start."
-        )
-    if spec.endpoint.upstream_protocol is UpstreamProtocol.H2C:
-        notes.append("Clients reach the replicas directly: they must speak h2c (gRPC) themselves.")
-    return tuple(notes)

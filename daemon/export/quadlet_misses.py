@@ -1,129 +1,172 @@
 """What Quadlet on a single host cannot carry, beyond berth's endpoint features
-(`daemon.export.left_out`): one `LeftOut` per spec field, in the spec's own order."""
+(`daemon.export.left_out`): one `LeftOut` per spec field, in the spec's own order.
+
+Each reason says what berth did with the field (or does by default) and what the units do
+instead, in words that need none of berth's docs: the README lists them under "What the
+spec sets that Podman Quadlet cannot express".
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import re
 
 from config.spec import DeploymentSpec, MountType, Update, UpstreamProtocol
 from daemon.export.bundle import LeftOut
+from daemon.export.quadlet_steps import git_dir, unit_name
+from daemon.export.quadlet_text import go_duration
 
-_COMMIT = re.compile(r"[0-9a-f]{7,40}")
 _PROXY = "put a reverse proxy (nginx, HAProxy, Caddy) in front of the replicas' ports"
+
+
+def _units(spec: DeploymentSpec, count: int) -> str:
+    names = ", ".join(unit_name(spec, i) for i in range(count))
+    return f"{count} unit{'s' if count > 1 else ''} ({names})"
+
+
+def _duration(seconds: float) -> str:
+    """As a spec writes it: "5m", "1h", "90s", "1500ms"."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return go_duration(seconds)
 
 
 def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
     found: list[LeftOut] = []
     count = max(spec.replicas.min, 1)
+    r = spec.replicas
     if spec.command is not None and "" in spec.command:
         found.append(
             LeftOut(
                 "command",
-                "an empty argument: Quadlet 5.4's Exec= ends at an empty word, so it and "
-                "every argument after it are dropped; wrap the command in sh -c",
+                'an empty argument (""): berth passed it on; here Quadlet 5.4 drops it and '
+                "every argument after it from Exec=: wrap the command in sh -c '...' to "
+                "pass one",
             )
         )
     if spec.resources.gpu_memory is not None:
         found.append(
             LeftOut(
                 "resources.gpu_memory",
-                "no VRAM packing: every replica gets GPU 0 (AddDevice=nvidia.com/gpu=0) with "
-                "no VRAM limit; choose GPUs per unit by hand",
+                "berth put several replicas on one GPU where its free memory allowed; here "
+                "every replica gets GPU 0 (AddDevice=nvidia.com/gpu=0) with no memory "
+                "limit: choose a GPU per unit by hand",
             )
         )
-    if spec.replicas.fixed and spec.replicas.min == 0:
+    if r.min == 0:
+        idle = (
+            f"scale_to_zero_after ({_duration(r.scale_to_zero_after)})"
+            if r.scale_to_zero_after is not None
+            else f"autoscale.scale_down_delay ({_duration(spec.autoscale.scale_down_delay)})"
+        )
         found.append(
             LeftOut(
-                "replicas.count",
-                "0 replicas: one unit is written without [Install]; start it by hand",
+                "replicas.min",
+                f"0: berth stopped the last replica after {idle} without requests and "
+                "started one when the next request came (holding it meanwhile); here "
+                f"{_units(spec, count)} runs all the time",
             )
         )
-    elif not spec.replicas.fixed:
+    if not r.fixed:
         found.append(
             LeftOut(
                 "replicas.max",
-                f"no autoscaling between {spec.replicas.min} and {spec.replicas.max}: "
-                f"{count} replica unit(s) always run (copy a unit, with the next port, "
-                "for more)" + (", and none scales to zero" if spec.replicas.min == 0 else ""),
+                f"berth's autoscaler ran between {r.min} and {r.max} replicas; here "
+                f"{_units(spec, count)} {'run' if count > 1 else 'runs'} and nothing adds "
+                "more (copy a unit, with the next ContainerName and PublishPort port)",
             )
         )
     if spec.autoscale.metrics:
         found.append(
             LeftOut(
                 "autoscale.metrics",
-                "no autoscaler on a single host: nothing watches "
-                + ", ".join(m.metric.value for m in spec.autoscale.metrics),
+                "berth added and removed replicas on "
+                + ", ".join(m.metric.value for m in spec.autoscale.metrics)
+                + "; nothing watches them here: the number of units is fixed",
             )
         )
     health = spec.health
     if health.readiness is not None:
         if health.liveness is not None:
             reason = (
-                "not run: Podman has one regular healthcheck, the liveness probe's; no load "
-                "balancer takes an unready replica out of rotation"
+                "not run: Podman has one regular healthcheck, here the liveness probe's. "
+                "berth sent requests only to replicas passing the readiness probe; nothing "
+                "here routes requests"
             )
         else:
             reason = (
-                "a Podman healthcheck status only (Notify=healthy waits for its first pass): "
-                "no load balancer takes an unready replica out of rotation"
+                "berth sent requests only to replicas passing it; here it is a health "
+                "status only (podman ps shows it), which systemctl start waits for "
+                "(Notify=healthy): nothing takes a failing replica out of use"
             )
             if health.readiness.success_threshold > 1:
                 reason += (
-                    f"; success_threshold {health.readiness.success_threshold}: one pass counts"
+                    f"; one pass counts, not success_threshold "
+                    f"({health.readiness.success_threshold})"
                 )
         found.append(LeftOut("health.readiness", reason))
     if spec.update != Update():
         found.append(
             LeftOut(
                 "update",
-                "no rolling update or automatic rollback (max_surge, max_unavailable, "
-                "strategy, progress_deadline, drain_timeout): restart the replicas one at a "
-                "time after a change (systemctl restart NAME-I); a replica stops at once, "
-                "with stop_timeout, no draining",
+                "berth replaced replicas one by one on a change (max_surge, "
+                "max_unavailable, strategy), undid an update not ready within "
+                "progress_deadline, and let a leaving replica finish its requests "
+                "(drain_timeout); here you restart the units one at a time after editing "
+                f"them (systemctl restart {unit_name(spec, 0)}), and each stops at once "
+                "(SIGTERM, then SIGKILL after stop_timeout)",
             )
         )
     for i, mount in enumerate(spec.mounts):
         if mount.type is MountType.GIT:
-            clone = f"git clone --depth 1 {mount.source} DIR"
-            if mount.ref and _COMMIT.fullmatch(mount.ref):
-                clone = f"git clone {mount.source} DIR && git -C DIR checkout {mount.ref}"
-            elif mount.ref:
-                clone = f"git clone --depth 1 --branch {mount.ref} {mount.source} DIR"
-            creds = (
-                " (with the credentials the spec names)"
-                if mount.credentials is not None or mount.credentials_file is not None
-                else ""
-            )
             found.append(
                 LeftOut(
                     f"mounts[{i}]",
-                    f"git mounts have no Quadlet form: {clone} yourself{creds}, then add "
-                    f"Volume=DIR:{mount.target}:ro",
+                    f"berth cloned {mount.source} ({mount.ref or 'its default branch'}) "
+                    "again for each revision it ran; here the apply steps clone it once "
+                    f"into {git_dir(spec, i)} and the checkout stays as it is: to update "
+                    "it, clone it again there and restart the units",
                 )
             )
     if spec.registry is not None:
         found.append(
             LeftOut(
                 "registry",
-                "Quadlet 5.4's [Container] has no credentials key: log in or pull with "
-                "--authfile first (README's steps); Pull=always then needs the login kept",
+                "berth logged in to the registry with these credentials at each pull; "
+                "Quadlet 5.4 has no key for them, so here the apply steps log in (or pull "
+                "with --authfile) before the start"
+                + (
+                    ", and as pull = always pulls at every start, the login must still hold "
+                    "then (podman login keeps it in /run, which a reboot clears)"
+                    if spec.pull.value == "always"
+                    else ""
+                ),
             )
         )
-    if spec.metrics.scrape:
+    for j, scrape in enumerate(spec.metrics.scrape):
+        where = (
+            "the replicas' published ports"
+            if scrape.port == spec.port
+            else f"port {scrape.port}, which is not published: add PublishPort="
+            f"127.0.0.1:HOSTPORT:{scrape.port}"
+        )
         found.append(
             LeftOut(
-                "metrics.scrape",
-                "nothing scrapes the replicas: point Prometheus at their ports (publish a "
-                "metrics port other than the app's with PublishPort=127.0.0.1:HOST:PORT)",
+                f"metrics.scrape[{j}]",
+                f"berth read the replicas' metrics at {scrape.path} on port {scrape.port} "
+                f"(for autoscaling and its own /metrics); nothing does here: point "
+                f"Prometheus at {where}",
             )
         )
     if count > 1:
+        e = spec.endpoint
         found.append(
             LeftOut(
                 "endpoint.port",
-                f"no load balancer: replica I answers on {spec.endpoint.port} + I "
-                f"({spec.endpoint.port}-{spec.endpoint.port + count - 1}); {_PROXY}",
+                f"berth's endpoint spread requests over the replicas on one port, {e.port}; "
+                f"here replica I answers on its own port {e.port} + I "
+                f"({e.port}-{e.port + count - 1}): {_PROXY}",
             )
         )
     e = spec.endpoint
@@ -131,17 +174,19 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
         found.append(
             LeftOut(
                 "endpoint.bind",
-                f"{e.bind}: published on loopback instead, as nothing here checks the "
-                "endpoint's auth or serves its TLS; put an authenticating TLS proxy in front "
-                "before you publish the replicas on the network (PublishPort=)",
+                f"{e.bind}: berth served it behind the endpoint's auth or TLS, which are not "
+                "carried, so the replicas are published on loopback only; put an "
+                "authenticating TLS proxy in front before you publish them on the network "
+                "(PublishPort=)",
             )
         )
     if spec.endpoint.upstream_protocol is UpstreamProtocol.H2C:
         found.append(
             LeftOut(
                 "endpoint.upstream_protocol",
-                "clients reach the replicas directly and must speak h2c themselves (berth's "
-                "endpoint also took HTTP/1.1 and TLS)",
+                "h2c: berth's endpoint took HTTP/1.1, HTTP/2 and TLS from clients and spoke "
+                "h2c to the replicas; here clients reach the replicas directly and must speak "
+                "h2c (HTTP/2 without TLS, as gRPC clients do) themselves",
             )
         )
     return found

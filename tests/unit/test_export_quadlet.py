@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from config.canonical import spec_id
+from config.errors import SpecError
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
-from daemon.export import quadlet
+from daemon.export import quadlet, quadlet_steps
 from daemon.export.bundle import Built, Origin
+from daemon.export.quadlet_misses import quadlet_misses
 from tests.conftest import REPO_ROOT, free_port, podman_binary
 from tests.quadlet_units import (
     KEYS_FILE,
@@ -238,6 +240,20 @@ def verify(tmp_path: Path, b: Built) -> dict[str, str]:
     return services
 
 
+def check_shell(b: Built) -> None:
+    """The apply steps' shell lines are one script bash parses (sentences are prose)."""
+    # a sentence is prose that names no shell variable (README: a capital starts prose)
+    assert not any(s[:1].isupper() and "=" in s.split(" ", 1)[0] for s in b.apply_steps)
+    script = "\n".join(s for s in b.apply_steps if not s[:1].isupper()) + "\n"
+    bash = shutil.which("bash")
+    assert bash is not None
+    run = subprocess.run(
+        [bash, "-n"], input=script, capture_output=True, text=True, timeout=VERIFY_TIMEOUT
+    )
+    assert run.returncode == 0, f"{script}: {run.stderr}"
+    assert "DIR" not in script  # the README would then explain a DIR the steps do not use
+
+
 def check_units(b: Built) -> dict[str, UnitFile]:
     keys = load_keys()
     parsed = units(b)
@@ -279,6 +295,7 @@ def test_every_example_has_podman_5_4_keys_and_verifies(example: Path, tmp_path:
         assert f"#   {miss.line()}" in b.files[0].text
     assert b.apply_steps[-1] == "systemctl start " + " ".join(n.split(".")[0] for n in names)
     assert "systemctl daemon-reload" in b.apply_steps
+    check_shell(b)
     verify(tmp_path, b)
 
 
@@ -352,13 +369,25 @@ def test_targeted_spec_maps_each_field(tmp_path: Path) -> None:
         "hf-token,type=env,target=TOKEN",
         "hf-token,type=env,target=TOKEN2",
     ]
-    assert "podman secret create hf-token FILE  # FILE holds the secret's value" in b.apply_steps
-    # mounts: bind rw, volume (its unit), model read-only, git left out, ':' through Mount=
+    # ... created from berth's secret files, named where they lie on the berth host
+    steps = b.apply_steps
+    assert "podman secret create hf-token /var/lib/berth/secrets/hf-token" in steps
+    [intro] = [s for s in steps if s.startswith("Create the Podman secrets")]
+    assert "/var/lib/berth/secrets/NAME on the berth host (readable by root only)" in intro
+    assert "copy the files" in intro
+    # mounts: bind rw, volume (its unit), model read-only, the git checkout the steps
+    # clone (read-only, as the spec's default), ':' through Mount=
     assert one.all("Container", "Volume") == [
         "/srv/data:/data",
         "cache_1.volume:/cache",
         "/var/lib/berth/models/org/llama-3-8b:/models/org/llama-3-8b:ro",
+        "/var/lib/berth-export/kitchen/git-3:/src:ro",
     ]
+    clone = "git clone --depth 1 --branch v1 https://example.com/repo.git "
+    clone += "/var/lib/berth-export/kitchen/git-3"
+    assert steps.index("mkdir -p /var/lib/berth-export/kitchen") < steps.index(clone)
+    assert steps.index(clone) < next(i for i, s in enumerate(steps) if s.startswith("cp "))
+    assert any("/var/lib/berth/models/MODEL on the berth host" in n for n in b.notes)
     assert one.all("Container", "Mount") == [
         "type=bind,source=/srv/with:colon,destination=/colon,ro=true"
     ]
@@ -395,10 +424,19 @@ def test_targeted_spec_maps_each_field(tmp_path: Path) -> None:
         "endpoint.port",
     ]
     assert "liveness" in b.left_out[0].reason
-    assert "git clone --depth 1 --branch v1 https://example.com/repo.git DIR" in (
-        b.left_out[1].reason
+    assert b.left_out[1].reason == (
+        "berth cloned https://example.com/repo.git (v1) again for each revision it ran; "
+        "here the apply steps clone it once into /var/lib/berth-export/kitchen/git-3 and "
+        "the checkout stays as it is: to update it, clone it again there and restart the units"
     )
-    assert "podman login registry.example:5000" in b.apply_steps
+    assert "pull = always pulls at every start" in b.left_out[2].reason
+    login = "podman login --username me --password-stdin registry.example:5000"
+    assert f"{login} < /var/lib/berth/secrets/reg-pass" in steps
+    # enabled = false: berth ran no replica, so nothing is started; the step says how
+    assert not any(s.startswith("systemctl start") for s in steps)
+    assert steps[-1].startswith("The spec is disabled (enabled = false)")
+    assert "systemctl start kitchen-0 kitchen-1 starts them" in steps[-1]
+    check_shell(b)
     verify(tmp_path, b)
 
 
@@ -429,10 +467,37 @@ port = 18100
     assert unit.last("Container", "HealthOnFailure") is None
     assert "Exec" not in unit.keys("Container")  # no command: the image's CMD
     misses = {m.field: m.reason for m in b.left_out}
-    assert list(misses) == ["replicas.max", "autoscale.metrics", "health.readiness", "update"]
-    assert "none scales to zero" in misses["replicas.max"]
+    assert list(misses) == [
+        "replicas.min",
+        "replicas.max",
+        "autoscale.metrics",
+        "health.readiness",
+        "update",
+    ]
+    # min = 0: one unit, installed and started (the parser refuses a fixed count of 0)
+    assert misses["replicas.min"] == (
+        "0: berth stopped the last replica after autoscale.scale_down_delay (5m) without "
+        "requests and started one when the next request came (holding it meanwhile); here "
+        "1 unit (auto-0) runs all the time"
+    )
+    assert unit.all("Install", "WantedBy") == ["default.target"]
+    assert b.apply_steps[-1] == "systemctl start auto-0"
+    assert misses["replicas.max"].startswith("berth's autoscaler ran between 0 and 3 replicas")
     assert "cpu" in misses["autoscale.metrics"]
-    assert "success_threshold 2" in misses["health.readiness"]
+    assert "not success_threshold (2)" in misses["health.readiness"]
+
+
+def test_a_fixed_count_of_zero_is_refused_and_scale_to_zero_after_named() -> None:
+    """`replicas.count = 0` never reaches the export: the parser refuses it."""
+    with pytest.raises(SpecError, match="replicas.count: must be between 1 and 100"):
+        parse_spec('name = "z"\nimage = "x"\nport = 80\n[replicas]\ncount = 0\n')
+    _, b = built(
+        'name = "z"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18600\n'
+        '[replicas]\nmin = 0\nmax = 2\nscale_to_zero_after = "10m"\n'
+        '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 4\n'
+    )
+    [miss] = [m for m in b.left_out if m.field == "replicas.min"]
+    assert "after scale_to_zero_after (10m) without requests" in miss.reason
 
 
 def test_no_probe_no_notify_and_deterministic() -> None:
@@ -708,10 +773,134 @@ ref = "0123abcd"
     assert unit.last("Container", "PublishPort") == "127.0.0.1:18500:8080"  # bind was 0.0.0.0
     misses = {m.field: m.reason for m in b.left_out}
     assert list(misses) == ["endpoint.auth.api_keys", "mounts[0]", "endpoint.bind"]
-    assert misses["endpoint.bind"].startswith("0.0.0.0: published on loopback instead")
-    assert (
-        "git clone https://example.com/r.git DIR && git -C DIR checkout 0123abcd"
-        in (misses["mounts[0]"])
-    )
+    assert misses["endpoint.bind"].startswith("0.0.0.0: berth served it behind the endpoint")
+    assert "published on loopback only" in misses["endpoint.bind"]
+    # a commit-like ref: a full clone, then a checkout (as berth's git integration)
+    dest = "/var/lib/berth-export/guarded/git-0"
+    steps = list(b.apply_steps)
+    i = steps.index(f"git clone https://example.com/r.git {dest}")
+    assert steps[i + 1] == f"git -C {dest} checkout 0123abcd"
+    assert "(0123abcd) again for each revision" in misses["mounts[0]"]
+    assert unit.all("Container", "Volume") == [f"{dest}:/src:ro"]
     assert any("127.0.0.1:18500" in n for n in b.notes)
+    check_shell(b)
     verify(tmp_path, b)
+
+
+GIT_CREDENTIALS = """
+name = "repos"
+image = "localhost/x:1"
+port = 8080
+[endpoint]
+port = 18700
+[[mounts]]
+type = "git"
+source = "https://example.com/private.git"
+target = "/src"
+credentials = { secret = "git-token" }
+read_only = false
+[[mounts]]
+type = "git"
+source = "git@example.com:team/repo.git"
+target = "/ssh"
+ref = "release/2"
+credentials_file = "/etc/berth/credentials/deploy-key"
+"""
+
+
+def test_git_mounts_with_credentials_are_cloned_before_the_start(tmp_path: Path) -> None:
+    _, b = built(GIT_CREDENTIALS)
+    unit = check_units(b)["repos-0.container"]
+    assert unit.all("Container", "Volume") == [
+        "/var/lib/berth-export/repos/git-0:/src",  # read_only = false
+        "/var/lib/berth-export/repos/git-1:/ssh:ro",
+    ]
+    steps = list(b.apply_steps)
+    [intro] = [s for s in steps if s.startswith("Clone the git mounts")]
+    # the credentials by name and where they lie on the berth host
+    assert (
+        "berth's secret git-token, the file /var/lib/berth/secrets/git-token "
+        "(readable by root only)"
+    ) in intro
+    assert "the credentials_file /etc/berth/credentials/deploy-key" in intro
+    https, ssh = steps[steps.index(intro) + 2 :][:2]
+    # https: a credential helper that prints berth's secret file, as berthd does
+    assert https == (
+        'git -c credential.helper=\'!f() { test "$1" = get && cat '
+        "/var/lib/berth/secrets/git-token; }; f' clone --depth 1 "
+        "https://example.com/private.git /var/lib/berth-export/repos/git-0"
+    )
+    # ssh: the file is the key
+    assert ssh == (
+        "env GIT_SSH_COMMAND='ssh -i /etc/berth/credentials/deploy-key -o IdentitiesOnly=yes' "
+        "git clone --depth 1 --branch release/2 git@example.com:team/repo.git "
+        "/var/lib/berth-export/repos/git-1"
+    )
+    misses = {m.field: m.reason for m in b.left_out}
+    assert list(misses) == ["mounts[0]", "mounts[1]"]
+    assert "(its default branch) again for each revision" in misses["mounts[0]"]
+    check_shell(b)
+    verify(tmp_path, b)
+
+
+def test_the_state_paths_are_berthds_defaults() -> None:
+    from config.settings import DEFAULT_STATE_DIR
+    from daemon.berthd import SECRETS_DIR
+
+    assert quadlet_steps.STATE_DIR == str(DEFAULT_STATE_DIR)
+    assert quadlet_steps.SECRETS_DIR == str(DEFAULT_STATE_DIR / SECRETS_DIR)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [TARGETED, GIT_CREDENTIALS, *(p.read_text() for p in EXAMPLES)],
+    ids=["targeted", "git", *(p.stem for p in EXAMPLES)],
+)
+def test_left_out_lines_say_what_berth_did_and_what_happens_here(text: str) -> None:
+    """Each of Quadlet's own lines is about the spec's field: what berth did with it (or
+    does by default) and what the units do instead; no placeholder a reader must decode."""
+    spec, b = built(text)
+    for miss in quadlet_misses(spec):
+        assert "berth" in miss.reason and "here" in miss.reason, miss.line()
+        assert not re.search(r"\bDIR\b|NAME-I|\(s\)", miss.reason), miss.line()
+    for note in b.notes:
+        assert not re.search(r"NAME-I|\(s\)", note), note
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    run = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=VERIFY_TIMEOUT,
+        check=True,
+    )
+    return run.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_clone_steps_check_out_the_ref(tmp_path: Path) -> None:
+    """The apply steps' git lines, run (into tmp_path instead of /var/lib/berth-export):
+    a branch by --depth 1 --branch, a short commit id by a full clone and a checkout."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "--quiet", "-b", "main", cwd=repo)
+    (repo / "f").write_text("one\n")
+    git("add", "f", cwd=repo)
+    git("commit", "--quiet", "-m", "one", cwd=repo)
+    first = git("rev-parse", "--short=8", "HEAD", cwd=repo)
+    git("checkout", "--quiet", "-b", "rel", cwd=repo)
+    (repo / "f").write_text("two\n")
+    git("commit", "--quiet", "-am", "two", cwd=repo)
+    _, b = built(
+        f'name = "g"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18800\n'
+        f'[[mounts]]\ntype = "git"\nsource = "file://{repo}"\ntarget = "/a"\nref = "{first}"\n'
+        f'[[mounts]]\ntype = "git"\nsource = "file://{repo}"\ntarget = "/b"\nref = "rel"\n'
+    )
+    lines = [s for s in b.apply_steps if s.startswith(("mkdir", "git"))]
+    assert len(lines) == 4  # mkdir, clone + checkout, clone --branch
+    script = "set -e\n" + "\n".join(lines).replace("/var/lib/berth-export", str(tmp_path))
+    subprocess.run(["bash", "-c", script], check=True, capture_output=True, timeout=60)
+    assert (tmp_path / "g/git-0/f").read_text() == "one\n"
+    assert (tmp_path / "g/git-1/f").read_text() == "two\n"
