@@ -9,6 +9,9 @@ becomes a LeftOut. `triggers` are shared with KServe's `autoScaling` (same queri
 Queries (Prometheus, PromQL) for what berth measured at its endpoint read the ingress in
 front of the Service instead: ingress-nginx's request-duration histogram, labelled by
 `exported_service`. Another ingress needs another query (said in the file's comments).
+Series of the pods themselves are matched by the Deployment's pod name shape,
+`NAME-HASH-SUFFIX` (`pod_matcher`: the ReplicaSet's hash, then the pod's suffix), so a
+deployment `vllm` does not also read a `vllm-embed`'s pods (`NAME-.*` would).
 """
 
 from __future__ import annotations
@@ -154,10 +157,18 @@ def cpu_average(spec: DeploymentSpec, m: AutoscaleMetric) -> str | None:
     return f"{max(1, round(m.target * 10))}m"
 
 
-def prometheus_query(spec: DeploymentSpec, m: AutoscaleMetric) -> tuple[str, str]:
-    """(PromQL query, KEDA metricType) for a metric that is not cpu or memory."""
+def pod_matcher(deployment: str) -> str:
+    """The PromQL matcher of a Deployment's pods: `DEPLOYMENT-<ReplicaSet hash>-<suffix>`."""
+    return f'pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"'
+
+
+def prometheus_query(
+    spec: DeploymentSpec, m: AutoscaleMetric, *, deployment: str | None = None
+) -> tuple[str, str]:
+    """(PromQL query, KEDA metricType) for a metric that is not cpu or memory; `deployment`
+    names the Deployment whose pods are read (the spec's name by default)."""
     name = spec.name
-    pods = f'pod=~"{name}-.*"'
+    pods = pod_matcher(deployment or name)
     if m.metric == MetricName.PROMETHEUS:
         assert m.query is not None
         return f"sum({_with_matcher(m.query, pods)})", "AverageValue"
@@ -187,8 +198,10 @@ QUERY_COMMENTS: Final = (
     "(exported_service = the Service); another ingress needs another query.",
     "gpu_* read NVIDIA's DCGM exporter (labels pod/namespace; behind a ServiceMonitor "
     "without honorLabels they are exported_pod/exported_namespace).",
-    'Scraped gauges are matched by pod=~"NAME-.*": add a namespace matcher if another '
-    "namespace runs pods of the same name.",
+    "Scraped gauges and gpu_* are matched by the Deployment's pod names, "
+    "pod=~\"NAME-[a-z0-9]+-[a-z0-9]+\" (the ReplicaSet's hash, then the pod's suffix: not "
+    "the pods of another deployment whose name starts NAME-); add a namespace matcher if "
+    "another namespace runs pods of the same name.",
 )
 
 

@@ -2,9 +2,10 @@
 
 `build(spec, origin)` is pure. The predictor is `kube_pod`'s pod with its container named
 `kserve-container` (KServe's name for a custom predictor's container). The mode:
-- `Standard` (KServe's name since 0.15 for RawDeployment: a Deployment, a Service, an HPA
-  or KEDA ScaledObject made by KServe) unless `replicas.min = 0`;
-- `Knative` (the 0.20 name of the deprecated `Serverless`; needs Knative Serving) for
+- `Standard` (KServe's name since 0.16 for RawDeployment, kserve#4608: a Deployment
+  `NAME-predictor`, a Service, an HPA or KEDA ScaledObject made by KServe) unless
+  `replicas.min = 0`;
+- `Knative` (the 0.16+ name of the deprecated `Serverless`; needs Knative Serving) for
   `min = 0`, the only mode that scales to zero on requests.
 Scaling: Standard mode with only cpu/memory metrics uses KServe's HPA class (`scaleMetric`
 / `scaleTarget` for one cpu utilisation, else `autoScaling.metrics`); any other metric the
@@ -15,6 +16,15 @@ scales on concurrency only (KPA); `containerConcurrency` (max_concurrency) is Kn
 limit, enforced by its queue-proxy (Standard mode has no such limit). `timeout`
 (read_timeout) is carried in both (Knative's revision timeout; the HTTPRoute's).
 The PersistentVolumeClaims the pod mounts are exported beside it, as for Kubernetes.
+
+KServe copies the InferenceService's labels and annotations onto the predictor's pods
+(components/predictor.go buildObjectMeta; in Knative mode onto the revision template), so
+they are the pod template's: the InferenceService carries `berth.io/template-id` only, and
+spec-id, revision and deployment-id stay in the files' first comment line (and on the
+claims), or each re-export would restart every pod. Knative mode: Knative refuses
+`terminationGracePeriodSeconds` (its PodSpec field mask; it sets the revision timeout
+there), and its progress deadline (600 s by default) becomes the
+`serving.knative.dev/progress-deadline` annotation, at least the startup probe's budget.
 """
 
 from __future__ import annotations
@@ -29,37 +39,38 @@ from config.spec import (
     AutoscaleMetric,
     DeploymentSpec,
     MetricName,
-    Update,
     UpdateStrategy,
     UpstreamProtocol,
 )
-from daemon.export import keda, kube_pod
+from daemon.export import keda, kserve_knative, kube_mounts, kube_pod
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
-from daemon.export.kubernetes import claim_file, header, left_lines
+from daemon.export.kubernetes import berth_rolls_back, claim_file, header, left_lines
 from daemon.export.left_out import endpoint_features
 from daemon.export.yaml_text import document
 
 CONTAINER = "kserve-container"
-MAX_KNATIVE_SCALE_DOWN_DELAY = 3600  # Knative's limit on scale-down-delay
 
 
 def build(spec: DeploymentSpec, origin: Origin) -> Built:
     knative = spec.replicas.min == 0
     pod = kube_pod.pod(spec, origin, container_name=CONTAINER)
     left: list[LeftOut] = []
-    isvc_annotations = dict(kube_pod.object_annotations(origin))
+    # KServe copies these onto the pods: the template id only (see the module docstring).
+    template = kube_pod.TEMPLATE_ID
+    isvc_annotations = {template: pod.annotations[template]}
     isvc_annotations["serving.kserve.io/deploymentMode"] = "Knative" if knative else "Standard"
     predictor: dict[str, Any] = {}
     if not spec.enabled:
         isvc_annotations["serving.kserve.io/stop"] = "true"
     _replicas(spec, predictor)
+    e = spec.endpoint
+    predictor["timeout"] = math.ceil(e.read_timeout - 1e-9)
     if knative:
-        _knative_scaling(spec, predictor, isvc_annotations, left)
-        _knative_limits(spec, pod, left)
+        kserve_knative.scaling(spec, predictor, isvc_annotations, left)
+        kserve_knative.limits(spec, pod, predictor["timeout"], isvc_annotations, left)
     else:
         _standard_scaling(spec, predictor, isvc_annotations, left)
         _standard_update(spec, predictor, left)
-    e = spec.endpoint
     carried: set[str] = set()
     if knative and e.max_concurrency is not None:
         predictor["containerConcurrency"] = e.max_concurrency
@@ -69,7 +80,6 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
         ENDPOINT_CLIENT_IDLE_TIMEOUT,
     ):
         carried.add("endpoint.read_timeout")
-    predictor["timeout"] = math.ceil(e.read_timeout - 1e-9)
     _name_port(spec, pod)
     predictor.update(pod.spec)
     predictor["annotations"] = {
@@ -88,20 +98,34 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     }
     comments = [header(origin), *pod.comments]
     comments.append(
+        "berth.io/spec-id, revision and deployment-id are on the line above, not annotations: "
+        "KServe copies the InferenceService's annotations onto its pods, so they would "
+        "restart every pod at each re-export; berth.io/template-id changes only when the "
+        "containers do"
+    )
+    comments.append(
         f"endpoint.port {e.port}: KServe's own Service and ingress serve the predictor "
         "(port 80 in the cluster; its URL is in `kubectl get inferenceservice "
         f"{spec.name}`)"
     )
+    keda_class = isvc_annotations.get("serving.kserve.io/autoscalerClass") == "keda"
+    if keda_class:
+        comments.append(
+            f"Prometheus queries read the pods of KServe's Deployment {predictor_name(spec)}: "
+            f"{keda.pod_matcher(predictor_name(spec))} (the ReplicaSet's hash, then the "
+            "pod's suffix)"
+        )
     comments += left_lines(left)
     files = [ExportedFile("inferenceservice.yaml", document(isvc, comments=comments))]
     files += [claim_file(spec, origin, c) for c in pod.claims]
     notes = list(pod.notes)
     notes.append(
-        "needs KServe 0.15 or later (Standard mode)"
+        "needs KServe 0.16 or later (the Standard mode's name, kserve#4608)"
         if not knative
-        else "Knative mode needs KServe with Knative Serving installed"
+        else "needs KServe 0.16 or later (the Knative mode's name, kserve#4608) with "
+        "Knative Serving installed"
     )
-    if isvc_annotations.get("serving.kserve.io/autoscalerClass") == "keda":
+    if keda_class:
         notes.append("the KEDA autoscaler class needs KEDA installed on the cluster")
         notes.append(
             f"set the Prometheus address in inferenceservice.yaml (a placeholder: "
@@ -109,8 +133,13 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
         )
     if not spec.enabled:
         notes.append("enabled = false: the InferenceService carries serving.kserve.io/stop")
-    steps = [*(s.create for s in pod.secrets), "kubectl apply -f DIR"]
+    steps = kube_mounts.apply_steps(pod)
     return Built(tuple(files), tuple(left), tuple(steps), tuple(notes))
+
+
+def predictor_name(spec: DeploymentSpec) -> str:
+    """KServe's name for the predictor's Deployment (constants.PredictorServiceName)."""
+    return f"{spec.name}-predictor"
 
 
 def _replicas(spec: DeploymentSpec, predictor: dict[str, Any]) -> None:
@@ -177,7 +206,7 @@ def _keda_metric(
     where = f"autoscale.metrics[{i}]"
     if m.metric in (MetricName.CPU, MetricName.MEMORY):
         return _resource(spec, i, m, left)
-    query, metric_type = keda.prometheus_query(spec, m)
+    query, metric_type = keda.prometheus_query(spec, m, deployment=predictor_name(spec))
     if metric_type != "AverageValue":
         left.append(
             LeftOut(
@@ -207,92 +236,8 @@ def _standard_update(spec: DeploymentSpec, predictor: dict[str, Any], left: list
     left.append(
         LeftOut(
             "update.progress_deadline",
-            "KServe's predictor has no progress deadline and nothing rolls a failed "
-            "revision back: watch `kubectl get inferenceservice` and apply the old file",
+            f"{berth_rolls_back(spec)}: KServe's predictor has no progress deadline and "
+            "nothing rolls a failed revision back: watch `kubectl get inferenceservice` and "
+            "apply the old file",
         )
     )
-
-
-def _knative_scaling(
-    spec: DeploymentSpec,
-    predictor: dict[str, Any],
-    annotations: dict[str, str],
-    left: list[LeftOut],
-) -> None:
-    for i, m in enumerate(spec.autoscale.metrics):
-        if m.metric == MetricName.CONCURRENCY and "scaleMetric" not in predictor:
-            predictor["scaleMetric"] = "concurrency"
-            predictor["scaleTarget"] = max(1, math.ceil(m.target - 1e-9))
-            if predictor["scaleTarget"] != m.target:
-                left.append(
-                    LeftOut(f"autoscale.metrics[{i}].target", "rounded up to a whole request")
-                )
-            continue
-        left.append(
-            LeftOut(
-                f"autoscale.metrics[{i}]",
-                f"{m.metric.value}: Knative's autoscaler (KPA, the one that scales to zero) "
-                "scales on concurrency or requests per second only",
-            )
-        )
-    delay = math.ceil(spec.autoscale.scale_down_delay - 1e-9)
-    if delay > MAX_KNATIVE_SCALE_DOWN_DELAY:
-        left.append(
-            LeftOut(
-                "autoscale.scale_down_delay",
-                f"cut to {MAX_KNATIVE_SCALE_DOWN_DELAY}s, Knative's longest scale-down-delay",
-            )
-        )
-        delay = MAX_KNATIVE_SCALE_DOWN_DELAY
-    annotations["autoscaling.knative.dev/scale-down-delay"] = f"{delay}s"
-    ttl = spec.replicas.scale_to_zero_after
-    if ttl is not None:
-        retention = f"{math.ceil(ttl - 1e-9)}s"
-        annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] = retention
-
-
-def _knative_limits(spec: DeploymentSpec, pod: kube_pod.Pod, left: list[LeftOut]) -> None:
-    """What Knative Serving refuses or needs a feature flag for."""
-    container = pod.spec["containers"][0]
-    extra = container["ports"][1:]
-    if extra:
-        container["ports"] = container["ports"][:1]
-        for port in extra:
-            left.append(
-                LeftOut(
-                    "metrics.scrape",
-                    f"port {port['containerPort']}: a Knative service exposes one container "
-                    "port; scrape it with a PodMonitor that names the port by number",
-                )
-            )
-    for kind in ("startup", "readiness", "liveness"):
-        probe = getattr(spec.health, kind)
-        if probe is not None and probe.port != spec.port:
-            left.append(
-                LeftOut(
-                    f"health.{kind}.port",
-                    f"{probe.port}: Knative probes only the serving port ({spec.port})",
-                )
-            )
-    flags = []
-    volumes = pod.spec.get("volumes", [])
-    if any("hostPath" in v for v in volumes):
-        flags.append("kubernetes.podspec-hostpath")
-    if any("persistentVolumeClaim" in v for v in volumes):
-        flags.append("kubernetes.podspec-persistent-volume-claim")
-        if any(not m.read_only for m in spec.mounts):
-            flags.append("kubernetes.podspec-persistent-volume-write")
-    if "initContainers" in pod.spec:
-        flags.append("kubernetes.podspec-init-containers")
-    if flags:
-        pod.notes.append(
-            "Knative Serving must enable these features (config-features): " + ", ".join(flags)
-        )
-    if spec.update != Update():
-        left.append(
-            LeftOut(
-                "update",
-                "Knative rolls a new revision in when it is ready and moves all traffic at "
-                "once; max_surge, max_unavailable and strategy have no equivalent",
-            )
-        )

@@ -10,8 +10,19 @@ for a commit id; credentials from a Secret, through a credential helper that cat
 or as an SSH key given with `-i`). `shm_size` is a memory emptyDir at /dev/shm.
 
 Secrets are named, never filled: each one the pod refers to is a `SecretNeeded` with the
-kubectl line that creates it from a file (`--from-file=value=...`), run before the apply.
-A berth secret's name becomes a Kubernetes name (`_` -> `-`), said in a comment when it changes.
+kubectl line that creates it from a file (`--from-file=value=...`: a berth secret's file,
+`STATE/secrets/NAME` on the berth host), run before the apply. `apply_steps` puts them
+first, then (with model mounts) the `berth-models` claim and the copy of the models into
+it, then `kubectl apply -f DIR`.
+
+Names: a berth name (secret, volume) becomes a Kubernetes name (lower-case, `_` -> `-`),
+said in a comment when it changes. Every mapped name is unique in its kind (`Names`): the
+first keeps its mapped name, a later berth name that maps to a taken one gets `-2`, `-3`
+(a comment and a README note say so); `berth-models` is the model store's claim, never a
+volume's. The same berth name is always the same Kubernetes name.
+
+Kubernetes expands `$(VAR)` in a container's command, args and env values and reduces
+`$$` to `$`; berth passes them literally, so every `$` of them is written `$$` (`literal`).
 """
 
 from __future__ import annotations
@@ -29,6 +40,11 @@ GIT_IMAGE: Final = "docker.io/alpine/git:2.47.2"
 MODELS_CLAIM: Final = "berth-models"
 GIT_CREDENTIALS_DIR: Final = "/berth/git-credentials"
 SECRET_KEY: Final = "value"  # the key of each generic Secret the export refers to
+# berthd's state dir by default (docs/operations.md): its secrets and its model store
+BERTH_SECRETS: Final = "/var/lib/berth/secrets"
+BERTH_MODELS: Final = "/var/lib/berth/models"
+FILL_POD: Final = "berth-models-fill"
+FILL_IMAGE: Final = "docker.io/library/busybox:1.37"
 _BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
 _NOT_DNS = re.compile(r"[^a-z0-9.-]")
 
@@ -51,6 +67,32 @@ class SecretNeeded:
 
 
 @dataclass
+class Names:
+    """The Kubernetes names of one kind (claims, or Secrets) given so far: each unique."""
+
+    owners: dict[str, str] = field(default_factory=dict)  # Kubernetes name -> whose it is
+    given: dict[str, str] = field(default_factory=dict)  # berth's key -> Kubernetes name
+
+    def give(self, key: str, wanted: str, owner: str) -> tuple[str, str | None]:
+        """(the name for `key`, whose `wanted` is when it was taken already, else None)."""
+        if key in self.given:
+            return self.given[key], None
+        name, n = wanted, 2
+        while name in self.owners:  # ends: at most len(owners) names are taken
+            suffix = f"-{n}"
+            name, n = wanted[: 253 - len(suffix)].rstrip("-.") + suffix, n + 1
+        taken_by = self.owners[wanted] if name != wanted else None
+        self.owners[name] = owner
+        self.given[key] = name
+        return name, taken_by
+
+
+def _claim_names() -> Names:
+    model_store = "berth's model store (model mounts)"
+    return Names(owners={MODELS_CLAIM: model_store}, given={"models": MODELS_CLAIM})
+
+
+@dataclass
 class PodNeeds:
     """What a pod refers to beyond itself, and what the export says about it."""
 
@@ -59,6 +101,14 @@ class PodNeeds:
     left_out: list[LeftOut] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)  # for the workload's file
+    claim_names: Names = field(default_factory=_claim_names)
+    secret_names: Names = field(default_factory=Names)
+    models: list[str] = field(default_factory=list)  # the model mounts' sources, in order
+
+
+def literal(text: str) -> str:
+    """`text` as a command, args or env value Kubernetes passes as is: `$` written `$$`."""
+    return text.replace("$", "$$")
 
 
 def kube_name(name: str) -> str:
@@ -75,21 +125,43 @@ def byte_quantity(n: int) -> str:
     return str(n)
 
 
-def generic_secret(ref: SecretRef, field_path: str, out: PodNeeds) -> str:
-    name = kube_name(ref.name)
-    if name != ref.name:
-        out.comments.append(f"{field_path}: berth's secret {ref.name!r} is Secret {name!r} here")
-    create = (
-        f"kubectl create secret generic {name} --from-file={SECRET_KEY}=PATH"
-        f"  # PATH: a file holding berth secret {ref.name}'s value"
-    )
-    add_secret(out, SecretNeeded(name, create))
+def secret_name(key: str, wanted: str, owner: str, field_path: str, out: PodNeeds) -> str:
+    """A unique Secret name for `key` (a taken one is said in a comment and a note)."""
+    name, taken_by = out.secret_names.give(key, wanted, owner)
+    if taken_by is not None:
+        why = f"{wanted!r} is taken by {taken_by}"
+        out.comments.append(f"{field_path}: {owner} is Secret {name!r} here ({why})")
+        out.notes.append(
+            f"Secret {name} is {owner}: {why} (each mapped name is unique: a later one gets -2, -3)"
+        )
     return name
 
 
-def add_secret(out: PodNeeds, secret: SecretNeeded) -> None:
-    if all(s.name != secret.name for s in out.secrets):
-        out.secrets.append(secret)
+def _secrets_note(out: PodNeeds) -> None:
+    note = (
+        "berth's secrets are files on the berth host, STATE/secrets/NAME "
+        f"({BERTH_SECRETS}/NAME with the default state dir, readable by root only: "
+        "docs/security.md): run the kubectl create secret lines there as root, or copy "
+        "the files to where kubectl runs"
+    )
+    if note not in out.notes:
+        out.notes.append(note)
+
+
+def generic_secret(ref: SecretRef, field_path: str, out: PodNeeds) -> str:
+    key = f"secret:{ref.name}"
+    known = key in out.secret_names.given
+    name = secret_name(key, kube_name(ref.name), f"berth's secret {ref.name!r}", field_path, out)
+    if known:
+        return name
+    if name == kube_name(ref.name) != ref.name:
+        out.comments.append(f"{field_path}: berth's secret {ref.name!r} is Secret {name!r} here")
+    _secrets_note(out)
+    create = (
+        f"kubectl create secret generic {name} --from-file={SECRET_KEY}={BERTH_SECRETS}/{ref.name}"
+    )
+    out.secrets.append(SecretNeeded(name, create))
+    return name
 
 
 def volumes(
@@ -104,14 +176,13 @@ def volumes(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": byte_quantity(shm)}}
         )
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    claims_by_volume: dict[str, str] = {}
     for i, m in enumerate(spec.mounts):
         name = f"{m.type.value}-{i}"
         mount: dict[str, Any] = {"name": name, "mountPath": m.target}
         if m.read_only:
             mount["readOnly"] = True
         if m.type == MountType.VOLUME:
-            claim = _claim(spec, m, i, out, claims_by_volume)
+            claim = _claim(spec, m, i, out)
             volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
         elif m.type == MountType.BIND:
             volumes.append({"name": name, "hostPath": {"path": m.source, "type": "Directory"}})
@@ -122,11 +193,13 @@ def volumes(
         elif m.type == MountType.MODEL:
             volumes.append({"name": name, "persistentVolumeClaim": {"claimName": MODELS_CLAIM}})
             mount["subPath"] = m.source
-            _models_claim(spec, out)
+            _models_claim(spec, m.source, out)
         else:
             volumes.append({"name": name, "emptyDir": {}})
             init.append(_git_init(spec, m, i, name, volumes, out))
         mounts.append(mount)
+    if out.models:
+        out.notes.append(_models_note(out))
     return volumes, mounts, init
 
 
@@ -134,13 +207,22 @@ def _access_mode(spec: DeploymentSpec) -> str:
     return "ReadWriteOnce" if max(spec.replicas.max, 1) == 1 else "ReadWriteMany"
 
 
-def _claim(spec: DeploymentSpec, m: Mount, i: int, out: PodNeeds, seen: dict[str, str]) -> str:
-    if m.source in seen:
-        return seen[m.source]
-    name = kube_name(m.source)
-    seen[m.source] = name
-    comments = [f"mounts[{i}]: Podman volume {m.source!r}"]
-    if name != m.source:
+def _claim(spec: DeploymentSpec, m: Mount, i: int, out: PodNeeds) -> str:
+    key = f"volume:{m.source}"
+    if key in out.claim_names.given:
+        return out.claim_names.given[key]
+    wanted = kube_name(m.source)
+    owner = f"Podman volume {m.source!r}"
+    name, taken_by = out.claim_names.give(key, wanted, owner)
+    comments = [f"mounts[{i}]: {owner}"]
+    if taken_by is not None:
+        why = f"{wanted!r} is taken by {taken_by}"
+        comments.append(f"named {name!r}: {why} (a later name that maps to a taken one gets -2)")
+        out.notes.append(
+            f"PersistentVolumeClaim {name} is {owner}: {why} (each mapped name is unique: a "
+            "later one gets -2, -3)"
+        )
+    elif name != m.source:
         comments.append(f"renamed {name!r}: a Kubernetes name is lower-case, no '_'")
     access = _access_mode(spec)
     if access == "ReadWriteMany":
@@ -156,19 +238,69 @@ def _claim(spec: DeploymentSpec, m: Mount, i: int, out: PodNeeds, seen: dict[str
     return name
 
 
-def _models_claim(spec: DeploymentSpec, out: PodNeeds) -> None:
+def _models_claim(spec: DeploymentSpec, source: str, out: PodNeeds) -> None:
+    if source not in out.models:
+        out.models.append(source)
     if any(c.name == MODELS_CLAIM for c in out.claims):
         return
     comments = (
-        'berth\'s model store (<state_dir>/models on the berth host), for `type = "model"` '
-        "mounts: copy each model's directory into this volume at its name",
+        f"berth's model store (<state_dir>/models, {BERTH_MODELS} by default, on the berth "
+        'host), for `type = "model"` mounts: each model\'s directory at its name (subPath); '
+        "README.md's apply steps copy them in",
     )
     out.claims.append(Claim(MODELS_CLAIM, _access_mode(spec), comments))
-    out.notes.append(
-        f"PersistentVolumeClaim {MODELS_CLAIM}: copy <state_dir>/models/SOURCE from the "
-        "berth host into it (each model mount reads subPath SOURCE); its size is a 10Gi "
-        "placeholder to set"
+
+
+def _models_note(out: PodNeeds) -> str:
+    listed = ", ".join(out.models)
+    return (
+        f"PersistentVolumeClaim {MODELS_CLAIM} must hold the model(s) {listed} (from "
+        f"<state_dir>/models on the berth host, {BERTH_MODELS} by default, readable by root "
+        "only) before the pods start: the apply steps create it, copy them in through a "
+        f"helper pod, then apply the rest. Its size is a 10Gi placeholder: set at least the "
+        "models' size (the claim is shared by every export that mounts models)"
     )
+
+
+def apply_steps(needs: PodNeeds) -> list[str]:
+    """The Secrets, then the model store filled (with model mounts), then the apply."""
+    steps = [s.create for s in needs.secrets]
+    if needs.models:
+        steps.append(f"kubectl apply -f DIR/pvc-{MODELS_CLAIM}.yaml")
+        steps.append(_FILL_POD)
+        steps.append(f"kubectl wait --for=condition=Ready pod/{FILL_POD} --timeout=10m")
+        steps.append(
+            "On the berth host, as root (the model store is root's), copy the model(s) into "
+            "the claim (tar -h follows a model that is a link to another disk):"
+        )
+        for source in needs.models:
+            steps.append(
+                f"tar -C {BERTH_MODELS} -chf - {source} | "
+                f"kubectl exec -i {FILL_POD} -- tar -C /models -xf -"
+            )
+        steps.append(f"kubectl delete pod {FILL_POD}")
+    steps.append("kubectl apply -f DIR")
+    return steps
+
+
+# A one-off pod that mounts the model store's claim, to copy the models in (kubectl exec).
+_FILL_POD: Final = f"""kubectl apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {FILL_POD}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: fill
+    image: {FILL_IMAGE}
+    command: ["sleep", "86400"]
+    volumeMounts:
+    - {{name: models, mountPath: /models}}
+  volumes:
+  - name: models
+    persistentVolumeClaim: {{claimName: {MODELS_CLAIM}}}
+EOF"""
 
 
 def _git_init(
@@ -185,19 +317,18 @@ def _git_init(
     if m.credentials is not None:
         secret = generic_secret(m.credentials, f"mounts[{i}].credentials.secret", out)
     elif m.credentials_file is not None:
-        secret = f"{spec.name}-git-{i}"
-        add_secret(
-            out,
-            SecretNeeded(
-                secret,
-                f"kubectl create secret generic {secret} "
-                f"--from-file={SECRET_KEY}={m.credentials_file}",
-            ),
+        field_path = f"mounts[{i}].credentials_file"
+        owner = f"{field_path} {m.credentials_file}"
+        secret = secret_name(f"file:{i}", f"{spec.name}-git-{i}", owner, field_path, out)
+        create = (
+            f"kubectl create secret generic {secret} --from-file={SECRET_KEY}={m.credentials_file}"
         )
+        out.secrets.append(SecretNeeded(secret, create))
+    script = [_GIT_SCRIPT, "git-clone", m.source, m.ref or ""]
     container: dict[str, Any] = {
         "name": f"git-{i}",
         "image": GIT_IMAGE,
-        "command": ["/bin/sh", "-c", _GIT_SCRIPT, "git-clone", m.source, m.ref or ""],
+        "command": ["/bin/sh", "-c", *(literal(a) for a in script)],
     }
     env = [{"name": "CHECKOUT", "value": checkout}]
     if secret is not None:
@@ -215,11 +346,12 @@ def _git_init(
         mounts = [{"name": creds, "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True}]
     else:
         mounts = []
-    container["env"] = env
+    container["env"] = [{"name": e["name"], "value": literal(e["value"])} for e in env]
     container["volumeMounts"] = [{"name": volume, "mountPath": checkout}, *mounts]
     out.comments.append(
         f"mounts[{i}]: git {m.source} is cloned by init container git-{i} ({GIT_IMAGE}) "
-        "into an emptyDir at each pod start"
+        "into an emptyDir at each pod start (its script's $ are written $$: Kubernetes "
+        "reduces $$ to $)"
     )
     return container
 
@@ -242,7 +374,8 @@ _GIT_SCRIPT: Final = (
 def registry_secret(spec: DeploymentSpec, out: PodNeeds) -> str:
     r = spec.registry
     assert r is not None
-    name = f"{spec.name}-registry"
+    owner = "the registry's credentials"
+    name = secret_name("registry", f"{spec.name}-registry", owner, "registry", out)
     try:
         server = parse_image_ref(spec.image).domain or "docker.io"
     except ValueError:
@@ -256,11 +389,12 @@ def registry_secret(spec: DeploymentSpec, out: PodNeeds) -> str:
         if r.password_file is not None:
             password = f'"$(cat {r.password_file})"'
         else:
-            secret = r.password.name if r.password is not None else "?"
-            password = f'"$(cat PATH)"  # PATH: a file holding berth secret {secret}\'s value'
+            assert r.password is not None
+            _secrets_note(out)
+            password = f'"$(cat {BERTH_SECRETS}/{r.password.name})"'
         create = (
             f"kubectl create secret docker-registry {name} --docker-server={server} "
             f"--docker-username={r.username} --docker-password={password}"
         )
-    add_secret(out, SecretNeeded(name, create))
+    out.secrets.append(SecretNeeded(name, create))
     return name

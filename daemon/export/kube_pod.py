@@ -3,15 +3,21 @@
 `pod(spec, origin)` turns the container half of a spec (image, command, env, resources,
 probes, mounts, registry, stop and drain timeouts, scrape ports) into a `Pod`: the pod spec
 (`containers`, `initContainers`, `volumes`, `imagePullSecrets`,
-`terminationGracePeriodSeconds`), the pod template's metadata, the PersistentVolumeClaims
-and Secrets the pod refers to (made by `kubernetes` and named in the apply steps), and the
-fields that did not carry (`LeftOut`). Values of secrets never appear: only their names.
-The volumes, mounts, init containers and Secrets are `kube_mounts`'.
+`terminationGracePeriodSeconds`), the pod template's metadata (labels; the annotation
+`berth.io/template-id`, config.canonical's id of what shapes the containers, which changes
+only when berth would replace replicas: the objects themselves carry spec-id, revision and
+deployment-id, so a berth-only change such as max_concurrency restarts no pod), the
+PersistentVolumeClaims and Secrets the pod refers to (made by `kubernetes` and named in
+the apply steps), and the fields that did not carry (`LeftOut`). Values of secrets never
+appear: only their names. The volumes, mounts, init containers and Secrets are
+`kube_mounts`'.
 
 Rules (docs/export.md has the table): `command` is the image's CMD, so it maps to `args`;
 durations become whole seconds rounded up (a LeftOut names each value that changed); a
 startup probe's `timeout_total` becomes the failureThreshold that gives at least that
-budget; `/dev/shm` is a memory emptyDir; resources are requests = limits.
+budget; `/dev/shm` is a memory emptyDir; resources are requests = limits; `gpu_memory` (a
+share of a GPU's VRAM) is one whole GPU; every `$` in args and env values is written `$$`
+(Kubernetes would expand `$(VAR)`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from config.canonical import template_id
 from config.image_ref import parse_image_ref
 from config.secret_ref import SecretRef
 from config.spec import (
@@ -27,6 +34,7 @@ from config.spec import (
     IpcMode,
     Probe,
     PullPolicy,
+    Update,
 )
 from config.units import format_duration
 from daemon.export.bundle import LeftOut, Origin
@@ -35,11 +43,13 @@ from daemon.export.kube_mounts import (
     PodNeeds,
     byte_quantity,
     generic_secret,
+    literal,
     registry_secret,
     volumes,
 )
 
 PART_OF: Final = "berth-export"
+TEMPLATE_ID: Final = "berth.io/template-id"
 _PULL = {
     PullPolicy.MISSING: "IfNotPresent",
     PullPolicy.ALWAYS: "Always",
@@ -59,6 +69,7 @@ def object_labels(spec: DeploymentSpec) -> dict[str, str]:
 
 
 def object_annotations(origin: Origin) -> dict[str, str]:
+    """The objects' own annotations (never the pod template's: a change restarts pods)."""
     out = {"berth.io/spec-id": origin.spec_id}
     if origin.deployment_id is not None:
         out["berth.io/deployment-id"] = origin.deployment_id
@@ -87,11 +98,18 @@ def cpu_quantity(cpus: float) -> str:
 
 def pod(spec: DeploymentSpec, origin: Origin, *, container_name: str | None = None) -> Pod:
     """The pod for `spec`: see the module docstring."""
-    out = Pod(spec={}, labels=object_labels(spec), annotations=object_annotations(origin))
+    annotations = {TEMPLATE_ID: template_id(spec)}
+    out = Pod(spec={}, labels=object_labels(spec), annotations=annotations)
     container: dict[str, Any] = {"name": container_name or spec.name, "image": spec.image}
     container["imagePullPolicy"] = _PULL[spec.pull]
     if spec.command is not None:
-        container["args"] = list(spec.command)
+        container["args"] = [literal(a) for a in spec.command]
+    texts = [*(spec.command or ()), *(v for v in spec.env.values() if isinstance(v, str))]
+    if any("$" in text for text in texts):
+        out.comments.append(
+            "every $ in args and env values is written $$: Kubernetes reduces $$ to $ (and "
+            "would expand $(VAR)), so the container gets the text as berth passed it"
+        )
     container["ports"] = _ports(spec, out)
     env = _env(spec, out)
     if env:
@@ -119,13 +137,21 @@ def pod(spec: DeploymentSpec, origin: Origin, *, container_name: str | None = No
         out.left_out.append(
             LeftOut(
                 "update.drain_timeout",
-                "no drain before SIGTERM: a leaving pod gets SIGTERM as it leaves the "
-                "Service's endpoints; terminationGracePeriodSeconds is drain_timeout + "
-                "stop_timeout, so a server that finishes its requests on SIGTERM keeps them",
+                f"{berth_drains(spec)} before SIGTERM; here a leaving pod gets SIGTERM as it "
+                "leaves the Service's endpoints, with no drain first: "
+                "terminationGracePeriodSeconds is drain_timeout + stop_timeout, so a server "
+                "that finishes its requests on SIGTERM keeps them",
             )
         )
     _image_note(spec, out)
     return out
+
+
+def berth_drains(spec: DeploymentSpec) -> str:
+    """'berth drains for 30s by default' (or 'berth drains for 2m'), for the reasons."""
+    drain = spec.update.drain_timeout
+    default = " by default" if drain == Update().drain_timeout else ""
+    return f"berth drains a leaving replica for {format_duration(drain)}{default}"
 
 
 def _ports(spec: DeploymentSpec, out: Pod) -> list[dict[str, Any]]:
@@ -168,7 +194,7 @@ def _env(spec: DeploymentSpec, out: Pod) -> list[dict[str, Any]]:
             ref = {"secretKeyRef": {"name": secret, "key": SECRET_KEY}}
             env.append({"name": name, "valueFrom": ref})
         else:
-            env.append({"name": name, "value": value})
+            env.append({"name": name, "value": literal(value)})
     return env
 
 
@@ -186,6 +212,8 @@ def _resources(spec: DeploymentSpec, out: Pod) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = byte_quantity(r.memory)
     if r.gpus:
         limits["nvidia.com/gpu"] = r.gpus
+    elif r.gpu_memory is not None:
+        limits["nvidia.com/gpu"] = 1  # a VRAM share is a whole GPU here (left_out.py says so)
     if r.ipc == IpcMode.SHAREABLE:
         out.left_out.append(
             LeftOut(
@@ -264,7 +292,7 @@ def _image_note(spec: DeploymentSpec, out: Pod) -> None:
             f"image {spec.image} is a short name: Podman resolved it by registries.conf; "
             "the cluster's runtime may not (write it in full, e.g. docker.io/...)"
         )
-    if spec.resources.gpus:
+    if spec.resources.gpus or spec.resources.gpu_memory is not None:
         out.notes.append(
             "nvidia.com/gpu limits need the NVIDIA device plugin (or GPU operator) on the "
             "cluster's GPU nodes"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from config.spec import DeploymentSpec, UpdateStrategy, UpstreamProtocol
+from config.spec import DeploymentSpec, Update, UpdateStrategy, UpstreamProtocol
+from config.units import format_duration
 from daemon.export import keda, kube_mounts, kube_pod
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
 from daemon.export.left_out import endpoint_features
@@ -62,8 +63,7 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
         files.append(ExportedFile(name, document(scaler, comments=lines)))
     for claim in pod.claims:
         files.append(claim_file(spec, origin, claim))
-    steps = [s.create for s in pod.secrets]
-    steps.append("kubectl apply -f DIR")
+    steps = kube_mounts.apply_steps(pod)
     if not spec.enabled:
         notes.append("enabled = false: the Deployment has replicas: 0 and no autoscaler")
     return Built(
@@ -98,22 +98,32 @@ def deployment_spec(spec: DeploymentSpec, pod: kube_pod.Pod, replicas: int) -> d
     }
 
 
+def berth_rolls_back(spec: DeploymentSpec) -> str:
+    """'berth rolls back a rollout with no progress for 10m by default', for the reasons."""
+    deadline = spec.update.progress_deadline
+    default = " by default" if deadline == Update().progress_deadline else ""
+    return f"berth rolls back a rollout with no progress for {format_duration(deadline)}{default}"
+
+
 def _update_left_out(spec: DeploymentSpec) -> list[LeftOut]:
     name = spec.name
     out = [
         LeftOut(
             "update.progress_deadline",
-            "Kubernetes marks a rollout that makes no progress failed but does not roll it "
-            f"back as berth does: `kubectl rollout undo deployment/{name}`",
+            f"{berth_rolls_back(spec)}: Kubernetes marks such a rollout failed "
+            f"(progressDeadlineSeconds) but does not roll it back: `kubectl rollout undo "
+            f"deployment/{name}`",
         )
     ]
-    if spec.update.strategy is None and (spec.resources.gpus or spec.resources.gpu_memory):
+    gpus = spec.resources.gpus or spec.resources.gpu_memory is not None
+    if spec.update.strategy is None and gpus:
         out.append(
             LeftOut(
                 "update.strategy",
                 "unset: berth surges and falls back to replacing in place when no GPU is "
-                "free; a Deployment's surge pod waits Pending instead (set strategy = "
-                '"replace" for maxSurge 0)',
+                "free; a Deployment's surge pod waits Pending instead: to replace in place, "
+                "write maxSurge: 0 and maxUnavailable: 1 in the Deployment's "
+                'strategy.rollingUpdate (update.strategy = "replace" exports to that)',
             )
         )
     return out

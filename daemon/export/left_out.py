@@ -31,7 +31,8 @@ _FRONT = "set it on the proxy, ingress or gateway you put in front"
 
 def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) -> list[LeftOut]:
     """The `[endpoint]`, `[gateway]` and VRAM-packing fields the spec uses that a target
-    without berth's proxy cannot express, less those in `carried`."""
+    without berth's proxy cannot express, less those in `carried`. (The gpu_memory reason
+    speaks of a cluster's whole GPUs: Quadlet carries the field with a reason of its own.)"""
     e = spec.endpoint
     found: list[LeftOut] = []
 
@@ -44,7 +45,7 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
             miss(
                 "endpoint.auth.api_keys",
                 "berth's endpoint checks bearer keys; nothing here does: put an "
-                f"authenticating proxy or ingress in front ({_FRONT})",
+                "authenticating proxy, ingress or gateway in front",
             )
         if e.auth.basic:
             miss(
@@ -100,8 +101,9 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
     if spec.resources.gpu_memory is not None:
         miss(
             "resources.gpu_memory",
-            "VRAM packing (several replicas sharing a GPU by memory) cannot be expressed: "
-            "each replica gets whole GPUs (use time-slicing or MIG on the cluster)",
+            "VRAM packing (several replicas sharing a GPU by memory) is not expressed: "
+            "each replica takes one whole GPU (nvidia.com/gpu: 1); to share GPUs, use "
+            "time-slicing, MIG or DRA on the cluster",
         )
     return found
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from config.canonical import spec_id
+from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
-from daemon.export import kserve
-from daemon.export.bundle import Built, Origin
+from daemon.export import kserve, readme
+from daemon.export.bundle import Built, Origin, Target
 from tests.export_schemas import SchemaError, validate
 
 EXAMPLES = sorted(Path(__file__).parents[2].joinpath("config", "examples").glob("*.toml"))
@@ -70,7 +70,13 @@ def test_every_example_exports_a_valid_inference_service(path: Path) -> None:
     isvc = objs["inferenceservice.yaml"]
     assert isvc["metadata"]["name"] == spec.name
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    assert isvc["metadata"]["annotations"]["berth.io/deployment-id"] == "d-9"
+    # KServe copies these onto the pods: the template id only (re-exports restart nothing).
+    assert isvc["metadata"]["annotations"]["berth.io/template-id"] == template_id(spec)
+    assert "berth.io/deployment-id" not in isvc["metadata"]["annotations"]
+    assert built.files[0].text.startswith(
+        f"# Exported by berth export from revision 2 of deployment id d-9 (spec_id {spec_id(spec)})"
+    )
+    assert "needs KServe 0.16 or later (the Standard mode's name, kserve#4608)" in built.notes
     (c,) = isvc["spec"]["predictor"]["containers"]
     assert c["name"] == "kserve-container" and c["image"] == spec.image
     for item in built.left_out:
@@ -127,7 +133,8 @@ def test_standard_mode_keda_class_for_a_scraped_gauge() -> None:
                 "metric": {
                     "backend": "prometheus",
                     "serverAddress": "http://prometheus.monitoring.svc:9090",
-                    "query": 'sum(queue_size{pod=~"llm-.*"})',
+                    # KServe's Deployment is llm-predictor: its pods, no other's
+                    "query": 'sum(queue_size{pod=~"llm-predictor-[a-z0-9]+-[a-z0-9]+"})',
                 },
                 "target": {"type": "Value", "value": "4"},
             },
@@ -216,3 +223,63 @@ def test_pod_parts_carry_to_the_predictor() -> None:
     assert "pvc-data.yaml" in objs
     assert built.apply_steps[-1] == "kubectl apply -f DIR"
     assert len(built.apply_steps) == 3  # the env secret, the registry secret, then apply
+
+
+KNATIVE = (
+    '[replicas]\nmin = 0\nmax = 2\n[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 2\n'
+)
+
+
+def test_knative_mode_sets_no_grace_period() -> None:
+    # Knative's PodSpec field mask refuses it ("must not set the field(s):
+    # spec.template.spec.terminationGracePeriodSeconds"); it sets the revision timeout there.
+    built = build(spec_of(KNATIVE, top='stop_timeout = "20s"'))
+    p = predictor(built)
+    assert "terminationGracePeriodSeconds" not in p and p["timeout"] == 300
+    reasons = {item.field: item.reason for item in built.left_out}
+    drain = reasons["update.drain_timeout"]
+    assert drain.startswith(
+        "berth drains a leaving replica for 30s by default before SIGTERM; Knative refuses"
+    )
+    assert "revision timeout (300s)" in drain and "(50s) is not used" in drain
+    assert "SIGKILL comes up to 300s after SIGTERM" in reasons["stop_timeout"]
+    standard = predictor(build(spec_of(top='stop_timeout = "20s"')))
+    assert standard["terminationGracePeriodSeconds"] == 50  # Standard mode keeps it
+
+
+def test_knative_progress_deadline_covers_the_startup_budget() -> None:
+    built = build(spec_of(KNATIVE))
+    assert isvc_annotations(built)["serving.kserve.io/deploymentMode"] == "Knative"
+    assert isvc_annotations(built)["serving.knative.dev/progress-deadline"] == "600s"
+    assert not any(f.startswith("update.") and f != "update.drain_timeout" for f in fields(built))
+    assert not any("max-revision-timeout-seconds" in n for n in built.notes)
+    built = build(
+        spec_of(
+            KNATIVE + '[health.startup]\npath = "/h"\nperiod = "10s"\ntimeout_total = "30m"',
+            endpoint='read_timeout = "15m"',
+        )
+    )
+    assert isvc_annotations(built)["serving.knative.dev/progress-deadline"] == "1800s"
+    (deadline,) = [i for i in built.left_out if i.field == "update.progress_deadline"]
+    assert "raised to 1800s, the startup probe's budget" in deadline.reason
+    assert predictor(built)["timeout"] == 900
+    (note,) = [n for n in built.notes if "max-revision-timeout-seconds" in n]
+    assert "config-defaults" in note and "(600)" in note
+
+
+def test_knative_names_only_the_update_fields_that_are_set() -> None:
+    built = build(spec_of(KNATIVE + "[update]\nmax_surge = 2"))
+    update = [f for f in fields(built) if f.startswith("update")]
+    assert update == ["update.drain_timeout", "update.max_surge"]
+
+
+def test_knative_lists_metrics_scrape_once() -> None:
+    built = build(spec_of(KNATIVE + "[[metrics.scrape]]\nport = 9100\n"))
+    assert fields(built).count("metrics.scrape") == 1
+    (item,) = [i for i in built.left_out if i.field == "metrics.scrape"]
+    assert "port(s) 9100 are not declared" in item.reason
+    (c,) = predictor(built)["containers"]
+    assert [port["containerPort"] for port in c["ports"]] == [8080]
+    text = readme.render("llm", Origin("x"), Target.KSERVE, built)
+    assert text.count("`metrics.scrape`") == 1
+    assert "needs KServe 0.16 or later (the Knative mode's name" in text

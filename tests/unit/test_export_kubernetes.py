@@ -3,6 +3,7 @@ KEDA CRD (strict), and each mapping's values as docs/export.md's table says."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def test_the_container_image_command_env_and_resources() -> None:
     volumes = objs["deployment.yaml"]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}} in volumes
     assert built.apply_steps[0].startswith(
-        "kubectl create secret generic hf-token --from-file=value=PATH"
+        "kubectl create secret generic hf-token --from-file=value=/var/lib/berth/secrets/hf_token"
     )
     assert "berth's secret 'hf_token' is Secret 'hf-token'" in built.files[0].text
 
@@ -296,7 +297,8 @@ def test_each_other_metric_is_a_keda_prometheus_trigger() -> None:
     triggers, built = _triggers(tables)
     nginx = "nginx_ingress_controller_request_duration_seconds"
     svc = 'exported_service="app"'
-    used, free = (f'DCGM_FI_DEV_FB_{x}{{pod=~"app-.*"}}' for x in ("USED", "FREE"))
+    pods = 'pod=~"app-[a-z0-9]+-[a-z0-9]+"'  # the Deployment's pods, not app-embed's
+    used, free = (f"DCGM_FI_DEV_FB_{x}{{{pods}}}" for x in ("USED", "FREE"))
     got = [
         (
             t["type"],
@@ -307,7 +309,7 @@ def test_each_other_metric_is_a_keda_prometheus_trigger() -> None:
         for t in triggers
     ]
     assert got == [
-        ("prometheus", "AverageValue", 'sum(q{model="m",pod=~"app-.*"})', "4"),
+        ("prometheus", "AverageValue", f'sum(q{{model="m",{pods}}})', "4"),
         (
             "prometheus",
             "AverageValue",
@@ -326,7 +328,7 @@ def test_each_other_metric_is_a_keda_prometheus_trigger() -> None:
             f"histogram_quantile(0.95, sum by (le) (rate({nginx}_bucket{{{svc}}}[2m])))",
             "2",
         ),
-        ("prometheus", "Value", 'avg(DCGM_FI_DEV_GPU_UTIL{pod=~"app-.*"})', "60"),
+        ("prometheus", "Value", f"avg(DCGM_FI_DEV_GPU_UTIL{{{pods}}})", "60"),
         (
             "prometheus",
             "Value",
@@ -504,3 +506,42 @@ def test_the_parser_already_holds_success_threshold_to_one_where_kubernetes_does
     # The export writes successThreshold as given, with no LeftOut: this is why it may.
     with pytest.raises(SpecError, match=f"health.{kind}.success_threshold"):
         spec_of(f'[health.{kind}]\npath = "/h"\nsuccess_threshold = 2')
+
+
+def test_the_pod_matcher_reads_this_deployments_pods_only() -> None:
+    triggers, built = _triggers(
+        "[replicas]\nmin = 1\nmax = 4\n[[metrics.scrape]]\nport = 8000\n"
+        '[[autoscale.metrics]]\nmetric = "prometheus"\nquery = "q"\ntarget = 4'
+    )
+    query = triggers[0]["metadata"]["query"]
+    (pattern,) = re.findall(r'pod=~"([^"]+)"', query)
+    pods = re.compile(pattern)  # PromQL anchors a regex match at both ends
+    assert pods.fullmatch("app-7d4f8b9c6-x2k9q")  # NAME-<ReplicaSet hash>-<suffix>
+    assert not pods.fullmatch("app-embed-7d4f8b9c6-x2k9q")  # another deployment's pod
+    comments = next(f.text for f in built.files if f.name == "scaledobject.yaml")
+    assert 'pod=~"NAME-[a-z0-9]+-[a-z0-9]+" (the ReplicaSet\'s hash' in comments
+
+
+def test_the_update_reasons_say_what_berth_does_by_default_and_what_to_write() -> None:
+    built = build(spec_of("[resources]\ngpus = 1"))
+    reasons = {item.field: item.reason for item in built.left_out}
+    assert reasons["update.drain_timeout"].startswith(
+        "berth drains a leaving replica for 30s by default before SIGTERM; "
+    )
+    assert reasons["update.progress_deadline"].startswith(
+        "berth rolls back a rollout with no progress for 10m by default: "
+    )
+    strategy = reasons["update.strategy"]
+    assert "write maxSurge: 0 and maxUnavailable: 1 in the Deployment's" in strategy
+    built = build(spec_of('[update]\ndrain_timeout = "2m"\nprogress_deadline = "20m"'))
+    reasons = {item.field: item.reason for item in built.left_out}
+    assert reasons["update.drain_timeout"].startswith(
+        "berth drains a leaving replica for 2m before"
+    )
+    assert "for 20m: " in reasons["update.progress_deadline"]
+
+
+def test_the_auth_reason_says_it_once() -> None:
+    built = build(spec_of('[endpoint.auth]\napi_keys = [{ secret = "ci" }]'))
+    (reason,) = [i.reason for i in built.left_out if i.field == "endpoint.auth.api_keys"]
+    assert reason.count("in front") == 1
