@@ -16,7 +16,9 @@ itself is `daemon.export.targets.export`, pure; this module does the I/O:
   says how many fields did not carry, and where they are listed.
 
 A spec that does not parse is refused as `berth apply` refuses one: every problem, exit 1,
-nothing written.
+nothing written. A `--file` origin is named by the file's name alone, so the bytes are the
+same from whatever directory it is exported. A NAME berthd no longer serves but whose
+history it keeps (`berth rm`) is told how to export one of its revisions.
 """
 
 from __future__ import annotations
@@ -83,14 +85,20 @@ def _from_file(path: str) -> tuple[DeploymentSpec, Origin] | None:
     spec = _parsed(text, path)
     if spec is None:
         return None
-    return spec, Origin(spec_id=spec_id(spec), file=path)
+    # The file's name only: the bytes do not change with the directory it is exported from.
+    return spec, Origin(spec_id=spec_id(spec), file=Path(path).name)
 
 
 def _from_berthd(
     client: AdminClient, name: str, revision: int | None
 ) -> tuple[DeploymentSpec, Origin] | None:
     if revision is None:
-        answer = client.call("GET", deployment_path(name))
+        try:
+            answer = client.call("GET", deployment_path(name))
+        except ApiError as exc:
+            if exc.status == 404:
+                raise CliError(exc.message + _kept_revisions_hint(client, name)) from None
+            raise
         deployment_id = _text(answer.get("deployment_id"))
     else:
         answer = client.call("GET", deployment_path(name, "revisions", str(revision)))
@@ -102,6 +110,21 @@ def _from_berthd(
     if spec is None:
         return None
     return spec, Origin(spec_id=spec_id(spec), deployment_id=deployment_id, revision=number)
+
+
+def _kept_revisions_hint(client: AdminClient, name: str) -> str:
+    """For a removed deployment (its history is kept): how to export one of its revisions."""
+    try:
+        history = client.call("GET", deployment_path(name, "history"))
+    except ApiError:
+        return ""
+    numbers = [r["revision"] for r in history if isinstance(r, dict) and "revision" in r]
+    if not numbers:
+        return ""
+    return (
+        f" (it was removed; its revisions are kept: berth export {name} --revision "
+        f"{max(numbers)} --to ..., or berth history {name})"
+    )
 
 
 def _deployment_id(client: AdminClient, name: str) -> str | None:
@@ -126,7 +149,7 @@ def _parsed(text: str, source: str) -> DeploymentSpec | None:
         return parse_spec(text, source=source)
     except SpecError as exc:
         count = len(exc.problems)
-        lines = [f"berth: {source}: the spec has {fmt.plural(count, 'problem')}:"]
+        lines = [f"berth: {source}: spec refused, {fmt.plural(count, 'problem')}:"]
         lines += [f"  {problem}" for problem in exc.messages()]
         print("\n".join(lines), file=sys.stderr)
         return None
@@ -136,6 +159,8 @@ def _parsed(text: str, source: str) -> DeploymentSpec | None:
 
 
 def _write_out(bundle: Bundle, out: Path) -> int:
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} is not a directory: --out names the directory to write into")
     try:
         out.mkdir(parents=True, exist_ok=True)
         before = sorted(p.name for p in out.iterdir())

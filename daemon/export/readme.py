@@ -46,8 +46,18 @@ def render(name: str, origin: Origin, target: Target, built: Built) -> str:
         lines += ["", "## Before you apply", ""]
         lines += _bullets(built.notes)
     lines += ["", "## Apply", ""]
-    if any("DIR" in step for step in built.apply_steps):
-        lines += ["DIR is the directory holding these files (`berth export ... --out DIR`).", ""]
+    if target is Target.QUADLET:
+        lines += [
+            "Run these in the directory that holds the files (`berth export ... --out DIR`).",
+            "",
+        ]
+    elif any("DIR" in step for step in built.apply_steps):
+        lines += [
+            "DIR is the directory holding these files (`berth export ... --out DIR`). Printed "
+            "to stdout instead (no `--out`), the export is one YAML stream: after the steps "
+            "before it, `berth export ... | kubectl apply -f -` applies it whole.",
+            "",
+        ]
     lines += _steps(built.apply_steps) or ["Nothing to run: see the files above."]
     lines += ["", "## Not carried over", ""]
     if built.left_out:

@@ -70,7 +70,7 @@ def run(socket_path: str, *argv: str) -> int:
 
 def from_file(path: Path, target: Target) -> Bundle:
     spec = parse_spec(path.read_text(), source=str(path))
-    return export(spec, Origin(spec_id=spec_id(spec), file=str(path)), target)
+    return export(spec, Origin(spec_id=spec_id(spec), file=path.name), target)
 
 
 def documents(text: str) -> list[Any]:
@@ -169,7 +169,7 @@ def test_a_bad_spec_is_refused_with_every_problem_and_nothing_written(
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
-    assert lines[0] == f"berth: {bad}: the spec has 3 problems:"
+    assert lines[0] == f"berth: {bad}: spec refused, 3 problems:"  # as berth apply says it
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["name", "port", "endpoint.port"]
     assert all(line.startswith("  ") for line in lines[1:])
     assert not out.exists()
@@ -222,7 +222,9 @@ def test_out_on_a_file_is_one_line(
     blocker = short_dir / "a-file"
     blocker.write_text("")
     assert run(no_socket, "--file", str(ECHO), "--to", "quadlet", "--out", str(blocker)) == 1
-    assert capsys.readouterr().err == f"berth: cannot make {blocker}: File exists\n"
+    assert capsys.readouterr().err == (
+        f"berth: {blocker} is not a directory: --out names the directory to write into\n"
+    )
 
 
 @pytest.mark.parametrize("target", list(Target))
@@ -316,7 +318,10 @@ async def test_a_removed_deployments_revision_still_exports(
             gone = capsys.readouterr()
             assert await berth(path, "echo", "--revision", "1", "--to", "kubernetes") == 0
             kept = capsys.readouterr()
-    assert gone.err == "berth: no deployment named 'echo'\n"
+    assert gone.err == (
+        "berth: no deployment named 'echo' (it was removed; its revisions are kept: "
+        "berth export echo --revision 1 --to ..., or berth history echo)\n"
+    )
     spec = parse_spec(SPEC_1)
     origin = Origin(spec_id=spec_id(spec), revision=1)  # no deployment id: it is removed
     assert kept.out == stdout_text(export(spec, origin, Target.KUBERNETES))
@@ -343,3 +348,18 @@ def test_name_without_berthd_says_it_cannot_reach_it(
     assert capsys.readouterr().err == (
         f"berth: cannot reach berthd at {no_socket} (is berthd running?)\n"
     )
+
+
+def test_the_bytes_do_not_depend_on_the_directory_it_is_run_from(
+    short_dir: Path,
+    no_socket: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The origin is the file's name alone: `--file vllm.toml` and the absolute path agree."""
+    assert run(no_socket, "--file", str(VLLM), "--to", "kubernetes") == 0
+    absolute = capsys.readouterr().out
+    monkeypatch.chdir(VLLM.parent)
+    assert run(no_socket, "--file", VLLM.name, "--to", "kubernetes") == 0
+    assert capsys.readouterr().out == absolute
+    assert f"from spec file {VLLM.name} (spec_id" in absolute

@@ -34,7 +34,8 @@ UPDATE = os.environ.get("BERTH_UPDATE_GOLDEN") == "1"
 def exported(example: Path, target: Target) -> Bundle:
     source = str(example.relative_to(REPO))
     spec = parse_spec(example.read_text(), source=source)
-    return export(spec, Origin(spec_id=spec_id(spec), file=source), target)
+    # As `berth export --file` names it: the file's name alone.
+    return export(spec, Origin(spec_id=spec_id(spec), file=example.name), target)
 
 
 def test_every_example_is_covered() -> None:
