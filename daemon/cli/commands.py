@@ -30,14 +30,19 @@ Command = Callable[[AdminClient, argparse.Namespace], int]
 # -- commands ------------------------------------------------------------------------------
 
 
-def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
-    source: str = args.file
+def read_spec_file(source: str) -> str:
+    """A spec file's text, or a CliError naming why it cannot be read."""
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        return Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {source}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise CliError(f"{source}: not UTF-8 text") from None
+
+
+def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
+    source: str = args.file
+    text = read_spec_file(source)
     try:
         result = client.call(
             "POST",

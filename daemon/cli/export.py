@@ -35,6 +35,7 @@ from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.cli import format as fmt
 from daemon.cli.client import AdminClient, ApiError, CliError, deployment_path
+from daemon.cli.commands import read_spec_file
 from daemon.export.bundle import Bundle, Origin, Target
 from daemon.export.readme import README
 from daemon.export.targets import export
@@ -76,13 +77,7 @@ def stdout_text(bundle: Bundle) -> str:
 
 
 def _from_file(path: str) -> tuple[DeploymentSpec, Origin] | None:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise CliError(f"{path}: not UTF-8 text") from None
-    spec = _parsed(text, path)
+    spec = _parsed(read_spec_file(path), path)
     if spec is None:
         return None
     # The file's name only: the bytes do not change with the directory it is exported from.

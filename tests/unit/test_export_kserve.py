@@ -7,44 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from config.canonical import spec_id, template_id
 from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.export import kserve, readme
 from daemon.export.bundle import Built, Origin, Target
+from tests import export_specs
 from tests.export_schemas import SchemaError, validate
-
-EXAMPLES = sorted(Path(__file__).parents[2].joinpath("config", "examples").glob("*.toml"))
-
-BASE = """
-name = "llm"
-image = "ghcr.io/acme/llm:1"
-port = 8080
-{top}
-[endpoint]
-port = 18000
-{endpoint}
-{tables}
-"""
+from tests.export_specs import EXAMPLES, objects
 
 
 def spec_of(tables: str = "", top: str = "", endpoint: str = "") -> DeploymentSpec:
-    return parse_spec(BASE.format(top=top, endpoint=endpoint, tables=tables), source="t.toml")
+    return export_specs.spec_of(tables, top, endpoint, name="llm", port=8080)
 
 
 def build(spec: DeploymentSpec) -> Built:
     return kserve.build(spec, Origin(spec_id(spec), deployment_id="d-9", revision=2))
-
-
-def objects(built: Built) -> dict[str, dict[str, Any]]:
-    out = {}
-    for f in built.files:
-        (doc,) = yaml.safe_load_all(f.text)
-        validate(doc)
-        out[f.name] = doc
-    return out
 
 
 def predictor(built: Built) -> dict[str, Any]:

@@ -13,22 +13,12 @@ import pytest
 import yaml
 
 from config.canonical import spec_id, template_id
-from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.export import kserve, kubernetes, readme
 from daemon.export.bundle import Built, Origin, Target
 from daemon.export.targets import export
 from tests.export_schemas import validate
-
-BASE = """
-name = "app"
-image = "ghcr.io/acme/app:1"
-port = 8000
-{top}
-[endpoint]
-port = 18000
-{tables}
-"""
+from tests.export_specs import objects, spec_of
 
 Build = Callable[[DeploymentSpec, Origin], Built]
 TARGETS = pytest.mark.parametrize(
@@ -36,21 +26,8 @@ TARGETS = pytest.mark.parametrize(
 )
 
 
-def spec_of(tables: str = "", top: str = "") -> DeploymentSpec:
-    return parse_spec(BASE.format(top=top, tables=tables), source="t.toml")
-
-
 def origin(spec: DeploymentSpec) -> Origin:
     return Origin(spec_id(spec), deployment_id="d-1", revision=7)
-
-
-def objects(built: Built) -> dict[str, dict[str, Any]]:
-    out = {}
-    for f in built.files:
-        (doc,) = yaml.safe_load_all(f.text)
-        validate(doc)
-        out[f.name] = doc
-    return out
 
 
 def pod_of(built: Built) -> dict[str, Any]:

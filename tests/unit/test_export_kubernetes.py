@@ -17,24 +17,7 @@ from config.spec import DeploymentSpec
 from daemon.export import kubernetes
 from daemon.export.bundle import Built, Origin
 from tests.export_schemas import SchemaError, validate
-
-EXAMPLES = sorted(Path(__file__).parents[2].joinpath("config", "examples").glob("*.toml"))
-
-BASE = """
-name = "app"
-image = "ghcr.io/acme/app:1"
-port = 8000
-{top}
-[endpoint]
-port = 18000
-{endpoint}
-{tables}
-"""
-
-
-def spec_of(tables: str = "", top: str = "", endpoint: str = "") -> DeploymentSpec:
-    text = BASE.format(top=top, endpoint=endpoint, tables=tables)
-    return parse_spec(text, source="test.toml")
+from tests.export_specs import EXAMPLES, spec_of
 
 
 def build(spec: DeploymentSpec) -> Built:
