@@ -87,7 +87,12 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     }
     if not predictor["annotations"]:
         del predictor["annotations"]
-    left = [*endpoint_features(spec, carried=carried), *pod.left_out, *left]
+    cold_start = kserve_knative.cold_start_reason(spec, predictor["timeout"]) if knative else None
+    left = [
+        *endpoint_features(spec, carried=carried, cold_start_reason=cold_start),
+        *pod.left_out,
+        *left,
+    ]
     metadata = kube_pod.metadata(spec, origin)
     metadata["annotations"] = isvc_annotations
     isvc = {

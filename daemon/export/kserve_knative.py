@@ -117,6 +117,15 @@ def limits(
         )
 
 
+def cold_start_reason(spec: DeploymentSpec, timeout: int) -> str:
+    """Knative's activator does hold requests while a pod starts, bounded otherwise."""
+    return (
+        f"berth holds a request up to {spec.endpoint.cold_start_timeout:g}s while a replica "
+        "starts; Knative's activator holds it too (scale from zero), but for as long as the "
+        f"revision timeout ({timeout}s, endpoint.read_timeout) allows, not a time of its own"
+    )
+
+
 def _grace(spec: DeploymentSpec, pod: Pod, timeout: int) -> None:
     grace = pod.spec.pop("terminationGracePeriodSeconds")
     pod.left_out[:] = [item for item in pod.left_out if item.field != "update.drain_timeout"]

@@ -10,6 +10,7 @@ is the spec's own (docs/spec.md), so the README and comments list them alike eve
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 
 from config.spec import (
@@ -26,10 +27,16 @@ from config.spec import (
 )
 from daemon.export.bundle import LeftOut
 
+# config.spec names no constant for it: the field's own default (600 s)
+COLD_START_TIMEOUT_DEFAULT: float = next(
+    f.default for f in dataclasses.fields(Endpoint) if f.name == "cold_start_timeout"
+)  # type: ignore[assignment]
 _FRONT = "set it on the proxy, ingress or gateway you put in front"
 
 
-def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) -> list[LeftOut]:
+def endpoint_features(
+    spec: DeploymentSpec, *, carried: Collection[str] = (), cold_start_reason: str | None = None
+) -> list[LeftOut]:
     """The `[endpoint]`, `[gateway]` and VRAM-packing fields the spec uses that a target
     without berth's proxy cannot express, less those in `carried`. (The gpu_memory reason
     speaks of a cluster's whole GPUs: Quadlet carries the field with a reason of its own.)"""
@@ -41,6 +48,12 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
             found.append(LeftOut(field, reason))
 
     if e.auth is not None:
+        miss(
+            "endpoint.auth",
+            "berth's endpoint answers 401 to every request without a key (from `berth keys "
+            "create`, or the api_keys / basic users listed); nothing here checks any: every "
+            f"request reaches the replica ({_FRONT})",
+        )
         if e.auth.api_keys:
             miss(
                 "endpoint.auth.api_keys",
@@ -52,8 +65,16 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
                 "endpoint.auth.basic",
                 f"berth's endpoint checks basic auth; nothing here does ({_FRONT})",
             )
+        if e.auth.forward_auth:
+            miss(
+                "endpoint.auth.forward_auth",
+                "the replica gets the client's Authorization / x-api-key headers here as "
+                "berth forwards them, but nothing checked them first",
+            )
     if e.tls is not None:
         miss("endpoint.tls", f"berth's endpoint serves HTTPS; nothing here does ({_FRONT})")
+    if e.cold_start_timeout != COLD_START_TIMEOUT_DEFAULT:
+        miss("endpoint.cold_start_timeout", cold_start_reason or _cold_start_reason(e))
     if e.max_concurrency is not None:
         miss(
             "endpoint.max_concurrency",
@@ -106,6 +127,18 @@ def endpoint_features(spec: DeploymentSpec, *, carried: Collection[str] = ()) ->
             "time-slicing, MIG or DRA on the cluster",
         )
     return found
+
+
+def _cold_start_reason(e: Endpoint) -> str:
+    return (
+        f"berth holds a request up to {_seconds(e.cold_start_timeout)} while a replica starts "
+        "(first load, scale from zero, restart); nothing here holds one: with no ready "
+        "replica a request fails at once"
+    )
+
+
+def _seconds(s: float) -> str:
+    return f"{s:g}s"
 
 
 def _timeouts_set(e: Endpoint) -> bool:

@@ -262,3 +262,17 @@ def test_knative_lists_metrics_scrape_once() -> None:
     text = readme.render("llm", Origin("x"), Target.KSERVE, built)
     assert text.count("`metrics.scrape`") == 1
     assert "needs KServe 0.16 or later (the Knative mode's name" in text
+
+
+def test_an_empty_auth_table_and_a_cold_start_timeout_are_named() -> None:
+    built = build(spec_of("[endpoint.auth]", endpoint='cold_start_timeout = "20m"'))
+    assert {"endpoint.auth", "endpoint.cold_start_timeout"} <= set(fields(built))
+    knative = build(
+        spec_of(
+            '[replicas]\nmin = 0\nmax = 2\n[[autoscale.metrics]]\nmetric = "concurrency"\n'
+            "target = 3",
+            endpoint='cold_start_timeout = "20m"',
+        )
+    )
+    (reason,) = [i.reason for i in knative.left_out if i.field == "endpoint.cold_start_timeout"]
+    assert "Knative's activator holds it too" in reason and "(300s" in reason

@@ -37,7 +37,8 @@ def objects(built: Built) -> dict[str, dict[str, Any]]:
 
 def container(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     (c,) = objs["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
-    return c
+    found: dict[str, Any] = c
+    return found
 
 
 def fields(built: Built) -> list[str]:
@@ -528,3 +529,21 @@ def test_the_auth_reason_says_it_once() -> None:
     built = build(spec_of('[endpoint.auth]\napi_keys = [{ secret = "ci" }]'))
     (reason,) = [i.reason for i in built.left_out if i.field == "endpoint.auth.api_keys"]
     assert reason.count("in front") == 1
+
+
+def test_an_auth_table_with_no_keys_is_still_named() -> None:
+    # berth: only `berth keys create` keys pass; every other request gets 401.
+    built = build(spec_of("[endpoint.auth]"))
+    assert "endpoint.auth" in fields(built)
+    built = build(spec_of('[endpoint.auth]\napi_keys = [{ secret = "ci" }]\nforward_auth = true'))
+    assert {"endpoint.auth", "endpoint.auth.api_keys", "endpoint.auth.forward_auth"} <= set(
+        fields(built)
+    )
+    assert "endpoint.auth" not in fields(build(spec_of("")))
+
+
+def test_a_cold_start_timeout_is_named_unless_default() -> None:
+    assert "endpoint.cold_start_timeout" not in fields(build(spec_of("")))
+    built = build(spec_of(endpoint='cold_start_timeout = "20m"'))
+    (reason,) = [i.reason for i in built.left_out if i.field == "endpoint.cold_start_timeout"]
+    assert "1200s" in reason and "nothing here holds" in reason
