@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from config.spec import DeploymentSpec, MetricName, Update
+from config.spec import DeploymentSpec, MetricName, MountType, Update
 from config.units import format_duration
 from daemon.export.bundle import LeftOut
 from daemon.export.kube_pod import Pod, berth_drains, whole_seconds
@@ -194,7 +194,8 @@ def _feature_flags(spec: DeploymentSpec, pod: Pod) -> None:
         flags.append("kubernetes.podspec-hostpath")
     if any("persistentVolumeClaim" in v for v in volumes):
         flags.append("kubernetes.podspec-persistent-volume-claim")
-        if any(not m.read_only for m in spec.mounts):
+        # git and model mounts are read-only whatever read_only says; only a volume writes
+        if any(m.type == MountType.VOLUME and not m.read_only for m in spec.mounts):
             flags.append("kubernetes.podspec-persistent-volume-write")
     if "initContainers" in pod.spec:
         flags.append("kubernetes.podspec-init-containers")

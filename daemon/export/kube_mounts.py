@@ -56,6 +56,7 @@ class Claim:
     name: str
     access_mode: str  # ReadWriteOnce / ReadWriteMany
     comments: tuple[str, ...] = ()
+    shared: bool = False  # berth-models: every export's; no per-deployment label
 
 
 @dataclass(frozen=True)
@@ -179,16 +180,19 @@ def volumes(
     for i, m in enumerate(spec.mounts):
         name = f"{m.type.value}-{i}"
         mount: dict[str, Any] = {"name": name, "mountPath": m.target}
-        if m.read_only:
+        # berthd mounts git checkouts and models read-only whatever read_only says
+        # (daemon/integrations/mounts.py)
+        if m.read_only or m.type in (MountType.GIT, MountType.MODEL):
             mount["readOnly"] = True
         if m.type == MountType.VOLUME:
             claim = _claim(spec, m, i, out)
             volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
         elif m.type == MountType.BIND:
-            volumes.append({"name": name, "hostPath": {"path": m.source, "type": "Directory"}})
+            # no hostPath type ("": no check): the source may be a file or a directory
+            volumes.append({"name": name, "hostPath": {"path": m.source}})
             out.comments.append(
-                f"mounts[{i}]: bind {m.source} is a hostPath: that directory must exist on "
-                "every node that may run the pod (or use a PersistentVolume instead)"
+                f"mounts[{i}]: bind {m.source} is a hostPath: that file or directory must "
+                "exist on every node that may run the pod (or use a PersistentVolume instead)"
             )
         elif m.type == MountType.MODEL:
             volumes.append({"name": name, "persistentVolumeClaim": {"claimName": MODELS_CLAIM}})
@@ -247,8 +251,11 @@ def _models_claim(spec: DeploymentSpec, source: str, out: PodNeeds) -> None:
         f"berth's model store (<state_dir>/models, {BERTH_MODELS} by default, on the berth "
         'host), for `type = "model"` mounts: each model\'s directory at its name (subPath); '
         "README.md's apply steps copy them in",
+        "shared by every export that mounts models: always ReadWriteMany (a claim's "
+        "accessModes cannot change, so every export must ask the same; not ReadOnlyMany: "
+        "the apply steps fill it), mounted readOnly by the pods; no deployment's name label",
     )
-    out.claims.append(Claim(MODELS_CLAIM, _access_mode(spec), comments))
+    out.claims.append(Claim(MODELS_CLAIM, "ReadWriteMany", comments, shared=True))
 
 
 def _models_note(out: PodNeeds) -> str:

@@ -169,10 +169,13 @@ def _service_file(spec: DeploymentSpec, origin: Origin) -> ExportedFile:
 
 
 def claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_mounts.Claim) -> ExportedFile:
+    metadata = kube_pod.metadata(spec, origin, claim.name)
+    if claim.shared:  # every export's: one deployment's labels and origin are not its own
+        metadata = {"name": claim.name, "labels": {"app.kubernetes.io/part-of": kube_pod.PART_OF}}
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": kube_pod.metadata(spec, origin, claim.name),
+        "metadata": metadata,
         "spec": {
             "accessModes": [claim.access_mode],
             "resources": {"requests": {"storage": PVC_SIZE_PLACEHOLDER}},

@@ -276,3 +276,16 @@ def test_an_empty_auth_table_and_a_cold_start_timeout_are_named() -> None:
     )
     (reason,) = [i.reason for i in knative.left_out if i.field == "endpoint.cold_start_timeout"]
     assert "Knative's activator holds it too" in reason and "(300s" in reason
+
+
+def test_knative_asks_the_pvc_write_flag_only_for_a_writable_volume() -> None:
+    scale = (
+        '[replicas]\nmin = 0\nmax = 2\n[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 3\n'
+    )
+    model = '[[mounts]]\ntype = "model"\nsource = "m"\nread_only = false\n'
+    built = build(spec_of(scale + model))
+    (note,) = [n for n in built.notes if "config-features" in n]
+    assert "persistent-volume-claim" in note and "persistent-volume-write" not in note
+    volume = '[[mounts]]\ntype = "volume"\nsource = "v"\ntarget = "/v"\nread_only = false\n'
+    (note,) = [n for n in build(spec_of(scale + volume)).notes if "config-features" in n]
+    assert "kubernetes.podspec-persistent-volume-write" in note

@@ -421,7 +421,7 @@ def test_mounts_volume_bind_model_git() -> None:
     pod = objs["deployment.yaml"]["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["volume-0"]["persistentVolumeClaim"] == {"claimName": "cache-1"}
-    assert volumes["bind-1"]["hostPath"] == {"path": "/srv/models", "type": "Directory"}
+    assert volumes["bind-1"]["hostPath"] == {"path": "/srv/models"}  # no type: no check
     assert volumes["model-2"]["persistentVolumeClaim"] == {"claimName": "berth-models"}
     assert volumes["git-3"] == {"name": "git-3", "emptyDir": {}}
     assert volumes["git-3-credentials"]["secret"] == {
@@ -547,3 +547,37 @@ def test_a_cold_start_timeout_is_named_unless_default() -> None:
     built = build(spec_of(endpoint='cold_start_timeout = "20m"'))
     (reason,) = [i.reason for i in built.left_out if i.field == "endpoint.cold_start_timeout"]
     assert "1200s" in reason and "nothing here holds" in reason
+
+
+def test_git_and_model_mounts_are_read_only_whatever_read_only_says() -> None:
+    # berthd mounts them read-only always (daemon/integrations/mounts.py)
+    tables = (
+        '[[mounts]]\ntype = "model"\nsource = "org/llama"\nread_only = false\n'
+        '[[mounts]]\ntype = "git"\nsource = "https://example.com/r.git"\ntarget = "/code"\n'
+        "read_only = false\n"
+    )
+    objs = objects(build(spec_of(tables)))
+    mounts = {m["name"]: m for m in container(objs)["volumeMounts"]}
+    assert mounts["model-0"]["readOnly"] is True
+    assert mounts["git-1"]["readOnly"] is True
+
+
+def test_a_bound_file_has_no_hostpath_type() -> None:
+    tables = '[[mounts]]\ntype = "bind"\nsource = "/srv/cfg.json"\ntarget = "/etc/cfg.json"\n'
+    built = build(spec_of(tables))
+    pod = objects(built)["deployment.yaml"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "bind-0", "hostPath": {"path": "/srv/cfg.json"}}]
+    text = next(f.text for f in built.files if f.name == "deployment.yaml")
+    assert "that file or directory must exist" in text
+
+
+@pytest.mark.parametrize("most", [1, 3])
+def test_the_shared_model_claim_is_the_same_for_every_export(most: int) -> None:
+    # accessModes are immutable: a second export must not ask another mode or relabel it
+    tables = f'[replicas]\nmin = 1\nmax = {most}\n[[mounts]]\ntype = "model"\nsource = "m"\n'
+    pvc = objects(build(spec_of(tables)))["pvc-berth-models.yaml"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["metadata"] == {
+        "name": "berth-models",
+        "labels": {"app.kubernetes.io/part-of": "berth-export"},
+    }
