@@ -42,7 +42,7 @@ from config.spec import (
     UpdateStrategy,
     UpstreamProtocol,
 )
-from daemon.export import keda, kserve_knative, kube_mounts, kube_pod
+from daemon.export import keda, kserve_knative, kube_pod, kube_steps
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
 from daemon.export.kubernetes import berth_rolls_back, claim_file, header, left_lines
 from daemon.export.left_out import endpoint_features
@@ -138,7 +138,7 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
         )
     if not spec.enabled:
         notes.append("enabled = false: the InferenceService carries serving.kserve.io/stop")
-    steps = kube_mounts.apply_steps(pod)
+    steps = kube_steps.apply_steps(pod)
     return Built(tuple(files), tuple(left), tuple(steps), tuple(notes))
 
 

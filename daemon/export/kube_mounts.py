@@ -11,9 +11,8 @@ or as an SSH key given with `-i`). `shm_size` is a memory emptyDir at /dev/shm.
 
 Secrets are named, never filled: each one the pod refers to is a `SecretNeeded` with the
 kubectl line that creates it from a file (`--from-file=value=...`: a berth secret's file,
-`STATE/secrets/NAME` on the berth host), run before the apply. `apply_steps` puts them
-first, then (with model mounts) the `berth-models` claim and the copy of the models into
-it, then `kubectl apply -f DIR`.
+`STATE/secrets/NAME` on the berth host), run before the apply (`kube_steps` orders the
+steps and makes the registry's Secret).
 
 Names: a berth name (secret, volume) becomes a Kubernetes name (lower-case, `_` -> `-`),
 said in a comment when it changes. Every mapped name is unique in its kind (`Names`): the
@@ -29,9 +28,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from shlex import quote
 from typing import Any, Final
 
-from config.image_ref import parse_image_ref
 from config.secret_ref import SecretRef
 from config.spec import DeploymentSpec, Mount, MountType
 from daemon.export.bundle import LeftOut
@@ -43,8 +42,6 @@ SECRET_KEY: Final = "value"  # the key of each generic Secret the export refers 
 # berthd's state dir by default (docs/operations.md): its secrets and its model store
 BERTH_SECRETS: Final = "/var/lib/berth/secrets"
 BERTH_MODELS: Final = "/var/lib/berth/models"
-FILL_POD: Final = "berth-models-fill"
-FILL_IMAGE: Final = "docker.io/library/busybox:1.37"
 _BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
 _NOT_DNS = re.compile(r"[^a-z0-9.-]")
 
@@ -138,7 +135,7 @@ def secret_name(key: str, wanted: str, owner: str, field_path: str, out: PodNeed
     return name
 
 
-def _secrets_note(out: PodNeeds) -> None:
+def secrets_note(out: PodNeeds) -> None:
     note = (
         "berth's secrets are files on the berth host, STATE/secrets/NAME "
         f"({BERTH_SECRETS}/NAME with the default state dir, readable by root only: "
@@ -157,12 +154,18 @@ def generic_secret(ref: SecretRef, field_path: str, out: PodNeeds) -> str:
         return name
     if name == kube_name(ref.name) != ref.name:
         out.comments.append(f"{field_path}: berth's secret {ref.name!r} is Secret {name!r} here")
-    _secrets_note(out)
-    create = (
-        f"kubectl create secret generic {name} --from-file={SECRET_KEY}={BERTH_SECRETS}/{ref.name}"
-    )
+    secrets_note(out)
+    create = generic_secret_line(name, f"{BERTH_SECRETS}/{ref.name}")
     out.secrets.append(SecretNeeded(name, create))
     return name
+
+
+def generic_secret_line(name: str, path: str) -> str:
+    """The kubectl line that makes Secret `name` (key `value`) from file `path` (quoted:
+    it is pasted into a root shell)."""
+    return (
+        f"kubectl create secret generic {quote(name)} --from-file={quote(f'{SECRET_KEY}={path}')}"
+    )
 
 
 def volumes(
@@ -269,47 +272,6 @@ def _models_note(out: PodNeeds) -> str:
     )
 
 
-def apply_steps(needs: PodNeeds) -> list[str]:
-    """The Secrets, then the model store filled (with model mounts), then the apply."""
-    steps = [s.create for s in needs.secrets]
-    if needs.models:
-        steps.append(f"kubectl apply -f DIR/pvc-{MODELS_CLAIM}.yaml")
-        steps.append(_FILL_POD)
-        steps.append(f"kubectl wait --for=condition=Ready pod/{FILL_POD} --timeout=10m")
-        steps.append(
-            "On the berth host, as root (the model store is root's), copy the model(s) into "
-            "the claim (tar -h follows a model that is a link to another disk):"
-        )
-        for source in needs.models:
-            steps.append(
-                f"tar -C {BERTH_MODELS} -chf - {source} | "
-                f"kubectl exec -i {FILL_POD} -- tar -C /models -xf -"
-            )
-        steps.append(f"kubectl delete pod {FILL_POD}")
-    steps.append("kubectl apply -f DIR")
-    return steps
-
-
-# A one-off pod that mounts the model store's claim, to copy the models in (kubectl exec).
-_FILL_POD: Final = f"""kubectl apply -f - <<'EOF'
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {FILL_POD}
-spec:
-  restartPolicy: Never
-  containers:
-  - name: fill
-    image: {FILL_IMAGE}
-    command: ["sleep", "86400"]
-    volumeMounts:
-    - {{name: models, mountPath: /models}}
-  volumes:
-  - name: models
-    persistentVolumeClaim: {{claimName: {MODELS_CLAIM}}}
-EOF"""
-
-
 def _git_init(
     spec: DeploymentSpec,
     m: Mount,
@@ -327,9 +289,7 @@ def _git_init(
         field_path = f"mounts[{i}].credentials_file"
         owner = f"{field_path} {m.credentials_file}"
         secret = secret_name(f"file:{i}", f"{spec.name}-git-{i}", owner, field_path, out)
-        create = (
-            f"kubectl create secret generic {secret} --from-file={SECRET_KEY}={m.credentials_file}"
-        )
+        create = generic_secret_line(secret, m.credentials_file)
         out.secrets.append(SecretNeeded(secret, create))
     script = [_GIT_SCRIPT, "git-clone", m.source, m.ref or ""]
     container: dict[str, Any] = {
@@ -376,32 +336,3 @@ _GIT_SCRIPT: Final = (
     'g clone "$url" "$CHECKOUT" && git -C "$CHECKOUT" checkout --quiet "$ref"; '
     'else g clone --depth 1 --branch "$ref" "$url" "$CHECKOUT"; fi'
 )
-
-
-def registry_secret(spec: DeploymentSpec, out: PodNeeds) -> str:
-    r = spec.registry
-    assert r is not None
-    owner = "the registry's credentials"
-    name = secret_name("registry", f"{spec.name}-registry", owner, "registry", out)
-    try:
-        server = parse_image_ref(spec.image).domain or "docker.io"
-    except ValueError:
-        server = "REGISTRY"
-    if r.auth_file is not None:
-        create = (
-            f"kubectl create secret generic {name} --type=kubernetes.io/dockerconfigjson "
-            f"--from-file=.dockerconfigjson={r.auth_file}"
-        )
-    else:
-        if r.password_file is not None:
-            password = f'"$(cat {r.password_file})"'
-        else:
-            assert r.password is not None
-            _secrets_note(out)
-            password = f'"$(cat {BERTH_SECRETS}/{r.password.name})"'
-        create = (
-            f"kubectl create secret docker-registry {name} --docker-server={server} "
-            f"--docker-username={r.username} --docker-password={password}"
-        )
-    out.secrets.append(SecretNeeded(name, create))
-    return name

@@ -44,9 +44,9 @@ from daemon.export.kube_mounts import (
     byte_quantity,
     generic_secret,
     literal,
-    registry_secret,
     volumes,
 )
+from daemon.export.kube_steps import registry_secret
 
 PART_OF: Final = "berth-export"
 TEMPLATE_ID: Final = "berth.io/template-id"

@@ -14,7 +14,7 @@ from typing import Any
 
 from config.spec import DeploymentSpec, Update, UpdateStrategy, UpstreamProtocol
 from config.units import format_duration
-from daemon.export import keda, kube_mounts, kube_pod
+from daemon.export import keda, kube_mounts, kube_pod, kube_steps
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
 from daemon.export.left_out import endpoint_features
 from daemon.export.yaml_text import document
@@ -63,7 +63,7 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
         files.append(ExportedFile(name, document(scaler, comments=lines)))
     for claim in pod.claims:
         files.append(claim_file(spec, origin, claim))
-    steps = kube_mounts.apply_steps(pod)
+    steps = kube_steps.apply_steps(pod)
     if not spec.enabled:
         notes.append("enabled = false: the Deployment has replicas: 0 and no autoscaler")
     return Built(

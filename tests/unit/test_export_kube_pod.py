@@ -133,8 +133,8 @@ def test_secret_names_that_map_alike_are_not_merged(build: Build) -> None:
         "kubectl create secret generic app-registry "
         "--from-file=value=/var/lib/berth/secrets/app-registry",
     )
-    assert steps[3].startswith("kubectl create secret docker-registry app-registry-2 ")
-    assert '--docker-password="$(cat /var/lib/berth/secrets/reg)"' in steps[3]
+    assert " | kubectl create secret generic app-registry-2 --type=" in steps[3]
+    assert '"$(cat /var/lib/berth/secrets/reg)"' in steps[3]
     assert any("Secret hf-token-2 is berth's secret 'hf-token'" in n for n in built.notes)
     assert any("STATE/secrets/NAME" in n and "root only" in n for n in built.notes)
 

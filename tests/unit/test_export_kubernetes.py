@@ -3,7 +3,11 @@ KEDA CRD (strict), and each mapping's values as docs/export.md's table says."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -465,10 +469,11 @@ def test_registry_makes_image_pull_secrets() -> None:
     built = build(spec_of('[registry]\nusername = "bot"\npassword = { secret = "reg-pass" }'))
     pod = objects(built)["deployment.yaml"]["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "app-registry"}]
-    assert built.apply_steps[0].startswith(
-        "kubectl create secret docker-registry app-registry --docker-server=ghcr.io "
-        "--docker-username=bot"
+    assert built.apply_steps[0].endswith(
+        "| kubectl create secret generic app-registry --type=kubernetes.io/dockerconfigjson "
+        "--from-file=.dockerconfigjson=/dev/stdin"
     )
+    assert '"$(cat /var/lib/berth/secrets/reg-pass)"' in built.apply_steps[0]
     built = build(spec_of('[registry]\nauth_file = "/etc/berth/credentials/auth.json"'))
     assert built.apply_steps[0] == (
         "kubectl create secret generic app-registry --type=kubernetes.io/dockerconfigjson "
@@ -581,3 +586,43 @@ def test_the_shared_model_claim_is_the_same_for_every_export(most: int) -> None:
         "name": "berth-models",
         "labels": {"app.kubernetes.io/part-of": "berth-export"},
     }
+
+
+def _run_step(step: str, tmp: Path) -> str:
+    """`step` in bash with kubectl a function that prints its stdin (and its argv to a file)."""
+    script = f'kubectl() {{ printf "%s\\n" "$@" > {tmp}/argv; cat; }}\n{step}\n'
+    assert subprocess.run(["bash", "-n", "-c", script], check=False).returncode == 0
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout
+
+
+def test_the_registry_password_reaches_kubectl_on_stdin_only(tmp_path: Path) -> None:
+    password = "p'a$s\"w `x` \\ word"
+    path = tmp_path / "pass word's"
+    path.write_text(password + "\n")
+    built = build(spec_of(f'[registry]\nusername = "bot"\npassword_file = "{path}"'))
+    step = built.apply_steps[0]
+    assert "--docker-password" not in step
+    config = json.loads(_run_step(step, tmp_path))
+    auth = base64.b64decode(config["auths"]["ghcr.io"]["auth"]).decode()
+    assert auth == f"bot:{password}"
+    argv = (tmp_path / "argv").read_text().split("\n")
+    assert argv[:4] == ["create", "secret", "generic", "app-registry"]
+    assert "--from-file=.dockerconfigjson=/dev/stdin" in argv
+    assert password not in (tmp_path / "argv").read_text()
+
+
+def test_the_apply_steps_quote_every_value(tmp_path: Path) -> None:
+    tables = (
+        '[env]\nA = { secret = "s_1" }\n'
+        '[[mounts]]\ntype = "git"\nsource = "https://example.com/r.git"\ntarget = "/c"\n'
+        f'credentials_file = "{tmp_path}/key; rm -rf x"\n'
+    )
+    built = build(spec_of(tables))
+    lines = "\n".join(built.apply_steps)
+    assert "--from-file=value=/var/lib/berth/secrets/s_1\n" in lines
+    (git,) = [step for step in built.apply_steps if "app-git-0" in step]
+    assert shlex.split(git)[-1] == f"--from-file=value={tmp_path}/key; rm -rf x"
+    assert f"--from-file='value={tmp_path}/key; rm -rf x'" in lines
