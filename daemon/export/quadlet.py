@@ -63,7 +63,8 @@ def replica_count(spec: DeploymentSpec) -> int:
 
 def build(spec: DeploymentSpec, origin: Origin) -> Built:
     left_out = (
-        *endpoint_features(spec, carried={"resources.gpu_memory"}),
+        # Quadlet names these two with reasons of its own (quadlet_misses): one line each.
+        *endpoint_features(spec, carried={"resources.gpu_memory", "endpoint.cold_start_timeout"}),
         *quadlet_misses(spec),
     )
     count = replica_count(spec)
@@ -253,7 +254,8 @@ def _mount_lines(spec: DeploymentSpec, index: int, mount: Mount) -> list[Line]:
             f"mounts[{index}]: the git checkout of {mount.source} that the apply steps "
             "clone (README.md); berthd cloned it itself for each revision"
         ),
-        _volume_value(git_dir(spec, index), mount.target, mount.read_only),
+        # read-only whatever read_only says, as berthd mounted it (its checkout is shared)
+        _volume_value(git_dir(spec, index), mount.target, True),
     ]
 
 

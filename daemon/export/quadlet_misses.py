@@ -9,8 +9,9 @@ spec sets that Podman Quadlet cannot express".
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
-from config.spec import DeploymentSpec, MountType, Update, UpstreamProtocol
+from config.spec import DeploymentSpec, Endpoint, MountType, Update, UpstreamProtocol
 from daemon.export.bundle import LeftOut
 from daemon.export.quadlet_steps import git_dir, unit_name
 from daemon.export.quadlet_text import go_duration
@@ -77,7 +78,7 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
                 "more (copy a unit, with the next ContainerName and PublishPort port)",
             )
         )
-    if spec.autoscale.metrics:
+    if spec.autoscale.metrics and not r.fixed:  # a fixed count: berth ignores the metrics too
         found.append(
             LeftOut(
                 "autoscale.metrics",
@@ -106,16 +107,26 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
                     f"({health.readiness.success_threshold})"
                 )
         found.append(LeftOut("health.readiness", reason))
-    if spec.update != Update():
+    u, default = spec.update, Update()
+    if replace(u, drain_timeout=default.drain_timeout) != default:
         found.append(
             LeftOut(
                 "update",
                 "berth replaced replicas one by one on a change (max_surge, "
-                "max_unavailable, strategy), undid an update not ready within "
-                "progress_deadline, and let a leaving replica finish its requests "
-                "(drain_timeout); here you restart the units one at a time after editing "
-                f"them (systemctl restart {unit_name(spec, 0)}), and each stops at once "
-                "(SIGTERM, then SIGKILL after stop_timeout)",
+                "max_unavailable, strategy) and undid an update not ready within "
+                "progress_deadline; here you restart the units one at a time after editing "
+                f"them (systemctl restart {unit_name(spec, 0)})",
+            )
+        )
+    if u.drain_timeout > 0:
+        given = " (berth's default)" if u.drain_timeout == default.drain_timeout else ""
+        found.append(
+            LeftOut(
+                "update.drain_timeout",
+                f"berth let a leaving replica finish its requests for "
+                f"{_duration(u.drain_timeout)}{given} before SIGTERM, sending it no new "
+                "ones; here a unit that stops gets SIGTERM at once (then SIGKILL after "
+                "stop_timeout), with requests still in flight",
             )
         )
     for i, mount in enumerate(spec.mounts):
@@ -178,6 +189,17 @@ def quadlet_misses(spec: DeploymentSpec) -> list[LeftOut]:
                 "carried, so the replicas are published on loopback only; put an "
                 "authenticating TLS proxy in front before you publish them on the network "
                 "(PublishPort=)",
+            )
+        )
+    if e.cold_start_timeout != Endpoint(port=e.port).cold_start_timeout:
+        found.append(
+            LeftOut(
+                "endpoint.cold_start_timeout",
+                f"{_duration(e.cold_start_timeout)}: berth's endpoint held a request that "
+                "found no ready replica while one was starting (a first start, a restart"
+                + (", a scale from zero" if r.min == 0 else "")
+                + "); here nothing holds it: a request to a replica still starting or "
+                "restarting fails at once",
             )
         )
     if spec.endpoint.upstream_protocol is UpstreamProtocol.H2C:

@@ -115,6 +115,16 @@ def _git_steps(spec: DeploymentSpec) -> list[str]:
             + "; ".join(sorted(set(sources)))
             + ", on the berth host: on another host, copy them to the same paths first."
         )
+    local = sorted({m.source for _, m in mounts if m.source.startswith("file://")})
+    if local:
+        intro += (
+            " "
+            + ", ".join(local)
+            + (" is a repository" if len(local) == 1 else " are repositories")
+            + " on the berth host: the clone works there; on another host, copy "
+            + ("it" if len(local) == 1 else "them")
+            + " to the same path first (or change the URL)."
+        )
     steps = [intro, f"mkdir -p {shlex.quote(f'{EXPORT_DIR}/{spec.name}')}"]
     for i, mount in mounts:
         steps.extend(clone_lines(spec, i, mount))

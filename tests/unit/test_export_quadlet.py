@@ -329,8 +329,8 @@ def test_echo_maps_each_field(tmp_path: Path) -> None:
     assert one.last("Service", "TimeoutStopSec") == str(2 + quadlet.STOP_MARGIN)
     assert one.last("Service", "Restart") == "always"
     fields = [m.field for m in b.left_out]
-    assert fields == ["health.readiness", "endpoint.port"]
-    assert "18080-18081" in b.left_out[1].reason
+    assert fields == ["health.readiness", "update.drain_timeout", "endpoint.port"]
+    assert "18080-18081" in b.left_out[2].reason
     # A localhost/ image is in no registry: no pull step, a note on copying it instead.
     assert not any(step.startswith("podman pull") for step in b.apply_steps)
     assert any("podman save localhost/berth-echo:1 | ssh HOST podman load" in n for n in b.notes)
@@ -419,17 +419,18 @@ def test_targeted_spec_maps_each_field(tmp_path: Path) -> None:
     fields = [m.field for m in b.left_out]
     assert fields == [
         "health.readiness",
+        "update.drain_timeout",
         "mounts[3]",
         "registry",
         "endpoint.port",
     ]
     assert "liveness" in b.left_out[0].reason
-    assert b.left_out[1].reason == (
+    assert b.left_out[2].reason == (
         "berth cloned https://example.com/repo.git (v1) again for each revision it ran; "
         "here the apply steps clone it once into /var/lib/berth-export/kitchen/git-3 and "
         "the checkout stays as it is: to update it, clone it again there and restart the units"
     )
-    assert "pull = always pulls at every start" in b.left_out[2].reason
+    assert "pull = always pulls at every start" in b.left_out[3].reason
     login = "podman login --username me --password-stdin registry.example:5000"
     assert f"{login} < /var/lib/berth/secrets/reg-pass" in steps
     # enabled = false: berth ran no replica, so nothing is started; the step says how
@@ -473,6 +474,7 @@ port = 18100
         "autoscale.metrics",
         "health.readiness",
         "update",
+        "update.drain_timeout",
     ]
     # min = 0: one unit, installed and started (the parser refuses a fixed count of 0)
     assert misses["replicas.min"] == (
@@ -506,7 +508,10 @@ def test_no_probe_no_notify_and_deterministic() -> None:
     unit = units(b)["plain-0.container"]
     assert unit.last("Container", "Notify") is None  # Notify=healthy needs a healthcheck
     assert "HealthCmd" not in unit.keys("Container")
-    assert b.left_out == ()
+    # berth's default drain (30s) is still something a single host does not do
+    [drain] = b.left_out
+    assert drain.field == "update.drain_timeout"
+    assert "for 30s (berth's default) before SIGTERM" in drain.reason
     assert quadlet.build(spec, origin_for(spec)) == b
 
 
@@ -730,6 +735,7 @@ upstream_protocol = "h2c"
     assert fields == [
         "command",
         "resources.gpu_memory",
+        "update.drain_timeout",
         "endpoint.port",
         "endpoint.upstream_protocol",
     ]
@@ -772,7 +778,14 @@ ref = "0123abcd"
     unit = check_units(b)["guarded-0.container"]
     assert unit.last("Container", "PublishPort") == "127.0.0.1:18500:8080"  # bind was 0.0.0.0
     misses = {m.field: m.reason for m in b.left_out}
-    assert list(misses) == ["endpoint.auth.api_keys", "mounts[0]", "endpoint.bind"]
+    # left_out.endpoint_features names the auth fields (its own words: not checked here)
+    auth = [f for f in misses if f.startswith("endpoint.auth")]
+    assert auth
+    assert [f for f in misses if f not in auth] == [
+        "update.drain_timeout",
+        "mounts[0]",
+        "endpoint.bind",
+    ]
     assert misses["endpoint.bind"].startswith("0.0.0.0: berth served it behind the endpoint")
     assert "published on loopback only" in misses["endpoint.bind"]
     # a commit-like ref: a full clone, then a checkout (as berth's git integration)
@@ -812,7 +825,8 @@ def test_git_mounts_with_credentials_are_cloned_before_the_start(tmp_path: Path)
     _, b = built(GIT_CREDENTIALS)
     unit = check_units(b)["repos-0.container"]
     assert unit.all("Container", "Volume") == [
-        "/var/lib/berth-export/repos/git-0:/src",  # read_only = false
+        # read-only whatever read_only says: berthd mounts its checkouts read-only
+        "/var/lib/berth-export/repos/git-0:/src:ro",
         "/var/lib/berth-export/repos/git-1:/ssh:ro",
     ]
     steps = list(b.apply_steps)
@@ -837,7 +851,7 @@ def test_git_mounts_with_credentials_are_cloned_before_the_start(tmp_path: Path)
         "/var/lib/berth-export/repos/git-1"
     )
     misses = {m.field: m.reason for m in b.left_out}
-    assert list(misses) == ["mounts[0]", "mounts[1]"]
+    assert list(misses) == ["update.drain_timeout", "mounts[0]", "mounts[1]"]
     assert "(its default branch) again for each revision" in misses["mounts[0]"]
     check_shell(b)
     verify(tmp_path, b)
@@ -904,3 +918,79 @@ def test_the_clone_steps_check_out_the_ref(tmp_path: Path) -> None:
     subprocess.run(["bash", "-c", script], check=True, capture_output=True, timeout=60)
     assert (tmp_path / "g/git-0/f").read_text() == "one\n"
     assert (tmp_path / "g/git-1/f").read_text() == "two\n"
+
+
+def test_git_and_model_mounts_are_read_only_whatever_read_only_says(tmp_path: Path) -> None:
+    """berthd mounts a git checkout and a model read-only even with read_only = false
+    (daemon.integrations.mounts): the units do the same."""
+    _, b = built(
+        'name = "rw"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18900\n'
+        '[[mounts]]\ntype = "git"\nsource = "https://example.com/r.git"\ntarget = "/code"\n'
+        "read_only = false\n"
+        '[[mounts]]\ntype = "model"\nsource = "tiny"\nread_only = false\n'
+        '[[mounts]]\ntype = "bind"\nsource = "/srv/rw"\ntarget = "/rw"\nread_only = false\n'
+    )
+    unit = check_units(b)["rw-0.container"]
+    assert unit.all("Container", "Volume") == [
+        "/var/lib/berth-export/rw/git-0:/code:ro",
+        "/var/lib/berth/models/tiny:/models/tiny:ro",
+        "/srv/rw:/rw",  # a bind follows read_only, as berthd
+    ]
+    verify(tmp_path, b)
+
+
+def drain_misses(update: str) -> dict[str, str]:
+    _, b = built(
+        'name = "d"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18901\n' + update
+    )
+    return {m.field: m.reason for m in b.left_out if m.field.startswith("update")}
+
+
+def test_the_drain_is_left_out_whenever_berth_drains() -> None:
+    # berth's default: berth still drains 30 s before SIGTERM; a unit does not
+    assert list(drain_misses("")) == ["update.drain_timeout"]
+    assert "for 30s (berth's default) before SIGTERM" in drain_misses("")["update.drain_timeout"]
+    given = drain_misses('[update]\ndrain_timeout = "2m"\n')
+    assert list(given) == ["update.drain_timeout"]  # the rest of [update] is berth's default
+    assert "for 2m before SIGTERM" in given["update.drain_timeout"]
+    assert "SIGTERM at once" in given["update.drain_timeout"]
+    assert drain_misses('[update]\ndrain_timeout = "0s"\n') == {}  # nothing to drain
+    both = drain_misses('[update]\nmax_surge = 2\ndrain_timeout = "0s"\n')
+    assert list(both) == ["update"]
+    assert "drain_timeout" not in both["update"]
+
+
+def test_metrics_of_a_fixed_count_are_not_left_out() -> None:
+    """min = max: berth's autoscaler ignores the metrics, so nothing is lost."""
+    metric = '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 2\n'
+    head = 'name = "m"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18902\n'
+    _, fixed = built(head + "[replicas]\nmin = 2\nmax = 2\n" + metric)
+    assert not any(m.field.startswith(("autoscale", "replicas")) for m in fixed.left_out)
+    _, scaled = built(head + "[replicas]\nmin = 1\nmax = 2\n" + metric)
+    assert [m.field for m in scaled.left_out if m.field.startswith("autoscale")] == [
+        "autoscale.metrics"
+    ]
+
+
+def test_a_file_git_source_is_said_to_be_on_the_berth_host() -> None:
+    mount = '[[mounts]]\ntype = "git"\nsource = "{url}"\ntarget = "/code"\n'
+    head = 'name = "f"\nimage = "localhost/x:1"\nport = 80\n[endpoint]\nport = 18903\n'
+    _, b = built(head + mount.format(url="file:///srv/repo"))
+    [intro] = [s for s in b.apply_steps if s.startswith("Clone the git mounts")]
+    assert (
+        "file:///srv/repo is a repository on the berth host: the clone works there; on "
+        "another host, copy it to the same path first (or change the URL)."
+    ) in intro
+    _, remote = built(head + mount.format(url="https://example.com/r.git"))
+    assert not any("berth host" in s for s in remote.apply_steps)
+
+
+def test_a_cold_start_timeout_is_left_out_once() -> None:
+    """berth's endpoint holds a request while a replica starts; one host has no endpoint.
+    One line, whichever module names it (Quadlet's own, or left_out.endpoint_features)."""
+    head = 'name = "c"\nimage = "localhost/x:1"\nport = 80\n'
+    _, b = built(head + '[endpoint]\nport = 18904\ncold_start_timeout = "30m"\n')
+    [cold] = [m for m in b.left_out if m.field == "endpoint.cold_start_timeout"]
+    assert "berth" in cold.reason
+    _, default = built(head + "[endpoint]\nport = 18905\n")
+    assert not any("cold_start" in m.field for m in default.left_out)
