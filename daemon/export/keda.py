@@ -23,9 +23,14 @@ from typing import Any, Final
 from config.spec import AutoscaleMetric, DeploymentSpec, MetricName, SeriesSelector, Summary
 from config.units import format_duration
 from daemon.export.bundle import LeftOut
+from daemon.export.kube_mounts import dns1035
 
 PROMETHEUS_ADDRESS: Final = "http://prometheus.monitoring.svc:9090"
 MAX_STABILIZATION: Final = 3600  # Kubernetes' limit on stabilizationWindowSeconds
+# a pod's generateName is cut at 58 (63 less 5 random characters); a ReplicaSet hash is
+# at most 10 characters (rand.SafeEncodeString of a 32-bit hash)
+_GENERATE_NAME_MAX: Final = 58
+_HASH_MAX: Final = 10
 _NGINX = "nginx_ingress_controller_request_duration_seconds"
 _RESOURCE = frozenset({MetricName.CPU, MetricName.MEMORY})
 
@@ -158,21 +163,29 @@ def cpu_average(spec: DeploymentSpec, m: AutoscaleMetric) -> str | None:
 
 
 def pod_matcher(deployment: str) -> str:
-    """The PromQL matcher of a Deployment's pods: `DEPLOYMENT-<ReplicaSet hash>-<suffix>`."""
+    """The PromQL matcher of a Deployment's pods: `DEPLOYMENT-<ReplicaSet hash>-<suffix>`.
+    A pod's generateName (`DEPLOYMENT-HASH-`, the hash up to 10 characters) is cut at 58
+    characters, so for a name over 46 characters the hash may be cut: a prefix match."""
+    if len(deployment) + len("-") + _HASH_MAX + len("-") > _GENERATE_NAME_MAX:
+        return f'pod=~"{f"{deployment}-"[:_GENERATE_NAME_MAX]}[a-z0-9-]+"'
     return f'pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"'
 
 
 def prometheus_query(
-    spec: DeploymentSpec, m: AutoscaleMetric, *, deployment: str | None = None
+    spec: DeploymentSpec,
+    m: AutoscaleMetric,
+    *,
+    deployment: str | None = None,
+    service: str | None = None,
 ) -> tuple[str, str]:
     """(PromQL query, KEDA metricType) for a metric that is not cpu or memory; `deployment`
-    names the Deployment whose pods are read (the spec's name by default)."""
-    name = spec.name
-    pods = pod_matcher(deployment or name)
+    names the Deployment whose pods are read (the spec's name by default), `service` the
+    Service the ingress sends to (the Kubernetes export's by default)."""
+    pods = pod_matcher(deployment or spec.name)
     if m.metric == MetricName.PROMETHEUS:
         assert m.query is not None
         return f"sum({_with_matcher(m.query, pods)})", "AverageValue"
-    svc = f'exported_service="{name}"'
+    svc = f'exported_service="{service or dns1035(spec.name)}"'
     if m.metric == MetricName.CONCURRENCY:
         return f"sum(rate({_NGINX}_sum{{{svc}}}[1m]))", "AverageValue"
     if m.metric == MetricName.REQUEST_DURATION:
@@ -201,7 +214,8 @@ QUERY_COMMENTS: Final = (
     "Scraped gauges and gpu_* are matched by the Deployment's pod names, "
     "pod=~\"NAME-[a-z0-9]+-[a-z0-9]+\" (the ReplicaSet's hash, then the pod's suffix: not "
     "the pods of another deployment whose name starts NAME-); add a namespace matcher if "
-    "another namespace runs pods of the same name.",
+    "another namespace runs pods of the same name. A NAME over 46 characters is matched by "
+    "prefix (Kubernetes cuts a pod's generated name at 58 characters, hash included).",
 )
 
 

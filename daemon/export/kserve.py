@@ -42,7 +42,7 @@ from config.spec import (
     UpdateStrategy,
     UpstreamProtocol,
 )
-from daemon.export import keda, kserve_knative, kube_pod, kube_steps
+from daemon.export import keda, kserve_knative, kube_mounts, kube_pod, kube_steps
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
 from daemon.export.kubernetes import berth_rolls_back, claim_file, header, left_lines
 from daemon.export.left_out import endpoint_features
@@ -93,7 +93,7 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
         *pod.left_out,
         *left,
     ]
-    metadata = kube_pod.metadata(spec, origin)
+    metadata = kube_pod.metadata(spec, origin, isvc_name(spec))
     metadata["annotations"] = isvc_annotations
     isvc = {
         "apiVersion": "serving.kserve.io/v1beta1",
@@ -111,8 +111,10 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     comments.append(
         f"endpoint.port {e.port}: KServe's own Service and ingress serve the predictor "
         "(port 80 in the cluster; its URL is in `kubectl get inferenceservice "
-        f"{spec.name}`)"
+        f"{isvc_name(spec)}`)"
     )
+    if isvc_name(spec) != spec.name:
+        comments.append(_RENAMED.format(name=spec.name, isvc=isvc_name(spec)))
     keda_class = isvc_annotations.get("serving.kserve.io/autoscalerClass") == "keda"
     if keda_class:
         comments.append(
@@ -124,6 +126,14 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     files = [ExportedFile("inferenceservice.yaml", document(isvc, comments=comments))]
     files += [claim_file(spec, origin, c) for c in pod.claims]
     notes = list(pod.notes)
+    if isvc_name(spec) != spec.name:
+        notes.append(_RENAMED.format(name=spec.name, isvc=isvc_name(spec)))
+    if len(predictor_name(spec)) > 63:
+        notes.append(
+            f"KServe names the predictor's Deployment and Service {predictor_name(spec)!r}, "
+            f"over 63 characters: the API server refuses it; rename the InferenceService "
+            f"to {63 - len('-predictor')} characters at most"
+        )
     notes.append(
         "needs KServe 0.16 or later (the Standard mode's name, kserve#4608)"
         if not knative
@@ -142,9 +152,20 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     return Built(tuple(files), tuple(left), tuple(steps), tuple(notes))
 
 
+_RENAMED = (
+    "the InferenceService is named {isvc!r}, not {name!r}: KServe's names must start with a "
+    "letter ([a-z]([-a-z0-9]*[a-z0-9])?)"
+)
+
+
+def isvc_name(spec: DeploymentSpec) -> str:
+    return kube_mounts.dns1035(spec.name)
+
+
 def predictor_name(spec: DeploymentSpec) -> str:
-    """KServe's name for the predictor's Deployment (constants.PredictorServiceName)."""
-    return f"{spec.name}-predictor"
+    """KServe's name for the predictor's Deployment and its Service in Standard mode
+    (constants.PredictorServiceName)."""
+    return f"{isvc_name(spec)}-predictor"
 
 
 def _replicas(spec: DeploymentSpec, predictor: dict[str, Any]) -> None:
@@ -211,7 +232,9 @@ def _keda_metric(
     where = f"autoscale.metrics[{i}]"
     if m.metric in (MetricName.CPU, MetricName.MEMORY):
         return _resource(spec, i, m, left)
-    query, metric_type = keda.prometheus_query(spec, m, deployment=predictor_name(spec))
+    query, metric_type = keda.prometheus_query(
+        spec, m, deployment=predictor_name(spec), service=predictor_name(spec)
+    )
     if metric_type != "AverageValue":
         left.append(
             LeftOut(

@@ -115,6 +115,14 @@ def kube_name(name: str) -> str:
     return out[:253] or "x"
 
 
+def dns1035(name: str) -> str:
+    """`name` as a Service's (and an InferenceService's) name: those must start with a
+    letter (DNS-1035), berth's may start with a digit: `d-` put before it, cut to 63."""
+    if name[:1].isalpha():
+        return name
+    return f"d-{name}"[:63].rstrip("-")
+
+
 def byte_quantity(n: int) -> str:
     """Bytes as the largest exact binary unit ("64Mi"), else plain bytes."""
     for suffix, unit in _BINARY:

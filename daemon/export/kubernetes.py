@@ -16,6 +16,7 @@ from config.spec import DeploymentSpec, Update, UpdateStrategy, UpstreamProtocol
 from config.units import format_duration
 from daemon.export import keda, kube_mounts, kube_pod, kube_steps
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
+from daemon.export.kube_mounts import dns1035
 from daemon.export.left_out import endpoint_features
 from daemon.export.yaml_text import document
 
@@ -49,6 +50,8 @@ def build(spec: DeploymentSpec, origin: Origin) -> Built:
     files = [ExportedFile("deployment.yaml", document(deployment, comments=comments))]
     files.append(_service_file(spec, origin))
     notes = list(pod.notes)
+    if dns1035(spec.name) != spec.name:
+        notes.append(_renamed_service(spec))
     if scaler is not None:
         name = "hpa.yaml" if plan.kind == "hpa" else "scaledobject.yaml"
         lines = [header(origin), *left_lines(scaler_left)]
@@ -152,7 +155,7 @@ def _service_file(spec: DeploymentSpec, origin: Origin) -> ExportedFile:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": kube_pod.metadata(spec, origin),
+        "metadata": kube_pod.metadata(spec, origin, dns1035(spec.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": {"app.kubernetes.io/name": spec.name},
@@ -165,7 +168,16 @@ def _service_file(spec: DeploymentSpec, origin: Origin) -> ExportedFile:
         f"cluster only (berth bound {spec.endpoint.bind}): expose it with an Ingress, a "
         "Gateway or a LoadBalancer Service of your own",
     ]
+    if dns1035(spec.name) != spec.name:
+        comments.append(_renamed_service(spec))
     return ExportedFile("service.yaml", document(service, comments=comments))
+
+
+def _renamed_service(spec: DeploymentSpec) -> str:
+    return (
+        f"the Service is named {dns1035(spec.name)!r}, not {spec.name!r}: a Service's name "
+        "must start with a letter (DNS-1035); the Deployment keeps its name"
+    )
 
 
 def claim_file(spec: DeploymentSpec, origin: Origin, claim: kube_mounts.Claim) -> ExportedFile:

@@ -289,3 +289,33 @@ def test_knative_asks_the_pvc_write_flag_only_for_a_writable_volume() -> None:
     volume = '[[mounts]]\ntype = "volume"\nsource = "v"\ntarget = "/v"\nread_only = false\n'
     (note,) = [n for n in build(spec_of(scale + volume)).notes if "config-features" in n]
     assert "kubernetes.podspec-persistent-volume-write" in note
+
+
+_KEDA = (
+    "[replicas]\nmin = 1\nmax = 4\n[[metrics.scrape]]\nport = 8000\n"
+    '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 2\n'
+    '[[autoscale.metrics]]\nmetric = "prometheus"\nquery = "q"\ntarget = 4\n'
+)
+
+
+def _isvc(name: str, tables: str = _KEDA) -> tuple[dict[str, Any], Built]:
+    spec = export_specs.spec_of(tables, name=name, port=8080)
+    built = kserve.build(spec, Origin(spec_id(spec)))
+    return objects(built)["inferenceservice.yaml"], built
+
+
+def test_a_name_starting_with_a_digit_is_mapped_and_the_queries_use_the_predictor() -> None:
+    isvc, built = _isvc("1chat")
+    assert isvc["metadata"]["name"] == "d-1chat"
+    assert any("'d-1chat'" in n for n in built.notes)
+    text = str(isvc["spec"]["predictor"])
+    # KServe's Standard-mode Service (and Deployment) is NAME-predictor
+    assert 'exported_service="d-1chat-predictor"' in text
+    assert 'pod=~"d-1chat-predictor-[a-z0-9]+-[a-z0-9]+"' in text
+
+
+def test_a_name_whose_predictor_name_is_too_long_is_said() -> None:
+    _, built = _isvc("a" * 54, tables="")
+    assert any("over 63 characters" in n for n in built.notes)
+    _, built = _isvc("a" * 53, tables="")
+    assert not any("over 63 characters" in n for n in built.notes)

@@ -21,6 +21,7 @@ from config.spec import DeploymentSpec
 from daemon.export import kubernetes
 from daemon.export.bundle import Built, Origin
 from tests.export_schemas import SchemaError, validate
+from tests import export_specs
 from tests.export_specs import EXAMPLES, spec_of
 
 
@@ -626,3 +627,43 @@ def test_the_apply_steps_quote_every_value(tmp_path: Path) -> None:
     (git,) = [step for step in built.apply_steps if "app-git-0" in step]
     assert shlex.split(git)[-1] == f"--from-file=value={tmp_path}/key; rm -rf x"
     assert f"--from-file='value={tmp_path}/key; rm -rf x'" in lines
+
+
+_CONCURRENCY = (
+    '[replicas]\nmin = 1\nmax = 4\n[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 2'
+)
+
+
+def test_a_name_starting_with_a_digit_names_a_service_that_starts_with_a_letter() -> None:
+    # berth allows "1chat"; a Service's name is a DNS-1035 label (the API server refuses it)
+    built = kubernetes.build(export_specs.spec_of(_CONCURRENCY, name="1chat"), Origin("s" * 64))
+    objs = objects(built)
+    assert objs["service.yaml"]["metadata"]["name"] == "d-1chat"
+    assert objs["deployment.yaml"]["metadata"]["name"] == "1chat"
+    assert objs["service.yaml"]["spec"]["selector"] == {"app.kubernetes.io/name": "1chat"}
+    query = objs["scaledobject.yaml"]["spec"]["triggers"][0]["metadata"]["query"]
+    assert 'exported_service="d-1chat"' in query
+    assert any("'d-1chat'" in n for n in built.notes)
+    long = "9" + "a" * 62
+    service = objects(kubernetes.build(export_specs.spec_of(name=long), Origin("s" * 64)))
+    assert service["service.yaml"]["metadata"]["name"] == ("d-" + long)[:63]
+
+
+@pytest.mark.parametrize("length", [46, 47, 57, 63])
+def test_the_pod_matcher_of_a_long_name_matches_its_pods(length: int) -> None:
+    name = "a" * (length - 1) + "b"
+    built = kubernetes.build(
+        export_specs.spec_of(
+            _CONCURRENCY.replace("concurrency", "gpu_utilization") + "\n[resources]\ngpus = 1",
+            name=name,
+        ),
+        Origin("s" * 64),
+    )
+    query = objects(built)["scaledobject.yaml"]["spec"]["triggers"][0]["metadata"]["query"]
+    (pattern,) = re.findall(r'pod=~"([^"]+)"', query)
+    for rs_hash in ("7d4f8b9c6", "5b9d8f7c4a"):
+        # the pod's name: generateName NAME-HASH- cut at 58, then 5 random characters
+        pod = f"{name}-{rs_hash}-"[:58] + "x2k9q"
+        assert re.fullmatch(pattern, pod), (pattern, pod)
+    if length <= 46:
+        assert not re.fullmatch(pattern, f"{name}-embed-7d4f8b9c6-x2k9q")
