@@ -20,8 +20,8 @@ from config.parse import parse_spec
 from config.spec import DeploymentSpec
 from daemon.export import kubernetes
 from daemon.export.bundle import Built, Origin
-from tests.export_schemas import SchemaError, validate
 from tests import export_specs
+from tests.export_schemas import SchemaError, validate
 from tests.export_specs import EXAMPLES, spec_of
 
 
