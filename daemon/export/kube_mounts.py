@@ -110,9 +110,15 @@ def literal(text: str) -> str:
 
 
 def kube_name(name: str) -> str:
-    """A berth name (secret, volume) as a Kubernetes object name (DNS-1123 subdomain)."""
-    out = _NOT_DNS.sub("-", name.lower()).strip("-.")
-    return out[:253] or "x"
+    """A berth name (secret, volume) as a Kubernetes object name (a DNS-1123 subdomain:
+    dot-separated labels of [a-z0-9-], each starting and ending alphanumeric): other
+    characters -> `-`, each label stripped of `-`, empty labels dropped, cut to 253 (then
+    stripped again). Two names may map alike: `Names` keeps them apart (-2)."""
+    return _labels(_labels(_NOT_DNS.sub("-", name.lower()))[:253]) or "x"
+
+
+def _labels(text: str) -> str:
+    return ".".join(label.strip("-") for label in text.split(".") if label.strip("-"))
 
 
 def dns1035(name: str) -> str:

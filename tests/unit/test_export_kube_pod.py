@@ -5,6 +5,7 @@ claim before the pods start and name where berth's secrets are."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -14,9 +15,10 @@ import yaml
 
 from config.canonical import spec_id, template_id
 from config.spec import DeploymentSpec
-from daemon.export import kserve, kubernetes, readme
+from daemon.export import kserve, kube_mounts, kubernetes, readme
 from daemon.export.bundle import Built, Origin, Target
 from daemon.export.targets import export
+from tests import export_specs
 from tests.export_schemas import validate
 from tests.export_specs import objects, spec_of
 
@@ -199,3 +201,31 @@ def test_the_model_claim_is_filled_before_the_pods_start(build: Build) -> None:
     assert "org/llama-3-8b, tiny" in note and "SOURCE" not in note
     text = readme.render(spec.name, origin(spec), Target.KUBERNETES, built)
     assert text.index("pvc-berth-models.yaml\n") < text.index("kubectl apply -f DIR\n")
+
+
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@pytest.mark.parametrize(
+    ("berth", "kube"),
+    [
+        ("a._b", "a.b"),
+        ("data..x", "data.x"),
+        ("Cache_1", "cache-1"),
+        ("-x-.y_", "x.y"),
+        ("a" * 252 + "._b", "a" * 252),
+        ("a" * 252 + "_b", "a" * 252),
+    ],
+)
+def test_kube_name_is_a_valid_subdomain(berth: str, kube: str) -> None:
+    name = kube_mounts.kube_name(berth)
+    assert name == kube
+    assert _SUBDOMAIN.fullmatch(name) and len(name) <= 253
+
+
+def test_secret_names_that_normalise_alike_stay_apart() -> None:
+    spec = export_specs.spec_of('[env]\nA = { secret = "a.b" }\nB = { secret = "a._b" }')
+    built = kubernetes.build(spec, Origin(spec_id(spec)))
+    (c,) = objects(built)["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"]}
+    assert refs == {"A": "a.b", "B": "a.b-2"}
