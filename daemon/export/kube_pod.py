@@ -23,6 +23,7 @@ share of a GPU's VRAM) is one whole GPU; every `$` in args and env values is wri
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -238,14 +239,24 @@ def _resources(spec: DeploymentSpec, out: Pod) -> dict[str, Any]:
     return resources
 
 
+_HEADER_NAME = re.compile(r"[-A-Za-z0-9]+")  # Kubernetes' check of an httpHeaders name
+
+
 def _probe(p: Probe, kind: str, out: Pod) -> dict[str, Any]:
     probe: dict[str, Any] = {}
     if p.tcp:
         probe["tcpSocket"] = {"port": p.port}
     else:
         get: dict[str, Any] = {"path": p.path, "port": p.port}
-        if p.headers:
-            get["httpHeaders"] = [{"name": k, "value": p.headers[k]} for k in sorted(p.headers)]
+        headers = []
+        for k in sorted(p.headers):
+            if _HEADER_NAME.fullmatch(k):
+                headers.append({"name": k, "value": p.headers[k]})
+            else:  # berth allows `_` and `.` in a header name; Kubernetes refuses them
+                reason = "Kubernetes takes probe header names of letters, digits and '-' only"
+                out.left_out.append(LeftOut(f"health.{kind}.headers.{k}", reason))
+        if headers:
+            get["httpHeaders"] = headers
         probe["httpGet"] = get
     initial = _seconds(p.initial_delay, f"health.{kind}.initial_delay", 0, out)
     period = _seconds(p.period, f"health.{kind}.period", 1, out)

@@ -667,3 +667,13 @@ def test_the_pod_matcher_of_a_long_name_matches_its_pods(length: int) -> None:
         assert re.fullmatch(pattern, pod), (pattern, pod)
     if length <= 46:
         assert not re.fullmatch(pattern, f"{name}-embed-7d4f8b9c6-x2k9q")
+
+
+def test_a_probe_header_kubernetes_refuses_is_left_out() -> None:
+    tables = '[health.readiness]\npath = "/r"\nheaders = { X_Token = "a", "X.Y" = "b", X-Ok = "c" }'
+    built = build(spec_of(tables))
+    probe = container(objects(built))["readinessProbe"]["httpGet"]
+    assert probe["httpHeaders"] == [{"name": "X-Ok", "value": "c"}]
+    assert {"health.readiness.headers.X_Token", "health.readiness.headers.X.Y"} <= set(
+        fields(built)
+    )
