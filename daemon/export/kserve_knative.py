@@ -29,7 +29,7 @@ from config.units import format_duration
 from daemon.export.bundle import LeftOut
 from daemon.export.kube_pod import Pod, berth_drains, whole_seconds
 
-MAX_SCALE_DOWN_DELAY: Final = 3600  # Knative's limit on scale-down-delay
+MAX_SCALE_DOWN_DELAY: Final = 3600  # Knative's WindowMax: scale-down-delay, pod retention period
 MAX_TIMEOUT: Final = 600  # Knative's default max-revision-timeout-seconds (config-defaults)
 PROGRESS_DEADLINE: Final = "serving.knative.dev/progress-deadline"
 STOP_TIMEOUT_DEFAULT: Final = DeploymentSpec.__dataclass_fields__["stop_timeout"].default
@@ -69,8 +69,18 @@ def scaling(
     annotations["autoscaling.knative.dev/scale-down-delay"] = f"{delay}s"
     ttl = spec.replicas.scale_to_zero_after
     if ttl is not None:
-        retention = f"{math.ceil(ttl - 1e-9)}s"
-        annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] = retention
+        retention = math.ceil(ttl - 1e-9)
+        if retention > MAX_SCALE_DOWN_DELAY:  # Knative's WindowMax bounds both
+            left.append(
+                LeftOut(
+                    "replicas.scale_to_zero_after",
+                    f"cut to {MAX_SCALE_DOWN_DELAY}s, Knative's longest "
+                    "scale-to-zero-pod-retention-period",
+                )
+            )
+            retention = MAX_SCALE_DOWN_DELAY
+        key = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
+        annotations[key] = f"{retention}s"
 
 
 def limits(

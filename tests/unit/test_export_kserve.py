@@ -319,3 +319,15 @@ def test_a_name_whose_predictor_name_is_too_long_is_said() -> None:
     assert any("over 63 characters" in n for n in built.notes)
     _, built = _isvc("a" * 53, tables="")
     assert not any("over 63 characters" in n for n in built.notes)
+
+
+def test_knative_retention_period_is_cut_to_an_hour() -> None:
+    built = build(
+        spec_of(
+            '[replicas]\nmin = 0\nmax = 2\nscale_to_zero_after = "3h"\n'
+            '[[autoscale.metrics]]\nmetric = "concurrency"\ntarget = 3\n'
+        )
+    )
+    key = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
+    assert isvc_annotations(built)[key] == "3600s"
+    assert "replicas.scale_to_zero_after" in fields(built)
