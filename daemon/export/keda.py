@@ -74,6 +74,15 @@ def plan(spec: DeploymentSpec) -> Plan:
                 f"replica(s), not {r.min}-{r.max}",
             )
         )
+        if r.min == 0:
+            out.left_out.append(
+                LeftOut(
+                    "replicas.min",
+                    "0: nothing scales to zero with no autoscale metric (berth scales on "
+                    "requests); the Deployment keeps one replica",
+                )
+            )
+        _no_scale_to_zero(spec, out)
         return out
     only_resources = all(m.metric in _RESOURCE for _, m in out.metrics)
     out.kind = "keda" if _keda_needed(out.metrics, r.min) else "hpa"
@@ -86,6 +95,7 @@ def plan(spec: DeploymentSpec) -> Plan:
                     "0: KEDA cannot scale to zero on cpu or memory alone; minReplicaCount is 1",
                 )
             )
+            _no_scale_to_zero(spec, out)
         else:
             out.left_out.append(
                 LeftOut(
@@ -105,6 +115,18 @@ def plan(spec: DeploymentSpec) -> Plan:
                 )
             )
     return out
+
+
+def _no_scale_to_zero(spec: DeploymentSpec, out: Plan) -> None:
+    ttl = spec.replicas.scale_to_zero_after
+    if ttl is not None:
+        out.left_out.append(
+            LeftOut(
+                "replicas.scale_to_zero_after",
+                f"{format_duration(ttl)}: nothing here scales to zero (replicas.min), so no "
+                "idle replica is stopped",
+            )
+        )
 
 
 def _keda_needed(metrics: list[tuple[int, AutoscaleMetric]], least: int) -> bool:

@@ -677,3 +677,14 @@ def test_a_probe_header_kubernetes_refuses_is_left_out() -> None:
     assert {"health.readiness.headers.X_Token", "health.readiness.headers.X.Y"} <= set(
         fields(built)
     )
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    ["", '[[autoscale.metrics]]\nmetric = "cpu"\ntarget = 70\n'],
+    ids=["no-metric", "cpu-only"],
+)
+def test_min_zero_that_cannot_scale_to_zero_is_said(metrics: str) -> None:
+    tables = '[resources]\ncpus = 1\n[replicas]\nmin = 0\nmax = 3\nscale_to_zero_after = "5m"\n'
+    built = build(spec_of(tables + metrics))
+    assert {"replicas.min", "replicas.scale_to_zero_after"} <= set(fields(built))
