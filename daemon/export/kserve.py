@@ -44,7 +44,13 @@ from config.spec import (
 )
 from daemon.export import keda, kserve_knative, kube_mounts, kube_pod, kube_steps
 from daemon.export.bundle import Built, ExportedFile, LeftOut, Origin
-from daemon.export.kubernetes import berth_rolls_back, claim_file, header, left_lines
+from daemon.export.kubernetes import (
+    berth_rolls_back,
+    claim_file,
+    gpu_strategy_left,
+    header,
+    left_lines,
+)
 from daemon.export.left_out import endpoint_features
 from daemon.export.yaml_text import document
 
@@ -261,6 +267,9 @@ def _standard_update(spec: DeploymentSpec, predictor: dict[str, Any], left: list
     else:
         rolling = {"maxSurge": u.max_surge, "maxUnavailable": u.max_unavailable}
     predictor["deploymentStrategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
+    strategy = gpu_strategy_left(spec, "the predictor's deploymentStrategy.rollingUpdate")
+    if strategy is not None:
+        left.append(strategy)
     left.append(
         LeftOut(
             "update.progress_deadline",

@@ -118,18 +118,25 @@ def _update_left_out(spec: DeploymentSpec) -> list[LeftOut]:
             f"deployment/{name}`",
         )
     ]
-    gpus = spec.resources.gpus or spec.resources.gpu_memory is not None
-    if spec.update.strategy is None and gpus:
-        out.append(
-            LeftOut(
-                "update.strategy",
-                "unset: berth surges and falls back to replacing in place when no GPU is "
-                "free; a Deployment's surge pod waits Pending instead: to replace in place, "
-                "write maxSurge: 0 and maxUnavailable: 1 in the Deployment's "
-                'strategy.rollingUpdate (update.strategy = "replace" exports to that)',
-            )
-        )
+    strategy = gpu_strategy_left(spec, "the Deployment's strategy.rollingUpdate")
+    if strategy is not None:
+        out.append(strategy)
     return out
+
+
+def gpu_strategy_left(spec: DeploymentSpec, where: str) -> LeftOut | None:
+    """With GPUs and no update.strategy, berth surges and falls back to replace when no
+    GPU is free; a rolling update's surge pod waits Pending instead."""
+    gpus = spec.resources.gpus or spec.resources.gpu_memory is not None
+    if spec.update.strategy is not None or not gpus:
+        return None
+    return LeftOut(
+        "update.strategy",
+        "unset: berth surges and falls back to replacing in place when no GPU is free; a "
+        "rolling update's surge pod waits Pending instead: to replace in place, write "
+        f'maxSurge: 0 and maxUnavailable: 1 in {where} (update.strategy = "replace" '
+        "exports to that)",
+    )
 
 
 def _scaler(

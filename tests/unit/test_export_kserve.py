@@ -331,3 +331,15 @@ def test_knative_retention_period_is_cut_to_an_hour() -> None:
     key = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
     assert isvc_annotations(built)[key] == "3600s"
     assert "replicas.scale_to_zero_after" in fields(built)
+
+
+def test_standard_mode_with_gpus_and_no_strategy_says_the_surge_pod_waits() -> None:
+    (reason,) = [
+        i.reason
+        for i in build(spec_of("[resources]\ngpus = 1")).left_out
+        if i.field == "update.strategy"
+    ]
+    assert "surge pod waits Pending" in reason
+    assert "the predictor's deploymentStrategy.rollingUpdate" in reason
+    with_strategy = build(spec_of('[resources]\ngpus = 1\n[update]\nstrategy = "replace"'))
+    assert "update.strategy" not in fields(with_strategy)
