@@ -217,7 +217,10 @@ def volumes(
             _models_claim(spec, m.source, out)
         else:
             volumes.append({"name": name, "emptyDir": {}})
-            init.append(_git_init(spec, m, i, name, volumes, out))
+            if m.source.startswith("file://"):  # on the berth host: no pod can clone it
+                out.left_out.append(LeftOut(f"mounts[{i}].source", _LOCAL_GIT))
+            else:
+                init.append(_git_init(spec, m, i, name, volumes, out))
         mounts.append(mount)
     if out.models:
         out.notes.append(_models_note(out))
@@ -284,6 +287,14 @@ def _models_note(out: PodNeeds) -> str:
         f"helper pod, then apply the rest. Its size is a 10Gi placeholder: set at least the "
         "models' size (the claim is shared by every export that mounts models)"
     )
+
+
+_LOCAL_GIT: Final = (
+    "a file:// repository is on the berth host, which the cluster cannot reach: the mount "
+    "is an empty emptyDir here; push the repository where the cluster reaches it (an "
+    "https or ssh URL), or put a checkout in a PersistentVolumeClaim or hostPath and mount "
+    "that instead"
+)
 
 
 def _git_init(

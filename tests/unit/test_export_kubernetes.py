@@ -688,3 +688,12 @@ def test_min_zero_that_cannot_scale_to_zero_is_said(metrics: str) -> None:
     tables = '[resources]\ncpus = 1\n[replicas]\nmin = 0\nmax = 3\nscale_to_zero_after = "5m"\n'
     built = build(spec_of(tables + metrics))
     assert {"replicas.min", "replicas.scale_to_zero_after"} <= set(fields(built))
+
+
+def test_a_file_git_source_is_left_out() -> None:
+    tables = '[[mounts]]\ntype = "git"\nsource = "file:///srv/repo.git"\ntarget = "/code"\n'
+    built = build(spec_of(tables))
+    assert "mounts[0].source" in fields(built)
+    pod = objects(built)["deployment.yaml"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod  # it could not clone: the pod would never start
+    assert pod["volumes"] == [{"name": "git-0", "emptyDir": {}}]
